@@ -1,0 +1,63 @@
+# Two commands set up a fresh Debian 12 / Raspberry Pi OS machine: `make demo` and `make test`.
+# Both are idempotent: the virtualenv is rebuilt only when pyproject.toml changes, and system
+# packages are installed only when missing.
+
+PYTHON ?= python3
+VENV ?= .venv
+BIN := $(VENV)/bin
+STAMP := $(VENV)/.installed
+# apt needs root; use sudo when we are not.
+SUDO := $(shell [ "$$(id -u)" -eq 0 ] || echo sudo)
+APT_PACKAGES := mosquitto socat
+PYTEST_ARGS ?=
+
+.PHONY: all demo test lint typecheck unit clean system-packages venv
+
+all: test
+
+# System packages the tests and demo use: a real MQTT broker and socat for RTU over a pty pair.
+system-packages:
+	@missing=""; \
+	command -v mosquitto >/dev/null 2>&1 || [ -x /usr/sbin/mosquitto ] || missing="$$missing mosquitto"; \
+	command -v socat >/dev/null 2>&1 || missing="$$missing socat"; \
+	if [ -n "$$missing" ]; then \
+		echo "installing system packages:$$missing"; \
+		$(SUDO) env DEBIAN_FRONTEND=noninteractive apt-get update -q && \
+		$(SUDO) env DEBIAN_FRONTEND=noninteractive apt-get install -y -q --no-install-recommends $$missing; \
+	fi
+
+$(STAMP): pyproject.toml
+	@if ! $(PYTHON) -m venv --help >/dev/null 2>&1 || ! $(PYTHON) -c 'import ensurepip' >/dev/null 2>&1; then \
+		echo "installing python3-venv"; \
+		$(SUDO) env DEBIAN_FRONTEND=noninteractive apt-get update -q && \
+		$(SUDO) env DEBIAN_FRONTEND=noninteractive apt-get install -y -q python3-venv; \
+	fi
+	$(PYTHON) -m venv $(VENV)
+	$(BIN)/python -m pip install -q --upgrade pip
+	$(BIN)/python -m pip install -q -e '.[dev]'
+	touch $(STAMP)
+
+venv: $(STAMP)
+
+lint: $(STAMP)
+	$(BIN)/ruff check .
+	$(BIN)/ruff format --check .
+
+typecheck: $(STAMP)
+	$(BIN)/mypy
+
+unit: $(STAMP) system-packages
+	$(BIN)/python -m pytest $(PYTEST_ARGS)
+
+# Every test, plus the static checks: this is what CI runs.
+test: $(STAMP) system-packages
+	$(BIN)/ruff check .
+	$(BIN)/ruff format --check .
+	$(BIN)/mypy
+	$(BIN)/python -m pytest $(PYTEST_ARGS)
+
+demo: $(STAMP) system-packages
+	$(BIN)/python -m hil.demo --config config/example.yaml
+
+clean:
+	rm -rf $(VENV) .mypy_cache .ruff_cache .pytest_cache .hypothesis
