@@ -1,0 +1,95 @@
+"""What the daemon needs from each link, as structural protocols.
+
+Each link package (``vehicle/``, ``inverter/``, ``aggregator/``) provides a class that satisfies
+one of these protocols; ``daemon.py`` is the only place that builds them and wires them to the
+core. A link never imports another link.
+
+Contract shared by every link:
+
+* ``run(wake)`` is a long-running coroutine supervised by the daemon's TaskGroup. It owns its own
+  reconnect policy: a link that loses its peer keeps running, reports ``LinkStatus.DOWN`` and
+  retries. It returns or raises only for a failure it cannot recover from (a programming error,
+  an interface that does not exist); the daemon then drives the system to 0 W and exits non-zero.
+* ``wake()`` is called by the link on every safety-relevant event (a fault or stop frame, a new
+  setpoint, a lost peer) so the control loop reacts at once instead of at its next tick.
+* ``status`` is what the link reports for sd_notify READY and for ``status`` telemetry.
+* Snapshots carry their own observation time; the core decides whether they are fresh enough.
+"""
+
+from __future__ import annotations
+
+import enum
+from collections.abc import Callable
+from typing import Protocol
+
+from controller.core.snapshots import InverterState, PowerCommand, Setpoint, VehicleState
+
+Wake = Callable[[], None]
+
+
+class LinkStatus(enum.Enum):
+    """How a link reports itself."""
+
+    STARTING = "starting"  # not yet reported; the daemon is not READY while any link says this
+    UP = "up"  # talking to its peer
+    DOWN = "down"  # peer unreachable; the link keeps retrying on its own
+    DISABLED = "disabled"  # switched off in the config (e.g. no aggregator at this site)
+
+    def __str__(self) -> str:
+        return self.value
+
+
+class Link(Protocol):
+    """Common shape of every link."""
+
+    @property
+    def name(self) -> str: ...
+
+    @property
+    def status(self) -> LinkStatus: ...
+
+    async def run(self, wake: Wake) -> None: ...
+
+
+class VehicleLink(Link, Protocol):
+    """The vehicle's BMS over CAN (CHAdeMO, GB/T 27930 or a generic DBC profile)."""
+
+    def snapshot(self) -> VehicleState | None:
+        """The latest vehicle state, or None before the first valid frame."""
+        ...
+
+    def allow_energy_transfer(self, allowed: bool) -> None:
+        """Tell the session whether the charger will move energy now (e.g. CHAdeMO 0x109 flags)."""
+        ...
+
+    async def end_session(self) -> None:
+        """End the vehicle session cleanly (normal stop sequence), bounded in time."""
+        ...
+
+
+class InverterLink(Link, Protocol):
+    """The bidirectional inverter over Modbus. The daemon is its only writer."""
+
+    def snapshot(self) -> InverterState | None:
+        """The latest inverter state, or None before the first successful read."""
+        ...
+
+    async def apply(self, command: PowerCommand) -> None:
+        """Write the command (setpoint, enable) and keep the inverter's revert timer armed."""
+        ...
+
+    async def safe_stop(self) -> None:
+        """Command 0 W and disable the power stage; bounded in time, never raises."""
+        ...
+
+
+class AggregatorLink(Link, Protocol):
+    """The aggregator over MQTT."""
+
+    def setpoint(self) -> Setpoint | None:
+        """The latest accepted setpoint (the core checks its expiry), or None."""
+        ...
+
+    async def publish_offline(self) -> None:
+        """Publish the retained "offline" availability before a clean exit; bounded in time."""
+        ...
