@@ -72,5 +72,5 @@ class ProtocolError(ControllerError):
     """Input that breaks its protocol: rejected with a reason, never turned into state."""
 
 
-class InterlockTrip(ControllerError):
+class InterlockTrip(ControllerError):  # noqa: N818  a trip is the domain word, not an "error"
     """A safety rule demanded 0 W."""

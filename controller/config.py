@@ -1,0 +1,593 @@
+"""The technician's YAML config: loaded with line numbers, validated into frozen pydantic models.
+
+Nothing else in the controller reads YAML. ``load_config`` either returns a complete, valid
+``Config`` or raises ``ConfigError`` carrying *every* problem found, each located by file, line and
+dotted key path, with what was expected and what was found. Duplicate keys and unknown keys are
+errors: a typo must never silently fall back to a default. Values are never clamped.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import difflib
+import re
+import zoneinfo
+from collections.abc import Iterator, Mapping
+from pathlib import Path
+from typing import Annotated, Any, Literal, Self
+
+import pydantic
+import yaml
+from pydantic import BaseModel, ConfigDict, Field, model_validator
+
+from controller.errors import ConfigError, ConfigProblem
+
+Loc = tuple[str | int, ...]
+
+# Identifiers end up in MQTT topics and file names: keep them to a safe alphabet.
+_IDENT = r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,63}$"
+
+
+class _Section(BaseModel):
+    """Every config section: immutable, unknown keys rejected."""
+
+    model_config = ConfigDict(frozen=True, extra="forbid", validate_default=True)
+
+
+# --- site -------------------------------------------------------------------------------------
+
+
+class SiteConfig(_Section):
+    """Who this charger is."""
+
+    site_id: Annotated[str, Field(pattern=_IDENT, description="Site identifier (topic-safe).")]
+    charger_id: Annotated[
+        str, Field(pattern=_IDENT, description="Charger identifier, unique within the site.")
+    ]
+    timezone: str = Field(
+        default="UTC", description="IANA time zone for departure times and tariff windows."
+    )
+
+    @model_validator(mode="after")
+    def _known_timezone(self) -> Self:
+        try:
+            zoneinfo.ZoneInfo(self.timezone)
+        except (zoneinfo.ZoneInfoNotFoundError, ValueError):
+            raise ValueError(
+                f"timezone: expected an IANA time zone such as 'Europe/Amsterdam', "
+                f"found {self.timezone!r}"
+            ) from None
+        return self
+
+
+# --- vehicle (CAN) ----------------------------------------------------------------------------
+
+# CHAdeMO: 500 kbit/s; GB/T 27930: 250 kbit/s (J1939-11).
+DEFAULT_BITRATE_BPS = {"chademo": 500_000, "gbt27930": 250_000}
+
+
+class CanConfig(_Section):
+    """The CAN interface that reaches the vehicle."""
+
+    interface: Literal["socketcan", "udp_multicast", "virtual"] = Field(
+        default="socketcan",
+        description="python-can interface: socketcan on the charger, udp_multicast or virtual "
+        "for simulation.",
+    )
+    channel: str = Field(
+        default="can0", min_length=1, description="e.g. can0, vcan0, or a multicast group."
+    )
+    bitrate_bps: int | None = Field(
+        default=None,
+        ge=10_000,
+        le=1_000_000,
+        description="Bus bitrate; empty means the protocol's own (CHAdeMO 500k, GB/T 250k).",
+    )
+
+
+class VehicleConfig(_Section):
+    """The vehicle link."""
+
+    protocol: Literal["chademo", "gbt27930"] = Field(
+        description="Charging protocol the vehicle speaks."
+    )
+    can: CanConfig = CanConfig()
+    stale_after_s: float = Field(
+        default=1.0,
+        gt=0,
+        le=5.0,
+        description="Vehicle data older than this stops energy transfer "
+        "(CHAdeMO 0x102 / GB/T BCL timeout is 1 s).",
+    )
+
+    @property
+    def bitrate_bps(self) -> int:
+        return self.can.bitrate_bps or DEFAULT_BITRATE_BPS[self.protocol]
+
+
+# --- inverter (Modbus) ------------------------------------------------------------------------
+
+
+class ModbusTcpConfig(_Section):
+    host: str = Field(min_length=1, description="Inverter IP address or host name.")
+    port: int = Field(default=502, ge=1, le=65535)
+
+
+class ModbusRtuConfig(_Section):
+    device: str = Field(min_length=1, description="Serial device, e.g. /dev/ttyUSB0.")
+    baudrate: int = Field(default=9600, ge=1200, le=921_600)
+    parity: Literal["N", "E", "O"] = "N"
+    stop_bits: Literal[1, 2] = 1
+    byte_size: Literal[7, 8] = 8
+
+
+class InverterConfig(_Section):
+    """The bidirectional inverter."""
+
+    transport: Literal["tcp", "rtu"] = Field(description="Modbus TCP or Modbus RTU (RS-485).")
+    tcp: ModbusTcpConfig | None = None
+    rtu: ModbusRtuConfig | None = None
+    unit_id: int = Field(default=1, ge=0, le=247, description="Modbus unit (slave) id.")
+    profile: Literal["sunspec", "register_map"] = Field(
+        default="sunspec", description="SunSpec discovery, or a vendor register map file."
+    )
+    register_map: str | None = Field(
+        default=None, description="Register map YAML (profile: register_map)."
+    )
+    timeout_s: float = Field(default=1.0, gt=0, le=10.0, description="Per-request timeout.")
+    retries: int = Field(default=2, ge=0, le=5, description="Retries per request.")
+    poll_interval_s: float = Field(default=0.5, ge=0.05, le=10.0)
+    revert_timeout_s: float = Field(
+        default=10.0,
+        ge=2.0,
+        le=600.0,
+        description="Inverter's own revert timer (SunSpec WSetRvrtTms): a silent controller "
+        "leaves the inverter at 0 W after this long.",
+    )
+
+    @model_validator(mode="after")
+    def _transport_section_present(self) -> Self:
+        chosen = self.tcp if self.transport == "tcp" else self.rtu
+        other = "rtu" if self.transport == "tcp" else "tcp"
+        if chosen is None:
+            raise ValueError(
+                f"transport is {self.transport!r}: expected a '{self.transport}:' section, "
+                "found none"
+            )
+        if getattr(self, other) is not None:
+            raise ValueError(
+                f"transport is {self.transport!r}: expected no '{other}:' section, found one"
+            )
+        if self.profile == "register_map" and not self.register_map:
+            raise ValueError(
+                "profile is 'register_map': expected register_map to name a map file, found none"
+            )
+        if self.profile == "sunspec" and self.register_map:
+            raise ValueError(
+                "profile is 'sunspec': expected no register_map, found "
+                f"{self.register_map!r} (set profile: register_map to use it)"
+            )
+        return self
+
+
+# --- aggregator (MQTT) ------------------------------------------------------------------------
+
+
+class MqttBrokerConfig(_Section):
+    host: str = Field(min_length=1)
+    port: int = Field(default=8883, ge=1, le=65535)
+    keepalive_s: int = Field(default=30, ge=5, le=600)
+    protocol: Literal["5", "3.1.1"] = Field(
+        default="5", description="MQTT version; 3.1.1 for older brokers."
+    )
+    client_id: str | None = Field(
+        default=None, description="Defaults to v2g-{site_id}-{charger_id}."
+    )
+
+
+class MqttTlsConfig(_Section):
+    ca_file: str = Field(min_length=1, description="CA certificate that signed the broker's.")
+    cert_file: str | None = Field(default=None, description="Client certificate (mutual TLS).")
+    key_file: str | None = Field(default=None, description="Client private key (mutual TLS).")
+
+    @model_validator(mode="after")
+    def _cert_and_key_together(self) -> Self:
+        if (self.cert_file is None) != (self.key_file is None):
+            raise ValueError("expected cert_file and key_file together, found only one of them")
+        return self
+
+
+class AggregatorConfig(_Section):
+    """The aggregator's MQTT broker."""
+
+    enabled: bool = Field(default=True, description="false: run on the local policy only.")
+    broker: MqttBrokerConfig | None = None
+    tls: MqttTlsConfig | None = Field(default=None, description="Omit only on a trusted LAN.")
+    username: str | None = None
+    password_file: str | None = Field(
+        default=None, description="File holding the MQTT password (kept out of this config)."
+    )
+    topic_prefix: str = Field(
+        default="v2g/{site_id}/{charger_id}",
+        description="Topics live under this; {site_id} and {charger_id} are filled in.",
+    )
+    max_setpoint_ttl_s: float = Field(
+        default=900.0,
+        gt=0,
+        le=86_400,
+        description="A setpoint valid for longer than this is rejected.",
+    )
+    telemetry_period_s: float = Field(default=10.0, ge=1.0, le=3600.0)
+
+    @model_validator(mode="after")
+    def _broker_when_enabled(self) -> Self:
+        if self.enabled and self.broker is None:
+            raise ValueError("enabled is true: expected a 'broker:' section, found none")
+        if "#" in self.topic_prefix or "+" in self.topic_prefix:
+            raise ValueError(
+                f"topic_prefix: expected no MQTT wildcards, found {self.topic_prefix!r}"
+            )
+        return self
+
+
+# --- owner policy and safety ------------------------------------------------------------------
+
+
+class DepartureConfig(_Section):
+    """When the owner leaves and how full the car must be."""
+
+    time: dt.time = Field(description="Local time of departure, e.g. '07:30'.")
+    target_soc_pct: float = Field(ge=0, le=100, description="SoC the car must have by then.")
+
+
+class OwnerConfig(_Section):
+    """The owner's promises: what the car keeps, and what it has at departure."""
+
+    soc_floor_pct: float = Field(
+        default=40.0,
+        ge=0,
+        le=100,
+        description="Never discharge at or below this SoC.",
+    )
+    soc_ceiling_pct: float = Field(
+        default=90.0, ge=0, le=100, description="Never charge above this SoC."
+    )
+    departure: DepartureConfig | None = None
+
+    @model_validator(mode="after")
+    def _ordered(self) -> Self:
+        if self.soc_floor_pct >= self.soc_ceiling_pct:
+            raise ValueError(
+                f"expected soc_floor_pct below soc_ceiling_pct, found floor "
+                f"{self.soc_floor_pct:g} and ceiling {self.soc_ceiling_pct:g}"
+            )
+        if self.departure is not None and self.departure.target_soc_pct > self.soc_ceiling_pct:
+            raise ValueError(
+                f"expected departure.target_soc_pct at or below soc_ceiling_pct "
+                f"({self.soc_ceiling_pct:g}), found {self.departure.target_soc_pct:g}"
+            )
+        return self
+
+
+class SafetyConfig(_Section):
+    """Limits the charger never exceeds, whatever the aggregator asks."""
+
+    max_charge_power_w: float = Field(default=7400.0, gt=0, le=400_000)
+    max_discharge_power_w: float = Field(default=7400.0, gt=0, le=400_000)
+    grid_import_limit_w: float = Field(
+        default=11_000.0, gt=0, le=1_000_000, description="Site connection, import."
+    )
+    grid_export_limit_w: float = Field(
+        default=7400.0, ge=0, le=1_000_000, description="Site connection, export (0 = none)."
+    )
+    ramp_w_per_s: float = Field(
+        default=2000.0, gt=0, le=1_000_000, description="Maximum rate of change away from 0 W."
+    )
+    floor_hysteresis_pct: float = Field(
+        default=2.0, ge=0, le=20, description="Discharge resumes only this far above the floor."
+    )
+    departure_margin_pct: float = Field(
+        default=20.0,
+        ge=0,
+        le=200,
+        description="Extra time kept in hand for the departure charge, in % of the time needed.",
+    )
+    battery_temp_derate_c: float = Field(default=45.0, ge=-40, le=80)
+    battery_temp_cutoff_c: float = Field(default=55.0, ge=-40, le=90)
+    battery_temp_min_c: float = Field(default=-10.0, ge=-40, le=40)
+    inverter_temp_derate_c: float = Field(default=70.0, ge=-40, le=120)
+    inverter_temp_cutoff_c: float = Field(default=85.0, ge=-40, le=130)
+    inverter_stale_after_s: float = Field(default=3.0, gt=0, le=30)
+    fault_reset: Literal["auto", "manual"] = Field(
+        default="auto", description="auto: clear a latched fault after fault_hold_s."
+    )
+    fault_hold_s: float = Field(default=60.0, ge=0, le=86_400)
+    max_discharge_kwh_per_day: float = Field(default=20.0, ge=0, le=1000)
+    max_cycles_per_day: float | None = Field(default=None, gt=0, le=10)
+
+    @model_validator(mode="after")
+    def _ordered(self) -> Self:
+        if self.battery_temp_derate_c >= self.battery_temp_cutoff_c:
+            raise ValueError(
+                "expected battery_temp_derate_c below battery_temp_cutoff_c, found "
+                f"{self.battery_temp_derate_c:g} and {self.battery_temp_cutoff_c:g}"
+            )
+        if self.inverter_temp_derate_c >= self.inverter_temp_cutoff_c:
+            raise ValueError(
+                "expected inverter_temp_derate_c below inverter_temp_cutoff_c, found "
+                f"{self.inverter_temp_derate_c:g} and {self.inverter_temp_cutoff_c:g}"
+            )
+        return self
+
+
+class TimeWindow(_Section):
+    """A daily local-time window; it may cross midnight (start after end)."""
+
+    start: dt.time
+    end: dt.time
+
+    @model_validator(mode="after")
+    def _not_empty(self) -> Self:
+        if self.start == self.end:
+            raise ValueError(f"expected start and end to differ, found both {self.start}")
+        return self
+
+
+class FallbackConfig(_Section):
+    """What the charger does on its own when no valid aggregator setpoint is in force."""
+
+    policy: Literal["idle", "time_of_use"] = "idle"
+    cheap_window: TimeWindow | None = Field(
+        default=None, description="Charge toward the departure target in this window."
+    )
+    peak_window: TimeWindow | None = Field(
+        default=None, description="Discharge above the floor in this window."
+    )
+    charge_power_w: float = Field(default=3700.0, ge=0, le=400_000)
+    discharge_power_w: float = Field(default=3700.0, ge=0, le=400_000)
+
+    @model_validator(mode="after")
+    def _windows_for_tou(self) -> Self:
+        if self.policy == "time_of_use" and self.cheap_window is None and self.peak_window is None:
+            raise ValueError(
+                "policy is 'time_of_use': expected cheap_window or peak_window, found neither"
+            )
+        return self
+
+
+class TariffConfig(_Section):
+    currency: str = Field(default="EUR", pattern=r"^[A-Z]{3}$")
+    import_price_per_kwh: float = Field(default=0.25, ge=-10, le=10)
+    export_price_per_kwh: float = Field(default=0.30, ge=-10, le=10)
+
+
+class LedgerConfig(_Section):
+    path: str = Field(
+        default="/var/lib/v2g-controller/ledger.sqlite",
+        min_length=1,
+        description="SQLite energy ledger (under the service's StateDirectory).",
+    )
+    tariff: TariffConfig = TariffConfig()
+
+
+class LoggingConfig(_Section):
+    level: Literal["debug", "info", "warning", "error"] = "info"
+    format: Literal["auto", "json", "console"] = Field(
+        default="auto", description="auto: JSON lines under systemd, readable console on a TTY."
+    )
+
+
+class ControlConfig(_Section):
+    tick_s: float = Field(
+        default=0.1, ge=0.01, le=1.0, description="Control loop period (it also wakes on events)."
+    )
+    shutdown_timeout_s: float = Field(
+        default=4.0, ge=0.5, le=30.0, description="Budget for the clean stop sequence."
+    )
+
+
+class Config(_Section):
+    """The whole controller config (one YAML file)."""
+
+    site: SiteConfig
+    vehicle: VehicleConfig
+    inverter: InverterConfig
+    aggregator: AggregatorConfig
+    owner: OwnerConfig = OwnerConfig()
+    safety: SafetyConfig = SafetyConfig()
+    fallback: FallbackConfig = FallbackConfig()
+    ledger: LedgerConfig = LedgerConfig()
+    logging: LoggingConfig = LoggingConfig()
+    control: ControlConfig = ControlConfig()
+
+    @property
+    def topic_prefix(self) -> str:
+        return self.aggregator.topic_prefix.format(
+            site_id=self.site.site_id, charger_id=self.site.charger_id
+        )
+
+
+def json_schema() -> dict[str, Any]:
+    """The JSON Schema of the config, for editors that validate YAML as it is typed."""
+    schema = Config.model_json_schema()
+    schema["$schema"] = "https://json-schema.org/draft/2020-12/schema"
+    schema["title"] = "v2g-controller configuration"
+    return schema
+
+
+# --- loading ----------------------------------------------------------------------------------
+
+
+class _Located:
+    """A YAML document turned into plain data, with the line of every key and item."""
+
+    def __init__(self, file: str) -> None:
+        self.file = file
+        self.lines: dict[Loc, int] = {}
+        self.problems: list[ConfigProblem] = []
+
+    def build(self, node: yaml.Node, loc: Loc, loader: yaml.SafeLoader) -> Any:
+        self.lines.setdefault(loc, node.start_mark.line + 1)
+        if isinstance(node, yaml.MappingNode):
+            loader.flatten_mapping(node)  # resolve '<<' merge keys as PyYAML would
+            result: dict[Any, Any] = {}
+            first_line: dict[Any, int] = {}
+            for key_node, value_node in node.value:
+                key = self.build(key_node, (*loc, "<key>"), loader)
+                key_line = key_node.start_mark.line + 1
+                if not isinstance(key, str | int | float | bool):
+                    self._problem(key_line, loc, f"expected a plain key, found {key!r}")
+                    continue
+                if key in first_line:
+                    self._problem(
+                        key_line,
+                        (*loc, str(key)),
+                        f"duplicate key (first at line {first_line[key]}); expected each key once",
+                    )
+                    continue
+                first_line[key] = key_line
+                self.lines[(*loc, str(key))] = key_line
+                result[str(key)] = self.build(value_node, (*loc, str(key)), loader)
+            return result
+        if isinstance(node, yaml.SequenceNode):
+            return [self.build(item, (*loc, i), loader) for i, item in enumerate(node.value)]
+        # YAML 1.1 reads an unquoted 19:30 as the base-60 integer 1170. Times of day are common
+        # here, so a plain scalar with a colon stays the string the technician wrote.
+        if node.tag in ("tag:yaml.org,2002:int", "tag:yaml.org,2002:float") and ":" in node.value:
+            return node.value
+        return loader.construct_object(node, deep=True)
+
+    def _problem(self, line: int, loc: Loc, message: str) -> None:
+        self.problems.append(ConfigProblem(self.file, line, _dotted(loc), message))
+
+    def line_for(self, loc: Loc) -> int | None:
+        """The line of the deepest part of ``loc`` present in the file."""
+        for end in range(len(loc), -1, -1):
+            line = self.lines.get(loc[:end])
+            if line is not None:
+                return line
+        return None
+
+
+def _dotted(loc: Loc) -> str:
+    out = ""
+    for part in loc:
+        if isinstance(part, int):
+            out += f"[{part}]"
+        else:
+            out += f".{part}" if out else part
+    return out
+
+
+def _parse(text: str, file: str) -> tuple[Any, _Located]:
+    located = _Located(file)
+    loader = yaml.SafeLoader(text)
+    try:
+        node = loader.get_single_node()
+        data = None if node is None else located.build(node, (), loader)
+    except yaml.MarkedYAMLError as exc:
+        mark = exc.problem_mark or exc.context_mark
+        line = mark.line + 1 if mark is not None else None
+        what = " ".join(p for p in (exc.context, exc.problem) if p)
+        raise ConfigError([ConfigProblem(file, line, "", f"invalid YAML: {what}")]) from None
+    except yaml.YAMLError as exc:
+        raise ConfigError([ConfigProblem(file, None, "", f"invalid YAML: {exc}")]) from None
+    finally:
+        loader.dispose()
+    return data, located
+
+
+def _fields_at(loc: Loc) -> list[str]:
+    """Field names of the section at ``loc``, for 'did you mean' hints."""
+    model: Any = Config
+    for part in loc:
+        if not (isinstance(model, type) and issubclass(model, BaseModel)):
+            return []
+        field = model.model_fields.get(str(part))
+        if field is None:
+            return []
+        model = _section_type(field.annotation)
+    if isinstance(model, type) and issubclass(model, BaseModel):
+        return list(model.model_fields)
+    return []
+
+
+def _section_type(annotation: Any) -> Any:
+    for candidate in (annotation, *getattr(annotation, "__args__", ())):
+        if isinstance(candidate, type) and issubclass(candidate, BaseModel):
+            return candidate
+    return annotation
+
+
+def _describe(value: Any) -> str:
+    if isinstance(value, Mapping):
+        return "a mapping"
+    if isinstance(value, list):
+        return "a list"
+    return repr(value)
+
+
+def _problems_from(exc: pydantic.ValidationError, located: _Located) -> Iterator[ConfigProblem]:
+    for err in exc.errors(include_url=False):
+        loc: Loc = tuple(err["loc"])
+        kind = err["type"]
+        line = located.line_for(loc)
+        if kind == "extra_forbidden":
+            known = _fields_at(loc[:-1])
+            hint = difflib.get_close_matches(str(loc[-1]), known, n=1)
+            message = "unknown key; expected one of: " + ", ".join(known)
+            if hint:
+                message = f"unknown key; did you mean '{hint[0]}'?"
+        elif kind == "missing":
+            message = "required key is missing"
+        elif kind == "value_error":
+            # Our own cross-field checks already say what was expected and found.
+            message = str(err["ctx"]["error"]) if "ctx" in err else err["msg"]
+        else:
+            expected = re.sub(r"^Input should (be )?", "", err["msg"])
+            expected = expected[0].lower() + expected[1:] if expected else expected
+            message = f"expected {expected}; found {_describe(err.get('input'))}"
+        yield ConfigProblem(located.file, line, _dotted(loc), message)
+
+
+def parse_config(text: str, file: str = "<config>") -> Config:
+    """Validate YAML text into a Config, or raise ConfigError with every problem found."""
+    data, located = _parse(text, file)
+    problems = list(located.problems)
+    if data is None:
+        problems.append(ConfigProblem(file, 1, "", "the config is empty; expected a mapping"))
+        raise ConfigError(problems)
+    if not isinstance(data, dict):
+        problems.append(
+            ConfigProblem(file, 1, "", f"expected a mapping at the top, found {_describe(data)}")
+        )
+        raise ConfigError(problems)
+    try:
+        config = Config.model_validate(data)
+    except pydantic.ValidationError as exc:
+        problems.extend(_problems_from(exc, located))
+        problems.sort(key=lambda p: (p.line or 0, p.path))
+        raise ConfigError(problems) from None
+    if problems:
+        raise ConfigError(problems)
+    return config
+
+
+def load_config(path: str | Path) -> Config:
+    """Read and validate a config file, or raise ConfigError with every problem found."""
+    file = str(path)
+    try:
+        text = Path(path).read_text(encoding="utf-8")
+    except FileNotFoundError:
+        raise ConfigError([ConfigProblem(file, None, "", "file not found")]) from None
+    except IsADirectoryError:
+        raise ConfigError([ConfigProblem(file, None, "", "is a directory, not a file")]) from None
+    except PermissionError:
+        raise ConfigError([ConfigProblem(file, None, "", "permission denied")]) from None
+    except UnicodeDecodeError as exc:
+        raise ConfigError(
+            [ConfigProblem(file, None, "", f"not UTF-8 text (byte {exc.start})")]
+        ) from None
+    except OSError as exc:
+        raise ConfigError([ConfigProblem(file, None, "", f"cannot read: {exc.strerror}")]) from None
+    return parse_config(text, file)

@@ -1,0 +1,300 @@
+"""The daemon: the only place that wires the links to the core.
+
+One ``asyncio.TaskGroup`` supervises every link and the control loop. The control loop evaluates
+the core on its tick and at once whenever a link calls ``wake()``, hands the command to the single
+inverter writer, and pings the systemd watchdog only after a complete cycle, so a hung loop stops
+the pings and systemd restarts the service.
+
+Whatever ends the TaskGroup (a stop signal, a crashed link, a crashed control loop), the stop
+sequence runs: 0 W and power stage disabled first, then the vehicle session is ended, then the
+aggregator is told "offline". A stop asked for by a signal exits 0; a crash exits 1 so that
+systemd's ``Restart=on-failure`` brings the service back into a safe state.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import datetime as dt
+import enum
+import os
+import signal
+import time
+import zoneinfo
+from collections.abc import Awaitable, Callable
+from dataclasses import dataclass
+from typing import Protocol
+
+import structlog
+
+from controller.config import Config
+from controller.core.snapshots import (
+    InverterState,
+    PowerCommand,
+    PowerState,
+    Setpoint,
+    VehicleState,
+)
+from controller.links import AggregatorLink, InverterLink, Link, LinkStatus, VehicleLink
+from controller.sdnotify import Notifier
+
+log = structlog.get_logger(component="daemon")
+
+
+class ExitCode(enum.IntEnum):
+    """Process exit status, as systemd and technicians see it."""
+
+    OK = 0  # stopped on request, power stage left at 0 W
+    FAILURE = 1  # a component crashed; power was driven to 0 W first
+    CONFIG = 2  # the config is invalid; nothing was started
+    FORCED = 3  # a second stop signal: exited at once, inverter revert timer is the safety net
+
+
+@dataclass(frozen=True, slots=True)
+class ControlOutput:
+    """What one control cycle decided, in the form the daemon acts on and reports."""
+
+    command: PowerCommand
+    state: PowerState
+    binding_limit: str | None  # name of the limit that binds, if any
+    reasons: tuple[str, ...]  # why the command is what it is (logged on change)
+
+
+class ControlStep(Protocol):
+    """One evaluation of the safety core; stateful wrappers keep the core's state between calls."""
+
+    def __call__(
+        self,
+        vehicle: VehicleState | None,
+        inverter: InverterState | None,
+        setpoint: Setpoint | None,
+        monotonic_s: float,
+        wall: dt.datetime,
+    ) -> ControlOutput: ...
+
+
+@dataclass(frozen=True, slots=True)
+class Links:
+    vehicle: VehicleLink
+    inverter: InverterLink
+    aggregator: AggregatorLink
+
+    def all(self) -> tuple[Link, ...]:
+        return (self.vehicle, self.inverter, self.aggregator)
+
+
+class _StopRequested(Exception):  # noqa: N818  an internal signal, not an error
+    """Raised inside the TaskGroup to end it when a stop signal arrived."""
+
+
+class LinkStoppedError(Exception):
+    """A link's run() returned although the daemon was not stopping."""
+
+
+class Daemon:
+    """Supervises the links and the control loop; owns the stop sequence."""
+
+    def __init__(
+        self,
+        config: Config,
+        links: Links,
+        control_step: ControlStep,
+        notifier: Notifier | None = None,
+        *,
+        monotonic: Callable[[], float] = time.monotonic,
+        handle_signals: bool = True,
+    ) -> None:
+        self._config = config
+        self._links = links
+        self._step = control_step
+        self._notifier = notifier if notifier is not None else Notifier()
+        self._monotonic = monotonic
+        self._handle_signals = handle_signals
+        self._tz = zoneinfo.ZoneInfo(config.site.timezone)
+        self._wake = asyncio.Event()
+        self._stop = asyncio.Event()
+        self._signals_seen = 0
+        self._ready = False
+        self._last_output: ControlOutput | None = None
+        self.cycles = 0
+
+    # -- public -------------------------------------------------------------------------------
+
+    @property
+    def ready(self) -> bool:
+        return self._ready
+
+    @property
+    def last_output(self) -> ControlOutput | None:
+        return self._last_output
+
+    def wake(self) -> None:
+        """Run a control cycle now (links call this on safety-relevant events)."""
+        self._wake.set()
+
+    def request_stop(self) -> None:
+        """Begin the clean stop sequence (what SIGTERM and SIGINT do)."""
+        self._stop.set()
+        self._wake.set()
+
+    async def run(self) -> ExitCode:
+        """Run until stopped or until a component crashes; always ends at 0 W."""
+        loop = asyncio.get_running_loop()
+        if self._handle_signals:
+            for sig in (signal.SIGTERM, signal.SIGINT):
+                loop.add_signal_handler(sig, self._on_signal, sig)
+        log.info(
+            "starting",
+            site=self._config.site.site_id,
+            charger=self._config.site.charger_id,
+            links={link.name: str(link.status) for link in self._links.all()},
+        )
+        exit_code = ExitCode.OK
+        reason = "stop requested"
+        try:
+            async with asyncio.TaskGroup() as tasks:
+                for link in self._links.all():
+                    tasks.create_task(self._supervise(link), name=f"link:{link.name}")
+                tasks.create_task(self._control_loop(), name="control-loop")
+                tasks.create_task(self._raise_on_stop(), name="stop-watch")
+        except* _StopRequested:
+            pass
+        except* Exception as group:
+            exit_code = ExitCode.FAILURE
+            reason = "component failure"
+            for exc in group.exceptions:
+                log.error(
+                    "component failed; driving power to 0 W",
+                    error=f"{type(exc).__name__}: {exc}",
+                    exc_info=exc,
+                )
+        finally:
+            await self._shutdown_even_if_cancelled(reason)
+            if self._handle_signals:
+                for sig in (signal.SIGTERM, signal.SIGINT):
+                    loop.remove_signal_handler(sig)
+        log.info("stopped", exit_code=int(exit_code), reason=reason)
+        return exit_code
+
+    # -- internals ----------------------------------------------------------------------------
+
+    def _on_signal(self, sig: signal.Signals) -> None:
+        self._signals_seen += 1
+        if self._signals_seen == 1:
+            log.info("stop signal received; stopping cleanly", signal=sig.name)
+            self.request_stop()
+            return
+        # A second signal means the operator will not wait; the inverter's own revert timer
+        # (armed on every write) brings it to 0 W without us.
+        log.warning("second stop signal; exiting at once", signal=sig.name)
+        os._exit(ExitCode.FORCED)
+
+    async def _raise_on_stop(self) -> None:
+        await self._stop.wait()
+        raise _StopRequested
+
+    async def _supervise(self, link: Link) -> None:
+        await link.run(self.wake)
+        if link.status is LinkStatus.DISABLED or self._stop.is_set():
+            # A disabled link has nothing to do; park so the TaskGroup keeps running.
+            await self._stop.wait()
+            return
+        raise LinkStoppedError(f"{link.name} link stopped unexpectedly")
+
+    async def _control_loop(self) -> None:
+        tick_s = self._config.control.tick_s
+        watchdog_s = self._notifier.watchdog_interval_s
+        # Ping at twice the rate systemd requires, as sd_watchdog_enabled(3) advises.
+        ping_every_s = watchdog_s / 2 if watchdog_s is not None else None
+        last_ping_s = float("-inf")
+        while not self._stop.is_set():
+            with contextlib.suppress(TimeoutError):
+                async with asyncio.timeout(tick_s):
+                    await self._wake.wait()
+            self._wake.clear()
+            if self._stop.is_set():
+                break
+            await self._cycle()
+            self.cycles += 1
+            now_s = self._monotonic()
+            if ping_every_s is not None and now_s - last_ping_s >= ping_every_s:
+                self._notifier.watchdog()
+                last_ping_s = now_s
+            if not self._ready:
+                self._announce_ready_when_reported()
+
+    async def _cycle(self) -> None:
+        now_s = self._monotonic()
+        wall = dt.datetime.now(self._tz)
+        output = self._step(
+            self._links.vehicle.snapshot(),
+            self._links.inverter.snapshot(),
+            self._links.aggregator.setpoint(),
+            now_s,
+            wall,
+        )
+        previous = self._last_output
+        self._last_output = output
+        if previous is None or (
+            previous.state,
+            previous.binding_limit,
+            previous.reasons,
+        ) != (output.state, output.binding_limit, output.reasons):
+            log.info(
+                "power decision",
+                state=str(output.state),
+                power_w=round(output.command.power_w, 1),
+                enabled=output.command.enable,
+                binding_limit=output.binding_limit,
+                reasons=list(output.reasons),
+            )
+        self._links.vehicle.allow_energy_transfer(output.command.enable)
+        await self._links.inverter.apply(output.command)
+
+    def _announce_ready_when_reported(self) -> None:
+        statuses = {link.name: link.status for link in self._links.all()}
+        if any(status is LinkStatus.STARTING for status in statuses.values()):
+            return
+        self._ready = True
+        summary = " ".join(f"{name}={status}" for name, status in statuses.items())
+        self._notifier.ready(f"running: {summary}")
+        log.info("ready", **{name: str(status) for name, status in statuses.items()})
+
+    async def _shutdown_even_if_cancelled(self, reason: str) -> None:
+        # A cancelled daemon must still leave the power stage at 0 W: the stop sequence runs to
+        # its end (it is bounded in time) and the cancellation is passed on afterwards.
+        stop = asyncio.create_task(self._shutdown(reason), name="stop-sequence")
+        cancelled = False
+        while not stop.done():
+            try:
+                await asyncio.shield(stop)
+            except asyncio.CancelledError:
+                cancelled = True
+        if cancelled:
+            raise asyncio.CancelledError
+
+    async def _shutdown(self, reason: str) -> None:
+        self._notifier.stopping(f"stopping: {reason}")
+        budget_s = self._config.control.shutdown_timeout_s
+        deadline_s = self._monotonic() + budget_s
+        self._links.vehicle.allow_energy_transfer(False)
+        # Power first: 0 W and the stage disabled before anything else is allowed to take time.
+        steps: tuple[tuple[str, Callable[[], Awaitable[None]], float], ...] = (
+            ("inverter to 0 W and disabled", self._links.inverter.safe_stop, 0.5),
+            ("vehicle session ended", self._links.vehicle.end_session, 0.6),
+            ("aggregator told offline", self._links.aggregator.publish_offline, 1.0),
+        )
+        for what, step, share in steps:
+            remaining_s = deadline_s - self._monotonic()
+            # Each step may use its share of what is left, so a slow one cannot starve the rest.
+            limit_s = max(0.05, remaining_s * share)
+            try:
+                async with asyncio.timeout(limit_s):
+                    await step()
+            except TimeoutError:
+                log.error("stop step overran its time", step=what, limit_s=round(limit_s, 2))
+            except Exception as exc:  # noqa: BLE001  every stop step must run whatever the last did
+                log.error("stop step failed", step=what, error=f"{type(exc).__name__}: {exc}")
+            else:
+                log.info("stop step done", step=what)
+        self._notifier.close()

@@ -1,0 +1,1 @@
+"""The inverter link (Modbus TCP/RTU, SunSpec or a vendor register map)."""
