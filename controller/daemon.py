@@ -216,12 +216,12 @@ class Daemon:
                 break
             await self._cycle()
             self.cycles += 1
+            if not self._ready:
+                self._announce_ready_when_reported()
             now_s = self._monotonic()
             if ping_every_s is not None and now_s - last_ping_s >= ping_every_s:
                 self._notifier.watchdog()
                 last_ping_s = now_s
-            if not self._ready:
-                self._announce_ready_when_reported()
 
     async def _cycle(self) -> None:
         now_s = self._monotonic()
