@@ -481,10 +481,15 @@ def _dotted(loc: Loc) -> str:
 
 def _parse(text: str, file: str) -> tuple[Any, _Located]:
     located = _Located(file)
-    loader = yaml.SafeLoader(text)
+    try:
+        loader = yaml.SafeLoader(text)
+    except yaml.reader.ReaderError as exc:
+        raise _reader_problem(exc, text, file) from None
     try:
         node = loader.get_single_node()
         data = None if node is None else located.build(node, (), loader)
+    except yaml.reader.ReaderError as exc:
+        raise _reader_problem(exc, text, file) from None
     except yaml.MarkedYAMLError as exc:
         mark = exc.problem_mark or exc.context_mark
         line = mark.line + 1 if mark is not None else None
@@ -495,6 +500,13 @@ def _parse(text: str, file: str) -> tuple[Any, _Located]:
     finally:
         loader.dispose()
     return data, located
+
+
+def _reader_problem(exc: yaml.reader.ReaderError, text: str, file: str) -> ConfigError:
+    line = text.count("\n", 0, exc.position) + 1
+    return ConfigError(
+        [ConfigProblem(file, line, "", f"invalid YAML: character {exc.character!r} is not allowed")]
+    )
 
 
 def _fields_at(loc: Loc) -> list[str]:
