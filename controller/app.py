@@ -21,8 +21,8 @@ from controller.core.snapshots import (
     VehicleState,
 )
 from controller.daemon import ControlOutput, ControlStep, Daemon, ExitCode, Links
-from controller.inverter.unavailable import UnavailableInverter
-from controller.links import AggregatorLink, InverterLink, LinkStatus, VehicleLink, Wake
+from controller.links import AggregatorLink, InverterLink, VehicleLink
+from controller.unavailable import UnavailableLink
 
 log = structlog.get_logger(component="app")
 
@@ -36,48 +36,22 @@ def build_links(config: Config) -> Links:
     )
 
 
-class _NoVehicleLink:
-    """Stands in while the CAN link is not wired: no vehicle, so the core commands 0 W."""
-
-    name = "vehicle"
-
-    def __init__(self) -> None:
-        self._status = LinkStatus.STARTING
-
-    @property
-    def status(self) -> LinkStatus:
-        return self._status
-
-    async def run(self, wake: Wake) -> None:
-        log.warning("vehicle link unavailable; power stays at 0 W")
-        self._status = LinkStatus.DOWN
-        wake()
-        await asyncio.Event().wait()
-
-    def snapshot(self) -> VehicleState | None:
-        return None
-
-    def allow_energy_transfer(self, allowed: bool) -> None:
-        return
-
-    async def end_session(self) -> None:
-        return
-
-
 def _build_vehicle(config: Config) -> VehicleLink:
-    return _NoVehicleLink()
+    return UnavailableLink(
+        "vehicle", f"no CAN session for protocol {config.vehicle.protocol!r} in this version"
+    )
 
 
 def _build_inverter(config: Config) -> InverterLink:
-    return UnavailableInverter(
-        f"no Modbus driver for transport {config.inverter.transport!r} in this version"
+    return UnavailableLink(
+        "inverter", f"no Modbus driver for transport {config.inverter.transport!r} in this version"
     )
 
 
 def _build_aggregator(config: Config) -> AggregatorLink:
     if not config.aggregator.enabled:
         return DisabledAggregator()
-    return DisabledAggregator()
+    return UnavailableLink("aggregator", "no MQTT client in this version")
 
 
 def build_control_step(config: Config) -> ControlStep:
