@@ -382,7 +382,10 @@ class ControlConfig(_Section):
         default=0.1, ge=0.01, le=1.0, description="Control loop period (it also wakes on events)."
     )
     shutdown_timeout_s: float = Field(
-        default=4.0, ge=0.5, le=30.0, description="Budget for the clean stop sequence."
+        default=4.0,
+        ge=0.5,
+        le=4.5,
+        description="Budget for the clean stop sequence (the process exits within 5 s).",
     )
 
 
