@@ -1,0 +1,136 @@
+"""Register codec: every type, scale factor and word order round-trips; sentinels read as None."""
+
+from __future__ import annotations
+
+import pytest
+from hypothesis import given
+from hypothesis import strategies as st
+
+from controller.errors import ProtocolError
+from controller.inverter.codec import (
+    RegType,
+    WordOrder,
+    check_scale_factor,
+    decode,
+    encode,
+    not_implemented,
+    scaled,
+    unscaled,
+    words_of,
+)
+
+INTEGER_RANGES = {
+    RegType.U16: (0, 0xFFFF),
+    RegType.I16: (-0x8000, 0x7FFF),
+    RegType.U32: (0, 0xFFFF_FFFF),
+    RegType.I32: (-0x8000_0000, 0x7FFF_FFFF),
+    RegType.U64: (0, 2**64 - 1),
+    RegType.I64: (-(2**63), 2**63 - 1),
+    RegType.ACC32: (0, 0xFFFF_FFFF),
+    RegType.ENUM16: (0, 0xFFFF),
+    RegType.BITFIELD32: (0, 0xFFFF_FFFF),
+    RegType.SUNSSF: (-0x8000, 0x7FFF),
+}
+
+
+@st.composite
+def typed_integers(draw: st.DrawFn) -> tuple[RegType, int]:
+    reg_type = draw(st.sampled_from(sorted(INTEGER_RANGES, key=lambda t: t.value)))
+    low, high = INTEGER_RANGES[reg_type]
+    return reg_type, draw(st.integers(low, high))
+
+
+@given(typed_integers(), st.sampled_from(list(WordOrder)))
+def test_integers_round_trip(typed: tuple[RegType, int], order: WordOrder) -> None:
+    """Every integer type round-trips in either word order."""
+    reg_type, value = typed
+    registers = encode(value, reg_type, order)
+    assert len(registers) == words_of(reg_type)
+    assert all(0 <= r <= 0xFFFF for r in registers)
+    assert decode(registers, reg_type, order) == value
+
+
+@given(st.floats(width=32, allow_nan=False), st.sampled_from(list(WordOrder)))
+def test_float32_round_trips(value: float, order: WordOrder) -> None:
+    """float32 round-trips exactly for every representable value."""
+    assert decode(encode(value, RegType.F32, order), RegType.F32, order) == value
+
+
+@given(st.integers(-(2**31), 2**31 - 1), st.integers(-10, 10))
+def test_scale_factor_round_trip(raw: int, sf: int) -> None:
+    """Scaling then unscaling gives back the raw register value for every SunSpec SF."""
+    assert unscaled(scaled(raw, sf), sf) == raw
+
+
+@given(st.text(alphabet=st.characters(min_codepoint=33, max_codepoint=126), max_size=32))
+def test_strings_round_trip(text: str) -> None:
+    """Strings round-trip through NUL-padded registers."""
+    registers = encode(text, RegType.STRING, string_words=16)
+    assert len(registers) == 16
+    assert decode(registers, RegType.STRING) == text
+
+
+def test_word_order_matters() -> None:
+    """0x12345678 is [0x1234, 0x5678] high-first and [0x5678, 0x1234] low-first."""
+    assert encode(0x12345678, RegType.U32, WordOrder.HIGH_FIRST) == [0x1234, 0x5678]
+    assert encode(0x12345678, RegType.U32, WordOrder.LOW_FIRST) == [0x5678, 0x1234]
+    assert decode([0xFFFF, 0xFFFE], RegType.I32) == -2
+
+
+@pytest.mark.parametrize(
+    "reg_type",
+    [
+        RegType.I16,
+        RegType.U16,
+        RegType.SUNSSF,
+        RegType.I32,
+        RegType.U32,
+        RegType.ACC32,
+        RegType.U64,
+        RegType.F32,
+        RegType.ENUM16,
+        RegType.BITFIELD32,
+    ],
+)
+def test_not_implemented_reads_as_none(reg_type: RegType) -> None:
+    """SunSpec's not-implemented sentinel of every type reads as None, never as a number."""
+    registers = not_implemented(reg_type)
+    assert decode(registers, reg_type, sunspec_sentinels=True) is None
+
+
+def test_empty_string_is_not_implemented() -> None:
+    """An all-NUL SunSpec string is 'not implemented'."""
+    assert decode([0] * 8, RegType.STRING, sunspec_sentinels=True) is None
+
+
+def test_sentinels_only_when_asked() -> None:
+    """Outside SunSpec, 0x8000 is a real -32768."""
+    assert decode([0x8000], RegType.I16) == -32768
+
+
+@given(st.lists(st.integers(-(2**20), 2**20), max_size=6), st.sampled_from(list(RegType)))
+def test_decode_rejects_malformed_registers(registers: list[int], reg_type: RegType) -> None:
+    """Any register list either decodes or raises ProtocolError; never anything else."""
+    try:
+        decode(registers, reg_type, sunspec_sentinels=True)
+    except ProtocolError:
+        return
+
+
+def test_encode_refuses_what_does_not_fit() -> None:
+    """Out-of-range values are refused, not wrapped."""
+    with pytest.raises(ValueError, match="does not fit"):
+        encode(70000, RegType.U16)
+    with pytest.raises(ValueError, match="does not fit"):
+        encode(-1, RegType.U32)
+    with pytest.raises(ValueError, match="whole number"):
+        encode(1.5, RegType.I16)
+
+
+def test_scale_factor_range() -> None:
+    """A scale factor outside -10..10 or not implemented is a protocol error."""
+    assert check_scale_factor(-2) == -2
+    with pytest.raises(ProtocolError):
+        check_scale_factor(11)
+    with pytest.raises(ProtocolError):
+        check_scale_factor(None)
