@@ -140,8 +140,10 @@ class ModbusTransport:
     async def _ensure_connected(self) -> AsyncModbusTcpClient | AsyncModbusSerialClient:
         if self._suspect:
             self._drop()
-            # Let any late reply arrive on the dropped connection, not on the next one.
-            await asyncio.sleep(min(self.timeout_s, 1.0))
+            if isinstance(self.endpoint, SerialEndpoint):
+                # RTU frames carry no transaction id: let a late reply arrive and be discarded
+                # before the port is reopened. (Over TCP the old connection takes it with it.)
+                await asyncio.sleep(min(self.timeout_s, 1.0))
             self._suspect = False
         if self._client is not None and self._client.connected:
             return self._client
@@ -233,6 +235,9 @@ class ModbusTransport:
                     self._suspect = True
                     last_error = f"{type(exc).__name__}: {exc}"
                     continue
+                except asyncio.CancelledError:
+                    self._suspect = True  # the reply may still come: never for the next request
+                    raise
                 finally:
                     self._last_io_s = time.monotonic()
                 if isinstance(response, ExceptionResponse) or response.isError():

@@ -1,0 +1,221 @@
+"""The inverter link: polls the inverter, is the single writer of its setpoint, owns recovery.
+
+Two tasks share one Modbus transport (which allows one outstanding request):
+
+- the poller sets the inverter up (discovery, ratings, revert timer armed, 0 W), then reads it
+  every ``poll_interval_s`` into an ``InverterState`` snapshot;
+- the writer puts the latest command on the inverter, and re-sends it at least every third of
+  the revert time, so the inverter's own timer never runs out while the controller is alive and
+  always runs out when it is not.
+
+``apply()`` only hands the command to the writer: the control loop never waits on Modbus.
+
+Any failure (no reply, exception response, a read-back that differs from the write, a fault
+reported by the inverter) latches the link: the snapshot carries the reason, so the core commands
+0 W, and no setpoint is written until the inverter reads healthy again and has been set up anew
+(revert timer re-armed, 0 W verified).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import enum
+import time
+from collections.abc import Callable
+
+import structlog
+
+from controller.core.snapshots import InverterState, PowerCommand
+from controller.errors import InverterLinkError, ProtocolError
+from controller.inverter.drivers import DeviceInfo, InverterDriver
+from controller.inverter.transport import ModbusTransport
+from controller.links import LinkStatus, Wake
+
+log = structlog.get_logger(component="inverter")
+
+
+class _Phase(enum.Enum):
+    SETUP = "setup"  # needs (re)discovery, revert timer and a verified 0 W
+    READY = "ready"  # healthy: commands are written
+    FAULTED = "faulted"  # the inverter reports a fault: nothing written until it clears
+
+
+class ModbusInverterLink:
+    """Satisfies ``controller.links.InverterLink``."""
+
+    name = "inverter"
+
+    def __init__(
+        self,
+        transport: ModbusTransport,
+        driver: InverterDriver,
+        *,
+        poll_interval_s: float = 0.5,
+        revert_timeout_s: float = 10.0,
+        retry_interval_s: float = 5.0,
+        clock: Callable[[], float] = time.monotonic,
+    ) -> None:
+        self._transport = transport
+        self._driver = driver
+        self._poll_interval_s = poll_interval_s
+        self._heartbeat_s = revert_timeout_s / 3
+        self._retry_interval_s = retry_interval_s
+        self._clock = clock
+        self._status = LinkStatus.STARTING
+        self._phase = _Phase.SETUP
+        self._snapshot: InverterState | None = None
+        self._info: DeviceInfo | None = None
+        self._pending: PowerCommand | None = None
+        self._written: PowerCommand | None = None
+        self._written_at_s = float("-inf")
+        self._command_ready = asyncio.Event()
+        self._wake: Wake = lambda: None
+        self._latched: str | None = None
+        self.writes = 0
+
+    # -- InverterLink -------------------------------------------------------------------------
+
+    @property
+    def status(self) -> LinkStatus:
+        return self._status
+
+    @property
+    def info(self) -> DeviceInfo | None:
+        return self._info
+
+    def snapshot(self) -> InverterState | None:
+        return self._snapshot
+
+    async def apply(self, command: PowerCommand) -> None:
+        self._pending = command
+        self._command_ready.set()
+
+    async def safe_stop(self) -> None:
+        """0 W and stage disabled, bounded by the transport's timeouts; never raises."""
+        self._pending = PowerCommand.zero()
+        if self._phase is _Phase.SETUP and self._info is None:
+            return  # never set up: nothing was ever commanded
+        try:
+            await self._driver.command(0.0, enable=False)
+            log.info("inverter at 0 W and disabled")
+        except (InverterLinkError, ProtocolError) as exc:
+            log.error(
+                "could not command 0 W; the inverter's revert timer is the fallback", error=str(exc)
+            )
+        finally:
+            await self._transport.close()
+
+    async def run(self, wake: Wake) -> None:
+        self._wake = wake
+        async with asyncio.TaskGroup() as tasks:
+            tasks.create_task(self._poll_loop(), name="inverter-poll")
+            tasks.create_task(self._write_loop(), name="inverter-write")
+
+    # -- internals ----------------------------------------------------------------------------
+
+    def _fail(self, reason: str, *, reachable: bool) -> None:
+        """Latch a failure: the snapshot carries it, nothing is written until set up anew."""
+        now_s = self._clock()
+        first = self._latched != reason
+        self._latched = reason
+        self._phase = _Phase.SETUP
+        self._written = None
+        self._status = LinkStatus.UP if reachable else LinkStatus.DOWN
+        previous = self._snapshot
+        self._snapshot = InverterState(
+            observed_at_s=now_s,
+            reachable=reachable,
+            enabled=False,
+            max_charge_power_w=previous.max_charge_power_w if previous else None,
+            max_discharge_power_w=previous.max_discharge_power_w if previous else None,
+            faults=(reason,),
+            energy_charged_wh=previous.energy_charged_wh if previous else None,
+            energy_discharged_wh=previous.energy_discharged_wh if previous else None,
+        )
+        if first:
+            log.error("inverter faulted; no setpoints until it recovers", reason=reason)
+        self._wake()
+
+    async def _setup(self) -> bool:
+        try:
+            info = await self._driver.setup()
+            state = await self._driver.read(self._clock())
+        except (InverterLinkError, ProtocolError) as exc:
+            self._fail(f"setup failed: {exc}", reachable=self._transport.connected)
+            return False
+        if self._info is None or self._info != info:
+            log.info(
+                "inverter set up",
+                manufacturer=info.manufacturer,
+                model=info.model,
+                serial=info.serial,
+                profile=info.profile,
+                models=list(info.models),
+                link=self._transport.describe(),
+            )
+        self._info = info
+        self._written = PowerCommand.zero()
+        self._written_at_s = self._clock()
+        self._take(state)
+        return True
+
+    def _take(self, state: InverterState) -> None:
+        previous = self._snapshot
+        self._snapshot = state
+        self._status = LinkStatus.UP
+        if state.faults:
+            if self._phase is not _Phase.FAULTED:
+                log.error("inverter reports a fault", faults=list(state.faults))
+            self._phase = _Phase.FAULTED
+            self._written = None
+        else:
+            if self._latched is not None:
+                log.info("inverter recovered", after=self._latched)
+            self._latched = None
+            self._phase = _Phase.READY
+        if previous is None or previous.faults != state.faults or not previous.reachable:
+            self._wake()
+
+    async def _poll_loop(self) -> None:
+        while True:
+            if self._phase is _Phase.SETUP:
+                if not await self._setup():
+                    await asyncio.sleep(self._retry_interval_s)
+                    continue
+                self._command_ready.set()  # write the current command now that it is safe
+            else:
+                try:
+                    state = await self._driver.read(self._clock())
+                except (InverterLinkError, ProtocolError) as exc:
+                    self._fail(f"read failed: {exc}", reachable=self._transport.connected)
+                    await asyncio.sleep(self._retry_interval_s)
+                    continue
+                was_faulted = self._phase is _Phase.FAULTED
+                self._take(state)
+                if was_faulted and self._phase is _Phase.READY:
+                    self._phase = _Phase.SETUP  # set up anew before any further setpoint
+                    continue
+            await asyncio.sleep(self._poll_interval_s)
+
+    async def _write_loop(self) -> None:
+        while True:
+            try:
+                async with asyncio.timeout(self._heartbeat_s):
+                    await self._command_ready.wait()
+            except TimeoutError:
+                pass  # heartbeat: re-send so the revert timer does not run out
+            self._command_ready.clear()
+            command = self._pending
+            if command is None or self._phase is not _Phase.READY:
+                continue
+            now_s = self._clock()
+            if command == self._written and now_s - self._written_at_s < self._heartbeat_s:
+                continue
+            try:
+                await self._driver.command(command.power_w, command.enable)
+            except (InverterLinkError, ProtocolError) as exc:
+                self._fail(f"write failed: {exc}", reachable=self._transport.connected)
+                continue
+            self.writes += 1
+            self._written = command
+            self._written_at_s = now_s

@@ -1,0 +1,211 @@
+"""What the simulated inverter's registers mean: SunSpec 700-series, 100-series, or a vendor map.
+
+A profile owns the register image. ``refresh`` writes the power stage's live values into it
+before a read is answered; ``apply_write`` interprets a write that has just landed.
+"""
+
+from __future__ import annotations
+
+from typing import Protocol
+
+from hil.inverter.stage import PowerStage
+from hil.inverter.sunspec_image import SunSpecImage
+
+SUNSPEC_BASE = 40000
+MANUFACTURER = "V2G Labs"
+SERIAL = "SIM-0001"
+
+# Symbols from the SunSpec model definitions.
+INVST_RUNNING, INVST_FAULT, INVST_STANDBY = 3, 6, 7
+ST103_MPPT, ST103_FAULT, ST103_STANDBY = 4, 7, 8
+ALRM_MANUFACTURER = 16  # 701 Alrm bit MANUFACTURER_ALRM
+EVT1_HW_TEST_FAILURE = 15  # 103 Evt1 bit used for an injected fault
+STORCTL_CHARGE_BIT, STORCTL_DISCHARGE_BIT = 0, 1
+
+
+class Profile(Protocol):
+    name: str
+    start_address: int
+
+    @property
+    def registers(self) -> list[int]: ...
+
+    def bind(self, registers: list[int]) -> None:
+        """Use the server's live register list from now on."""
+        ...
+
+    def refresh(self, stage: PowerStage, now_s: float) -> None: ...
+
+    def apply_write(self, stage: PowerStage, address: int, count: int, now_s: float) -> None: ...
+
+    def setpoint_span(self) -> tuple[int, int]:
+        """(address, count) of the registers a stuck setpoint refuses to change."""
+        ...
+
+
+class _SunSpecProfile:
+    name = "sunspec"
+    models: tuple[int, ...] = ()
+
+    def __init__(self, stage: PowerStage) -> None:
+        self.image = SunSpecImage(SUNSPEC_BASE, self.models)
+        self.start_address = SUNSPEC_BASE
+        self.image.set_raw(1, "Mn", MANUFACTURER)
+        self.image.set_raw(1, "SN", SERIAL)
+        self.image.set_raw(1, "Vr", "1.0.0")
+        self.image.set_raw(1, "DA", 1)
+
+    @property
+    def registers(self) -> list[int]:
+        return self.image.registers
+
+    def bind(self, registers: list[int]) -> None:
+        self.image.registers = registers
+
+
+class SunSpec700Profile(_SunSpecProfile):
+    """Models 1, 701, 702, 704, 713 (IEEE 1547-2018 DER information model)."""
+
+    name = "sunspec-700"
+    models = (1, 701, 702, 704, 713)
+
+    def __init__(self, stage: PowerStage) -> None:
+        super().__init__(stage)
+        img = self.image
+        img.set_raw(1, "Md", "BD-7 SunSpec 700 simulator")
+        for sf in ("W_SF", "VA_SF", "Var_SF", "TotWh_SF", "A_SF", "V_SF", "Hz_SF", "PF_SF"):
+            img.set_raw(701, sf, 0)
+        img.set_raw(701, "Tmp_SF", -1)
+        img.set_raw(701, "ACType", 1)  # split phase
+        for sf in ("W_SF", "VA_SF", "Var_SF", "V_SF", "A_SF", "PF_SF", "S_SF"):
+            img.set_raw(702, sf, 0)
+        ratings = stage.ratings
+        img.set_raw(702, "WMaxRtg", round(max(ratings.max_charge_w, ratings.max_discharge_w)))
+        img.set_raw(702, "WChaRteMaxRtg", round(ratings.max_charge_w))
+        img.set_raw(702, "WDisChaRteMaxRtg", round(ratings.max_discharge_w))
+        img.set_raw(702, "WMax", round(max(ratings.max_charge_w, ratings.max_discharge_w)))
+        for sf in ("WSet_SF", "WSetPct_SF", "PF_SF", "WMaxLimPct_SF", "VarSet_SF", "VarSetPct_SF"):
+            img.set_raw(704, sf, 0)
+        for point in ("WSetEna", "WSetMod", "WSetEnaRvrt", "WSetPct", "WSetPctRvrt"):
+            img.set_raw(704, point, 0)
+        for point in ("WSet", "WSetRvrt", "WSetRvrtTms", "WSetRvrtRem"):
+            img.set_raw(704, point, 0)
+        img.set_raw(713, "WH_SF", 0)
+        img.set_raw(713, "Pct_SF", 0)
+        img.set_raw(713, "WHRtg", 40_000)
+        img.set_raw(713, "Sta", 0)
+
+    def refresh(self, stage: PowerStage, now_s: float) -> None:
+        stage.advance(now_s)
+        img = self.image
+        img.set_raw(701, "W", round(-stage.actual_w))  # SunSpec + = export
+        if stage.fault is not None:
+            state = INVST_FAULT
+        elif stage.enabled and stage.actual_w != 0.0:
+            state = INVST_RUNNING
+        else:
+            state = INVST_STANDBY
+        img.set_raw(701, "InvSt", state)
+        img.set_raw(701, "St", 1 if stage.enabled else 0)
+        img.set_raw(701, "ConnSt", 1 if stage.enabled else 0)
+        img.set_raw(701, "Alrm", 1 << ALRM_MANUFACTURER if stage.fault else 0)
+        img.set_raw(701, "TotWhInj", round(stage.energy_discharged_wh))
+        img.set_raw(701, "TotWhAbs", round(stage.energy_charged_wh))
+        img.set_raw(701, "TmpCab", round(stage.temperature_c * 10))
+        img.set_raw(704, "WSetRvrtRem", round(stage.revert_remaining_s(now_s)))
+
+    def apply_write(self, stage: PowerStage, address: int, count: int, now_s: float) -> None:
+        img = self.image
+        if img.spans(704, "WSetRvrtTms", address, count):
+            stage.set_revert_timeout(float(img.get_raw(704, "WSetRvrtTms") or 0), now_s)
+        if any(img.spans(704, p, address, count) for p in ("WSetEna", "WSet", "WSetPct")):
+            stage.set_enabled(img.get_raw(704, "WSetEna") == 1, now_s)
+            if img.get_raw(704, "WSetMod") == 1:
+                export_w = img.get_value(704, "WSet") or 0.0
+            else:
+                export_w = (
+                    (img.get_value(704, "WSetPct") or 0.0)
+                    / 100
+                    * (img.get_value(702, "WMax") or 0.0)
+                )
+            stage.command(-export_w, now_s)
+
+    def setpoint_span(self) -> tuple[int, int]:
+        return self.image.address(704, "WSet"), 2
+
+
+class SunSpec100Profile(_SunSpecProfile):
+    """Models 1, 103, 120, 121, 123, 124 (inverter and storage, before IEEE 1547-2018)."""
+
+    name = "sunspec-100"
+    models = (1, 103, 120, 121, 123, 124)
+
+    def __init__(self, stage: PowerStage) -> None:
+        super().__init__(stage)
+        img = self.image
+        ratings = stage.ratings
+        img.set_raw(1, "Md", "BD-7 SunSpec 100 simulator")
+        for sf in ("A_SF", "V_SF", "W_SF", "Hz_SF", "VA_SF", "VAr_SF", "PF_SF", "WH_SF"):
+            img.set_raw(103, sf, 0)
+        for sf in ("DCA_SF", "DCV_SF", "DCW_SF", "Tmp_SF"):
+            img.set_raw(103, sf, 0)
+        img.set_raw(103, "DCV", 380)
+        img.set_raw(120, "DERTyp", 82)  # PV_STOR
+        for sf in ("WRtg_SF", "MaxChaRte_SF", "MaxDisChaRte_SF"):
+            img.set_raw(120, sf, 0)
+        img.set_raw(120, "WRtg", round(max(ratings.max_charge_w, ratings.max_discharge_w)))
+        img.set_raw(120, "MaxChaRte", round(ratings.max_charge_w))
+        img.set_raw(120, "MaxDisChaRte", round(ratings.max_discharge_w))
+        img.set_raw(121, "WMax_SF", 0)
+        img.set_raw(121, "WMax", round(max(ratings.max_charge_w, ratings.max_discharge_w)))
+        img.set_raw(123, "Conn", 0)
+        img.set_raw(123, "Conn_RvrtTms", 0)
+        img.set_raw(124, "WChaMax_SF", 0)
+        img.set_raw(124, "InOutWRte_SF", -1)  # rates in tenths of a percent
+        img.set_raw(124, "WChaMax", round(max(ratings.max_charge_w, ratings.max_discharge_w)))
+        for point in ("StorCtl_Mod", "OutWRte", "InWRte", "InOutWRte_RvrtTms"):
+            img.set_raw(124, point, 0)
+        img.set_raw(124, "ChaSt", 6)  # HOLDING
+
+    def refresh(self, stage: PowerStage, now_s: float) -> None:
+        stage.advance(now_s)
+        img = self.image
+        img.set_raw(103, "W", round(-stage.actual_w))  # SunSpec + = export
+        if stage.fault is not None:
+            state = ST103_FAULT
+        elif stage.enabled and stage.actual_w != 0.0:
+            state = ST103_MPPT
+        else:
+            state = ST103_STANDBY
+        img.set_raw(103, "St", state)
+        img.set_raw(103, "Evt1", 1 << EVT1_HW_TEST_FAILURE if stage.fault else 0)
+        img.set_raw(103, "WH", round(stage.energy_discharged_wh) % (1 << 32))
+        img.set_raw(103, "TmpCab", round(stage.temperature_c))
+        if stage.actual_w > 0:
+            img.set_raw(124, "ChaSt", 4)  # CHARGING
+        elif stage.actual_w < 0:
+            img.set_raw(124, "ChaSt", 3)  # DISCHARGING
+        else:
+            img.set_raw(124, "ChaSt", 6)  # HOLDING
+
+    def apply_write(self, stage: PowerStage, address: int, count: int, now_s: float) -> None:
+        img = self.image
+        if img.spans(123, "Conn", address, count):
+            stage.set_enabled(img.get_raw(123, "Conn") == 1, now_s)
+        if img.spans(124, "InOutWRte_RvrtTms", address, count):
+            stage.set_revert_timeout(float(img.get_raw(124, "InOutWRte_RvrtTms") or 0), now_s)
+        if any(img.spans(124, p, address, count) for p in ("StorCtl_Mod", "InWRte", "OutWRte")):
+            mode = img.get_raw(124, "StorCtl_Mod")
+            mode = mode if isinstance(mode, int) else 0
+            base_w = img.get_value(124, "WChaMax") or 0.0
+            charge_pct = img.get_value(124, "InWRte") or 0.0
+            discharge_pct = img.get_value(124, "OutWRte") or 0.0
+            power_w = 0.0
+            if mode >> STORCTL_CHARGE_BIT & 1:
+                power_w += charge_pct / 100 * base_w
+            if mode >> STORCTL_DISCHARGE_BIT & 1:
+                power_w -= discharge_pct / 100 * base_w
+            stage.command(power_w, now_s)
+
+    def setpoint_span(self) -> tuple[int, int]:
+        return self.image.address(124, "OutWRte"), 2  # OutWRte and InWRte are adjacent
