@@ -14,7 +14,7 @@ import re
 import zoneinfo
 from collections.abc import Iterator, Mapping
 from pathlib import Path
-from typing import Annotated, Any, Literal, Self
+from typing import Annotated, Any, Literal, Self, TypeVar
 
 import pydantic
 import yaml
@@ -23,6 +23,7 @@ from pydantic import BaseModel, ConfigDict, Field, model_validator
 from controller.errors import ConfigError, ConfigProblem
 
 Loc = tuple[str | int, ...]
+_M = TypeVar("_M", bound=BaseModel)
 
 # Identifiers end up in MQTT topics and file names: keep them to a safe alphabet.
 _IDENT = r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,63}$"
@@ -418,6 +419,134 @@ def json_schema() -> dict[str, Any]:
     return schema
 
 
+# --- vendor register maps (config/inverters/*.yaml) -------------------------------------------
+
+
+class MapRegister(_Section):
+    """One register (or register pair) of a vendor map."""
+
+    address: int = Field(ge=0, le=65535, description="Protocol (0-based) register address.")
+    function: Literal["holding", "input"] = Field(
+        default="holding", description="holding: read with function 3; input: function 4."
+    )
+    type: Literal["u16", "i16", "u32", "i32", "f32"]
+    word_order: Literal["high_first", "low_first"] | None = Field(
+        default=None, description="Overrides the map's word_order for this register."
+    )
+    scale: float = Field(default=1.0, description="Engineering value = raw x scale.")
+    unit: str | None = None
+    access: Literal["r", "rw"] = "r"
+
+    @model_validator(mode="after")
+    def _sane(self) -> Self:
+        if self.scale == 0:
+            raise ValueError("expected a non-zero scale, found 0")
+        if self.access == "rw" and self.function == "input":
+            raise ValueError("expected input registers to be read-only (access: r), found rw")
+        return self
+
+    @property
+    def words(self) -> int:
+        return 1 if self.type in ("u16", "i16") else 2
+
+
+class SignedRole(_Section):
+    register_name: str = Field(alias="register")
+    sign: Literal["import_positive", "export_positive"] = Field(
+        description="import_positive: + charges the vehicle; export_positive: + discharges it."
+    )
+
+
+class EnableRole(_Section):
+    register_name: str = Field(alias="register")
+    on: int = 1
+    off: int = 0
+
+
+class HeartbeatRole(_Section):
+    register_name: str = Field(alias="register")
+    kind: Literal["timeout", "counter"] = Field(
+        description="timeout: the register holds the revert time in seconds, written at setup; "
+        "counter: a value the controller changes with every command."
+    )
+    timeout_s: float | None = Field(
+        default=None, gt=0, le=3600, description="For kind counter: the device's own timeout."
+    )
+
+
+class StatusRole(_Section):
+    register_name: str = Field(alias="register")
+    names: dict[int, str] = Field(default_factory=dict, description="Value -> state name.")
+    fault_values: list[int] = Field(default_factory=list, description="Values that mean fault.")
+
+
+class FaultRole(_Section):
+    register_name: str = Field(alias="register")
+    names: dict[int, str] = Field(default_factory=dict, description="Code -> fault name.")
+
+
+class MapRoles(_Section):
+    """Which registers the controller uses for what."""
+
+    setpoint: SignedRole
+    measured_power: SignedRole
+    enable: EnableRole | None = None
+    heartbeat: HeartbeatRole
+    status: StatusRole | None = None
+    fault: FaultRole | None = None
+    energy_charged: str | None = None
+    energy_discharged: str | None = None
+    temperature: str | None = None
+    dc_voltage: str | None = None
+    max_charge_power: str | None = None
+    max_discharge_power: str | None = None
+
+
+class RegisterMap(_Section):
+    """A non-SunSpec inverter's register map (one file per model in config/inverters/)."""
+
+    manufacturer: str = Field(min_length=1)
+    model: str = Field(min_length=1)
+    word_order: Literal["high_first", "low_first"] = "high_first"
+    registers: dict[str, MapRegister] = Field(min_length=1)
+    roles: MapRoles
+
+    def cross_problems(self) -> list[tuple[Loc, str]]:
+        """Problems between roles and registers, each at the role that has it."""
+        problems: list[tuple[Loc, str]] = []
+        roles = self.roles
+        named: dict[str, str | None] = {
+            "setpoint": roles.setpoint.register_name,
+            "measured_power": roles.measured_power.register_name,
+            "enable": roles.enable.register_name if roles.enable else None,
+            "heartbeat": roles.heartbeat.register_name,
+            "status": roles.status.register_name if roles.status else None,
+            "fault": roles.fault.register_name if roles.fault else None,
+            "energy_charged": roles.energy_charged,
+            "energy_discharged": roles.energy_discharged,
+            "temperature": roles.temperature,
+            "dc_voltage": roles.dc_voltage,
+            "max_charge_power": roles.max_charge_power,
+            "max_discharge_power": roles.max_discharge_power,
+        }
+        for role, register in named.items():
+            if register is not None and register not in self.registers:
+                problems.append(
+                    (("roles", role), f"names register {register!r}, which is not defined")
+                )
+        for role in ("setpoint", "enable", "heartbeat"):
+            register = named[role]
+            if register in self.registers and self.registers[register].access != "rw":
+                problems.append(
+                    (("roles", role), f"expected register {register!r} to be rw, found r")
+                )
+        if roles.heartbeat.kind == "counter" and roles.heartbeat.timeout_s is None:
+            problems.append(
+                (("roles", "heartbeat"), "kind counter: expected timeout_s, found none")
+            )
+        return problems
+
+
 # --- loading ----------------------------------------------------------------------------------
 
 
@@ -436,7 +565,10 @@ class _Located:
             result: dict[Any, Any] = {}
             first_line: dict[Any, int] = {}
             for key_node, value_node in node.value:
-                key = self.build(key_node, (*loc, "<key>"), loader)
+                if key_node.tag == "tag:yaml.org,2002:bool":
+                    key: Any = key_node.value  # YAML 1.1 reads the keys on/off/yes/no as bools
+                else:
+                    key = self.build(key_node, (*loc, "<key>"), loader)
                 key_line = key_node.start_mark.line + 1
                 if not isinstance(key, str | int | float | bool):
                     self._problem(key_line, loc, f"expected a plain key, found {key!r}")
@@ -512,18 +644,21 @@ def _reader_problem(exc: yaml.reader.ReaderError, text: str, file: str) -> Confi
     )
 
 
-def _fields_at(loc: Loc) -> list[str]:
+def _fields_at(root: type[BaseModel], loc: Loc) -> list[str]:
     """Field names of the section at ``loc``, for 'did you mean' hints."""
-    model: Any = Config
+    model: Any = root
     for part in loc:
         if not (isinstance(model, type) and issubclass(model, BaseModel)):
             return []
-        field = model.model_fields.get(str(part))
+        fields = {f.alias or name: f for name, f in model.model_fields.items()}
+        field = fields.get(str(part))
         if field is None:
             return []
         model = _section_type(field.annotation)
+        if isinstance(model, type) and issubclass(model, dict):
+            return []
     if isinstance(model, type) and issubclass(model, BaseModel):
-        return list(model.model_fields)
+        return [field.alias or name for name, field in model.model_fields.items()]
     return []
 
 
@@ -542,13 +677,15 @@ def _describe(value: Any) -> str:
     return repr(value)
 
 
-def _problems_from(exc: pydantic.ValidationError, located: _Located) -> Iterator[ConfigProblem]:
+def _problems_from(
+    root: type[BaseModel], exc: pydantic.ValidationError, located: _Located
+) -> Iterator[ConfigProblem]:
     for err in exc.errors(include_url=False):
         loc: Loc = tuple(err["loc"])
         kind = err["type"]
         line = located.line_for(loc)
         if kind == "extra_forbidden":
-            known = _fields_at(loc[:-1])
+            known = _fields_at(root, loc[:-1])
             hint = difflib.get_close_matches(str(loc[-1]), known, n=1)
             message = "unknown key; expected one of: " + ", ".join(known)
             if hint:
@@ -565,12 +702,11 @@ def _problems_from(exc: pydantic.ValidationError, located: _Located) -> Iterator
         yield ConfigProblem(located.file, line, _dotted(loc), message)
 
 
-def parse_config(text: str, file: str = "<config>") -> Config:
-    """Validate YAML text into a Config, or raise ConfigError with every problem found."""
+def _validate(model: type[_M], text: str, file: str) -> _M:
     data, located = _parse(text, file)
     problems = list(located.problems)
     if data is None:
-        problems.append(ConfigProblem(file, 1, "", "the config is empty; expected a mapping"))
+        problems.append(ConfigProblem(file, 1, "", "the file is empty; expected a mapping"))
         raise ConfigError(problems)
     if not isinstance(data, dict):
         problems.append(
@@ -578,21 +714,30 @@ def parse_config(text: str, file: str = "<config>") -> Config:
         )
         raise ConfigError(problems)
     try:
-        config = Config.model_validate(data)
+        result = model.model_validate(data)
     except pydantic.ValidationError as exc:
-        problems.extend(_problems_from(exc, located))
+        problems.extend(_problems_from(model, exc, located))
         problems.sort(key=lambda p: (p.line or 0, p.path))
         raise ConfigError(problems) from None
+    # Checks across sections, each reported at the key it concerns.
+    cross = getattr(result, "cross_problems", None)
+    if cross is not None:
+        for loc, message in cross():
+            problems.append(ConfigProblem(file, located.line_for(loc), _dotted(loc), message))
     if problems:
         raise ConfigError(problems)
-    return config
+    return result
 
 
-def load_config(path: str | Path) -> Config:
-    """Read and validate a config file, or raise ConfigError with every problem found."""
+def parse_config(text: str, file: str = "<config>") -> Config:
+    """Validate YAML text into a Config, or raise ConfigError with every problem found."""
+    return _validate(Config, text, file)
+
+
+def _read_text(path: Path) -> str:
     file = str(path)
     try:
-        text = Path(path).read_text(encoding="utf-8")
+        return path.read_text(encoding="utf-8")
     except FileNotFoundError:
         raise ConfigError([ConfigProblem(file, None, "", "file not found")]) from None
     except IsADirectoryError:
@@ -605,4 +750,38 @@ def load_config(path: str | Path) -> Config:
         ) from None
     except OSError as exc:
         raise ConfigError([ConfigProblem(file, None, "", f"cannot read: {exc.strerror}")]) from None
-    return parse_config(text, file)
+
+
+def load_register_map(path: str | Path) -> RegisterMap:
+    """Read and validate a vendor register map, or raise ConfigError with every problem."""
+    return _validate(RegisterMap, _read_text(Path(path)), str(path))
+
+
+def load_config(path: str | Path) -> Config:
+    """Read and validate a config file (and the register map it names), or raise ConfigError
+    with every problem found. A relative register map path is taken from the config's folder.
+    """
+    config_path = Path(path)
+    config = _validate(Config, _read_text(config_path), str(path))
+    map_name = config.inverter.register_map
+    if config.inverter.profile == "register_map" and map_name:
+        map_path = Path(map_name)
+        if not map_path.is_absolute():
+            map_path = config_path.parent / map_path
+        try:
+            load_register_map(map_path)
+        except ConfigError as error:
+            raise ConfigError(
+                [
+                    ConfigProblem(
+                        p.file,
+                        p.line,
+                        p.path,
+                        f"{p.message} (register map named by inverter.register_map)",
+                    )
+                    for p in error.problems
+                ]
+            ) from None
+        inverter = config.inverter.model_copy(update={"register_map": str(map_path)})
+        config = config.model_copy(update={"inverter": inverter})
+    return config

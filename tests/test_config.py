@@ -180,7 +180,7 @@ def test_tab_indentation_is_a_clear_error() -> None:
 
 @pytest.mark.parametrize(
     ("text", "message"),
-    [("", "the config is empty"), ("- a\n- b\n", "expected a mapping at the top, found a list")],
+    [("", "the file is empty"), ("- a\n- b\n", "expected a mapping at the top, found a list")],
 )
 def test_empty_or_non_mapping_config(text: str, message: str) -> None:
     """An empty file or a top-level list is rejected with a reason."""

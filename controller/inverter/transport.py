@@ -182,13 +182,19 @@ class ModbusTransport:
             self._drop()
 
     async def read_holding(self, address: int, count: int) -> list[int]:
-        """Read ``count`` holding registers (function 3), split into legal-sized requests."""
+        """Read ``count`` holding registers (function 3)."""
+        return await self.read_registers(address, count, function=3)
+
+    async def read_registers(self, address: int, count: int, *, function: int = 3) -> list[int]:
+        """Read holding (3) or input (4) registers, split into legal-sized requests."""
+        if function not in (3, 4):
+            raise ValueError(f"function {function} is not a register read")
         if count <= 0:
             return []
         values: list[int] = []
         for start in range(address, address + count, MAX_READ_REGISTERS):
             chunk = min(MAX_READ_REGISTERS, address + count - start)
-            response = await self._request(3, start, chunk, None)
+            response = await self._request(function, start, chunk, None)
             registers = list(getattr(response, "registers", []))
             if len(registers) != chunk:
                 self._suspect = True
@@ -223,6 +229,10 @@ class ModbusTransport:
                 try:
                     if function == 3:
                         response = await client.read_holding_registers(
+                            address, count=count, device_id=self.unit_id
+                        )
+                    elif function == 4:
+                        response = await client.read_input_registers(
                             address, count=count, device_id=self.unit_id
                         )
                     else:

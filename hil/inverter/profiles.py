@@ -8,6 +8,9 @@ from __future__ import annotations
 
 from typing import Protocol
 
+from controller.config import MapRegister, RegisterMap
+from controller.inverter.codec import WordOrder, decode, encode
+from controller.inverter.regmap import MAP_TYPES
 from hil.inverter.stage import PowerStage
 from hil.inverter.sunspec_image import SunSpecImage
 
@@ -209,3 +212,106 @@ class SunSpec100Profile(_SunSpecProfile):
 
     def setpoint_span(self) -> tuple[int, int]:
         return self.image.address(124, "OutWRte"), 2  # OutWRte and InWRte are adjacent
+
+
+class RegisterMapProfile:
+    """A vendor inverter described by a register map file: the same file the controller reads.
+
+    Input and holding registers share one image here, so a map whose input and holding
+    addresses overlap cannot be simulated (real devices keep them apart anyway).
+    """
+
+    def __init__(self, register_map: RegisterMap, stage: PowerStage) -> None:
+        self.map = register_map
+        self.name = f"map:{register_map.manufacturer} {register_map.model}"
+        spans = [(r.address, r.address + r.words) for r in register_map.registers.values()]
+        self.start_address = min(start for start, _ in spans)
+        end = max(stop for _, stop in spans)
+        self._registers = [0] * (end - self.start_address)
+        taken: dict[int, str] = {}
+        for name, register in register_map.registers.items():
+            for address in range(register.address, register.address + register.words):
+                if address in taken:
+                    raise ValueError(f"registers {taken[address]} and {name} overlap at {address}")
+                taken[address] = name
+        roles = register_map.roles
+        self._set(roles.max_charge_power, stage.ratings.max_charge_w)
+        self._set(roles.max_discharge_power, stage.ratings.max_discharge_w)
+        self._set(roles.dc_voltage, 380.0)
+
+    @property
+    def registers(self) -> list[int]:
+        return self._registers
+
+    def bind(self, registers: list[int]) -> None:
+        self._registers = registers
+
+    def _order(self, register: MapRegister) -> WordOrder:
+        return WordOrder(register.word_order or self.map.word_order)
+
+    def _set(self, name: str | None, value: float) -> None:
+        if name is None:
+            return
+        register = self.map.registers[name]
+        raw: float = value / register.scale
+        if register.type != "f32":
+            raw = round(raw)
+        index = register.address - self.start_address
+        self._registers[index : index + register.words] = encode(
+            raw, MAP_TYPES[register.type], self._order(register)
+        )
+
+    def _get(self, name: str) -> float:
+        register = self.map.registers[name]
+        index = register.address - self.start_address
+        raw = decode(
+            self._registers[index : index + register.words],
+            MAP_TYPES[register.type],
+            self._order(register),
+        )
+        return float(raw if isinstance(raw, int | float) else 0) * register.scale
+
+    def _touches(self, name: str | None, address: int, count: int) -> bool:
+        if name is None:
+            return False
+        register = self.map.registers[name]
+        return address < register.address + register.words and register.address < address + count
+
+    def refresh(self, stage: PowerStage, now_s: float) -> None:
+        stage.advance(now_s)
+        roles = self.map.roles
+        measured = stage.actual_w
+        if roles.measured_power.sign == "export_positive":
+            measured = -measured
+        self._set(roles.measured_power.register_name, measured)
+        self._set(roles.energy_charged, round(stage.energy_charged_wh))
+        self._set(roles.energy_discharged, round(stage.energy_discharged_wh))
+        self._set(roles.temperature, stage.temperature_c)
+        if roles.status is not None:
+            fault_value = roles.status.fault_values[0] if roles.status.fault_values else 0
+            running = 1 if stage.actual_w != 0.0 else 0
+            self._set(roles.status.register_name, fault_value if stage.fault else running)
+        if roles.fault is not None:
+            code = next(iter(roles.fault.names), 1) if stage.fault else 0
+            self._set(roles.fault.register_name, code)
+
+    def apply_write(self, stage: PowerStage, address: int, count: int, now_s: float) -> None:
+        roles = self.map.roles
+        if self._touches(roles.heartbeat.register_name, address, count):
+            if roles.heartbeat.kind == "timeout":
+                stage.set_revert_timeout(self._get(roles.heartbeat.register_name), now_s)
+            else:
+                stage.set_revert_timeout(roles.heartbeat.timeout_s or 0.0, now_s)
+        if roles.enable is not None and self._touches(roles.enable.register_name, address, count):
+            stage.set_enabled(int(self._get(roles.enable.register_name)) == roles.enable.on, now_s)
+        if self._touches(roles.setpoint.register_name, address, count):
+            power = self._get(roles.setpoint.register_name)
+            if roles.setpoint.sign == "export_positive":
+                power = -power
+            if roles.enable is None:
+                stage.set_enabled(True, now_s)
+            stage.command(power, now_s)
+
+    def setpoint_span(self) -> tuple[int, int]:
+        register = self.map.registers[self.map.roles.setpoint.register_name]
+        return register.address, register.words

@@ -1,0 +1,191 @@
+"""Driver for non-SunSpec inverters described by a register map file (config/inverters/*.yaml).
+
+The map names each register (address, function, type, word order, scale, access) and which of
+them are the setpoint, enable, heartbeat, status and fault registers. Reads are grouped into as
+few requests as the addresses allow; every write is read back and compared.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable
+
+from controller.config import MapRegister, RegisterMap
+from controller.core.snapshots import InverterState
+from controller.errors import ProtocolError
+from controller.inverter.codec import RegType, WordOrder, decode, encode
+from controller.inverter.drivers import DeviceInfo
+from controller.inverter.sunspec import SetpointNotTakenError
+from controller.inverter.transport import MAX_READ_REGISTERS, ModbusTransport
+
+MAP_TYPES = {
+    "u16": RegType.U16,
+    "i16": RegType.I16,
+    "u32": RegType.U32,
+    "i32": RegType.I32,
+    "f32": RegType.F32,
+}
+_FUNCTIONS = {"holding": 3, "input": 4}
+_MAX_GAP = 8  # read across small gaps rather than issue another request
+
+
+class RegisterMapDriver:
+    """Drives an inverter through its vendor register map."""
+
+    def __init__(
+        self, transport: ModbusTransport, register_map: RegisterMap, revert_timeout_s: float
+    ) -> None:
+        self._transport = transport
+        self._map = register_map
+        self._revert_timeout_s = revert_timeout_s
+        self._counter = 0
+        roles = register_map.roles
+        wanted = [
+            roles.measured_power.register_name,
+            roles.setpoint.register_name,
+            roles.status.register_name if roles.status else None,
+            roles.fault.register_name if roles.fault else None,
+            roles.enable.register_name if roles.enable else None,
+            roles.energy_charged,
+            roles.energy_discharged,
+            roles.temperature,
+            roles.dc_voltage,
+            roles.max_charge_power,
+            roles.max_discharge_power,
+        ]
+        self._read_names = [name for name in wanted if name is not None]
+        self._batches = _batches(register_map, self._read_names)
+
+    def _register(self, name: str) -> MapRegister:
+        return self._map.registers[name]
+
+    def _order(self, register: MapRegister) -> WordOrder:
+        return WordOrder(register.word_order or self._map.word_order)
+
+    def _encode(self, name: str, value: float) -> list[int]:
+        register = self._register(name)
+        raw = value / register.scale
+        if register.type != "f32":
+            raw = round(raw)
+        try:
+            return encode(raw, MAP_TYPES[register.type], self._order(register))
+        except ValueError as exc:
+            raise ProtocolError(f"{name}: {exc}") from None
+
+    async def _read_all(self) -> dict[str, float]:
+        values: dict[str, float] = {}
+        for function, start, count, names in self._batches:
+            registers = await self._transport.read_registers(start, count, function=function)
+            for name in names:
+                register = self._register(name)
+                offset = register.address - start
+                raw = decode(
+                    registers[offset : offset + register.words],
+                    MAP_TYPES[register.type],
+                    self._order(register),
+                )
+                if not isinstance(raw, int | float):
+                    raise ProtocolError(f"{name}: not a number")
+                values[name] = float(raw) * register.scale
+        return values
+
+    async def _write_verified(self, name: str, value: float) -> None:
+        register = self._register(name)
+        registers = self._encode(name, value)
+        await self._transport.write_registers(register.address, registers)
+        readback = await self._transport.read_holding(register.address, len(registers))
+        if readback != registers:
+            raise SetpointNotTakenError(f"{name}: wrote {registers}, read back {readback}")
+
+    async def setup(self) -> DeviceInfo:
+        await self._read_all()  # every mapped register answers, or the map is wrong
+        heartbeat = self._map.roles.heartbeat
+        if heartbeat.kind == "timeout":
+            await self._write_verified(heartbeat.register_name, round(self._revert_timeout_s))
+        await self.command(0.0, enable=False)
+        return DeviceInfo(
+            manufacturer=self._map.manufacturer,
+            model=self._map.model,
+            serial="?",
+            version="?",
+            profile=f"register map {self._map.manufacturer} {self._map.model}",
+        )
+
+    async def read(self, now_s: float) -> InverterState:
+        values = await self._read_all()
+        roles = self._map.roles
+        faults: list[str] = []
+        if roles.status is not None:
+            state = int(values[roles.status.register_name])
+            if state in roles.status.fault_values:
+                faults.append(f"inverter state {roles.status.names.get(state, state)}")
+        if roles.fault is not None:
+            code = int(values[roles.fault.register_name])
+            if code:
+                faults.append(f"fault {code} ({roles.fault.names.get(code, 'unknown')})")
+        power = values[roles.measured_power.register_name]
+        if roles.measured_power.sign == "export_positive":
+            power = -power
+        enabled = True
+        if roles.enable is not None:
+            enabled = int(values[roles.enable.register_name]) == roles.enable.on
+
+        def optional(name: str | None) -> float | None:
+            return None if name is None else values[name]
+
+        return InverterState(
+            observed_at_s=now_s,
+            reachable=True,
+            enabled=enabled,
+            measured_power_w=power,
+            dc_voltage_v=optional(roles.dc_voltage),
+            max_charge_power_w=optional(roles.max_charge_power),
+            max_discharge_power_w=optional(roles.max_discharge_power),
+            temperature_c=optional(roles.temperature),
+            faults=tuple(faults),
+            energy_charged_wh=optional(roles.energy_charged),
+            energy_discharged_wh=optional(roles.energy_discharged),
+        )
+
+    async def command(self, power_w: float, enable: bool) -> None:
+        roles = self._map.roles
+        setpoint = power_w if enable else 0.0
+        if roles.setpoint.sign == "export_positive":
+            setpoint = -setpoint
+        if not enable:
+            await self._write_verified(roles.setpoint.register_name, 0.0)
+        if roles.enable is not None:
+            await self._write_verified(
+                roles.enable.register_name, roles.enable.on if enable else roles.enable.off
+            )
+        if enable:
+            await self._write_verified(roles.setpoint.register_name, setpoint)
+        # A "timeout" heartbeat is restarted by the setpoint write itself; a "counter" one
+        # must see a new value with every command.
+        if roles.heartbeat.kind == "counter":
+            self._counter = (self._counter + 1) % 0x10000
+            await self._write_verified(roles.heartbeat.register_name, self._counter)
+
+
+def _batches(
+    register_map: RegisterMap, names: Iterable[str]
+) -> list[tuple[int, int, int, list[str]]]:
+    """(function, start, count, names) reads covering ``names`` in few requests."""
+    by_function: dict[int, list[tuple[int, int, str]]] = {}
+    for name in dict.fromkeys(names):
+        register = register_map.registers[name]
+        by_function.setdefault(_FUNCTIONS[register.function], []).append(
+            (register.address, register.words, name)
+        )
+    batches: list[tuple[int, int, int, list[str]]] = []
+    for function, entries in sorted(by_function.items()):
+        entries.sort()
+        start, end, members = entries[0][0], entries[0][0] + entries[0][1], [entries[0][2]]
+        for address, words, name in entries[1:]:
+            if address - end <= _MAX_GAP and address + words - start <= MAX_READ_REGISTERS:
+                end = max(end, address + words)
+                members.append(name)
+            else:
+                batches.append((function, start, end - start, members))
+                start, end, members = address, address + words, [name]
+        batches.append((function, start, end - start, members))
+    return batches
