@@ -12,7 +12,7 @@ import datetime as dt
 import structlog
 
 from controller.aggregator.disabled import DisabledAggregator
-from controller.config import Config
+from controller.config import Config, load_register_map
 from controller.core.snapshots import (
     InverterState,
     PowerCommand,
@@ -21,6 +21,10 @@ from controller.core.snapshots import (
     VehicleState,
 )
 from controller.daemon import ControlOutput, ControlStep, Daemon, ExitCode, Links
+from controller.inverter.drivers import InverterDriver, SunSpecDriver
+from controller.inverter.link import ModbusInverterLink
+from controller.inverter.regmap import RegisterMapDriver
+from controller.inverter.transport import Endpoint, ModbusTransport, SerialEndpoint, TcpEndpoint
 from controller.links import AggregatorLink, InverterLink, VehicleLink
 from controller.unavailable import UnavailableLink
 
@@ -43,8 +47,33 @@ def _build_vehicle(config: Config) -> VehicleLink:
 
 
 def _build_inverter(config: Config) -> InverterLink:
-    return UnavailableLink(
-        "inverter", f"no Modbus driver for transport {config.inverter.transport!r} in this version"
+    cfg = config.inverter
+    endpoint: Endpoint
+    if cfg.tcp is not None:
+        endpoint = TcpEndpoint(cfg.tcp.host, cfg.tcp.port)
+    else:
+        assert cfg.rtu is not None  # noqa: S101  the config model requires the chosen section
+        endpoint = SerialEndpoint(
+            cfg.rtu.device,
+            baudrate=cfg.rtu.baudrate,
+            parity=cfg.rtu.parity,
+            stop_bits=cfg.rtu.stop_bits,
+            byte_size=cfg.rtu.byte_size,
+        )
+    transport = ModbusTransport(endpoint, cfg.unit_id, timeout_s=cfg.timeout_s, retries=cfg.retries)
+    driver: InverterDriver
+    if cfg.profile == "register_map":
+        assert cfg.register_map is not None  # noqa: S101  required by the config model
+        driver = RegisterMapDriver(
+            transport, load_register_map(cfg.register_map), cfg.revert_timeout_s
+        )
+    else:
+        driver = SunSpecDriver(transport, cfg.revert_timeout_s)
+    return ModbusInverterLink(
+        transport,
+        driver,
+        poll_interval_s=cfg.poll_interval_s,
+        revert_timeout_s=cfg.revert_timeout_s,
     )
 
 

@@ -219,7 +219,8 @@ class Daemon:
             if not self._ready:
                 self._announce_ready_when_reported()
             now_s = self._monotonic()
-            if ping_every_s is not None and now_s - last_ping_s >= ping_every_s:
+            # Before READY, systemd's start timeout guards the service; after it, the watchdog.
+            if self._ready and ping_every_s is not None and now_s - last_ping_s >= ping_every_s:
                 self._notifier.watchdog()
                 last_ping_s = now_s
 
