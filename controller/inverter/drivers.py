@@ -24,6 +24,8 @@ WSET_MOD_WATTS = 1  # 704 WSetMod: 0 percent of WMax, 1 watts
 INVST_FAULT = 6  # 701 InvSt symbol FAULT
 ST103_FAULT = 7  # 103 St symbol FAULT
 CONN_CONNECTED = 1  # 701 ConnSt
+STA713_ERROR = 2  # 713 Sta
+STATE802_FAULT = 99  # 802 State
 STORCTL_CHARGE_AND_DISCHARGE = 0b11  # 124 StorCtl_Mod: both rate controls active
 
 
@@ -135,6 +137,18 @@ class SunSpec700Driver:
         )
         if device.has(703):
             enabled = enabled and (await device.read(703)).integer("ES") == ENABLED
+        if device.has(713) and (await device.read(713)).integer("Sta") == STA713_ERROR:
+            faults.append("storage status ERROR")  # 713 Sta: 0 OK, 1 WARNING, 2 ERROR
+        if device.has(802):
+            battery = await device.read(802)
+            if battery.integer("State") == STATE802_FAULT:
+                faults.append("battery state FAULT")
+            alarms = battery.integer("Evt1") or 0
+            faults.extend(
+                f"battery {name}"
+                for name in _bit_names(alarms, _symbols(battery, "Evt1"))
+                if name.endswith(("_ALARM", "_ERROR", "GROUND_FAULT"))  # warnings are not faults
+            )
         return InverterState(
             observed_at_s=now_s,
             reachable=True,

@@ -9,6 +9,7 @@ from contextlib import asynccontextmanager
 
 import pytest
 
+from controller.errors import InverterLinkError
 from controller.inverter.drivers import SunSpecDriver
 from controller.inverter.sunspec import SunSpecDevice
 from controller.inverter.transport import ModbusTransport, SerialEndpoint, TcpEndpoint
@@ -132,3 +133,34 @@ def test_revert_timer_armed_at_setup(profile_name: str) -> None:
         assert sim.stage.reverts == 1
 
     run_on(profile_name, "tcp", None, body)
+
+
+def test_storage_error_is_a_fault() -> None:
+    """Model 713 Sta ERROR, where present, is reported as an inverter fault."""
+
+    async def body(sim: InverterSimulator, transport: ModbusTransport) -> None:
+        driver = SunSpecDriver(transport, revert_timeout_s=10)
+        await driver.setup()
+        assert (await driver.read(time.monotonic())).faults == ()
+        profile = sim.profile
+        assert isinstance(profile, SunSpec700Profile)
+        profile.image.set_raw(713, "Sta", 2)
+        assert (await driver.read(time.monotonic())).faults == ("storage status ERROR",)
+
+    run_on("sunspec-700", "tcp", None, body)
+
+
+def test_late_reply_is_never_the_answer_to_the_next_request(link: str, pty: PtyPair | None) -> None:
+    """A reply that arrives after its timeout is discarded, not given to the next request."""
+
+    async def body(sim: InverterSimulator, transport: ModbusTransport) -> None:
+        transport.timeout_s = 0.3
+        transport.retries = 0
+        sim.reply_delay_s = 0.5
+        with pytest.raises(InverterLinkError, match="no valid reply"):
+            await transport.read_holding(40000, 2)  # 'SunS', answered too late
+        sim.reply_delay_s = 0.0
+        model_header = await transport.read_holding(40002, 2)
+        assert model_header == [1, 66]  # model 1's ID and L, not the late 'SunS'
+
+    run_on("sunspec-700", link, pty, body)
