@@ -1,0 +1,229 @@
+"""python-can at the edge: open a bus from config, read it from asyncio, classify error frames.
+
+``BusReader`` delivers received messages to a callback on the event loop thread:
+
+* where the bus has a file descriptor (socketcan, udp_multicast) through ``loop.add_reader``,
+  reading every ready message in the callback — no thread, no queue;
+* otherwise (the in-process ``virtual`` bus, vendor drivers) through python-can's ``Notifier`` in
+  its own thread, handing messages to the loop through a bounded deque. Overflow policy: the
+  oldest pending message is dropped and counted (periodic protocol frames are superseded by the
+  next period; a dropped transport packet is asked for again by the J1939 receiver).
+
+python-can's exceptions never leave this module: they become ``VehicleLinkError``.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import collections
+import logging
+import threading
+import time
+from collections.abc import Callable, Iterable
+from dataclasses import dataclass
+from typing import Any
+
+import can
+
+from controller.errors import VehicleLinkError
+from controller.vehicle.frames import CanFrame
+
+log = logging.getLogger(__name__)
+
+# linux/can/error.h: error classes in the ID of an error frame.
+CAN_ERR_TX_TIMEOUT = 0x001
+CAN_ERR_CRTL = 0x004
+CAN_ERR_ACK = 0x020
+CAN_ERR_BUSOFF = 0x040
+CAN_ERR_BUSERROR = 0x080
+CAN_ERR_RESTARTED = 0x100
+
+DEFAULT_BITRATES = {"chademo": 500_000, "gbt27930": 250_000}  # CHAdeMO 500k, J1939-11 250k
+INTERFACES = frozenset({"socketcan", "virtual", "udp_multicast"})
+
+
+@dataclass(frozen=True, slots=True)
+class CanLinkConfig:
+    """How to reach the vehicle: python-can interface and channel, and which protocol to speak.
+
+    ``bitrate_bps`` None uses the protocol's (CHAdeMO 500 kbit/s, GB/T 250 kbit/s); it only
+    matters where python-can sets the bitrate (socketcan takes it from ``ip link``).
+    ``pending_frames`` bounds the hand-over queue of the thread fallback.
+    """
+
+    interface: str
+    channel: str
+    protocol: str
+    bitrate_bps: int | None = None
+    pending_frames: int = 256
+    reconnect_delay_s: float = 1.0
+    end_session_timeout_s: float = 15.0
+
+    def __post_init__(self) -> None:
+        if self.interface not in INTERFACES:
+            raise VehicleLinkError(
+                f"CAN interface {self.interface!r} not one of {sorted(INTERFACES)}"
+            )
+        if self.protocol not in DEFAULT_BITRATES:
+            raise VehicleLinkError(
+                f"vehicle protocol {self.protocol!r} not one of chademo, gbt27930"
+            )
+        if self.pending_frames < 1:
+            raise VehicleLinkError("pending_frames must be at least 1")
+
+    @property
+    def bitrate(self) -> int:
+        """The bitrate in bit/s."""
+        return self.bitrate_bps or DEFAULT_BITRATES[self.protocol]
+
+
+def receive_filters(ids: Iterable[int], *, extended: bool) -> list[dict[str, Any]]:
+    """python-can filters (kernel filters on socketcan) that pass exactly ``ids``."""
+    mask = 0x1FFFFFFF if extended else 0x7FF
+    return [{"can_id": i, "can_mask": mask, "extended": extended} for i in sorted(ids)]
+
+
+def open_bus(config: CanLinkConfig, filters: list[dict[str, Any]]) -> can.BusABC:
+    """Open the configured bus with receive filters; failures become VehicleLinkError."""
+    kwargs: dict[str, Any] = {"can_filters": filters}
+    if config.interface == "socketcan":
+        kwargs["bitrate"] = config.bitrate
+    try:
+        bus = can.Bus(interface=config.interface, channel=config.channel, **kwargs)
+    except (can.CanError, OSError, ValueError, ImportError) as exc:
+        raise VehicleLinkError(
+            f"cannot open CAN {config.interface}:{config.channel}: {exc}"
+        ) from None
+    return bus
+
+
+def to_message(frame: CanFrame) -> can.Message:
+    """A python-can message for a session frame."""
+    return can.Message(
+        arbitration_id=frame.arbitration_id,
+        data=frame.data,
+        is_extended_id=frame.is_extended_id,
+        check=True,
+    )
+
+
+def to_frame(message: can.Message) -> CanFrame:
+    """A session frame for a received python-can message."""
+    return CanFrame(message.arbitration_id, bytes(message.data), bool(message.is_extended_id))
+
+
+def describe_error_frame(message: can.Message) -> str:
+    """A technician's reading of an error frame's classes (linux/can/error.h)."""
+    names = [
+        name
+        for bit, name in (
+            (CAN_ERR_TX_TIMEOUT, "tx timeout"),
+            (CAN_ERR_CRTL, "controller problem"),
+            (CAN_ERR_ACK, "no ack"),
+            (CAN_ERR_BUSOFF, "bus-off"),
+            (CAN_ERR_BUSERROR, "bus error"),
+            (CAN_ERR_RESTARTED, "controller restarted"),
+        )
+        if message.arbitration_id & bit
+    ]
+    return ", ".join(names) or f"error class 0x{message.arbitration_id:X}"
+
+
+class _ThreadHandOver(can.Listener):
+    """Notifier-thread listener: bounded deque, one loop wake-up per batch."""
+
+    def __init__(
+        self,
+        loop: asyncio.AbstractEventLoop,
+        deliver: Callable[[can.Message], None],
+        failed: Callable[[Exception], None],
+        limit: int,
+    ) -> None:
+        self._loop = loop
+        self._deliver = deliver
+        self._failed = failed
+        self._pending: collections.deque[can.Message] = collections.deque()
+        self._limit = limit
+        self._lock = threading.Lock()
+        self._scheduled = False
+        self.dropped = 0
+
+    def on_message_received(self, msg: can.Message) -> None:
+        with self._lock:
+            if len(self._pending) >= self._limit:
+                self._pending.popleft()
+                self.dropped += 1
+            self._pending.append(msg)
+            if self._scheduled:
+                return
+            self._scheduled = True
+        self._loop.call_soon_threadsafe(self._drain)
+
+    def _drain(self) -> None:
+        with self._lock:
+            batch = list(self._pending)
+            self._pending.clear()
+            self._scheduled = False
+        for msg in batch:
+            self._deliver(msg)
+
+    def on_error(self, exc: Exception) -> None:
+        self._loop.call_soon_threadsafe(self._failed, exc)
+        time.sleep(0.1)  # the Notifier retries recv at once: do not spin on a dead bus
+
+
+class BusReader:
+    """Attach a bus to the running loop; ``deliver`` runs on the loop thread for every message."""
+
+    def __init__(
+        self,
+        bus: can.BusABC,
+        deliver: Callable[[can.Message], None],
+        failed: Callable[[Exception], None],
+        *,
+        pending_frames: int = 256,
+    ) -> None:
+        self._bus = bus
+        self._deliver = deliver
+        self._failed = failed
+        self._loop = asyncio.get_running_loop()
+        self._fd = -1
+        self._notifier: can.Notifier | None = None
+        self._handover: _ThreadHandOver | None = None
+        try:
+            self._fd = bus.fileno()
+        except NotImplementedError:
+            self._fd = -1
+        if self._fd >= 0:
+            self._loop.add_reader(self._fd, self._readable)
+        else:
+            self._handover = _ThreadHandOver(self._loop, deliver, failed, pending_frames)
+            self._notifier = can.Notifier(bus, [self._handover], timeout=0.1)
+
+    @property
+    def mode(self) -> str:
+        """ "add_reader" or "thread"."""
+        return "add_reader" if self._fd >= 0 else "thread"
+
+    @property
+    def dropped(self) -> int:
+        """Messages dropped by the bounded hand-over (thread mode)."""
+        return 0 if self._handover is None else self._handover.dropped
+
+    def _readable(self) -> None:
+        try:
+            while (msg := self._bus.recv(0)) is not None:
+                self._deliver(msg)
+        except (can.CanError, OSError) as exc:
+            self._loop.remove_reader(self._fd)
+            self._fd = -1
+            self._failed(exc)
+
+    def close(self) -> None:
+        """Detach from the loop and stop the reader thread."""
+        if self._fd >= 0:
+            self._loop.remove_reader(self._fd)
+            self._fd = -1
+        if self._notifier is not None:
+            self._notifier.stop(timeout=1.0)
+            self._notifier = None

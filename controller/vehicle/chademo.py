@@ -1,0 +1,499 @@
+"""CHAdeMO charger-side session (with the V2H discharge frames), sans-IO.
+
+Sequence, as implemented by public charger-side code (the full specification is not public)::
+
+    IDLE --plugged--> WAIT_VEHICLE (d1 on; 0x108/0x109 every 100 ms)
+         --k and 0x102.5 bit0 within 8 s--> WAIT_PERMISSION (phase READY)
+         --allow_energy_transfer(True)--> INSULATION_TEST (connector locked)
+         --test done--> WAIT_VEHICLE_CONTACTOR (d2 and output contactors on, within 20 s of d1)
+         --0x102.5 bit3 = 0 within 4 s--> ENERGY_TRANSFER (0x109.5 bit0 on, stop control off)
+         --stop (vehicle, charger or fault)--> STOP_CURRENT (stop control on, core goes to 0 W)
+         --output <= 5 A--> STOP_VEHICLE_CONTACTOR (0x109.5 bit0 off)
+         --0x102.5 bit3 = 1 (or 4 s)--> STOP_D1 (contactors and d2 off)
+         --500 ms--> ENDED (d1 off, unlocked) --unplugged--> IDLE
+
+Faults take the same stop path and end in FAULT. When discharge is offered, 0x109 byte 4 bit 0 is
+set and 0x208/0x209 are sent with every 0x108/0x109 (a vehicle faults on the bit without them).
+"""
+
+from __future__ import annotations
+
+import enum
+from dataclasses import dataclass
+
+from controller.core.snapshots import VehiclePhase, VehicleState
+from controller.vehicle.dbc import DbcCodec
+from controller.vehicle.frames import CanFrame, LineOutputs
+from controller.vehicle.session import ChargerSession
+
+PERIOD_S = 0.1  # CHAdeMO: every ID every 100 ms
+CURRENT_REQUEST_TIMEOUT_S = 1.0  # CHAdeMO: stop if the 0x102 current request is older than 1 s
+OTHER_MESSAGE_TIMEOUT_S = 2.0  # project choice for 0x100/0x101/0x200 (sent every 100 ms)
+VEHICLE_RESPONSE_S = 8.0  # CHAdeMO: k and 0x102.5 bit0 within 8 s of d1
+D2_AFTER_D1_S = 20.0  # CHAdeMO: d2 on within 20 s (of d1)
+VEHICLE_CONTACTOR_S = 4.0  # CHAdeMO: 0x102.5 bit3 = 0 within 4 s of d2
+FIRST_REQUEST_S = 4.0  # CHAdeMO: first current request within 4 s more
+STOP_CURRENT_A = 5.0  # CHAdeMO: 0x109.5 bit0 cleared once current <= 5 A
+STOP_CURRENT_S = 0.5  # CHAdeMO: after k drops, current <= 5 A within 0.5 s
+STOP_CURRENT_GIVE_UP_S = 2.0  # project choice: open contactors even if the stage never reports it
+STOP_VEHICLE_CONTACTOR_S = 4.0  # project choice: wait for the vehicle's contactor to open
+D2_TO_D1_S = 0.5  # CHAdeMO: wait 500 ms between d2 off and d1 off
+
+VEHICLE_IDS = frozenset({0x100, 0x101, 0x102, 0x110, 0x200, 0x201, 0x700})
+
+# CHAdeMO 0x102 byte 4 fault flags: any of them stops the charger.
+_VEHICLE_FAULT_FLAGS = {
+    "FaultBatteryOverVoltage": "battery over-voltage",
+    "FaultBatteryUnderVoltage": "battery under-voltage",
+    "FaultCurrentDeviation": "battery current deviation",
+    "FaultHighBatteryTemperature": "high battery temperature",
+    "FaultVoltageDeviation": "battery voltage deviation",
+}
+
+
+class ChademoState(enum.Enum):
+    """The charger's position in the CHAdeMO sequence."""
+
+    IDLE = "idle"
+    WAIT_VEHICLE = "wait_vehicle"
+    WAIT_PERMISSION = "wait_permission"
+    INSULATION_TEST = "insulation_test"
+    WAIT_VEHICLE_CONTACTOR = "wait_vehicle_contactor"
+    ENERGY_TRANSFER = "energy_transfer"
+    STOP_CURRENT = "stop_current"
+    STOP_VEHICLE_CONTACTOR = "stop_vehicle_contactor"
+    STOP_D1 = "stop_d1"
+    ENDED = "ended"
+
+    def __str__(self) -> str:
+        return self.value
+
+
+_PHASE = {
+    ChademoState.IDLE: VehiclePhase.UNPLUGGED,
+    ChademoState.WAIT_VEHICLE: VehiclePhase.HANDSHAKE,
+    ChademoState.WAIT_PERMISSION: VehiclePhase.READY,
+    ChademoState.INSULATION_TEST: VehiclePhase.READY,
+    ChademoState.WAIT_VEHICLE_CONTACTOR: VehiclePhase.READY,
+    ChademoState.ENERGY_TRANSFER: VehiclePhase.ENERGY_TRANSFER,
+    ChademoState.STOP_CURRENT: VehiclePhase.STOPPING,
+    ChademoState.STOP_VEHICLE_CONTACTOR: VehiclePhase.STOPPING,
+    ChademoState.STOP_D1: VehiclePhase.STOPPING,
+    ChademoState.ENDED: VehiclePhase.ENDED,
+}
+
+
+@dataclass(frozen=True, slots=True)
+class ChademoChargerConfig:
+    """What the charger announces in 0x108/0x109 and, when discharge is offered, 0x208/0x209."""
+
+    available_output_voltage_v: int = 500  # 0x108 bytes 1-2
+    available_output_current_a: int = 125  # 0x108 byte 3
+    threshold_voltage_v: int = 500  # 0x108 bytes 4-5
+    welding_detection: bool = True  # 0x108 byte 0
+    protocol_number: int = 2  # 0x109 byte 0: 1.0.x
+    discharge_offered: bool = False  # 0x109 byte 4 bit 0 with 0x208/0x209
+    available_input_voltage_v: int = 150  # 0x208 bytes 1-2
+    available_input_current_a: int = 0  # 0x208 byte 3
+    lower_threshold_voltage_v: int = 150  # 0x208 bytes 6-7
+    sequence_control_number: int = 2  # 0x209 byte 0
+    insulation_test_s: float = 1.0  # how long this charger's insulation test takes
+
+
+@dataclass(slots=True)
+class _Vehicle:
+    """The latest values from the vehicle's frames."""
+
+    min_charge_current_a: float | None = None
+    min_battery_voltage_v: float | None = None
+    max_battery_voltage_v: float | None = None
+    charged_rate_reference: float | None = None
+    capacity_kwh: float | None = None
+    max_charging_time_10s: int = 0
+    max_charging_time_min: int = 0
+    protocol_number: int | None = None
+    target_voltage_v: float | None = None
+    current_request_a: float | None = None
+    charged_rate: float | None = None
+    enabled: bool = False
+    contactor_open: bool = True
+    discharge_compatible: bool = False
+    max_discharge_current_a: float | None = None
+    min_discharge_voltage_v: float | None = None
+    min_discharge_level_pct: float | None = None
+
+
+class ChademoSession(ChargerSession):
+    """Charger side of one CHAdeMO session at a time."""
+
+    protocol = "chademo"
+
+    def __init__(self, config: ChademoChargerConfig | None = None) -> None:
+        super().__init__(DbcCodec.chademo(), extended_ids=False)
+        self.config = config or ChademoChargerConfig()
+        self._available_current_a = float(self.config.available_output_current_a)
+        self._reset()
+
+    def _reset(self) -> None:
+        self._reset_common()
+        self.state = ChademoState.IDLE
+        self._vehicle = _Vehicle()
+        self._since_s = 0.0  # when the present state was entered
+        self._d1_on_s = 0.0
+        self._next_send_s = 0.0
+        self._last_seen: dict[int, float] = {}
+        self._stop_started_s = 0.0
+        self._charging_flag = False
+        self._stop_requested_by_vehicle = False
+        self._had_request = False
+        self._outputs = LineOutputs()
+
+    def __repr__(self) -> str:
+        return f"ChademoSession(state={self.state}, phase={self.phase}, faults={self.faults})"
+
+    @property
+    def accepted_ids(self) -> frozenset[int]:
+        """The vehicle's IDs."""
+        return VEHICLE_IDS
+
+    @property
+    def next_deadline_s(self) -> float:
+        """Frames go out every 100 ms while d1 is on; otherwise poll the plug at the same rate."""
+        return self._next_send_s
+
+    def set_available_current(self, current_a: float) -> None:
+        """Change 0x108 byte 3 (dynamic control)."""
+        self._available_current_a = max(0.0, min(255.0, current_a))
+
+    # Vehicle frames.
+
+    def _on_frame(self, frame: CanFrame, now: float) -> None:
+        if self.state in (ChademoState.IDLE, ChademoState.ENDED):
+            return  # no session: frames from a vehicle we did not wake are not state
+        s = self._decode(frame).signals
+        v = self._vehicle
+        fid = frame.arbitration_id
+        self._last_seen[fid] = now
+        self._seen(now)
+        if fid == 0x100:
+            v.min_charge_current_a = s["MinChargeCurrent"]
+            v.min_battery_voltage_v = s["MinBatteryVoltage"]
+            v.max_battery_voltage_v = s["MaxBatteryVoltage"]
+            v.charged_rate_reference = s["ChargedRateReference"]
+        elif fid == 0x101:
+            capacity = s["RatedBatteryCapacity"]
+            v.capacity_kwh = capacity if capacity > 0 else None
+            v.max_charging_time_10s = int(s["MaxChargingTime10s"] // 10)
+            v.max_charging_time_min = int(s["MaxChargingTimeMin"])
+        elif fid == 0x102:
+            self._on_status(s, now)
+        elif fid == 0x200:
+            v.max_discharge_current_a = s["MaxDischargeCurrent"]
+            v.min_discharge_voltage_v = s["MinDischargeVoltage"]
+            level = s["MinDischargeLevel"]
+            # CHAdeMO 0x200 byte 6: older vehicles send values that do not read as %.
+            v.min_discharge_level_pct = level if level <= 100 else None
+        self._check_plausible(now)
+
+    def _on_status(self, s: dict[str, float], now: float) -> None:
+        v = self._vehicle
+        v.protocol_number = int(s["ProtocolNumber"])
+        v.target_voltage_v = s["TargetBatteryVoltage"]
+        v.current_request_a = s["ChargingCurrentRequest"]
+        v.charged_rate = s["ChargedRate"]
+        was_enabled = v.enabled
+        v.enabled = bool(s["StatusChargingEnabled"])
+        v.contactor_open = bool(s["StatusContactorOpen"])
+        v.discharge_compatible = bool(s["StatusDischargeCompatible"])
+        # CHAdeMO 0x102 byte 4 fault flags and byte 5 bit 2: the charger must stop.
+        for signal, text in _VEHICLE_FAULT_FLAGS.items():
+            if s[signal]:
+                self._fault(f"CHAdeMO 0x102 byte 4: vehicle reports {text}", now)
+        if s["StatusChargingSystemFault"]:
+            self._fault("CHAdeMO 0x102 byte 5 bit 2: vehicle charging-system fault", now)
+        if s["StatusStopBeforeCharging"] and self.state in _BEFORE_TRANSFER:
+            self._vehicle_stop("CHAdeMO 0x102 byte 5 bit 4: vehicle stop before charging", now)
+        # CHAdeMO 0x102 byte 5 bit 0 = 0 during transfer: the vehicle ends the session.
+        if was_enabled and not v.enabled and self.state is ChademoState.ENERGY_TRANSFER:
+            self._vehicle_stop("CHAdeMO 0x102 byte 5 bit 0 cleared: vehicle stop request", now)
+
+    def _check_plausible(self, now: float) -> None:
+        """Issue item 6: values that cannot be true become a fault, never state."""
+        v = self._vehicle
+        soc = self._soc_pct()
+        if soc is not None and soc > 100:
+            self._fault(f"implausible SoC {soc:.1f} % (0x102 byte 6 over 0x100 byte 6)", now)
+        if (
+            v.target_voltage_v is not None
+            and v.max_battery_voltage_v
+            and v.target_voltage_v > v.max_battery_voltage_v
+        ):
+            self._fault(
+                f"implausible target voltage {v.target_voltage_v} V above the maximum "
+                f"battery voltage {v.max_battery_voltage_v} V (0x102 vs 0x100)",
+                now,
+            )
+        if (
+            v.min_discharge_voltage_v is not None
+            and v.max_battery_voltage_v
+            and v.min_discharge_voltage_v > v.max_battery_voltage_v
+        ):
+            self._fault(
+                f"implausible minimum discharge voltage {v.min_discharge_voltage_v} V above the "
+                f"maximum battery voltage {v.max_battery_voltage_v} V (0x200 vs 0x100)",
+                now,
+            )
+
+    def _soc_pct(self) -> float | None:
+        # CHAdeMO 0x102 byte 6: SoC = byte6 / (0x100 byte 6), a plain % when that is 100.
+        v = self._vehicle
+        if v.charged_rate is None or not v.charged_rate_reference:
+            return None
+        return round(v.charged_rate * 100.0 / v.charged_rate_reference, 1)
+
+    # Time.
+
+    def _on_tick(self, now: float) -> None:
+        if not self._inputs.plugged and self.state is not ChademoState.IDLE:
+            if self.state is ChademoState.ENDED:
+                self._reset()
+                self._set_phase(VehiclePhase.UNPLUGGED, now, "connector unplugged")
+                self._next_send_s = now + PERIOD_S
+                return
+            if self.state is not ChademoState.STOP_D1:
+                self._fault("connector unplugged during the session", now)
+        self._advance(now)
+        if now >= self._next_send_s:
+            if self._outputs.d1:
+                self._send_periodic()
+            # Catch up without bursts after a late tick.
+            self._next_send_s = max(self._next_send_s + PERIOD_S, now + PERIOD_S / 2)
+
+    def _advance(self, now: float) -> None:
+        st = self.state
+        if st is ChademoState.IDLE:
+            if self._inputs.plugged:
+                self._d1_on_s = now
+                self._enter(ChademoState.WAIT_VEHICLE, now, "plugged in, d1 on")
+                self._outputs = LineOutputs(d1=True)
+                self._next_send_s = now
+            return
+        if st in _RUNNING:
+            self._check_timeouts(now)
+            if self.state is not st:
+                return
+            self._advance_start(st, now - self._since_s, now)
+        else:
+            self._advance_stop(st, now - self._since_s, now)
+
+    def _advance_start(self, st: ChademoState, elapsed: float, now: float) -> None:
+        v = self._vehicle
+        if st is ChademoState.WAIT_VEHICLE:
+            if self._inputs.k and v.enabled and 0x100 in self._last_seen:
+                self._enter(ChademoState.WAIT_PERMISSION, now, "k and 0x102.5 bit0 set")
+            elif elapsed > VEHICLE_RESPONSE_S:
+                self._fault("CHAdeMO: no k / 0x102.5 bit0 within 8 s of d1", now)
+        elif st is ChademoState.WAIT_PERMISSION:
+            self._advance_permission(now)
+        elif st is ChademoState.INSULATION_TEST:
+            if elapsed >= self.config.insulation_test_s:
+                self._enter(ChademoState.WAIT_VEHICLE_CONTACTOR, now, "insulation test done, d2 on")
+                self._outputs = LineOutputs(d1=True, d2=True, contactors=True, lock=True)
+        elif st is ChademoState.WAIT_VEHICLE_CONTACTOR:
+            if not v.contactor_open:
+                self._enter(ChademoState.ENERGY_TRANSFER, now, "vehicle contactor closed")
+                self._charging_flag = True
+            elif elapsed > VEHICLE_CONTACTOR_S:
+                self._fault("CHAdeMO: 0x102.5 bit3 not cleared within 4 s of d2", now)
+        elif st is ChademoState.ENERGY_TRANSFER:
+            self._had_request = self._had_request or bool(v.current_request_a)
+            if not self._inputs.k:
+                self._fault("CHAdeMO: k line dropped during energy transfer", now)
+            elif (
+                not (self._had_request or self._discharge_possible()) and elapsed > FIRST_REQUEST_S
+            ):
+                self._fault("CHAdeMO: no current request within 4 s of the vehicle contactor", now)
+
+    def _advance_permission(self, now: float) -> None:
+        if self._target_incompatible():
+            self._fault(
+                f"CHAdeMO 0x109.5 bit3: target {self._vehicle.target_voltage_v} V above available "
+                f"{self.config.available_output_voltage_v} V",
+                now,
+            )
+        elif self._allowed:
+            self._enter(ChademoState.INSULATION_TEST, now, "energy transfer allowed")
+            self._outputs = LineOutputs(d1=True, lock=True)
+        elif now - self._d1_on_s > D2_AFTER_D1_S:
+            self._fault("CHAdeMO: d2 not on within 20 s of d1 (transfer not allowed)", now)
+
+    def _advance_stop(self, st: ChademoState, elapsed: float, now: float) -> None:
+        if st is ChademoState.STOP_CURRENT:
+            current_low = abs(self._output_current_a) <= STOP_CURRENT_A
+            if current_low or elapsed > STOP_CURRENT_GIVE_UP_S:
+                if not current_low:
+                    self._charger_fault = True
+                    self._fault("output still above 5 A 2 s after stop; opening contactors", now)
+                self._charging_flag = False
+                self._enter(ChademoState.STOP_VEHICLE_CONTACTOR, now, "output at or below 5 A")
+            elif elapsed > STOP_CURRENT_S:
+                self._charger_fault = True
+                self._fault("CHAdeMO: output above 5 A 0.5 s after stop", now)
+        elif st is ChademoState.STOP_VEHICLE_CONTACTOR:
+            done = self._vehicle.contactor_open or not self._inputs.plugged
+            if done or elapsed > STOP_VEHICLE_CONTACTOR_S:
+                self._enter(ChademoState.STOP_D1, now, "contactors and d2 off")
+                self._outputs = LineOutputs(d1=True, lock=True)
+        elif st is ChademoState.STOP_D1 and elapsed >= D2_TO_D1_S:
+            self._enter(ChademoState.ENDED, now, "d1 off, connector unlocked")
+            self._outputs = LineOutputs()
+
+    def _check_timeouts(self, now: float) -> None:
+        expected = {0x100: OTHER_MESSAGE_TIMEOUT_S, 0x101: OTHER_MESSAGE_TIMEOUT_S}
+        # CHAdeMO: stop if the 0x102 current request is not refreshed for > 1 s.
+        expected[0x102] = CURRENT_REQUEST_TIMEOUT_S
+        if self.config.discharge_offered:
+            expected[0x200] = OTHER_MESSAGE_TIMEOUT_S
+        for fid, limit in expected.items():
+            seen = self._last_seen.get(fid)
+            if seen is not None and now - seen > limit:
+                self._fault(f"CHAdeMO 0x{fid:X} not received for more than {limit:g} s", now)
+
+    def _enter(self, state: ChademoState, now: float, why: str) -> None:
+        self.state = state
+        self._since_s = now
+        phase = _PHASE[state]
+        if self._faults and phase in (VehiclePhase.STOPPING, VehiclePhase.ENDED):
+            phase = VehiclePhase.FAULT
+        self._set_phase(phase, now, why)
+
+    def _vehicle_stop(self, reason: str, now: float) -> None:
+        self._stop_requested_by_vehicle = True
+        self._stop_requested(reason)
+        self._begin_stop(now, reason)
+
+    def _begin_stop(self, now: float, why: str) -> None:
+        if self.state in _BEFORE_ENERGISED:
+            self._enter(ChademoState.STOP_D1, now, why)
+            self._outputs = LineOutputs(d1=self._outputs.d1, lock=self._outputs.lock)
+        elif self.state in (ChademoState.WAIT_VEHICLE_CONTACTOR, ChademoState.ENERGY_TRANSFER):
+            self._enter(ChademoState.STOP_CURRENT, now, why)
+            self._stop_started_s = now
+
+    def _on_fault(self, now: float) -> None:
+        if self.state in _STOPPING or self.state in (ChademoState.IDLE, ChademoState.ENDED):
+            self._set_phase(VehiclePhase.FAULT, now, self._faults[-1])
+            return
+        self._begin_stop(now, self._faults[-1])
+        self._set_phase(VehiclePhase.FAULT, now, self._faults[-1])
+
+    def _on_end(self, now: float) -> None:
+        if self.state not in _STOPPING and self.state not in (
+            ChademoState.IDLE,
+            ChademoState.ENDED,
+        ):
+            self._begin_stop(now, "charger ends the session")
+
+    # Charger frames.
+
+    def _target_incompatible(self) -> bool:
+        target = self._vehicle.target_voltage_v
+        return target is not None and target > self.config.available_output_voltage_v
+
+    def _discharge_possible(self) -> bool:
+        v = self._vehicle
+        return (
+            self.config.discharge_offered
+            and v.discharge_compatible
+            and bool(v.max_discharge_current_a)
+        )
+
+    def _send_periodic(self) -> None:
+        cfg = self.config
+        v = self._vehicle
+        charging_a = max(0.0, self._output_current_a)
+        discharging_a = max(0.0, -self._output_current_a)
+        self._send(
+            "CHG_108_Capability",
+            {
+                "WeldingDetectionSupported": int(cfg.welding_detection),
+                "AvailableOutputVoltage": cfg.available_output_voltage_v,
+                "AvailableOutputCurrent": round(self._available_current_a),
+                "ThresholdVoltage": cfg.threshold_voltage_v,
+            },
+        )
+        stop_control = self.state is not ChademoState.ENERGY_TRANSFER
+        transfer = self.state is ChademoState.ENERGY_TRANSFER
+        charger_fault = self._charger_fault
+        system_fault = bool(self._faults) and not charger_fault
+        self._send(
+            "CHG_109_Status",
+            {
+                "ProtocolNumber": cfg.protocol_number,
+                "PresentOutputVoltage": _clamp(self._output_voltage_v, 0, 1000),
+                "PresentOutputCurrent": _clamp(charging_a, 0, 255),
+                "DischargeCompatible": int(cfg.discharge_offered),
+                "StatusCharging": int(self._charging_flag),
+                "StatusChargerFault": int(charger_fault),
+                "StatusConnectorLocked": int(self._outputs.lock),
+                "StatusBatteryIncompatible": int(self._target_incompatible()),
+                "StatusChargingSystemFault": int(system_fault),
+                "StatusStopControl": int(stop_control),
+                "RemainingTime10s": 10 * (v.max_charging_time_10s if transfer else 0),
+                "RemainingTimeMin": v.max_charging_time_min if transfer else 0,
+            },
+        )
+        if cfg.discharge_offered:
+            self._send(
+                "CHG_208_DischargeStatus",
+                {
+                    "PresentDischargeCurrent": _clamp(discharging_a, 0, 255),
+                    "AvailableInputVoltage": cfg.available_input_voltage_v,
+                    "AvailableInputCurrent": cfg.available_input_current_a,
+                    "LowerThresholdVoltage": cfg.lower_threshold_voltage_v,
+                },
+            )
+            self._send(
+                "CHG_209_DischargeSequence",
+                {"SequenceControlNumber": cfg.sequence_control_number, "RemainingDischargeTime": 0},
+            )
+
+    # Snapshot.
+
+    def _state(self) -> VehicleState:
+        v = self._vehicle
+        transfer = self.state is ChademoState.ENERGY_TRANSFER and not self._faults
+        return VehicleState(
+            observed_at_s=self._observed_s,
+            phase=self.phase,
+            protocol=self.protocol,
+            soc_pct=self._soc_pct(),
+            pack_voltage_v=None,
+            pack_current_a=None,
+            charge_current_limit_a=v.current_request_a,
+            charge_voltage_limit_v=v.max_battery_voltage_v,
+            discharge_current_limit_a=v.max_discharge_current_a
+            if self._discharge_possible()
+            else None,
+            discharge_voltage_min_v=v.min_discharge_voltage_v,
+            discharge_soc_min_pct=v.min_discharge_level_pct,
+            capacity_kwh=v.capacity_kwh,
+            charge_permitted=transfer and v.enabled,
+            discharge_permitted=transfer and v.enabled and self._discharge_possible(),
+            stop_requested=self._stop_requested_by_vehicle,
+            faults=self.faults,
+        )
+
+
+_BEFORE_ENERGISED = frozenset(
+    {ChademoState.WAIT_VEHICLE, ChademoState.WAIT_PERMISSION, ChademoState.INSULATION_TEST}
+)
+_BEFORE_TRANSFER = _BEFORE_ENERGISED | {ChademoState.WAIT_VEHICLE_CONTACTOR}
+_STOPPING = frozenset(
+    {ChademoState.STOP_CURRENT, ChademoState.STOP_VEHICLE_CONTACTOR, ChademoState.STOP_D1}
+)
+_RUNNING = _BEFORE_TRANSFER | {ChademoState.ENERGY_TRANSFER}
+
+
+def _clamp(value: float, lo: int, hi: int) -> int:
+    return max(lo, min(hi, round(value)))

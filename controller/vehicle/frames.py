@@ -1,0 +1,106 @@
+"""Protocol-neutral values the pure session machines exchange with their driver.
+
+A session never touches a socket, a GPIO line or a clock: it takes a ``CanFrame`` or a tick and
+the current monotonic time, and returns a ``Step`` (frames to send, events, the vehicle snapshot and
+the digital outputs it wants). The async link and the simulator both drive sessions this way.
+"""
+
+from __future__ import annotations
+
+import enum
+from dataclasses import dataclass, field
+from typing import Protocol
+
+from controller.core.snapshots import VehicleState
+
+
+@dataclass(frozen=True, slots=True)
+class CanFrame:
+    """One classic CAN frame, independent of python-can."""
+
+    arbitration_id: int
+    data: bytes
+    is_extended_id: bool
+
+    def __repr__(self) -> str:
+        width = 8 if self.is_extended_id else 3
+        return f"CanFrame({self.arbitration_id:0{width}X}#{self.data.hex().upper()})"
+
+
+@dataclass(frozen=True, slots=True)
+class LineInputs:
+    """Digital inputs of the charger board, read by the driver before each tick.
+
+    ``plugged``: the connector is in the vehicle inlet (proximity / GB/T CC1).
+    ``k``: CHAdeMO vehicle charge-permission line (k), pulled by the vehicle.
+    """
+
+    plugged: bool = False
+    k: bool = False
+
+
+@dataclass(frozen=True, slots=True)
+class LineOutputs:
+    """Digital outputs the session wants on the charger board.
+
+    ``d1``: CHAdeMO sequence signal 1 / GB/T low-voltage auxiliary power (K3, K4).
+    ``d2``: CHAdeMO sequence signal 2 (unused by GB/T).
+    ``contactors``: the charger's DC output contactors (GB/T K1, K2).
+    ``lock``: the connector lock.
+    """
+
+    d1: bool = False
+    d2: bool = False
+    contactors: bool = False
+    lock: bool = False
+
+
+class ChargerLines(Protocol):
+    """The charger board's digital lines, as a GPIO board or the simulator provides them."""
+
+    def read(self) -> LineInputs:
+        """The present state of the inputs."""
+        ...
+
+    def write(self, outputs: LineOutputs) -> None:
+        """Drive the outputs; must not block."""
+        ...
+
+
+class EventKind(enum.Enum):
+    """What a session reports besides its snapshot."""
+
+    PHASE_CHANGED = "phase_changed"
+    FAULT = "fault"  # the session stopped energy transfer for a reason (vehicle or timeout)
+    STOP_REQUESTED = "stop_requested"  # the vehicle asked for a normal stop
+    MALFORMED_FRAME = "malformed_frame"  # a frame was rejected; state unchanged
+    TRANSPORT = "transport"  # J1939 transport: retransmission requested or transfer aborted
+
+    def __str__(self) -> str:
+        return self.value
+
+
+SAFETY_EVENTS = frozenset({EventKind.PHASE_CHANGED, EventKind.FAULT, EventKind.STOP_REQUESTED})
+
+
+@dataclass(frozen=True, slots=True)
+class SessionEvent:
+    """Something that happened in a session, with a reason a technician can read."""
+
+    kind: EventKind
+    reason: str
+
+    @property
+    def safety_relevant(self) -> bool:
+        """True when the control loop must react now rather than at its next tick."""
+        return self.kind in SAFETY_EVENTS
+
+
+@dataclass(frozen=True, slots=True)
+class Step:
+    """What one input (frame or tick) made the session do."""
+
+    frames: tuple[CanFrame, ...]
+    events: tuple[SessionEvent, ...]
+    state: VehicleState
+    outputs: LineOutputs = field(default_factory=LineOutputs)

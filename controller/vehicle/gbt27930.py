@@ -1,0 +1,699 @@
+"""GB/T 27930-2015 charger-side session, sans-IO, with J1939-21 transport for BRM, BCP and BCS.
+
+Phases (charger view)::
+
+    IDLE --plugged--> HANDSHAKE (auxiliary power on; CHM every 250 ms until BHM, or 5 s)
+         --> INSULATION_TEST --> RECOGNITION (CRM 0x00 until BRM, then CRM 0xAA)
+         --BCP--> PARAMETERS (CTS 500 ms, CML 250 ms; BRO 0xAA within 60 s)
+         --BRO 0xAA--> CHARGER_READY (CRO 0x00 until allow_energy_transfer(True), then CRO 0xAA)
+         --> CHARGING (BCL 50 ms / 1 s, BCS 250 ms / 5 s, BSM 250 ms / 5 s; CCS every 50 ms)
+         --BST, end() or fault--> STOPPING (CST every 10 ms; <= 5 A within 100 ms)
+         --BST and <= 5 A--> STATISTICS (BSD within 10 s, then CSD) --> ENDED
+    faults: CEM (charger saw a timeout) every 250 ms for 1 s after the stop, then ENDED (FAULT)
+
+Current follows the standard's sign on the wire (0.1 A/bit, -400 A, negative = charging, positive
+= discharging, clause 4.5) and the controller's sign in ``VehicleState`` (+ charges the vehicle):
+the conversion happens here and nowhere else. A positive BCL current demand is a discharge demand,
+honoured only when the charger offers discharge.
+"""
+
+from __future__ import annotations
+
+import enum
+from dataclasses import dataclass
+
+from controller.core.snapshots import VehiclePhase, VehicleState
+from controller.errors import ProtocolError
+from controller.vehicle import j1939_tp as tp
+from controller.vehicle.dbc import DbcCodec
+from controller.vehicle.frames import CanFrame, EventKind, LineOutputs, SessionEvent
+from controller.vehicle.session import ChargerSession
+
+CHARGER_ADDRESS = 0x56
+BMS_ADDRESS = 0xF4
+
+# PGNs of the messages the BMS sends over J1939 transport.
+PGN_BRM = 0x0200
+PGN_BCP = 0x0600
+PGN_BCS = 0x1100
+PGN_BMV = 0x1500
+PGN_BMT = 0x1600
+PGN_BSP = 0x1700
+_TP_MESSAGES = {PGN_BRM: "BRM", PGN_BCP: "BCP", PGN_BCS: "BCS"}
+
+TP_CM_FROM_BMS = tp.tp_id(tp.TP_CM_PF, CHARGER_ADDRESS, BMS_ADDRESS)
+TP_DT_FROM_BMS = tp.tp_id(tp.TP_DT_PF, CHARGER_ADDRESS, BMS_ADDRESS)
+TP_CM_FROM_CHARGER = tp.tp_id(tp.TP_CM_PF, BMS_ADDRESS, CHARGER_ADDRESS)
+
+# GB/T 27930 message periods (charger side).
+PERIODS_S = {
+    "CHM": 0.25,
+    "CRM": 0.25,
+    "CTS": 0.5,
+    "CML": 0.25,
+    "CRO": 0.25,
+    "CCS": 0.05,
+    "CST": 0.01,
+    "CSD": 0.25,
+    "CEM": 0.25,
+}
+DEFAULT_TIMEOUT_S = 5.0  # GB/T 27930: default timeout 5 s
+BCL_TIMEOUT_S = 1.0  # GB/T 27930 BCL timeout 1 s, then stop at once
+BCS_TIMEOUT_S = 5.0  # GB/T 27930 BCS timeout 5 s
+BSM_TIMEOUT_S = DEFAULT_TIMEOUT_S
+BRO_READY_S = 60.0  # GB/T 27930 BRO/CRO: 60 s
+STATISTICS_TIMEOUT_S = 10.0  # GB/T 27930: 10 s to receive BSD/CSD
+STOP_CURRENT_A = 5.0  # GB/T 27930: after CST, output <= 5 A within 100 ms
+STOP_CURRENT_S = 0.1
+STOP_CURRENT_GIVE_UP_S = 2.0  # project choice: open contactors even if the stage never reports it
+CEM_AFTER_FAULT_S = 1.0  # project choice: CEM is repeated this long before auxiliary power goes off
+CST_MIN_S = 0.1  # project choice: CST for at least 100 ms (10 frames) before moving on
+CSD_REPEATS = 4  # project choice: CSD four times (1 s), as the recorded charger did
+TICK_S = 0.05  # longest sleep while a session is open
+
+_VEHICLE_IDS = frozenset(
+    {
+        0x182756F4,  # BHM
+        0x100956F4,  # BRO
+        0x181056F4,  # BCL
+        0x181356F4,  # BSM
+        0x101956F4,  # BST
+        0x181C56F4,  # BSD
+        0x081E56F4,  # BEM
+        TP_CM_FROM_BMS,
+        TP_DT_FROM_BMS,
+    }
+)
+
+# GB/T 27930 BSM 2-bit status fields: any "01"/"10" stops charging.
+_BSM_STATUS = {
+    "CellVoltageStatus": "cell voltage",
+    "SocStatus": "SoC",
+    "OverCurrentStatus": "charging over-current",
+    "TemperatureStatus": "battery temperature",
+    "InsulationStatus": "insulation",
+    "OutputConnectorStatus": "output connector",
+}
+# GB/T 27930 BST bytes 2-4: fault and error reasons.
+_BST_FAULTS = {
+    "FaultInsulation": "insulation fault",
+    "FaultConnectorOverTemp": "output connector over-temperature",
+    "FaultBmsOverTemp": "BMS component or connector over-temperature",
+    "FaultConnector": "charging connector fault",
+    "FaultPackOverTemp": "battery pack over-temperature",
+    "FaultHvRelay": "high-voltage relay fault",
+    "FaultDetectionPoint2": "detection point 2 voltage fault",
+    "FaultOther": "other fault",
+    "ErrorCurrent": "current too high",
+    "ErrorVoltage": "voltage abnormal",
+}
+_BEM_TIMEOUTS = {
+    "TimeoutCrm00": "CRM 0x00",
+    "TimeoutCrmAA": "CRM 0xAA",
+    "TimeoutCtsCml": "CTS/CML",
+    "TimeoutCro": "CRO",
+    "TimeoutCcs": "CCS",
+    "TimeoutCst": "CST",
+    "TimeoutCsd": "CSD",
+}
+_CEM_FIELDS = (
+    "TimeoutBrm",
+    "TimeoutBcp",
+    "TimeoutBro",
+    "TimeoutBcs",
+    "TimeoutBcl",
+    "TimeoutBst",
+    "TimeoutBsd",
+)
+READY = 0xAA
+NOT_READY = 0x00
+
+
+class GbtState(enum.Enum):
+    """The charger's position in the GB/T 27930 sequence."""
+
+    IDLE = "idle"
+    HANDSHAKE = "handshake"
+    INSULATION_TEST = "insulation_test"
+    RECOGNITION = "recognition"
+    PARAMETERS = "parameters"
+    CHARGER_READY = "charger_ready"
+    CHARGING = "charging"
+    STOPPING = "stopping"
+    STATISTICS = "statistics"
+    ERROR_REPORT = "error_report"
+    ENDED = "ended"
+
+    def __str__(self) -> str:
+        return self.value
+
+
+_PHASE = {
+    GbtState.IDLE: VehiclePhase.UNPLUGGED,
+    GbtState.HANDSHAKE: VehiclePhase.HANDSHAKE,
+    GbtState.INSULATION_TEST: VehiclePhase.HANDSHAKE,
+    GbtState.RECOGNITION: VehiclePhase.HANDSHAKE,
+    GbtState.PARAMETERS: VehiclePhase.HANDSHAKE,
+    GbtState.CHARGER_READY: VehiclePhase.READY,
+    GbtState.CHARGING: VehiclePhase.ENERGY_TRANSFER,
+    GbtState.STOPPING: VehiclePhase.STOPPING,
+    GbtState.STATISTICS: VehiclePhase.STOPPING,
+    GbtState.ERROR_REPORT: VehiclePhase.FAULT,
+    GbtState.ENDED: VehiclePhase.ENDED,
+}
+
+
+@dataclass(frozen=True, slots=True)
+class GbtChargerConfig:
+    """What the charger announces in CRM and CML."""
+
+    max_output_voltage_v: float = 750.0  # CML bytes 1-2
+    min_output_voltage_v: float = 150.0  # CML bytes 3-4
+    max_output_current_a: float = 250.0  # CML bytes 5-6, magnitude (sent as charging, negative)
+    min_output_current_a: float = 0.0  # CML bytes 7-8, magnitude
+    charger_number: int = 1  # CRM bytes 2-5, CSD bytes 5-8
+    region_code: str = "000"  # CRM bytes 6-8, three ASCII characters
+    discharge_offered: bool = False  # honour a positive (discharge) BCL current demand
+    insulation_test_s: float = 1.0
+
+
+@dataclass(slots=True)
+class _Bms:
+    """The latest values from the BMS."""
+
+    bhm_max_voltage_v: float | None = None
+    vin: str | None = None
+    max_cell_voltage_v: float | None = None
+    max_charge_current_a: float | None = None  # magnitude, from BCP
+    nominal_energy_kwh: float | None = None
+    max_charge_voltage_v: float | None = None
+    bcp_soc_pct: float | None = None
+    voltage_demand_v: float | None = None
+    current_demand_a: float | None = None  # controller sign: + charge, - discharge
+    measured_voltage_v: float | None = None
+    measured_current_a: float | None = None  # controller sign
+    cell_voltage_max_v: float | None = None
+    soc_pct: float | None = None
+    temp_max_c: float | None = None
+    temp_min_c: float | None = None
+    charging_allowed: bool = False
+    bro_ready: bool = False
+
+
+class GbtSession(ChargerSession):
+    """Charger side of one GB/T 27930-2015 session at a time."""
+
+    protocol = "gbt27930"
+
+    def __init__(self, config: GbtChargerConfig | None = None) -> None:
+        super().__init__(DbcCodec.gbt27930(), extended_ids=True)
+        self.config = config or GbtChargerConfig()
+        region = self.config.region_code.encode("ascii")
+        if len(region) != 3:
+            raise ProtocolError("GB/T region code must be three ASCII characters")
+        self._region = int.from_bytes(region, "little")
+        self._reset()
+
+    def _reset(self) -> None:
+        self._reset_common()
+        self.state = GbtState.IDLE
+        self._bms = _Bms()
+        self._tp = tp.TpReceiver(frozenset({PGN_BRM, PGN_BCP, PGN_BCS, PGN_BMV, PGN_BMT, PGN_BSP}))
+        self._since_s = 0.0
+        self._due: dict[str, float] = {}
+        self._last_seen: dict[str, float] = {}
+        self._last_tick_s = 0.0
+        self._crm_result = NOT_READY
+        self._crm_ready_s = 0.0
+        self._stop_reason = ""  # "manual", "bms", "fault"
+        self._bst_seen = False
+        self._bsd_seen = False
+        self._csd_sent = 0
+        self._cem: dict[str, int] = {}
+        self._charging_started_s: float | None = None
+        self._energy_wh = 0.0
+        self._outputs = LineOutputs()
+
+    def __repr__(self) -> str:
+        return (
+            f"GbtSession(state={self.state}, phase={self.phase}, faults={self.faults}, "
+            f"{self._tp!r})"
+        )
+
+    @property
+    def accepted_ids(self) -> frozenset[int]:
+        """The BMS's IDs, including its J1939 transport frames."""
+        return _VEHICLE_IDS
+
+    @property
+    def next_deadline_s(self) -> float:
+        """The earliest periodic frame, transport timeout or poll."""
+        candidates = [self._last_tick_s + (TICK_S if self.state is not GbtState.IDLE else 0.1)]
+        candidates.extend(self._due.values())
+        if (tp_deadline := self._tp.next_deadline_s) is not None:
+            candidates.append(tp_deadline)
+        return min(candidates)
+
+    # Vehicle frames.
+
+    def _on_frame(self, frame: CanFrame, now: float) -> None:
+        if self.state in (GbtState.IDLE, GbtState.ENDED):
+            return
+        fid = frame.arbitration_id
+        if fid == TP_CM_FROM_BMS:
+            self._handle_tp(self._tp.on_cm(tp.decode_cm(frame.data), now), now)
+            return
+        if fid == TP_DT_FROM_BMS:
+            self._handle_tp(self._tp.on_dt(tp.decode_dt(frame.data), now), now)
+            return
+        decoded = self._decode(frame)
+        self._on_message(decoded.name, decoded.signals, now)
+
+    def _handle_tp(self, result: tp.TpResult, now: float) -> None:
+        for message in result.send:
+            self._send_raw(TP_CM_FROM_CHARGER, tp.encode_cm(message))
+        for problem in result.problems:
+            self._events.append(SessionEvent(EventKind.TRANSPORT, problem))
+        if result.completed is not None:
+            pgn, payload = result.completed
+            name = _TP_MESSAGES.get(pgn)
+            if name is not None:  # BMV/BMT/BSP are optional and carry nothing the core uses
+                decoded = self._codec.decode(name, payload)
+                self._on_message(name, decoded.signals, now)
+
+    def _on_message(self, name: str, s: dict[str, float], now: float) -> None:  # noqa: PLR0912  one branch per message
+        b = self._bms
+        self._last_seen[name] = now
+        self._seen(now)
+        if name == "BHM":
+            b.bhm_max_voltage_v = s["MaxChargeVoltage"]
+        elif name == "BRM":
+            b.vin = _vin(s)
+            if self.state is GbtState.RECOGNITION and self._crm_result != READY:
+                self._crm_result = READY
+                self._crm_ready_s = now
+        elif name == "BCP":
+            b.max_cell_voltage_v = s["MaxCellVoltage"]
+            b.max_charge_current_a = max(0.0, -s["MaxChargeCurrent"])  # GB/T sign: - = charging
+            b.nominal_energy_kwh = s["NominalEnergy"]
+            b.max_charge_voltage_v = s["MaxChargeVoltage"]
+            b.bcp_soc_pct = s["StateOfCharge"]
+            if self.state is GbtState.RECOGNITION and self._crm_result == READY:
+                self._enter(GbtState.PARAMETERS, now, "BCP received")
+                self._schedule(now, "CTS", "CML")
+                self._unschedule("CRM")
+        elif name == "BRO":
+            b.bro_ready = s["BmsReady"] == READY
+            if b.bro_ready and self.state is GbtState.PARAMETERS:
+                self._enter(GbtState.CHARGER_READY, now, "BRO 0xAA: BMS ready")
+                self._unschedule("CTS", "CML")
+                self._schedule(now, "CRO")
+        elif name == "BCL":
+            b.voltage_demand_v = s["VoltageDemand"]
+            b.current_demand_a = -s["CurrentDemand"]  # GB/T 27930 4.5: + = discharge
+            limit = b.max_charge_voltage_v or b.bhm_max_voltage_v
+            if limit is not None and b.voltage_demand_v > limit:
+                self._fault(
+                    f"implausible BCL voltage demand {b.voltage_demand_v} V above the BMS's "
+                    f"maximum {limit} V",
+                    now,
+                )
+        elif name == "BCS":
+            b.measured_voltage_v = s["MeasuredVoltage"]
+            b.measured_current_a = -s["MeasuredCurrent"]
+            b.cell_voltage_max_v = s["MaxCellVoltage"]
+            b.soc_pct = s["StateOfCharge"]
+        elif name == "BSM":
+            self._on_bsm(s, now)
+        elif name == "BST":
+            self._on_bst(s, now)
+        elif name == "BSD":
+            self._bsd_seen = True
+            b.soc_pct = s["StopSoc"]
+            b.cell_voltage_max_v = s["MaxCellVoltage"]
+        elif name == "BEM":
+            missed = [text for field, text in _BEM_TIMEOUTS.items() if s[field] == 1]
+            if missed:
+                self._fault(f"GB/T BEM: BMS timed out waiting for {', '.join(missed)}", now)
+
+    def _on_bsm(self, s: dict[str, float], now: float) -> None:
+        b = self._bms
+        b.temp_max_c = s["MaxTemperature"]
+        b.temp_min_c = s["MinTemperature"]
+        bad = [
+            f"{text} {'too high' if s[field] == 1 else 'untrusted/low'}"
+            for field, text in _BSM_STATUS.items()
+            if s[field] in (1, 2)
+        ]
+        if bad:
+            # GB/T 27930 BSM: any fault status stops the charger.
+            self._fault(f"GB/T BSM: {', '.join(bad)}", now)
+        # All normal with "forbidden" pauses the charger.
+        b.charging_allowed = s["ChargingAllowed"] == 1
+
+    def _on_bst(self, s: dict[str, float], now: float) -> None:
+        self._bst_seen = True
+        faults = [text for field, text in _BST_FAULTS.items() if s[field] == 1]
+        if faults:
+            self._fault(f"GB/T BST: BMS stopped for {', '.join(faults)}", now)
+            return
+        if self.state in (GbtState.CHARGING, GbtState.CHARGER_READY, GbtState.PARAMETERS):
+            reasons = [
+                text
+                for field, text in (
+                    ("StopSocReached", "target SoC reached"),
+                    ("StopTotalVoltageReached", "total voltage reached"),
+                    ("StopCellVoltageReached", "cell voltage reached"),
+                    ("StopByCharger", "charger stopped"),
+                )
+                if s[field] == 1
+            ]
+            self._stop_requested(f"GB/T BST: BMS stops ({', '.join(reasons) or 'no reason'})")
+            self._stop_reason = "bms"
+            self._begin_stop(now, "BST received")
+
+    # Time.
+
+    def _on_tick(self, now: float) -> None:
+        dt = max(0.0, now - self._last_tick_s) if self._last_tick_s else 0.0
+        self._last_tick_s = now
+        if self.state is GbtState.IDLE:
+            if self._inputs.plugged:
+                self._enter(GbtState.HANDSHAKE, now, "plugged in, auxiliary power on")
+                self._outputs = LineOutputs(d1=True, lock=True)
+                self._schedule(now, "CHM")
+                self._send_due(now)
+            return
+        if not self._inputs.plugged:
+            if self.state is GbtState.ENDED:
+                self._reset()
+                self._set_phase(VehiclePhase.UNPLUGGED, now, "connector unplugged")
+                self._last_tick_s = now
+                return
+            self._fault("connector unplugged during the session", now)
+        if self.state is GbtState.CHARGING and self._output_current_a > 0:
+            self._energy_wh += self._output_voltage_v * self._output_current_a * dt / 3600.0
+        self._handle_tp(self._tp.tick(now), now)
+        self._check_timeouts(now)
+        self._advance(now)
+        self._send_due(now)
+
+    def _advance(self, now: float) -> None:  # noqa: PLR0912  one branch per state reads best
+        st = self.state
+        elapsed = now - self._since_s
+        if st is GbtState.HANDSHAKE:
+            if "BHM" in self._last_seen or elapsed > DEFAULT_TIMEOUT_S:
+                # A 2011-edition BMS sends no BHM: go on after the default timeout.
+                self._enter(GbtState.INSULATION_TEST, now, "BHM received, insulation test")
+                self._unschedule("CHM")
+        elif st is GbtState.INSULATION_TEST:
+            if elapsed >= self.config.insulation_test_s:
+                self._enter(GbtState.RECOGNITION, now, "insulation test done, CRM 0x00")
+                self._crm_result = NOT_READY
+                self._schedule(now, "CRM")
+        elif st is GbtState.CHARGER_READY:
+            if self._allowed:
+                self._outputs = LineOutputs(d1=True, contactors=True, lock=True)
+                self._enter(GbtState.CHARGING, now, "CRO 0xAA: charger ready")
+                self._charging_started_s = now
+                self._last_seen.pop("BCL", None)
+                self._last_seen.pop("BCS", None)
+                self._last_seen.pop("BSM", None)
+                self._send_cro(READY)
+                self._unschedule("CRO")
+                self._schedule(now, "CCS")
+            elif elapsed > BRO_READY_S:
+                self._fault("GB/T CRO: charger not ready within 60 s of BRO", now)
+        elif st is GbtState.STOPPING:
+            current_low = abs(self._output_current_a) <= STOP_CURRENT_A
+            if not current_low and now - self._since_s > STOP_CURRENT_S:
+                self._charger_fault = True
+                self._fault("GB/T CST: output above 5 A 100 ms after stop", now)
+            if (current_low and elapsed >= CST_MIN_S) or elapsed > STOP_CURRENT_GIVE_UP_S:
+                self._outputs = LineOutputs(d1=True, lock=True)
+                if self._faults:
+                    self._enter(GbtState.ERROR_REPORT, now, "contactors open after a fault")
+                    self._unschedule("CST")
+                elif self._bst_seen:
+                    self._enter(GbtState.STATISTICS, now, "BST and CST exchanged")
+                    self._unschedule("CST")
+                elif elapsed > DEFAULT_TIMEOUT_S:
+                    self._cem["TimeoutBst"] = 1
+                    self._fault("GB/T BST not received within 5 s of CST", now)
+        elif st is GbtState.STATISTICS:
+            if self._bsd_seen and "CSD" not in self._due and self._csd_sent == 0:
+                self._schedule(now, "CSD")
+            if self._csd_sent >= CSD_REPEATS:
+                self._end(now, "statistics exchanged")
+            elif elapsed > STATISTICS_TIMEOUT_S and not self._bsd_seen:
+                self._cem["TimeoutBsd"] = 1
+                self._fault("GB/T BSD not received within 10 s", now)
+        elif st is GbtState.ERROR_REPORT and elapsed >= CEM_AFTER_FAULT_S:
+            self._end(now, "error reported")
+
+    def _check_timeouts(self, now: float) -> None:
+        st = self.state
+        elapsed = now - self._since_s
+        if (
+            st is GbtState.RECOGNITION
+            and "BRM" not in self._last_seen
+            and elapsed > DEFAULT_TIMEOUT_S
+        ):
+            self._timeout("TimeoutBrm", "BRM", now)
+        elif (
+            st is GbtState.RECOGNITION
+            and self._crm_result == READY
+            and now - self._crm_ready_s > DEFAULT_TIMEOUT_S
+        ):
+            self._timeout("TimeoutBcp", "BCP", now)
+        elif st is GbtState.PARAMETERS:
+            bro = self._last_seen.get("BRO")
+            if elapsed > BRO_READY_S or (bro is None and elapsed > DEFAULT_TIMEOUT_S):
+                self._timeout("TimeoutBro", "BRO 0xAA", now)
+        elif st is GbtState.CHARGING:
+            started = self._charging_started_s or now
+            for name, field, limit in (
+                ("BCL", "TimeoutBcl", BCL_TIMEOUT_S),  # GB/T 27930 BCL timeout 1 s
+                ("BCS", "TimeoutBcs", BCS_TIMEOUT_S),  # GB/T 27930 BCS timeout 5 s
+                ("BSM", None, BSM_TIMEOUT_S),  # GB/T 27930 default timeout 5 s
+            ):
+                last = self._last_seen.get(name, started)
+                if now - last > limit:
+                    if field is not None:
+                        self._cem[field] = 1
+                    self._fault(f"GB/T {name} not received for more than {limit:g} s", now)
+
+    def _timeout(self, field: str, what: str, now: float) -> None:
+        self._cem[field] = 1
+        self._fault(f"GB/T {what} not received in time", now)
+
+    def _enter(self, state: GbtState, now: float, why: str) -> None:
+        self.state = state
+        self._since_s = now
+        phase = _PHASE[state]
+        if self._faults and phase in (VehiclePhase.STOPPING, VehiclePhase.ENDED):
+            phase = VehiclePhase.FAULT
+        self._set_phase(phase, now, why)
+
+    def _end(self, now: float, why: str) -> None:
+        self._due.clear()
+        self._outputs = LineOutputs()
+        self._enter(GbtState.ENDED, now, f"{why}; auxiliary power off")
+
+    def _begin_stop(self, now: float, why: str) -> None:
+        if self.state is GbtState.CHARGING:
+            self._unschedule("CCS")
+            self._enter(GbtState.STOPPING, now, why)
+            self._schedule(now, "CST")
+        elif self.state in (
+            GbtState.HANDSHAKE,
+            GbtState.INSULATION_TEST,
+            GbtState.RECOGNITION,
+            GbtState.PARAMETERS,
+            GbtState.CHARGER_READY,
+        ):
+            self._due.clear()
+            self._outputs = LineOutputs(d1=True, lock=True)
+            if self._faults:
+                self._enter(GbtState.ERROR_REPORT, now, why)
+            else:
+                self._enter(GbtState.STOPPING, now, why)
+                self._schedule(now, "CST")
+
+    def _on_fault(self, now: float) -> None:
+        if not self._stop_reason:
+            self._stop_reason = "fault"
+        if self.state in (GbtState.IDLE, GbtState.ENDED, GbtState.ERROR_REPORT):
+            self._set_phase(VehiclePhase.FAULT, now, self._faults[-1])
+            return
+        if self.state is GbtState.STATISTICS:
+            self._due.clear()
+            self._enter(GbtState.ERROR_REPORT, now, self._faults[-1])
+            return
+        if self.state is not GbtState.STOPPING:
+            self._begin_stop(now, self._faults[-1])
+        self._set_phase(VehiclePhase.FAULT, now, self._faults[-1])
+        if self._cem:
+            self._schedule(now, "CEM")
+
+    def _on_end(self, now: float) -> None:
+        if self.state in (GbtState.IDLE, GbtState.ENDED, GbtState.STOPPING, GbtState.STATISTICS):
+            return
+        if self.state is GbtState.ERROR_REPORT:
+            return
+        self._stop_reason = "manual"
+        self._begin_stop(now, "charger ends the session")
+
+    # Charger frames.
+
+    def _schedule(self, now: float, *names: str) -> None:
+        for name in names:
+            self._due[name] = now
+
+    def _unschedule(self, *names: str) -> None:
+        for name in names:
+            self._due.pop(name, None)
+
+    def _send_due(self, now: float) -> None:
+        for name, due in sorted(self._due.items(), key=lambda item: item[1]):
+            if now >= due:
+                self._send_message(name)
+                period = PERIODS_S[name]
+                self._due[name] = max(due + period, now + period / 2)
+
+    def _send_message(self, name: str) -> None:
+        cfg = self.config
+        if name == "CHM":
+            self._send("CHM", {"ProtocolVersionMinor": 1, "ProtocolVersionMajor": 1})
+        elif name == "CRM":
+            self._send(
+                "CRM",
+                {
+                    "RecognitionResult": self._crm_result,
+                    "ChargerNumber": cfg.charger_number,
+                    "RegionCode": self._region,
+                },
+            )
+        elif name == "CTS":
+            # The session reads no wall clock: all 0xFF (not available), as the recorded charger.
+            self._send_raw(self._codec.frame_id("CTS"), b"\xff" * 7)
+        elif name == "CML":
+            self._send(
+                "CML",
+                {
+                    "MaxOutputVoltage": cfg.max_output_voltage_v,
+                    "MinOutputVoltage": cfg.min_output_voltage_v,
+                    "MaxOutputCurrent": -cfg.max_output_current_a,  # GB/T sign: - = charging
+                    "MinOutputCurrent": -cfg.min_output_current_a,
+                },
+            )
+        elif name == "CRO":
+            self._send_cro(READY if self.state is GbtState.CHARGING else NOT_READY)
+        elif name == "CCS":
+            self._send(
+                "CCS",
+                {
+                    "OutputVoltage": _clip(self._output_voltage_v, 0.0, 1000.0),
+                    "OutputCurrent": _clip(-self._output_current_a, -400.0, 400.0),
+                    "ChargingTime": min(600, int(self._charging_minutes())),
+                    "ChargingAllowed": int(self._transfer_allowed()),
+                },
+            )
+        elif name == "CST":
+            self._send(
+                "CST",
+                {
+                    "StopConditionsReached": 0,
+                    "StopManual": int(self._stop_reason == "manual"),
+                    "StopFault": int(self._stop_reason == "fault"),
+                    "StopByBms": int(self._stop_reason == "bms"),
+                    "FaultChargerOverTemp": 0,
+                    "FaultConnector": 0,
+                    "FaultChargerInternalOverTemp": 0,
+                    "FaultEnergyTransfer": 0,
+                    "FaultEmergencyStop": 0,
+                    "FaultOther": int(self._charger_fault),
+                    "ErrorCurrentMismatch": 0,
+                    "ErrorVoltage": 0,
+                },
+            )
+        elif name == "CSD":
+            self._csd_sent += 1
+            self._send(
+                "CSD",
+                {
+                    "ChargingTime": min(600, int(self._charging_minutes())),
+                    "EnergyOutput": min(1000.0, round(self._energy_wh / 1000.0, 1)),
+                    "ChargerNumber": cfg.charger_number,
+                },
+            )
+        elif name == "CEM":
+            self._send("CEM", {field: self._cem.get(field, 0) for field in _CEM_FIELDS})
+
+    def _send_cro(self, value: int) -> None:
+        self._send("CRO", {"ChargerReady": value})
+
+    def _charging_minutes(self) -> float:
+        if self._charging_started_s is None:
+            return 0.0
+        return max(0.0, self._last_tick_s - self._charging_started_s) / 60.0
+
+    def _transfer_allowed(self) -> bool:
+        return (
+            self.state is GbtState.CHARGING
+            and self._allowed
+            and self._bms.charging_allowed
+            and not self._faults
+        )
+
+    # Snapshot.
+
+    def _state(self) -> VehicleState:
+        b = self._bms
+        demand = b.current_demand_a
+        charge_limit: float | None = None
+        discharge_limit: float | None = None
+        if demand is not None:
+            charge_limit = max(0.0, demand)
+            if b.max_charge_current_a is not None:
+                charge_limit = min(charge_limit, b.max_charge_current_a)
+            discharge_limit = max(0.0, -demand) if self.config.discharge_offered else None
+        active = self.state is GbtState.CHARGING and b.charging_allowed and not self._faults
+        return VehicleState(
+            observed_at_s=self._observed_s,
+            phase=self.phase,
+            protocol=self.protocol,
+            soc_pct=b.soc_pct if b.soc_pct is not None else b.bcp_soc_pct,
+            pack_voltage_v=b.measured_voltage_v,
+            pack_current_a=b.measured_current_a,
+            charge_current_limit_a=charge_limit,
+            charge_voltage_limit_v=b.max_charge_voltage_v or b.bhm_max_voltage_v,
+            discharge_current_limit_a=discharge_limit,
+            battery_temp_max_c=b.temp_max_c,
+            battery_temp_min_c=b.temp_min_c,
+            cell_voltage_max_v=b.cell_voltage_max_v,
+            capacity_kwh=b.nominal_energy_kwh,
+            charge_permitted=active and demand is not None and demand > 0,
+            discharge_permitted=active
+            and self.config.discharge_offered
+            and demand is not None
+            and demand < 0,
+            stop_requested=self._stop_reason == "bms",
+            faults=self.faults,
+            identity=b.vin,
+        )
+
+
+def _vin(s: dict[str, float]) -> str | None:
+    """BRM bytes 25-41: the VIN, ASCII; None when it is not printable."""
+    raw = (
+        int(s["VinPart1"]).to_bytes(8, "little")
+        + int(s["VinPart2"]).to_bytes(8, "little")
+        + int(s["VinPart3"]).to_bytes(1, "little")
+    )
+    text = raw.rstrip(b"\xff\x00").decode("ascii", errors="replace")
+    return text if text and text.isprintable() and text.isalnum() else None
+
+
+def _clip(value: float, lo: float, hi: float) -> float:
+    return max(lo, min(hi, round(value, 1)))

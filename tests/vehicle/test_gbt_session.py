@@ -1,0 +1,280 @@
+"""The GB/T 27930 charger session, driven by a simulated clock against the simulated BMS."""
+
+from __future__ import annotations
+
+import itertools
+
+from hypothesis import given
+from hypothesis import strategies as st
+
+from controller.core.snapshots import VehiclePhase
+from controller.vehicle.dbc import DbcCodec
+from controller.vehicle.frames import CanFrame, EventKind, LineInputs, LineOutputs
+from controller.vehicle.gbt27930 import GbtChargerConfig, GbtSession, GbtState
+from hil.vehicle import BatteryModel, FaultInjection, GbtVehicle, SimulatedLines
+from hil.vehicle.gbt_ev import VIN, GbtVehicleConfig
+
+from .fixtures import recorded as rec
+from .harness import Bench
+
+CODEC = DbcCodec.gbt27930()
+FAST = GbtChargerConfig(insulation_test_s=0.3, discharge_offered=True, region_code="123")
+CCS_ID = 0x1812F456
+CST_ID = 0x101AF456
+CEM_ID = 0x081FF456
+
+
+def bench(
+    *, mode: str = "charge", soc_pct: float = 50.0, faults: FaultInjection | None = None
+) -> Bench:
+    """A plugged-in GB/T charger and BMS, with transfer allowed."""
+    lines = SimulatedLines(plugged=True)
+    vehicle = GbtVehicle(
+        BatteryModel(soc_pct=soc_pct), faults, config=GbtVehicleConfig(mode=mode), lines=lines
+    )
+    session = GbtSession(FAST)
+    session.allow_energy_transfer(True)
+    return Bench(session, vehicle, lines, direction=1 if mode == "charge" else -1)
+
+
+def charging(b: Bench) -> None:
+    """Run until energy flows."""
+    b.run(8.0, until=lambda s: s.phase is VehiclePhase.ENERGY_TRANSFER)
+    b.run(0.6)
+    assert b.trace.last.phase is VehiclePhase.ENERGY_TRANSFER
+
+
+def test_charge_session_from_handshake_to_charging() -> None:
+    """CHM/BHM, CRM/BRM, BCP, CML/BRO/CRO lead to charging with the BMS's limits surfaced."""
+    b = bench()
+    charging(b)
+    state = b.trace.last
+    assert state.identity == VIN
+    assert state.charge_permitted
+    assert state.charge_current_limit_a == 100.0
+    assert state.charge_voltage_limit_v == 426.1
+    assert state.capacity_kwh == 40.0
+    assert state.pack_current_a == 100.0  # controller sign: + charges the vehicle
+    assert b.lines.outputs == LineOutputs(d1=True, contactors=True, lock=True)
+    ccs = CODEC.decode("CCS", b.trace.frames(CCS_ID)[-1][1]).signals
+    assert ccs["OutputCurrent"] == -100.0  # GB/T sign on the wire: negative = charging
+    assert ccs["ChargingAllowed"] == 1
+    soc = b.vehicle.battery.soc_pct
+    b.run(1.0)
+    assert b.vehicle.battery.soc_pct > soc
+
+
+def test_ccs_every_50_ms_while_charging() -> None:
+    """CCS goes out every 50 ms during charging."""
+    b = bench()
+    charging(b)
+    times = [t for t, _ in b.trace.frames(CCS_ID)][-10:]
+    gaps = [round(b2 - a, 3) for a, b2 in itertools.pairwise(times)]
+    assert all(0.04 <= g <= 0.06 for g in gaps)
+
+
+def test_discharge_uses_the_standards_current_sign() -> None:
+    """A positive BCL demand is a discharge: limit surfaced, CCS current positive, SoC falls."""
+    b = bench(mode="discharge", soc_pct=70.0)
+    charging(b)
+    state = b.trace.last
+    assert state.discharge_permitted
+    assert not state.charge_permitted
+    assert state.discharge_current_limit_a == 30.0
+    assert state.pack_current_a == -30.0
+    ccs = CODEC.decode("CCS", b.trace.frames(CCS_ID)[-1][1]).signals
+    assert ccs["OutputCurrent"] == 30.0
+    soc = b.vehicle.battery.soc_pct
+    b.run(1.0)
+    assert b.vehicle.battery.soc_pct < soc
+
+
+def test_discharge_demand_ignored_unless_offered() -> None:
+    """Without discharge offered a positive BCL demand permits nothing."""
+    b = bench(mode="discharge", soc_pct=70.0)
+    b.session = GbtSession(GbtChargerConfig(insulation_test_s=0.3))
+    b.session.allow_energy_transfer(True)
+    charging(b)
+    state = b.trace.last
+    assert not state.discharge_permitted
+    assert not state.charge_permitted
+    assert state.discharge_current_limit_a is None
+
+
+def test_charger_normal_stop_exchanges_statistics() -> None:
+    """end(): CST manual stop, BST, BSD and CSD, then auxiliary power off."""
+    b = bench()
+    charging(b)
+    b.session.end(b.now)
+    b.run(4.0, until=lambda s: s.phase is VehiclePhase.ENDED)
+    assert b.trace.last.phase is VehiclePhase.ENDED
+    assert b.trace.last.faults == ()
+    cst = CODEC.decode("CST", b.trace.frames(CST_ID)[0][1]).signals
+    assert (cst["StopManual"], cst["StopFault"]) == (1, 0)
+    assert len(b.trace.frames(0x181DF456)) == 4  # CSD
+    assert b.lines.outputs == LineOutputs()
+
+
+def test_manual_stop_cst_matches_the_recorded_charger() -> None:
+    """The manual-stop CST is byte for byte the recorded 04 00 F0 F0."""
+    b = bench()
+    charging(b)
+    b.session.end(b.now)
+    b.run(0.05)
+    assert b.trace.frames(CST_ID)[0][1] == rec.GBT_CST.data
+
+
+def test_vehicle_stop_request_ends_normally() -> None:
+    """BST from the BMS: stop requested, CST answers 'BMS stopped', statistics, no fault."""
+    faults = FaultInjection()
+    b = bench(faults=faults)
+    charging(b)
+    faults.stop_request = True
+    b.run(4.0, until=lambda s: s.phase is VehiclePhase.ENDED)
+    assert any(e.kind is EventKind.STOP_REQUESTED for _, e in b.trace.events)
+    assert b.trace.last.stop_requested
+    assert b.trace.last.phase is VehiclePhase.ENDED
+    assert b.trace.last.faults == ()
+    cst = CODEC.decode("CST", b.trace.frames(CST_ID)[0][1]).signals
+    assert cst["StopByBms"] == 1
+
+
+def test_bcl_timeout_stops_within_about_one_second() -> None:
+    """BCL missing for more than 1 s faults the session and sends CEM with the BCL flag."""
+    faults = FaultInjection()
+    b = bench(faults=faults)
+    charging(b)
+    faults.silence_demand = True
+    silenced_at = b.now
+    b.run(3.0, until=lambda s: s.phase is VehiclePhase.FAULT)
+    fault_at = b.trace.first_time(lambda s: s.phase is VehiclePhase.FAULT)
+    assert fault_at is not None
+    assert 0.9 <= fault_at - silenced_at <= 1.2
+    assert not b.trace.last.charge_permitted
+    b.run(2.0)
+    cem = CODEC.decode("CEM", b.trace.frames(CEM_ID)[0][1]).signals
+    assert cem["TimeoutBcl"] == 1
+    assert b.lines.outputs == LineOutputs()
+
+
+def test_lost_transport_packet_is_recovered() -> None:
+    """A dropped BRM/BCP/BCS packet is asked for again and the session still charges."""
+    faults = FaultInjection(tp_drop_packets=frozenset({2}))
+    b = bench(faults=faults)
+    charging(b)
+    assert b.trace.last.identity == VIN
+    assert any("asked again" in e.reason for _, e in b.trace.events)
+
+
+def test_reordered_transport_packets_reassemble() -> None:
+    """BRM, BCP and BCS packets sent last-first still reassemble to the right values."""
+    faults = FaultInjection(tp_reorder=True)
+    b = bench(faults=faults)
+    charging(b)
+    assert b.trace.last.identity == VIN
+    assert b.trace.last.capacity_kwh == 40.0
+
+
+def test_bsm_over_temperature_stops() -> None:
+    """BSM temperature status 'too high' stops the session with its reason."""
+    faults = FaultInjection()
+    b = bench(faults=faults)
+    charging(b)
+    faults.over_temperature = True
+    b.run(0.5)
+    assert b.trace.last.phase is VehiclePhase.FAULT
+    assert "battery temperature too high" in b.trace.last.faults[0]
+
+
+def test_garbage_bcl_is_a_fault() -> None:
+    """A BCL with an impossible voltage demand faults the session."""
+    faults = FaultInjection()
+    b = bench(faults=faults)
+    charging(b)
+    faults.garbage = True
+    b.run(0.2)
+    assert b.trace.last.phase is VehiclePhase.FAULT
+    assert b.trace.last.faults[0].startswith("implausible value: BCL")
+
+
+def plugged() -> GbtSession:
+    """A session in the handshake."""
+    session = GbtSession(FAST)
+    session.tick(0.0, LineInputs(plugged=True))
+    return session
+
+
+def test_recorded_session_frames_give_vehicle_state() -> None:
+    """The recorded transfers and BCL/BSM give VIN, BCP limits, BCS values and the sign."""
+    session = plugged()
+    session.receive(rec.GBT_BHM, 0.1)
+    session.tick(0.5, LineInputs(plugged=True))  # insulation test done
+    session.tick(1.0, LineInputs(plugged=True))
+    sent: list[bytes] = []
+    t = 1.0
+    for frame in (*rec.GBT_BRM_TRANSFER, *rec.GBT_BCP_TRANSFER, *rec.GBT_BCS_TRANSFER):
+        if frame.arbitration_id == 0x1CECF456:
+            continue  # the recorded charger's frames: ours are compared below
+        t += 0.01
+        sent += [f.data for f in session.receive(frame, t).frames]
+    recorded_charger = [
+        f.data
+        for f in (*rec.GBT_BRM_TRANSFER, *rec.GBT_BCP_TRANSFER, *rec.GBT_BCS_TRANSFER)
+        if f.arbitration_id == 0x1CECF456
+    ]
+    assert sent == recorded_charger
+    session.receive(rec.GBT_BSM, t)
+    state = session.receive(rec.GBT_BCL, t).state
+    assert state.identity == "L1NSPGH98NA196202"
+    assert state.charge_voltage_limit_v == 426.1
+    assert state.capacity_kwh == 55.4
+    assert state.pack_voltage_v == 378.1
+    assert state.soc_pct == 77
+    assert state.cell_voltage_max_v == 3.32
+    assert state.charge_current_limit_a == 20.0  # BCL -20.0 A in GB/T sign
+    assert (state.battery_temp_max_c, state.battery_temp_min_c) == (4, 3)
+
+
+def test_bem_is_a_fault() -> None:
+    """BEM reporting a CRM 0xAA timeout faults the session with that reason."""
+    session = plugged()
+    step = session.receive(rec.GBT_BEM_CRM_AA_TIMEOUT, 0.1)
+    assert step.state.phase is VehiclePhase.FAULT
+    assert step.state.faults == ("GB/T BEM: BMS timed out waiting for CRM 0xAA",)
+
+
+def test_noise_from_other_nodes_is_dropped() -> None:
+    """A frame from another J1939 node changes nothing and raises no event."""
+    session = plugged()
+    step = session.receive(rec.GBT_NOISE, 0.1)
+    assert step.events == ()
+    assert session.state is GbtState.HANDSHAKE
+
+
+def test_chm_every_250_ms() -> None:
+    """CHM goes out every 250 ms during the handshake, and it is the recorded 01 01 00."""
+    session = GbtSession(FAST)
+    chm: list[tuple[float, bytes]] = []
+    for i in range(101):
+        frames = session.tick(i * 0.01, LineInputs(plugged=True)).frames
+        chm.extend((round(i * 0.01, 2), f.data) for f in frames if f.arbitration_id == 0x1826F456)
+    assert [t for t, _ in chm] == [0.0, 0.25, 0.5, 0.75, 1.0]
+    assert chm[0][1] == rec.GBT_CHM.data
+
+
+BMS_IDS = sorted(GbtSession(FAST).accepted_ids)
+
+
+@given(frame_id=st.sampled_from(BMS_IDS), payload=st.binary(min_size=0, max_size=8))
+def test_any_bms_payload_never_crashes_the_session(frame_id: int, payload: bytes) -> None:
+    """Any payload on any BMS ID is state, a malformed frame, a transport note or a fault."""
+    session = plugged()
+    step = session.receive(CanFrame(frame_id, payload, is_extended_id=True), 0.1)
+    kinds = {e.kind for e in step.events}
+    assert kinds <= {
+        EventKind.MALFORMED_FRAME,
+        EventKind.FAULT,
+        EventKind.PHASE_CHANGED,
+        EventKind.TRANSPORT,
+        EventKind.STOP_REQUESTED,
+    }
