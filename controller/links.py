@@ -62,6 +62,11 @@ class VehicleLink(Link, Protocol):
         """Tell the session whether the charger will move energy now (e.g. CHAdeMO 0x109 flags)."""
         ...
 
+    def update_output(self, voltage_v: float, current_a: float) -> None:
+        """The power stage's measured DC output (+ charges the vehicle), which the charger
+        reports to the vehicle (CHAdeMO 0x109/0x208, GB/T CCS)."""
+        ...
+
     async def end_session(self) -> None:
         """End the vehicle session cleanly (normal stop sequence), bounded in time."""
         ...

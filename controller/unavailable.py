@@ -44,6 +44,9 @@ class UnavailableLink:
     def allow_energy_transfer(self, allowed: bool) -> None:
         return
 
+    def update_output(self, voltage_v: float, current_a: float) -> None:
+        return
+
     async def apply(self, command: PowerCommand) -> None:
         return
 

@@ -80,6 +80,9 @@ class FakeVehicle(FakeLink):
     def allow_energy_transfer(self, allowed: bool) -> None:
         self.allowed.append(allowed)
 
+    def update_output(self, voltage_v: float, current_a: float) -> None:
+        self.output = (voltage_v, current_a)
+
     async def end_session(self) -> None:
         self.journal.add("vehicle.end_session")
 
