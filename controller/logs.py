@@ -40,14 +40,32 @@ def configure_logging(
     if chosen == "json":
         processors.append(structlog.processors.dict_tracebacks)
     processors.append(renderer)
+    level_no = logging.getLevelNamesMapping()[level.upper()]
     structlog.configure(
         processors=processors,
-        wrapper_class=structlog.make_filtering_bound_logger(
-            logging.getLevelNamesMapping()[level.upper()]
-        ),
+        wrapper_class=structlog.make_filtering_bound_logger(level_no),
         logger_factory=structlog.PrintLoggerFactory(out),
         cache_logger_on_first_use=False,
     )
+    # Libraries log through the standard library: render their records the same way, so the
+    # journal holds one format.
+    handler = logging.StreamHandler(out)
+    handler.setFormatter(
+        structlog.stdlib.ProcessorFormatter(
+            processor=renderer,
+            foreign_pre_chain=[
+                structlog.stdlib.add_logger_name,
+                structlog.processors.add_log_level,
+                structlog.processors.TimeStamper(fmt="iso", utc=True),
+            ],
+        )
+    )
+    root = logging.getLogger()
+    root.handlers = [handler]
+    root.setLevel(level_no)
+    # pymodbus logs every timeout at ERROR; the inverter link reports the same failure with
+    # its context, so pymodbus is heard only for what the link cannot see.
+    logging.getLogger("pymodbus").setLevel(logging.CRITICAL)
 
 
 def get_logger(name: str) -> structlog.stdlib.BoundLogger:

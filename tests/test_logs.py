@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import io
 import json
+import logging
+from collections.abc import Iterator
 
 import pytest
 import structlog
@@ -12,9 +14,10 @@ from controller.logs import configure_logging, get_logger
 
 
 @pytest.fixture(autouse=True)
-def _reset_structlog() -> object:
+def _reset_structlog() -> Iterator[None]:
     yield None
     structlog.reset_defaults()
+    logging.getLogger().handlers = []
 
 
 def test_json_lines_carry_fields() -> None:
@@ -55,3 +58,14 @@ def test_console_mode_is_readable() -> None:
     assert "hello" in text
     assert "soc_pct=45" in text
     assert not text.startswith("{")
+
+
+def test_library_logs_come_out_as_json_too() -> None:
+    """Records from the standard library's logging (libraries) are rendered as JSON lines."""
+    out = io.StringIO()
+    configure_logging("info", "json", stream=out)
+    logging.getLogger("can.interfaces").warning("bus %s is off", "can0")
+    record = json.loads(out.getvalue().strip())
+    assert record["event"] == "bus can0 is off"
+    assert record["level"] == "warning"
+    assert record["logger"] == "can.interfaces"
