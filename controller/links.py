@@ -18,11 +18,19 @@ Contract shared by every link:
 
 from __future__ import annotations
 
+import datetime as dt
 import enum
 from collections.abc import Callable
+from dataclasses import dataclass
 from typing import Protocol
 
-from controller.core.snapshots import InverterState, PowerCommand, Setpoint, VehicleState
+from controller.core.snapshots import (
+    InverterState,
+    PowerCommand,
+    PowerState,
+    Setpoint,
+    VehicleState,
+)
 
 Wake = Callable[[], None]
 
@@ -88,11 +96,42 @@ class InverterLink(Link, Protocol):
         ...
 
 
+@dataclass(frozen=True, slots=True)
+class ControlReport:
+    """What the daemon tells the aggregator link after every control cycle.
+
+    The link uses it to acknowledge a setpoint with the power actually applied (and the limit
+    that binds when that differs from what was asked), and for telemetry.
+    """
+
+    monotonic_s: float
+    wall: dt.datetime  # aware, site time zone
+    state: PowerState
+    commanded_w: float  # + charges the vehicle
+    enabled: bool
+    setpoint_id: str | None  # the aggregator setpoint this command follows; None: not following one
+    source: str  # "aggregator", "fallback" or "none" (held at 0 W)
+    binding_limit: str | None  # the limit that cut the request, readable ("soc_floor ...")
+    limits: tuple[str, ...]  # every limit in force, readable
+    max_charge_w: float  # flexibility on offer now: the most it could charge...
+    max_discharge_w: float  # ...and discharge (magnitude), under every limit in force
+    soc_floor_pct: float | None  # effective floor now (owner, vehicle, departure)
+    energy_above_floor_wh: float | None  # what could be discharged before the floor
+    faults: tuple[str, ...]  # latched or present fault causes
+    measured_power_w: float | None = None  # at the inverter
+    soc_pct: float | None = None
+    voltage_v: float | None = None  # vehicle pack voltage
+
+
 class AggregatorLink(Link, Protocol):
     """The aggregator over MQTT."""
 
     def setpoint(self) -> Setpoint | None:
         """The latest accepted setpoint (the core checks its expiry), or None."""
+        ...
+
+    def report(self, report: ControlReport) -> None:
+        """The outcome of a control cycle; must not block (the link publishes on its own)."""
         ...
 
     async def publish_offline(self) -> None:

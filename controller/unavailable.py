@@ -12,7 +12,7 @@ import asyncio
 import structlog
 
 from controller.core.snapshots import PowerCommand
-from controller.links import LinkStatus, Wake
+from controller.links import ControlReport, LinkStatus, Wake
 
 log = structlog.get_logger(component="links")
 
@@ -40,6 +40,9 @@ class UnavailableLink:
 
     def setpoint(self) -> None:
         return None
+
+    def report(self, report: ControlReport) -> None:
+        return
 
     def allow_energy_transfer(self, allowed: bool) -> None:
         return

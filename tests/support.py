@@ -17,7 +17,7 @@ from controller.core.snapshots import (
     VehicleState,
 )
 from controller.daemon import ControlOutput
-from controller.links import LinkStatus, Wake
+from controller.links import ControlReport, LinkStatus, Wake
 
 BASE_CONFIG = """\
 site: {site_id: test-site, charger_id: c1}
@@ -112,9 +112,13 @@ class FakeInverter(FakeLink):
 class FakeAggregator(FakeLink):
     def __init__(self, journal: Journal) -> None:
         super().__init__("aggregator", journal)
+        self.reports: list[ControlReport] = []
 
     def setpoint(self) -> Setpoint | None:
         return None
+
+    def report(self, report: ControlReport) -> None:
+        self.reports.append(report)
 
     async def publish_offline(self) -> None:
         self.journal.add("aggregator.offline")

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from controller.core.snapshots import Setpoint
-from controller.links import LinkStatus, Wake
+from controller.links import ControlReport, LinkStatus, Wake
 
 
 class DisabledAggregator:
@@ -20,6 +20,9 @@ class DisabledAggregator:
 
     def setpoint(self) -> Setpoint | None:
         return None
+
+    def report(self, report: ControlReport) -> None:
+        return
 
     async def publish_offline(self) -> None:
         return
