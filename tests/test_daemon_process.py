@@ -69,3 +69,48 @@ def test_notify_sequence_and_clean_exit(
     assert "Traceback" not in output
     # The journal gets one JSON object per line, the stop sequence among them.
     assert '"event": "stop step done", "level": "info"' in output or "stop step done" in output
+
+
+SLOW_STOP = """
+import asyncio, sys
+sys.path.insert(0, sys.argv[1])
+from controller.daemon import Daemon, Links
+from controller.logs import configure_logging
+from tests.support import (FakeAggregator, FakeInverter, FakeVehicle, FixedStep, Journal,
+                           make_config)
+
+journal = Journal()
+inverter = FakeInverter(journal)
+inverter.safe_stop_delay_s = 60.0  # an inverter that never confirms the stop
+configure_logging("info", "json")
+daemon = Daemon(make_config(), Links(FakeVehicle(journal), inverter, FakeAggregator(journal)),
+                FixedStep())
+sys.exit(asyncio.run(daemon.run()))
+"""
+
+
+def test_second_stop_signal_exits_at_once(tmp_path: Path, listener: NotifyListener) -> None:
+    """A second SIGTERM during a slow stop exits at once with code 3."""
+    script = tmp_path / "slow_stop.py"
+    script.write_text(SLOW_STOP)
+    root = Path(__file__).resolve().parent.parent
+    env = dict(os.environ, NOTIFY_SOCKET=str(listener.path))
+    proc = subprocess.Popen(
+        [sys.executable, str(script), str(root)],
+        env=env,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        text=True,
+    )
+    try:
+        assert listener.wait_for("READY=1", timeout_s=30)
+        proc.send_signal(signal.SIGTERM)
+        assert listener.wait_for("STOPPING=1", timeout_s=5)
+        proc.send_signal(signal.SIGTERM)
+        output, _ = proc.communicate(timeout=5)
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait()
+    assert proc.returncode == 3, output
+    assert "second stop signal; exiting at once" in output
