@@ -16,7 +16,6 @@ from __future__ import annotations
 
 import asyncio
 import collections
-import logging
 import threading
 import time
 from collections.abc import Callable, Iterable
@@ -28,8 +27,6 @@ import can
 from controller.errors import VehicleLinkError
 from controller.vehicle.frames import CanFrame
 
-log = logging.getLogger(__name__)
-
 # linux/can/error.h: error classes in the ID of an error frame.
 CAN_ERR_TX_TIMEOUT = 0x001
 CAN_ERR_CRTL = 0x004
@@ -39,6 +36,7 @@ CAN_ERR_BUSERROR = 0x080
 CAN_ERR_RESTARTED = 0x100
 
 DEFAULT_BITRATES = {"chademo": 500_000, "gbt27930": 250_000}  # CHAdeMO 500k, J1939-11 250k
+PROTOCOLS = frozenset({*DEFAULT_BITRATES, "dbc"})  # dbc: a generic BMS, bitrate from the config
 INTERFACES = frozenset({"socketcan", "virtual", "udp_multicast"})
 
 
@@ -46,9 +44,11 @@ INTERFACES = frozenset({"socketcan", "virtual", "udp_multicast"})
 class CanLinkConfig:
     """How to reach the vehicle: python-can interface and channel, and which protocol to speak.
 
-    ``bitrate_bps`` None uses the protocol's (CHAdeMO 500 kbit/s, GB/T 250 kbit/s); it only
-    matters where python-can sets the bitrate (socketcan takes it from ``ip link``).
-    ``pending_frames`` bounds the hand-over queue of the thread fallback.
+    ``bitrate_bps`` None uses the protocol's (CHAdeMO 500 kbit/s, GB/T 250 kbit/s; the generic
+    ``dbc`` profile has none and needs it given); it only matters where python-can sets the
+    bitrate (socketcan takes it from ``ip link``). ``pending_frames`` bounds the hand-over queue of
+    the thread fallback. ``reconnect_delay_s`` is how long the link waits before it tries again to
+    open a bus (or the charger board's lines) that could not be opened or failed.
     """
 
     interface: str
@@ -64,23 +64,34 @@ class CanLinkConfig:
             raise VehicleLinkError(
                 f"CAN interface {self.interface!r} not one of {sorted(INTERFACES)}"
             )
-        if self.protocol not in DEFAULT_BITRATES:
+        if self.protocol not in PROTOCOLS:
             raise VehicleLinkError(
-                f"vehicle protocol {self.protocol!r} not one of chademo, gbt27930"
+                f"vehicle protocol {self.protocol!r} not one of {sorted(PROTOCOLS)}"
             )
+        if self.protocol not in DEFAULT_BITRATES and self.bitrate_bps is None:
+            raise VehicleLinkError(f"vehicle protocol {self.protocol!r} needs bitrate_bps")
         if self.pending_frames < 1:
             raise VehicleLinkError("pending_frames must be at least 1")
+        if self.reconnect_delay_s <= 0:
+            raise VehicleLinkError("reconnect_delay_s must be above 0")
 
     @property
     def bitrate(self) -> int:
         """The bitrate in bit/s."""
-        return self.bitrate_bps or DEFAULT_BITRATES[self.protocol]
+        if self.bitrate_bps is not None:
+            return self.bitrate_bps
+        return DEFAULT_BITRATES[self.protocol]
 
 
-def receive_filters(ids: Iterable[int], *, extended: bool) -> list[dict[str, Any]]:
-    """python-can filters (kernel filters on socketcan) that pass exactly ``ids``."""
-    mask = 0x1FFFFFFF if extended else 0x7FF
-    return [{"can_id": i, "can_mask": mask, "extended": extended} for i in sorted(ids)]
+def receive_filters(ids: Iterable[tuple[int, bool]]) -> list[dict[str, Any]]:
+    """python-can filters (kernel filters on socketcan) that pass exactly ``ids``.
+
+    ``ids`` holds (arbitration ID, is extended) pairs, so one bus can read 11-bit and 29-bit IDs.
+    """
+    return [
+        {"can_id": i, "can_mask": 0x1FFFFFFF if extended else 0x7FF, "extended": extended}
+        for i, extended in sorted(ids)
+    ]
 
 
 def open_bus(config: CanLinkConfig, filters: list[dict[str, Any]]) -> can.BusABC:

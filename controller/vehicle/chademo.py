@@ -20,6 +20,7 @@ from __future__ import annotations
 
 import enum
 from dataclasses import dataclass
+from pathlib import Path
 
 from controller.core.snapshots import VehiclePhase, VehicleState
 from controller.vehicle.dbc import DbcCodec
@@ -128,8 +129,10 @@ class ChademoSession(ChargerSession):
 
     protocol = "chademo"
 
-    def __init__(self, config: ChademoChargerConfig | None = None) -> None:
-        super().__init__(DbcCodec.chademo(), extended_ids=False)
+    def __init__(
+        self, config: ChademoChargerConfig | None = None, *, dbc_dir: str | Path | None = None
+    ) -> None:
+        super().__init__(DbcCodec.chademo(dbc_dir), extended_ids=False)
         self.config = config or ChademoChargerConfig()
         self._available_current_a = float(self.config.available_output_current_a)
         self._reset()

@@ -9,6 +9,11 @@
 
 Decoded values are rounded to the signal's resolution so that 0.1 V/bit reads 426.1, not
 426.09999999999997.
+
+Where the files are: the DBC files are not Python package data. ``find_dbc`` looks, in order, in
+an explicit directory (``vehicle.dbc_dir`` in the config), the repository's ``dbc/`` (a source
+checkout) and ``/usr/share/v2g-controller/dbc`` (where docs/deploy.md has the technician copy
+them). A file found nowhere is a ``VehicleLinkError`` naming every place tried.
 """
 
 from __future__ import annotations
@@ -19,15 +24,18 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import cantools
-from cantools.database.can import Database, Message
+from cantools.database.can import Database, Message, Signal
 from cantools.database.errors import Error as CantoolsError
 
-from controller.errors import ProtocolError
+from controller.errors import ProtocolError, VehicleLinkError
 
-# The repository's dbc/ directory; the files are not Python package data (see the link's docs).
-DBC_DIR = Path(__file__).resolve().parents[2] / "dbc"
-CHADEMO_DBC = DBC_DIR / "chademo.dbc"
-GBT27930_DBC = DBC_DIR / "gbt27930.dbc"
+# A source checkout's dbc/ directory, and where an installed controller finds the files.
+REPO_DBC_DIR = Path(__file__).resolve().parents[2] / "dbc"
+SYSTEM_DBC_DIR = Path("/usr/share/v2g-controller/dbc")
+CHADEMO_FILE = "chademo.dbc"
+GBT27930_FILE = "gbt27930.dbc"
+CHADEMO_DBC = REPO_DBC_DIR / CHADEMO_FILE
+GBT27930_DBC = REPO_DBC_DIR / GBT27930_FILE
 
 SignalValues = Mapping[str, float]
 
@@ -56,6 +64,36 @@ class Decoded:
     signals: dict[str, float]
 
 
+def dbc_search_path(
+    explicit: str | Path | None = None,
+    *,
+    repository: Path = REPO_DBC_DIR,
+    system: Path = SYSTEM_DBC_DIR,
+) -> tuple[Path, ...]:
+    """The directories searched for a DBC file, in order.
+
+    An explicit directory (from the config) is the only place searched when it is given: a
+    technician who names a directory must get those files or an error, never others.
+    """
+    if explicit is not None:
+        return (Path(explicit),)
+    return (repository, system)
+
+
+def find_dbc(name: str, directories: tuple[Path, ...] | None = None) -> Path:
+    """The first of ``directories`` holding ``name``; VehicleLinkError names every place tried."""
+    search = dbc_search_path() if directories is None else directories
+    for directory in search:
+        candidate = directory / name
+        if candidate.is_file():
+            return candidate
+    tried = ", ".join(str(directory / name) for directory in search)
+    raise VehicleLinkError(
+        f"DBC file {name} not found; tried {tried}. Copy the project's dbc/ directory to "
+        f"{SYSTEM_DBC_DIR} (docs/deploy.md) or set vehicle.dbc_dir to the directory holding it"
+    )
+
+
 def _bound(limit: float | None) -> float:
     """A signal range end; the project's DBC files declare every one."""
     if limit is None:
@@ -74,10 +112,11 @@ class DbcCodec:
     """Decode and encode one protocol's messages through its DBC file.
 
     ``padding_byte`` is what unused bits hold: 0xFF for GB/T 27930 (unused bits are 1), 0x00 for
-    CHAdeMO (unused bytes are 0).
+    CHAdeMO (unused bytes are 0); None for a third-party DBC whose padding is not known, where
+    bytes after the message's length (up to 8) are ignored.
     """
 
-    def __init__(self, path: Path, *, padding_byte: int) -> None:
+    def __init__(self, path: Path, *, padding_byte: int | None) -> None:
         try:
             db = cantools.database.load_file(str(path), strict=True)
         except (OSError, CantoolsError) as exc:
@@ -95,14 +134,46 @@ class DbcCodec:
         }
 
     @classmethod
-    def chademo(cls) -> DbcCodec:
-        """The CHAdeMO codec from dbc/chademo.dbc."""
-        return cls(CHADEMO_DBC, padding_byte=0x00)
+    def chademo(cls, dbc_dir: str | Path | None = None) -> DbcCodec:
+        """The CHAdeMO codec from chademo.dbc (``find_dbc``)."""
+        return cls(find_dbc(CHADEMO_FILE, dbc_search_path(dbc_dir)), padding_byte=0x00)
 
     @classmethod
-    def gbt27930(cls) -> DbcCodec:
-        """The GB/T 27930 codec from dbc/gbt27930.dbc."""
-        return cls(GBT27930_DBC, padding_byte=0xFF)
+    def gbt27930(cls, dbc_dir: str | Path | None = None) -> DbcCodec:
+        """The GB/T 27930 codec from gbt27930.dbc (``find_dbc``)."""
+        return cls(find_dbc(GBT27930_FILE, dbc_search_path(dbc_dir)), padding_byte=0xFF)
+
+    @property
+    def message_names(self) -> tuple[str, ...]:
+        """Every message the DBC describes, in file order."""
+        return tuple(str(m.name) for m in self._db.messages)
+
+    def signal_names(self, name: str) -> tuple[str, ...]:
+        """The signals of a message, in file order."""
+        return tuple(str(s.name) for s in self._message(name).signals)
+
+    def signal_range(self, name: str, signal: str) -> tuple[float | None, float | None]:
+        """A signal's declared [minimum, maximum], None where the DBC declares none."""
+        for candidate in self._message(name).signals:
+            if candidate.name == signal:
+                low, high = candidate.minimum, candidate.maximum
+                return (
+                    None if low is None else float(low),
+                    None if high is None else float(high),
+                )
+        raise ProtocolError(f"{name}: no signal {signal!r}")
+
+    def is_extended(self, name: str) -> bool:
+        """Whether a message uses a 29-bit ID."""
+        return bool(self._message(name).is_extended_frame)
+
+    def choice(self, name: str, signal: str, value: float) -> str | None:
+        """The DBC value-table name of a signal value, or None when it has none."""
+        for candidate in self._message(name).signals:
+            if candidate.name == signal and candidate.choices:
+                named = candidate.choices.get(int(value))
+                return None if named is None else str(named)
+        return None
 
     @property
     def frame_ids(self) -> frozenset[int]:
@@ -143,6 +214,28 @@ class DbcCodec:
             raise ProtocolError(f"unknown ID 0x{frame_id:X}")
         return self._decode(message, data)
 
+    def decode_checked(self, frame_id: int, data: bytes) -> tuple[Decoded, dict[str, str]]:
+        """Decode a frame by its ID, keeping the signals outside their DBC range apart.
+
+        Returns the in-range values and, per out-of-range signal, the reason it was rejected; a
+        malformed frame still raises ``ProtocolError``. A signal whose DBC declares no range is
+        returned as decoded. The generic DBC profile uses this so one impossible signal faults
+        only the fields it feeds.
+        """
+        message = self._by_id.get(frame_id)
+        if message is None:
+            raise ProtocolError(f"unknown ID 0x{frame_id:X}")
+        name = str(message.name)
+        values: dict[str, float] = {}
+        rejected: dict[str, str] = {}
+        for signal, value in self._raw_values(message, data):
+            reason = _out_of_range(name, signal, value, required=False)
+            if reason is None:
+                values[str(signal.name)] = value
+            else:
+                rejected[str(signal.name)] = reason
+        return Decoded(name=name, signals=values), rejected
+
     def decode(self, name: str, data: bytes) -> Decoded:
         """Decode a payload by message name (used for transport-reassembled messages)."""
         return self._decode(self._message(name), data)
@@ -164,19 +257,31 @@ class DbcCodec:
 
     def _decode(self, message: Message, data: bytes) -> Decoded:
         name = str(message.name)
+        values: dict[str, float] = {}
+        for signal, value in self._raw_values(message, data):
+            reason = _out_of_range(name, signal, value, required=True)
+            if reason is not None:
+                raise ImplausibleValueError(reason)
+            values[str(signal.name)] = value
+        return Decoded(name=name, signals=values)
+
+    def _raw_values(self, message: Message, data: bytes) -> list[tuple[Signal, float]]:
+        """Every signal present in the frame with its scaled, rounded value; malformed raises."""
+        name = str(message.name)
         length = int(message.length)
         if len(data) < length:
             raise ProtocolError(f"{name}: {len(data)} bytes, expected {length}")
         if len(data) > length:
             excess = data[length:]
-            if len(data) > max(8, length) or any(b != self._padding_byte for b in excess):
+            padded = self._padding_byte is None or all(b == self._padding_byte for b in excess)
+            if len(data) > max(8, length) or not padded:
                 raise ProtocolError(f"{name}: {len(data)} bytes, expected {length}")
             data = data[:length]
         try:
             raw = message.decode_simple(data, decode_choices=False, scaling=True)
         except (CantoolsError, KeyError, ValueError) as exc:
             raise ProtocolError(f"{name}: {exc}") from None
-        values: dict[str, float] = {}
+        out: list[tuple[Signal, float]] = []
         for signal in message.signals:
             decoded = raw.get(signal.name)
             if decoded is None:
@@ -186,13 +291,21 @@ class DbcCodec:
             value: float = decoded
             if isinstance(value, float):
                 value = round(value, self._decimals[(name, signal.name)])
-            if value < _bound(signal.minimum):
-                raise ImplausibleValueError(
-                    f"{name}.{signal.name} = {value} below {signal.minimum}"
-                )
-            if value > _bound(signal.maximum):
-                raise ImplausibleValueError(
-                    f"{name}.{signal.name} = {value} above {signal.maximum}"
-                )
-            values[signal.name] = value
-        return Decoded(name=name, signals=values)
+            out.append((signal, value))
+        return out
+
+
+def _out_of_range(message: str, signal: Signal, value: float, *, required: bool) -> str | None:
+    """Why ``value`` is outside the signal's DBC range, or None when it is inside.
+
+    ``required``: the project's own DBC files declare every range, so a missing one is an error;
+    a third-party DBC may leave a signal unbounded.
+    """
+    low, high = signal.minimum, signal.maximum
+    if not required and (low is None or high is None):
+        return None
+    if value < _bound(low):
+        return f"{message}.{signal.name} = {value} below {low}"
+    if value > _bound(high):
+        return f"{message}.{signal.name} = {value} above {high}"
+    return None

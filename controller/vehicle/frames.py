@@ -56,7 +56,16 @@ class LineOutputs:
 
 
 class ChargerLines(Protocol):
-    """The charger board's digital lines, as a GPIO board or the simulator provides them."""
+    """The charger board's digital lines, as a GPIO board or the simulator provides them.
+
+    The link calls ``open`` before the first ``read``/``write`` and again to retry after a
+    failure; ``close`` turns every output off and releases the lines. ``read`` and ``write`` must
+    not block. A line that cannot be opened, read or driven raises ``VehicleLinkError``.
+    """
+
+    def open(self) -> None:
+        """Acquire the lines; every output starts off."""
+        ...
 
     def read(self) -> LineInputs:
         """The present state of the inputs."""
@@ -64,6 +73,10 @@ class ChargerLines(Protocol):
 
     def write(self, outputs: LineOutputs) -> None:
         """Drive the outputs; must not block."""
+        ...
+
+    def close(self) -> None:
+        """Every output off, then release the lines; never raises."""
         ...
 
 

@@ -21,6 +21,7 @@ from __future__ import annotations
 
 import enum
 from dataclasses import dataclass
+from pathlib import Path
 
 from controller.core.snapshots import VehiclePhase, VehicleState
 from controller.errors import ProtocolError
@@ -205,8 +206,10 @@ class GbtSession(ChargerSession):
 
     protocol = "gbt27930"
 
-    def __init__(self, config: GbtChargerConfig | None = None) -> None:
-        super().__init__(DbcCodec.gbt27930(), extended_ids=True)
+    def __init__(
+        self, config: GbtChargerConfig | None = None, *, dbc_dir: str | Path | None = None
+    ) -> None:
+        super().__init__(DbcCodec.gbt27930(dbc_dir), extended_ids=True)
         self.config = config or GbtChargerConfig()
         region = self.config.region_code.encode("ascii")
         if len(region) != 3:

@@ -1,4 +1,4 @@
-"""The vehicle link: a charger session (CHAdeMO or GB/T 27930) on a python-can bus, in asyncio.
+"""The vehicle link: a session (CHAdeMO, GB/T 27930 or a generic DBC profile) on a python-can bus.
 
 ``CanVehicleLink`` satisfies ``controller.links.VehicleLink``. It owns the bus, the session and the
 charger board's lines:
@@ -7,24 +7,27 @@ charger board's lines:
 * the session is ticked exactly when its ``next_deadline_s`` says (periodic frames, timeouts), so
   the loop sleeps between frames instead of polling;
 * every safety-relevant session event (fault, stop request, phase change), every bus-off and every
-  lost bus calls ``wake()`` so the control loop reacts at once;
-* a bus that fails after it worked is reopened after ``reconnect_delay_s`` while the link reports
-  ``DOWN``; a bus that cannot be opened at start-up raises ``VehicleLinkError`` (the interface
-  does not exist), as the link contract asks.
+  lost bus or line calls ``wake()`` so the control loop reacts at once;
+* the charger must keep running without a car, and a CAN interface (or a GPIO expander) may come
+  up after the daemon (a HAT driver at boot): lines or a bus that cannot be opened, at start-up or
+  after a failure, are tried again every ``reconnect_delay_s`` while the link reports ``DOWN``
+  with the reason. ``run`` raises only for programming errors.
 
-The DBC files are read from the repository's ``dbc/`` directory (``controller.vehicle.dbc``).
+Whatever ends ``run`` (cancellation, a crash), the board's outputs are switched off (d1, d2,
+contactors, lock) and the lines released.
 """
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
-import logging
 import time
 from collections.abc import Callable
+from pathlib import Path
 from typing import Any
 
 import can
+import structlog
 
 from controller.core.snapshots import VehiclePhase, VehicleState
 from controller.errors import VehicleLinkError
@@ -41,28 +44,35 @@ from controller.vehicle.canbus import (
     to_message,
 )
 from controller.vehicle.chademo import ChademoChargerConfig, ChademoSession
-from controller.vehicle.frames import ChargerLines, LineOutputs, Step
+from controller.vehicle.frames import ChargerLines, LineInputs, LineOutputs, Step
 from controller.vehicle.gbt27930 import GbtChargerConfig, GbtSession
-from controller.vehicle.session import ChargerSession
+from controller.vehicle.session import VehicleSession
 
-log = logging.getLogger(__name__)
+log = structlog.get_logger(component="vehicle")
 
 _FINISHED = frozenset({VehiclePhase.ENDED, VehiclePhase.FAULT, VehiclePhase.UNPLUGGED})
 
 
 def make_session(
-    protocol: str, charger: ChademoChargerConfig | GbtChargerConfig | None = None
-) -> ChargerSession:
-    """The session for a protocol name, with the charger's announced ratings."""
+    protocol: str,
+    charger: ChademoChargerConfig | GbtChargerConfig | None = None,
+    *,
+    dbc_dir: str | Path | None = None,
+) -> VehicleSession:
+    """The session for a protocol name, with the charger's announced ratings.
+
+    The generic ``dbc`` profile is built from its profile file (``controller.vehicle.profile``)
+    and handed to ``CanVehicleLink`` as ``session``.
+    """
     if protocol == "chademo":
         if charger is not None and not isinstance(charger, ChademoChargerConfig):
             raise VehicleLinkError("CHAdeMO needs a ChademoChargerConfig")
-        return ChademoSession(charger)
+        return ChademoSession(charger, dbc_dir=dbc_dir)
     if protocol == "gbt27930":
         if charger is not None and not isinstance(charger, GbtChargerConfig):
             raise VehicleLinkError("GB/T 27930 needs a GbtChargerConfig")
-        return GbtSession(charger)
-    raise VehicleLinkError(f"unknown vehicle protocol {protocol!r}")
+        return GbtSession(charger, dbc_dir=dbc_dir)
+    raise VehicleLinkError(f"no built-in session for vehicle protocol {protocol!r}")
 
 
 class CanVehicleLink:
@@ -74,33 +84,49 @@ class CanVehicleLink:
         lines: ChargerLines,
         *,
         charger: ChademoChargerConfig | GbtChargerConfig | None = None,
+        session: VehicleSession | None = None,
+        dbc_dir: str | Path | None = None,
         clock: Callable[[], float] = time.monotonic,
     ) -> None:
         self.config = config
         self._lines = lines
         self._clock = clock
-        self.session = make_session(config.protocol, charger)
+        self.session: VehicleSession = (
+            session
+            if session is not None
+            else make_session(config.protocol, charger, dbc_dir=dbc_dir)
+        )
+        if self.session.protocol != config.protocol:
+            raise VehicleLinkError(
+                f"a {self.session.protocol} session on a link configured for {config.protocol}"
+            )
         self._status = LinkStatus.STARTING
         self._snapshot: VehicleState | None = None
         self._wake: Wake = _no_wake
         self._bus: can.BusABC | None = None
-        self._bus_failed = asyncio.Event()
+        self._lines_open = False
+        self._failed = asyncio.Event()
         self._changed = asyncio.Event()
         self.error_frames = 0
         self.send_errors = 0
         self.last_error = ""
 
     def __repr__(self) -> str:
-        return f"CanVehicleLink({self.name}, status={self._status}, {self.session!r})"
+        return f"CanVehicleLink({self.bus}, status={self._status}, {self.session!r})"
 
     @property
     def name(self) -> str:
-        """Link name for logs and status."""
-        return f"vehicle:{self.config.protocol}@{self.config.interface}:{self.config.channel}"
+        """Link name for status (``vehicle=up``), as every link names itself by its role."""
+        return "vehicle"
+
+    @property
+    def bus(self) -> str:
+        """Protocol, interface and channel, for logs: e.g. ``chademo@socketcan:can0``."""
+        return f"{self.config.protocol}@{self.config.interface}:{self.config.channel}"
 
     @property
     def status(self) -> LinkStatus:
-        """UP while the bus is open and not bus-off."""
+        """UP while the bus and the lines are open and the bus is not bus-off."""
         return self._status
 
     def snapshot(self) -> VehicleState | None:
@@ -116,68 +142,122 @@ class CanVehicleLink:
         self.session.set_output(voltage_v, current_a)
 
     async def end_session(self) -> None:
-        """Run the normal stop sequence; return when ended or after ``end_session_timeout_s``."""
+        """Run the normal stop sequence; return when ended or after ``end_session_timeout_s``.
+
+        Without an open bus no frame can move the sequence on, so it returns at once: either
+        ``run`` has ended (and switched the outputs off), or it is waiting to reopen the bus and
+        keeps ticking the session, whose own timeouts then stop it in the protocol's order.
+        """
         self._apply(self.session.end(self._clock()))
+        if self._bus is None:
+            return
         with contextlib.suppress(TimeoutError):
             async with asyncio.timeout(self.config.end_session_timeout_s):
-                while self.session.phase not in _FINISHED:
+                while self.session.phase not in _FINISHED and self._bus is not None:
                     self._changed.clear()
                     await self._changed.wait()
 
     async def run(self, wake: Wake) -> None:
-        """Own the bus for the daemon's lifetime; reopen it after failures."""
+        """Own the lines and the bus for the daemon's lifetime; reopen them after failures."""
         self._wake = wake
-        filters = receive_filters(self.session.accepted_ids, extended=self.protocol_extended)
-        bus = open_bus(self.config, filters)  # an interface that does not exist: raise
+        filters = receive_filters(self.session.receive_ids)
         try:
             while True:
+                bus = await self._open(filters)
                 try:
                     await self._serve(bus)
                 finally:
                     self._close(bus)
-                self._set_status(LinkStatus.DOWN, self.last_error)
-                bus = await self._reopen(filters)
+                self._down(self.last_error)
+                await self._wait_down(self.config.reconnect_delay_s)
         finally:
-            # Cancelled or crashed: leave the board's lines off (d1, d2, contactors, lock).
-            self._lines.write(LineOutputs())
+            self._release_lines()
 
-    async def _reopen(self, filters: list[dict[str, Any]]) -> can.BusABC:
+    async def _open(self, filters: list[dict[str, Any]]) -> can.BusABC:
+        """The lines and the bus, retried every ``reconnect_delay_s`` while DOWN."""
         while True:
-            await asyncio.sleep(self.config.reconnect_delay_s)
             try:
+                if not self._lines_open:
+                    self._lines.open()
+                    self._lines_open = True
                 return open_bus(self.config, filters)
             except VehicleLinkError as exc:
-                self.last_error = str(exc)
-                log.warning("vehicle link: %s", exc)
+                self._down(str(exc))
+            await self._wait_down(self.config.reconnect_delay_s)
 
-    @property
-    def protocol_extended(self) -> bool:
-        """GB/T uses 29-bit IDs, CHAdeMO 11-bit."""
-        return self.config.protocol == "gbt27930"
+    async def _wait_down(self, seconds: float) -> None:
+        """Wait before the next attempt; a session under way keeps being ticked meanwhile.
+
+        With the bus gone the vehicle's frames stop, so the session's own timeouts (CHAdeMO 0x102
+        and GB/T BCL: 1 s) fault it and its stop sequence switches the outputs off in the
+        protocol's order. An idle session is left alone, so no car is woken (d1) without a bus.
+        """
+        deadline_s = self._clock() + seconds
+        while (remaining_s := deadline_s - self._clock()) > 0:
+            if self.session.phase is not VehiclePhase.UNPLUGGED:
+                inputs = self._read_lines() if self._lines_open else None
+                self._apply(self.session.tick(self._clock(), inputs or LineInputs()))
+                remaining_s = min(remaining_s, self.session.next_deadline_s - self._clock())
+            await asyncio.sleep(max(0.0, remaining_s))
 
     async def _serve(self, bus: can.BusABC) -> None:
         self._bus = bus
-        self._bus_failed.clear()
+        self._failed.clear()
         reader = BusReader(
             bus, self._on_message, self._on_bus_failed, pending_frames=self.config.pending_frames
         )
         self._set_status(LinkStatus.UP, f"reading {self.config.channel} via {reader.mode}")
+        self._changed.set()
         try:
-            while not self._bus_failed.is_set():
-                self._apply(self.session.tick(self._clock(), self._lines.read()))
+            while not self._failed.is_set():
+                inputs = self._read_lines()
+                if inputs is None:
+                    break
+                self._apply(self.session.tick(self._clock(), inputs))
                 delay = max(0.0, self.session.next_deadline_s - self._clock())
                 with contextlib.suppress(TimeoutError):
                     async with asyncio.timeout(delay):
-                        await self._bus_failed.wait()
+                        await self._failed.wait()
         finally:
             reader.close()
             self._bus = None
+            self._changed.set()  # an end_session() waiting on this bus gives up at once
 
     def _close(self, bus: can.BusABC) -> None:
         try:
             bus.shutdown()
         except (can.CanError, OSError) as exc:
-            log.warning("vehicle link: shutting the bus down failed: %s", exc)
+            log.warning("CAN bus shutdown failed", bus=self.bus, error=str(exc))
+
+    def _read_lines(self) -> LineInputs | None:
+        try:
+            return self._lines.read()
+        except VehicleLinkError as exc:
+            self._on_lines_failed(exc)
+            return None
+
+    def _write_lines(self, outputs: LineOutputs) -> None:
+        if not self._lines_open:
+            return
+        try:
+            self._lines.write(outputs)
+        except VehicleLinkError as exc:
+            self._on_lines_failed(exc)
+
+    def _on_lines_failed(self, exc: VehicleLinkError) -> None:
+        """The board's lines failed: the session stops with a charger fault, the link goes DOWN."""
+        self.last_error = f"charger board lines failed: {exc}"
+        log.error("charger board lines failed", bus=self.bus, error=str(exc))
+        self._release_lines()
+        self._failed.set()
+        self._apply(self.session.charger_fault(self.last_error, self._clock()))
+        self._wake()
+
+    def _release_lines(self) -> None:
+        """Outputs off and the lines released (``close`` never raises)."""
+        if self._lines_open:
+            self._lines_open = False
+            self._lines.close()
 
     def _on_message(self, message: can.Message) -> None:
         if message.is_error_frame:
@@ -197,16 +277,16 @@ class CanVehicleLink:
         elif message.arbitration_id & CAN_ERR_RESTARTED and self._status is LinkStatus.DOWN:
             self._set_status(LinkStatus.UP, "controller restarted after bus-off")
         else:
-            log.info("vehicle link: CAN error frame: %s", text)
+            log.info("CAN error frame", bus=self.bus, error=text, count=self.error_frames)
 
     def _on_bus_failed(self, exc: Exception) -> None:
         self.last_error = f"CAN bus failed: {exc}"
-        log.warning("vehicle link: %s", self.last_error)
-        self._bus_failed.set()
+        log.warning("CAN bus failed", bus=self.bus, error=str(exc))
+        self._failed.set()
         self._wake()
 
     def _apply(self, step: Step) -> None:
-        self._lines.write(step.outputs)
+        self._write_lines(step.outputs)
         bus = self._bus
         for frame in step.frames:
             if bus is None:
@@ -216,21 +296,47 @@ class CanVehicleLink:
             except (can.CanError, OSError, ValueError) as exc:
                 self.send_errors += 1
                 self.last_error = f"send {frame!r} failed: {exc}"
-                log.warning("vehicle link: %s", self.last_error)
+                log.warning(
+                    "CAN send failed",
+                    bus=self.bus,
+                    frame=repr(frame),
+                    error=str(exc),
+                    count=self.send_errors,
+                )
         if self.session.valid_frames:
             self._snapshot = step.state
         wake = False
         for event in step.events:
-            log.info("vehicle link: %s: %s", event.kind, event.reason)
+            log.info(
+                "vehicle session event",
+                bus=self.bus,
+                kind=str(event.kind),
+                reason=event.reason,
+                phase=str(self.session.phase),
+            )
             wake = wake or event.safety_relevant
         if step.events:
             self._changed.set()
         if wake:
             self._wake()
 
+    def _down(self, why: str) -> None:
+        """Report DOWN with the reason; log a reason only when it changes (retries are quiet)."""
+        if why != self.last_error or self._status is not LinkStatus.DOWN:
+            log.warning(
+                "vehicle link down; retrying",
+                bus=self.bus,
+                reason=why,
+                retry_s=self.config.reconnect_delay_s,
+            )
+        self.last_error = why
+        if self._status is not LinkStatus.DOWN:
+            self._status = LinkStatus.DOWN
+            self._wake()
+
     def _set_status(self, status: LinkStatus, why: str) -> None:
         if status is not self._status:
-            log.info("vehicle link %s: %s (%s)", self.name, status, why)
+            log.info("vehicle link status", bus=self.bus, status=str(status), reason=why)
             self._status = status
 
 

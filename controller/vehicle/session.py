@@ -8,11 +8,15 @@ A session is driven by two calls, both pure::
 and returns a ``Step``: frames to send, events, the ``VehicleState`` and the digital outputs it
 wants. ``next_deadline_s`` says when the next tick has work (a periodic frame or a timeout), so a
 driver can sleep exactly that long. Faults latch until the connector is unplugged.
+
+``VehicleSession`` is what ``CanVehicleLink`` needs of a session; ``ChargerSession`` (CHAdeMO,
+GB/T 27930) and ``DbcProfileSession`` (a generic BMS described by a DBC file) provide it.
 """
 
 from __future__ import annotations
 
 from abc import ABC, abstractmethod
+from typing import Protocol
 
 from controller.core.snapshots import VehiclePhase, VehicleState
 from controller.errors import ProtocolError
@@ -25,6 +29,36 @@ from controller.vehicle.frames import (
     SessionEvent,
     Step,
 )
+
+
+class VehicleSession(Protocol):
+    """A sans-IO session as the CAN link drives it."""
+
+    protocol: str
+    valid_frames: int  # decoded vehicle messages so far; the link publishes no snapshot before
+
+    @property
+    def phase(self) -> VehiclePhase: ...
+
+    @property
+    def next_deadline_s(self) -> float: ...
+
+    @property
+    def receive_ids(self) -> frozenset[tuple[int, bool]]:
+        """(arbitration ID, is extended) of every frame the session reads."""
+        ...
+
+    def allow_energy_transfer(self, allowed: bool) -> None: ...
+
+    def set_output(self, voltage_v: float, current_a: float) -> None: ...
+
+    def receive(self, frame: CanFrame, now: float) -> Step: ...
+
+    def tick(self, now: float, inputs: LineInputs) -> Step: ...
+
+    def end(self, now: float) -> Step: ...
+
+    def charger_fault(self, reason: str, now: float) -> Step: ...
 
 
 class ChargerSession(ABC):
@@ -73,6 +107,11 @@ class ChargerSession(ABC):
     @abstractmethod
     def accepted_ids(self) -> frozenset[int]:
         """Arbitration IDs the session reads (for kernel receive filters)."""
+
+    @property
+    def receive_ids(self) -> frozenset[tuple[int, bool]]:
+        """(arbitration ID, is extended) of every frame the session reads."""
+        return frozenset((i, self._extended) for i in self.accepted_ids)
 
     def allow_energy_transfer(self, allowed: bool) -> None:
         """Whether the charger may start (or keep) moving energy."""

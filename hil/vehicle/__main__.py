@@ -2,6 +2,12 @@
 
 Plays the vehicle's side of CHAdeMO or GB/T 27930 on a python-can bus until Ctrl-C (or for
 ``--duration-s``), logging the simulated car's state once a second.
+
+Without ``--lines`` the car assumes the charger's digital lines (it wakes at once, and for CHAdeMO
+takes d2 as on 1.5 s after the charger reports its connector locked). With ``--lines PATH`` it
+plugs into the simulated charger board shared through that file (the daemon's
+``vehicle.lines: {kind: simulated, path: PATH}``): it reads d1, d2 and the contactors there, pulls
+k, and unplugs when it exits.
 """
 
 from __future__ import annotations
@@ -10,11 +16,13 @@ import argparse
 import asyncio
 import contextlib
 import logging
+import signal
 import sys
 
 import can
 
 from controller.errors import VehicleLinkError
+from controller.vehicle.lines import SharedFileLines
 from hil.vehicle.battery import BatteryModel
 from hil.vehicle.chademo_ev import ChademoVehicle, ChademoVehicleConfig
 from hil.vehicle.faults import FaultInjection
@@ -47,6 +55,12 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--capacity-kwh", type=float, default=40.0)
     parser.add_argument("--duration-s", type=float, default=None, help="stop after this long")
     parser.add_argument(
+        "--lines",
+        metavar="PATH",
+        default=None,
+        help="the simulated charger board's lines file (vehicle.lines.path in the daemon's config)",
+    )
+    parser.add_argument(
         "--fault",
         action="append",
         default=[],
@@ -61,8 +75,10 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     return args
 
 
-def build_vehicle(args: argparse.Namespace) -> ChademoVehicle | GbtVehicle:
-    """The simulated car the arguments describe."""
+def build_vehicle(
+    args: argparse.Namespace, lines: SharedFileLines | None = None
+) -> ChademoVehicle | GbtVehicle:
+    """The simulated car the arguments describe, plugged into ``lines`` when given."""
     battery = BatteryModel(capacity_kwh=args.capacity_kwh, soc_pct=args.soc)
     chosen = set(args.fault)
     faults = FaultInjection(
@@ -78,9 +94,13 @@ def build_vehicle(args: argparse.Namespace) -> ChademoVehicle | GbtVehicle:
             battery,
             faults,
             config=ChademoVehicleConfig(mode=args.mode, target_soc_pct=args.target_soc),
+            lines=lines,
         )
     return GbtVehicle(
-        battery, faults, config=GbtVehicleConfig(mode=args.mode, target_soc_pct=args.target_soc)
+        battery,
+        faults,
+        config=GbtVehicleConfig(mode=args.mode, target_soc_pct=args.target_soc),
+        lines=lines,
     )
 
 
@@ -91,12 +111,29 @@ async def _report(simulator: VehicleSimulator) -> None:
 
 
 async def run(args: argparse.Namespace) -> None:
-    """Open the bus and play the vehicle."""
+    """Open the bus and play the vehicle; SIGTERM stops it as cleanly as Ctrl-C."""
+    task = asyncio.current_task()
+    if task is not None:
+        asyncio.get_running_loop().add_signal_handler(signal.SIGTERM, task.cancel)
+    lines: SharedFileLines | None = None
+    if args.lines is not None:
+        lines = SharedFileLines(args.lines, side="vehicle")
+        lines.open()
+        lines.plugged = True
+        log.info("plugged into the simulated charger board at %s", args.lines)
+    try:
+        await _play(args, lines)
+    finally:
+        if lines is not None:
+            lines.close()  # the car leaves: k released, connector unplugged
+
+
+async def _play(args: argparse.Namespace, lines: SharedFileLines | None) -> None:
     try:
         bus = can.Bus(interface=args.interface, channel=args.channel)
     except (can.CanError, OSError, ValueError, ImportError) as exc:
         raise VehicleLinkError(f"cannot open {args.interface}:{args.channel}: {exc}") from None
-    simulator = VehicleSimulator(build_vehicle(args), bus)
+    simulator = VehicleSimulator(build_vehicle(args, lines), bus)
     reporter = asyncio.create_task(_report(simulator))
     try:
         async with asyncio.timeout(args.duration_s):  # None: until Ctrl-C
@@ -117,7 +154,7 @@ def main(argv: list[str] | None = None) -> int:
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(message)s")
     try:
         asyncio.run(run(args))
-    except KeyboardInterrupt:
+    except (KeyboardInterrupt, asyncio.CancelledError):  # Ctrl-C, SIGTERM
         return 0
     except VehicleLinkError as exc:
         log.error("%s", exc)

@@ -17,7 +17,7 @@ from controller.vehicle.dbc import DbcCodec
 from controller.vehicle.frames import CanFrame
 from hil.vehicle.battery import BatteryModel
 from hil.vehicle.faults import FaultInjection
-from hil.vehicle.lines import SimulatedLines
+from hil.vehicle.lines import VehicleSideLines
 
 PERIOD_S = 0.1  # CHAdeMO: every ID every 100 ms
 CONTACTOR_DELAY_S = 0.2  # how long the simulated contactor takes to close after d2
@@ -76,7 +76,7 @@ class _Charger:
 
 
 class ChademoVehicle:
-    """A CHAdeMO car with a battery, optionally wired to ``SimulatedLines``."""
+    """A CHAdeMO car with a battery, optionally wired to the charger's lines."""
 
     protocol = "chademo"
 
@@ -86,7 +86,7 @@ class ChademoVehicle:
         faults: FaultInjection | None = None,
         *,
         config: ChademoVehicleConfig | None = None,
-        lines: SimulatedLines | None = None,
+        lines: VehicleSideLines | None = None,
     ) -> None:
         self.battery = battery or BatteryModel()
         self.faults = faults or FaultInjection()

@@ -26,7 +26,7 @@ from controller.vehicle.gbt27930 import (
 )
 from hil.vehicle.battery import BatteryModel
 from hil.vehicle.faults import FaultInjection
-from hil.vehicle.lines import SimulatedLines
+from hil.vehicle.lines import VehicleSideLines
 
 PERIODS_S = {"BHM": 0.25, "BRM": 0.25, "BCP": 0.5, "BRO": 0.25, "BCL": 0.05, "BCS": 0.25}
 PERIODS_S |= {"BSM": 0.25, "BST": 0.01, "BSD": 0.25}
@@ -69,7 +69,7 @@ class GbtVehicleConfig:
 
 
 class GbtVehicle:
-    """A GB/T 27930 BMS with a battery, optionally wired to ``SimulatedLines``."""
+    """A GB/T 27930 BMS with a battery, optionally wired to the charger's lines."""
 
     protocol = "gbt27930"
 
@@ -79,7 +79,7 @@ class GbtVehicle:
         faults: FaultInjection | None = None,
         *,
         config: GbtVehicleConfig | None = None,
-        lines: SimulatedLines | None = None,
+        lines: VehicleSideLines | None = None,
     ) -> None:
         self.battery = battery or BatteryModel()
         self.faults = faults or FaultInjection()

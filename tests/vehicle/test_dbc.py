@@ -3,19 +3,24 @@
 from __future__ import annotations
 
 from collections.abc import Callable
+from pathlib import Path
 
 import cantools
 import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
-from controller.errors import ProtocolError
+from controller.errors import ProtocolError, VehicleLinkError
 from controller.vehicle.dbc import (
     CHADEMO_DBC,
     GBT27930_DBC,
+    REPO_DBC_DIR,
+    SYSTEM_DBC_DIR,
     DbcCodec,
     ImplausibleValueError,
     SignalSpec,
+    dbc_search_path,
+    find_dbc,
 )
 from controller.vehicle.frames import CanFrame
 
@@ -290,3 +295,53 @@ def test_charger_messages_round_trip(codec: DbcCodec, name: str, data: st.DataOb
     decoded = codec.decode(name, payload).signals
     approx: Callable[[float], object] = pytest.approx
     assert decoded == {k: approx(v) for k, v in values.items()}
+
+
+def test_dbc_search_prefers_the_explicit_directory(tmp_path: Path) -> None:
+    """An explicit directory is the only place searched: its file, or an error naming it."""
+    (tmp_path / "chademo.dbc").write_bytes(CHADEMO_DBC.read_bytes())
+    assert find_dbc("chademo.dbc", dbc_search_path(tmp_path)) == tmp_path / "chademo.dbc"
+    with pytest.raises(VehicleLinkError, match=str(tmp_path / "gbt27930.dbc")):
+        find_dbc("gbt27930.dbc", dbc_search_path(tmp_path))
+    assert DbcCodec.chademo(tmp_path).frame_id("CHG_109_Status") == 0x109
+
+
+def test_dbc_search_falls_back_to_the_system_directory(tmp_path: Path) -> None:
+    """Without a repository dbc/ the installed /usr/share copy is used."""
+    system = tmp_path / "usr-share"
+    system.mkdir()
+    (system / "gbt27930.dbc").write_text("")
+    search = dbc_search_path(repository=tmp_path / "absent", system=system)
+    assert find_dbc("gbt27930.dbc", search) == system / "gbt27930.dbc"
+
+
+def test_dbc_not_found_names_every_place_tried(tmp_path: Path) -> None:
+    """A file found nowhere is a VehicleLinkError listing each path tried and the fix."""
+    search = dbc_search_path(repository=tmp_path / "repo", system=tmp_path / "share")
+    with pytest.raises(VehicleLinkError) as info:
+        find_dbc("chademo.dbc", search)
+    message = str(info.value)
+    assert str(tmp_path / "repo" / "chademo.dbc") in message
+    assert str(tmp_path / "share" / "chademo.dbc") in message
+    assert "vehicle.dbc_dir" in message
+
+
+def test_default_search_is_repository_then_usr_share() -> None:
+    """With no directory given, the source tree's dbc/ comes before /usr/share/v2g-controller."""
+    assert dbc_search_path() == (REPO_DBC_DIR, SYSTEM_DBC_DIR)
+    assert str(SYSTEM_DBC_DIR) == "/usr/share/v2g-controller/dbc"
+    assert find_dbc("chademo.dbc") == CHADEMO_DBC
+
+
+def test_decode_checked_keeps_out_of_range_signals_apart() -> None:
+    """decode_checked returns in-range values and a reason for each out-of-range signal."""
+    frame = rec.ZE0_102_CHARGING
+    data = bytearray(frame.data)
+    data[1:3] = (2000).to_bytes(2, "little")  # TargetBatteryVoltage 2000 V, DBC maximum 1000
+    values, rejected = CHADEMO.decode_checked(0x102, bytes(data))
+    assert "TargetBatteryVoltage" not in values.signals
+    assert values.signals["ChargingCurrentRequest"] == 14
+    assert set(rejected) == {"TargetBatteryVoltage"}
+    assert "2000 above 1000" in rejected["TargetBatteryVoltage"]
+    with pytest.raises(ImplausibleValueError):
+        CHADEMO.decode_frame(0x102, bytes(data))

@@ -3,10 +3,13 @@
 from __future__ import annotations
 
 import asyncio
+import dataclasses
+import itertools
 import time
 import uuid
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
+from typing import Any
 
 import can
 import pytest
@@ -14,9 +17,10 @@ import pytest
 from controller.core.snapshots import VehiclePhase, VehicleState
 from controller.errors import VehicleLinkError
 from controller.links import LinkStatus, VehicleLink
-from controller.vehicle.canbus import CAN_ERR_BUSOFF, CAN_ERR_RESTARTED, CanLinkConfig
+from controller.vehicle import link as link_module
+from controller.vehicle.canbus import CAN_ERR_BUSOFF, CAN_ERR_RESTARTED, CanLinkConfig, open_bus
 from controller.vehicle.chademo import ChademoChargerConfig
-from controller.vehicle.frames import LineOutputs
+from controller.vehicle.frames import LineInputs, LineOutputs
 from controller.vehicle.gbt27930 import GbtChargerConfig
 from controller.vehicle.link import CanVehicleLink
 from hil.vehicle import BatteryModel, ChademoVehicle, FaultInjection, GbtVehicle, SimulatedLines
@@ -25,6 +29,38 @@ from hil.vehicle.gbt_ev import VIN, GbtVehicleConfig
 from hil.vehicle.runner import VehicleSimulator
 
 PROTOCOLS = ["chademo", "gbt27930"]
+
+
+class FlakyLines:
+    """Lines that fail to open, or to read, a given number of times (a board coming up late)."""
+
+    def __init__(self, *, fail_opens: int = 0, wrapped: SimulatedLines | None = None) -> None:
+        self.wrapped = wrapped or SimulatedLines()
+        self.fail_opens = fail_opens
+        self.fail_reads = 0
+        self.opens = 0
+        self.closes = 0
+        self.closed = False
+
+    def open(self) -> None:
+        self.opens += 1
+        if self.opens <= self.fail_opens:
+            raise VehicleLinkError("GPIO chip not there yet")
+        self.closed = False
+
+    def read(self) -> LineInputs:
+        if self.fail_reads:
+            self.fail_reads -= 1
+            raise VehicleLinkError("GPIO chip went away")
+        return self.wrapped.read()
+
+    def write(self, outputs: LineOutputs) -> None:
+        self.wrapped.write(outputs)
+
+    def close(self) -> None:
+        self.closes += 1
+        self.closed = True
+        self.wrapped.close()
 
 
 @dataclass
@@ -111,6 +147,15 @@ def play(rig: Rig, scenario: Callable[[Rig], Awaitable[None]]) -> None:
                     pytest.fail(f"a task ended on its own: {result!r}")
 
     asyncio.run(main())
+
+
+async def eventually(predicate: Callable[[], bool], timeout_s: float) -> None:
+    """Wait (loosely bounded) until ``predicate`` holds."""
+    async with asyncio.timeout(timeout_s):
+        while True:
+            if predicate():
+                return
+            await asyncio.sleep(0.01)
 
 
 def status(rig: Rig) -> LinkStatus:
@@ -246,16 +291,139 @@ def test_bus_off_is_reported_and_wakes() -> None:
     play(make_rig("chademo"), scenario)
 
 
-def test_missing_interface_raises() -> None:
-    """A CAN channel that does not exist makes run() raise VehicleLinkError."""
-    config = CanLinkConfig(interface="socketcan", channel="nosuchcan0", protocol="chademo")
-    link = CanVehicleLink(config, SimulatedLines())
+def test_missing_interface_reports_down_and_keeps_running() -> None:
+    """A CAN channel that does not exist: DOWN with the reason, a wake, and run() keeps going."""
+    config = CanLinkConfig(
+        interface="socketcan", channel="nosuchcan0", protocol="chademo", reconnect_delay_s=0.05
+    )
+    lines = SimulatedLines()
+    link = CanVehicleLink(config, lines)
+    wakes: list[float] = []
 
     async def main() -> None:
-        await link.run(lambda: None)
+        task = asyncio.create_task(link.run(lambda: wakes.append(time.monotonic())))
+        await asyncio.sleep(0.3)
+        assert not task.done()
+        assert link.status is LinkStatus.DOWN
+        assert "nosuchcan0" in link.last_error
+        assert len(wakes) == 1  # DOWN once; the retries are quiet
+        assert lines.outputs == LineOutputs()  # no car is woken without a bus
+        task.cancel()
+        with pytest.raises(asyncio.CancelledError):
+            await task
 
-    with pytest.raises(VehicleLinkError, match="nosuchcan0"):
-        asyncio.run(main())
+    asyncio.run(main())
+
+
+def test_bus_that_appears_later_is_opened_on_a_retry(monkeypatch: pytest.MonkeyPatch) -> None:
+    """An interface that fails to open twice (a HAT driver still loading) is UP on the third try."""
+    attempts: list[float] = []
+    real_open = open_bus
+
+    def late_bus(config: CanLinkConfig, filters: list[dict[str, Any]]) -> can.BusABC:
+        attempts.append(time.monotonic())
+        if len(attempts) < 3:
+            raise VehicleLinkError(f"cannot open CAN virtual:{config.channel}: no such device")
+        return real_open(config, filters)
+
+    monkeypatch.setattr(link_module, "open_bus", late_bus)
+    channel = f"late-{uuid.uuid4().hex}"
+    config = CanLinkConfig(
+        interface="virtual", channel=channel, protocol="gbt27930", reconnect_delay_s=0.1
+    )
+    link = CanVehicleLink(config, SimulatedLines())
+    statuses: list[LinkStatus] = []
+
+    async def main() -> None:
+        task = asyncio.create_task(link.run(lambda: statuses.append(link.status)))
+        await eventually(lambda: link.status is LinkStatus.UP, 5.0)
+        task.cancel()
+        with pytest.raises(asyncio.CancelledError):
+            await task
+
+    asyncio.run(main())
+    assert len(attempts) == 3
+    assert all(0.09 <= b - a <= 0.5 for a, b in itertools.pairwise(attempts))
+    assert statuses[0] is LinkStatus.DOWN
+
+
+def test_lines_that_cannot_open_are_retried_like_the_bus() -> None:
+    """Board lines that fail to open keep the link DOWN with their reason, then it comes UP."""
+    lines = FlakyLines(fail_opens=2)
+    config = CanLinkConfig(
+        interface="virtual",
+        channel=f"flaky-{uuid.uuid4().hex}",
+        protocol="chademo",
+        reconnect_delay_s=0.05,
+    )
+    link = CanVehicleLink(config, lines)
+    reasons: list[str] = []
+
+    async def main() -> None:
+        task = asyncio.create_task(link.run(lambda: reasons.append(link.last_error)))
+        await eventually(lambda: link.status is LinkStatus.UP, 5.0)
+        task.cancel()
+        with pytest.raises(asyncio.CancelledError):
+            await task
+
+    asyncio.run(main())
+    assert reasons[0] == "GPIO chip not there yet"
+    assert lines.opens == 3
+    assert lines.closed  # released when run() ended
+
+
+def test_lines_failing_mid_session_fault_it_and_reopen() -> None:
+    """Lines that fail during a session: charger fault, DOWN, outputs released, reopened later."""
+
+    async def scenario(rig: Rig) -> None:
+        await rig.until(transferring, 8.0)
+        flaky = rig.link._lines
+        assert isinstance(flaky, FlakyLines)
+        flaky.fail_reads = 1
+        await rig.until(lambda s: s.phase is VehiclePhase.FAULT, 2.0)
+        assert any("charger board lines failed" in f for f in rig.state().faults)
+        await eventually(lambda: status(rig) is LinkStatus.UP and flaky.opens >= 2, 3.0)
+        assert flaky.closes >= 1
+
+    rig = make_rig("chademo")
+    rig.link = CanVehicleLink(
+        rig.link.config,
+        FlakyLines(wrapped=rig.lines),
+        charger=ChademoChargerConfig(
+            insulation_test_s=0.2, discharge_offered=True, available_input_current_a=50
+        ),
+    )
+    rig.link.allow_energy_transfer(True)
+    play(rig, scenario)
+
+
+def test_bus_lost_mid_session_still_stops_it_in_order() -> None:
+    """A bus lost during transfer: DOWN, and the session, still ticked, faults on the 0x102
+    timeout within about 1 s and then switches the contactors, d2 and d1 off in the protocol's
+    order (after waiting up to 4 s for the vehicle's contactor) before the bus is tried again."""
+
+    async def scenario(rig: Rig) -> None:
+        await rig.until(transferring, 8.0)
+        assert rig.lines.outputs.contactors
+        lost = time.monotonic()
+        rig.link._on_bus_failed(OSError("network is down"))
+        await rig.until(lambda s: s.phase is VehiclePhase.FAULT, 2.0)
+        assert time.monotonic() - lost < 1.5
+        assert status(rig) is LinkStatus.DOWN
+        assert "network is down" in rig.link.last_error
+        state = rig.state()
+        assert not state.charge_permitted
+        assert any("0x102 not received for more than 1 s" in f for f in state.faults)
+        await eventually(lambda: rig.lines.outputs == LineOutputs(), 7.0)
+        assert status(rig) is LinkStatus.DOWN  # not yet retried
+
+    rig = make_rig("chademo")
+    config = dataclasses.replace(rig.link.config, reconnect_delay_s=10.0)
+    rig.link = CanVehicleLink(
+        config, rig.lines, charger=ChademoChargerConfig(insulation_test_s=0.2)
+    )
+    rig.link.allow_energy_transfer(True)
+    play(rig, scenario)
 
 
 def test_config_rejects_unknown_values() -> None:
