@@ -1,0 +1,763 @@
+"""The aggregator link: MQTT to the aggregator's broker, on aiomqtt (which drives paho-mqtt).
+
+Satisfies ``controller.links.AggregatorLink``. One connection at a time, owned by ``run()``:
+
+* connect with MQTT 5 (or 3.1.1 when ``broker.protocol`` says so, or when an MQTT 5 CONNECT is
+  refused with "unsupported protocol version": the link then stays on 3.1.1), a clean session,
+  the configured keepalive, TLS (CA, optional client certificate and key) and username and
+  password (read from ``password_file`` on every connect, so a rotated password is picked up);
+* Last Will: ``offline``, retained, QoS 1, on the availability topic; on connect the link
+  subscribes to the setpoint topic at QoS 1 (MQTT 5: "retain as published", so a retained
+  setpoint is recognisable even when it arrives live), then publishes ``online``, retained;
+* a lost or refused connection makes the link ``DOWN`` (with ``reason``), and it reconnects by
+  itself after a capped exponential backoff with jitter (``backoff.py``); a connection that
+  stayed up for ``STABLE_SESSION_S`` resets the backoff;
+* every setpoint is validated (``validation.py``) and answered on the ack topic. An accepted one
+  becomes ``setpoint()`` at once and wakes the control loop; its ack waits for the first
+  ``report()`` that follows it, so it can say what power was applied and which limit bound;
+* ``report()`` never waits: it records the report, queues acks, events, status and telemetry in
+  the bounded outbox (``outbox.py``), and the link's sender task publishes them while connected.
+
+Bounded queues: incoming setpoints waiting to be validated (``INCOMING_QUEUE_MAX``; aiomqtt
+drops newer messages when full and logs it; they go unacknowledged, so the aggregator resends),
+the outbox (``OUTBOX_CAPACITY``, policy in ``outbox.py``), accepted setpoints awaiting their ack
+(``MAX_AWAITING_ACK``; the oldest is acked without an applied power when full), and the replay
+memory in the validator.
+
+Loss of the aggregator: ``setpoint()`` keeps returning the last accepted setpoint; once its
+validity runs out the core ignores it and its fallback policy takes over. Nothing here needs an
+operator: the link reconnects, republishes ``online`` and the status, and carries on.
+
+paho-mqtt leaves the socket open when a TLS handshake fails inside ``connect()`` (seen as
+"ResourceWarning: unclosed ssl.SSLSocket", e.g. HABApp#452), so before each TLS connect the link
+performs the handshake once itself with asyncio: a broker certificate the CA does not vouch for
+is then reported cleanly (``reason``) and nothing leaks.
+
+Every aiomqtt/paho exception is translated into ``AggregatorLinkError`` here.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import datetime as dt
+import logging
+import random
+import ssl
+import time
+from collections import OrderedDict
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+
+import aiomqtt
+import structlog
+from aiomqtt.exceptions import MqttConnectError
+from paho.mqtt.client import MQTT_CLEAN_START_FIRST_ONLY
+from paho.mqtt.reasoncodes import ReasonCode
+from paho.mqtt.subscribeoptions import SubscribeOptions
+
+from controller.aggregator.backoff import backoff_delay_s
+from controller.aggregator.messages import (
+    AVAILABILITY_OFFLINE,
+    AVAILABILITY_ONLINE,
+    AckMessage,
+    EventMessage,
+)
+from controller.aggregator.outbox import Kind, Outbox, Outgoing
+from controller.aggregator.telemetry import (
+    TelemetryGate,
+    events_between,
+    status_key,
+    status_message,
+    telemetry_message,
+)
+from controller.aggregator.validation import (
+    Accepted,
+    Rejected,
+    SetpointLimits,
+    SetpointValidator,
+)
+from controller.config import AggregatorConfig, Config, MqttTlsConfig
+from controller.core.snapshots import Setpoint, SetpointMode
+from controller.errors import AggregatorLinkError
+from controller.links import ControlReport, LinkStatus, Wake
+
+log = structlog.get_logger(component="aggregator")
+
+CONNECT_TIMEOUT_S = 10.0  # TCP + TLS + CONNACK, and each SUBACK/PUBACK
+ACK_WAIT_S = 2.0  # an accepted setpoint no control cycle followed is acked after this anyway
+STABLE_SESSION_S = 30.0  # a connection up this long resets the reconnect backoff
+HOUSEKEEPING_S = 0.2  # periodic telemetry and overdue acks are looked at this often
+INCOMING_QUEUE_MAX = 32
+OUTBOX_CAPACITY = 256
+MAX_AWAITING_ACK = 64
+_UNSUPPORTED_PROTOCOL_V5 = 0x84  # MQTT 5 CONNACK reason "Unsupported Protocol Version"
+_UNSUPPORTED_PROTOCOL_V311 = 0x01  # MQTT 3.1.1 CONNACK return code 1
+_SUBACK_FAILURE = 0x80
+
+
+def _utc_now() -> dt.datetime:
+    return dt.datetime.now(dt.UTC)
+
+
+@dataclass(frozen=True, slots=True)
+class Topics:
+    """Every topic the link uses, under the configured prefix."""
+
+    setpoint: str  # in: aggregator -> charger
+    ack: str
+    status: str  # retained
+    telemetry: str
+    availability: str  # retained; also the Last Will
+    event: str
+
+    @classmethod
+    def under(cls, prefix: str) -> Topics:
+        base = prefix.rstrip("/")
+        return cls(
+            setpoint=f"{base}/setpoint",
+            ack=f"{base}/ack",
+            status=f"{base}/status",
+            telemetry=f"{base}/telemetry",
+            availability=f"{base}/availability",
+            event=f"{base}/event",
+        )
+
+
+@dataclass(frozen=True, slots=True)
+class _AwaitingAck:
+    setpoint_id: str
+    requested_power_w: float
+    received_at_s: float  # monotonic
+    mode: SetpointMode
+
+
+class _ClientLog(logging.Handler):
+    """paho-mqtt and aiomqtt log to a private logger: forward warnings and errors to structlog,
+    and keep the last one, which often explains a failed connect (e.g. a TLS alert)."""
+
+    def __init__(self) -> None:
+        super().__init__(logging.WARNING)
+        self.last: str | None = None
+
+    def emit(self, record: logging.LogRecord) -> None:
+        text = record.getMessage()
+        self.last = text
+        log.warning("mqtt client", detail=text)
+
+
+def read_password(path: str) -> str:
+    """The MQTT password from its file (one line; a trailing newline is not part of it)."""
+    where = f"password_file {path}"
+    try:
+        text = Path(path).read_text(encoding="utf-8")
+    except FileNotFoundError:
+        raise AggregatorLinkError(f"{where}: file not found") from None
+    except IsADirectoryError:
+        raise AggregatorLinkError(f"{where}: is a directory, not a file") from None
+    except PermissionError:
+        raise AggregatorLinkError(f"{where}: permission denied") from None
+    except UnicodeDecodeError:
+        raise AggregatorLinkError(f"{where}: not UTF-8 text") from None
+    except OSError as exc:
+        raise AggregatorLinkError(f"{where}: cannot read: {exc.strerror or exc}") from None
+    password = text.rstrip("\r\n")
+    if not password:
+        raise AggregatorLinkError(f"{where}: the file is empty")
+    return password
+
+
+def tls_context(tls: MqttTlsConfig) -> ssl.SSLContext:
+    """A client TLS context: the broker verified against the CA (and its host name), TLS 1.2 or
+    newer, and the client certificate when configured."""
+    for key, path in (
+        ("ca_file", tls.ca_file),
+        ("cert_file", tls.cert_file),
+        ("key_file", tls.key_file),
+    ):
+        if path is not None and not Path(path).is_file():
+            raise AggregatorLinkError(f"tls.{key} {path}: file not found")
+    try:
+        context = ssl.create_default_context(ssl.Purpose.SERVER_AUTH, cafile=tls.ca_file)
+    except ssl.SSLError as exc:
+        raise AggregatorLinkError(
+            f"tls.ca_file {tls.ca_file}: not a PEM CA certificate ({exc.reason or exc})"
+        ) from None
+    except OSError as exc:
+        raise AggregatorLinkError(
+            f"tls.ca_file {tls.ca_file}: cannot read: {exc.strerror or exc}"
+        ) from None
+    context.minimum_version = ssl.TLSVersion.TLSv1_2
+    if tls.cert_file is not None and tls.key_file is not None:
+        try:
+            context.load_cert_chain(tls.cert_file, tls.key_file)
+        except ssl.SSLError as exc:
+            raise AggregatorLinkError(
+                f"tls.cert_file {tls.cert_file} / tls.key_file {tls.key_file}: not a matching "
+                f"PEM certificate and key ({exc.reason or exc})"
+            ) from None
+        except OSError as exc:
+            raise AggregatorLinkError(
+                f"tls.cert_file {tls.cert_file}: cannot read: {exc.strerror or exc}"
+            ) from None
+    return context
+
+
+def _describe(exc: aiomqtt.MqttError) -> str:
+    text = str(exc) or type(exc).__name__
+    cause = exc.__cause__
+    if cause is not None and str(cause) and str(cause) not in text:
+        text = f"{text} ({cause})"
+    return text
+
+
+def _code(value: object) -> int:
+    if isinstance(value, ReasonCode):
+        return int(value.value)
+    if isinstance(value, int):
+        return value
+    return -1
+
+
+def _reraise_if_cancelled() -> None:
+    """aiomqtt may turn a cancelled wait into MqttError; never let that swallow a cancel."""
+    task = asyncio.current_task()
+    if task is not None and task.cancelling():
+        raise asyncio.CancelledError
+
+
+class MqttAggregatorLink:
+    """Satisfies ``controller.links.AggregatorLink``; see the module docstring."""
+
+    name = "aggregator"
+
+    def __init__(
+        self,
+        config: AggregatorConfig,
+        *,
+        topic_prefix: str,
+        client_id: str,
+        monotonic: Callable[[], float] = time.monotonic,
+        wall: Callable[[], dt.datetime] = _utc_now,
+        random01: Callable[[], float] = random.random,
+        connect_timeout_s: float = CONNECT_TIMEOUT_S,
+        ack_wait_s: float = ACK_WAIT_S,
+    ) -> None:
+        if config.broker is None:
+            raise ValueError("the aggregator config has no broker section")
+        self._config = config
+        self._broker = config.broker
+        self.topics = Topics.under(topic_prefix)
+        self.client_id = client_id
+        self._monotonic = monotonic
+        self._wall = wall
+        self._random01 = random01
+        self._connect_timeout_s = connect_timeout_s
+        self._ack_wait_s = ack_wait_s
+        self._protocol = (
+            aiomqtt.ProtocolVersion.V5
+            if self._broker.protocol == "5"
+            else aiomqtt.ProtocolVersion.V311
+        )
+        self._validator = SetpointValidator(
+            SetpointLimits(
+                max_abs_power_w=config.max_abs_power_w,
+                max_ttl_s=config.max_setpoint_ttl_s,
+                clock_skew_s=config.clock_skew_tolerance_s,
+            )
+        )
+        self._outbox = Outbox(OUTBOX_CAPACITY)
+        self._gate = TelemetryGate(period_s=config.telemetry_period_s)
+        self._client_log = _ClientLog()
+        self._client_logger = logging.Logger("controller.aggregator.mqtt", logging.WARNING)
+        self._client_logger.addHandler(self._client_log)
+        self._status = LinkStatus.STARTING
+        self._reason: str | None = None
+        self._wake: Wake = lambda: None
+        self._client: aiomqtt.Client | None = None
+        self._stopping = False
+        self._retry_now = False
+        self._up_since_s: float | None = None
+        self._down_since_s: float | None = None
+        self._setpoint: Setpoint | None = None
+        self._awaiting_ack: OrderedDict[str, _AwaitingAck] = OrderedDict()
+        self._latest_report: ControlReport | None = None
+        self._status_key: tuple[object, ...] | None = None
+        self._unreported_drops = 0
+        self.connects = 0
+        self.accepted = 0
+        self.rejected = 0
+
+    @classmethod
+    def from_config(cls, config: Config) -> MqttAggregatorLink:
+        broker = config.aggregator.broker
+        client_id = broker.client_id if broker is not None and broker.client_id else None
+        return cls(
+            config.aggregator,
+            topic_prefix=config.topic_prefix,
+            client_id=client_id or f"v2g-{config.site.site_id}-{config.site.charger_id}",
+        )
+
+    # -- AggregatorLink -----------------------------------------------------------------------
+
+    @property
+    def status(self) -> LinkStatus:
+        return self._status
+
+    @property
+    def reason(self) -> str | None:
+        """Why the link is down (or why the last attempt failed); None while up."""
+        return self._reason
+
+    @property
+    def protocol(self) -> str:
+        """The MQTT version in use: "5" or "3.1.1"."""
+        return "5" if self._protocol is aiomqtt.ProtocolVersion.V5 else "3.1.1"
+
+    @property
+    def outbox(self) -> Outbox:
+        return self._outbox
+
+    def setpoint(self) -> Setpoint | None:
+        return self._setpoint
+
+    def report(self, report: ControlReport) -> None:
+        """Record a control cycle's outcome; queues acks, events, status and telemetry."""
+        previous, self._latest_report = self._latest_report, report
+        if report.setpoint_id is not None:
+            awaiting = self._awaiting_ack.pop(report.setpoint_id, None)
+            if awaiting is not None:
+                self._ack_applied(awaiting, report)
+        for awaiting in list(self._awaiting_ack.values()):
+            # A release hands control to the local policy: the first cycle on it is the answer.
+            if (
+                awaiting.mode is SetpointMode.RELEASE
+                and report.source != "aggregator"
+                and report.monotonic_s >= awaiting.received_at_s
+            ):
+                del self._awaiting_ack[awaiting.setpoint_id]
+                self._ack_applied(awaiting, report)
+        self._ack_overdue(report.monotonic_s)
+        for event in events_between(previous, report):
+            self._queue(Kind.EVENT, self.topics.event, event.to_json())
+        if self._gate.due(report, report.monotonic_s):
+            self._queue_telemetry(report, report.monotonic_s)
+        key = status_key(report)
+        if key != self._status_key:
+            self._status_key = key
+            self._queue_status(report)
+
+    async def publish_offline(self) -> None:
+        """Publish the retained "offline" (over the live connection, or a short one of its own)
+        and stop reconnecting. Raises AggregatorLinkError if the broker cannot be reached."""
+        self._stopping = True
+        topic = self.topics.availability
+        client = self._client
+        try:
+            if client is not None:
+                await client.publish(
+                    topic, AVAILABILITY_OFFLINE, qos=1, retain=True, timeout=self._connect_timeout_s
+                )
+            else:
+                context = self._tls_context()
+                password = self._password()
+                if context is not None:
+                    await self._check_tls(context)
+                async with self._new_client(context, password, will=False) as one_shot:
+                    await one_shot.publish(
+                        topic,
+                        AVAILABILITY_OFFLINE,
+                        qos=1,
+                        retain=True,
+                        timeout=self._connect_timeout_s,
+                    )
+        except aiomqtt.MqttError as exc:
+            _reraise_if_cancelled()
+            raise AggregatorLinkError(f"could not publish offline: {_describe(exc)}") from None
+        log.info("availability published", availability="offline")
+
+    async def run(self, wake: Wake) -> None:
+        self._wake = wake
+        async with asyncio.TaskGroup() as tasks:
+            tasks.create_task(self._connect_loop(), name="aggregator-connect")
+            tasks.create_task(self._housekeeping(), name="aggregator-housekeeping")
+
+    # -- connection ---------------------------------------------------------------------------
+
+    @property
+    def _where(self) -> str:
+        return f"{self._broker.host}:{self._broker.port}"
+
+    async def _connect_loop(self) -> None:
+        attempt = 0
+        while True:
+            if self._stopping:
+                await asyncio.Event().wait()  # offline was published: stay quiet until stopped
+            try:
+                await self._session()
+            except AggregatorLinkError as exc:
+                self._went_down(str(exc))
+            up_since_s, self._up_since_s = self._up_since_s, None
+            if up_since_s is not None and self._monotonic() - up_since_s >= STABLE_SESSION_S:
+                attempt = 0
+            if self._retry_now:
+                self._retry_now = False
+                continue
+            delay_s = backoff_delay_s(
+                attempt,
+                self._config.reconnect_initial_s,
+                self._config.reconnect_max_s,
+                self._random01(),
+            )
+            attempt += 1
+            log.info("reconnecting", in_s=round(delay_s, 2), attempt=attempt, broker=self._where)
+            await asyncio.sleep(delay_s)
+
+    def _tls_context(self) -> ssl.SSLContext | None:
+        return tls_context(self._config.tls) if self._config.tls is not None else None
+
+    def _password(self) -> str | None:
+        path = self._config.password_file
+        return read_password(path) if path is not None else None
+
+    def _new_client(
+        self, context: ssl.SSLContext | None, password: str | None, *, will: bool
+    ) -> aiomqtt.Client:
+        v5 = self._protocol is aiomqtt.ProtocolVersion.V5
+        return aiomqtt.Client(
+            self._broker.host,
+            self._broker.port,
+            username=self._config.username,
+            password=password,
+            logger=self._client_logger,
+            identifier=self.client_id,
+            protocol=self._protocol,
+            will=(
+                aiomqtt.Will(self.topics.availability, AVAILABILITY_OFFLINE, qos=1, retain=True)
+                if will
+                else None
+            ),
+            # A clean session: setpoints queued by the broker while we were away are stale.
+            clean_session=None if v5 else True,
+            clean_start=True if v5 else MQTT_CLEAN_START_FIRST_ONLY,
+            timeout=self._connect_timeout_s,
+            keepalive=self._broker.keepalive_s,
+            max_queued_incoming_messages=INCOMING_QUEUE_MAX,
+            tls_context=context,
+        )
+
+    async def _check_tls(self, context: ssl.SSLContext) -> None:
+        """Handshake once with asyncio, so a refused certificate is a clean error (see the
+        module docstring for why paho cannot be left to find out)."""
+        host, port = self._broker.host, self._broker.port
+        writer: asyncio.StreamWriter | None = None
+        try:
+            async with asyncio.timeout(self._connect_timeout_s):
+                _, writer = await asyncio.open_connection(
+                    host, port, ssl=context, server_hostname=host
+                )
+        except ssl.SSLCertVerificationError as exc:
+            raise AggregatorLinkError(
+                f"TLS to {self._where} refused: the broker's certificate is not trusted "
+                f"({exc.verify_message})"
+            ) from None
+        except ssl.SSLError as exc:
+            raise AggregatorLinkError(
+                f"TLS handshake with {self._where} failed: {exc.reason or exc}"
+            ) from None
+        except TimeoutError:
+            raise AggregatorLinkError(
+                f"cannot connect to {self._where}: no answer within {self._connect_timeout_s:g} s"
+            ) from None
+        except OSError as exc:
+            raise AggregatorLinkError(
+                f"cannot connect to {self._where}: {exc.strerror or exc}"
+            ) from None
+        finally:
+            if writer is not None:
+                writer.close()
+                try:
+                    async with asyncio.timeout(1.0):
+                        await writer.wait_closed()
+                except OSError:  # includes TimeoutError and ssl.SSLError
+                    writer.transport.abort()
+
+    async def _session(self) -> None:
+        """One connection, from connect to loss. Always ends by raising."""
+        context = self._tls_context()
+        password = self._password()
+        if context is not None:
+            await self._check_tls(context)
+        protocol = self._protocol
+        client = self._new_client(context, password, will=True)
+        self._client_log.last = None
+        try:
+            async with client:
+                await self._subscribe(client)
+                await client.publish(
+                    self.topics.availability,
+                    AVAILABILITY_ONLINE,
+                    qos=1,
+                    retain=True,
+                    timeout=self._connect_timeout_s,
+                )
+                self._came_up(client)
+                try:
+                    await self._serve(client)
+                finally:
+                    self._client = None
+        except MqttConnectError as exc:
+            raise self._refused(exc, protocol) from None
+        except aiomqtt.MqttError as exc:
+            _reraise_if_cancelled()
+            raise AggregatorLinkError(self._failure(exc)) from None
+
+    def _refused(self, exc: MqttConnectError, protocol: aiomqtt.ProtocolVersion) -> Exception:
+        code = _code(exc.rc)
+        if protocol is aiomqtt.ProtocolVersion.V5 and code in (
+            _UNSUPPORTED_PROTOCOL_V5,
+            _UNSUPPORTED_PROTOCOL_V311,
+        ):
+            self._protocol = aiomqtt.ProtocolVersion.V311
+            self._retry_now = True
+            log.warning("broker does not speak MQTT 5; falling back to 3.1.1", broker=self._where)
+            return AggregatorLinkError(
+                f"{self._where} refused MQTT 5 (unsupported protocol version); using MQTT 3.1.1"
+            )
+        return AggregatorLinkError(f"{self._where} refused the connection: {exc}")
+
+    def _failure(self, exc: aiomqtt.MqttError) -> str:
+        if self._up_since_s is not None:
+            return f"connection to {self._where} lost: {_describe(exc)}"
+        text = f"cannot connect to {self._where}: {_describe(exc)}"
+        detail = self._client_log.last
+        if detail and detail not in text:
+            text = f"{text}; {detail}"
+        return text
+
+    async def _subscribe(self, client: aiomqtt.Client) -> None:
+        topic = self.topics.setpoint
+        if self._protocol is aiomqtt.ProtocolVersion.V5:
+            # Retain-as-published: a retained setpoint keeps its flag even when it arrives live.
+            options = SubscribeOptions(qos=1, retainAsPublished=True)
+            granted = await client.subscribe(
+                topic, options=options, timeout=self._connect_timeout_s
+            )
+        else:
+            granted = await client.subscribe(topic, qos=1, timeout=self._connect_timeout_s)
+        codes = [_code(code) for code in granted]
+        if not codes or codes[0] >= _SUBACK_FAILURE:
+            raise AggregatorLinkError(
+                f"{self._where} refused the subscription to {topic} (codes {codes})"
+            )
+        if codes[0] < 1:
+            log.warning("broker granted only QoS 0 for setpoints", topic=topic)
+
+    def _came_up(self, client: aiomqtt.Client) -> None:
+        self._client = client
+        self.connects += 1
+        now_s = self._monotonic()
+        self._up_since_s = now_s
+        previous = self._status
+        self._status = LinkStatus.UP
+        self._reason = None
+        log.info(
+            "connected to the aggregator's broker",
+            broker=self._where,
+            protocol=self.protocol,
+            tls=self._config.tls is not None,
+            client_id=self.client_id,
+            setpoint_topic=self.topics.setpoint,
+        )
+        if self._down_since_s is not None:
+            down_s = max(0.0, now_s - self._down_since_s)
+            self._down_since_s = None
+            event = EventMessage(
+                at=self._wall(),
+                kind="link_restored",
+                message=f"link to the aggregator restored after {down_s:.1f} s",
+                down_s=round(down_s, 3),
+            )
+            self._queue(Kind.EVENT, self.topics.event, event.to_json())
+        if self._latest_report is not None:
+            # The broker may have lost the retained status (a restart without persistence).
+            self._queue_status(self._latest_report)
+        if previous is not LinkStatus.UP:
+            self._wake()
+
+    def _went_down(self, reason: str) -> None:
+        previous = self._status
+        self._status = LinkStatus.DOWN
+        self._reason = reason
+        if previous is LinkStatus.UP:
+            self._down_since_s = self._monotonic()
+            log.warning("aggregator link lost; reconnecting", reason=reason)
+        else:
+            if self._down_since_s is None:
+                self._down_since_s = self._monotonic()
+            log.warning("cannot reach the aggregator's broker", reason=reason)
+        if previous is not LinkStatus.DOWN:
+            self._wake()
+
+    async def _serve(self, client: aiomqtt.Client) -> None:
+        receiver = asyncio.create_task(self._receive(client), name="aggregator-receive")
+        sender = asyncio.create_task(self._send(client), name="aggregator-send")
+        tasks = (receiver, sender)
+        try:
+            done, _ = await asyncio.wait(tasks, return_when=asyncio.FIRST_COMPLETED)
+        finally:
+            for task in tasks:
+                task.cancel()
+            await asyncio.gather(*tasks, return_exceptions=True)
+        for task in done:
+            task.result()  # raises what ended the connection
+        raise AggregatorLinkError(f"connection to {self._where} ended")
+
+    async def _receive(self, client: aiomqtt.Client) -> None:
+        async for message in client.messages:
+            if message.topic.value != self.topics.setpoint:
+                log.debug("message on an unexpected topic ignored", topic=message.topic.value)
+                continue
+            self._on_setpoint(message.payload, retained=bool(message.retain))
+
+    async def _send(self, client: aiomqtt.Client) -> None:
+        while True:
+            await self._outbox.wait()
+            item = self._outbox.peek()
+            if item is None:
+                continue
+            await client.publish(
+                item.topic, item.payload, qos=1, retain=item.retain, timeout=self._connect_timeout_s
+            )
+            self._outbox.done(item)
+            if self._unreported_drops and not self._outbox.pending(Kind.ACK):
+                dropped, self._unreported_drops = self._unreported_drops, 0
+                event = EventMessage(
+                    at=self._wall(),
+                    kind="messages_dropped",
+                    message=f"{dropped} acks or events dropped: the outbox was full",
+                    dropped=dropped,
+                )
+                self._queue(Kind.EVENT, self.topics.event, event.to_json())
+
+    # -- setpoints and acks -------------------------------------------------------------------
+
+    def _on_setpoint(self, payload: bytes, *, retained: bool) -> None:
+        outcome = self._validator.check(
+            payload, retained=retained, wall_now=self._wall(), monotonic_now_s=self._monotonic()
+        )
+        if isinstance(outcome, Rejected):
+            self.rejected += 1
+            log.warning("setpoint rejected", setpoint_id=outcome.setpoint_id, reason=outcome.reason)
+            ack = AckMessage(
+                id=outcome.setpoint_id, accepted=False, at=self._wall(), reason=outcome.reason
+            )
+            self._queue(Kind.ACK, self.topics.ack, ack.to_json())
+            return
+        self._accept(outcome)
+
+    def _accept(self, outcome: Accepted) -> None:
+        setpoint = outcome.setpoint
+        self.accepted += 1
+        self._setpoint = setpoint
+        if len(self._awaiting_ack) >= MAX_AWAITING_ACK:
+            _, oldest = self._awaiting_ack.popitem(last=False)
+            self._ack_unknown(oldest, "superseded before any control cycle reported")
+        self._awaiting_ack[setpoint.setpoint_id] = _AwaitingAck(
+            setpoint.setpoint_id, setpoint.power_w, setpoint.received_at_s, setpoint.mode
+        )
+        log.info(
+            "setpoint accepted",
+            setpoint_id=setpoint.setpoint_id,
+            mode=str(setpoint.mode),
+            power_w=setpoint.power_w,
+            valid_until=outcome.valid_until.isoformat(),
+            valid_for_s=round(setpoint.valid_until_s - setpoint.received_at_s, 3),
+        )
+        self._wake()
+
+    def _ack_applied(self, awaiting: _AwaitingAck, report: ControlReport) -> None:
+        applied_w = report.commanded_w
+        if awaiting.mode is SetpointMode.RELEASE:
+            # Nothing was requested: the local policy decides, within the same limits.
+            requested_w = None
+            binding = report.binding_limit
+        else:
+            requested_w = awaiting.requested_power_w
+            differs = abs(applied_w - requested_w) > 0.5
+            binding = report.binding_limit if differs else None
+        ack = AckMessage(
+            id=awaiting.setpoint_id,
+            accepted=True,
+            at=self._wall(),
+            requested_power_w=requested_w,
+            applied_power_w=applied_w,
+            binding_limit=binding,
+        )
+        self._queue(Kind.ACK, self.topics.ack, ack.to_json())
+
+    def _ack_unknown(self, awaiting: _AwaitingAck, reason: str) -> None:
+        ack = AckMessage(
+            id=awaiting.setpoint_id,
+            accepted=True,
+            at=self._wall(),
+            requested_power_w=awaiting.requested_power_w,
+            reason=reason,
+        )
+        self._queue(Kind.ACK, self.topics.ack, ack.to_json())
+
+    def _ack_overdue(self, now_s: float) -> None:
+        """Ack setpoints no control cycle followed within ``ack_wait_s``."""
+        while self._awaiting_ack:
+            setpoint_id, awaiting = next(iter(self._awaiting_ack.items()))
+            if now_s - awaiting.received_at_s < self._ack_wait_s:
+                return
+            del self._awaiting_ack[setpoint_id]
+            report = self._latest_report
+            if report is None or report.monotonic_s < awaiting.received_at_s:
+                self._ack_unknown(
+                    awaiting, f"no control cycle reported within {self._ack_wait_s:g} s"
+                )
+                continue
+            if report.source == "aggregator" and report.setpoint_id not in (None, setpoint_id):
+                binding = f"superseded by {report.setpoint_id}"
+            else:
+                binding = report.binding_limit or f"not followed: control source {report.source}"
+            ack = AckMessage(
+                id=setpoint_id,
+                accepted=True,
+                at=self._wall(),
+                requested_power_w=awaiting.requested_power_w,
+                applied_power_w=report.commanded_w,
+                binding_limit=binding,
+            )
+            self._queue(Kind.ACK, self.topics.ack, ack.to_json())
+
+    # -- outbound -----------------------------------------------------------------------------
+
+    def _queue(self, kind: Kind, topic: str, payload: bytes, *, retain: bool = False) -> None:
+        dropped = self._outbox.put(Outgoing(kind, topic, payload, retain))
+        if dropped is not None:
+            self._unreported_drops += 1
+            log.warning(
+                "outbox full; dropped the oldest message",
+                dropped=str(dropped.kind),
+                capacity=self._outbox.capacity,
+            )
+
+    def _queue_telemetry(self, report: ControlReport, now_s: float) -> None:
+        self._queue(Kind.TELEMETRY, self.topics.telemetry, telemetry_message(report).to_json())
+        self._gate.sent(report, now_s)
+
+    def _queue_status(self, report: ControlReport) -> None:
+        payload = status_message(report).to_json()
+        self._queue(Kind.STATUS, self.topics.status, payload, retain=True)
+
+    async def _housekeeping(self) -> None:
+        while True:
+            await asyncio.sleep(HOUSEKEEPING_S)
+            now_s = self._monotonic()
+            self._ack_overdue(now_s)
+            report = self._latest_report
+            if report is not None and self._gate.periodic_due(now_s):
+                self._queue_telemetry(report, now_s)

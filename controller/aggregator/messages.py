@@ -1,0 +1,279 @@
+"""The MQTT payloads the aggregator link reads and writes, as pydantic models.
+
+These models are the single source of truth for the wire format: the link validates and
+serialises with them, and the JSON Schemas in ``controller/aggregator/schemas/`` are exported
+from them (``python -m controller.aggregator.messages`` rewrites the files; a test checks they
+are current). docs/mqtt.md shows the same examples, and a test validates every example there.
+
+Field rule for every message: a field that may be absent is never ``null`` (it is omitted); a
+field that is always present may be ``null`` where the schema says so ("not measured").
+
+Sign convention: ``+`` charges the vehicle (import), ``-`` discharges it (export).
+"""
+
+from __future__ import annotations
+
+import json
+import sys
+from pathlib import Path
+from typing import Any, Literal, Self
+
+from pydantic import AwareDatetime, BaseModel, ConfigDict, Field, model_validator
+
+# Ids end up in acks and logs: a safe alphabet, long enough for a UUID or a ULID with a prefix.
+ID_PATTERN = r"^[A-Za-z0-9][A-Za-z0-9_.:-]{0,63}$"
+MAX_SETPOINT_PAYLOAD_BYTES = 4096
+# No physical charger is anywhere near this; the config's max_abs_power_w is the real bound.
+ABSOLUTE_POWER_LIMIT_W = 1_000_000.0
+
+SCHEMA_DIR = Path(__file__).resolve().parent / "schemas"
+JSON_SCHEMA_DIALECT = "https://json-schema.org/draft/2020-12/schema"
+
+Source = Literal["aggregator", "fallback", "none"]
+State = Literal["idle", "charging", "discharging", "stopping", "fault"]
+
+
+def _strip_null_from_optional(schema: dict[str, Any], model: type[BaseModel]) -> None:
+    """An optional field is omitted rather than null: say so in the schema."""
+    for name, field in model.model_fields.items():
+        if field.is_required():
+            continue
+        prop = schema.get("properties", {}).get(name)
+        if prop is None or "anyOf" not in prop:
+            continue
+        branches = [b for b in prop["anyOf"] if b != {"type": "null"}]
+        if len(branches) == 1:
+            del prop["anyOf"]
+            prop.update(branches[0])
+        else:
+            prop["anyOf"] = branches
+        if prop.get("default", ...) is None:
+            del prop["default"]
+
+
+class _Message(BaseModel):
+    """Every payload: immutable, strict types, no unknown fields, no NaN or infinity."""
+
+    model_config = ConfigDict(
+        frozen=True,
+        extra="forbid",
+        strict=True,
+        allow_inf_nan=False,
+        json_schema_extra=_strip_null_from_optional,
+    )
+
+    def to_json(self) -> bytes:
+        """Compact JSON; optional fields that are unset are left out, never sent as null."""
+        omit = {
+            name
+            for name, field in type(self).model_fields.items()
+            if not field.is_required() and getattr(self, name) is None
+        }
+        return self.model_dump_json(exclude=omit).encode()
+
+
+# --- in: aggregator -> charger ----------------------------------------------------------------
+
+
+def _setpoint_schema(schema: dict[str, Any], model: type[BaseModel]) -> None:
+    _strip_null_from_optional(schema, model)
+    # The cross-field rules the model's validator enforces, in JSON Schema terms.
+    schema["allOf"] = [
+        {"oneOf": [{"required": ["ttl_s"]}, {"required": ["valid_until"]}]},
+        {
+            "if": {"required": ["mode"], "properties": {"mode": {"enum": ["idle", "release"]}}},
+            "then": {"properties": {"power_w": {"const": 0}}},
+            "else": {"required": ["power_w"]},
+        },
+    ]
+
+
+class SetpointMessage(_Message):
+    """A command from the aggregator (topic 'setpoint', QoS 1, never retained).
+
+    Give exactly one of 'ttl_s' and 'valid_until'. 'power_w' is required for mode
+    'power'; for 'idle' and 'release' it is absent or 0.
+    """
+
+    model_config = ConfigDict(
+        title="setpoint",
+        json_schema_extra=_setpoint_schema,
+    )
+
+    id: str = Field(
+        pattern=ID_PATTERN,
+        description="Unique per command; echoed in the ack. A repeated id is rejected.",
+    )
+    issued_at: AwareDatetime = Field(
+        description="When the aggregator issued it: RFC 3339 with a UTC offset."
+    )
+    valid_until: AwareDatetime | None = Field(
+        default=None, description="End of validity (RFC 3339 with offset); or give ttl_s."
+    )
+    ttl_s: float | None = Field(
+        default=None, gt=0, description="Validity in seconds from issued_at; or give valid_until."
+    )
+    power_w: float | None = Field(
+        default=None,
+        ge=-ABSOLUTE_POWER_LIMIT_W,
+        le=ABSOLUTE_POWER_LIMIT_W,
+        description="+ charges the vehicle, - discharges it. Required for mode 'power'.",
+    )
+    mode: Literal["power", "idle", "release"] = Field(
+        default="power",
+        description="power: follow power_w; idle: hold 0 W; release: hand control back to the "
+        "charger's local fallback policy.",
+    )
+
+    @model_validator(mode="after")
+    def _consistent(self) -> Self:
+        # A "before" validator would turn JSON parsing into Python-mode parsing, where strict
+        # datetimes refuse strings; so explicit nulls are found here, from the fields set.
+        for name in sorted(self.model_fields_set):
+            if getattr(self, name) is None:
+                raise ValueError(f"{name}: expected a value or the field left out, found null")
+        if (self.ttl_s is None) == (self.valid_until is None):
+            raise ValueError("expected exactly one of ttl_s and valid_until")
+        if self.mode == "power" and self.power_w is None:
+            raise ValueError("mode 'power': expected power_w, found none")
+        if self.mode != "power" and self.power_w not in (None, 0.0):
+            raise ValueError(f"mode {self.mode!r}: expected power_w 0 or absent")
+        return self
+
+
+# --- out: charger -> aggregator ---------------------------------------------------------------
+
+
+class AckMessage(_Message):
+    """The answer to every setpoint (topic 'ack', QoS 1, not retained).
+
+    Rejected: 'accepted' false and a 'reason'. Accepted: the power the first control cycle
+    that followed it applied, what was asked, and the limit that made them differ.
+    """
+
+    model_config = ConfigDict(title="ack")
+
+    id: str | None = Field(description="The setpoint's id; null if it could not be read.")
+    accepted: bool
+    at: AwareDatetime = Field(description="When the charger decided.")
+    reason: str | None = Field(
+        default=None,
+        description="Why it was rejected; on an accepted ack, why the applied power is unknown.",
+    )
+    requested_power_w: float | None = Field(default=None, description="power_w as asked.")
+    applied_power_w: float | None = Field(
+        default=None, description="The power commanded by the control cycle that followed it."
+    )
+    binding_limit: str | None = Field(
+        default=None, description="The limit that made applied differ from requested."
+    )
+
+
+class Flexibility(_Message):
+    """What the charger could do right now, under every limit in force."""
+
+    model_config = ConfigDict(title="flexibility")
+
+    max_charge_power_w: float = Field(ge=0)
+    max_discharge_power_w: float = Field(ge=0, description="A magnitude.")
+    soc_floor_pct: float | None = Field(description="Effective floor (owner, vehicle, departure).")
+    energy_above_floor_wh: float | None = Field(description="What could be discharged now.")
+
+
+class TelemetryMessage(_Message):
+    """Measurements and flexibility (topic 'telemetry', QoS 1, not retained), on change and
+    every 'telemetry_period_s'."""
+
+    model_config = ConfigDict(title="telemetry")
+
+    at: AwareDatetime
+    state: State
+    source: Source = Field(description="Who decides the power: aggregator, fallback, or none.")
+    setpoint_id: str | None = Field(description="The setpoint being followed, if any.")
+    enabled: bool = Field(description="Power stage enabled.")
+    commanded_power_w: float
+    measured_power_w: float | None = Field(description="At the inverter; null: not measured.")
+    soc_pct: float | None
+    voltage_v: float | None = Field(description="Vehicle pack voltage.")
+    binding_limit: str | None
+    limits: list[str] = Field(description="Every limit in force, readable.")
+    faults: list[str]
+    flexibility: Flexibility
+
+
+class StatusMessage(_Message):
+    """The charger's state at a glance (topic 'status', QoS 1, retained), on change and on
+    every (re)connect."""
+
+    model_config = ConfigDict(title="status")
+
+    at: AwareDatetime
+    state: State
+    source: Source
+    setpoint_id: str | None
+    enabled: bool
+    faults: list[str]
+
+
+EventKind = Literal[
+    "link_restored", "control_source_changed", "fault_raised", "fault_cleared", "messages_dropped"
+]
+
+
+class EventMessage(_Message):
+    """Something happened (topic 'event', QoS 1, not retained)."""
+
+    model_config = ConfigDict(title="event")
+
+    at: AwareDatetime
+    kind: EventKind
+    message: str = Field(description="Readable summary.")
+    setpoint_id: str | None = None
+    fault: str | None = None
+    from_source: Source | None = None
+    to_source: Source | None = None
+    down_s: float | None = Field(default=None, ge=0, description="How long the link was down.")
+    dropped: int | None = Field(default=None, ge=0, description="Messages dropped on overflow.")
+
+
+AVAILABILITY_ONLINE = b"online"
+AVAILABILITY_OFFLINE = b"offline"
+
+# The JSON payload of each topic (availability is the bare word "online" or "offline").
+TOPIC_MODELS: dict[str, type[_Message]] = {
+    "setpoint": SetpointMessage,
+    "ack": AckMessage,
+    "telemetry": TelemetryMessage,
+    "status": StatusMessage,
+    "event": EventMessage,
+}
+
+
+def json_schema(topic: str) -> dict[str, Any]:
+    """The published JSON Schema of one topic's payload."""
+    schema = TOPIC_MODELS[topic].model_json_schema()
+    return {"$schema": JSON_SCHEMA_DIALECT, "$id": f"{topic}.schema.json", **schema}
+
+
+def schema_files() -> dict[str, str]:
+    """File name -> content of every published schema, exactly as shipped."""
+    return {
+        f"{topic}.schema.json": json.dumps(json_schema(topic), indent=2) + "\n"
+        for topic in TOPIC_MODELS
+    }
+
+
+def write_schema_files(directory: Path = SCHEMA_DIR) -> list[Path]:
+    """Rewrite the shipped schema files from the models."""
+    directory.mkdir(parents=True, exist_ok=True)
+    written = []
+    for name, text in schema_files().items():
+        path = directory / name
+        path.write_text(text, encoding="utf-8")
+        written.append(path)
+    return written
+
+
+if __name__ == "__main__":
+    for written_path in write_schema_files():
+        sys.stdout.write(f"{written_path}\n")

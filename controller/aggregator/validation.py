@@ -1,0 +1,275 @@
+"""Setpoint validation: bytes from the broker in, an accepted ``Setpoint`` or a reason out.
+
+Pure: no IO, no clock reads, no logging. The caller passes the MQTT retain flag and both clocks'
+"now" (the aware wall clock for the aggregator's RFC 3339 times, the monotonic clock the core
+uses), and logs and acknowledges what comes back. Nothing here raises on bad input: every
+payload, whatever its bytes, becomes ``Accepted`` or ``Rejected`` with a readable reason.
+
+Checks, in order (the first that fails is the reason):
+
+1. size (at most 4 KiB), UTF-8, well-formed JSON without duplicate keys or NaN/Infinity;
+2. the MQTT retain flag: a retained message is stale by nature and never acted on;
+3. shape: a JSON object, known fields only, strict types (a number is never a string), an
+   ``id`` from a safe alphabet, times with a UTC offset, one of ``ttl_s``/``valid_until``;
+4. replay: an id accepted before (the last ``remembered_ids`` are kept; an older id that was
+   forgotten is still caught by the order check, as accepted issue times never go back);
+5. power within ``max_abs_power_w`` either way;
+6. time: ttl at most ``max_ttl_s``, not issued further in the future than the clock-skew
+   tolerance, not expired by the charger's clock, and not issued before the setpoint accepted
+   last (out of order).
+
+The wall-clock validity is converted to the core's monotonic clock here, at the edge:
+``valid_until_s = monotonic_now_s + (valid_until - wall_now)``, so a later step of the wall
+clock (NTP) cannot stretch or cut a setpoint already accepted.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import json
+import re
+from collections import OrderedDict
+from dataclasses import dataclass
+from typing import Any
+
+import pydantic
+
+from controller.aggregator.messages import (
+    ID_PATTERN,
+    MAX_SETPOINT_PAYLOAD_BYTES,
+    SetpointMessage,
+)
+from controller.core.snapshots import Setpoint, SetpointMode
+
+RETAINED_REASON = "retained message: a setpoint is never taken from a retained message"
+_MAX_REASON_CHARS = 300
+_ID_RE = re.compile(ID_PATTERN)
+
+
+@dataclass(frozen=True, slots=True)
+class SetpointLimits:
+    """The bounds a setpoint must respect (from ``AggregatorConfig``)."""
+
+    max_abs_power_w: float
+    max_ttl_s: float
+    clock_skew_s: float
+    max_payload_bytes: int = MAX_SETPOINT_PAYLOAD_BYTES
+    remembered_ids: int = 1024
+
+
+@dataclass(frozen=True, slots=True)
+class Accepted:
+    """A valid setpoint, already on the core's monotonic clock."""
+
+    setpoint: Setpoint
+    message: SetpointMessage
+    valid_until: dt.datetime  # aware wall clock, as the aggregator meant it
+
+    @property
+    def requested_power_w(self) -> float:
+        return self.setpoint.power_w
+
+
+@dataclass(frozen=True, slots=True)
+class Rejected:
+    """A payload refused, with the id to acknowledge (None when it could not be read)."""
+
+    setpoint_id: str | None
+    reason: str
+
+
+class _DuplicateKeyError(ValueError):
+    pass
+
+
+def _object_without_duplicates(pairs: list[tuple[str, Any]]) -> dict[str, Any]:
+    result: dict[str, Any] = {}
+    for key, value in pairs:
+        if key in result:
+            raise _DuplicateKeyError(f"duplicate key {key!r}")
+        result[key] = value
+    return result
+
+
+def _no_constants(name: str) -> Any:
+    raise ValueError(f"{name} is not a number JSON allows")
+
+
+def _clip(text: str) -> str:
+    return text if len(text) <= _MAX_REASON_CHARS else text[: _MAX_REASON_CHARS - 1] + "…"
+
+
+def _describe(exc: pydantic.ValidationError) -> str:
+    parts: list[str] = []
+    for err in exc.errors(include_url=False)[:3]:
+        where = ".".join(str(part) for part in err["loc"])
+        kind = err["type"]
+        if kind == "extra_forbidden":
+            parts.append(f"unknown field {where!r}")
+        elif kind == "missing":
+            parts.append(f"missing field {where!r}")
+        elif kind == "model_type":
+            parts.append("expected a JSON object")
+        elif kind == "value_error":
+            message = str(err["ctx"]["error"]) if "ctx" in err else err["msg"]
+            parts.append(f"{where}: {message}" if where else message)
+        else:
+            found = err.get("input")
+            shown = "" if isinstance(found, dict | list) else f", found {found!r}"
+            parts.append(f"{where}: {err['msg'][0].lower()}{err['msg'][1:]}{shown}")
+    more = len(exc.errors()) - len(parts)
+    if more > 0:
+        parts.append(f"and {more} more")
+    return _clip("; ".join(parts))
+
+
+def _readable_id(data: Any) -> str | None:
+    """The id to echo in the ack, if the payload has a well-formed one."""
+    if isinstance(data, dict):
+        candidate = data.get("id")
+        if isinstance(candidate, str) and _ID_RE.fullmatch(candidate):
+            return candidate
+    return None
+
+
+def _load_json(payload: bytes, max_payload_bytes: int) -> tuple[Any, Rejected | None]:
+    if len(payload) > max_payload_bytes:
+        return None, Rejected(
+            None, f"payload too large: {len(payload)} bytes, at most {max_payload_bytes}"
+        )
+    try:
+        text = payload.decode("utf-8")
+    except UnicodeDecodeError as exc:
+        return None, Rejected(None, f"payload is not UTF-8 text (byte {exc.start})")
+    try:
+        data = json.loads(
+            text, object_pairs_hook=_object_without_duplicates, parse_constant=_no_constants
+        )
+    except json.JSONDecodeError as exc:
+        return None, Rejected(None, _clip(f"malformed JSON: {exc.msg} at offset {exc.pos}"))
+    except (ValueError, RecursionError) as exc:
+        return None, Rejected(None, _clip(f"malformed JSON: {exc or 'nested too deeply'}"))
+    return data, None
+
+
+def parse_setpoint(
+    payload: bytes, max_payload_bytes: int = MAX_SETPOINT_PAYLOAD_BYTES
+) -> SetpointMessage | Rejected:
+    """The payload's shape checked, with no clock and no memory involved."""
+    data, problem = _load_json(payload, max_payload_bytes)
+    if problem is not None:
+        return problem
+    if not isinstance(data, dict):
+        return Rejected(None, "expected a JSON object")
+    try:
+        return SetpointMessage.model_validate_json(payload)
+    except pydantic.ValidationError as exc:
+        return Rejected(_readable_id(data), _describe(exc))
+
+
+def to_monotonic_s(wall_time: dt.datetime, wall_now: dt.datetime, monotonic_now_s: float) -> float:
+    """A wall-clock instant on the monotonic clock, as seen now."""
+    return monotonic_now_s + (wall_time - wall_now).total_seconds()
+
+
+def _when(value: dt.datetime) -> str:
+    return value.isoformat()
+
+
+class SetpointValidator:
+    """Validates setpoints one by one; remembers accepted ids and the last issue time.
+
+    Memory is bounded: the ids of the last ``limits.remembered_ids`` accepted setpoints.
+    """
+
+    def __init__(self, limits: SetpointLimits) -> None:
+        self.limits = limits
+        self._accepted_ids: OrderedDict[str, None] = OrderedDict()
+        self._last_issued_at: dt.datetime | None = None
+
+    @property
+    def last_issued_at(self) -> dt.datetime | None:
+        return self._last_issued_at
+
+    def check(
+        self,
+        payload: bytes,
+        *,
+        retained: bool,
+        wall_now: dt.datetime,
+        monotonic_now_s: float,
+    ) -> Accepted | Rejected:
+        """Accept or reject one payload; accepting updates the replay and order memory."""
+        if wall_now.tzinfo is None:
+            raise ValueError("wall_now must be timezone-aware")  # a caller bug, not bad input
+        if retained:
+            data, _ = _load_json(payload, self.limits.max_payload_bytes)
+            return Rejected(_readable_id(data), RETAINED_REASON)
+        parsed = parse_setpoint(payload, self.limits.max_payload_bytes)
+        if isinstance(parsed, Rejected):
+            return parsed
+        outcome = self._judge(parsed, wall_now, monotonic_now_s)
+        if isinstance(outcome, Accepted):
+            self._remember(parsed)
+        return outcome
+
+    def _judge(  # noqa: PLR0911  one return per documented check, in order
+        self, msg: SetpointMessage, wall_now: dt.datetime, monotonic_now_s: float
+    ) -> Accepted | Rejected:
+        limits = self.limits
+
+        def reject(reason: str) -> Rejected:
+            return Rejected(msg.id, _clip(reason))
+
+        if msg.id in self._accepted_ids:
+            return reject(f"replayed id: {msg.id!r} was already accepted")
+        power_w = msg.power_w if msg.mode == "power" and msg.power_w is not None else 0.0
+        if abs(power_w) > limits.max_abs_power_w:
+            return reject(
+                f"power_w out of range: {power_w:g} W, expected at most "
+                f"{limits.max_abs_power_w:g} W charging or discharging"
+            )
+        if msg.ttl_s is not None and msg.ttl_s > limits.max_ttl_s:
+            return reject(f"ttl_s {msg.ttl_s:g} s is over the maximum {limits.max_ttl_s:g} s")
+        skew = dt.timedelta(seconds=limits.clock_skew_s)
+        if msg.issued_at - wall_now > skew:
+            return reject(
+                f"issued in the future: issued_at {_when(msg.issued_at)} is more than "
+                f"{limits.clock_skew_s:g} s after this charger's clock ({_when(wall_now)})"
+            )
+        if msg.valid_until is not None:
+            valid_until = msg.valid_until
+        else:
+            assert msg.ttl_s is not None  # noqa: S101  the model requires one of the two
+            valid_until = msg.issued_at + dt.timedelta(seconds=msg.ttl_s)
+        ttl_s = (valid_until - msg.issued_at).total_seconds()
+        if ttl_s <= 0:
+            return reject("valid_until is not after issued_at")
+        if ttl_s > limits.max_ttl_s:
+            return reject(
+                f"valid for {ttl_s:g} s from issued_at, over the maximum {limits.max_ttl_s:g} s"
+            )
+        if valid_until <= wall_now:
+            return reject(
+                f"expired: valid until {_when(valid_until)}, charger clock {_when(wall_now)}"
+            )
+        if self._last_issued_at is not None and msg.issued_at < self._last_issued_at:
+            return reject(
+                f"out of order: issued_at {_when(msg.issued_at)} is before the last accepted "
+                f"setpoint's ({_when(self._last_issued_at)})"
+            )
+        setpoint = Setpoint(
+            setpoint_id=msg.id,
+            received_at_s=monotonic_now_s,
+            valid_until_s=to_monotonic_s(valid_until, wall_now, monotonic_now_s),
+            mode=SetpointMode(msg.mode),
+            power_w=power_w,
+        )
+        return Accepted(setpoint, msg, valid_until)
+
+    def _remember(self, msg: SetpointMessage) -> None:
+        self._accepted_ids[msg.id] = None
+        while len(self._accepted_ids) > self.limits.remembered_ids:
+            self._accepted_ids.popitem(last=False)
+        if self._last_issued_at is None or msg.issued_at > self._last_issued_at:
+            self._last_issued_at = msg.issued_at
