@@ -7,26 +7,22 @@ with the protocols in ``controller.links``.
 from __future__ import annotations
 
 import asyncio
-import datetime as dt
 
 import structlog
 
 from controller.aggregator.disabled import DisabledAggregator
+from controller.aggregator.link import MqttAggregatorLink
 from controller.config import Config, load_register_map
-from controller.core.snapshots import (
-    InverterState,
-    PowerCommand,
-    PowerState,
-    Setpoint,
-    VehicleState,
-)
-from controller.daemon import ControlOutput, ControlStep, Daemon, ExitCode, Links
+from controller.control import CoreControlStep, policy_from_config
+from controller.daemon import ControlStep, Daemon, ExitCode, Links
+from controller.errors import ConfigError, ProtocolError, VehicleLinkError
 from controller.inverter.drivers import InverterDriver, SunSpecDriver
 from controller.inverter.link import ModbusInverterLink
 from controller.inverter.regmap import RegisterMapDriver
 from controller.inverter.transport import Endpoint, ModbusTransport, SerialEndpoint, TcpEndpoint
 from controller.links import AggregatorLink, InverterLink, VehicleLink
 from controller.unavailable import UnavailableLink
+from controller.vehicle.factory import build_vehicle_link
 
 log = structlog.get_logger(component="app")
 
@@ -41,9 +37,13 @@ def build_links(config: Config) -> Links:
 
 
 def _build_vehicle(config: Config) -> VehicleLink:
-    return UnavailableLink(
-        "vehicle", f"no CAN session for protocol {config.vehicle.protocol!r} in this version"
-    )
+    # A vehicle link that cannot be built (DBC files not found, a wrong BMS profile) leaves the
+    # charger running at 0 W with the vehicle DOWN and the reason in the log and the status.
+    try:
+        return build_vehicle_link(config.vehicle)
+    except (ConfigError, VehicleLinkError, ProtocolError) as exc:
+        log.error("vehicle link cannot start; power stays at 0 W", error=str(exc))
+        return UnavailableLink("vehicle", str(exc))
 
 
 def _build_inverter(config: Config) -> InverterLink:
@@ -80,20 +80,12 @@ def _build_inverter(config: Config) -> InverterLink:
 def _build_aggregator(config: Config) -> AggregatorLink:
     if not config.aggregator.enabled:
         return DisabledAggregator()
-    return UnavailableLink("aggregator", "no MQTT client in this version")
+    return MqttAggregatorLink.from_config(config)
 
 
 def build_control_step(config: Config) -> ControlStep:
-    def hold_zero(
-        vehicle: VehicleState | None,
-        inverter: InverterState | None,
-        setpoint: Setpoint | None,
-        monotonic_s: float,
-        wall: dt.datetime,
-    ) -> ControlOutput:
-        return ControlOutput(PowerCommand.zero(), PowerState.IDLE, None, ("no core",))
-
-    return hold_zero
+    """The safety core, with the policy from the config."""
+    return CoreControlStep(policy_from_config(config))
 
 
 def run(config: Config) -> ExitCode:

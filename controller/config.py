@@ -63,8 +63,19 @@ class SiteConfig(_Section):
 
 # --- vehicle (CAN) ----------------------------------------------------------------------------
 
-# CHAdeMO: 500 kbit/s; GB/T 27930: 250 kbit/s (J1939-11).
+# CHAdeMO: 500 kbit/s; GB/T 27930: 250 kbit/s (J1939-11). A generic BMS (protocol dbc) has no
+# protocol bitrate: the config gives it.
 DEFAULT_BITRATE_BPS = {"chademo": 500_000, "gbt27930": 250_000}
+
+LineName = Literal["plugged", "k", "d1", "d2", "contactors", "lock"]
+
+# The lines a protocol's session cannot run without (the lock is optional: some connectors lock
+# in hardware). CHAdeMO: d1 -> k -> d2 sequence; GB/T 27930: CC1 (plugged), K3/K4 auxiliary power
+# (d1) and K1/K2 (contactors).
+REQUIRED_LINES: dict[str, tuple[str, ...]] = {
+    "chademo": ("plugged", "k", "d1", "d2", "contactors"),
+    "gbt27930": ("plugged", "d1", "contactors"),
+}
 
 
 class CanConfig(_Section):
@@ -84,13 +95,200 @@ class CanConfig(_Section):
         le=1_000_000,
         description="Bus bitrate; empty means the protocol's own (CHAdeMO 500k, GB/T 250k).",
     )
+    reconnect_delay_s: float = Field(
+        default=1.0,
+        ge=0.1,
+        le=60.0,
+        description="A CAN interface or board lines that cannot be opened (e.g. a CAN HAT whose "
+        "driver comes up after the daemon) are tried again this often.",
+    )
+
+
+class GpioOffsets(_Section):
+    """Line offsets on the GPIO chip (``gpioinfo`` lists them); leave out a line not wired."""
+
+    plugged: int | None = Field(
+        default=None,
+        ge=0,
+        le=1023,
+        description="Input: connector in the vehicle inlet (CHAdeMO proximity, GB/T CC1).",
+    )
+    k: int | None = Field(
+        default=None,
+        ge=0,
+        le=1023,
+        description="Input: CHAdeMO charge-permission line k, pulled by the vehicle.",
+    )
+    d1: int | None = Field(
+        default=None,
+        ge=0,
+        le=1023,
+        description="Output: CHAdeMO sequence signal d1; GB/T auxiliary power (K3, K4).",
+    )
+    d2: int | None = Field(
+        default=None, ge=0, le=1023, description="Output: CHAdeMO sequence signal d2."
+    )
+    contactors: int | None = Field(
+        default=None,
+        ge=0,
+        le=1023,
+        description="Output: the charger's DC output contactors (GB/T K1, K2).",
+    )
+    lock: int | None = Field(default=None, ge=0, le=1023, description="Output: connector lock.")
+
+    def wired(self) -> dict[str, int]:
+        """Line name -> offset for every line given."""
+        return {name: offset for name, offset in self.model_dump().items() if offset is not None}
+
+    @model_validator(mode="after")
+    def _one_line_per_offset(self) -> Self:
+        seen: dict[int, str] = {}
+        for name, offset in self.wired().items():
+            if offset in seen:
+                raise ValueError(
+                    f"expected each line on its own offset, found {seen[offset]} and {name} "
+                    f"both at {offset}"
+                )
+            seen[offset] = name
+        return self
+
+
+class LinesConfig(_Section):
+    """The charger board's digital lines: GPIO on a real charger, a shared file for simulation."""
+
+    kind: Literal["gpio", "simulated"] = Field(
+        description="gpio: libgpiod on the board (needs the 'gpio' extra); simulated: a file "
+        "shared with `python -m hil.vehicle --lines PATH`."
+    )
+    chip: str | None = Field(
+        default=None,
+        pattern=r"^/dev/gpiochip[0-9]+$",
+        description="kind gpio: the GPIO chip, e.g. /dev/gpiochip0.",
+    )
+    offsets: GpioOffsets | None = Field(
+        default=None, description="kind gpio: which line offset each signal is on."
+    )
+    active_low: list[LineName] = Field(
+        default_factory=list,
+        description="kind gpio: lines asserted at the low level (e.g. an optocoupled input).",
+    )
+    path: str | None = Field(
+        default=None,
+        min_length=1,
+        description="kind simulated: the shared file; it and its directory are created.",
+    )
+
+    @model_validator(mode="after")
+    def _kind_fields(self) -> Self:
+        if self.kind == "gpio":
+            if self.chip is None:
+                raise ValueError("kind is 'gpio': expected chip (e.g. /dev/gpiochip0), found none")
+            if self.offsets is None:
+                raise ValueError("kind is 'gpio': expected an 'offsets:' section, found none")
+            if self.path is not None:
+                raise ValueError(f"kind is 'gpio': expected no path, found {self.path!r}")
+            unwired = [name for name in self.active_low if name not in self.offsets.wired()]
+            if unwired:
+                raise ValueError(
+                    "expected active_low to name lines that have an offset, found "
+                    + ", ".join(unwired)
+                )
+            if len(set(self.active_low)) != len(self.active_low):
+                raise ValueError("expected each line once in active_low, found a repeat")
+        else:
+            if self.path is None:
+                raise ValueError("kind is 'simulated': expected path, found none")
+            extra = [
+                name
+                for name, value in (
+                    ("chip", self.chip),
+                    ("offsets", self.offsets),
+                    ("active_low", self.active_low or None),
+                )
+                if value is not None
+            ]
+            if extra:
+                raise ValueError(
+                    f"kind is 'simulated': expected no GPIO settings, found {', '.join(extra)}"
+                )
+        return self
+
+
+class ChargerRatingsConfig(_Section):
+    """What the charger announces to the vehicle. Defaults are a small charge-only charger."""
+
+    max_output_voltage_v: int = Field(
+        default=500,
+        ge=50,
+        le=1000,
+        description="Highest DC voltage the stage delivers (CHAdeMO 0x108 available output and "
+        "threshold voltage; GB/T CML maximum output voltage).",
+    )
+    min_output_voltage_v: int = Field(
+        default=150,
+        ge=0,
+        le=1000,
+        description="Lowest DC voltage the stage works at (GB/T CML minimum output voltage; "
+        "CHAdeMO 0x208 available input and lower threshold voltage).",
+    )
+    max_output_current_a: int = Field(
+        default=125,
+        ge=1,
+        le=400,
+        description="Highest charging current (CHAdeMO 0x108 byte 3, at most 255; GB/T CML).",
+    )
+    min_output_current_a: int = Field(
+        default=0, ge=0, le=400, description="GB/T CML minimum output current."
+    )
+    discharge_offered: bool = Field(
+        default=False,
+        description="Offer discharge to the vehicle (CHAdeMO 0x109 byte 4 bit 0 with "
+        "0x208/0x209; GB/T: honour a discharge current demand). Only where the power stage "
+        "and the site are approved for export.",
+    )
+    max_discharge_current_a: int = Field(
+        default=0,
+        ge=0,
+        le=400,
+        description="Highest discharge current (CHAdeMO 0x208 byte 3, at most 255).",
+    )
+    insulation_test_s: float = Field(
+        default=1.0, gt=0, le=30, description="How long this charger's insulation test takes."
+    )
+    charger_number: int = Field(
+        default=1, ge=0, le=0xFFFFFFFF, description="GB/T CRM and CSD charger number."
+    )
+    region_code: str = Field(
+        default="000",
+        pattern=r"^[ -~]{3}$",
+        description="GB/T CRM region code: three ASCII characters.",
+    )
+
+    @model_validator(mode="after")
+    def _consistent(self) -> Self:
+        if self.min_output_voltage_v >= self.max_output_voltage_v:
+            raise ValueError(
+                f"expected min_output_voltage_v below max_output_voltage_v, found "
+                f"{self.min_output_voltage_v} and {self.max_output_voltage_v}"
+            )
+        if self.min_output_current_a > self.max_output_current_a:
+            raise ValueError(
+                f"expected min_output_current_a at or below max_output_current_a, found "
+                f"{self.min_output_current_a} and {self.max_output_current_a}"
+            )
+        if self.discharge_offered and self.max_discharge_current_a == 0:
+            raise ValueError(
+                "discharge_offered is true: expected max_discharge_current_a above 0, found 0"
+            )
+        return self
 
 
 class VehicleConfig(_Section):
     """The vehicle link."""
 
-    protocol: Literal["chademo", "gbt27930"] = Field(
-        description="Charging protocol the vehicle speaks."
+    protocol: Literal["chademo", "gbt27930", "dbc"] = Field(
+        description="Charging protocol the vehicle speaks; dbc: a generic BMS described by a "
+        "profile (stationary packs, fleet vehicles)."
     )
     can: CanConfig = CanConfig()
     stale_after_s: float = Field(
@@ -100,10 +298,225 @@ class VehicleConfig(_Section):
         description="Vehicle data older than this stops energy transfer "
         "(CHAdeMO 0x102 / GB/T BCL timeout is 1 s).",
     )
+    lines: LinesConfig | None = Field(
+        default=None,
+        description="The charger board's lines. Without them no CHAdeMO or GB/T session can "
+        "start (nothing reads as plugged in); a generic BMS (dbc) needs none.",
+    )
+    charger: ChargerRatingsConfig = ChargerRatingsConfig()
+    dbc_dir: str | None = Field(
+        default=None,
+        min_length=1,
+        description="Directory holding chademo.dbc and gbt27930.dbc; empty means the source "
+        "tree's dbc/, else /usr/share/v2g-controller/dbc.",
+    )
+    profile: str | None = Field(
+        default=None,
+        min_length=1,
+        description="protocol dbc: the BMS profile YAML (see config/bms/); relative to the "
+        "working directory.",
+    )
+
+    @model_validator(mode="after")
+    def _protocol_fits(self) -> Self:
+        if self.protocol == "dbc":
+            if self.profile is None:
+                raise ValueError("protocol is 'dbc': expected profile (a BMS profile), found none")
+            if self.can.bitrate_bps is None:
+                raise ValueError(
+                    "protocol is 'dbc': expected can.bitrate_bps (the BMS bus speed), found none"
+                )
+            return self
+        if self.profile is not None:
+            raise ValueError(
+                f"protocol is {self.protocol!r}: expected no profile, found {self.profile!r} "
+                "(set protocol: dbc to use it)"
+            )
+        if self.protocol == "chademo":
+            # CHAdeMO 0x108 byte 3 and 0x208 byte 3 are single bytes, 1 A/bit.
+            for name in ("max_output_current_a", "max_discharge_current_a"):
+                value = getattr(self.charger, name)
+                if value > 255:
+                    raise ValueError(
+                        f"protocol is 'chademo': expected charger.{name} at most 255 "
+                        f"(one byte in 0x108/0x208), found {value}"
+                    )
+        if self.lines is not None and self.lines.offsets is not None:
+            missing = [
+                name
+                for name in REQUIRED_LINES[self.protocol]
+                if name not in self.lines.offsets.wired()
+            ]
+            if missing:
+                raise ValueError(
+                    f"protocol is {self.protocol!r}: expected lines.offsets for "
+                    f"{', '.join(REQUIRED_LINES[self.protocol])}, found none for "
+                    f"{', '.join(missing)}"
+                )
+        return self
 
     @property
     def bitrate_bps(self) -> int:
-        return self.can.bitrate_bps or DEFAULT_BITRATE_BPS[self.protocol]
+        if self.can.bitrate_bps is not None:
+            return self.can.bitrate_bps
+        return DEFAULT_BITRATE_BPS[self.protocol]
+
+
+# --- generic BMS profiles (config/bms/*.yaml, vehicle.protocol: dbc) --------------------------
+
+
+class BmsSignal(_Section):
+    """A DBC signal feeding a VehicleState value, with what it takes to read it right."""
+
+    signal: str = Field(min_length=1, description="Signal name in the message.")
+    negate: bool = Field(
+        default=False,
+        description="true when the BMS's sign is the controller's opposite (e.g. its pack "
+        "current is + when discharging; the controller's + charges).",
+    )
+    min: float | None = Field(
+        default=None, description="Plausible minimum; a value below it is a fault."
+    )
+    max: float | None = Field(
+        default=None, description="Plausible maximum; a value above it is a fault."
+    )
+
+    @model_validator(mode="after")
+    def _ordered(self) -> Self:
+        if self.min is not None and self.max is not None and self.min >= self.max:
+            raise ValueError(f"expected min below max, found {self.min:g} and {self.max:g}")
+        return self
+
+
+SignalRef = Annotated[
+    str | BmsSignal, Field(description="A signal name, or {signal, negate, min, max}.")
+]
+
+
+class BmsValues(_Section):
+    """VehicleState values a message feeds (units as the names say; + current charges)."""
+
+    soc_pct: SignalRef | None = None
+    pack_voltage_v: SignalRef | None = None
+    pack_current_a: SignalRef | None = None
+    charge_current_limit_a: SignalRef | None = None
+    charge_voltage_limit_v: SignalRef | None = None
+    discharge_current_limit_a: SignalRef | None = None
+    discharge_voltage_min_v: SignalRef | None = None
+    discharge_soc_min_pct: SignalRef | None = None
+    battery_temp_max_c: SignalRef | None = None
+    battery_temp_min_c: SignalRef | None = None
+    cell_voltage_max_v: SignalRef | None = None
+    cell_voltage_min_v: SignalRef | None = None
+    capacity_kwh: SignalRef | None = None
+
+    def mapped(self) -> dict[str, BmsSignal]:
+        """Field -> signal for every field given."""
+        out: dict[str, BmsSignal] = {}
+        for name in type(self).model_fields:
+            ref = getattr(self, name)
+            if isinstance(ref, str):
+                out[name] = BmsSignal(signal=ref)
+            elif ref is not None:
+                out[name] = ref
+        return out
+
+
+class BmsFlags(_Section):
+    """VehicleState flags a message feeds: a non-zero signal value means true."""
+
+    charge_permitted: str | None = Field(default=None, description="The BMS allows charging.")
+    discharge_permitted: str | None = Field(default=None, description="The BMS allows discharging.")
+    stop_requested: str | None = Field(default=None, description="The BMS asks for a stop.")
+
+    def mapped(self) -> dict[str, str]:
+        """Flag -> signal for every flag given."""
+        return {name: signal for name, signal in self.model_dump().items() if signal is not None}
+
+
+class BmsMessage(_Section):
+    """One DBC message the controller listens to."""
+
+    deadline_s: float = Field(
+        gt=0,
+        le=60,
+        description="Older than this, the message is stale and its absence is a fault.",
+    )
+    values: BmsValues = BmsValues()
+    flags: BmsFlags = BmsFlags()
+    faults: dict[str, str] = Field(
+        default_factory=dict,
+        description="Signal -> reason: a non-zero value is a fault with that reason.",
+    )
+
+
+class BmsProfile(_Section):
+    """How to read a generic BMS from its DBC file (``vehicle.protocol: dbc``)."""
+
+    name: str | None = Field(
+        default=None, description="What this pack is; shown as the vehicle's identity."
+    )
+    dbc_file: str = Field(min_length=1, description="The DBC file, relative to this profile.")
+    capacity_kwh: float | None = Field(
+        default=None,
+        gt=0,
+        le=10_000,
+        description="Nameplate energy, for a BMS that does not send it.",
+    )
+    messages: dict[str, BmsMessage] = Field(
+        min_length=1, description="DBC message name -> what it feeds."
+    )
+
+    def cross_problems(self) -> list[tuple[Loc, str]]:
+        """Problems between messages, each at the key that has it."""
+        problems: list[tuple[Loc, str]] = []
+        fed_by: dict[str, str] = {}
+        for message, spec in self.messages.items():
+            for kind, names in (("values", spec.values.mapped()), ("flags", spec.flags.mapped())):
+                for name in names:
+                    if name in fed_by:
+                        problems.append(
+                            (
+                                ("messages", message, kind, name),
+                                f"expected each value fed by one message, found {name} in "
+                                f"{fed_by[name]} and {message}",
+                            )
+                        )
+                    fed_by.setdefault(name, message)
+        if "soc_pct" not in fed_by:
+            problems.append(
+                (
+                    ("messages",),
+                    "expected a message feeding soc_pct (the core needs SoC), found none",
+                )
+            )
+        if "capacity_kwh" in fed_by and self.capacity_kwh is not None:
+            problems.append(
+                (
+                    ("capacity_kwh",),
+                    f"expected capacity_kwh either here or from a signal, found both "
+                    f"(signal in {fed_by['capacity_kwh']})",
+                )
+            )
+        return problems
+
+
+def load_bms_profile(path: str | Path) -> BmsProfile:
+    """Read and validate a BMS profile, or raise ConfigError with every problem found."""
+    return _validate(BmsProfile, _read_text(Path(path)), str(path))
+
+
+def bms_profile_error(path: str | Path, found: list[tuple[Loc, str]]) -> ConfigError:
+    """A ConfigError for problems found in a valid profile by a later check (e.g. names that
+    are not in its DBC file), each located at its line in the profile."""
+    file = str(path)
+    try:
+        _, located = _parse(_read_text(Path(path)), file)
+    except ConfigError:
+        return ConfigError([ConfigProblem(file, None, _dotted(loc), msg) for loc, msg in found])
+    return ConfigError(
+        [ConfigProblem(file, located.line_for(loc), _dotted(loc), msg) for loc, msg in found]
+    )
 
 
 # --- inverter (Modbus) ------------------------------------------------------------------------
@@ -219,6 +632,29 @@ class AggregatorConfig(_Section):
         description="A setpoint valid for longer than this is rejected.",
     )
     telemetry_period_s: float = Field(default=10.0, ge=1.0, le=3600.0)
+    max_abs_power_w: float = Field(
+        default=22_000.0,
+        gt=0,
+        le=400_000,
+        description="A setpoint asking for more than this, charging or discharging, is rejected "
+        "as out of range. Within it, the safety limits cap the power and the ack names the limit.",
+    )
+    clock_skew_tolerance_s: float = Field(
+        default=30.0,
+        ge=0,
+        le=600,
+        description="A setpoint issued up to this far in the future (by this charger's clock) "
+        "is still accepted; later than that it is rejected as future-dated.",
+    )
+    reconnect_initial_s: float = Field(
+        default=1.0, ge=0.1, le=60, description="First wait before reconnecting to the broker."
+    )
+    reconnect_max_s: float = Field(
+        default=60.0,
+        ge=0.1,
+        le=3600,
+        description="The wait doubles on each failed attempt up to this (with random jitter).",
+    )
 
     @model_validator(mode="after")
     def _broker_when_enabled(self) -> Self:
@@ -227,6 +663,13 @@ class AggregatorConfig(_Section):
         if "#" in self.topic_prefix or "+" in self.topic_prefix:
             raise ValueError(
                 f"topic_prefix: expected no MQTT wildcards, found {self.topic_prefix!r}"
+            )
+        if self.password_file is not None and self.username is None:
+            raise ValueError("password_file is set: expected a username with it, found none")
+        if self.reconnect_initial_s > self.reconnect_max_s:
+            raise ValueError(
+                "expected reconnect_initial_s at or below reconnect_max_s, found "
+                f"{self.reconnect_initial_s:g} and {self.reconnect_max_s:g}"
             )
         return self
 
@@ -254,6 +697,13 @@ class OwnerConfig(_Section):
         default=90.0, ge=0, le=100, description="Never charge above this SoC."
     )
     departure: DepartureConfig | None = None
+    battery_capacity_kwh: float = Field(
+        default=80.0,
+        gt=0,
+        le=300,
+        description="Used when the car does not report its capacity; too large is the safe side "
+        "for the departure reserve.",
+    )
 
     @model_validator(mode="after")
     def _ordered(self) -> Self:
@@ -287,6 +737,9 @@ class SafetyConfig(_Section):
     floor_hysteresis_pct: float = Field(
         default=2.0, ge=0, le=20, description="Discharge resumes only this far above the floor."
     )
+    ceiling_hysteresis_pct: float = Field(
+        default=2.0, ge=0, le=20, description="Charging resumes only this far below the ceiling."
+    )
     departure_margin_pct: float = Field(
         default=20.0,
         ge=0,
@@ -299,6 +752,12 @@ class SafetyConfig(_Section):
     inverter_temp_derate_c: float = Field(default=70.0, ge=-40, le=120)
     inverter_temp_cutoff_c: float = Field(default=85.0, ge=-40, le=130)
     inverter_stale_after_s: float = Field(default=3.0, gt=0, le=30)
+    cell_voltage_max_v: float = Field(
+        default=4.20, gt=1.0, le=5.0, description="No charging at or above (NMC; LFP: 3.65)."
+    )
+    cell_voltage_min_v: float = Field(
+        default=3.00, gt=1.0, le=5.0, description="No discharging at or below (NMC; LFP: 2.50)."
+    )
     fault_reset: Literal["auto", "manual"] = Field(
         default="auto", description="auto: clear a latched fault after fault_hold_s."
     )
@@ -317,6 +776,11 @@ class SafetyConfig(_Section):
             raise ValueError(
                 "expected inverter_temp_derate_c below inverter_temp_cutoff_c, found "
                 f"{self.inverter_temp_derate_c:g} and {self.inverter_temp_cutoff_c:g}"
+            )
+        if self.cell_voltage_min_v >= self.cell_voltage_max_v:
+            raise ValueError(
+                "expected cell_voltage_min_v below cell_voltage_max_v, found "
+                f"{self.cell_voltage_min_v:g} and {self.cell_voltage_max_v:g}"
             )
         return self
 

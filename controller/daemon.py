@@ -35,7 +35,14 @@ from controller.core.snapshots import (
     Setpoint,
     VehicleState,
 )
-from controller.links import AggregatorLink, InverterLink, Link, LinkStatus, VehicleLink
+from controller.links import (
+    AggregatorLink,
+    ControlReport,
+    InverterLink,
+    Link,
+    LinkStatus,
+    VehicleLink,
+)
 from controller.sdnotify import Notifier
 
 log = structlog.get_logger(component="daemon")
@@ -56,8 +63,33 @@ class ControlOutput:
 
     command: PowerCommand
     state: PowerState
-    binding_limit: str | None  # name of the limit that binds, if any
-    reasons: tuple[str, ...]  # why the command is what it is (logged on change)
+    binding_limit: str | None  # the limit that binds, if any, readable
+    reasons: tuple[str, ...]  # "rule: what it saw", why the command is what it is
+    limits: tuple[str, ...] = ()  # every limit in force, readable
+    source: str = "none"  # "aggregator", "fallback" or "none"
+    setpoint_id: str | None = None  # the aggregator setpoint being followed
+    requested_w: float = 0.0  # what was asked, before any interlock
+    max_charge_w: float = 0.0  # flexibility on offer now, under every limit in force
+    max_discharge_w: float = 0.0
+    soc_floor_pct: float | None = None
+    energy_above_floor_wh: float | None = None
+    faults: tuple[str, ...] = ()
+    # Whether the vehicle session may proceed to (or stay in) energy transfer: the charger side
+    # is healthy. Power itself follows ``command`` once the session is transferring.
+    session_allowed: bool = False
+
+    def summary_key(self) -> tuple[object, ...]:
+        """What must change for the decision to be logged again (not every ramp step)."""
+        rules = tuple(reason.split(":", 1)[0] for reason in self.reasons)
+        return (
+            self.state,
+            self.binding_limit,
+            self.source,
+            self.setpoint_id,
+            self.command.enable,
+            rules,
+            self.faults,
+        )
 
 
 class ControlStep(Protocol):
@@ -115,6 +147,8 @@ class Daemon:
         self._stop = asyncio.Event()
         self._signals_seen = 0
         self._ready = False
+        self._control_task: asyncio.Task[None] | None = None
+        self._stop_sequence_done = False
         self._last_output: ControlOutput | None = None
         self.cycles = 0
 
@@ -155,8 +189,8 @@ class Daemon:
             async with asyncio.TaskGroup() as tasks:
                 for link in self._links.all():
                     tasks.create_task(self._supervise(link), name=f"link:{link.name}")
-                tasks.create_task(self._control_loop(), name="control-loop")
-                tasks.create_task(self._raise_on_stop(), name="stop-watch")
+                self._control_task = tasks.create_task(self._control_loop(), name="control-loop")
+                tasks.create_task(self._stop_when_asked(), name="stop-watch")
         except* _StopRequested:
             pass
         except* Exception as group:
@@ -169,7 +203,10 @@ class Daemon:
                     exc_info=exc,
                 )
         finally:
-            await self._shutdown_even_if_cancelled(reason)
+            if not self._stop_sequence_done:
+                # A crash or a cancellation: the links may be gone; best effort on what is left.
+                await self._shutdown_even_if_cancelled(reason)
+            self._notifier.close()
             if self._handle_signals:
                 for sig in (signal.SIGTERM, signal.SIGINT):
                     loop.remove_signal_handler(sig)
@@ -189,8 +226,15 @@ class Daemon:
         log.warning("second stop signal; exiting at once", signal=sig.name)
         os._exit(ExitCode.FORCED)
 
-    async def _raise_on_stop(self) -> None:
+    async def _stop_when_asked(self) -> None:
         await self._stop.wait()
+        # A requested stop runs the stop sequence while the links are still running, so the
+        # vehicle session ends through its protocol and the aggregator hears "offline".
+        if self._control_task is not None and not self._control_task.done():
+            self._control_task.cancel()  # no further command may follow the stop
+            with contextlib.suppress(asyncio.CancelledError):
+                await self._control_task
+        await self._shutdown_even_if_cancelled("stop requested")
         raise _StopRequested
 
     async def _supervise(self, link: Link) -> None:
@@ -227,30 +271,51 @@ class Daemon:
     async def _cycle(self) -> None:
         now_s = self._monotonic()
         wall = dt.datetime.now(self._tz)
-        output = self._step(
-            self._links.vehicle.snapshot(),
-            self._links.inverter.snapshot(),
-            self._links.aggregator.setpoint(),
-            now_s,
-            wall,
-        )
+        vehicle, inverter = self._links.vehicle.snapshot(), self._links.inverter.snapshot()
+        output = self._step(vehicle, inverter, self._links.aggregator.setpoint(), now_s, wall)
         previous = self._last_output
         self._last_output = output
-        if previous is None or (
-            previous.state,
-            previous.binding_limit,
-            previous.reasons,
-        ) != (output.state, output.binding_limit, output.reasons):
+        if previous is None or previous.summary_key() != output.summary_key():
             log.info(
                 "power decision",
                 state=str(output.state),
                 power_w=round(output.command.power_w, 1),
+                requested_w=round(output.requested_w, 1),
                 enabled=output.command.enable,
+                source=output.source,
+                setpoint_id=output.setpoint_id,
                 binding_limit=output.binding_limit,
                 reasons=list(output.reasons),
             )
-        self._links.vehicle.allow_energy_transfer(output.command.enable)
+        # The stage's measured output, which the vehicle is told (CHAdeMO 0x109/0x208, GB/T CCS).
+        volts = inverter.dc_voltage_v if inverter else None
+        volts = volts if volts is not None else (vehicle.pack_voltage_v if vehicle else None)
+        watts = inverter.measured_power_w if inverter else None
+        amps = watts / volts if watts is not None and volts else 0.0
+        self._links.vehicle.update_output(volts or 0.0, amps)
+        self._links.vehicle.allow_energy_transfer(output.session_allowed)
         await self._links.inverter.apply(output.command)
+        self._links.aggregator.report(
+            ControlReport(
+                monotonic_s=now_s,
+                wall=wall,
+                state=output.state,
+                commanded_w=output.command.power_w,
+                enabled=output.command.enable,
+                setpoint_id=output.setpoint_id,
+                source=output.source,
+                binding_limit=output.binding_limit,
+                limits=output.limits,
+                max_charge_w=output.max_charge_w,
+                max_discharge_w=output.max_discharge_w,
+                soc_floor_pct=output.soc_floor_pct,
+                energy_above_floor_wh=output.energy_above_floor_wh,
+                faults=output.faults,
+                measured_power_w=watts,
+                soc_pct=vehicle.soc_pct if vehicle else None,
+                voltage_v=vehicle.pack_voltage_v if vehicle else None,
+            )
+        )
 
     def _announce_ready_when_reported(self) -> None:
         statuses = {link.name: link.status for link in self._links.all()}
@@ -298,4 +363,4 @@ class Daemon:
                 log.error("stop step failed", step=what, error=f"{type(exc).__name__}: {exc}")
             else:
                 log.info("stop step done", step=what)
-        self._notifier.close()
+        self._stop_sequence_done = True

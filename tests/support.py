@@ -51,28 +51,34 @@ class FakeLink:
         self.report_up.set()
         self.fail_after_s: float | None = None
         self.return_after_s: float | None = None
+        self.running = False
 
     @property
     def status(self) -> LinkStatus:
         return self._status
 
     async def run(self, wake: Wake) -> None:
-        await self.report_up.wait()
-        self._status = LinkStatus.UP
-        wake()
-        if self.fail_after_s is not None:
-            await asyncio.sleep(self.fail_after_s)
-            raise RuntimeError(f"{self.name} exploded")
-        if self.return_after_s is not None:
-            await asyncio.sleep(self.return_after_s)
-            return
-        await asyncio.Event().wait()
+        self.running = True
+        try:
+            await self.report_up.wait()
+            self._status = LinkStatus.UP
+            wake()
+            if self.fail_after_s is not None:
+                await asyncio.sleep(self.fail_after_s)
+                raise RuntimeError(f"{self.name} exploded")
+            if self.return_after_s is not None:
+                await asyncio.sleep(self.return_after_s)
+                return
+            await asyncio.Event().wait()
+        finally:
+            self.running = False
 
 
 class FakeVehicle(FakeLink):
     def __init__(self, journal: Journal) -> None:
         super().__init__("vehicle", journal)
         self.allowed: list[bool] = []
+        self.session_ended_while_running: bool | None = None
 
     def snapshot(self) -> VehicleState | None:
         return None
@@ -85,6 +91,7 @@ class FakeVehicle(FakeLink):
 
     async def end_session(self) -> None:
         self.journal.add("vehicle.end_session")
+        self.session_ended_while_running = self.running
 
 
 class FakeInverter(FakeLink):
@@ -144,7 +151,11 @@ class FixedStep:
         if self.raise_on_call is not None and self.calls >= self.raise_on_call:
             raise ZeroDivisionError("core bug")
         return ControlOutput(
-            PowerCommand(self.power_w, enable=True), PowerState.CHARGING, None, ("test",)
+            PowerCommand(self.power_w, enable=True),
+            PowerState.CHARGING,
+            None,
+            ("test",),
+            session_allowed=True,
         )
 
 

@@ -89,6 +89,8 @@ def test_clean_stop_runs_the_stop_sequence_in_order(listener: NotifyListener) ->
     assert rig.journal.events == STOP_ORDER
     assert rig.vehicle.allowed[-1] is False
     assert any(m.startswith("STOPPING=1") for m in listener.drain())
+    # The session ends through its protocol: the vehicle link was still running.
+    assert rig.vehicle.session_ended_while_running is True
 
 
 def test_watchdog_pings_come_from_the_control_loop(listener: NotifyListener) -> None:
@@ -199,3 +201,20 @@ def test_wake_runs_a_cycle_before_the_tick(listener: NotifyListener) -> None:
 
     # Five wakes within ~0.1 s of a 1 s tick: each produced its own cycle.
     assert asyncio.run(scenario()) >= 4
+
+
+def test_every_cycle_is_reported_to_the_aggregator_link(listener: NotifyListener) -> None:
+    """The aggregator link hears each cycle's command, so it can ack with the applied power."""
+    rig = Rig(listener)
+
+    async def scenario() -> None:
+        task = asyncio.create_task(rig.daemon.run())
+        assert await until(lambda: len(rig.aggregator.reports) >= 3)
+        rig.daemon.request_stop()
+        await task
+
+    asyncio.run(scenario())
+    report = rig.aggregator.reports[-1]
+    assert report.commanded_w == rig.step.power_w
+    assert report.enabled
+    assert report.wall.tzinfo is not None

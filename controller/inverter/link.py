@@ -71,6 +71,7 @@ class ModbusInverterLink:
         self._command_ready = asyncio.Event()
         self._wake: Wake = lambda: None
         self._latched: str | None = None
+        self._stopping = asyncio.Event()
         self.writes = 0
 
     # -- InverterLink -------------------------------------------------------------------------
@@ -91,7 +92,11 @@ class ModbusInverterLink:
         self._command_ready.set()
 
     async def safe_stop(self) -> None:
-        """0 W and stage disabled, bounded by the transport's timeouts; never raises."""
+        """0 W and stage disabled, bounded by the transport's timeouts; never raises.
+
+        After it, the poller and the writer stand still: nothing is written or reconnected
+        while the daemon finishes stopping."""
+        self._stopping.set()
         self._pending = PowerCommand.zero()
         if self._phase is _Phase.SETUP and self._info is None:
             return  # never set up: nothing was ever commanded
@@ -110,6 +115,7 @@ class ModbusInverterLink:
         async with asyncio.TaskGroup() as tasks:
             tasks.create_task(self._poll_loop(), name="inverter-poll")
             tasks.create_task(self._write_loop(), name="inverter-write")
+        await asyncio.Event().wait()  # stopped: stand still until the daemon cancels us
 
     # -- internals ----------------------------------------------------------------------------
 
@@ -177,7 +183,7 @@ class ModbusInverterLink:
             self._wake()
 
     async def _poll_loop(self) -> None:
-        while True:
+        while not self._stopping.is_set():
             if self._phase is _Phase.SETUP:
                 if not await self._setup():
                     await asyncio.sleep(self._retry_interval_s)
@@ -198,7 +204,7 @@ class ModbusInverterLink:
             await asyncio.sleep(self._poll_interval_s)
 
     async def _write_loop(self) -> None:
-        while True:
+        while not self._stopping.is_set():
             try:
                 async with asyncio.timeout(self._heartbeat_s):
                     await self._command_ready.wait()
@@ -206,7 +212,7 @@ class ModbusInverterLink:
                 pass  # heartbeat: re-send so the revert timer does not run out
             self._command_ready.clear()
             command = self._pending
-            if command is None or self._phase is not _Phase.READY:
+            if command is None or self._phase is not _Phase.READY or self._stopping.is_set():
                 continue
             now_s = self._clock()
             if command == self._written and now_s - self._written_at_s < self._heartbeat_s:
