@@ -166,6 +166,18 @@ class Daemon:
         """Run a control cycle now (links call this on safety-relevant events)."""
         self._wake.set()
 
+    def reset_faults(self) -> bool:
+        """A manual fault reset. The core accepts it only once every cause is gone."""
+        reset = getattr(self._step, "reset_faults", None)
+        if reset is None:
+            log.warning("fault reset asked for, but this control step keeps no latch")
+            return False
+        answer = reset()
+        accepted = bool(getattr(answer, "accepted", False))
+        log.info("fault reset", accepted=accepted, reason=str(getattr(answer, "reason", "")))
+        self._wake.set()
+        return accepted
+
     def request_stop(self) -> None:
         """Begin the clean stop sequence (what SIGTERM and SIGINT do)."""
         self._stop.set()
@@ -177,6 +189,8 @@ class Daemon:
         if self._handle_signals:
             for sig in (signal.SIGTERM, signal.SIGINT):
                 loop.add_signal_handler(sig, self._on_signal, sig)
+            # A technician's manual fault reset: systemctl kill -s SIGUSR1 v2g-controller
+            loop.add_signal_handler(signal.SIGUSR1, self.reset_faults)
         log.info(
             "starting",
             site=self._config.site.site_id,
@@ -208,7 +222,7 @@ class Daemon:
                 await self._shutdown_even_if_cancelled(reason)
             self._notifier.close()
             if self._handle_signals:
-                for sig in (signal.SIGTERM, signal.SIGINT):
+                for sig in (signal.SIGTERM, signal.SIGINT, signal.SIGUSR1):
                     loop.remove_signal_handler(sig)
         log.info("stopped", exit_code=int(exit_code), reason=reason)
         return exit_code

@@ -5,7 +5,7 @@ from __future__ import annotations
 import datetime as dt
 from pathlib import Path
 
-from controller.config import load_config
+from controller.config import load_config, parse_config
 from controller.control import CoreControlStep, policy_from_config
 from controller.core.policy import FallbackMode, FaultResetMode
 from controller.core.snapshots import (
@@ -96,3 +96,19 @@ def test_step_without_data_holds_zero() -> None:
     assert output.command.power_w == 0.0
     assert not output.command.enable
     assert output.setpoint_id is None
+
+
+def test_manual_fault_reset_clears_a_latch_once_the_cause_is_gone() -> None:
+    """With fault_reset: manual, an inverter fault stays latched until a reset after it clears."""
+    text = EXAMPLE.read_text().replace("fault_reset: auto", "fault_reset: manual")
+    step = CoreControlStep(policy_from_config(parse_config(text)))
+    faulty = InverterState(observed_at_s=1.0, reachable=True, faults=("inverter state FAULT",))
+    output = step(vehicle(1.0, 70.0), faulty, None, 1.0, WALL)
+    assert output.state is PowerState.FAULT
+    assert not step.reset_faults().accepted  # the cause is still present at the last decision
+    output = step(vehicle(2.0, 70.0), inverter(2.0), None, 2.0, WALL)
+    assert output.faults  # still latched: manual mode never clears by itself
+    assert step.reset_faults().accepted
+    output = step(vehicle(2.1, 70.0), inverter(2.1), None, 2.1, WALL)
+    assert output.faults == ()
+    assert output.session_allowed

@@ -50,6 +50,8 @@ def test_notify_sequence_and_clean_exit(
     try:
         assert listener.wait_for("READY=1", timeout_s=30), "daemon never became ready"
         assert listener.wait_for("WATCHDOG=1", timeout_s=5)
+        proc.send_signal(signal.SIGUSR1)  # a technician's manual fault reset
+        time.sleep(0.2)
         proc.send_signal(stop_signal)
         sent = time.monotonic()
         output, _ = proc.communicate(timeout=10)
@@ -67,6 +69,7 @@ def test_notify_sequence_and_clean_exit(
     ]
     assert firsts == sorted(firsts)
     assert "Traceback" not in output
+    assert '"event": "fault reset"' in output  # nothing latched: refused, and said so
     # The journal gets one JSON object per line, the stop sequence among them.
     assert '"event": "stop step done", "level": "info"' in output or "stop step done" in output
 
