@@ -4,8 +4,6 @@ from __future__ import annotations
 
 import asyncio
 import time
-from collections.abc import Iterator
-from pathlib import Path
 
 import pytest
 
@@ -23,18 +21,6 @@ from tests.support import (
 )
 
 STOP_ORDER = ["inverter.safe_stop", "vehicle.end_session", "aggregator.offline"]
-
-
-@pytest.fixture
-def listener(tmp_path: Path) -> Iterator[NotifyListener]:
-    # AF_UNIX paths are limited to 108 bytes; pytest's tmp_path can be long.
-    short = Path("/tmp") / f"v2g-{tmp_path.name[-20:]}"
-    short.mkdir(exist_ok=True)
-    sock = NotifyListener(short)
-    yield sock
-    sock.close()
-    sock.path.unlink(missing_ok=True)
-    short.rmdir()
 
 
 class Rig:

@@ -7,23 +7,11 @@ import signal
 import subprocess
 import sys
 import time
-from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
 
 from tests.support import BASE_CONFIG, NotifyListener
-
-
-@pytest.fixture
-def listener(tmp_path: Path) -> Iterator[NotifyListener]:
-    short = Path("/tmp") / f"v2g-p-{os.getpid()}-{tmp_path.name[-12:]}"
-    short.mkdir(exist_ok=True)
-    sock = NotifyListener(short)
-    yield sock
-    sock.close()
-    sock.path.unlink(missing_ok=True)
-    short.rmdir()
 
 
 def start_daemon(tmp_path: Path, listener: NotifyListener) -> subprocess.Popen[str]:

@@ -72,8 +72,9 @@ def _identity(common: ModelValues, profile: str, models: list[int]) -> DeviceInf
     )
 
 
-class SunSpec700Driver:
-    """IEEE 1547-2018 DER models: 701 measurements, 702 capacity, 704 controls, 703 and 713."""
+class _SunSpecDriverBase:
+    """What both SunSpec dialects keep: the transport, the revert time, the discovered device
+    (given, or discovered at setup) and the ratings read at setup."""
 
     def __init__(
         self,
@@ -84,7 +85,6 @@ class SunSpec700Driver:
         self._transport = transport
         self._revert_timeout_s = revert_timeout_s
         self._device = device
-        self._wset_sf = 0
         self._max_charge_w: float | None = None
         self._max_discharge_w: float | None = None
 
@@ -94,8 +94,17 @@ class SunSpec700Driver:
             raise InverterLinkError("driver used before setup")
         return self._device
 
+    async def _discover(self) -> SunSpecDevice:
+        return self._device or await SunSpecDevice.discover(self._transport)
+
+
+class SunSpec700Driver(_SunSpecDriverBase):
+    """IEEE 1547-2018 DER models: 701 measurements, 702 capacity, 704 controls, 703 and 713."""
+
+    _wset_sf = 0
+
     async def setup(self) -> DeviceInfo:
-        device = self._device or await SunSpecDevice.discover(self._transport)
+        device = await self._discover()
         missing = [m for m in (1, 701, 704) if not device.has(m)]
         if missing:
             raise InverterLinkError(f"SunSpec 700-series control needs models {missing}")
@@ -175,32 +184,15 @@ class SunSpec700Driver:
             await device.write_verified(703, {"ES": DISABLED})
 
 
-class SunSpec100Driver:
+class SunSpec100Driver(_SunSpecDriverBase):
     """The older inverter and storage models: 103 measurements, 120/121 ratings, 123, 124."""
 
-    def __init__(
-        self,
-        transport: ModbusTransport,
-        revert_timeout_s: float,
-        device: SunSpecDevice | None = None,
-    ) -> None:
-        self._transport = transport
-        self._revert_timeout_s = revert_timeout_s
-        self._device = device
-        self._inverter_model = 103
-        self._rate_base_w = 0.0  # 124 WChaMax: the 100 % of InWRte and OutWRte
-        self._rate_sf = 0
-        self._max_charge_w: float | None = None
-        self._max_discharge_w: float | None = None
-
-    @property
-    def device(self) -> SunSpecDevice:
-        if self._device is None:
-            raise InverterLinkError("driver used before setup")
-        return self._device
+    _inverter_model = 103
+    _rate_base_w = 0.0  # 124 WChaMax: the 100 % of InWRte and OutWRte
+    _rate_sf = 0
 
     async def setup(self) -> DeviceInfo:
-        device = self._device or await SunSpecDevice.discover(self._transport)
+        device = await self._discover()
         inverter_model = next((m for m in (103, 102, 101) if device.has(m)), None)
         if inverter_model is None or not device.has(124) or not device.has(1):
             raise InverterLinkError(
