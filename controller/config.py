@@ -255,6 +255,13 @@ class ChargerRatingsConfig(_Section):
     insulation_test_s: float = Field(
         default=1.0, gt=0, le=30, description="How long this charger's insulation test takes."
     )
+    pause_limit_s: float = Field(
+        default=600.0,
+        gt=0,
+        le=86_400,
+        description="GB/T: a vehicle that keeps charging 'forbidden' (BSM) longer than this "
+        "ends the session (CST, conditions reached). The standard sets no limit.",
+    )
     charger_number: int = Field(
         default=1, ge=0, le=0xFFFFFFFF, description="GB/T CRM and CSD charger number."
     )

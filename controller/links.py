@@ -67,12 +67,15 @@ class VehicleLink(Link, Protocol):
         ...
 
     def allow_energy_transfer(self, allowed: bool) -> None:
-        """Tell the session whether the charger will move energy now (e.g. CHAdeMO 0x109 flags)."""
+        """Whether the charger side is healthy enough for the session to proceed to, or stay
+        in, energy transfer (nothing latched, no E-stop, a fresh and healthy inverter). The
+        power itself is the core's command; withdrawing this ends the session cleanly
+        (CHAdeMO 0x109 stop control, GB/T CST)."""
         ...
 
     def update_output(self, voltage_v: float, current_a: float) -> None:
         """The power stage's measured DC output (+ charges the vehicle), which the charger
-        reports to the vehicle (CHAdeMO 0x109/0x208, GB/T CCS)."""
+        reports to the vehicle (CHAdeMO 0x109/0x208, GB/T CCS); NaN when not measured."""
         ...
 
     async def end_session(self) -> None:

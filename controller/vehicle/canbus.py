@@ -16,6 +16,9 @@ from __future__ import annotations
 
 import asyncio
 import collections
+import contextlib
+import os
+import socket
 import threading
 import time
 from collections.abc import Callable, Iterable
@@ -105,7 +108,32 @@ def open_bus(config: CanLinkConfig, filters: list[dict[str, Any]]) -> can.BusABC
         raise VehicleLinkError(
             f"cannot open CAN {config.interface}:{config.channel}: {exc}"
         ) from None
+    if config.interface == "udp_multicast":
+        only_own_group(bus)
     return bus
+
+
+# linux/in.h IP_MULTICAST_ALL and linux/in6.h IPV6_MULTICAST_ALL (not exported by Python).
+_IP_MULTICAST_ALL = 49
+_IPV6_MULTICAST_ALL = 29
+
+
+def only_own_group(bus: can.BusABC) -> None:
+    """Receive only the bus's own multicast group.
+
+    Linux delivers every group joined on a port to every socket bound to that port unless
+    IP_MULTICAST_ALL is cleared (ip(7)); python-can binds all udp_multicast buses to one port,
+    so without this two simulated charger/vehicle pairs on other groups would hear each other.
+    """
+    fd = bus.fileno()
+    if fd < 0:
+        return
+    # Not Linux: the option does not exist and groups are kept apart already.
+    with socket.socket(fileno=os.dup(fd)) as sock, contextlib.suppress(OSError):
+        if sock.family == socket.AF_INET6:
+            sock.setsockopt(socket.IPPROTO_IPV6, _IPV6_MULTICAST_ALL, 0)
+        else:
+            sock.setsockopt(socket.IPPROTO_IP, _IP_MULTICAST_ALL, 0)
 
 
 def to_message(frame: CanFrame) -> can.Message:

@@ -8,17 +8,35 @@ Sequence, as implemented by public charger-side code (the full specification is 
          --test done--> WAIT_VEHICLE_CONTACTOR (d2 and output contactors on, within 20 s of d1)
          --0x102.5 bit3 = 0 within 4 s--> ENERGY_TRANSFER (0x109.5 bit0 on, stop control off)
          --stop (vehicle, charger or fault)--> STOP_CURRENT (stop control on, core goes to 0 W)
-         --output <= 5 A--> STOP_VEHICLE_CONTACTOR (0x109.5 bit0 off)
+         --measured output <= 5 A--> STOP_VEHICLE_CONTACTOR (0x109.5 bit0 off)
          --0x102.5 bit3 = 1 (or 4 s)--> STOP_D1 (contactors and d2 off)
          --500 ms--> ENDED (d1 off, unlocked) --unplugged--> IDLE
 
-Faults take the same stop path and end in FAULT. When discharge is offered, 0x109 byte 4 bit 0 is
-set and 0x208/0x209 are sent with every 0x108/0x109 (a vehicle faults on the bit without them).
+Stops:
+
+* the vehicle: 0x102.5 bit0 = 0 at any time from its first permission (WAIT_PERMISSION) to the end
+  of transfer, k released before d2, 0x102.5 bit4 (stop before charging), bit1 (not in Park) and
+  bit3 back to 1 (contactor opened) during transfer; each sets ``stop_requested``;
+* the charger: ``end()``, or ``allow_energy_transfer(False)`` from the insulation test on;
+* faults: 0x102.4 flags and bit2, k released after d2, timeouts, implausible or inconsistent
+  values. They take the same stop path and end in FAULT.
+
+STOP_CURRENT waits for a fresh measurement (``set_output``) of at most 5 A; an unknown or stale
+current is not low. 0.5 s after the stop without one is a charger fault; at 2 s the charger gives
+up waiting: it opens its contactors and d2 at once (STOP_D1), without waiting for the vehicle's.
+
+The pack voltage (``VehicleState.pack_voltage_v``; CHAdeMO cars do not send it) is the stage's
+measured output voltage while it is fresh and both the charger's and the vehicle's contactors are
+closed; otherwise None.
+
+When discharge is offered, 0x109 byte 4 bit 0 is set and 0x208/0x209 are sent with every
+0x108/0x109 (a vehicle faults on the bit without them).
 """
 
 from __future__ import annotations
 
 import enum
+import math
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -34,9 +52,10 @@ VEHICLE_RESPONSE_S = 8.0  # CHAdeMO: k and 0x102.5 bit0 within 8 s of d1
 D2_AFTER_D1_S = 20.0  # CHAdeMO: d2 on within 20 s (of d1)
 VEHICLE_CONTACTOR_S = 4.0  # CHAdeMO: 0x102.5 bit3 = 0 within 4 s of d2
 FIRST_REQUEST_S = 4.0  # CHAdeMO: first current request within 4 s more
-STOP_CURRENT_A = 5.0  # CHAdeMO: 0x109.5 bit0 cleared once current <= 5 A
 STOP_CURRENT_S = 0.5  # CHAdeMO: after k drops, current <= 5 A within 0.5 s
-STOP_CURRENT_GIVE_UP_S = 2.0  # project choice: open contactors even if the stage never reports it
+# Project choice: without a fresh reading of <= 5 A this long after the stop, the charger opens its
+# own contactors and d2 (a charger fault) instead of waiting for the vehicle's contactor.
+STOP_CURRENT_GIVE_UP_S = 2.0
 STOP_VEHICLE_CONTACTOR_S = 4.0  # project choice: wait for the vehicle's contactor to open
 D2_TO_D1_S = 0.5  # CHAdeMO: wait 500 ms between d2 off and d1 off
 
@@ -86,19 +105,43 @@ _PHASE = {
 
 @dataclass(frozen=True, slots=True)
 class ChademoChargerConfig:
-    """What the charger announces in 0x108/0x109 and, when discharge is offered, 0x208/0x209."""
+    """What the charger announces in 0x108/0x109 and, when discharge is offered, 0x208/0x209.
+
+    The threshold voltages are the charger's own bounds; what is sent follows the vehicle as the
+    recorded chargers do: 0x108 bytes 4-5 = min(threshold, 0x100 maximum battery voltage), 0x208
+    bytes 6-7 = max(lower threshold, 0x200 minimum discharge voltage).
+    """
 
     available_output_voltage_v: int = 500  # 0x108 bytes 1-2
     available_output_current_a: int = 125  # 0x108 byte 3
-    threshold_voltage_v: int = 500  # 0x108 bytes 4-5
+    threshold_voltage_v: int = 500  # 0x108 bytes 4-5, at most
     welding_detection: bool = True  # 0x108 byte 0
     protocol_number: int = 2  # 0x109 byte 0: 1.0.x
     discharge_offered: bool = False  # 0x109 byte 4 bit 0 with 0x208/0x209
     available_input_voltage_v: int = 150  # 0x208 bytes 1-2
-    available_input_current_a: int = 0  # 0x208 byte 3
-    lower_threshold_voltage_v: int = 150  # 0x208 bytes 6-7
+    # 0x208 byte 3; None: the output current rating when discharge is offered (``input_current_a``)
+    available_input_current_a: int | None = None
+    lower_threshold_voltage_v: int = 150  # 0x208 bytes 6-7, at least
     sequence_control_number: int = 2  # 0x209 byte 0
     insulation_test_s: float = 1.0  # how long this charger's insulation test takes
+
+    def __post_init__(self) -> None:
+        current = self.available_input_current_a
+        if current is not None and not 0 <= current <= 255:
+            raise ValueError(f"available_input_current_a: expected 0..255 A, found {current}")
+        if self.discharge_offered and self.input_current_a == 0:
+            # CHAdeMO 0x208 byte 3: 0 A available input current tells the vehicle "no discharge".
+            raise ValueError(
+                "available_input_current_a: 0 A with discharge offered tells the vehicle that "
+                "no discharge is possible (0x208 byte 3)"
+            )
+
+    @property
+    def input_current_a(self) -> int:
+        """0x208 byte 3 as sent: the configured value, else the output rating if discharging."""
+        if self.available_input_current_a is not None:
+            return self.available_input_current_a
+        return self.available_output_current_a if self.discharge_offered else 0
 
 
 @dataclass(slots=True)
@@ -193,9 +236,9 @@ class ChademoSession(ChargerSession):
         elif fid == 0x200:
             v.max_discharge_current_a = s["MaxDischargeCurrent"]
             v.min_discharge_voltage_v = s["MinDischargeVoltage"]
-            level = s["MinDischargeLevel"]
-            # CHAdeMO 0x200 byte 6: older vehicles send values that do not read as %.
-            v.min_discharge_level_pct = level if level <= 100 else None
+            v.min_discharge_level_pct = _min_discharge_level(
+                s["MinDischargeLevel"], s["MaxRemainingCapacityForCharging"]
+            )
         self._check_plausible(now)
 
     def _on_status(self, s: dict[str, float], now: float) -> None:
@@ -216,43 +259,93 @@ class ChademoSession(ChargerSession):
             self._fault("CHAdeMO 0x102 byte 5 bit 2: vehicle charging-system fault", now)
         if s["StatusStopBeforeCharging"] and self.state in _BEFORE_TRANSFER:
             self._vehicle_stop("CHAdeMO 0x102 byte 5 bit 4: vehicle stop before charging", now)
-        # CHAdeMO 0x102 byte 5 bit 0 = 0 during transfer: the vehicle ends the session.
-        if was_enabled and not v.enabled and self.state is ChademoState.ENERGY_TRANSFER:
-            self._vehicle_stop("CHAdeMO 0x102 byte 5 bit 0 cleared: vehicle stop request", now)
+        elif s["StatusNotInPark"] and self.state in _RUNNING:
+            self._vehicle_stop("CHAdeMO 0x102 byte 5 bit 1: vehicle not in Park", now)
+        elif not v.enabled and self.state in _PERMITTED:
+            # CHAdeMO: "the charger must stop if ... 0x102 byte5 bit0 is 0": a level, checked
+            # from the vehicle's first permission to the end of transfer, never only an edge.
+            why = (
+                "cleared: vehicle stop request" if was_enabled else "0: vehicle withdrew permission"
+            )
+            self._vehicle_stop(f"CHAdeMO 0x102 byte 5 bit 0 {why}", now)
+        elif v.contactor_open and self.state is ChademoState.ENERGY_TRANSFER:
+            # CHAdeMO 0x102 byte 5 bit 3 back to 1: the vehicle contactor opened under transfer.
+            self._vehicle_stop("CHAdeMO 0x102 byte 5 bit 3: vehicle contactor opened", now)
 
     def _check_plausible(self, now: float) -> None:
-        """Issue item 6: values that cannot be true become a fault, never state."""
+        """Values that cannot be true, or contradict each other, are faults (and never widen a
+        reported limit: an impossible SoC reads None, limits are capped by the charger's)."""
         v = self._vehicle
-        soc = self._soc_pct()
+        soc = self._raw_soc_pct()
         if soc is not None and soc > 100:
             self._fault(f"implausible SoC {soc:.1f} % (0x102 byte 6 over 0x100 byte 6)", now)
-        if (
-            v.target_voltage_v is not None
-            and v.max_battery_voltage_v
-            and v.target_voltage_v > v.max_battery_voltage_v
-        ):
+        low, high = v.min_battery_voltage_v, v.max_battery_voltage_v
+        if low is not None and high is not None and low >= high:
             self._fault(
-                f"implausible target voltage {v.target_voltage_v} V above the maximum "
-                f"battery voltage {v.max_battery_voltage_v} V (0x102 vs 0x100)",
+                f"implausible minimum battery voltage {low:g} V not below the maximum battery "
+                f"voltage {high:g} V (0x100 bytes 2-3 vs 4-5)",
                 now,
             )
-        if (
-            v.min_discharge_voltage_v is not None
-            and v.max_battery_voltage_v
-            and v.min_discharge_voltage_v > v.max_battery_voltage_v
-        ):
+        target = v.target_voltage_v
+        if target is not None:
+            if target == 0:
+                self._fault("implausible target voltage 0 V (0x102 bytes 1-2)", now)
+            elif high and target > high:
+                self._fault(
+                    f"implausible target voltage {target:g} V above the maximum battery voltage "
+                    f"{high:g} V (0x102 vs 0x100)",
+                    now,
+                )
+            elif low is not None and target < low:
+                self._fault(
+                    f"implausible target voltage {target:g} V below the minimum battery voltage "
+                    f"{low:g} V (0x102 vs 0x100)",
+                    now,
+                )
+        if self._discharge_in_play():
+            self._check_discharge_limits(now)
+
+    def _discharge_in_play(self) -> bool:
+        """Discharge is offered, the vehicle says it can, and its 0x200 has arrived."""
+        return (
+            self.config.discharge_offered
+            and self._vehicle.discharge_compatible
+            and 0x200 in self._last_seen
+        )
+
+    def _check_discharge_limits(self, now: float) -> None:
+        # An all-zero 0x200 would read 255 A (inverted byte 0), 0 V and 0 %: the most permissive
+        # limits there are. The vehicle answers the charger's 0x208 (the recorded ZE0 ramps 0x200
+        # byte 0 from 0 A up to the charger's 15 A and no further).
+        v = self._vehicle
+        offered = self.config.input_current_a
+        if v.max_discharge_current_a is not None and v.max_discharge_current_a > offered:
             self._fault(
-                f"implausible minimum discharge voltage {v.min_discharge_voltage_v} V above the "
-                f"maximum battery voltage {v.max_battery_voltage_v} V (0x200 vs 0x100)",
+                f"implausible maximum discharge current {v.max_discharge_current_a:g} A above the "
+                f"charger's available input current {offered} A (0x200 byte 0 vs 0x208 byte 3)",
+                now,
+            )
+        low, high = v.min_discharge_voltage_v, v.max_battery_voltage_v
+        if low is not None and low == 0:
+            self._fault("implausible minimum discharge voltage 0 V (0x200 bytes 4-5)", now)
+        elif low is not None and high is not None and low >= high:
+            self._fault(
+                f"implausible minimum discharge voltage {low:g} V not below the maximum battery "
+                f"voltage {high:g} V (0x200 vs 0x100)",
                 now,
             )
 
-    def _soc_pct(self) -> float | None:
+    def _raw_soc_pct(self) -> float | None:
         # CHAdeMO 0x102 byte 6: SoC = byte6 / (0x100 byte 6), a plain % when that is 100.
         v = self._vehicle
         if v.charged_rate is None or not v.charged_rate_reference:
             return None
         return round(v.charged_rate * 100.0 / v.charged_rate_reference, 1)
+
+    def _soc_pct(self) -> float | None:
+        """The SoC as published: None when it is not a possible percentage (that is a fault)."""
+        soc = self._raw_soc_pct()
+        return soc if soc is not None and 0 <= soc <= 100 else None
 
     # Time.
 
@@ -289,8 +382,24 @@ class ChademoSession(ChargerSession):
         else:
             self._advance_stop(st, now - self._since_s, now)
 
+    def _stopped_by_lines_or_charger(self, st: ChademoState, now: float) -> bool:
+        """k released, or the charger side no longer willing: stop; True if it did."""
+        if st in _AFTER_D2 and not self._inputs.k:
+            self._fault(f"CHAdeMO: k line dropped after d2 ({st})", now)
+        elif st in _BEFORE_D2 and not self._inputs.k:
+            self._vehicle_stop(
+                "CHAdeMO: k line released before d2: vehicle withdrew permission", now
+            )
+        elif st in _NEED_ALLOWED and not self._allowed:
+            self._begin_stop(now, "the charger no longer allows energy transfer")
+        else:
+            return False
+        return True
+
     def _advance_start(self, st: ChademoState, elapsed: float, now: float) -> None:
         v = self._vehicle
+        if self._stopped_by_lines_or_charger(st, now):
+            return
         if st is ChademoState.WAIT_VEHICLE:
             if self._inputs.k and v.enabled and 0x100 in self._last_seen:
                 self._enter(ChademoState.WAIT_PERMISSION, now, "k and 0x102.5 bit0 set")
@@ -310,11 +419,7 @@ class ChademoSession(ChargerSession):
                 self._fault("CHAdeMO: 0x102.5 bit3 not cleared within 4 s of d2", now)
         elif st is ChademoState.ENERGY_TRANSFER:
             self._had_request = self._had_request or bool(v.current_request_a)
-            if not self._inputs.k:
-                self._fault("CHAdeMO: k line dropped during energy transfer", now)
-            elif (
-                not (self._had_request or self._discharge_possible()) and elapsed > FIRST_REQUEST_S
-            ):
+            if not (self._had_request or self._discharge_possible()) and elapsed > FIRST_REQUEST_S:
                 self._fault("CHAdeMO: no current request within 4 s of the vehicle contactor", now)
 
     def _advance_permission(self, now: float) -> None:
@@ -332,16 +437,27 @@ class ChademoSession(ChargerSession):
 
     def _advance_stop(self, st: ChademoState, elapsed: float, now: float) -> None:
         if st is ChademoState.STOP_CURRENT:
-            current_low = abs(self._output_current_a) <= STOP_CURRENT_A
-            if current_low or elapsed > STOP_CURRENT_GIVE_UP_S:
-                if not current_low:
-                    self._charger_fault = True
-                    self._fault("output still above 5 A 2 s after stop; opening contactors", now)
+            if self._output_current_low():
+                # CHAdeMO: 0x109.5 bit0 is cleared once current is <= 5 A (measured, fresh).
                 self._charging_flag = False
                 self._enter(ChademoState.STOP_VEHICLE_CONTACTOR, now, "output at or below 5 A")
-            elif elapsed > STOP_CURRENT_S:
+            elif elapsed > STOP_CURRENT_GIVE_UP_S:
                 self._charger_fault = True
-                self._fault("CHAdeMO: output above 5 A 0.5 s after stop", now)
+                self._fault("CHAdeMO: output not confirmed at or below 5 A 2 s after stop", now)
+                self._charging_flag = False
+                self._enter(ChademoState.STOP_D1, now, "2 s without <= 5 A: contactors and d2 off")
+                self._outputs = LineOutputs(d1=True, lock=True)
+            elif elapsed > STOP_CURRENT_S:
+                # CHAdeMO: after k drops, current <= 5 A within 0.5 s.
+                self._charger_fault = True
+                if self._measured_current_a() is None:
+                    self._fault(
+                        "CHAdeMO: output current not confirmed at or below 5 A 0.5 s after stop "
+                        "(no fresh measurement)",
+                        now,
+                    )
+                else:
+                    self._fault("CHAdeMO: output above 5 A 0.5 s after stop", now)
         elif st is ChademoState.STOP_VEHICLE_CONTACTOR:
             done = self._vehicle.contactor_open or not self._inputs.plugged
             if done or elapsed > STOP_VEHICLE_CONTACTOR_S:
@@ -411,18 +527,31 @@ class ChademoSession(ChargerSession):
             and bool(v.max_discharge_current_a)
         )
 
+    def _threshold_voltage_v(self) -> int:
+        # CHAdeMO 0x108 bytes 4-5: the recorded charger sends the vehicle's 0x100 maximum (435 V).
+        vehicle_max = self._vehicle.max_battery_voltage_v
+        if not vehicle_max:
+            return self.config.threshold_voltage_v
+        return min(self.config.threshold_voltage_v, round(vehicle_max))
+
+    def _lower_threshold_voltage_v(self) -> int:
+        # CHAdeMO 0x208 bytes 6-7: the recorded charger sends the vehicle's 0x200 minimum (250 V).
+        vehicle_min = self._vehicle.min_discharge_voltage_v or 0
+        return max(self.config.lower_threshold_voltage_v, round(vehicle_min))
+
     def _send_periodic(self) -> None:
         cfg = self.config
         v = self._vehicle
-        charging_a = max(0.0, self._output_current_a)
-        discharging_a = max(0.0, -self._output_current_a)
+        current_a = self._reported_current_a()
+        charging_a = max(0.0, current_a)
+        discharging_a = max(0.0, -current_a)
         self._send(
             "CHG_108_Capability",
             {
                 "WeldingDetectionSupported": int(cfg.welding_detection),
                 "AvailableOutputVoltage": cfg.available_output_voltage_v,
                 "AvailableOutputCurrent": round(self._available_current_a),
-                "ThresholdVoltage": cfg.threshold_voltage_v,
+                "ThresholdVoltage": self._threshold_voltage_v(),
             },
         )
         stop_control = self.state is not ChademoState.ENERGY_TRANSFER
@@ -433,7 +562,7 @@ class ChademoSession(ChargerSession):
             "CHG_109_Status",
             {
                 "ProtocolNumber": cfg.protocol_number,
-                "PresentOutputVoltage": _clamp(self._output_voltage_v, 0, 1000),
+                "PresentOutputVoltage": _clamp(self._reported_voltage_v(), 0, 1000),
                 "PresentOutputCurrent": _clamp(charging_a, 0, 255),
                 "DischargeCompatible": int(cfg.discharge_offered),
                 "StatusCharging": int(self._charging_flag),
@@ -452,8 +581,8 @@ class ChademoSession(ChargerSession):
                 {
                     "PresentDischargeCurrent": _clamp(discharging_a, 0, 255),
                     "AvailableInputVoltage": cfg.available_input_voltage_v,
-                    "AvailableInputCurrent": cfg.available_input_current_a,
-                    "LowerThresholdVoltage": cfg.lower_threshold_voltage_v,
+                    "AvailableInputCurrent": cfg.input_current_a,
+                    "LowerThresholdVoltage": self._lower_threshold_voltage_v(),
                 },
             )
             self._send(
@@ -463,6 +592,28 @@ class ChademoSession(ChargerSession):
 
     # Snapshot.
 
+    def _pack_voltage_v(self) -> float | None:
+        """The stage's fresh output voltage while both contactors are closed (CHAdeMO cars do
+        not send their pack voltage; d2 + charger contactors, and 0x102.5 bit3 = 0)."""
+        if not self._outputs.contactors or self._vehicle.contactor_open:
+            return None
+        volts = self._measured_voltage_v()
+        return volts if volts is not None and volts > 0 else None
+
+    def _charge_voltage_limit_v(self) -> float | None:
+        # CHAdeMO 0x102 bytes 1-2 target battery voltage, within 0x100 bytes 4-5 maximum.
+        v = self._vehicle
+        values = [x for x in (v.target_voltage_v, v.max_battery_voltage_v) if x is not None]
+        return min(values) if values else None
+
+    def _discharge_limit_a(self) -> float:
+        # CHAdeMO 0x200 byte 0, capped by what this charger announced in 0x208 byte 3. 0 A (not
+        # None) when no discharge is possible: None would mean "no limit reported".
+        limit = self._vehicle.max_discharge_current_a
+        if not self._discharge_possible() or limit is None:
+            return 0.0
+        return min(limit, float(self.config.input_current_a))
+
     def _state(self) -> VehicleState:
         v = self._vehicle
         transfer = self.state is ChademoState.ENERGY_TRANSFER and not self._faults
@@ -471,13 +622,12 @@ class ChademoSession(ChargerSession):
             phase=self.phase,
             protocol=self.protocol,
             soc_pct=self._soc_pct(),
-            pack_voltage_v=None,
+            pack_voltage_v=self._pack_voltage_v(),
             pack_current_a=None,
-            charge_current_limit_a=v.current_request_a,
-            charge_voltage_limit_v=v.max_battery_voltage_v,
-            discharge_current_limit_a=v.max_discharge_current_a
-            if self._discharge_possible()
-            else None,
+            # CHAdeMO 0x102 byte 3; 0 A until the vehicle has asked for current.
+            charge_current_limit_a=v.current_request_a or 0.0,
+            charge_voltage_limit_v=self._charge_voltage_limit_v(),
+            discharge_current_limit_a=self._discharge_limit_a(),
             discharge_voltage_min_v=v.min_discharge_voltage_v,
             discharge_soc_min_pct=v.min_discharge_level_pct,
             capacity_kwh=v.capacity_kwh,
@@ -496,7 +646,26 @@ _STOPPING = frozenset(
     {ChademoState.STOP_CURRENT, ChademoState.STOP_VEHICLE_CONTACTOR, ChademoState.STOP_D1}
 )
 _RUNNING = _BEFORE_TRANSFER | {ChademoState.ENERGY_TRANSFER}
+# From the vehicle's first permission (k and 0x102.5 bit0) to the end of transfer.
+_PERMITTED = _RUNNING - {ChademoState.WAIT_VEHICLE}
+_BEFORE_D2 = frozenset({ChademoState.WAIT_PERMISSION, ChademoState.INSULATION_TEST})
+_AFTER_D2 = frozenset({ChademoState.WAIT_VEHICLE_CONTACTOR, ChademoState.ENERGY_TRANSFER})
+# States that go on only while the charger side allows energy transfer.
+_NEED_ALLOWED = _AFTER_D2 | {ChademoState.INSULATION_TEST}
 
 
 def _clamp(value: float, lo: int, hi: int) -> int:
     return max(lo, min(hi, round(value)))
+
+
+def _min_discharge_level(level: float, ceiling: float) -> float:
+    """CHAdeMO 0x200 byte 6 as a %, or NaN when it does not read as one.
+
+    Byte 6 is a % only when byte 7 (maximum remaining capacity for charging, %; 0 = not used)
+    reads as one too and byte 6 is not above it: the ZE1's ``0A 64`` is 10 %, but the ZE0's
+    ``43 B2`` and the ZE1's first ``1A FF`` are not percentages. NaN is "reported but not
+    readable", which the core treats as a floor that permits no discharge (rules.py), never as
+    "not reported" (None), which would drop the vehicle's floor altogether.
+    """
+    readable = level <= 100 if ceiling == 0 else ceiling <= 100 and level <= ceiling
+    return float(level) if readable else math.nan

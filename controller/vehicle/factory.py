@@ -74,4 +74,5 @@ def gbt_charger(ratings: ChargerRatingsConfig) -> GbtChargerConfig:
         region_code=ratings.region_code,
         discharge_offered=ratings.discharge_offered,
         insulation_test_s=ratings.insulation_test_s,
+        pause_limit_s=ratings.pause_limit_s,
     )

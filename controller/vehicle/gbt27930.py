@@ -3,13 +3,19 @@
 Phases (charger view)::
 
     IDLE --plugged--> HANDSHAKE (auxiliary power on; CHM every 250 ms until BHM, or 5 s)
-         --> INSULATION_TEST --> RECOGNITION (CRM 0x00 until BRM, then CRM 0xAA)
+         --> INSULATION_TEST --> RECOGNITION (CRM 0x00 until BRM, then CRM 0xAA at once)
          --BCP--> PARAMETERS (CTS 500 ms, CML 250 ms; BRO 0xAA within 60 s)
          --BRO 0xAA--> CHARGER_READY (CRO 0x00 until allow_energy_transfer(True), then CRO 0xAA)
          --> CHARGING (BCL 50 ms / 1 s, BCS 250 ms / 5 s, BSM 250 ms / 5 s; CCS every 50 ms)
-         --BST, end() or fault--> STOPPING (CST every 10 ms; <= 5 A within 100 ms)
+         --BST, end(), allow_energy_transfer(False), a BSM pause past its limit, or fault-->
+         STOPPING (CST every 10 ms; measured output <= 5 A within 100 ms)
          --BST and <= 5 A--> STATISTICS (BSD within 10 s, then CSD) --> ENDED
     faults: CEM (charger saw a timeout) every 250 ms for 1 s after the stop, then ENDED (FAULT)
+
+A BST at any point before the stop is the BMS's stop request. Two-bit status values: BST and BEM
+"01" and "10" (untrusted) are faults, as are BSM "01"/"10" and, for insulation and the output
+connector, "11" (not available). STOPPING waits for a fresh measurement (``set_output``) of at
+most 5 A; unknown or stale is not low (a charger fault after 100 ms, contactors open at 2 s).
 
 Current follows the standard's sign on the wire (0.1 A/bit, -400 A, negative = charging, positive
 = discharging, clause 4.5) and the controller's sign in ``VehicleState`` (+ charges the vehicle):
@@ -64,13 +70,15 @@ BCS_TIMEOUT_S = 5.0  # GB/T 27930 BCS timeout 5 s
 BSM_TIMEOUT_S = DEFAULT_TIMEOUT_S
 BRO_READY_S = 60.0  # GB/T 27930 BRO/CRO: 60 s
 STATISTICS_TIMEOUT_S = 10.0  # GB/T 27930: 10 s to receive BSD/CSD
-STOP_CURRENT_A = 5.0  # GB/T 27930: after CST, output <= 5 A within 100 ms
-STOP_CURRENT_S = 0.1
+STOP_CURRENT_S = 0.1  # GB/T 27930: after CST, output <= 5 A within 100 ms
 STOP_CURRENT_GIVE_UP_S = 2.0  # project choice: open contactors even if the stage never reports it
 CEM_AFTER_FAULT_S = 1.0  # project choice: CEM is repeated this long before auxiliary power goes off
 CST_MIN_S = 0.1  # project choice: CST for at least 100 ms (10 frames) before moving on
 CSD_REPEATS = 4  # project choice: CSD four times (1 s), as the recorded charger did
 TICK_S = 0.05  # longest sleep while a session is open
+# GB/T 27930 BRM: the standard's table has 41 bytes (up to the VIN); 49 on the wire, the last 8
+# the BMS software version. A 41-48 byte BRM is padded with 0xFF (unused bits are 1).
+BRM_TABLE_BYTES = 41
 
 _VEHICLE_IDS = frozenset(
     {
@@ -87,6 +95,9 @@ _VEHICLE_IDS = frozenset(
 )
 
 # GB/T 27930 BSM 2-bit status fields: any "01"/"10" stops charging.
+_BSM_WORDS = {1: "too high", 2: "untrusted/low", 3: "not available"}
+# ... and "11" (not available) too where not knowing is unsafe: insulation, output connector.
+_BSM_NEEDED = frozenset({"InsulationStatus", "OutputConnectorStatus"})
 _BSM_STATUS = {
     "CellVoltageStatus": "cell voltage",
     "SocStatus": "SoC",
@@ -176,6 +187,9 @@ class GbtChargerConfig:
     region_code: str = "000"  # CRM bytes 6-8, three ASCII characters
     discharge_offered: bool = False  # honour a positive (discharge) BCL current demand
     insulation_test_s: float = 1.0
+    # Project choice (the facts give no limit): a BSM "charging forbidden" pause longer than this
+    # ends the session with CST "conditions reached".
+    pause_limit_s: float = 600.0
 
 
 @dataclass(slots=True)
@@ -228,7 +242,8 @@ class GbtSession(ChargerSession):
         self._last_tick_s = 0.0
         self._crm_result = NOT_READY
         self._crm_ready_s = 0.0
-        self._stop_reason = ""  # "manual", "bms", "fault"
+        self._stop_reason = ""  # "manual", "bms", "fault", "conditions"
+        self._paused_since_s: float | None = None
         self._bst_seen = False
         self._bsd_seen = False
         self._csd_sent = 0
@@ -281,6 +296,9 @@ class GbtSession(ChargerSession):
             pgn, payload = result.completed
             name = _TP_MESSAGES.get(pgn)
             if name is not None:  # BMV/BMT/BSP are optional and carry nothing the core uses
+                full = self._codec.length(name)
+                if name == "BRM" and BRM_TABLE_BYTES <= len(payload) < full:
+                    payload += b"\xff" * (full - len(payload))
                 decoded = self._codec.decode(name, payload)
                 self._on_message(name, decoded.signals, now)
 
@@ -291,20 +309,9 @@ class GbtSession(ChargerSession):
         if name == "BHM":
             b.bhm_max_voltage_v = s["MaxChargeVoltage"]
         elif name == "BRM":
-            b.vin = _vin(s)
-            if self.state is GbtState.RECOGNITION and self._crm_result != READY:
-                self._crm_result = READY
-                self._crm_ready_s = now
+            self._on_brm(s, now)
         elif name == "BCP":
-            b.max_cell_voltage_v = s["MaxCellVoltage"]
-            b.max_charge_current_a = max(0.0, -s["MaxChargeCurrent"])  # GB/T sign: - = charging
-            b.nominal_energy_kwh = s["NominalEnergy"]
-            b.max_charge_voltage_v = s["MaxChargeVoltage"]
-            b.bcp_soc_pct = s["StateOfCharge"]
-            if self.state is GbtState.RECOGNITION and self._crm_result == READY:
-                self._enter(GbtState.PARAMETERS, now, "BCP received")
-                self._schedule(now, "CTS", "CML")
-                self._unschedule("CRM")
+            self._on_bcp(s, now)
         elif name == "BRO":
             b.bro_ready = s["BmsReady"] == READY
             if b.bro_ready and self.state is GbtState.PARAMETERS:
@@ -313,7 +320,7 @@ class GbtSession(ChargerSession):
                 self._schedule(now, "CRO")
         elif name == "BCL":
             b.voltage_demand_v = s["VoltageDemand"]
-            b.current_demand_a = -s["CurrentDemand"]  # GB/T 27930 4.5: + = discharge
+            b.current_demand_a = _controller_sign(s["CurrentDemand"])
             limit = b.max_charge_voltage_v or b.bhm_max_voltage_v
             if limit is not None and b.voltage_demand_v > limit:
                 self._fault(
@@ -323,7 +330,7 @@ class GbtSession(ChargerSession):
                 )
         elif name == "BCS":
             b.measured_voltage_v = s["MeasuredVoltage"]
-            b.measured_current_a = -s["MeasuredCurrent"]
+            b.measured_current_a = _controller_sign(s["MeasuredCurrent"])
             b.cell_voltage_max_v = s["MaxCellVoltage"]
             b.soc_pct = s["StateOfCharge"]
         elif name == "BSM":
@@ -338,29 +345,59 @@ class GbtSession(ChargerSession):
             missed = [text for field, text in _BEM_TIMEOUTS.items() if s[field] == 1]
             if missed:
                 self._fault(f"GB/T BEM: BMS timed out waiting for {', '.join(missed)}", now)
+            # "10": the BMS cannot vouch for the flag; a BEM is an error report, so a fault.
+            untrusted = [text for field, text in _BEM_TIMEOUTS.items() if s[field] == 2]
+            if untrusted:
+                self._fault(f"GB/T BEM: untrusted timeout flag for {', '.join(untrusted)}", now)
+
+    def _on_brm(self, s: dict[str, float], now: float) -> None:
+        self._bms.vin = _vin(s)
+        if self.state is GbtState.RECOGNITION and self._crm_result != READY:
+            self._crm_result = READY
+            self._crm_ready_s = now
+            # CRM 0xAA at once: the BMS repeats BRM until it arrives (within 5 s).
+            self._send_message("CRM")
+            self._due["CRM"] = now + PERIODS_S["CRM"]
+
+    def _on_bcp(self, s: dict[str, float], now: float) -> None:
+        b = self._bms
+        b.max_cell_voltage_v = s["MaxCellVoltage"]
+        b.max_charge_current_a = max(0.0, -s["MaxChargeCurrent"])  # GB/T sign: - = charging
+        b.nominal_energy_kwh = s["NominalEnergy"]
+        b.max_charge_voltage_v = s["MaxChargeVoltage"]
+        b.bcp_soc_pct = s["StateOfCharge"]
+        if self.state is GbtState.RECOGNITION and self._crm_result == READY:
+            self._enter(GbtState.PARAMETERS, now, "BCP received")
+            self._schedule(now, "CTS", "CML")
+            self._unschedule("CRM")
 
     def _on_bsm(self, s: dict[str, float], now: float) -> None:
         b = self._bms
         b.temp_max_c = s["MaxTemperature"]
         b.temp_min_c = s["MinTemperature"]
         bad = [
-            f"{text} {'too high' if s[field] == 1 else 'untrusted/low'}"
+            f"{text} {_BSM_WORDS[int(s[field])]}"
             for field, text in _BSM_STATUS.items()
-            if s[field] in (1, 2)
+            if s[field] in (1, 2) or (s[field] == 3 and field in _BSM_NEEDED)
         ]
         if bad:
             # GB/T 27930 BSM: any fault status stops the charger.
             self._fault(f"GB/T BSM: {', '.join(bad)}", now)
-        # All normal with "forbidden" pauses the charger.
+        # All normal with "forbidden" pauses the charger (for at most ``pause_limit_s``).
         b.charging_allowed = s["ChargingAllowed"] == 1
 
     def _on_bst(self, s: dict[str, float], now: float) -> None:
         self._bst_seen = True
-        faults = [text for field, text in _BST_FAULTS.items() if s[field] == 1]
+        # GB/T 27930 BST bytes 2-4: "01" fault; "10" untrusted, which is no assurance either.
+        faults = [
+            text + (" (untrusted)" if s[field] == 2 else "")
+            for field, text in _BST_FAULTS.items()
+            if s[field] in (1, 2)
+        ]
         if faults:
             self._fault(f"GB/T BST: BMS stopped for {', '.join(faults)}", now)
             return
-        if self.state in (GbtState.CHARGING, GbtState.CHARGER_READY, GbtState.PARAMETERS):
+        if self.state in _BEFORE_STOP:
             reasons = [
                 text
                 for field, text in (
@@ -394,8 +431,9 @@ class GbtSession(ChargerSession):
                 self._last_tick_s = now
                 return
             self._fault("connector unplugged during the session", now)
-        if self.state is GbtState.CHARGING and self._output_current_a > 0:
-            self._energy_wh += self._output_voltage_v * self._output_current_a * dt / 3600.0
+        volts, amps = self._measured_voltage_v(), self._measured_current_a()
+        if self.state is GbtState.CHARGING and volts is not None and amps is not None and amps > 0:
+            self._energy_wh += volts * amps * dt / 3600.0
         self._handle_tp(self._tp.tick(now), now)
         self._check_timeouts(now)
         self._advance(now)
@@ -427,22 +465,14 @@ class GbtSession(ChargerSession):
                 self._schedule(now, "CCS")
             elif elapsed > BRO_READY_S:
                 self._fault("GB/T CRO: charger not ready within 60 s of BRO", now)
+        elif st is GbtState.CHARGING:
+            if not self._allowed:
+                self._stop_reason = "manual"
+                self._begin_stop(now, "the charger no longer allows energy transfer")
+            else:
+                self._check_pause(now)
         elif st is GbtState.STOPPING:
-            current_low = abs(self._output_current_a) <= STOP_CURRENT_A
-            if not current_low and now - self._since_s > STOP_CURRENT_S:
-                self._charger_fault = True
-                self._fault("GB/T CST: output above 5 A 100 ms after stop", now)
-            if (current_low and elapsed >= CST_MIN_S) or elapsed > STOP_CURRENT_GIVE_UP_S:
-                self._outputs = LineOutputs(d1=True, lock=True)
-                if self._faults:
-                    self._enter(GbtState.ERROR_REPORT, now, "contactors open after a fault")
-                    self._unschedule("CST")
-                elif self._bst_seen:
-                    self._enter(GbtState.STATISTICS, now, "BST and CST exchanged")
-                    self._unschedule("CST")
-                elif elapsed > DEFAULT_TIMEOUT_S:
-                    self._cem["TimeoutBst"] = 1
-                    self._fault("GB/T BST not received within 5 s of CST", now)
+            self._advance_stopping(elapsed, now)
         elif st is GbtState.STATISTICS:
             if self._bsd_seen and "CSD" not in self._due and self._csd_sent == 0:
                 self._schedule(now, "CSD")
@@ -453,6 +483,44 @@ class GbtSession(ChargerSession):
                 self._fault("GB/T BSD not received within 10 s", now)
         elif st is GbtState.ERROR_REPORT and elapsed >= CEM_AFTER_FAULT_S:
             self._end(now, "error reported")
+
+    def _advance_stopping(self, elapsed: float, now: float) -> None:
+        current_low = self._output_current_low()
+        if not current_low and elapsed > STOP_CURRENT_S:
+            # GB/T 27930: after CST, output <= 5 A within 100 ms (measured, fresh).
+            self._charger_fault = True
+            if self._measured_current_a() is None:
+                self._fault(
+                    "GB/T CST: output current not confirmed at or below 5 A 100 ms after stop "
+                    "(no fresh measurement)",
+                    now,
+                )
+            else:
+                self._fault("GB/T CST: output above 5 A 100 ms after stop", now)
+        if (current_low and elapsed >= CST_MIN_S) or elapsed > STOP_CURRENT_GIVE_UP_S:
+            self._outputs = LineOutputs(d1=True, lock=True)
+            if self._faults:
+                self._enter(GbtState.ERROR_REPORT, now, "contactors open after a fault")
+                self._unschedule("CST")
+            elif self._bst_seen:
+                self._enter(GbtState.STATISTICS, now, "BST and CST exchanged")
+                self._unschedule("CST")
+            elif elapsed > DEFAULT_TIMEOUT_S:
+                self._cem["TimeoutBst"] = 1
+                self._fault("GB/T BST not received within 5 s of CST", now)
+
+    def _check_pause(self, now: float) -> None:
+        """GB/T 27930 BSM: all normal with "charging forbidden" pauses, for ``pause_limit_s``."""
+        if "BSM" not in self._last_seen or self._bms.charging_allowed:
+            self._paused_since_s = None
+            return
+        if self._paused_since_s is None:
+            self._paused_since_s = now
+        elif now - self._paused_since_s > self.config.pause_limit_s:
+            self._stop_reason = "conditions"
+            self._begin_stop(
+                now, f"BSM: charging forbidden for more than {self.config.pause_limit_s:g} s"
+            )
 
     def _check_timeouts(self, now: float) -> None:
         st = self.state
@@ -596,8 +664,8 @@ class GbtSession(ChargerSession):
             self._send(
                 "CCS",
                 {
-                    "OutputVoltage": _clip(self._output_voltage_v, 0.0, 1000.0),
-                    "OutputCurrent": _clip(-self._output_current_a, -400.0, 400.0),
+                    "OutputVoltage": _clip(self._reported_voltage_v(), 0.0, 1000.0),
+                    "OutputCurrent": _clip(-self._reported_current_a(), -400.0, 400.0),
                     "ChargingTime": min(600, int(self._charging_minutes())),
                     "ChargingAllowed": int(self._transfer_allowed()),
                 },
@@ -606,7 +674,7 @@ class GbtSession(ChargerSession):
             self._send(
                 "CST",
                 {
-                    "StopConditionsReached": 0,
+                    "StopConditionsReached": int(self._stop_reason == "conditions"),
                     "StopManual": int(self._stop_reason == "manual"),
                     "StopFault": int(self._stop_reason == "fault"),
                     "StopByBms": int(self._stop_reason == "bms"),
@@ -654,13 +722,16 @@ class GbtSession(ChargerSession):
     def _state(self) -> VehicleState:
         b = self._bms
         demand = b.current_demand_a
-        charge_limit: float | None = None
-        discharge_limit: float | None = None
+        # 0 A (not None, which would mean "no limit reported") until the BMS demands current,
+        # and for discharge unless it is offered.
+        charge_limit = 0.0
+        discharge_limit = 0.0
         if demand is not None:
             charge_limit = max(0.0, demand)
             if b.max_charge_current_a is not None:
                 charge_limit = min(charge_limit, b.max_charge_current_a)
-            discharge_limit = max(0.0, -demand) if self.config.discharge_offered else None
+            if self.config.discharge_offered:
+                discharge_limit = max(0.0, -demand)
         active = self.state is GbtState.CHARGING and b.charging_allowed and not self._faults
         return VehicleState(
             observed_at_s=self._observed_s,
@@ -685,6 +756,23 @@ class GbtSession(ChargerSession):
             faults=self.faults,
             identity=b.vin,
         )
+
+
+_BEFORE_STOP = frozenset(
+    {
+        GbtState.HANDSHAKE,
+        GbtState.INSULATION_TEST,
+        GbtState.RECOGNITION,
+        GbtState.PARAMETERS,
+        GbtState.CHARGER_READY,
+        GbtState.CHARGING,
+    }
+)
+
+
+def _controller_sign(gbt_current_a: float) -> float:
+    """GB/T 27930 4.5 current (+ discharges) in the controller's sign (+ charges); never -0.0."""
+    return 0.0 - gbt_current_a
 
 
 def _vin(s: dict[str, float]) -> str | None:

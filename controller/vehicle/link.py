@@ -134,12 +134,22 @@ class CanVehicleLink:
         return self._snapshot
 
     def allow_energy_transfer(self, allowed: bool) -> None:
-        """Whether the session may start or keep moving energy."""
+        """The charger side is healthy and willing to move energy.
+
+        The session goes on to energy transfer while this holds, even at 0 W (the core commands
+        power only once the session transfers); ``False`` during transfer stops the session with
+        the protocol's normal charger stop (CHAdeMO 0x109 stop control, GB/T CST).
+        """
         self.session.allow_energy_transfer(allowed)
 
     def update_output(self, voltage_v: float, current_a: float) -> None:
-        """The power stage's measured output (+ charges the vehicle), reported to the vehicle."""
-        self.session.set_output(voltage_v, current_a)
+        """The power stage's measured output (+ charges the vehicle), reported to the vehicle.
+
+        Stamped with the link's clock: a measurement not renewed within about 1 s is unknown
+        (CHAdeMO then reports no pack voltage, and neither session takes the current as low when
+        contactors are to open). Pass ``math.nan`` for a value the stage does not know, never 0.
+        """
+        self.session.set_output(voltage_v, current_a, self._clock())
 
     async def end_session(self) -> None:
         """Run the normal stop sequence; return when ended or after ``end_session_timeout_s``.

@@ -221,7 +221,7 @@ class DbcProfileSession:
             self._ended = False
         self._allowed = allowed
 
-    def set_output(self, voltage_v: float, current_a: float) -> None:
+    def set_output(self, voltage_v: float, current_a: float, now: float) -> None:
         """A generic BMS is only listened to: the charger's output is not reported to it."""
 
     def receive(self, frame: CanFrame, now: float) -> Step:

@@ -9,12 +9,24 @@ and returns a ``Step``: frames to send, events, the ``VehicleState`` and the dig
 wants. ``next_deadline_s`` says when the next tick has work (a periodic frame or a timeout), so a
 driver can sleep exactly that long. Faults latch until the connector is unplugged.
 
+Two plain calls tell a session about the charger side:
+
+* ``allow_energy_transfer(allowed)``: the charger side is healthy and willing to move energy. The
+  daemon passes it every cycle, before the safety core commands any power (the core commands power
+  only once the session reports ENERGY_TRANSFER), so a session goes on to energy transfer with
+  ``True`` while the commanded power is still 0 W. ``False`` holds a session before transfer and
+  stops one that is transferring with the protocol's normal charger stop.
+* ``set_output(voltage_v, current_a, now)``: the power stage's measured output at monotonic time
+  ``now``. A measurement older than ``OUTPUT_STALE_S``, or never made, is unknown: unknown current
+  is never taken as "at or below 5 A" when contactors are to open.
+
 ``VehicleSession`` is what ``CanVehicleLink`` needs of a session; ``ChargerSession`` (CHAdeMO,
 GB/T 27930) and ``DbcProfileSession`` (a generic BMS described by a DBC file) provide it.
 """
 
 from __future__ import annotations
 
+import math
 from abc import ABC, abstractmethod
 from typing import Protocol
 
@@ -29,6 +41,12 @@ from controller.vehicle.frames import (
     SessionEvent,
     Step,
 )
+
+# Project choice: a measured output older than this is unknown (the daemon reports it every
+# 100 ms cycle; the core's vehicle data deadline is 1 s too).
+OUTPUT_STALE_S = 1.0
+# CHAdeMO: 0x109.5 bit0 cleared once current is <= 5 A; GB/T 27930: <= 5 A within 100 ms of CST.
+STOP_CURRENT_A = 5.0
 
 
 class VehicleSession(Protocol):
@@ -48,9 +66,13 @@ class VehicleSession(Protocol):
         """(arbitration ID, is extended) of every frame the session reads."""
         ...
 
-    def allow_energy_transfer(self, allowed: bool) -> None: ...
+    def allow_energy_transfer(self, allowed: bool) -> None:
+        """The charger side is healthy and willing to move energy (see the module docstring)."""
+        ...
 
-    def set_output(self, voltage_v: float, current_a: float) -> None: ...
+    def set_output(self, voltage_v: float, current_a: float, now: float) -> None:
+        """The power stage's measured output at ``now``; ``current_a`` + charges the vehicle."""
+        ...
 
     def receive(self, frame: CanFrame, now: float) -> Step: ...
 
@@ -77,8 +99,11 @@ class ChargerSession(ABC):
         self._inputs = LineInputs()
         self._outputs = LineOutputs()
         self._allowed = False
-        self._output_voltage_v = 0.0
-        self._output_current_a = 0.0  # + charges the vehicle
+        # The power stage's last measurement; None: never measured (or not a number).
+        self._output_voltage_v: float | None = None
+        self._output_current_a: float | None = None  # + charges the vehicle
+        self._output_at_s: float | None = None
+        self._now_s = 0.0  # the newest time the driver has passed in
         self._charger_fault = False  # the fault is the charger's own (CHAdeMO 0x109.5 bit1)
         self.malformed_frames = 0
         self.valid_frames = 0  # decoded vehicle messages, over the session's lifetime
@@ -114,16 +139,27 @@ class ChargerSession(ABC):
         return frozenset((i, self._extended) for i in self.accepted_ids)
 
     def allow_energy_transfer(self, allowed: bool) -> None:
-        """Whether the charger may start (or keep) moving energy."""
+        """The charger side is healthy and willing: go on to (or stay in) energy transfer.
+
+        ``False`` before transfer holds the session (until the protocol's own timeout); during
+        transfer it stops the session with the protocol's normal charger stop.
+        """
         self._allowed = allowed
 
-    def set_output(self, voltage_v: float, current_a: float) -> None:
-        """The power stage's measured output; ``current_a`` + charges the vehicle."""
-        self._output_voltage_v = voltage_v
-        self._output_current_a = current_a
+    def set_output(self, voltage_v: float, current_a: float, now: float) -> None:
+        """The power stage's measured output at ``now``; ``current_a`` + charges the vehicle.
+
+        A value that is not a finite number is "not measured" (a driver that does not know the
+        current passes ``math.nan``, never 0).
+        """
+        self._output_voltage_v = voltage_v if math.isfinite(voltage_v) else None
+        self._output_current_a = current_a if math.isfinite(current_a) else None
+        self._output_at_s = now
+        self._now_s = max(self._now_s, now)
 
     def receive(self, frame: CanFrame, now: float) -> Step:
         """Handle one received frame."""
+        self._now_s = max(self._now_s, now)
         if frame.is_extended_id != self._extended or frame.arbitration_id not in self.accepted_ids:
             self.unknown_frames += 1  # dropped cheaply, no event
             return self._step()
@@ -138,16 +174,19 @@ class ChargerSession(ABC):
     def tick(self, now: float, inputs: LineInputs) -> Step:
         """Advance time: periodic frames, timeouts, digital inputs."""
         self._inputs = inputs
+        self._now_s = max(self._now_s, now)
         self._on_tick(now)
         return self._step()
 
     def end(self, now: float) -> Step:
         """Ask for a normal stop (charger side)."""
+        self._now_s = max(self._now_s, now)
         self._on_end(now)
         return self._step()
 
     def charger_fault(self, reason: str, now: float) -> Step:
         """The charger itself failed (power stage, emergency stop): stop with a fault."""
+        self._now_s = max(self._now_s, now)
         self._charger_fault = True
         self._fault(reason, now)
         return self._step()
@@ -165,6 +204,35 @@ class ChargerSession(ABC):
     def _state(self) -> VehicleState: ...
 
     # Helpers for subclasses.
+
+    def _output_fresh(self) -> bool:
+        """The stage reported its output no longer than ``OUTPUT_STALE_S`` ago."""
+        at = self._output_at_s
+        return at is not None and 0.0 <= self._now_s - at <= OUTPUT_STALE_S
+
+    def _measured_voltage_v(self) -> float | None:
+        """The stage's output voltage if freshly measured, else None."""
+        return self._output_voltage_v if self._output_fresh() else None
+
+    def _measured_current_a(self) -> float | None:
+        """The stage's output current (+ charges) if freshly measured, else None."""
+        return self._output_current_a if self._output_fresh() else None
+
+    def _output_current_low(self) -> bool:
+        """Safe to open the contactors: they are open already, or a fresh measurement says
+        <= 5 A (CHAdeMO 0x109.5 bit0 rule; GB/T 27930 after CST). Unknown is never low."""
+        if not self._outputs.contactors:
+            return True
+        current = self._measured_current_a()
+        return current is not None and abs(current) <= STOP_CURRENT_A
+
+    def _reported_current_a(self) -> float:
+        """What the charger tells the vehicle it delivers: the last measurement, 0 before one."""
+        return self._output_current_a or 0.0
+
+    def _reported_voltage_v(self) -> float:
+        """What the charger tells the vehicle its output voltage is: the last measurement."""
+        return self._output_voltage_v or 0.0
 
     def _decode(self, frame: CanFrame) -> Decoded:
         return self._codec.decode_frame(frame.arbitration_id, frame.data)

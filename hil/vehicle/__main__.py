@@ -22,6 +22,7 @@ import sys
 import can
 
 from controller.errors import VehicleLinkError
+from controller.vehicle.canbus import only_own_group
 from controller.vehicle.lines import SharedFileLines
 from hil.vehicle.battery import BatteryModel
 from hil.vehicle.chademo_ev import ChademoVehicle, ChademoVehicleConfig
@@ -38,6 +39,9 @@ FAULT_FLAGS = (
     "silence_demand",
     "garbage",
     "wrong_dlc",
+    "open_contactor",
+    "not_in_park",
+    "charging_forbidden",
 )
 
 
@@ -81,14 +85,9 @@ def build_vehicle(
     """The simulated car the arguments describe, plugged into ``lines`` when given."""
     battery = BatteryModel(capacity_kwh=args.capacity_kwh, soc_pct=args.soc)
     chosen = set(args.fault)
-    faults = FaultInjection(
-        stop_request="stop_request" in chosen,
-        over_temperature="over_temperature" in chosen,
-        silence="silence" in chosen,
-        silence_demand="silence_demand" in chosen,
-        garbage="garbage" in chosen,
-        wrong_dlc="wrong_dlc" in chosen,
-    )
+    faults = FaultInjection()
+    for name in chosen:
+        setattr(faults, name, True)  # FAULT_FLAGS are FaultInjection's boolean fields
     if args.protocol == "chademo":
         return ChademoVehicle(
             battery,
@@ -131,6 +130,8 @@ async def run(args: argparse.Namespace) -> None:
 async def _play(args: argparse.Namespace, lines: SharedFileLines | None) -> None:
     try:
         bus = can.Bus(interface=args.interface, channel=args.channel)
+        if args.interface == "udp_multicast":
+            only_own_group(bus)
     except (can.CanError, OSError, ValueError, ImportError) as exc:
         raise VehicleLinkError(f"cannot open {args.interface}:{args.channel}: {exc}") from None
     simulator = VehicleSimulator(build_vehicle(args, lines), bus)

@@ -5,6 +5,10 @@ every 100 ms -> on the charger's 0x109 set 0x102.5 bit0 and pull k -> on d2 clos
 (0x102.5 bit3 = 0) -> request current (charge) or hold 0 A (discharge) -> at the target SoC, the
 discharge floor or an injected stop request clear 0x102.5 bit0 -> once the charger's output is
 <= 5 A and 0x109.5 bit0 is clear, open the contactor and release k.
+
+A discharge-capable car announces 0 A in 0x200 byte 0 until it has seen the charger's 0x208, then
+at most the charger's available input current (0x208 byte 3), as the recorded Leaf ZE0 does
+(``FF`` first, then ``F0`` = 15 A against the charger's 15 A).
 """
 
 from __future__ import annotations
@@ -65,6 +69,7 @@ class _Charger:
     available_current_a: float = 0.0
     output_current_a: float = 0.0
     discharge_current_a: float = 0.0
+    input_current_a: float | None = None  # 0x208 byte 3, once seen
     charging: bool = False
     locked: bool = False
     stop_control: bool = True
@@ -137,6 +142,7 @@ class ChademoVehicle:
                 c.locked_since_s = now
         elif frame.arbitration_id == 0x208:
             c.discharge_current_a = s["PresentDischargeCurrent"]
+            c.input_current_a = s["AvailableInputCurrent"]
 
     def tick(self, now: float) -> tuple[CanFrame, ...]:
         """Advance the car and the battery; return the frames due now."""
@@ -188,6 +194,8 @@ class ChademoVehicle:
             if not self._d1():
                 self._stop("d1 off before transfer")
         elif st is ChademoVehicleState.TRANSFER:
+            if self.faults.open_contactor:
+                self._contactor_closed = False
             reason = self._stop_reason(now)
             if reason:
                 self._stop(reason)
@@ -227,6 +235,10 @@ class ChademoVehicle:
             return 0
         return int(min(self.config.max_charge_current_a, self._charger.available_current_a))
 
+    def _max_discharge_a(self) -> float:
+        offered = self._charger.input_current_a
+        return 0.0 if offered is None else min(self.config.max_discharge_current_a, offered)
+
     def _fault_bits(self) -> int:
         bits = self.faults.bms_fault_bits & 0x1F
         if self.faults.over_temperature or self.battery.temperature_c > HIGH_TEMPERATURE_C:
@@ -263,7 +275,7 @@ class ChademoVehicle:
                 self._encode(
                     "VEH_200_DischargeLimits",
                     {
-                        "MaxDischargeCurrent": cfg.max_discharge_current_a,
+                        "MaxDischargeCurrent": self._max_discharge_a(),
                         "MinDischargeVoltage": cfg.min_discharge_voltage_v,
                         "MinDischargeLevel": cfg.min_discharge_level_pct,
                         "MaxRemainingCapacityForCharging": 100,
@@ -304,7 +316,7 @@ class ChademoVehicle:
                 "FaultHighBatteryTemperature": bits >> 3 & 1,
                 "FaultVoltageDeviation": bits >> 4 & 1,
                 "StatusChargingEnabled": int(enabled),
-                "StatusNotInPark": 0,
+                "StatusNotInPark": int(self.faults.not_in_park),
                 "StatusChargingSystemFault": 0,
                 "StatusContactorOpen": int(not self._contactor_closed),
                 "StatusStopBeforeCharging": 0,

@@ -18,6 +18,9 @@ class FaultInjection:
     ``bms_fault_bits``: CHAdeMO 0x102 byte 4 bits to set.
     ``tp_drop_packets``: GB/T transport packets (numbers) dropped on first transmission.
     ``tp_reorder``: GB/T transport packets sent last-first on first transmission.
+    ``open_contactor``: CHAdeMO: open the vehicle contactor during transfer (0x102.5 bit3 = 1).
+    ``not_in_park``: CHAdeMO: report the shift lever out of Park (0x102.5 bit1 = 1).
+    ``charging_forbidden``: GB/T: BSM says charging forbidden (byte 7 bits 5-6 = 00), all normal.
     """
 
     silence: bool = False
@@ -29,3 +32,6 @@ class FaultInjection:
     bms_fault_bits: int = 0
     tp_drop_packets: frozenset[int] = field(default_factory=frozenset)
     tp_reorder: bool = False
+    open_contactor: bool = False
+    not_in_park: bool = False
+    charging_forbidden: bool = False

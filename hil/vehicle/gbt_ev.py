@@ -311,7 +311,7 @@ class GbtVehicle:
                 "TemperatureStatus": int(hot),  # GB/T BSM byte 6 bits 7-8: 01 too high
                 "InsulationStatus": 0,
                 "OutputConnectorStatus": 0,
-                "ChargingAllowed": 1,
+                "ChargingAllowed": 0 if self.faults.charging_forbidden else 1,
             },
         )
 

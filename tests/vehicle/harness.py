@@ -42,7 +42,9 @@ class Bench:
 
     The power stage follows the snapshot as the core would: the vehicle's charge limit while
     charging is permitted (``direction`` +1), its discharge limit while discharging is permitted
-    (``direction`` -1), otherwise 0 A.
+    (``direction`` -1), otherwise 0 A (always 0 A with ``direction`` 0). It reports its output
+    (the pack's voltage, that current) every step while ``report_output`` holds; a stage that is
+    stuck reports ``stuck_current_a`` whatever the snapshot says.
     """
 
     def __init__(
@@ -60,6 +62,8 @@ class Bench:
         self.now = 0.0
         self.trace = Trace()
         self.drop_to_charger: Callable[[CanFrame], bool] = lambda _frame: False
+        self.report_output = True
+        self.stuck_current_a: float | None = None
 
     def run(
         self, duration_s: float, *, until: Callable[[VehicleState], bool] | None = None
@@ -91,10 +95,14 @@ class Bench:
                 self._to_charger(reply)
 
     def _power(self) -> None:
+        if not self.report_output:
+            return
         state = self.trace.last
         current = 0.0
         if self.direction > 0 and state.charge_permitted and state.charge_current_limit_a:
             current = state.charge_current_limit_a
         elif self.direction < 0 and state.discharge_permitted and state.discharge_current_limit_a:
             current = -state.discharge_current_limit_a
-        self.session.set_output(self.vehicle.battery.voltage_v, current)
+        if self.stuck_current_a is not None:
+            current = self.stuck_current_a
+        self.session.set_output(self.vehicle.battery.voltage_v, current, self.now)

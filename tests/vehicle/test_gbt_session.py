@@ -3,11 +3,14 @@
 from __future__ import annotations
 
 import itertools
+import math
 
+import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
 from controller.core.snapshots import VehiclePhase
+from controller.vehicle import j1939_tp as tp
 from controller.vehicle.dbc import DbcCodec
 from controller.vehicle.frames import CanFrame, EventKind, LineInputs, LineOutputs
 from controller.vehicle.gbt27930 import GbtChargerConfig, GbtSession, GbtState
@@ -90,7 +93,7 @@ def test_discharge_uses_the_standards_current_sign() -> None:
 
 
 def test_discharge_demand_ignored_unless_offered() -> None:
-    """Without discharge offered a positive BCL demand permits nothing."""
+    """Without discharge offered a positive BCL demand permits nothing: the limit reads 0 A."""
     b = bench(mode="discharge", soc_pct=70.0)
     b.session = GbtSession(GbtChargerConfig(insulation_test_s=0.3))
     b.session.allow_energy_transfer(True)
@@ -98,7 +101,7 @@ def test_discharge_demand_ignored_unless_offered() -> None:
     state = b.trace.last
     assert not state.discharge_permitted
     assert not state.charge_permitted
-    assert state.discharge_current_limit_a is None
+    assert state.discharge_current_limit_a == 0.0
 
 
 def test_charger_normal_stop_exchanges_statistics() -> None:
@@ -216,7 +219,7 @@ def test_recorded_session_frames_give_vehicle_state() -> None:
         if frame.arbitration_id == 0x1CECF456:
             continue  # the recorded charger's frames: ours are compared below
         t += 0.01
-        sent += [f.data for f in session.receive(frame, t).frames]
+        sent += [f.data for f in session.receive(frame, t).frames if f.arbitration_id == 0x1CECF456]
     recorded_charger = [
         f.data
         for f in (*rec.GBT_BRM_TRANSFER, *rec.GBT_BCP_TRANSFER, *rec.GBT_BCS_TRANSFER)
@@ -278,3 +281,171 @@ def test_any_bms_payload_never_crashes_the_session(frame_id: int, payload: bytes
         EventKind.TRANSPORT,
         EventKind.STOP_REQUESTED,
     }
+
+
+# Review findings: BRM length, stop requests, 2-bit status values, pause, freshness, allowance.
+
+CRM_ID = 0x1801F456
+
+
+def recognising() -> GbtSession:
+    """A session past the handshake and insulation test, sending CRM 0x00."""
+    session = plugged()
+    session.receive(rec.GBT_BHM, 0.1)
+    session.tick(0.5, LineInputs(plugged=True))
+    session.tick(1.0, LineInputs(plugged=True))
+    assert session.state is GbtState.RECOGNITION
+    return session
+
+
+def recorded_brm() -> bytes:
+    """The recorded 49-byte BRM payload, reassembled from its data packets."""
+    packets = [f.data[1:] for f in rec.GBT_BRM_TRANSFER if f.arbitration_id == 0x1CEB56F4]
+    return b"".join(packets)[:49]
+
+
+def send_transfer(session: GbtSession, pgn: int, payload: bytes, t: float) -> list[CanFrame]:
+    """Play one BMS transfer (RTS, then every data packet); return what the charger sent."""
+    rts = tp.Rts(len(payload), tp.packets_for(len(payload)), pgn)
+    sent = list(session.receive(CanFrame(0x1CEC56F4, tp.encode_cm(rts), True), t).frames)
+    for packet in tp.split_payload(payload):
+        t += 0.01
+        sent += session.receive(CanFrame(0x1CEB56F4, tp.encode_dt(packet), True), t).frames
+    return sent
+
+
+def bms_frame(name: str, **signals: float) -> CanFrame:
+    """A BMS message: the recorded BSM, or all signals 0, with the given signals changed."""
+    if name == "BSM":
+        values = CODEC.decode("BSM", rec.GBT_BSM.data).signals | signals
+    else:
+        values = dict.fromkeys(CODEC.signal_names(name), 0.0) | signals
+    return CanFrame(CODEC.frame_id(name), CODEC.encode(name, values), is_extended_id=True)
+
+
+def test_41_byte_brm_of_the_table_is_accepted() -> None:
+    """A BRM of the table's 41 bytes (no BMS software version) gives the VIN and CRM 0xAA."""
+    session = recognising()
+    send_transfer(session, 0x0200, recorded_brm()[:41], 1.1)
+    assert session.malformed_frames == 0
+    assert session.receive(rec.GBT_BSM, 1.2).state.identity == "L1NSPGH98NA196202"
+    crm = [f for t in (1.25, 1.5) for f in session.tick(t, LineInputs(plugged=True)).frames]
+    assert any(f.arbitration_id == CRM_ID and f.data[0] == 0xAA for f in crm)
+
+
+def test_crm_aa_goes_out_as_soon_as_brm_completes() -> None:
+    """The frame that completes BRM is answered with CRM 0xAA at once, as the recorded charger
+    did (1.5 ms after its EndOfMsgAck), not up to a CRM period later."""
+    session = recognising()
+    sent = send_transfer(session, 0x0200, recorded_brm(), 1.1)
+    assert sent[-2].data[0] == 0x13  # EndOfMsgAck
+    # CRM 0xAA, charger number 1, region "123" (FAST)
+    assert (sent[-1].arbitration_id, sent[-1].data.hex()) == (CRM_ID, "aa01000000313233")
+
+
+def test_bst_before_parameter_exchange_is_a_stop_request() -> None:
+    """BST during recognition: stop requested and the session stops, as later in the session."""
+    session = recognising()
+    step = session.receive(bms_frame("BST", StopSocReached=1), 1.1)
+    assert step.state.stop_requested
+    assert EventKind.STOP_REQUESTED in {e.kind for e in step.events}
+    assert step.state.phase is VehiclePhase.STOPPING
+
+
+UNTRUSTED = {
+    "BEM CCS untrusted": ("BEM", {"TimeoutCcs": 2}),
+    "BST insulation untrusted": ("BST", {"FaultInsulation": 2}),
+    "BSM insulation not available": ("BSM", {"InsulationStatus": 3}),
+    "BSM connector not available": ("BSM", {"OutputConnectorStatus": 3}),
+}
+
+
+@pytest.mark.parametrize(("name", "signals"), UNTRUSTED.values(), ids=UNTRUSTED.keys())
+def test_untrusted_or_unavailable_safety_status_is_a_fault(
+    name: str, signals: dict[str, float]
+) -> None:
+    """BEM/BST '10' (untrusted) and BSM insulation/connector '11' (not available) are faults."""
+    session = plugged()
+    step = session.receive(bms_frame(name, **signals), 0.1)
+    assert step.state.phase is VehiclePhase.FAULT
+    assert step.state.faults
+
+
+def test_bsm_pause_is_time_limited() -> None:
+    """BSM 'charging forbidden' pauses; past the pause limit the charger stops with a CST."""
+    faults = FaultInjection()
+    b = bench(faults=faults)
+    b.session = GbtSession(GbtChargerConfig(insulation_test_s=0.3, pause_limit_s=1.0))
+    b.session.allow_energy_transfer(True)
+    charging(b)
+    faults.charging_forbidden = True
+    paused = b.now
+    b.run(0.5)
+    assert b.trace.last.phase is VehiclePhase.ENERGY_TRANSFER
+    assert not b.trace.last.charge_permitted
+    end = b.run(4.0, until=lambda s: s.phase is VehiclePhase.ENDED).last
+    first_cst = b.trace.frames(CST_ID)[0]
+    assert 1.0 <= first_cst[0] - paused <= 1.4
+    assert CODEC.decode("CST", first_cst[1]).signals["StopConditionsReached"] == 1
+    assert end.phase is VehiclePhase.ENDED
+    assert end.faults == ()
+
+
+def test_zero_measured_current_is_plus_zero() -> None:
+    """The recorded BCS with 0 A reads +0.0 A in the controller's sign, not -0.0."""
+    session = recognising()
+    t = 1.0
+    for frame in (*rec.GBT_BRM_TRANSFER, *rec.GBT_BCP_TRANSFER, *rec.GBT_BCS_TRANSFER):
+        if frame.arbitration_id != 0x1CECF456:
+            t += 0.01
+            state = session.receive(frame, t).state
+    assert state.pack_current_a == 0.0
+    assert math.copysign(1.0, state.pack_current_a) == 1.0
+
+
+def test_stop_waits_for_a_measured_low_current() -> None:
+    """A stage that never reports: no assumed 0 A after CST; fault, contactors open at 2 s."""
+    b = bench()
+    b.report_output = False
+    charging(b)
+    stop = b.now
+    b.session.end(b.now)
+    b.run(0.5)
+    assert b.trace.last.phase is VehiclePhase.FAULT
+    assert any("not confirmed" in f for f in b.trace.last.faults)
+    assert b.lines.outputs.contactors
+    b.run(1.7)
+    opened = next(t for t, s in b.trace.steps if t > stop and not s.outputs.contactors)
+    assert 2.0 <= opened - stop <= 2.1
+
+
+def test_transfer_starts_and_holds_while_commanded_power_is_zero() -> None:
+    """With transfer allowed and the stage at 0 A the session reaches and keeps charging."""
+    b = bench()
+    b.direction = 0
+    charging(b)
+    b.run(3.0)
+    assert b.trace.last.phase is VehiclePhase.ENERGY_TRANSFER
+    assert b.trace.last.faults == ()
+    assert b.trace.last.charge_permitted
+
+
+def test_withdrawn_allowance_stops_with_cst() -> None:
+    """allow_energy_transfer(False) while charging: CST (charger stop), statistics, no fault."""
+    b = bench()
+    charging(b)
+    b.session.allow_energy_transfer(False)
+    b.run(0.05)
+    assert b.trace.last.phase is VehiclePhase.STOPPING
+    end = b.run(4.0, until=lambda s: s.phase is VehiclePhase.ENDED).last
+    cst = CODEC.decode("CST", b.trace.frames(CST_ID)[0][1]).signals
+    assert (cst["StopManual"], cst["StopFault"]) == (1, 0)
+    assert end.phase is VehiclePhase.ENDED
+    assert end.faults == ()
+    assert not end.stop_requested
+
+
+def test_limits_read_zero_amps_before_any_demand() -> None:
+    """Before the first BCL both current limits read 0 A, never None ("not reported")."""
+    state = recognising().receive(rec.GBT_BSM, 1.1).state
+    assert (state.charge_current_limit_a, state.discharge_current_limit_a) == (0.0, 0.0)
