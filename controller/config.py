@@ -67,7 +67,7 @@ class SiteConfig(_Section):
 # protocol bitrate: the config gives it.
 DEFAULT_BITRATE_BPS = {"chademo": 500_000, "gbt27930": 250_000}
 
-LineName = Literal["plugged", "k", "d1", "d2", "contactors", "lock"]
+LineName = Literal["plugged", "k", "emergency_stop", "d1", "d2", "contactors", "lock"]
 
 # The lines a protocol's session cannot run without (the lock is optional: some connectors lock
 # in hardware). CHAdeMO: d1 -> k -> d2 sequence; GB/T 27930: CC1 (plugged), K3/K4 auxiliary power
@@ -118,6 +118,12 @@ class GpioOffsets(_Section):
         ge=0,
         le=1023,
         description="Input: CHAdeMO charge-permission line k, pulled by the vehicle.",
+    )
+    emergency_stop: int | None = Field(
+        default=None,
+        ge=0,
+        le=1023,
+        description="Input: the charger's emergency stop switch (usually active_low).",
     )
     d1: int | None = Field(
         default=None,

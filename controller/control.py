@@ -8,6 +8,7 @@ the core itself is pure: each call passes the state in and keeps the state it re
 from __future__ import annotations
 
 import datetime as dt
+from collections.abc import Callable
 
 from controller.config import Config, TimeWindow
 from controller.core.policy import (
@@ -95,11 +96,13 @@ def policy_from_config(config: Config) -> Policy:
 class CoreControlStep:
     """A ``daemon.ControlStep`` that runs the safety core and keeps its state."""
 
-    def __init__(self, policy: Policy, *, emergency_stop: bool = False) -> None:
+    def __init__(
+        self, policy: Policy, *, emergency_stop: Callable[[], bool] = lambda: False
+    ) -> None:
         self.policy = policy
         self.state = CoreState()
         self.last: Decision | None = None
-        self.emergency_stop = emergency_stop
+        self._emergency_stop = emergency_stop  # the board's E-stop input, read every decision
 
     def reset_faults(self) -> FaultReset:
         """A manual fault reset (technician or aggregator command)."""
@@ -118,7 +121,7 @@ class CoreControlStep:
             vehicle=vehicle,
             inverter=inverter,
             setpoint=setpoint,
-            emergency_stop=self.emergency_stop,
+            emergency_stop=self._emergency_stop(),
         )
         decision, self.state = decide(inputs, self.state, Now(monotonic_s, wall), self.policy)
         self.last = decision
@@ -145,7 +148,11 @@ class CoreControlStep:
     def _session_allowed(self, inverter: InverterState | None, now_s: float) -> bool:
         """The charger side is ready to move energy: nothing latched, no E-stop, a healthy and
         fresh inverter. The vehicle's own state is the core's business once transfer starts."""
-        if self.state.fault_latch.latched or self.state.stop_latch.latched or self.emergency_stop:
+        if (
+            self.state.fault_latch.latched
+            or self.state.stop_latch.latched
+            or self._emergency_stop()
+        ):
             return False
         return (
             inverter is not None

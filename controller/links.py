@@ -82,6 +82,10 @@ class VehicleLink(Link, Protocol):
         """End the vehicle session cleanly (normal stop sequence), bounded in time."""
         ...
 
+    def emergency_stop_pressed(self) -> bool:
+        """The charger board's emergency stop input (the link owns the board's lines)."""
+        ...
+
 
 class InverterLink(Link, Protocol):
     """The bidirectional inverter over Modbus. The daemon is its only writer."""

@@ -59,5 +59,8 @@ class UnavailableLink:
     async def end_session(self) -> None:
         return
 
+    def emergency_stop_pressed(self) -> bool:
+        return False  # no board lines: nothing reports it (and without data power stays 0 W)
+
     async def publish_offline(self) -> None:
         return

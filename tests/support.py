@@ -93,6 +93,9 @@ class FakeVehicle(FakeLink):
         self.journal.add("vehicle.end_session")
         self.session_ended_while_running = self.running
 
+    def emergency_stop_pressed(self) -> bool:
+        return False
+
 
 class FakeInverter(FakeLink):
     def __init__(self, journal: Journal) -> None:

@@ -37,7 +37,9 @@ def test_example_config_becomes_the_policy_it_says() -> None:
     assert policy.wear.max_discharge_kwh_per_day == config.safety.max_discharge_kwh_per_day
     assert policy.fallback.mode is FallbackMode.TIME_OF_USE
     assert config.fallback.peak_window is not None
-    assert [w.start_local for w in policy.fallback.peak_windows] == [config.fallback.peak_window.start]
+    assert [w.start_local for w in policy.fallback.peak_windows] == [
+        config.fallback.peak_window.start
+    ]
     assert policy.battery_capacity_default_kwh == config.owner.battery_capacity_kwh
 
 
@@ -113,3 +115,25 @@ def test_manual_fault_reset_clears_a_latch_once_the_cause_is_gone() -> None:
     output = step(vehicle(2.1, 70.0), inverter(2.1), None, 2.1, WALL)
     assert output.faults == ()
     assert output.session_allowed
+
+
+def test_emergency_stop_input_holds_zero_and_latches() -> None:
+    """The board's E-stop: 0 W at once, no session permission, latched until it is released."""
+    pressed = [False]
+    step = CoreControlStep(
+        policy_from_config(load_config(EXAMPLE)), emergency_stop=lambda: pressed[0]
+    )
+    setpoint = Setpoint("sp-1", 0.0, 1000.0, SetpointMode.POWER, -3000.0)
+    for i in range(40):
+        now_s = 1.0 + i * 0.1
+        output = step(vehicle(now_s, 70.0), inverter(now_s), setpoint, now_s, WALL)
+    assert output.command.power_w == -3000.0
+    pressed[0] = True
+    output = step(vehicle(5.1, 70.0), inverter(5.1), setpoint, 5.1, WALL)
+    assert output.command.power_w == 0.0
+    assert not output.session_allowed
+    assert output.state is PowerState.FAULT
+    pressed[0] = False
+    output = step(vehicle(5.2, 70.0), inverter(5.2), setpoint, 5.2, WALL)
+    assert output.command.power_w == 0.0  # still latched: reset after the hold time
+    assert output.faults

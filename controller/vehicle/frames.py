@@ -33,10 +33,13 @@ class LineInputs:
 
     ``plugged``: the connector is in the vehicle inlet (proximity / GB/T CC1).
     ``k``: CHAdeMO vehicle charge-permission line (k), pulled by the vehicle.
+    ``emergency_stop``: the charger's emergency stop switch is pressed (IEC 61851-1 emergency
+    switching); the safety core holds 0 W and latches while it is.
     """
 
     plugged: bool = False
     k: bool = False
+    emergency_stop: bool = False
 
 
 @dataclass(frozen=True, slots=True)

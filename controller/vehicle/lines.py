@@ -28,7 +28,7 @@ from typing import Any, Literal
 from controller.errors import VehicleLinkError
 from controller.vehicle.frames import LineInputs, LineOutputs
 
-INPUT_LINES = ("plugged", "k")
+INPUT_LINES = ("plugged", "k", "emergency_stop")
 OUTPUT_LINES = ("d1", "d2", "contactors", "lock")
 CONSUMER = "v2g-controller"
 
@@ -168,7 +168,11 @@ class GpioLines:
             name: value == gpiod.line.Value.ACTIVE
             for (name, _), value in zip(self._inputs, values, strict=True)
         }
-        return LineInputs(plugged=active.get("plugged", False), k=active.get("k", False))
+        return LineInputs(
+            plugged=active.get("plugged", False),
+            k=active.get("k", False),
+            emergency_stop=active.get("emergency_stop", False),
+        )
 
     def write(self, outputs: LineOutputs) -> None:
         """Drive the outputs (one ioctl, and none when nothing changed)."""
@@ -216,7 +220,7 @@ MAGIC = b"V2GLINES"
 LAYOUT_VERSION = 1
 FILE_SIZE = 32
 _VERSION_AT = 8
-_INPUT_AT = {"plugged": 16, "k": 17}  # written by the vehicle side
+_INPUT_AT = {"plugged": 16, "k": 17, "emergency_stop": 18}  # written by the vehicle side
 _OUTPUT_AT = {"d1": 24, "d2": 25, "contactors": 26, "lock": 27}  # written by the charger side
 
 Side = Literal["charger", "vehicle"]
@@ -226,7 +230,8 @@ class SharedFileLines:
     """A simulated board's lines in a small memory-mapped file shared by two processes.
 
     Layout (32 bytes): ``V2GLINES``, a layout version byte, then one byte per line (0 or 1):
-    plugged and k at 16-17 (written by the vehicle side), d1, d2, contactors and lock at 24-27
+    plugged, k and the emergency stop at 16-18 (written by the simulated side), d1, d2,
+    contactors and lock at 24-27
     (written by the charger side). Each byte has a single writer, and a one-byte store is atomic,
     so neither side ever reads a torn value and no lock is needed.
 
@@ -294,7 +299,11 @@ class SharedFileLines:
     def read(self) -> LineInputs:
         """The inputs, as the charger sees them."""
         mapped = self._live()
-        return LineInputs(plugged=mapped[_INPUT_AT["plugged"]] != 0, k=mapped[_INPUT_AT["k"]] != 0)
+        return LineInputs(
+            plugged=mapped[_INPUT_AT["plugged"]] != 0,
+            k=mapped[_INPUT_AT["k"]] != 0,
+            emergency_stop=mapped[_INPUT_AT["emergency_stop"]] != 0,
+        )
 
     def write(self, outputs: LineOutputs) -> None:
         """The charger drives its outputs."""
@@ -327,6 +336,15 @@ class SharedFileLines:
     @k.setter
     def k(self, value: bool) -> None:
         self._set_input("k", value)
+
+    @property
+    def emergency_stop(self) -> bool:
+        """The charger's emergency stop switch (a simulated site presses it here)."""
+        return self._live()[_INPUT_AT["emergency_stop"]] != 0
+
+    @emergency_stop.setter
+    def emergency_stop(self, value: bool) -> None:
+        self._set_input("emergency_stop", value)
 
     def close(self) -> None:
         """This side lets go of its lines, then the file is unmapped; never raises."""

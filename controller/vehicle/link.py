@@ -105,6 +105,7 @@ class CanVehicleLink:
         self._wake: Wake = _no_wake
         self._bus: can.BusABC | None = None
         self._lines_open = False
+        self._emergency_stop = False
         self._failed = asyncio.Event()
         self._changed = asyncio.Event()
         self.error_frames = 0
@@ -241,10 +242,23 @@ class CanVehicleLink:
 
     def _read_lines(self) -> LineInputs | None:
         try:
-            return self._lines.read()
+            inputs = self._lines.read()
         except VehicleLinkError as exc:
+            self._note_emergency_stop(True)  # board lines unreadable: E-stop state unknown
             self._on_lines_failed(exc)
             return None
+        self._note_emergency_stop(inputs.emergency_stop)
+        return inputs
+
+    def _note_emergency_stop(self, pressed: bool) -> None:
+        if pressed != self._emergency_stop:
+            self._emergency_stop = pressed
+            log.warning("emergency stop", pressed=pressed)
+            self._wake()
+
+    def emergency_stop_pressed(self) -> bool:
+        """The board's emergency stop input, as last read (pressed while unreadable)."""
+        return self._emergency_stop
 
     def _write_lines(self, outputs: LineOutputs) -> None:
         if not self._lines_open:

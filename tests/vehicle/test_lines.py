@@ -297,3 +297,19 @@ def test_unwired_lines_never_read_plugged() -> None:
     lines.write(ALL_ON)
     assert lines.read() == LineInputs()
     lines.close()
+
+
+def test_shared_file_carries_the_emergency_stop(tmp_path: Path) -> None:
+    """The simulated site presses E-stop on its side; the charger reads it on the other."""
+    path = tmp_path / "lines"
+    charger = SharedFileLines(path, side="charger")
+    site = SharedFileLines(path, side="vehicle")
+    charger.open()
+    site.open()
+    try:
+        assert not charger.read().emergency_stop
+        site.emergency_stop = True
+        assert charger.read().emergency_stop
+    finally:
+        site.close()
+        charger.close()
