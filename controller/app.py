@@ -7,6 +7,7 @@ with the protocols in ``controller.links``.
 from __future__ import annotations
 
 import asyncio
+import os
 
 import structlog
 
@@ -14,7 +15,15 @@ from controller.aggregator.disabled import DisabledAggregator
 from controller.aggregator.link import MqttAggregatorLink
 from controller.config import Config, load_register_map
 from controller.control import CoreControlStep, policy_from_config
-from controller.daemon import ControlStep, Daemon, ExitCode, Links
+from controller.daemon import (
+    ControlStep,
+    Daemon,
+    ExitCode,
+    Links,
+    SimulatedClock,
+    WallClock,
+    real_wall_clock,
+)
 from controller.errors import ConfigError, ProtocolError, VehicleLinkError
 from controller.inverter.drivers import InverterDriver, SunSpecDriver
 from controller.inverter.link import ModbusInverterLink
@@ -83,12 +92,41 @@ def _build_aggregator(config: Config) -> AggregatorLink:
     return MqttAggregatorLink.from_config(config)
 
 
-def build_control_step(config: Config) -> ControlStep:
-    """The safety core, with the policy from the config."""
-    return CoreControlStep(policy_from_config(config))
+def build_control_step(config: Config, links: Links | None = None) -> ControlStep:
+    """The safety core, with the policy from the config and the board's E-stop input."""
+    if links is None:
+        return CoreControlStep(policy_from_config(config))
+    return CoreControlStep(
+        policy_from_config(config), emergency_stop=links.vehicle.emergency_stop_pressed
+    )
+
+
+def wall_clock_from_env() -> WallClock:
+    """The real wall clock, or the simulated one ``V2G_SIMULATED_CLOCK`` asks for.
+
+    Simulation only (``make demo`` and the hil/ suite compress a night into minutes). A charger
+    never sets it; when set, it is logged loudly. A malformed value raises ValueError.
+    """
+    clock = SimulatedClock.from_env(os.environ)
+    if clock is None:
+        return real_wall_clock
+    log.warning(
+        "SIMULATED CLOCK: tariff windows and departure follow a simulated time, not the real "
+        "one. For simulation only; never on a charger.",
+        simulated_start=clock.start.isoformat(),
+        at_unix_s=clock.at_unix_s,
+        rate=clock.rate,
+    )
+    return clock
 
 
 def run(config: Config) -> ExitCode:
     """Run the daemon until stopped; returns the process exit code."""
-    daemon = Daemon(config, build_links(config), build_control_step(config))
+    try:
+        wall_clock = wall_clock_from_env()
+    except ValueError as exc:
+        log.error("nothing started", error=str(exc))
+        return ExitCode.CONFIG
+    links = build_links(config)
+    daemon = Daemon(config, links, build_control_step(config, links), wall_clock=wall_clock)
     return asyncio.run(daemon.run())

@@ -17,6 +17,8 @@ import asyncio
 import contextlib
 import datetime as dt
 import enum
+import json
+import math
 import os
 import signal
 import time
@@ -115,6 +117,60 @@ class Links:
         return (self.vehicle, self.inverter, self.aggregator)
 
 
+WallClock = Callable[[dt.tzinfo], dt.datetime]
+
+# Simulation only (``make demo``, the hil/ suite): a simulated local time for the control policy.
+SIMULATED_CLOCK_ENV = "V2G_SIMULATED_CLOCK"
+
+
+@dataclass(frozen=True, slots=True)
+class SimulatedClock:
+    """Simulation only: the policy's wall clock runs ``rate`` times real time from ``start``.
+
+    ``start`` is the simulated time at the real Unix time ``at_unix_s``, so several processes
+    (the daemon, the plant, the demo) given the same values agree on the simulated time. Only the
+    time of day the core sees (tariff windows, departure) is simulated; freshness, ramps and
+    setpoint validity stay on the real clocks.
+    """
+
+    start: dt.datetime
+    at_unix_s: float
+    rate: float
+
+    def __call__(self, tz: dt.tzinfo) -> dt.datetime:
+        elapsed_s = (time.time() - self.at_unix_s) * self.rate
+        return (self.start + dt.timedelta(seconds=elapsed_s)).astimezone(tz)
+
+    @staticmethod
+    def from_env(environ: dict[str, str] | os._Environ[str]) -> SimulatedClock | None:
+        """The clock ``V2G_SIMULATED_CLOCK`` asks for, or None when it is not set.
+
+        The value is JSON: ``{"start": "2026-11-23T18:00:00+01:00", "at_unix_s": 1795000000.0,
+        "rate": 720}``. A malformed value raises ValueError: a simulation must not silently run
+        on the real clock.
+        """
+        text = environ.get(SIMULATED_CLOCK_ENV)
+        if not text:
+            return None
+        try:
+            data = json.loads(text)
+            start = dt.datetime.fromisoformat(data["start"])
+            at_unix_s = float(data["at_unix_s"])
+            rate = float(data["rate"])
+        except (ValueError, KeyError, TypeError) as exc:
+            raise ValueError(f"{SIMULATED_CLOCK_ENV}: {exc!r} in {text!r}") from None
+        if start.utcoffset() is None:
+            raise ValueError(f"{SIMULATED_CLOCK_ENV}: start needs a UTC offset: {text!r}")
+        if not 0 < rate <= 100_000:
+            raise ValueError(f"{SIMULATED_CLOCK_ENV}: rate must be in (0, 100000]: {text!r}")
+        return SimulatedClock(start, at_unix_s, rate)
+
+
+def real_wall_clock(tz: dt.tzinfo) -> dt.datetime:
+    """The wall clock in the site's time zone."""
+    return dt.datetime.now(tz)
+
+
 class _StopRequested(Exception):  # noqa: N818  an internal signal, not an error
     """Raised inside the TaskGroup to end it when a stop signal arrived."""
 
@@ -134,6 +190,7 @@ class Daemon:
         notifier: Notifier | None = None,
         *,
         monotonic: Callable[[], float] = time.monotonic,
+        wall_clock: WallClock = real_wall_clock,
         handle_signals: bool = True,
     ) -> None:
         self._config = config
@@ -141,6 +198,7 @@ class Daemon:
         self._step = control_step
         self._notifier = notifier if notifier is not None else Notifier()
         self._monotonic = monotonic
+        self._wall_clock = wall_clock
         self._handle_signals = handle_signals
         self._tz = zoneinfo.ZoneInfo(config.site.timezone)
         self._wake = asyncio.Event()
@@ -284,7 +342,7 @@ class Daemon:
 
     async def _cycle(self) -> None:
         now_s = self._monotonic()
-        wall = dt.datetime.now(self._tz)
+        wall = self._wall_clock(self._tz)
         vehicle, inverter = self._links.vehicle.snapshot(), self._links.inverter.snapshot()
         output = self._step(vehicle, inverter, self._links.aggregator.setpoint(), now_s, wall)
         previous = self._last_output
@@ -302,11 +360,14 @@ class Daemon:
                 reasons=list(output.reasons),
             )
         # The stage's measured output, which the vehicle is told (CHAdeMO 0x109/0x208, GB/T CCS).
-        volts = inverter.dc_voltage_v if inverter else None
-        volts = volts if volts is not None else (vehicle.pack_voltage_v if vehicle else None)
-        watts = inverter.measured_power_w if inverter else None
-        amps = watts / volts if watts is not None and volts else 0.0
-        self._links.vehicle.update_output(volts or 0.0, amps)
+        # Only what the power stage measured: never the vehicle's own figure (for CHAdeMO that
+        # is our measurement echoed back) and never 0 A for "unknown" (the session must not
+        # open contactors on a current it has not seen fall). NaN means "not measured".
+        fresh = inverter is not None and inverter.reachable
+        volts = inverter.dc_voltage_v if fresh and inverter is not None else None
+        watts = inverter.measured_power_w if inverter is not None else None
+        amps = watts / volts if fresh and watts is not None and volts else math.nan
+        self._links.vehicle.update_output(volts if volts is not None else math.nan, amps)
         self._links.vehicle.allow_energy_transfer(output.session_allowed)
         await self._links.inverter.apply(output.command)
         self._links.aggregator.report(

@@ -13,7 +13,8 @@ Two tasks share one Modbus transport (which allows one outstanding request):
 Any failure (no reply, exception response, a read-back that differs from the write, a fault
 reported by the inverter) latches the link: the snapshot carries the reason, so the core commands
 0 W, and no setpoint is written until the inverter reads healthy again and has been set up anew
-(revert timer re-armed, 0 W verified).
+(revert timer re-armed, 0 W verified). An inverter that reports a fault is told 0 W and disabled
+once, so that it cannot resume its last setpoint by itself when the fault clears.
 """
 
 from __future__ import annotations
@@ -72,6 +73,7 @@ class ModbusInverterLink:
         self._wake: Wake = lambda: None
         self._latched: str | None = None
         self._stopping = asyncio.Event()
+        self._zero_while_faulted = False
         self.writes = 0
 
     # -- InverterLink -------------------------------------------------------------------------
@@ -172,6 +174,10 @@ class ModbusInverterLink:
         if state.faults:
             if self._phase is not _Phase.FAULTED:
                 log.error("inverter reports a fault", faults=list(state.faults))
+                # Leave it at 0 W and disabled: an inverter whose fault clears by itself must
+                # not resume the last setpoint before the controller has set it up anew.
+                self._zero_while_faulted = True
+                self._command_ready.set()
             self._phase = _Phase.FAULTED
             self._written = None
         else:
@@ -211,6 +217,13 @@ class ModbusInverterLink:
             except TimeoutError:
                 pass  # heartbeat: re-send so the revert timer does not run out
             self._command_ready.clear()
+            if self._zero_while_faulted and self._phase is _Phase.FAULTED:
+                self._zero_while_faulted = False
+                try:
+                    await self._driver.command(0.0, enable=False)
+                except (InverterLinkError, ProtocolError) as exc:
+                    log.warning("could not command 0 W to the faulted inverter", error=str(exc))
+                continue
             command = self._pending
             if command is None or self._phase is not _Phase.READY or self._stopping.is_set():
                 continue

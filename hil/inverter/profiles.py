@@ -184,6 +184,8 @@ class SunSpec100Profile(_SunSpecProfile):
         img.set_raw(103, "Evt1", 1 << EVT1_HW_TEST_FAILURE if stage.fault else 0)
         img.set_raw(103, "WH", round(stage.energy_discharged_wh) % (1 << 32))
         img.set_raw(103, "TmpCab", round(stage.temperature_c))
+        if stage.dc_voltage_v is not None:
+            img.set_raw(103, "DCV", round(stage.dc_voltage_v))  # DCV_SF is 0
         if stage.actual_w > 0:
             img.set_raw(124, "ChaSt", 4)  # CHARGING
         elif stage.actual_w < 0:
@@ -287,6 +289,8 @@ class RegisterMapProfile:
         self._set(roles.energy_charged, round(stage.energy_charged_wh))
         self._set(roles.energy_discharged, round(stage.energy_discharged_wh))
         self._set(roles.temperature, stage.temperature_c)
+        if stage.dc_voltage_v is not None:
+            self._set(roles.dc_voltage, stage.dc_voltage_v)
         if roles.status is not None:
             fault_value = roles.status.fault_values[0] if roles.status.fault_values else 0
             running = 1 if stage.actual_w != 0.0 else 0

@@ -28,6 +28,8 @@ class PowerStage:
     energy_charged_wh: float = 0.0  # absorbed from the grid into the vehicle
     energy_discharged_wh: float = 0.0  # exported from the vehicle to the grid
     temperature_c: float = 35.0
+    # The DC side's voltage (the vehicle's pack, set by the plant); None: the profile's default.
+    dc_voltage_v: float | None = None
     reverts: int = 0
     commands: int = 0
     _last_step_s: float | None = None

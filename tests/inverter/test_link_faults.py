@@ -134,6 +134,21 @@ def test_fault_latches_blocks_writes_and_recovers(name: str) -> None:
     asyncio.run(scenario())
 
 
+def test_inverter_that_faults_is_left_at_zero() -> None:
+    """A faulted inverter is told 0 W and disabled, so a fault that clears by itself cannot
+    bring back the old setpoint before the controller sets it up anew."""
+
+    async def scenario() -> None:
+        rig = Rig()
+        await discharging(rig)
+        rig.sim.trip("grid loss")
+        assert await until(lambda: any("FAULT" in f for f in rig.faults()))
+        assert await until(lambda: rig.stage.target_w == 0.0)  # held at 0 W (700: WSet 0)
+        await rig.stop()
+
+    asyncio.run(scenario())
+
+
 def test_disconnect_reconnects_without_an_operator() -> None:
     """Dropped TCP connections are re-established and control resumes."""
 

@@ -1,0 +1,279 @@
+"""HIL scenarios: the real daemon process, the plant process and a real mosquitto.
+
+Every assertion is on the plant: the power its inverter stage really delivers and the SoC of the
+car's battery it moves, never on log lines. Every scenario runs on GB/T 27930 over Modbus TCP;
+the core scenario (evening discharge stopping at the floor) runs on all four combinations of
+CHAdeMO / GB/T and Modbus TCP / RTU.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import Awaitable, Callable
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from hil.conftest import Rig, make_setup, running
+from hil.harness import AggregatorClient, setpoint, until
+from hil.mosquitto import Mosquitto
+
+pytestmark = pytest.mark.hil
+
+NIGHT = "2026-11-24T04:00:00+01:00"
+DEFAULT = ("gbt27930", "tcp")
+
+
+def play(rig: Rig, scenario: Callable[[AggregatorClient], Awaitable[None]]) -> None:
+    """Run ``scenario`` with an aggregator on the rig's broker; the daemon's log on failure."""
+
+    async def main() -> None:
+        async with AggregatorClient(rig.setup.broker_port, rig.setup.prefix) as aggregator:
+            await scenario(aggregator)
+
+    try:
+        asyncio.run(main())
+    except AssertionError as exc:
+        code = rig.daemon.proc.poll() if rig.daemon.proc else None
+        raise AssertionError(
+            f"{exc}\nplant: {rig.plant.status()}\ndaemon exit code: {code}\n{rig.daemon_log()}"
+        ) from None
+
+
+async def plant_until(
+    rig: Rig, predicate: Callable[[dict[str, Any]], bool], timeout_s: float
+) -> bool:
+    return await until(lambda: predicate(rig.plant.status()), timeout_s, every_s=0.1)
+
+
+async def charger_online(aggregator: AggregatorClient) -> None:
+    """Wait until the daemon announced itself (it subscribed to setpoints before that)."""
+    assert await until(lambda: aggregator.availability()[-1:] == [b"online"], 20), "not online"
+
+
+async def discharging(rig: Rig, aggregator: AggregatorClient, power_w: float = -3000.0) -> None:
+    """Ask for ``power_w`` and wait until the plant delivers it."""
+    await charger_online(aggregator)
+    await aggregator.publish("setpoint", setpoint("discharge-1", power_w, ttl_s=120))
+    assert await plant_until(rig, lambda s: abs(s["actual_w"] - power_w) < 150, 25), (
+        f"plant never reached {power_w} W"
+    )
+
+
+@pytest.mark.parametrize(
+    ("protocol", "transport"),
+    [("gbt27930", "tcp"), ("gbt27930", "rtu"), ("chademo", "tcp"), ("chademo", "rtu")],
+)
+def test_evening_discharge_stops_at_the_soc_floor(
+    short_dir: Path, broker: Mosquitto, protocol: str, transport: str
+) -> None:
+    """An aggregator discharge at the peak drains the car to the 40 % floor and stops there."""
+    setup = make_setup(short_dir, broker, protocol, transport)
+    with running(setup, soc_pct=41.5, mode="discharge", time_factor=120) as rig:
+
+        async def scenario(aggregator: AggregatorClient) -> None:
+            await discharging(rig, aggregator, -3700.0)
+            assert await plant_until(
+                rig, lambda s: s["actual_w"] == 0.0 and s["soc_pct"] <= 40.6, 40
+            ), "discharge did not stop at the floor"
+            await asyncio.sleep(1.0)
+            status = rig.plant.status()
+            assert status["actual_w"] == 0.0
+            assert status["lowest_soc_pct"] >= 39.5
+            assert status["exported_wh"] > 400  # about 1.5 % of 40 kWh went to the grid
+
+        play(rig, scenario)
+
+
+def test_aggregator_silence_falls_back_to_the_local_policy(
+    short_dir: Path, broker: Mosquitto
+) -> None:
+    """When the setpoint expires unrenewed, the peak-window fallback (-1500 W) takes over."""
+    setup = make_setup(short_dir, broker, *DEFAULT)
+    with running(setup, soc_pct=70, mode="discharge") as rig:
+
+        async def scenario(aggregator: AggregatorClient) -> None:
+            await charger_online(aggregator)
+            await aggregator.publish("setpoint", setpoint("short", -3000.0, ttl_s=6))
+            assert await plant_until(rig, lambda s: abs(s["actual_w"] + 3000) < 150, 25)
+            assert await plant_until(rig, lambda s: abs(s["actual_w"] + 1500) < 150, 15)
+
+        play(rig, scenario)
+
+
+def test_vehicle_stop_request_mid_discharge_ends_at_zero(
+    short_dir: Path, broker: Mosquitto
+) -> None:
+    """The car asks to stop while discharging: the plant is at 0 W within 2 s."""
+    setup = make_setup(short_dir, broker, *DEFAULT)
+    with running(setup, soc_pct=70, mode="discharge") as rig:
+
+        async def scenario(aggregator: AggregatorClient) -> None:
+            await discharging(rig, aggregator)
+            rig.plant.client.request({"cmd": "vehicle", "set": {"stop_request": True}})
+            assert await plant_until(rig, lambda s: s["actual_w"] == 0.0, 2.0)
+            await asyncio.sleep(1.0)
+            assert rig.plant.status()["actual_w"] == 0.0
+
+        play(rig, scenario)
+
+
+def test_emergency_stop_mid_discharge_ends_at_zero(short_dir: Path, broker: Mosquitto) -> None:
+    """The site's emergency stop pressed while discharging: the plant is at 0 W within 1 s."""
+    setup = make_setup(short_dir, broker, *DEFAULT)
+    with running(setup, soc_pct=70, mode="discharge") as rig:
+
+        async def scenario(aggregator: AggregatorClient) -> None:
+            await discharging(rig, aggregator)
+            status = rig.plant.client.request({"cmd": "lines", "set": {"emergency_stop": True}})
+            assert status["emergency_stop"] is True
+            assert await plant_until(rig, lambda s: s["actual_w"] == 0.0, 1.0)
+            await asyncio.sleep(1.0)
+            assert rig.plant.status()["actual_w"] == 0.0
+
+        play(rig, scenario)
+
+
+def test_vehicle_over_temperature_stops_discharge(short_dir: Path, broker: Mosquitto) -> None:
+    """A pack at 60 °C (cutoff 55 °C) brings the plant to 0 W within 2 s."""
+    setup = make_setup(short_dir, broker, *DEFAULT)
+    with running(setup, soc_pct=70, mode="discharge") as rig:
+
+        async def scenario(aggregator: AggregatorClient) -> None:
+            await discharging(rig, aggregator)
+            rig.plant.client.request({"cmd": "battery", "set": {"temperature_c": 60}})
+            assert await plant_until(rig, lambda s: s["actual_w"] == 0.0, 2.0)
+
+        play(rig, scenario)
+
+
+def test_vehicle_can_silence_stops_discharge(short_dir: Path, broker: Mosquitto) -> None:
+    """The car falls silent on CAN: the plant is at 0 W within 2.5 s (1 s staleness)."""
+    setup = make_setup(short_dir, broker, *DEFAULT)
+    with running(setup, soc_pct=70, mode="discharge") as rig:
+
+        async def scenario(aggregator: AggregatorClient) -> None:
+            await discharging(rig, aggregator)
+            rig.plant.client.request({"cmd": "vehicle", "set": {"silence": True}})
+            assert await plant_until(rig, lambda s: s["actual_w"] == 0.0, 2.5)
+
+        play(rig, scenario)
+
+
+def test_inverter_unreachable_reverts_to_zero(short_dir: Path, broker: Mosquitto) -> None:
+    """The inverter stops answering: its own revert timer (3 s) leaves it at 0 W."""
+    setup = make_setup(short_dir, broker, *DEFAULT)
+    with running(setup, soc_pct=70, mode="discharge") as rig:
+
+        async def scenario(aggregator: AggregatorClient) -> None:
+            await discharging(rig, aggregator)
+            rig.plant.client.request({"cmd": "inverter", "set": {"drop_replies": True}})
+            assert await plant_until(rig, lambda s: s["actual_w"] == 0.0, 6.0)
+
+        play(rig, scenario)
+
+
+def test_inverter_fault_latches_zero(short_dir: Path, broker: Mosquitto) -> None:
+    """An inverter trip gives 0 W; once cleared, power stays off while the fault latch holds."""
+    setup = make_setup(short_dir, broker, *DEFAULT)
+    with running(setup, soc_pct=70, mode="discharge") as rig:
+
+        async def scenario(aggregator: AggregatorClient) -> None:
+            await discharging(rig, aggregator)
+            rig.plant.client.request({"cmd": "inverter", "trip": "DC overcurrent"})
+            assert await plant_until(rig, lambda s: s["actual_w"] == 0.0, 1.0)
+            # The link writes nothing to a faulted inverter (controller/inverter/link.py), so it
+            # is the inverter's revert timer (3 s) that drops the old setpoint: hold past it.
+            await asyncio.sleep(4.0)
+            assert rig.plant.status()["target_w"] == 0.0
+            rig.plant.client.request({"cmd": "inverter", "clear_fault": True})
+            for _ in range(15):  # fault_hold_s is 30 s: still 0 W 1.5 s after the clear
+                await asyncio.sleep(0.1)
+                assert rig.plant.status()["actual_w"] == 0.0
+
+        play(rig, scenario)
+
+
+def test_daemon_sigkill_mid_discharge_inverter_reverts_by_itself(
+    short_dir: Path, broker: Mosquitto
+) -> None:
+    """SIGKILL while discharging: nobody writes again, the inverter is at 0 W within ~3 s."""
+    setup = make_setup(short_dir, broker, *DEFAULT)
+    with running(setup, soc_pct=70, mode="discharge") as rig:
+
+        async def scenario(aggregator: AggregatorClient) -> None:
+            await discharging(rig, aggregator)
+            reverts = rig.plant.status()["reverts"]
+            rig.daemon.kill()
+            assert await plant_until(rig, lambda s: s["actual_w"] == 0.0, 6.0)
+            assert rig.plant.status()["reverts"] > reverts
+
+        play(rig, scenario)
+
+
+def test_broker_restart_keeps_following_the_aggregator(short_dir: Path, broker: Mosquitto) -> None:
+    """A broker restart neither stops a valid setpoint nor the next one from being followed."""
+    setup = make_setup(short_dir, broker, *DEFAULT)
+    with running(setup, soc_pct=70, mode="discharge") as rig:
+
+        async def scenario(aggregator: AggregatorClient) -> None:
+            await discharging(rig, aggregator, -3000.0)
+            broker.stop()
+            await asyncio.sleep(2.0)
+            assert abs(rig.plant.status()["actual_w"] + 3000) < 150  # setpoint still valid
+            broker.start()
+            await until(lambda: aggregator.availability()[-1:] == [b"online"], 15)
+            await aggregator.publish("setpoint", setpoint("after-restart", -2000.0, ttl_s=60))
+            assert await plant_until(rig, lambda s: abs(s["actual_w"] + 2000) < 150, 20)
+
+        play(rig, scenario)
+
+
+def test_burst_of_bad_setpoints_changes_nothing(short_dir: Path, broker: Mosquitto) -> None:
+    """Twenty malformed, oversized, expired or retained setpoints: all refused, power unchanged."""
+    setup = make_setup(short_dir, broker, *DEFAULT)
+    with running(setup, soc_pct=70, mode="discharge") as rig:
+
+        async def scenario(aggregator: AggregatorClient) -> None:
+            await discharging(rig, aggregator, -2000.0)
+            bad: list[bytes | dict[str, Any]] = [
+                b"{not json",
+                b"\xff\xfe",
+                setpoint("huge", -50_000.0),
+                setpoint("long", -3000.0, ttl_s=100_000),
+                setpoint("expired", -3000.0, ttl_s=1, issued_at="2020-01-01T00:00:00+00:00"),
+                {"id": "no-ttl", "issued_at": "2026-01-01T00:00:00Z", "power_w": -3000},
+                setpoint("nan", -3000.0) | {"power_w": "NaN"},
+                setpoint("extra", -3000.0, colour="red"),
+            ]
+            for i in range(20):
+                await aggregator.publish("setpoint", bad[i % len(bad)])
+            await aggregator.publish("setpoint", setpoint("kept-retained", -3000.0), retain=True)
+            for _ in range(30):  # 3 s of watching the plant
+                await asyncio.sleep(0.1)
+                assert abs(rig.plant.status()["actual_w"] + 2000) < 150
+            assert await until(lambda: len(aggregator.acks()) >= 22, 5)
+            refused = [a for a in aggregator.acks() if a["id"] != "discharge-1"]
+            assert refused
+            assert all(a["accepted"] is False for a in refused)
+
+        play(rig, scenario)
+
+
+def test_night_charge_reaches_the_departure_target(short_dir: Path, broker: Mosquitto) -> None:
+    """From 04:00 in the cheap window the fallback charges to 80 % and stops there."""
+    setup = make_setup(short_dir, broker, *DEFAULT)
+    with running(setup, soc_pct=77, mode="charge", time_factor=60, clock_start=NIGHT) as rig:
+
+        async def scenario(aggregator: AggregatorClient) -> None:
+            await aggregator.connected()
+            assert await plant_until(rig, lambda s: s["actual_w"] > 3000, 25), "never charged"
+            assert await plant_until(
+                rig, lambda s: s["soc_pct"] >= 79.5 and s["actual_w"] == 0.0, 40
+            ), "charge did not stop at the departure target"
+            status = rig.plant.status()
+            assert status["highest_soc_pct"] <= 81.0
+            assert status["imported_wh"] > 800
+
+        play(rig, scenario)
