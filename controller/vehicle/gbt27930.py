@@ -10,6 +10,10 @@ Phases (charger view)::
          --BST, end(), allow_energy_transfer(False), a BSM pause past its limit, or fault-->
          STOPPING (CST every 10 ms; measured output <= 5 A within 100 ms)
          --BST and <= 5 A--> STATISTICS (BSD within 10 s, then CSD) --> ENDED
+    timeouts: a missed BMS message (CEM with its flag) or a BEM (the BMS missed ours) stops energy
+         transfer first (CHARGING: CST, contactors open once <= 5 A), then RECONNECT (CEM every
+         250 ms for 1 s, if the charger saw the timeout) --> HANDSHAKE again (CHM, CRM 0x00),
+         contactors open throughout; after 3 reconnects in one plug-in the next timeout is a fault
     faults: CEM (charger saw a timeout) every 250 ms for 1 s after the stop, then ENDED (FAULT)
 
 A BST at any point before the stop is the BMS's stop request. Two-bit status values: BST and BEM
@@ -73,6 +77,8 @@ STATISTICS_TIMEOUT_S = 10.0  # GB/T 27930: 10 s to receive BSD/CSD
 STOP_CURRENT_S = 0.1  # GB/T 27930: after CST, output <= 5 A within 100 ms
 STOP_CURRENT_GIVE_UP_S = 2.0  # project choice: open contactors even if the stage never reports it
 CEM_AFTER_FAULT_S = 1.0  # project choice: CEM is repeated this long before auxiliary power goes off
+MAX_RECONNECTS = 3  # GB/T 27930: reconnect 3 times, then abort
+RECONNECT_WAIT_S = 1.0  # project choice: CEM repeated (or a quiet pause) this long before CHM again
 CST_MIN_S = 0.1  # project choice: CST for at least 100 ms (10 frames) before moving on
 CSD_REPEATS = 4  # project choice: CSD four times (1 s), as the recorded charger did
 TICK_S = 0.05  # longest sleep while a session is open
@@ -154,6 +160,7 @@ class GbtState(enum.Enum):
     STOPPING = "stopping"
     STATISTICS = "statistics"
     ERROR_REPORT = "error_report"
+    RECONNECT = "reconnect"
     ENDED = "ended"
 
     def __str__(self) -> str:
@@ -171,6 +178,7 @@ _PHASE = {
     GbtState.STOPPING: VehiclePhase.STOPPING,
     GbtState.STATISTICS: VehiclePhase.STOPPING,
     GbtState.ERROR_REPORT: VehiclePhase.FAULT,
+    GbtState.RECONNECT: VehiclePhase.HANDSHAKE,
     GbtState.ENDED: VehiclePhase.ENDED,
 }
 
@@ -232,14 +240,25 @@ class GbtSession(ChargerSession):
         self._reset()
 
     def _reset(self) -> None:
+        """A new plug-in: everything, including the reconnect count."""
         self._reset_common()
         self.state = GbtState.IDLE
-        self._bms = _Bms()
-        self._tp = tp.TpReceiver(frozenset({PGN_BRM, PGN_BCP, PGN_BCS, PGN_BMV, PGN_BMT, PGN_BSP}))
         self._since_s = 0.0
         self._due: dict[str, float] = {}
         self._last_seen: dict[str, float] = {}
         self._last_tick_s = 0.0
+        self._cem: dict[str, int] = {}
+        self._reconnects = 0  # GB/T 27930: reconnect 3 times, then abort (per plug-in)
+        self._energy_wh = 0.0
+        self._outputs = LineOutputs()
+        self._reset_communication()
+
+    def _reset_communication(self) -> None:
+        """What a reconnect starts afresh: the BMS's values and the exchange's progress."""
+        self._bms = _Bms()
+        self._tp = tp.TpReceiver(frozenset({PGN_BRM, PGN_BCP, PGN_BCS, PGN_BMV, PGN_BMT, PGN_BSP}))
+        self._last_seen.clear()
+        self._cem.clear()
         self._crm_result = NOT_READY
         self._crm_ready_s = 0.0
         self._stop_reason = ""  # "manual", "bms", "fault", "conditions"
@@ -247,10 +266,8 @@ class GbtSession(ChargerSession):
         self._bst_seen = False
         self._bsd_seen = False
         self._csd_sent = 0
-        self._cem: dict[str, int] = {}
         self._charging_started_s: float | None = None
-        self._energy_wh = 0.0
-        self._outputs = LineOutputs()
+        self._reconnect_why = ""  # set while a reconnect is under way
 
     def __repr__(self) -> str:
         return (
@@ -344,7 +361,8 @@ class GbtSession(ChargerSession):
         elif name == "BEM":
             missed = [text for field, text in _BEM_TIMEOUTS.items() if s[field] == 1]
             if missed:
-                self._fault(f"GB/T BEM: BMS timed out waiting for {', '.join(missed)}", now)
+                # A charger timeout: reconnect (no CEM: the charger saw no timeout itself).
+                self._lost(f"GB/T BEM: BMS timed out waiting for {', '.join(missed)}", now)
             # "10": the BMS cannot vouch for the flag; a BEM is an error report, so a fault.
             untrusted = [text for field, text in _BEM_TIMEOUTS.items() if s[field] == 2]
             if untrusted:
@@ -483,6 +501,8 @@ class GbtSession(ChargerSession):
                 self._fault("GB/T BSD not received within 10 s", now)
         elif st is GbtState.ERROR_REPORT and elapsed >= CEM_AFTER_FAULT_S:
             self._end(now, "error reported")
+        elif st is GbtState.RECONNECT and elapsed >= RECONNECT_WAIT_S:
+            self._restart(now)
 
     def _advance_stopping(self, elapsed: float, now: float) -> None:
         current_low = self._output_current_low()
@@ -502,6 +522,8 @@ class GbtSession(ChargerSession):
             if self._faults:
                 self._enter(GbtState.ERROR_REPORT, now, "contactors open after a fault")
                 self._unschedule("CST")
+            elif self._reconnect_why:
+                self._start_reconnect(now)
             elif self._bst_seen:
                 self._enter(GbtState.STATISTICS, now, "BST and CST exchanged")
                 self._unschedule("CST")
@@ -552,11 +574,51 @@ class GbtSession(ChargerSession):
                 if now - last > limit:
                     if field is not None:
                         self._cem[field] = 1
-                    self._fault(f"GB/T {name} not received for more than {limit:g} s", now)
+                    self._lost(f"GB/T {name} not received for more than {limit:g} s", now)
+                    break
 
     def _timeout(self, field: str, what: str, now: float) -> None:
         self._cem[field] = 1
-        self._fault(f"GB/T {what} not received in time", now)
+        self._lost(f"GB/T {what} not received in time", now)
+
+    def _lost(self, what: str, now: float) -> None:
+        """A communication timeout: stop any transfer at once, then reconnect, or abort."""
+        if self._reconnect_why:
+            return  # one restart per timeout; a BEM repeated meanwhile is the same timeout
+        if self.state not in _BEFORE_STOP:
+            self._fault(what, now)  # the session is ending anyway: report, no reconnect
+            return
+        if self._reconnects >= MAX_RECONNECTS:
+            # GB/T 27930: reconnect 3 times, then abort
+            self._fault(f"{what}; no communication after {MAX_RECONNECTS} reconnects, abort", now)
+            return
+        self._reconnects += 1
+        self._reconnect_why = f"{what}; reconnect {self._reconnects} of {MAX_RECONNECTS}"
+        self._events.append(SessionEvent(EventKind.PHASE_CHANGED, self._reconnect_why))
+        if self.state is GbtState.CHARGING:
+            # GB/T 27930 BCL/CCS: stop at once. CST, 0 A, contactors open at <= 5 A; then RECONNECT.
+            self._stop_reason = "fault"
+            self._begin_stop(now, f"{what}: energy transfer stopped before reconnecting")
+            if self._cem:
+                self._schedule(now, "CEM")  # the BMS learns of the timeout at once
+        else:
+            self._start_reconnect(now)
+
+    def _start_reconnect(self, now: float) -> None:
+        """No energy transfer, contactors open; CEM (if the charger saw the timeout) for 1 s."""
+        self._due.clear()
+        self._outputs = LineOutputs(d1=True, lock=True)
+        self._enter(GbtState.RECONNECT, now, self._reconnect_why)
+        if self._cem:
+            self._schedule(now, "CEM")
+
+    def _restart(self, now: float) -> None:
+        """GB/T 27930: communication again from the handshake (CHM, then CRM 0x00)."""
+        self._due.clear()
+        self._reset_communication()
+        self._outputs = LineOutputs(d1=True, lock=True)
+        self._enter(GbtState.HANDSHAKE, now, f"reconnect {self._reconnects}: CHM again")
+        self._schedule(now, "CHM")
 
     def _enter(self, state: GbtState, now: float, why: str) -> None:
         self.state = state
@@ -567,6 +629,8 @@ class GbtSession(ChargerSession):
         self._set_phase(phase, now, why)
 
     def _end(self, now: float, why: str) -> None:
+        if not self._faults:
+            self._reconnects = 0  # a completed session: a new one may reconnect 3 times again
         self._due.clear()
         self._outputs = LineOutputs()
         self._enter(GbtState.ENDED, now, f"{why}; auxiliary power off")
@@ -582,6 +646,7 @@ class GbtSession(ChargerSession):
             GbtState.RECOGNITION,
             GbtState.PARAMETERS,
             GbtState.CHARGER_READY,
+            GbtState.RECONNECT,
         ):
             self._due.clear()
             self._outputs = LineOutputs(d1=True, lock=True)
@@ -608,9 +673,12 @@ class GbtSession(ChargerSession):
             self._schedule(now, "CEM")
 
     def _on_end(self, now: float) -> None:
-        if self.state in (GbtState.IDLE, GbtState.ENDED, GbtState.STOPPING, GbtState.STATISTICS):
+        if self.state in (GbtState.IDLE, GbtState.ENDED, GbtState.STATISTICS):
             return
         if self.state is GbtState.ERROR_REPORT:
+            return
+        self._reconnect_why = ""  # the charger ends the session: no reconnect
+        if self.state is GbtState.STOPPING:
             return
         self._stop_reason = "manual"
         self._begin_stop(now, "charger ends the session")

@@ -21,6 +21,7 @@ class FaultInjection:
     ``open_contactor``: CHAdeMO: open the vehicle contactor during transfer (0x102.5 bit3 = 1).
     ``not_in_park``: CHAdeMO: report the shift lever out of Park (0x102.5 bit1 = 1).
     ``charging_forbidden``: GB/T: BSM says charging forbidden (byte 7 bits 5-6 = 00), all normal.
+    ``bro_silent``: GB/T: the BMS goes silent in the parameter phase (no BRO) the first N times.
     """
 
     silence: bool = False
@@ -35,3 +36,4 @@ class FaultInjection:
     open_contactor: bool = False
     not_in_park: bool = False
     charging_forbidden: bool = False
+    bro_silent: int = 0

@@ -3,7 +3,8 @@
 CHM -> BHM; CRM 0x00 -> BRM (transport) until CRM 0xAA -> BCP (transport) until CML -> BRO 0x00,
 then 0xAA until CRO 0xAA -> BCL (50 ms), BCS (transport, 250 ms), BSM (250 ms) while charging ->
 BST at the target SoC, the discharge floor or an injected stop (or in answer to CST) -> BSD until
-CSD. Current on the wire follows the standard (negative = charging); the battery model uses the
+CSD. CEM (the charger saw a timeout) puts the BMS back to waiting for CHM: the charger reconnects.
+Current on the wire follows the standard (negative = charging); the battery model uses the
 controller's sign.
 """
 
@@ -97,6 +98,7 @@ class GbtVehicle:
         self._stop_first = ""  # "bms" or "charger"
         self._out: list[CanFrame] = []
         self.transfers_done = 0
+        self.parameter_phases = 0  # times the BMS reached the parameter phase (sending BRO)
         self.stop_reason = ""
 
     def __repr__(self) -> str:
@@ -156,9 +158,12 @@ class GbtVehicle:
             self._enter(GbtVehicleState.STATISTICS, now, "BSD")
         elif name == "CSD" and st is GbtVehicleState.STATISTICS:
             self._enter(GbtVehicleState.DONE, now)
-        elif name == "CEM":
+        elif name == "CEM" and st is not GbtVehicleState.AWAKE:
+            # GB/T 27930: reconnect 3 times, then abort. Wait for CHM / CRM 0x00 again.
             self.stop_reason = "charger sent CEM"
-            self._enter(GbtVehicleState.DONE, now)
+            self._charger_current_a = 0.0
+            self._stop_first = ""
+            self._enter(GbtVehicleState.AWAKE, now)
 
     def _on_tp(self, result: tp.TpSendResult) -> None:
         for message in result.send_cm:
@@ -228,6 +233,8 @@ class GbtVehicle:
         self.state = state
         self._since_s = now
         self._due = dict.fromkeys(messages, now)
+        if state is GbtVehicleState.READY:
+            self.parameter_phases += 1
         if state is GbtVehicleState.CHARGING:
             self._last_ccs_s = now
 
@@ -255,6 +262,8 @@ class GbtVehicle:
             )
             self._start_tp(PGN_BCP, payload, now)
         elif name == "BRO":
+            if self.parameter_phases <= self.faults.bro_silent:
+                return  # injected: silent in the parameter phase
             ready = now - self._since_s >= BRO_DELAY_S
             self._send("BRO", {"BmsReady": READY if ready else 0})
         elif name == "BCL":

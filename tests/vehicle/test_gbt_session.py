@@ -25,6 +25,8 @@ FAST = GbtChargerConfig(insulation_test_s=0.3, discharge_offered=True, region_co
 CCS_ID = 0x1812F456
 CST_ID = 0x101AF456
 CEM_ID = 0x081FF456
+CHM_ID = 0x1826F456
+CRM_ID = 0x1801F456
 
 
 def bench(
@@ -142,22 +144,96 @@ def test_vehicle_stop_request_ends_normally() -> None:
     assert cst["StopByBms"] == 1
 
 
-def test_bcl_timeout_stops_within_about_one_second() -> None:
-    """BCL missing for more than 1 s faults the session and sends CEM with the BCL flag."""
+def reconnects(b: Bench) -> list[str]:
+    """The reasons of the session's reconnect events."""
+    return [
+        e.reason for _, e in b.trace.events if e.reason.startswith("GB/T") and "of 3" in e.reason
+    ]
+
+
+def test_bcl_timeout_opens_contactors_then_reconnects() -> None:
+    """BCL missing for 1 s stops transfer at once, opens the contactors, then sends CHM again."""
     faults = FaultInjection()
     b = bench(faults=faults)
     charging(b)
     faults.silence_demand = True
     silenced_at = b.now
-    b.run(3.0, until=lambda s: s.phase is VehiclePhase.FAULT)
-    fault_at = b.trace.first_time(lambda s: s.phase is VehiclePhase.FAULT)
-    assert fault_at is not None
-    assert 0.9 <= fault_at - silenced_at <= 1.2
+    b.run(3.0, until=lambda s: s.phase is not VehiclePhase.ENERGY_TRANSFER)
+    stopped_at = b.now
+    assert 0.9 <= stopped_at - silenced_at <= 1.2
     assert not b.trace.last.charge_permitted
+    assert b.trace.last.faults == ()
+    b.run(0.5)
+    opened = [t for t, s in b.trace.steps if t >= stopped_at and not s.outputs.contactors]
+    assert opened
+    assert opened[0] - silenced_at <= 1.3
+    cem_at, cem = b.trace.frames(CEM_ID)[0]
+    assert CODEC.decode("CEM", cem).signals["TimeoutBcl"] == 1
+    assert cem_at <= opened[0]
     b.run(2.0)
-    cem = CODEC.decode("CEM", b.trace.frames(CEM_ID)[0][1]).signals
-    assert cem["TimeoutBcl"] == 1
+    chm_again = [t for t, _ in b.trace.frames(CHM_ID) if t > stopped_at]
+    assert chm_again
+    assert chm_again[0] > opened[0]
+    closed_again = [(t, s) for t, s in b.trace.steps if t > opened[0] and s.outputs.contactors]
+    assert not closed_again or closed_again[0][0] > chm_again[0]
+    assert reconnects(b) == [
+        "GB/T BCL not received for more than 1 s; reconnect 1 of 3",
+    ]
+    faults.silence_demand = False
+    charging(b)
+    assert b.trace.last.faults == ()
+    assert b.lines.outputs.contactors
+
+
+def test_persistent_bcl_timeout_faults_after_three_reconnects() -> None:
+    """A BMS that never sends BCL again is reconnected 3 times, then the session aborts."""
+    faults = FaultInjection()
+    b = bench(faults=faults)
+    charging(b)
+    faults.silence_demand = True
+    b.run(60.0, until=lambda s: s.phase is VehiclePhase.FAULT)
+    assert len(reconnects(b)) == 3
+    assert b.trace.last.faults == (
+        "GB/T BCL not received for more than 1 s; no communication after 3 reconnects, abort",
+    )
+    b.run(2.0)
     assert b.lines.outputs == LineOutputs()
+
+
+def test_bms_silent_in_parameters_reconnects_three_times_then_faults() -> None:
+    """No BRO in the parameter phase: CEM, CHM/CRM 0x00 again 3 times, then FAULT and stop."""
+    b = bench(faults=FaultInjection(bro_silent=99))
+    b.run(60.0, until=lambda s: s.phase is VehiclePhase.FAULT)
+    assert reconnects(b) == [
+        f"GB/T BRO 0xAA not received in time; reconnect {n} of 3" for n in (1, 2, 3)
+    ]
+    assert b.trace.last.faults == (
+        "GB/T BRO 0xAA not received in time; no communication after 3 reconnects, abort",
+    )
+    chm_starts = [t for t, _ in b.trace.frames(CHM_ID)]
+    assert len([a for a, c in itertools.pairwise(chm_starts) if c - a > 1.0]) == 3
+    assert any(d[0] == 0x00 for t, d in b.trace.frames(CRM_ID) if t > chm_starts[-1])
+    cems = [CODEC.decode("CEM", d).signals for _, d in b.trace.frames(CEM_ID)]
+    assert cems
+    assert all(c["TimeoutBro"] == 1 for c in cems)
+    assert not any(s.outputs.contactors for _, s in b.trace.steps)
+    assert isinstance(b.vehicle, GbtVehicle)
+    assert b.vehicle.parameter_phases == 4  # the BMS went through CHM/CRM again each time
+    b.run(2.0)
+    assert b.trace.last.phase is VehiclePhase.FAULT
+    assert b.lines.outputs == LineOutputs()
+
+
+def test_bms_answering_on_the_second_reconnect_charges() -> None:
+    """A BMS silent twice in the parameter phase answers on the 2nd reconnect and charges."""
+    b = bench(faults=FaultInjection(bro_silent=2))
+    b.run(30.0, until=lambda s: s.phase is VehiclePhase.ENERGY_TRANSFER)
+    b.run(0.6)
+    assert b.trace.last.phase is VehiclePhase.ENERGY_TRANSFER
+    assert len(reconnects(b)) == 2
+    assert b.trace.last.faults == ()
+    assert b.trace.last.identity == VIN
+    assert b.trace.last.charge_permitted
 
 
 def test_lost_transport_packet_is_recovered() -> None:
@@ -238,12 +314,48 @@ def test_recorded_session_frames_give_vehicle_state() -> None:
     assert (state.battery_temp_max_c, state.battery_temp_min_c) == (4, 3)
 
 
-def test_bem_is_a_fault() -> None:
-    """BEM reporting a CRM 0xAA timeout faults the session with that reason."""
+def test_bem_timeout_reconnects_three_times_then_faults() -> None:
+    """BEM (CRM 0xAA timeout) restarts the handshake without CEM; the 4th BEM aborts."""
     session = plugged()
-    step = session.receive(rec.GBT_BEM_CRM_AA_TIMEOUT, 0.1)
+    t = 0.1
+    for n in (1, 2, 3):
+        step = session.receive(rec.GBT_BEM_CRM_AA_TIMEOUT, t)
+        assert step.state.phase is VehiclePhase.HANDSHAKE
+        assert step.state.faults == ()
+        assert [e.reason for e in step.events] == [
+            f"GB/T BEM: BMS timed out waiting for CRM 0xAA; reconnect {n} of 3"
+        ]
+        assert not step.outputs.contactors
+        assert session.receive(rec.GBT_BEM_CRM_AA_TIMEOUT, t + 0.25).events == ()  # one restart
+        t += 1.5
+        step = session.tick(t, LineInputs(plugged=True))
+        assert session.state is GbtState.HANDSHAKE
+        assert [f.arbitration_id for f in step.frames] == [CHM_ID]
+        assert CEM_ID not in [f.arbitration_id for f in step.frames]
+        t += 0.1
+    step = session.receive(rec.GBT_BEM_CRM_AA_TIMEOUT, t)
     assert step.state.phase is VehiclePhase.FAULT
-    assert step.state.faults == ("GB/T BEM: BMS timed out waiting for CRM 0xAA",)
+    assert step.state.faults == (
+        "GB/T BEM: BMS timed out waiting for CRM 0xAA; no communication after 3 reconnects, abort",
+    )
+
+
+def test_reconnect_count_resets_on_unplug() -> None:
+    """The 3 reconnects are counted per plug-in: a new plug-in may reconnect again."""
+    session = plugged()
+    t = 0.1
+    for _ in range(3):
+        session.receive(rec.GBT_BEM_CRM_AA_TIMEOUT, t)
+        t += 1.5
+        session.tick(t, LineInputs(plugged=True))
+    for _ in range(40):
+        t += 0.05
+        session.tick(t, LineInputs(plugged=False))
+    assert session.phase is VehiclePhase.UNPLUGGED
+    session.tick(t + 0.1, LineInputs(plugged=True))
+    step = session.receive(rec.GBT_BEM_CRM_AA_TIMEOUT, t + 0.2)
+    assert step.state.faults == ()
+    assert "reconnect 1 of 3" in step.events[0].reason
 
 
 def test_noise_from_other_nodes_is_dropped() -> None:
@@ -284,8 +396,6 @@ def test_any_bms_payload_never_crashes_the_session(frame_id: int, payload: bytes
 
 
 # Review findings: BRM length, stop requests, 2-bit status values, pause, freshness, allowance.
-
-CRM_ID = 0x1801F456
 
 
 def recognising() -> GbtSession:

@@ -241,12 +241,18 @@ def test_vehicle_stop_request(protocol: str) -> None:
 
 @pytest.mark.parametrize("protocol", PROTOCOLS)
 def test_current_demand_timeout(protocol: str) -> None:
-    """Current demand (0x102 / BCL) missing for more than 1 s faults the session."""
+    """Current demand (0x102 / BCL) missing for more than 1 s stops transfer (GB/T: reconnect)."""
 
     async def scenario(rig: Rig) -> None:
         await rig.until(transferring, 8.0)
         rig.faults.silence_demand = True
         silenced = time.monotonic()
+        if protocol == "gbt27930":  # GB/T 27930: reconnect 3 times, then abort
+            stopped = await rig.until(lambda s: s.phase is not VehiclePhase.ENERGY_TRANSFER, 3.0)
+            assert 0.9 <= stopped - silenced <= 2.0
+            assert not rig.state().charge_permitted
+            assert rig.state().faults == ()
+            return
         faulted = await rig.until(lambda s: s.phase is VehiclePhase.FAULT, 3.0)
         assert 0.9 <= faulted - silenced <= 2.0
         state = rig.state()
