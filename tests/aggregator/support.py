@@ -9,7 +9,6 @@ import json
 import ssl
 import time
 from collections.abc import Callable
-from dataclasses import dataclass
 from types import TracebackType
 from typing import Any
 
@@ -22,6 +21,8 @@ from controller.aggregator.link import MqttAggregatorLink
 from controller.config import Config, parse_config
 from controller.core.snapshots import PowerState
 from controller.links import ControlReport, LinkStatus
+from hil.harness import Received
+from hil.harness import until as hil_until
 
 PREFIX = "v2g/site-1/c1"
 
@@ -96,22 +97,8 @@ def report(
 
 
 async def until(predicate: Callable[[], bool], timeout_s: float = 5.0) -> bool:
-    deadline = time.monotonic() + timeout_s
-    while time.monotonic() < deadline:
-        if predicate():
-            return True
-        await asyncio.sleep(0.01)
-    return predicate()
-
-
-@dataclass(frozen=True, slots=True)
-class Received:
-    topic: str
-    payload: bytes
-    retain: bool
-
-    def json(self) -> Any:
-        return json.loads(self.payload)
+    """Poll a condition from inside the event loop (the hil harness's, at a finer step)."""
+    return await hil_until(predicate, timeout_s, every_s=0.01)
 
 
 class Aggregator:
