@@ -102,74 +102,38 @@ def test_aggregator_silence_falls_back_to_the_local_policy(
         play(rig, scenario)
 
 
-def test_vehicle_stop_request_mid_discharge_ends_at_zero(
-    short_dir: Path, broker: Mosquitto
+# One shape: discharging at 3 kW, a fault is injected into the plant, the plant must reach 0 W
+# within the bound (and, where the fault persists, stay there).
+INJECTED_STOPS: dict[str, tuple[dict[str, object], float, bool]] = {
+    # The car asks to stop (CHAdeMO 0x102 / GB/T BST): 0 W within 2 s.
+    "vehicle stop request": ({"cmd": "vehicle", "set": {"stop_request": True}}, 2.0, True),
+    # The site's emergency stop pressed: 0 W within 1 s.
+    "emergency stop": ({"cmd": "lines", "set": {"emergency_stop": True}}, 1.0, True),
+    # A pack at 60 °C (cutoff 55 °C): 0 W within 2 s.
+    "vehicle over-temperature": ({"cmd": "battery", "set": {"temperature_c": 60}}, 2.0, False),
+    # The car falls silent on CAN: 0 W within 2.5 s (1 s staleness).
+    "vehicle CAN silence": ({"cmd": "vehicle", "set": {"silence": True}}, 2.5, False),
+    # The inverter stops answering: its own revert timer (3 s) leaves it at 0 W.
+    "inverter unreachable": ({"cmd": "inverter", "set": {"drop_replies": True}}, 6.0, False),
+}
+
+
+@pytest.mark.parametrize("name", list(INJECTED_STOPS))
+def test_injected_fault_mid_discharge_ends_at_zero(
+    short_dir: Path, broker: Mosquitto, name: str
 ) -> None:
-    """The car asks to stop while discharging: the plant is at 0 W within 2 s."""
+    """A fault injected while discharging brings the plant to 0 W within its bound."""
+    request, bound_s, stays_off = INJECTED_STOPS[name]
     setup = make_setup(short_dir, broker, *DEFAULT)
     with running(setup, soc_pct=70, mode="discharge") as rig:
 
         async def scenario(aggregator: AggregatorClient) -> None:
             await discharging(rig, aggregator)
-            rig.plant.client.request({"cmd": "vehicle", "set": {"stop_request": True}})
-            assert await plant_until(rig, lambda s: s["actual_w"] == 0.0, 2.0)
-            await asyncio.sleep(1.0)
-            assert rig.plant.status()["actual_w"] == 0.0
-
-        play(rig, scenario)
-
-
-def test_emergency_stop_mid_discharge_ends_at_zero(short_dir: Path, broker: Mosquitto) -> None:
-    """The site's emergency stop pressed while discharging: the plant is at 0 W within 1 s."""
-    setup = make_setup(short_dir, broker, *DEFAULT)
-    with running(setup, soc_pct=70, mode="discharge") as rig:
-
-        async def scenario(aggregator: AggregatorClient) -> None:
-            await discharging(rig, aggregator)
-            status = rig.plant.client.request({"cmd": "lines", "set": {"emergency_stop": True}})
-            assert status["emergency_stop"] is True
-            assert await plant_until(rig, lambda s: s["actual_w"] == 0.0, 1.0)
-            await asyncio.sleep(1.0)
-            assert rig.plant.status()["actual_w"] == 0.0
-
-        play(rig, scenario)
-
-
-def test_vehicle_over_temperature_stops_discharge(short_dir: Path, broker: Mosquitto) -> None:
-    """A pack at 60 °C (cutoff 55 °C) brings the plant to 0 W within 2 s."""
-    setup = make_setup(short_dir, broker, *DEFAULT)
-    with running(setup, soc_pct=70, mode="discharge") as rig:
-
-        async def scenario(aggregator: AggregatorClient) -> None:
-            await discharging(rig, aggregator)
-            rig.plant.client.request({"cmd": "battery", "set": {"temperature_c": 60}})
-            assert await plant_until(rig, lambda s: s["actual_w"] == 0.0, 2.0)
-
-        play(rig, scenario)
-
-
-def test_vehicle_can_silence_stops_discharge(short_dir: Path, broker: Mosquitto) -> None:
-    """The car falls silent on CAN: the plant is at 0 W within 2.5 s (1 s staleness)."""
-    setup = make_setup(short_dir, broker, *DEFAULT)
-    with running(setup, soc_pct=70, mode="discharge") as rig:
-
-        async def scenario(aggregator: AggregatorClient) -> None:
-            await discharging(rig, aggregator)
-            rig.plant.client.request({"cmd": "vehicle", "set": {"silence": True}})
-            assert await plant_until(rig, lambda s: s["actual_w"] == 0.0, 2.5)
-
-        play(rig, scenario)
-
-
-def test_inverter_unreachable_reverts_to_zero(short_dir: Path, broker: Mosquitto) -> None:
-    """The inverter stops answering: its own revert timer (3 s) leaves it at 0 W."""
-    setup = make_setup(short_dir, broker, *DEFAULT)
-    with running(setup, soc_pct=70, mode="discharge") as rig:
-
-        async def scenario(aggregator: AggregatorClient) -> None:
-            await discharging(rig, aggregator)
-            rig.plant.client.request({"cmd": "inverter", "set": {"drop_replies": True}})
-            assert await plant_until(rig, lambda s: s["actual_w"] == 0.0, 6.0)
+            rig.plant.client.request(request)
+            assert await plant_until(rig, lambda s: s["actual_w"] == 0.0, bound_s)
+            if stays_off:
+                await asyncio.sleep(1.0)
+                assert rig.plant.status()["actual_w"] == 0.0
 
         play(rig, scenario)
 
@@ -183,10 +147,9 @@ def test_inverter_fault_latches_zero(short_dir: Path, broker: Mosquitto) -> None
             await discharging(rig, aggregator)
             rig.plant.client.request({"cmd": "inverter", "trip": "DC overcurrent"})
             assert await plant_until(rig, lambda s: s["actual_w"] == 0.0, 1.0)
-            # The link writes nothing to a faulted inverter (controller/inverter/link.py), so it
-            # is the inverter's revert timer (3 s) that drops the old setpoint: hold past it.
-            await asyncio.sleep(4.0)
-            assert rig.plant.status()["target_w"] == 0.0
+            # The link tells the faulted inverter 0 W at once, well before its 3 s revert timer,
+            # so a fault that clears by itself cannot bring back the old setpoint.
+            assert await plant_until(rig, lambda s: s["target_w"] == 0.0, 1.5)
             rig.plant.client.request({"cmd": "inverter", "clear_fault": True})
             for _ in range(15):  # fault_hold_s is 30 s: still 0 W 1.5 s after the clear
                 await asyncio.sleep(0.1)
