@@ -12,6 +12,7 @@ import datetime as dt
 import json
 import os
 import signal
+import ssl
 import subprocess
 import sys
 import time
@@ -19,9 +20,11 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 from types import TracebackType
-from typing import IO, Any
+from typing import IO, Any, Self
 
 import aiomqtt
+from paho.mqtt.packettypes import PacketTypes
+from paho.mqtt.properties import Properties
 from paho.mqtt.subscribeoptions import SubscribeOptions
 
 from controller.daemon import SIMULATED_CLOCK_ENV
@@ -270,17 +273,34 @@ class Received:
 class AggregatorClient:
     """The aggregator: publishes setpoints and records what the charger publishes.
 
-    Reconnects by itself when the broker restarts. An async context manager.
+    Subscribes with "retain as published" so tests can see which messages were retained, and
+    reconnects by itself when the broker restarts. With ``persistent`` its session (and the
+    QoS 1 messages queued for it while it was away) survives a restart of a persistent broker.
+    An async context manager.
     """
 
-    def __init__(self, port: int, prefix: str) -> None:
+    def __init__(
+        self,
+        port: int,
+        prefix: str,
+        *,
+        tls: ssl.SSLContext | None = None,
+        persistent: bool = False,
+        identifier: str | None = None,
+        retry_s: float = 0.1,
+    ) -> None:
         self.port = port
         self.prefix = prefix
+        self.tls = tls
+        self.persistent = persistent
+        self.identifier = identifier or f"aggregator-{os.getpid()}"
+        self.retry_s = retry_s
         self.received: list[Received] = []
+        self.subscriptions = 0  # how often it (re)connected and subscribed
         self._client: aiomqtt.Client | None = None
         self._task: asyncio.Task[None] | None = None
 
-    async def __aenter__(self) -> AggregatorClient:
+    async def __aenter__(self) -> Self:
         self._task = asyncio.create_task(self._run())
         await self.connected(10.0)
         return self
@@ -297,19 +317,26 @@ class AggregatorClient:
                 await self._task
 
     async def _run(self) -> None:
+        properties = Properties(PacketTypes.CONNECT)  # type: ignore[no-untyped-call]  # paho
+        if self.persistent:
+            properties.SessionExpiryInterval = 300
         while True:
             try:
                 async with aiomqtt.Client(
                     "127.0.0.1",
                     self.port,
-                    identifier=f"aggregator-{os.getpid()}",
+                    identifier=self.identifier,
                     protocol=aiomqtt.ProtocolVersion.V5,
+                    tls_context=self.tls,
                     timeout=3,
+                    clean_start=not self.persistent,
+                    properties=properties,
                 ) as client:
                     await client.subscribe(
                         f"{self.prefix}/#", options=SubscribeOptions(qos=1, retainAsPublished=True)
                     )
                     self._client = client
+                    self.subscriptions += 1
                     async for message in client.messages:
                         payload = message.payload
                         data = payload if isinstance(payload, bytes) else str(payload).encode()
@@ -318,7 +345,7 @@ class AggregatorClient:
                         )
             except aiomqtt.MqttError:
                 self._client = None
-                await asyncio.sleep(0.1)
+                await asyncio.sleep(self.retry_s)
 
     async def connected(self, timeout_s: float = 10.0) -> None:
         if not await until(lambda: self._client is not None, timeout_s):
@@ -335,7 +362,7 @@ class AggregatorClient:
     def on(self, suffix: str) -> list[Received]:
         return [m for m in self.received if m.topic == f"{self.prefix}/{suffix}"]
 
-    def acks(self) -> list[dict[str, Any]]:
+    def all_acks(self) -> list[dict[str, Any]]:
         acks: list[dict[str, Any]] = [m.json() for m in self.on("ack")]
         return acks
 

@@ -5,23 +5,17 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import datetime as dt
-import json
 import ssl
 import time
 from collections.abc import Callable
 from types import TracebackType
 from typing import Any
 
-import aiomqtt
-from paho.mqtt.packettypes import PacketTypes
-from paho.mqtt.properties import Properties
-from paho.mqtt.subscribeoptions import SubscribeOptions
-
 from controller.aggregator.link import MqttAggregatorLink
 from controller.config import Config, parse_config
 from controller.core.snapshots import PowerState
 from controller.links import ControlReport, LinkStatus
-from hil.harness import Received
+from hil.harness import AggregatorClient
 from hil.harness import until as hil_until
 
 PREFIX = "v2g/site-1/c1"
@@ -101,83 +95,20 @@ async def until(predicate: Callable[[], bool], timeout_s: float = 5.0) -> bool:
     return await hil_until(predicate, timeout_s, every_s=0.01)
 
 
-class Aggregator:
-    """The aggregator's side: publishes setpoints and records everything under the prefix.
-
-    Subscribes with "retain as published" so tests can see which messages were retained, and
-    reconnects by itself when the broker restarts. With ``persistent`` its session (and the
-    QoS 1 messages queued for it while it was away) survives a restart of a persistent broker.
-    """
+class Aggregator(AggregatorClient):
+    """The aggregator's side in these tests: the hil harness's client on this test prefix."""
 
     def __init__(
         self, port: int, tls: ssl.SSLContext | None = None, *, persistent: bool = False
     ) -> None:
-        self.port = port
-        self.tls = tls
-        self.persistent = persistent
-        self.received: list[Received] = []
-        self._client: aiomqtt.Client | None = None
-        self._task: asyncio.Task[None] | None = None
-        self.subscriptions = 0
-
-    async def __aenter__(self) -> Aggregator:
-        self._task = asyncio.create_task(self._run())
-        assert await until(lambda: self._client is not None), "aggregator client not connected"
-        return self
-
-    async def __aexit__(
-        self,
-        exc_type: type[BaseException] | None,
-        exc: BaseException | None,
-        tb: TracebackType | None,
-    ) -> None:
-        if self._task is not None:
-            self._task.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await self._task
-
-    async def _run(self) -> None:
-        properties = Properties(PacketTypes.CONNECT)  # type: ignore[no-untyped-call]  # paho
-        if self.persistent:
-            properties.SessionExpiryInterval = 300
-        while True:
-            try:
-                async with aiomqtt.Client(
-                    "127.0.0.1",
-                    self.port,
-                    identifier="aggregator-under-test",
-                    protocol=aiomqtt.ProtocolVersion.V5,
-                    tls_context=self.tls,
-                    timeout=3,
-                    clean_start=not self.persistent,
-                    properties=properties,
-                ) as client:
-                    await client.subscribe(
-                        f"{PREFIX}/#", options=SubscribeOptions(qos=1, retainAsPublished=True)
-                    )
-                    self._client = client
-                    self.subscriptions += 1
-                    async for message in client.messages:
-                        self.received.append(
-                            Received(message.topic.value, message.payload, bool(message.retain))
-                        )
-            except aiomqtt.MqttError:
-                self._client = None
-                await asyncio.sleep(0.05)
-
-    async def connected(self) -> None:
-        assert await until(lambda: self._client is not None), "aggregator client not connected"
-
-    async def publish(
-        self, suffix: str, payload: bytes | dict[str, Any], retain: bool = False
-    ) -> None:
-        await self.connected()
-        assert self._client is not None
-        data = payload if isinstance(payload, bytes) else json.dumps(payload).encode()
-        await self._client.publish(f"{PREFIX}/{suffix}", data, qos=1, retain=retain)
-
-    def on(self, suffix: str) -> list[Received]:
-        return [m for m in self.received if m.topic == f"{PREFIX}/{suffix}"]
+        super().__init__(
+            port,
+            PREFIX,
+            tls=tls,
+            persistent=persistent,
+            identifier="aggregator-under-test",
+            retry_s=0.05,
+        )
 
     def acks(self, setpoint_id: str | None) -> list[dict[str, Any]]:
         return [a for a in (m.json() for m in self.on("ack")) if a["id"] == setpoint_id]
