@@ -130,6 +130,21 @@ class ControlReport:
     voltage_v: float | None = None  # vehicle pack voltage
 
 
+@dataclass(frozen=True, slots=True)
+class SetpointAudit:
+    """One line of the ledger's audit trail of aggregator setpoints."""
+
+    at: dt.datetime  # aware
+    setpoint_id: str | None  # None: the payload was too broken to read one
+    action: str  # "accepted", "rejected" or "applied"
+    requested_w: float | None = None
+    applied_w: float | None = None  # for "applied": what the control cycle commanded
+    reason: str | None = None  # why rejected, or the limit that bound when applied
+
+
+AuditSink = Callable[[SetpointAudit], None]
+
+
 class AggregatorLink(Link, Protocol):
     """The aggregator over MQTT."""
 
