@@ -10,8 +10,9 @@ STAMP := $(VENV)/.installed
 SUDO := $(shell [ "$$(id -u)" -eq 0 ] || echo sudo)
 APT_PACKAGES := mosquitto socat
 PYTEST_ARGS ?=
+BENCH_ARGS ?=
 
-.PHONY: all demo test lint typecheck unit clean system-packages venv
+.PHONY: all demo test bench lint typecheck unit clean system-packages venv
 
 all: test
 
@@ -55,6 +56,11 @@ test: $(STAMP) system-packages
 	$(BIN)/ruff format --check .
 	$(BIN)/mypy
 	$(BIN)/python -m pytest $(PYTEST_ARGS)
+
+# Benchmarks (issue 8): about 25 minutes; writes bench/results.json and docs/performance.md.
+# Run it on a quiet machine: the figures are only as steady as the machine under them.
+bench: $(STAMP) system-packages
+	$(BIN)/python -m bench $(BENCH_ARGS)
 
 demo: $(STAMP) system-packages
 	$(BIN)/python -m hil.demo --config config/example.yaml

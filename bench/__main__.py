@@ -1,0 +1,246 @@
+"""`make bench`: run every benchmark, write bench/results.json and docs/performance.md.
+
+    python -m bench                 # the full run (about 25 minutes: the nominal load is 10)
+    python -m bench --quick         # a smoke run of the same code paths (figures meaningless)
+    python -m bench --only latency  # one part; merged into an existing results.json
+
+Each part (bench/latency.py, bench/ingest.py, bench/load.py) runs the real daemon, simulators
+and broker and returns its figures; this module adds the machine they ran on, compares them with
+the targets of issue 8, and renders the table. Figures are measured, never edited by hand.
+"""
+
+from __future__ import annotations
+
+import argparse
+import datetime as dt
+import importlib
+import importlib.metadata
+import json
+import os
+import platform
+import shutil
+import subprocess
+import sys
+import tempfile
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+ROOT = Path(__file__).resolve().parent.parent
+RESULTS = ROOT / "bench" / "results.json"
+REPORT = ROOT / "docs" / "performance.md"
+PARTS = ("latency", "ingest", "load")
+
+
+@dataclass(frozen=True, slots=True)
+class Target:
+    key: str  # in results.json; "a.b" reads a nested value
+    label: str
+    unit: str
+    limit: float
+    at_most: bool  # True: the figure must be <= limit; False: >= limit
+    floor_key: str | None = None  # the bare-library figure measured beside it, same run
+
+    def value(self, results: dict[str, Any]) -> float | None:
+        return _lookup(results, self.key)
+
+    def met(self, results: dict[str, Any]) -> bool | None:
+        value = self.value(results)
+        if value is None:
+            return None
+        return value <= self.limit if self.at_most else value >= self.limit
+
+
+# The targets of issue 8 (benchmarks, not timed tests).
+TARGETS = (
+    Target("fault_reaction_ms.p99", "fault reaction p99", "ms", 10, True, "fault_floor_ms"),
+    Target("setpoint_latency_ms.p99", "setpoint latency p99", "ms", 20, True, "setpoint_floor_ms"),
+    Target("can_ingest_fps", "CAN ingest, zero drops", "frames/s", 8000, False),
+    Target("can_cost_ratio", "CAN cost per frame / bare decode", "x", 1.5, True),
+    Target("nominal_cpu_pct", "nominal CPU", "% of one core", 3, True),
+    Target("rss_mb", "RSS", "MB", 60, True),
+    Target("rss_growth_mb_per_h", "RSS growth", "MB/h", 1, True),
+    Target("ready_s", "start to READY", "s", 1.5, True),
+)
+
+
+def _lookup(results: dict[str, Any], key: str) -> float | None:
+    node: Any = results
+    for part in key.split("."):
+        if not isinstance(node, dict) or part not in node:
+            return None
+        node = node[part]
+    return float(node) if isinstance(node, int | float) and not isinstance(node, bool) else None
+
+
+def _command_output(args: list[str]) -> str:
+    try:
+        done = subprocess.run(args, capture_output=True, text=True, timeout=10, check=False)
+    except (OSError, subprocess.TimeoutExpired):
+        return "not found"
+    text = (done.stdout or done.stderr).strip().splitlines()
+    return text[0] if text else "not found"
+
+
+def machine() -> dict[str, Any]:
+    """What the figures were measured on: they mean little without it."""
+    cpu = "unknown"
+    with Path("/proc/cpuinfo").open(encoding="utf-8") as cpuinfo:
+        for line in cpuinfo:
+            if line.startswith(("model name", "Model")):
+                cpu = line.split(":", 1)[1].strip()
+                break
+    versions = {}
+    for package in ("pymodbus", "python-can", "cantools", "aiomqtt", "paho-mqtt", "structlog"):
+        try:
+            versions[package] = importlib.metadata.version(package)
+        except importlib.metadata.PackageNotFoundError:
+            versions[package] = "not installed"
+    mosquitto = shutil.which("mosquitto") or "/usr/sbin/mosquitto"
+    return {
+        "cpu": cpu,
+        "cores": os.cpu_count(),
+        "arch": platform.machine(),
+        "kernel": platform.release(),
+        "os": _command_output(["sh", "-c", ". /etc/os-release && echo $PRETTY_NAME"]),
+        "python": platform.python_version(),
+        "mosquitto": _command_output([mosquitto, "-h"]),
+        "packages": versions,
+        "load_avg_at_start": list(os.getloadavg()),
+        "git_commit": _command_output(["git", "-C", str(ROOT), "rev-parse", "--short", "HEAD"]),
+    }
+
+
+def _fmt(value: float | None, unit: str) -> str:
+    if value is None:
+        return "not measured"
+    if unit == "frames/s":
+        return f"{value:,.0f}"
+    if abs(value) >= 100:
+        return f"{value:,.0f}"
+    return f"{value:.2f}" if abs(value) >= 1 else f"{value:.3f}"
+
+
+def render(results: dict[str, Any]) -> str:
+    """docs/performance.md from results.json."""
+    info = results["machine"]
+    rows = []
+    for target in TARGETS:
+        value = target.value(results)
+        floor = _lookup(results, target.floor_key) if target.floor_key else None
+        met = target.met(results)
+        verdict = {True: "met", False: "**missed**", None: "not measured"}[met]
+        sign = "≤" if target.at_most else "≥"
+        rows.append(
+            f"| {target.label} | {_fmt(value, target.unit)} {target.unit} | "
+            f"{_fmt(floor, target.unit) + ' ' + target.unit if floor is not None else ''} | "
+            f"{sign} {_fmt(target.limit, target.unit)} {target.unit} | {verdict} |"
+        )
+    spreads = []
+    for key in ("fault_reaction_ms", "setpoint_latency_ms"):
+        spread = results.get(key)
+        if isinstance(spread, dict):
+            spreads.append(
+                f"| {key} | {_fmt(spread.get('p50'), 'ms')} | {_fmt(spread.get('p99'), 'ms')} | "
+                f"{_fmt(spread.get('max'), 'ms')} | {spread.get('n', '')} |"
+            )
+    packages = ", ".join(f"{name} {version}" for name, version in info["packages"].items())
+    notes = results.get("notes", {})
+    quick = " (QUICK: a smoke run, the figures mean nothing)" if results.get("quick") else ""
+    note_lines = [f"- **{part}**: {text}" for part, text in notes.items() if text]
+    lines = [
+        "# Performance",
+        "",
+        "For developers and reviewers. Every figure below was measured by `make bench`",
+        "(`python -m bench`), which writes `bench/results.json` and this page; nothing here is",
+        "typed by hand. How each figure is measured is in the docstrings of `bench/latency.py`,",
+        "`bench/ingest.py` and `bench/load.py`, and summarised below.",
+        "",
+        f"Run: {results['finished_at']} ({results['duration_s'] / 60:.1f} min), "
+        f"`{results['command']}`{quick}.",
+        "",
+        f"Machine: {info['cpu']}, {info['cores']} cores, {info['arch']}, {info['os']}, "
+        f"kernel {info['kernel']}, Python {info['python']}; {info['mosquitto']}; {packages}; "
+        f"load average at start {', '.join(f'{x:.2f}' for x in info['load_avg_at_start'])}; "
+        f"commit {info['git_commit']}.",
+        "",
+        "## Against the targets",
+        "",
+        "The floor is the bare library doing the same job, measured in the same run.",
+        "",
+        "| figure | measured | floor | target | |",
+        "|---|---|---|---|---|",
+        *rows,
+        "",
+        "## Latency spread",
+        "",
+        "| figure | p50 ms | p99 ms | max ms | trials |",
+        "|---|---|---|---|---|",
+        *spreads,
+        "",
+        "## How each figure is measured",
+        "",
+        *note_lines,
+        "",
+        "The full JSON, with every informational figure, is `bench/results.json`.",
+        "",
+    ]
+    return "\n".join(lines)
+
+
+def _load_part(name: str) -> Callable[..., dict[str, Any]]:
+    module = importlib.import_module(f"bench.{name}")
+    runner: Callable[..., dict[str, Any]] = module.run
+    return runner
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="python -m bench", description=__doc__.split("\n")[0])
+    parser.add_argument("--quick", action="store_true", help="smoke run; figures not meaningful")
+    parser.add_argument("--only", choices=PARTS, action="append", help="run only these parts")
+    parser.add_argument("--results", type=Path, default=RESULTS)
+    parser.add_argument("--report", type=Path, default=REPORT)
+    args = parser.parse_args(argv)
+    parts = tuple(args.only) if args.only else PARTS
+    results: dict[str, Any] = {}
+    if args.only and args.results.exists():
+        results = json.loads(args.results.read_text(encoding="utf-8"))
+    started_s = time.monotonic()
+    results["machine"] = machine()
+    results.setdefault("notes", {})
+    results.setdefault("parts", {})
+    for name in parts:
+        print(f"bench: {name} ...", file=sys.stderr, flush=True)
+        part_started_s = time.monotonic()
+        with tempfile.TemporaryDirectory(prefix=f"bench-{name}-") as workdir:
+            figures = _load_part(name)(workdir=Path(workdir), quick=args.quick)
+        note = figures.pop("note", "")
+        results.update(figures)
+        results["notes"][name] = note
+        results["parts"][name] = {"duration_s": round(time.monotonic() - part_started_s, 1)}
+        print(f"bench: {name} done: {json.dumps(figures)}", file=sys.stderr, flush=True)
+    results["quick"] = args.quick
+    results["command"] = "make bench" + (" BENCH_ARGS=--quick" if args.quick else "")
+    results["finished_at"] = dt.datetime.now(dt.UTC).isoformat(timespec="seconds")
+    results["duration_s"] = round(time.monotonic() - started_s, 1)
+    results["targets"] = {
+        target.key: {"limit": target.limit, "at_most": target.at_most, "met": target.met(results)}
+        for target in TARGETS
+    }
+    args.results.parent.mkdir(parents=True, exist_ok=True)
+    args.results.write_text(json.dumps(results, indent=2, sort_keys=True) + "\n", encoding="utf-8")
+    args.report.write_text(render(results), encoding="utf-8")
+    for target in TARGETS:
+        value = target.value(results)
+        print(
+            f"{target.label:40} {_fmt(value, target.unit):>14} {target.unit:14} "
+            f"{'met' if target.met(results) else 'MISSED'}"
+        )
+    print(f"wrote {args.results} and {args.report}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
