@@ -8,6 +8,8 @@ from __future__ import annotations
 
 import asyncio
 import os
+import sqlite3
+import zoneinfo
 
 import structlog
 
@@ -29,19 +31,25 @@ from controller.inverter.drivers import InverterDriver, SunSpecDriver
 from controller.inverter.link import ModbusInverterLink
 from controller.inverter.regmap import RegisterMapDriver
 from controller.inverter.transport import Endpoint, ModbusTransport, SerialEndpoint, TcpEndpoint
-from controller.links import AggregatorLink, InverterLink, VehicleLink
+from controller.ledger.db import LedgerError, open_database
+from controller.ledger.ledger import Ledger
+from controller.ledger.outbox import DurableOutbox
+from controller.links import AggregatorLink, AuditSink, InverterLink, VehicleLink
 from controller.unavailable import UnavailableLink
 from controller.vehicle.factory import build_vehicle_link
 
 log = structlog.get_logger(component="app")
 
 
-def build_links(config: Config) -> Links:
-    """The three links the config describes."""
+def build_links(
+    config: Config, *, durable: DurableOutbox | None = None, audit: AuditSink | None = None
+) -> Links:
+    """The three links the config describes; the aggregator link stores its records in
+    ``durable`` (the ledger's store-and-forward outbox) and reports setpoints to ``audit``."""
     return Links(
         vehicle=_build_vehicle(config),
         inverter=_build_inverter(config),
-        aggregator=_build_aggregator(config),
+        aggregator=_build_aggregator(config, durable=durable, audit=audit),
     )
 
 
@@ -86,10 +94,12 @@ def _build_inverter(config: Config) -> InverterLink:
     )
 
 
-def _build_aggregator(config: Config) -> AggregatorLink:
+def _build_aggregator(
+    config: Config, *, durable: DurableOutbox | None = None, audit: AuditSink | None = None
+) -> AggregatorLink:
     if not config.aggregator.enabled:
         return DisabledAggregator()
-    return MqttAggregatorLink.from_config(config)
+    return MqttAggregatorLink.from_config(config, durable=durable, audit=audit)
 
 
 def build_control_step(config: Config, links: Links | None = None) -> ControlStep:
@@ -120,6 +130,28 @@ def wall_clock_from_env() -> WallClock:
     return clock
 
 
+def open_ledger(config: Config) -> tuple[sqlite3.Connection, Ledger] | None:
+    """The ledger database (``ledger.path``) and the ledger on it, or None if it cannot be used.
+
+    A ledger that cannot be opened (unwritable directory, corrupt file, a newer schema) must not
+    keep the charger from running safely: the daemon then runs without recording energy, and
+    says so at error level (docs/ledger.md, "When the ledger cannot be opened").
+    """
+    conn: sqlite3.Connection | None = None
+    try:
+        conn = open_database(config.ledger.path)
+        return conn, Ledger.from_config(conn, config)
+    except (LedgerError, OSError) as exc:  # db.open_database's mkdir raises OSError as is
+        if conn is not None:
+            conn.close()
+        log.error(
+            "LEDGER UNAVAILABLE: running without recording energy, sessions or the audit trail",
+            path=config.ledger.path,
+            error=str(exc),
+        )
+        return None
+
+
 def run(config: Config) -> ExitCode:
     """Run the daemon until stopped; returns the process exit code."""
     try:
@@ -127,6 +159,36 @@ def run(config: Config) -> ExitCode:
     except ValueError as exc:
         log.error("nothing started", error=str(exc))
         return ExitCode.CONFIG
-    links = build_links(config)
-    daemon = Daemon(config, links, build_control_step(config, links), wall_clock=wall_clock)
-    return asyncio.run(daemon.run())
+    opened = open_ledger(config)
+    # Store and forward: one outbox on the ledger's connection, shared by the ledger (closed
+    # sessions, in the ledger's own transaction) and the MQTT link (telemetry and events).
+    durable: DurableOutbox | None = None
+    if opened is not None:
+        try:
+            durable = DurableOutbox.from_config(opened[0], config.aggregator)
+        except LedgerError as exc:
+            log.error(
+                "store-and-forward outbox unavailable; records are sent live only", error=str(exc)
+            )
+        else:
+            opened[1].set_outbox(durable)
+    links = build_links(
+        config, durable=durable, audit=opened[1].audit if opened is not None else None
+    )
+    step = build_control_step(config, links)
+    ledger = None
+    if opened is not None:
+        ledger = opened[1]
+        if isinstance(step, CoreControlStep):
+            # The wear budget survives restarts (core/safety.py CoreState.wear_day).
+            today = wall_clock(zoneinfo.ZoneInfo(config.site.timezone)).date()
+            try:
+                step.seed_wear_budget(today, ledger.discharged_wh_on(today))
+            except LedgerError as exc:
+                log.error("wear budget not seeded from the ledger", error=str(exc))
+    daemon = Daemon(config, links, step, wall_clock=wall_clock, recorder=ledger)
+    try:
+        return asyncio.run(daemon.run())
+    finally:
+        if opened is not None:
+            opened[0].close()

@@ -668,6 +668,21 @@ class AggregatorConfig(_Section):
         le=3600,
         description="The wait doubles on each failed attempt up to this (with random jitter).",
     )
+    outbox_max_records: int = Field(
+        default=100_000,
+        ge=1000,
+        le=10_000_000,
+        description="Telemetry, events and session records kept in the ledger file while the "
+        "broker is unreachable. Over this, the oldest telemetry is dropped first, then events; "
+        "session records only when nothing else is left. 100000 holds a week at 10 s telemetry.",
+    )
+    outbox_max_age_s: float = Field(
+        default=604_800.0,
+        ge=3600,
+        le=90 * 86_400,
+        description="Stored telemetry and events older than this are dropped (session records "
+        "are never dropped for age). Default: 7 days.",
+    )
 
     @model_validator(mode="after")
     def _broker_when_enabled(self) -> Self:
@@ -846,6 +861,14 @@ class LedgerConfig(_Section):
         description="SQLite energy ledger (under the service's StateDirectory).",
     )
     tariff: TariffConfig = TariffConfig()
+    commit_interval_s: float = Field(
+        default=30.0,
+        ge=1.0,
+        le=3600.0,
+        description="Longest time between ledger commits (fewer writes spare the SD card). "
+        "Energy from inverter counters is never lost by a crash; energy integrated from measured "
+        "power, where the inverter has no counter, can lose up to this much (or 20 Wh).",
+    )
 
 
 class LoggingConfig(_Section):

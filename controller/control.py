@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import datetime as dt
 from collections.abc import Callable
+from dataclasses import replace
 
 from controller.config import Config, TimeWindow
 from controller.core.policy import (
@@ -103,6 +104,13 @@ class CoreControlStep:
         self.state = CoreState()
         self.last: Decision | None = None
         self._emergency_stop = emergency_stop  # the board's E-stop input, read every decision
+
+    def seed_wear_budget(self, day: dt.date, discharged_wh: float) -> None:
+        """Start with the energy already discharged on ``day`` (from the ledger), so a restart
+        does not hand out a fresh wear budget (core/safety.py: ``CoreState.wear_day``)."""
+        if self.state.wear_day == day and self.state.discharged_today_wh >= discharged_wh:
+            return
+        self.state = replace(self.state, wear_day=day, discharged_today_wh=max(0.0, discharged_wh))
 
     def reset_faults(self) -> FaultReset:
         """A manual fault reset (technician or aggregator command)."""

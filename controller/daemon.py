@@ -107,6 +107,25 @@ class ControlStep(Protocol):
     ) -> ControlOutput: ...
 
 
+class Recorder(Protocol):
+    """Where each control cycle is recorded (the energy ledger, ``controller.ledger``).
+
+    ``record`` runs at the end of every cycle and must be quick (it commits only now and then);
+    ``flush`` commits what is pending, in the stop sequence. Either may raise: the daemon logs
+    it and carries on, since a full disk must never stop the charger from being safe.
+    """
+
+    def record(
+        self, vehicle: VehicleState | None, inverter: InverterState | None, report: ControlReport
+    ) -> None: ...
+
+    def flush(self) -> None: ...
+
+
+# A failing recorder is logged at once, then at most this often while it keeps failing.
+RECORDER_ERROR_LOG_EVERY_S = 60.0
+
+
 @dataclass(frozen=True, slots=True)
 class Links:
     vehicle: VehicleLink
@@ -192,8 +211,12 @@ class Daemon:
         monotonic: Callable[[], float] = time.monotonic,
         wall_clock: WallClock = real_wall_clock,
         handle_signals: bool = True,
+        recorder: Recorder | None = None,
     ) -> None:
         self._config = config
+        self._recorder = recorder
+        self._recorder_error: str | None = None  # the last failure, while it lasts
+        self._recorder_error_logged_s = float("-inf")
         self._links = links
         self._step = control_step
         self._notifier = notifier if notifier is not None else Notifier()
@@ -370,27 +393,49 @@ class Daemon:
         self._links.vehicle.update_output(volts if volts is not None else math.nan, amps)
         self._links.vehicle.allow_energy_transfer(output.session_allowed)
         await self._links.inverter.apply(output.command)
-        self._links.aggregator.report(
-            ControlReport(
-                monotonic_s=now_s,
-                wall=wall,
-                state=output.state,
-                commanded_w=output.command.power_w,
-                enabled=output.command.enable,
-                setpoint_id=output.setpoint_id,
-                source=output.source,
-                binding_limit=output.binding_limit,
-                limits=output.limits,
-                max_charge_w=output.max_charge_w,
-                max_discharge_w=output.max_discharge_w,
-                soc_floor_pct=output.soc_floor_pct,
-                energy_above_floor_wh=output.energy_above_floor_wh,
-                faults=output.faults,
-                measured_power_w=watts,
-                soc_pct=vehicle.soc_pct if vehicle else None,
-                voltage_v=vehicle.pack_voltage_v if vehicle else None,
-            )
+        report = ControlReport(
+            monotonic_s=now_s,
+            wall=wall,
+            state=output.state,
+            commanded_w=output.command.power_w,
+            enabled=output.command.enable,
+            setpoint_id=output.setpoint_id,
+            source=output.source,
+            binding_limit=output.binding_limit,
+            limits=output.limits,
+            max_charge_w=output.max_charge_w,
+            max_discharge_w=output.max_discharge_w,
+            soc_floor_pct=output.soc_floor_pct,
+            energy_above_floor_wh=output.energy_above_floor_wh,
+            faults=output.faults,
+            measured_power_w=watts,
+            soc_pct=vehicle.soc_pct if vehicle else None,
+            voltage_v=vehicle.pack_voltage_v if vehicle else None,
         )
+        self._links.aggregator.report(report)
+        if self._recorder is not None:
+            self._call_recorder("record", lambda r: r.record(vehicle, inverter, report))
+
+    def _call_recorder(self, what: str, call: Callable[[Recorder], None]) -> None:
+        # The ledger never stops the control loop: a failure (disk full, file locked) is logged
+        # with its reason and retried at the next cycle; power keeps following the core.
+        assert self._recorder is not None  # noqa: S101  checked by the caller
+        try:
+            call(self._recorder)
+        except Exception as exc:  # noqa: BLE001  no recorder failure may reach the control loop
+            error = f"{type(exc).__name__}: {exc}"
+            now_s = self._monotonic()
+            if (
+                error != self._recorder_error
+                or now_s - self._recorder_error_logged_s >= RECORDER_ERROR_LOG_EVERY_S
+            ):
+                log.error("ledger not written; the charger keeps running", step=what, error=error)
+                self._recorder_error_logged_s = now_s
+            self._recorder_error = error
+        else:
+            if self._recorder_error is not None:
+                log.info("ledger written again", step=what)
+                self._recorder_error = None
 
     def _announce_ready_when_reported(self) -> None:
         statuses = {link.name: link.status for link in self._links.all()}
@@ -438,4 +483,7 @@ class Daemon:
                 log.error("stop step failed", step=what, error=f"{type(exc).__name__}: {exc}")
             else:
                 log.info("stop step done", step=what)
+        if self._recorder is not None:
+            # After power is safe: commit what the ledger has pending (a quick local write).
+            self._call_recorder("flush", lambda r: r.flush())
         self._stop_sequence_done = True

@@ -16,7 +16,8 @@ from tests.support import BASE_CONFIG, NotifyListener
 
 def start_daemon(tmp_path: Path, listener: NotifyListener) -> subprocess.Popen[str]:
     config = tmp_path / "config.yaml"
-    config.write_text(BASE_CONFIG)
+    # The ledger under the test's directory, never the default /var/lib/v2g-controller.
+    config.write_text(BASE_CONFIG + f"ledger: {{path: {tmp_path / 'ledger.sqlite'}}}\n")
     env = dict(os.environ)
     env.update(NOTIFY_SOCKET=str(listener.path), WATCHDOG_USEC="400000")
     env.pop("WATCHDOG_PID", None)

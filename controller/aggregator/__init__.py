@@ -7,7 +7,8 @@
 - ``messages.py``: the payload models, the single source of the wire format and of the JSON
   Schemas shipped in ``schemas/``;
 - ``telemetry.py``: pure mapping of control reports to telemetry, status and events;
-- ``outbox.py``: the bounded outbound queue and its drop policy;
+- ``outbox.py``: the bounded in-memory outbound queue and its drop policy (the durable
+  store-and-forward outbox is ``controller/ledger/outbox.py``);
 - ``backoff.py``: the reconnect delays;
 - ``disabled.py``: the link for a site without an aggregator.
 

@@ -18,6 +18,20 @@ Satisfies ``controller.links.AggregatorLink``. One connection at a time, owned b
 * ``report()`` never waits: it records the report, queues acks, events, status and telemetry in
   the bounded outbox (``outbox.py``), and the link's sender task publishes them while connected.
 
+Store and forward: given a ``DurableOutbox`` (``controller.ledger.outbox``, in the ledger's
+SQLite file), telemetry (every record, no longer coalesced), events and the ledger's session
+records go through it instead: they survive an outage and a restart and are published oldest
+first, up to ``PUBLISH_WINDOW`` in flight, each deleted once the broker acknowledged it. Acks
+(meaningful only live) and the retained status (re-sent on every connect) stay in memory and go
+first. Telemetry is committed without an fsync; ``sync()`` every ``TELEMETRY_SYNC_S`` bounds
+what a power cut can take (policy in ``controller/ledger/outbox.py``). A database that fails
+is logged and the message goes through the in-memory outbox instead: live delivery never
+depends on the disk. Every payload of the three kinds carries a ``record_id``.
+
+Audit: an optional ``AuditSink`` hears of every setpoint accepted, rejected (with the reason)
+and applied (the power of its ack and the binding limit); a failing sink is logged, never
+allowed to break the link.
+
 Bounded queues: incoming setpoints waiting to be validated (``INCOMING_QUEUE_MAX``; aiomqtt
 drops newer messages when full and logs it; they go unacknowledged, so the aggregator resends),
 the outbox (``OUTBOX_CAPACITY``, policy in ``outbox.py``), accepted setpoints awaiting their ack
@@ -39,9 +53,14 @@ Every aiomqtt/paho exception is translated into ``AggregatorLinkError`` here.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import datetime as dt
+import itertools
+import json
 import logging
 import random
+import secrets
+import socket
 import ssl
 import time
 from collections import OrderedDict
@@ -61,7 +80,9 @@ from controller.aggregator.messages import (
     AVAILABILITY_OFFLINE,
     AVAILABILITY_ONLINE,
     AckMessage,
-    EventMessage,
+    EventBody,
+    TelemetryBody,
+    with_record_id,
 )
 from controller.aggregator.outbox import Kind, Outbox, Outgoing
 from controller.aggregator.telemetry import (
@@ -80,7 +101,9 @@ from controller.aggregator.validation import (
 from controller.config import AggregatorConfig, Config, MqttTlsConfig
 from controller.core.snapshots import Setpoint, SetpointMode
 from controller.errors import AggregatorLinkError
-from controller.links import ControlReport, LinkStatus, Wake
+from controller.ledger.db import LedgerError
+from controller.ledger.outbox import TELEMETRY_SYNC_S, DurableOutbox, OutboxRecord
+from controller.links import AuditSink, ControlReport, LinkStatus, SetpointAudit, Wake
 
 log = structlog.get_logger(component="aggregator")
 
@@ -91,6 +114,10 @@ HOUSEKEEPING_S = 0.2  # periodic telemetry and overdue acks are looked at this o
 INCOMING_QUEUE_MAX = 32
 OUTBOX_CAPACITY = 256
 MAX_AWAITING_ACK = 64
+# Stored records in flight at once: within paho's inflight limit (20), and aiomqtt logs a
+# warning above 10 pending publishes.
+PUBLISH_WINDOW = 10
+PRUNE_EVERY_S = 60.0  # the durable outbox's age bound is applied this often
 _UNSUPPORTED_PROTOCOL_V5 = 0x84  # MQTT 5 CONNACK reason "Unsupported Protocol Version"
 _UNSUPPORTED_PROTOCOL_V311 = 0x01  # MQTT 3.1.1 CONNACK return code 1
 _SUBACK_FAILURE = 0x80
@@ -110,6 +137,11 @@ class Topics:
     telemetry: str
     availability: str  # retained; also the Last Will
     event: str
+    session: str  # the ledger's session records
+
+    def for_record(self, kind: str) -> str:
+        """The topic of a stored record's kind."""
+        return {"telemetry": self.telemetry, "event": self.event, "session": self.session}[kind]
 
     @classmethod
     def under(cls, prefix: str) -> Topics:
@@ -121,6 +153,7 @@ class Topics:
             telemetry=f"{base}/telemetry",
             availability=f"{base}/availability",
             event=f"{base}/event",
+            session=f"{base}/session",
         )
 
 
@@ -242,6 +275,8 @@ class MqttAggregatorLink:
         random01: Callable[[], float] = random.random,
         connect_timeout_s: float = CONNECT_TIMEOUT_S,
         ack_wait_s: float = ACK_WAIT_S,
+        durable: DurableOutbox | None = None,
+        audit: AuditSink | None = None,
     ) -> None:
         if config.broker is None:
             raise ValueError("the aggregator config has no broker section")
@@ -284,18 +319,36 @@ class MqttAggregatorLink:
         self._latest_report: ControlReport | None = None
         self._status_key: tuple[object, ...] | None = None
         self._unreported_drops = 0
+        self._durable = durable
+        self._audit = audit
+        self._kick = asyncio.Event()  # something was queued: wakes the sender
+        if durable is not None:
+            durable.add_listener(self._kick.set)
+        # Published stored records whose delete failed: skipped, and deleted later.
+        self._published: list[OutboxRecord] = []
+        # Ids of records that never touch the database (no durable outbox, or it failed).
+        self._writer = secrets.token_hex(8)
+        self._record_seq = itertools.count(1)
         self.connects = 0
         self.accepted = 0
         self.rejected = 0
 
     @classmethod
-    def from_config(cls, config: Config) -> MqttAggregatorLink:
+    def from_config(
+        cls,
+        config: Config,
+        *,
+        durable: DurableOutbox | None = None,
+        audit: AuditSink | None = None,
+    ) -> MqttAggregatorLink:
         broker = config.aggregator.broker
         client_id = broker.client_id if broker is not None and broker.client_id else None
         return cls(
             config.aggregator,
             topic_prefix=config.topic_prefix,
             client_id=client_id or f"v2g-{config.site.site_id}-{config.site.charger_id}",
+            durable=durable,
+            audit=audit,
         )
 
     # -- AggregatorLink -----------------------------------------------------------------------
@@ -318,6 +371,10 @@ class MqttAggregatorLink:
     def outbox(self) -> Outbox:
         return self._outbox
 
+    @property
+    def durable(self) -> DurableOutbox | None:
+        return self._durable
+
     def setpoint(self) -> Setpoint | None:
         return self._setpoint
 
@@ -339,7 +396,7 @@ class MqttAggregatorLink:
                 self._ack_applied(awaiting, report)
         self._ack_overdue(report.monotonic_s)
         for event in events_between(previous, report):
-            self._queue(Kind.EVENT, self.topics.event, event.to_json())
+            self._record_event(event)
         if self._gate.due(report, report.monotonic_s):
             self._queue_telemetry(report, report.monotonic_s)
         key = status_key(report)
@@ -378,9 +435,13 @@ class MqttAggregatorLink:
 
     async def run(self, wake: Wake) -> None:
         self._wake = wake
-        async with asyncio.TaskGroup() as tasks:
-            tasks.create_task(self._connect_loop(), name="aggregator-connect")
-            tasks.create_task(self._housekeeping(), name="aggregator-housekeeping")
+        try:
+            async with asyncio.TaskGroup() as tasks:
+                tasks.create_task(self._connect_loop(), name="aggregator-connect")
+                tasks.create_task(self._housekeeping(), name="aggregator-housekeeping")
+        finally:
+            # Stopping (or crashing): the telemetry committed without an fsync goes to disk.
+            self._durable_sync()
 
     # -- connection ---------------------------------------------------------------------------
 
@@ -444,6 +505,9 @@ class MqttAggregatorLink:
             keepalive=self._broker.keepalive_s,
             max_queued_incoming_messages=INCOMING_QUEUE_MAX,
             tls_context=context,
+            # paho leaves Nagle's algorithm on: with the peer's delayed ACK an ack or a small
+            # publish can wait up to 40 ms in the kernel (measured by bench/latency.py).
+            socket_options=((socket.IPPROTO_TCP, socket.TCP_NODELAY, 1),),
         )
 
     async def _check_tls(self, context: ssl.SSLContext) -> None:
@@ -572,13 +636,15 @@ class MqttAggregatorLink:
         if self._down_since_s is not None:
             down_s = max(0.0, now_s - self._down_since_s)
             self._down_since_s = None
-            event = EventMessage(
-                at=self._wall(),
-                kind="link_restored",
-                message=f"link to the aggregator restored after {down_s:.1f} s",
-                down_s=round(down_s, 3),
+            self._record_event(
+                EventBody(
+                    at=self._wall(),
+                    kind="link_restored",
+                    message=f"link to the aggregator restored after {down_s:.1f} s",
+                    down_s=round(down_s, 3),
+                )
             )
-            self._queue(Kind.EVENT, self.topics.event, event.to_json())
+        self._report_drops()
         if self._latest_report is not None:
             # The broker may have lost the retained status (a restart without persistence).
             self._queue_status(self._latest_report)
@@ -621,24 +687,84 @@ class MqttAggregatorLink:
             self._on_setpoint(message.payload, retained=bool(message.retain))
 
     async def _send(self, client: aiomqtt.Client) -> None:
+        """Acks and status (in memory) first, then the stored records in order of creation."""
         while True:
-            await self._outbox.wait()
             item = self._outbox.peek()
-            if item is None:
-                continue
-            await client.publish(
-                item.topic, item.payload, qos=1, retain=item.retain, timeout=self._connect_timeout_s
-            )
-            self._outbox.done(item)
-            if self._unreported_drops and not self._outbox.pending(Kind.ACK):
-                dropped, self._unreported_drops = self._unreported_drops, 0
-                event = EventMessage(
-                    at=self._wall(),
-                    kind="messages_dropped",
-                    message=f"{dropped} acks or events dropped: the outbox was full",
-                    dropped=dropped,
+            if item is not None:
+                await client.publish(
+                    item.topic,
+                    item.payload,
+                    qos=1,
+                    retain=item.retain,
+                    timeout=self._connect_timeout_s,
                 )
-                self._queue(Kind.EVENT, self.topics.event, event.to_json())
+                self._outbox.done(item)
+                if self._unreported_drops and not self._outbox.pending(Kind.ACK):
+                    dropped, self._unreported_drops = self._unreported_drops, 0
+                    self._record_event(
+                        EventBody(
+                            at=self._wall(),
+                            kind="messages_dropped",
+                            message=f"{dropped} acks or events dropped: the outbox was full",
+                            dropped=dropped,
+                        )
+                    )
+                continue
+            records = self._stored_to_send()
+            if records:
+                await self._publish_stored(client, records)
+                continue
+            self._kick.clear()
+            if self._durable is None:
+                await self._kick.wait()
+            else:
+                # Also polls: rows of a caller's open transaction become sendable on its commit.
+                with contextlib.suppress(TimeoutError):
+                    async with asyncio.timeout(HOUSEKEEPING_S):
+                        await self._kick.wait()
+
+    def _stored_to_send(self) -> list[OutboxRecord]:
+        durable = self._durable
+        if durable is None or durable.busy:
+            return []
+        after_seq = self._published[-1].seq if self._published else 0
+        try:
+            return durable.peek(PUBLISH_WINDOW, after_seq=after_seq)
+        except LedgerError as exc:
+            log.error("stored records cannot be read; retrying", error=str(exc))
+            return []
+
+    async def _publish_stored(self, client: aiomqtt.Client, records: list[OutboxRecord]) -> None:
+        """Publish a window of stored records at once (paho sends them in this order) and
+        delete them once every one was acknowledged; on a failure none is deleted, and the
+        ones that did arrive are sent again after the reconnect under the same id."""
+        results = await asyncio.gather(
+            *(
+                client.publish(
+                    self.topics.for_record(record.kind),
+                    record.payload(),
+                    qos=1,
+                    timeout=self._connect_timeout_s,
+                )
+                for record in records
+            ),
+            return_exceptions=True,
+        )
+        for result in results:
+            if isinstance(result, BaseException):
+                raise result
+        self._published.extend(records)
+        self._delete_published()
+
+    def _delete_published(self) -> None:
+        if not self._published or self._durable is None or self._durable.busy:
+            return
+        try:
+            self._durable.mark_published(self._published)
+        except LedgerError as exc:
+            log.error("published records not deleted; retrying", error=str(exc))
+            return
+        self._published.clear()
 
     # -- setpoints and acks -------------------------------------------------------------------
 
@@ -653,6 +779,7 @@ class MqttAggregatorLink:
                 id=outcome.setpoint_id, accepted=False, at=self._wall(), reason=outcome.reason
             )
             self._queue(Kind.ACK, self.topics.ack, ack.to_json())
+            self._audit_ack(ack, "rejected")
             return
         self._accept(outcome)
 
@@ -665,6 +792,15 @@ class MqttAggregatorLink:
             self._ack_unknown(oldest, "superseded before any control cycle reported")
         self._awaiting_ack[setpoint.setpoint_id] = _AwaitingAck(
             setpoint.setpoint_id, setpoint.power_w, setpoint.received_at_s, setpoint.mode
+        )
+        requested_w = None if setpoint.mode is SetpointMode.RELEASE else setpoint.power_w
+        self._audit_line(
+            SetpointAudit(
+                at=self._wall(),
+                setpoint_id=setpoint.setpoint_id,
+                action="accepted",
+                requested_w=requested_w,
+            )
         )
         log.info(
             "setpoint accepted",
@@ -695,6 +831,7 @@ class MqttAggregatorLink:
             binding_limit=binding,
         )
         self._queue(Kind.ACK, self.topics.ack, ack.to_json())
+        self._audit_ack(ack, "applied")
 
     def _ack_unknown(self, awaiting: _AwaitingAck, reason: str) -> None:
         ack = AckMessage(
@@ -705,6 +842,7 @@ class MqttAggregatorLink:
             reason=reason,
         )
         self._queue(Kind.ACK, self.topics.ack, ack.to_json())
+        self._audit_ack(ack, "applied")
 
     def _ack_overdue(self, now_s: float) -> None:
         """Ack setpoints no control cycle followed within ``ack_wait_s``."""
@@ -732,11 +870,40 @@ class MqttAggregatorLink:
                 binding_limit=binding,
             )
             self._queue(Kind.ACK, self.topics.ack, ack.to_json())
+            self._audit_ack(ack, "applied")
+
+    def _audit_ack(self, ack: AckMessage, action: str) -> None:
+        """The audit line of an ack: for "applied", the reason is the binding limit (or why
+        the applied power is unknown)."""
+        self._audit_line(
+            SetpointAudit(
+                at=ack.at,
+                setpoint_id=ack.id,
+                action=action,
+                requested_w=ack.requested_power_w,
+                applied_w=ack.applied_power_w,
+                reason=ack.reason if ack.binding_limit is None else ack.binding_limit,
+            )
+        )
+
+    def _audit_line(self, line: SetpointAudit) -> None:
+        if self._audit is None:
+            return
+        try:
+            self._audit(line)
+        except Exception as exc:  # noqa: BLE001  the sink is the ledger's code: never ours to die of
+            log.error(
+                "setpoint audit not recorded",
+                setpoint_id=line.setpoint_id,
+                action=line.action,
+                error=f"{type(exc).__name__}: {exc}",
+            )
 
     # -- outbound -----------------------------------------------------------------------------
 
     def _queue(self, kind: Kind, topic: str, payload: bytes, *, retain: bool = False) -> None:
         dropped = self._outbox.put(Outgoing(kind, topic, payload, retain))
+        self._kick.set()
         if dropped is not None:
             self._unreported_drops += 1
             log.warning(
@@ -745,15 +912,51 @@ class MqttAggregatorLink:
                 capacity=self._outbox.capacity,
             )
 
+    def _new_record_id(self) -> str:
+        return f"{self._writer}-{next(self._record_seq)}"
+
+    def _record_event(self, event: EventBody) -> None:
+        self._record("event", event)
+
+    def _record(self, kind: str, body: EventBody | TelemetryBody) -> None:
+        """A telemetry or event record: stored when there is a durable outbox (events with an
+        fsync, telemetry without), else queued in memory with an id of the link's own."""
+        data = body.to_json()
+        if self._durable is not None:
+            try:
+                self._durable.put(kind, json.loads(data), sync=kind != "telemetry")
+            except LedgerError as exc:
+                log.error(
+                    "record not stored; sending it from memory only", kind=kind, error=str(exc)
+                )
+            else:
+                return
+        memory_kind = Kind.TELEMETRY if kind == "telemetry" else Kind.EVENT
+        self._queue(
+            memory_kind,
+            self.topics.for_record(kind),
+            with_record_id(self._new_record_id(), data),
+        )
+
     def _queue_telemetry(self, report: ControlReport, now_s: float) -> None:
-        self._queue(Kind.TELEMETRY, self.topics.telemetry, telemetry_message(report).to_json())
+        self._record("telemetry", telemetry_message(report))
         self._gate.sent(report, now_s)
+
+    def _durable_sync(self) -> None:
+        if self._durable is None or self._durable.busy:
+            return
+        try:
+            self._durable.sync()
+        except LedgerError as exc:
+            log.error("stored telemetry not synced", error=str(exc))
 
     def _queue_status(self, report: ControlReport) -> None:
         payload = status_message(report).to_json()
         self._queue(Kind.STATUS, self.topics.status, payload, retain=True)
 
     async def _housekeeping(self) -> None:
+        synced_s = pruned_s = self._monotonic()
+        self._durable_prune()
         while True:
             await asyncio.sleep(HOUSEKEEPING_S)
             now_s = self._monotonic()
@@ -761,3 +964,36 @@ class MqttAggregatorLink:
             report = self._latest_report
             if report is not None and self._gate.periodic_due(now_s):
                 self._queue_telemetry(report, now_s)
+            self._delete_published()
+            if now_s - synced_s >= TELEMETRY_SYNC_S:
+                synced_s = now_s
+                self._durable_sync()
+            if now_s - pruned_s >= PRUNE_EVERY_S:
+                pruned_s = now_s
+                self._durable_prune()
+                if self._status is LinkStatus.UP:
+                    self._report_drops()  # drops while a long backlog drains
+
+    def _report_drops(self) -> None:
+        if self._durable is None or self._durable.busy:
+            return
+        try:
+            self._durable.report_drops(self._wall())
+        except LedgerError as exc:
+            log.error("stored records dropped, but the count was not reported", error=str(exc))
+
+    def _durable_prune(self) -> None:
+        if self._durable is None or self._durable.busy:
+            return
+        try:
+            dropped = self._durable.prune()
+        except LedgerError as exc:
+            log.error("stored records not pruned", error=str(exc))
+            return
+        if dropped:
+            log.warning(
+                "stored records dropped by the outbox bounds",
+                dropped=dropped,
+                max_records=self._durable.max_records,
+                max_age_s=self._durable.max_age_s,
+            )

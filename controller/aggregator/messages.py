@@ -16,7 +16,7 @@ from __future__ import annotations
 import json
 import sys
 from pathlib import Path
-from typing import Any, Literal, Self
+from typing import Annotated, Any, Literal, Self
 
 from pydantic import AwareDatetime, BaseModel, ConfigDict, Field, model_validator
 
@@ -180,9 +180,9 @@ class Flexibility(_Message):
     energy_above_floor_wh: float | None = Field(description="What could be discharged now.")
 
 
-class TelemetryMessage(_Message):
+class TelemetryBody(_Message):
     """Measurements and flexibility (topic 'telemetry', QoS 1, not retained), on change and
-    every 'telemetry_period_s'."""
+    every 'telemetry_period_s'. The body as stored; the payload adds 'record_id'."""
 
     model_config = ConfigDict(title="telemetry")
 
@@ -201,6 +201,23 @@ class TelemetryMessage(_Message):
     flexibility: Flexibility
 
 
+def _record_id_field() -> Any:
+    return Field(
+        pattern=ID_PATTERN,
+        description="Unique forever per charger (also across restarts and a new database); "
+        "a message seen again with the same record_id is a redelivery: drop it.",
+    )
+
+
+class TelemetryMessage(TelemetryBody):
+    """Measurements and flexibility (topic 'telemetry', QoS 1, not retained), on change and
+    every 'telemetry_period_s'; kept and delivered in order after an outage."""
+
+    model_config = ConfigDict(title="telemetry")
+
+    record_id: str = _record_id_field()
+
+
 class StatusMessage(_Message):
     """The charger's state at a glance (topic 'status', QoS 1, retained), on change and on
     every (re)connect."""
@@ -216,12 +233,18 @@ class StatusMessage(_Message):
 
 
 EventKind = Literal[
-    "link_restored", "control_source_changed", "fault_raised", "fault_cleared", "messages_dropped"
+    "link_restored",
+    "control_source_changed",
+    "fault_raised",
+    "fault_cleared",
+    "messages_dropped",
+    "records_dropped",
 ]
 
 
-class EventMessage(_Message):
-    """Something happened (topic 'event', QoS 1, not retained)."""
+class EventBody(_Message):
+    """Something happened (topic 'event', QoS 1, not retained). The body as stored; the payload
+    adds 'record_id'."""
 
     model_config = ConfigDict(title="event")
 
@@ -233,7 +256,65 @@ class EventMessage(_Message):
     from_source: Source | None = None
     to_source: Source | None = None
     down_s: float | None = Field(default=None, ge=0, description="How long the link was down.")
-    dropped: int | None = Field(default=None, ge=0, description="Messages dropped on overflow.")
+    dropped: int | None = Field(
+        default=None, ge=0, description="Messages or stored records dropped on overflow."
+    )
+
+
+class EventMessage(EventBody):
+    """Something happened (topic 'event', QoS 1, not retained); kept and delivered in order
+    after an outage."""
+
+    model_config = ConfigDict(title="event")
+
+    record_id: str = _record_id_field()
+
+
+Money = Annotated[float, Field(description="In 'currency' units.")]
+
+
+class SessionBody(_Message):
+    """One finished charging or discharging session from the energy ledger (topic 'session',
+    QoS 1, not retained). The body as stored; the payload adds 'record_id'."""
+
+    model_config = ConfigDict(title="session")
+
+    session_id: str = Field(min_length=1, max_length=64)
+    protocol: str = Field(
+        min_length=1, max_length=32, description="The vehicle protocol, e.g. 'chademo'."
+    )
+    vehicle_id: str | None = Field(max_length=128, description="null: the car did not say.")
+    started_at: AwareDatetime
+    ended_at: AwareDatetime
+    soc_start_pct: float | None = Field(ge=0, le=100)
+    soc_end_pct: float | None = Field(ge=0, le=100)
+    charged_kwh: float = Field(ge=0, description="Energy into the vehicle.")
+    discharged_kwh: float = Field(ge=0, description="Energy out of the vehicle.")
+    energy_source: str = Field(
+        min_length=1, max_length=32, description="Where the energy figures come from."
+    )
+    import_cost: Money
+    export_value: Money
+    net_value: Money = Field(description="export_value - import_cost, in 'currency' units.")
+    currency: str = Field(pattern=r"^[A-Z]{3}$", description="ISO 4217, e.g. 'EUR'.")
+    end_reason: str | None = Field(
+        min_length=1, max_length=256, description="Why the session ended; null: not known."
+    )
+
+
+class SessionMessage(SessionBody):
+    """One finished session (topic 'session', QoS 1, not retained); kept and delivered in order
+    after an outage."""
+
+    model_config = ConfigDict(title="session")
+
+    record_id: str = _record_id_field()
+
+
+def with_record_id(record_id: str, body_json: bytes) -> bytes:
+    """A stored record's payload: its body (a JSON object, serialised by its model, so never
+    empty) with ``record_id`` as the first field."""
+    return b'{"record_id":' + json.dumps(record_id).encode() + b"," + body_json[1:]
 
 
 AVAILABILITY_ONLINE = b"online"
@@ -246,6 +327,15 @@ TOPIC_MODELS: dict[str, type[_Message]] = {
     "telemetry": TelemetryMessage,
     "status": StatusMessage,
     "event": EventMessage,
+    "session": SessionMessage,
+}
+
+# The store-and-forward records (``controller.ledger.outbox``): kind -> the body it stores.
+# Each is published on the topic of the same name with 'record_id' added.
+RECORD_BODIES: dict[str, type[_Message]] = {
+    "telemetry": TelemetryBody,
+    "event": EventBody,
+    "session": SessionBody,
 }
 
 

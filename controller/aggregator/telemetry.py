@@ -15,12 +15,12 @@ import math
 from dataclasses import dataclass
 
 from controller.aggregator.messages import (
-    EventMessage,
+    EventBody,
     Flexibility,
     Source,
     State,
     StatusMessage,
-    TelemetryMessage,
+    TelemetryBody,
 )
 from controller.links import ControlReport
 
@@ -46,9 +46,9 @@ def _finite(value: float | None) -> float | None:
     return value if value is not None and math.isfinite(value) else None
 
 
-def telemetry_message(report: ControlReport) -> TelemetryMessage:
+def telemetry_message(report: ControlReport) -> TelemetryBody:
     """The telemetry payload for one report."""
-    return TelemetryMessage(
+    return TelemetryBody(
         at=report.wall,
         state=_state(report),
         source=_source(report),
@@ -93,14 +93,14 @@ def status_message(report: ControlReport) -> StatusMessage:
     )
 
 
-def events_between(previous: ControlReport | None, current: ControlReport) -> list[EventMessage]:
+def events_between(previous: ControlReport | None, current: ControlReport) -> list[EventBody]:
     """Events for what changed from one report to the next: control source, faults."""
-    events: list[EventMessage] = []
+    events: list[EventBody] = []
     before_source = _source(previous) if previous is not None else None
     now_source = _source(current)
     if before_source is not None and before_source != now_source:
         events.append(
-            EventMessage(
+            EventBody(
                 at=current.wall,
                 kind="control_source_changed",
                 message=f"control source {before_source} -> {now_source}",
@@ -111,13 +111,13 @@ def events_between(previous: ControlReport | None, current: ControlReport) -> li
         )
     before_faults = set(previous.faults) if previous is not None else set()
     events.extend(
-        EventMessage(at=current.wall, kind="fault_raised", message=f"fault: {fault}", fault=fault)
+        EventBody(at=current.wall, kind="fault_raised", message=f"fault: {fault}", fault=fault)
         for fault in current.faults
         if fault not in before_faults
     )
     now_faults = set(current.faults)
     events.extend(
-        EventMessage(
+        EventBody(
             at=current.wall, kind="fault_cleared", message=f"fault cleared: {fault}", fault=fault
         )
         for fault in (previous.faults if previous is not None else ())

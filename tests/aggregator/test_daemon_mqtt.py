@@ -28,6 +28,7 @@ aggregator:
   reconnect_max_s: 1.0
   telemetry_period_s: 1
 fallback: {{policy: idle}}
+ledger: {{path: {tmp_path / "ledger.sqlite"}}}
 logging: {{format: json}}
 """
     )
@@ -76,6 +77,10 @@ def test_daemon_rides_out_a_broker_outage_and_leaves_a_last_will(
                     lambda: any(s.get("source") == "fallback" for s in statuses(aggregator)), 10
                 )
                 assert daemon.returncode is None
+                # Telemetry goes through the ledger file's store-and-forward outbox, with ids.
+                assert await until(lambda: bool(aggregator.on("telemetry")), 10)
+                ids = [m.json()["record_id"] for m in aggregator.on("telemetry")]
+                assert len(ids) == len(set(ids))
                 await aggregator.publish("setpoint", setpoint("after", 0.0, ttl_s=30, mode="idle"))
                 assert (await aggregator.ack("after", 10))["accepted"] is True
 

@@ -1,0 +1,156 @@
+"""Pure accounting rules of the ledger: inverter counter deltas, the session rule, the tariff.
+
+No IO, no clock reads: the ledger (``ledger.py``) passes values and times in. Every rule here is
+tested without a database (``tests/ledger/test_accounting.py``).
+
+Counter rules (docs/ledger.md, "Counter resets"):
+
+* the first value ever seen is only a base: energy from before the ledger existed is not ours;
+* a rise within what the installation could have delivered in the time since the last value is
+  credited;
+* a fall is a rollover when the old value sat in the top half of an accumulator's range and the
+  wrapped difference is plausible (SunSpec model 103 ``WH`` is an ``acc32``, scaled by ``WH_SF``,
+  so it wraps at 2**32 x 10**WH_SF Wh); otherwise it is a reset (inverter replaced, counter
+  cleared): the new value is the new base and nothing is credited, never a negative delta;
+* a rise larger than plausible (a misread register, a swapped inverter) is rejected: the new value
+  becomes the base and nothing is credited, with the reason logged.
+"""
+
+from __future__ import annotations
+
+import enum
+import math
+from dataclasses import dataclass
+
+from controller.core.snapshots import VehiclePhase, VehicleState
+
+# Accumulator ranges a lifetime counter can wrap at, in Wh: SunSpec acc32 at scale factors
+# 10**-3 .. 10**3 (SunSpec model 103 WH with WH_SF), and acc64 (model 701 TotWhInj/TotWhAbs).
+ROLLOVER_MODULI_WH: tuple[float, ...] = (*(2.0**32 * 10.0**k for k in range(-3, 4)), 2.0**64)
+
+# Plausibility of a counter rise: what the installation could deliver at this factor of its
+# rating over the elapsed time plus a slack (one inverter revert window and a poll or two), plus
+# a fixed allowance for the counter's own rounding (SunSpec counters are whole Wh).
+JUMP_POWER_FACTOR = 1.5
+JUMP_SLACK_S = 10.0
+JUMP_ALLOWANCE_WH = 5.0
+
+
+class CounterEvent(enum.Enum):
+    """What a counter reading did besides (or instead of) crediting energy."""
+
+    CREDITED = "credited"  # a plausible rise, or no change
+    BASE = "base"  # first value ever seen: taken as the base, nothing credited
+    ROLLOVER = "rollover"  # wrapped at an accumulator's range; the wrapped rise credited
+    RESET = "reset"  # fell: the new value is the base, nothing credited
+    REJECTED = "rejected"  # rose implausibly: the new value is the base, nothing credited
+    INVALID = "invalid"  # not a finite non-negative number: ignored, the base kept
+
+    def __str__(self) -> str:
+        return self.value
+
+    @property
+    def rebased(self) -> bool:
+        """Whether the base moved without the energy being credited (worth a commit and a log)."""
+        return self in (CounterEvent.BASE, CounterEvent.RESET, CounterEvent.REJECTED)
+
+
+@dataclass(frozen=True, slots=True)
+class CounterStep:
+    """The outcome of one counter reading."""
+
+    credited_wh: float  # >= 0, always
+    base_wh: float | None  # the raw value the next reading is compared with
+    event: CounterEvent
+    reason: str = ""  # for the log and the counter_events table when not CREDITED
+
+
+def plausible_rise_wh(max_power_w: float, elapsed_s: float) -> float:
+    """The largest rise a counter may show after ``elapsed_s`` at the installation's rating."""
+    elapsed_s = max(0.0, elapsed_s) if math.isfinite(elapsed_s) else 0.0
+    return max_power_w * JUMP_POWER_FACTOR * (elapsed_s + JUMP_SLACK_S) / 3600 + JUMP_ALLOWANCE_WH
+
+
+def counter_step(
+    base_wh: float | None, raw_wh: float, *, max_power_w: float, elapsed_s: float
+) -> CounterStep:
+    """Credit a lifetime counter's new value ``raw_wh`` against ``base_wh`` (see module doc)."""
+    if not math.isfinite(raw_wh) or raw_wh < 0:
+        return CounterStep(0.0, base_wh, CounterEvent.INVALID, f"unreadable value {raw_wh!r}")
+    if base_wh is None:
+        return CounterStep(0.0, raw_wh, CounterEvent.BASE, f"first value {raw_wh:g} Wh as base")
+    bound_wh = plausible_rise_wh(max_power_w, elapsed_s)
+    rise_wh = raw_wh - base_wh
+    if rise_wh >= 0:
+        if rise_wh <= bound_wh:
+            return CounterStep(rise_wh, raw_wh, CounterEvent.CREDITED)
+        return CounterStep(
+            0.0,
+            raw_wh,
+            CounterEvent.REJECTED,
+            f"rose {rise_wh:g} Wh in {elapsed_s:.1f} s, more than the {bound_wh:.0f} Wh the "
+            f"installation could deliver; {raw_wh:g} Wh taken as the new base, nothing credited",
+        )
+    for modulus_wh in ROLLOVER_MODULI_WH:
+        if modulus_wh / 2 <= base_wh < modulus_wh and raw_wh < modulus_wh:
+            wrapped_wh = raw_wh + modulus_wh - base_wh
+            if wrapped_wh <= bound_wh:
+                return CounterStep(
+                    wrapped_wh,
+                    raw_wh,
+                    CounterEvent.ROLLOVER,
+                    f"wrapped at {modulus_wh:g} Wh: {base_wh:g} -> {raw_wh:g} Wh, "
+                    f"{wrapped_wh:g} Wh credited",
+                )
+    return CounterStep(
+        0.0,
+        raw_wh,
+        CounterEvent.RESET,
+        f"fell from {base_wh:g} to {raw_wh:g} Wh (counter reset or inverter replaced); "
+        f"{raw_wh:g} Wh taken as the new base, nothing credited",
+    )
+
+
+def integrated_wh(power_w: float | None, interval_s: float) -> float:
+    """Energy of ``power_w`` held for ``interval_s`` (the fallback without counters); signed."""
+    if power_w is None or not math.isfinite(power_w) or interval_s <= 0:
+        return 0.0
+    return power_w * interval_s / 3600
+
+
+# -- the session rule ---------------------------------------------------------------------------
+
+
+def vehicle_present(vehicle: VehicleState | None) -> bool | None:
+    """Whether a car is connected: True, False (unplugged), or None (the link cannot tell).
+
+    A ledger session is one plug-in, not one protocol session: it stays open through the
+    protocol's ENDED phase and through a new handshake after a daemon restart, and ends only when
+    the vehicle link reports the connector unplugged.
+    """
+    if vehicle is None:
+        return None
+    return vehicle.phase is not VehiclePhase.UNPLUGGED
+
+
+def same_vehicle(session_vehicle_id: str | None, identity: str | None) -> bool:
+    """Whether a snapshot may belong to an open session: same identity, or either unknown."""
+    return session_vehicle_id is None or identity is None or session_vehicle_id == identity
+
+
+# -- the tariff ---------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True, slots=True)
+class Tariff:
+    """A flat tariff (``ledger.tariff``): what importing costs, what exporting earns."""
+
+    currency: str
+    import_price_per_kwh: float
+    export_price_per_kwh: float
+
+    def import_cost(self, charged_wh: float) -> float:
+        return charged_wh / 1000 * self.import_price_per_kwh
+
+    def export_value(self, discharged_wh: float) -> float:
+        return discharged_wh / 1000 * self.export_price_per_kwh
