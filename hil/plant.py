@@ -8,7 +8,8 @@ process, and every ``COUPLING_S`` the power the inverter's stage delivers moves 
     BatteryModel.voltage_v --> stage.dc_voltage_v (SunSpec 103 DCV, a register map's dc_voltage)
 
 Current flows only while the charger's DC contactors are closed (the board's ``contactors`` line);
-power the stage pushes with them open is counted in ``power_without_contactors_s``, a controller
+power the stage tries to push with them open (none flows, none is counted by its meters) is
+counted in ``power_without_contactors_s``, a controller
 fault a scenario can assert on. The vehicle's own battery bookkeeping (from the charger's reported
 output current) is replaced by this coupling, so the pack follows what the inverter really did.
 
@@ -27,9 +28,14 @@ answer per line)::
     {"cmd": "inverter", "trip": "DC overcurrent"}           # the stage faults
     {"cmd": "inverter", "clear_fault": true}
     {"cmd": "lines", "set": {"emergency_stop": true}}      # the site's E-stop; plugged
+    {"cmd": "trace", "since_ns": 0, "frame_ids": [403920628]}  # what was sent and written
 
 Every answer is one JSON object with ``"ok": true`` (and the status), or ``"ok": false`` and an
-``"error"``. ``PlantClient`` is the synchronous client the tests and the demo use.
+``"error"``. ``trace`` adds ``"trace"``: ``writes``, the setpoint writes the inverter took as
+``[monotonic_ns, target_w]``, and ``frames``, the frames the car sent as ``[monotonic_ns, id,
+hex data]`` (optionally only ``frame_ids``), both from ``since_ns`` on (``time.monotonic_ns()``,
+comparable across processes on the host). ``PlantClient`` is the synchronous client the tests
+and the demo use.
 
 Run it as its own process: ``python -m hil.plant --protocol chademo --lines PATH --tcp
 127.0.0.1:5020 --control PATH`` (see ``python -m hil.plant --help`` and docs/hil.md).
@@ -74,7 +80,15 @@ log = logging.getLogger("hil.plant")
 COUPLING_S = 0.05
 MAX_REQUEST_BYTES = 4096
 VEHICLE_FAULTS = frozenset(
-    {"silence", "silence_demand", "garbage", "wrong_dlc", "stop_request", "over_temperature"}
+    {
+        "silence",
+        "silence_demand",
+        "garbage",
+        "wrong_dlc",
+        "stop_request",
+        "over_temperature",
+        "charging_forbidden",
+    }
 )
 INVERTER_SETTINGS = {
     "exception_code": (int, type(None)),
@@ -203,6 +217,7 @@ class Plant:
         )
         self.lines: SharedFileLines | None = None
         self.vehicle: ChademoVehicle | GbtVehicle | None = None
+        self.simulator: VehicleSimulator | None = None
         self.counters = PlantCounters(
             lowest_soc_pct=config.soc_pct,
             highest_soc_pct=config.soc_pct,
@@ -211,6 +226,7 @@ class Plant:
         self.ready = False
         self.controller_tty: Path | None = None
         self._last_s: float | None = None
+        self._metered = (0.0, 0.0)  # the stage's meters at the last coupling step, Wh
 
     # -- physics ------------------------------------------------------------------------------
 
@@ -221,16 +237,21 @@ class Plant:
 
     def couple(self, now_s: float) -> None:
         """One coupling step: the stage's power moves the battery, the pack sets the DC bus."""
+        # Whether the stage tries to push power (enabled, healthy, a setpoint) with the
+        # contactors open: a controller fault. With them open no current can flow.
+        pushing = self.stage.enabled and self.stage.fault is None and self.stage.target_w != 0
+        self.stage.dc_connected = self.contactors_closed
         self.stage.advance(now_s)
         last, self._last_s = self._last_s, now_s
         if last is None:
             self.stage.dc_voltage_v = self.battery.voltage_v
+            self._metered = (self.stage.energy_charged_wh, self.stage.energy_discharged_wh)
             return
         sim_dt_s = max(0.0, now_s - last) * self.config.time_factor
         power_w = self.stage.actual_w
         c = self.counters
         if not self.contactors_closed:
-            if power_w != 0.0:
+            if pushing:
                 c.power_without_contactors_s += now_s - last
             power_w = 0.0
         # P = V * I with V the terminal voltage at the present current: a step of the
@@ -239,11 +260,13 @@ class Plant:
         current_a = power_w / volts
         self.battery.drive(current_a, sim_dt_s)
         self.stage.dc_voltage_v = self.battery.voltage_v
-        energy_wh = power_w * sim_dt_s / 3600.0
-        if energy_wh > 0:
-            c.imported_wh += energy_wh
-        else:
-            c.exported_wh -= energy_wh
+        # The energy that crossed the DC circuit is what the stage's ideal meters counted since
+        # the last step (they integrate every change of power, Modbus writes included), in
+        # simulated time.
+        charged_wh, discharged_wh = self.stage.energy_charged_wh, self.stage.energy_discharged_wh
+        c.imported_wh += (charged_wh - self._metered[0]) * self.config.time_factor
+        c.exported_wh += (discharged_wh - self._metered[1]) * self.config.time_factor
+        self._metered = (charged_wh, discharged_wh)
         c.simulated_s += sim_dt_s
         soc = self.battery.soc_pct
         c.lowest_soc_pct = min(c.lowest_soc_pct, soc)
@@ -291,9 +314,12 @@ class Plant:
         if not isinstance(request, dict):
             return {"ok": False, "error": "a request is a JSON object"}
         cmd = request.get("cmd")
+        extra: dict[str, Any] = {}
         try:
             if cmd == "status":
                 pass
+            elif cmd == "trace":
+                extra["trace"] = self._trace(request)
             elif cmd == "vehicle":
                 self._set_vehicle(request.get("set"))
             elif cmd == "battery":
@@ -306,7 +332,27 @@ class Plant:
                 return {"ok": False, "error": f"unknown cmd {cmd!r}"}
         except BadRequestError as exc:
             return {"ok": False, "error": str(exc)}
-        return {"ok": True, "status": self.status()}
+        return {"ok": True, "status": self.status(), **extra}
+
+    def _trace(self, request: dict[str, Any]) -> dict[str, Any]:
+        since_ns = request.get("since_ns", 0)
+        frame_ids = request.get("frame_ids")
+        if not isinstance(since_ns, int) or isinstance(since_ns, bool):
+            raise BadRequestError("trace: 'since_ns' is an integer (time.monotonic_ns())")
+        if frame_ids is not None and (
+            not isinstance(frame_ids, list) or not all(isinstance(i, int) for i in frame_ids)
+        ):
+            raise BadRequestError("trace: 'frame_ids' is a list of CAN ids")
+        wanted = None if frame_ids is None else frozenset(frame_ids)
+        sent = self.simulator.sent_log if self.simulator is not None else ()
+        return {
+            "writes": [[t, w] for t, w in self.inverter.write_log if t >= since_ns],
+            "frames": [
+                [t, f.arbitration_id, f.data.hex()]
+                for t, f in sent
+                if t >= since_ns and (wanted is None or f.arbitration_id in wanted)
+            ],
+        }
 
     def _set_vehicle(self, settings: object) -> None:
         if not isinstance(settings, dict) or not settings:
@@ -435,7 +481,7 @@ class Plant:
                 only_own_group(bus)  # not every group joined on the port (as the daemon does)
             log.info("CAN: %s on %s", cfg.can_interface, cfg.can_channel)
             self.vehicle = self._build_vehicle()
-            simulator = VehicleSimulator(self.vehicle, bus)
+            simulator = self.simulator = VehicleSimulator(self.vehicle, bus)
             if cfg.control_path is not None:
                 cfg.control_path.unlink(missing_ok=True)
                 server = await asyncio.start_unix_server(
@@ -490,6 +536,11 @@ class PlantClient:
 
     def request(self, request: dict[str, Any]) -> dict[str, Any]:
         """Send one request; return the status from the answer."""
+        status: dict[str, Any] = self.ask(request)["status"]
+        return status
+
+    def ask(self, request: dict[str, Any]) -> dict[str, Any]:
+        """Send one request; return the whole answer (``trace`` answers carry more)."""
         try:
             with socket.socket(socket.AF_UNIX, socket.SOCK_STREAM) as sock:
                 sock.settimeout(self.timeout_s)
@@ -509,8 +560,7 @@ class PlantClient:
             raise PlantError(f"plant at {self.path}: unreadable answer {data!r}") from None
         if not isinstance(answer, dict) or not answer.get("ok"):
             raise PlantError(f"plant refused {request}: {answer}")
-        status: dict[str, Any] = answer["status"]
-        return status
+        return answer
 
     def status(self) -> dict[str, Any]:
         return self.request({"cmd": "status"})

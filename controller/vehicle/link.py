@@ -6,8 +6,9 @@ charger board's lines:
 * received frames are fed to the session on the loop thread as they arrive (``BusReader``);
 * the session is ticked exactly when its ``next_deadline_s`` says (periodic frames, timeouts), so
   the loop sleeps between frames instead of polling;
-* every safety-relevant session event (fault, stop request, phase change), every bus-off and every
-  lost bus or line calls ``wake()`` so the control loop reacts at once;
+* every safety-relevant session event (fault, stop request, phase change), every change of the
+  vehicle's charge or discharge permission (a GB/T BSM pause), every bus-off and every lost bus
+  or line calls ``wake()`` so the control loop reacts at once;
 * the charger must keep running without a car, and a CAN interface (or a GPIO expander) may come
   up after the daemon (a HAT driver at boot): lines or a bus that cannot be opened, at start-up or
   after a failure, are tried again every ``reconnect_delay_s`` while the link reports ``DOWN``
@@ -327,9 +328,16 @@ class CanVehicleLink:
                     error=str(exc),
                     count=self.send_errors,
                 )
-        if self.session.valid_frames:
-            self._snapshot = step.state
         wake = False
+        if self.session.valid_frames:
+            previous, self._snapshot = self._snapshot, step.state
+            # A permission withdrawn or granted (GB/T BSM "charging allowed", a BCL demand
+            # that changes direction) is no session event, but the core must see it now,
+            # not at its next tick.
+            wake = previous is not None and (
+                previous.charge_permitted != step.state.charge_permitted
+                or previous.discharge_permitted != step.state.discharge_permitted
+            )
         for event in step.events:
             log.info(
                 "vehicle session event",

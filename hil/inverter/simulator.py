@@ -11,6 +11,10 @@ attributes while it runs:
 - ``stuck_setpoint``: acknowledge setpoint writes but keep the old value;
 - ``trip(reason)``: the power stage faults (0 W, fault state in the registers);
 - ``disconnect_clients()``: close every TCP connection.
+
+``write_log`` keeps the last ``WRITE_LOG_LENGTH`` setpoint writes as (``time.monotonic_ns()``
+when the write landed, the stage's new target in W) for the latency benchmark: CLOCK_MONOTONIC is
+system-wide, so another process on the host can compare its own timestamps with these.
 """
 
 from __future__ import annotations
@@ -18,6 +22,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import time
+from collections import deque
 from collections.abc import Callable
 
 from pymodbus.constants import ExcCodes
@@ -30,6 +35,7 @@ from hil.inverter.stage import PowerStage
 
 WRITE_FUNCTIONS = {6, 16, 22, 23}
 TICK_S = 0.05
+WRITE_LOG_LENGTH = 4096
 
 
 class InverterSimulator:
@@ -53,6 +59,7 @@ class InverterSimulator:
         self.stuck_setpoint = False
         self.requests = 0
         self.setpoint_writes = 0
+        self.write_log: deque[tuple[int, float]] = deque(maxlen=WRITE_LOG_LENGTH)
         self._server: ModbusTcpServer | ModbusSerialServer | None = None
         self._ticker: asyncio.Task[None] | None = None
         self.port: int | None = None
@@ -119,6 +126,8 @@ class InverterSimulator:
             offset = address - start_address
             registers[offset : offset + count] = values
             self.profile.apply_write(self.stage, address, count, now_s)
+            if touches_setpoint:
+                self.write_log.append((time.monotonic_ns(), self.stage.target_w))
         self.profile.refresh(self.stage, now_s)
         return None
 

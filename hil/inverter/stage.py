@@ -30,6 +30,9 @@ class PowerStage:
     temperature_c: float = 35.0
     # The DC side's voltage (the vehicle's pack, set by the plant); None: the profile's default.
     dc_voltage_v: float | None = None
+    # The DC side is a circuit only while the charger's DC contactors are closed (the plant sets
+    # this): with them open no current flows, whatever the setpoint, and the counters stand still.
+    dc_connected: bool = True
     reverts: int = 0
     commands: int = 0
     _last_step_s: float | None = None
@@ -72,8 +75,8 @@ class PowerStage:
             self.reverts += 1
         goal_w = self.target_w if self.enabled and self.fault is None else 0.0
         before_w = self.actual_w
-        if self.fault is not None or not self.enabled:
-            self.actual_w = 0.0  # tripping or disabling the stage stops current at once
+        if self.fault is not None or not self.enabled or not self.dc_connected:
+            self.actual_w = 0.0  # tripping, disabling or an open circuit stops current at once
         else:
             step_w = self.ratings.ramp_w_per_s * dt_s
             self.actual_w = before_w + max(-step_w, min(step_w, goal_w - before_w))

@@ -4,6 +4,9 @@ CHM -> BHM; CRM 0x00 -> BRM (transport) until CRM 0xAA -> BCP (transport) until 
 then 0xAA until CRO 0xAA -> BCL (50 ms), BCS (transport, 250 ms), BSM (250 ms) while charging ->
 BST at the target SoC, the discharge floor or an injected stop (or in answer to CST) -> BSD until
 CSD. CEM (the charger saw a timeout) puts the BMS back to waiting for CHM: the charger reconnects.
+A charger gone silent for 1 s while charging (no CCS) gets BEM every 250 ms until it handshakes
+again (CHM, or CRM 0x00), as a charger that restarted does; so does a charger silent for 5 s
+in recognition, parameters or ready. A CHM mid-session (the charger restarted) starts over.
 Current on the wire follows the standard (negative = charging); the battery model uses the
 controller's sign.
 """
@@ -30,10 +33,11 @@ from hil.vehicle.faults import FaultInjection
 from hil.vehicle.lines import VehicleSideLines
 
 PERIODS_S = {"BHM": 0.25, "BRM": 0.25, "BCP": 0.5, "BRO": 0.25, "BCL": 0.05, "BCS": 0.25}
-PERIODS_S |= {"BSM": 0.25, "BST": 0.01, "BSD": 0.25}
+PERIODS_S |= {"BSM": 0.25, "BST": 0.01, "BSD": 0.25, "BEM": 0.25}
 BRO_DELAY_S = 0.2  # the simulated BMS says "not ready" this long before "ready"
 BST_AFTER_CST_S = 0.1  # BST repeated this long in answer to CST (the recorded BMS: 10 x 10 ms)
 CHARGER_SILENT_S = 1.0  # GB/T 27930 CCS timeout 1 s
+CHARGER_WAIT_S = 5.0  # GB/T 27930 timeout for CRM 0xAA, CML and CRO
 CELLS_IN_SERIES = 108
 READY = 0xAA
 VIN = "LSIMULATEDV2G0001"
@@ -95,6 +99,8 @@ class GbtVehicle:
         self._last_tick_s: float | None = None
         self._charger_current_a = 0.0  # controller sign
         self._last_ccs_s: float | None = None
+        self._last_charger_s = 0.0  # any frame from the charger
+        self._aux_lost = False  # the auxiliary supply went off since the BMS last woke
         self._stop_first = ""  # "bms" or "charger"
         self._out: list[CanFrame] = []
         self.transfers_done = 0
@@ -137,7 +143,14 @@ class GbtVehicle:
 
     def _on_message(self, name: str, s: dict[str, float], now: float) -> None:
         st = self.state
-        if name == "CHM" and st is GbtVehicleState.AWAKE:
+        self._last_charger_s = now
+        if name == "CHM" and st in _MID_SESSION:
+            # A CHM mid-session: the charger restarted and handshakes again; so does the BMS.
+            self.stop_reason = "charger restarted (CHM)"
+            self._charger_current_a = 0.0
+            self._stop_first = ""
+            self._enter(GbtVehicleState.HANDSHAKE, now, "BHM")
+        elif name == "CHM" and st is GbtVehicleState.AWAKE:
             self._enter(GbtVehicleState.HANDSHAKE, now, "BHM")
         elif name == "CRM" and s["RecognitionResult"] == 0 and st in _BEFORE_RECOGNITION:
             self._enter(GbtVehicleState.RECOGNITION, now, "BRM")
@@ -202,9 +215,21 @@ class GbtVehicle:
         aux = True if self.lines is None else self.lines.outputs.d1
         if st is GbtVehicleState.ASLEEP and aux:
             self._enter(GbtVehicleState.AWAKE, now)
+        elif st in _WAITING and now - max(self._since_s, self._last_charger_s) > CHARGER_WAIT_S:
+            # GB/T 27930-2015 10.2: 5 s without CRM 0xAA, CML or CRO is a timeout: BEM, then
+            # wait for the charger to handshake again.
+            self.stop_reason = f"charger silent in {st}"
+            self._enter(GbtVehicleState.AWAKE, now, "BEM")
         elif st is GbtVehicleState.CHARGING:
             reason = self._stop_reason(now)
-            if reason:
+            if reason == "CCS timeout":
+                # GB/T 27930-2015 10.2: the BMS reports a timeout in BEM (250 ms) and waits for
+                # the charger to handshake again (a restarted charger starts with CHM).
+                self.stop_reason = reason
+                self._charger_current_a = 0.0
+                self._stop_first = ""
+                self._enter(GbtVehicleState.AWAKE, now, "BEM")
+            elif reason:
                 self.stop_reason = reason
                 self._stop_first = "bms"
                 self._enter(GbtVehicleState.STOPPING, now, "BST")
@@ -216,6 +241,12 @@ class GbtVehicle:
             self._enter(GbtVehicleState.STATISTICS, now, "BSD")
         if st is not GbtVehicleState.ASLEEP and not aux:
             self._enter(GbtVehicleState.DONE, now)
+            self._aux_lost = True
+        elif st is GbtVehicleState.DONE and aux and self._aux_lost:
+            # The BMS runs on the charger's auxiliary supply (GB/T 18487.1 A+/A-): when a
+            # restarted charger switches it on again, the BMS boots and waits for CHM.
+            self._aux_lost = False
+            self._enter(GbtVehicleState.AWAKE, now)
 
     def _stop_reason(self, now: float) -> str:
         cfg = self.config
@@ -230,6 +261,8 @@ class GbtVehicle:
         return ""
 
     def _enter(self, state: GbtVehicleState, now: float, *messages: str) -> None:
+        if state in (GbtVehicleState.AWAKE, GbtVehicleState.HANDSHAKE):
+            self._tp = tp.TpSender()  # a new handshake: a transfer to the old charger is dead
         self.state = state
         self._since_s = now
         self._due = dict.fromkeys(messages, now)
@@ -274,6 +307,8 @@ class GbtVehicle:
             self._send_bsm()
         elif name == "BST":
             self._send_bst()
+        elif name == "BEM":
+            self._send("BEM", {**dict.fromkeys(_BEM_FIELDS, 0), "TimeoutCcs": 1})
         elif name == "BSD":
             cell_v = round(b.voltage_v / CELLS_IN_SERIES, 2)
             self._send(
@@ -402,5 +437,23 @@ class GbtVehicle:
         self._out.append(CanFrame(self._codec.frame_id(name), data, True))
 
 
+_BEM_FIELDS = (
+    "TimeoutCrm00",
+    "TimeoutCrmAA",
+    "TimeoutCtsCml",
+    "TimeoutCro",
+    "TimeoutCcs",
+    "TimeoutCst",
+    "TimeoutCsd",
+)
+_MID_SESSION = frozenset(
+    {
+        GbtVehicleState.RECOGNITION,
+        GbtVehicleState.PARAMETERS,
+        GbtVehicleState.READY,
+        GbtVehicleState.CHARGING,
+    }
+)
+_WAITING = _MID_SESSION - {GbtVehicleState.CHARGING}
 _BEFORE_RECOGNITION = frozenset({GbtVehicleState.AWAKE, GbtVehicleState.HANDSHAKE})
 _BEFORE_PARAMETERS = _BEFORE_RECOGNITION | {GbtVehicleState.RECOGNITION}

@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import time
+from collections import deque
 from collections.abc import Callable
 
 import can
@@ -16,6 +17,8 @@ from hil.vehicle.chademo_ev import ChademoVehicle
 from hil.vehicle.gbt_ev import GbtVehicle
 
 log = logging.getLogger(__name__)
+
+SENT_LOG_LENGTH = 8192
 
 
 class VehicleSimulator:
@@ -34,6 +37,9 @@ class VehicleSimulator:
         self._failed = asyncio.Event()
         self.last_error = ""
         self.sent = 0
+        # (time.monotonic_ns() just before the send, frame): the latency benchmark's "frame on
+        # the wire" (CLOCK_MONOTONIC is system-wide, so other processes can compare).
+        self.sent_log: deque[tuple[int, CanFrame]] = deque(maxlen=SENT_LOG_LENGTH)
 
     def __repr__(self) -> str:
         return f"VehicleSimulator({self.vehicle!r}, sent={self.sent})"
@@ -67,8 +73,10 @@ class VehicleSimulator:
     def _send(self, frames: tuple[CanFrame, ...]) -> None:
         for frame in frames:
             try:
+                message = to_message(frame)
+                self.sent_log.append((time.monotonic_ns(), frame))
                 # A wrong-DLC injection is a frame python-can itself accepts (shorter DLC).
-                self._bus.send(to_message(frame))
+                self._bus.send(message)
                 self.sent += 1
             except (can.CanError, OSError, ValueError) as exc:
                 log.warning("simulated vehicle: send %r failed: %s", frame, exc)

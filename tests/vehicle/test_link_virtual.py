@@ -223,6 +223,24 @@ def test_normal_stop(protocol: str) -> None:
     play(make_rig(protocol), scenario)
 
 
+def test_gbt_pause_wakes_the_loop_when_it_starts_and_ends() -> None:
+    """A BSM "charging forbidden" pause is no session event, but it wakes the loop both ways."""
+
+    async def scenario(rig: Rig) -> None:
+        await rig.until(lambda s: transferring(s) and s.charge_permitted, 8.0)
+        wakes = len(rig.wakes)
+        rig.faults.charging_forbidden = True
+        paused_at = await rig.until(lambda s: not s.charge_permitted, 2.0)
+        assert any(t >= paused_at - 0.02 for t in rig.wakes[wakes:])
+        assert rig.state().phase is VehiclePhase.ENERGY_TRANSFER  # the session goes on
+        wakes = len(rig.wakes)
+        rig.faults.charging_forbidden = False
+        await rig.until(lambda s: s.charge_permitted, 2.0)
+        assert len(rig.wakes) > wakes
+
+    play(make_rig("gbt27930"), scenario)
+
+
 @pytest.mark.parametrize("protocol", PROTOCOLS)
 def test_vehicle_stop_request(protocol: str) -> None:
     """The car's stop request wakes the loop and ends the session without a fault."""
