@@ -190,6 +190,13 @@ def render(results: dict[str, Any]) -> str:
     return "\n".join(lines)
 
 
+def _summary(module: object) -> str:
+    """A part's docstring as one paragraph of the report (its own description of its method)."""
+    text = str(getattr(module, "__doc__", "") or "")
+    kept = [line for line in text.splitlines() if "python -m bench" not in line]
+    return " ".join(" ".join(kept).split())
+
+
 def _load_part(name: str) -> Callable[..., dict[str, Any]]:
     module = importlib.import_module(f"bench.{name}")
     runner: Callable[..., dict[str, Any]] = module.run
@@ -216,7 +223,7 @@ def main(argv: list[str] | None = None) -> int:
         part_started_s = time.monotonic()
         with tempfile.TemporaryDirectory(prefix=f"bench-{name}-") as workdir:
             figures = _load_part(name)(workdir=Path(workdir), quick=args.quick)
-        note = figures.pop("note", "")
+        note = figures.pop("note", "") or _summary(importlib.import_module(f"bench.{name}"))
         results.update(figures)
         results["notes"][name] = note
         results["parts"][name] = {"duration_s": round(time.monotonic() - part_started_s, 1)}

@@ -35,7 +35,8 @@ ROOT = Path(__file__).resolve().parents[1]
 STOP_TIMEOUT_S = 8.0
 
 
-def _stop(proc: subprocess.Popen[bytes], timeout_s: float = STOP_TIMEOUT_S) -> None:
+def stop_process(proc: subprocess.Popen[bytes], timeout_s: float = STOP_TIMEOUT_S) -> None:
+    """SIGTERM, then SIGKILL if it has not exited within ``timeout_s``."""
     if proc.poll() is None:
         proc.send_signal(signal.SIGTERM)
         try:
@@ -166,7 +167,7 @@ class PlantProcess:
         tb: TracebackType | None,
     ) -> None:
         if self.proc is not None:
-            _stop(self.proc)
+            stop_process(self.proc)
             self.proc = None
         if self._log is not None:
             self._log.close()
@@ -216,7 +217,7 @@ class DaemonProcess:
         tb: TracebackType | None,
     ) -> None:
         if self.proc is not None:
-            _stop(self.proc)
+            stop_process(self.proc)
             self.proc = None
         if self._log is not None:
             self._log.close()
