@@ -4,7 +4,9 @@ Three processes per receiver kind, on one bus (``hil.plant.pick_can``: vcan0 whe
 has it, else python-can's ``udp_multicast`` on loopback, as the HIL suite uses):
 
 * a **sender** plays a realistic CHAdeMO vehicle mix (0x100, 0x101, 0x102, 0x200, 0x201, encoded
-  with the project's DBC) at a paced rate for a fixed time and reports how many it sent;
+  with the project's DBC; 0x102 and 0x201 change every round, the others are static, so the
+  decoder's repeated-payload shortcut serves 3 frames in 5) at a paced rate for a fixed time and
+  reports how many it sent;
 * the **ours** receiver runs ``CanVehicleLink.run`` as the daemon does (``BusReader`` with
   ``add_reader``, python-can filters, DBC decode with range checks, the CHAdeMO session update,
   its 100 ms ticks and its own 0x108/0x109/0x208/0x209), with the session held in energy
@@ -65,8 +67,20 @@ TARGET_FPS = 8000
 # -- the vehicle's frames ----------------------------------------------------------------------
 
 
+MIX_ROUNDS = 40  # rounds in which the changing frames differ, before the mix repeats
+
+
 def vehicle_mix() -> list[can.Message]:
-    """One 100 ms round of a discharging CHAdeMO car's frames, encoded with the project's DBC."""
+    """``MIX_ROUNDS`` 100 ms rounds of a discharging CHAdeMO car's frames, encoded with the
+    project's DBC. 0x102 (SoC) and 0x201 (available energy) change every round, as they do while
+    the pack discharges (faster here); 0x100, 0x101 and 0x200 are static, as in a real session.
+    So the decoder's repeated-payload shortcut serves 3 frames in 5, not every frame."""
+    return [
+        message for round_index in range(MIX_ROUNDS) for message in _vehicle_round(round_index)
+    ]
+
+
+def _vehicle_round(round_index: int) -> list[can.Message]:
     codec = DbcCodec.chademo()
     signals: dict[str, dict[str, float]] = {
         "VEH_100_BatteryLimits": {
@@ -97,7 +111,7 @@ def vehicle_mix() -> list[can.Message]:
             "StatusStopBeforeCharging": 0,
             "StatusBit6Undocumented": 0,
             "StatusDischargeCompatible": 1,
-            "ChargedRate": 62,
+            "ChargedRate": 79 - round_index,
         },
         "VEH_200_DischargeLimits": {
             "MaxDischargeCurrent": 30,
@@ -108,7 +122,7 @@ def vehicle_mix() -> list[can.Message]:
         "VEH_201_DischargeInfo": {
             "V2hSequenceControlNumber": 2,
             "DischargeCompletionTime": 0,
-            "AvailableVehicleEnergy": 24.8,
+            "AvailableVehicleEnergy": round(24.8 - 0.4 * round_index, 1),
         },
     }
     return [

@@ -41,7 +41,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from controller.core.snapshots import VehiclePhase, VehicleState
-from controller.vehicle.dbc import DbcCodec
+from controller.vehicle.dbc import DbcCodec, SignalValues
 from controller.vehicle.frames import CanFrame, LineOutputs
 from controller.vehicle.session import ChargerSession
 
@@ -209,6 +209,7 @@ class ChademoSession(ChargerSession):
 
     def set_available_current(self, current_a: float) -> None:
         """Change 0x108 byte 3 (dynamic control)."""
+        self._seal()
         self._available_current_a = max(0.0, min(255.0, current_a))
 
     # Vehicle frames.
@@ -241,7 +242,7 @@ class ChademoSession(ChargerSession):
             )
         self._check_plausible(now)
 
-    def _on_status(self, s: dict[str, float], now: float) -> None:
+    def _on_status(self, s: SignalValues, now: float) -> None:
         v = self._vehicle
         v.protocol_number = int(s["ProtocolNumber"])
         v.target_voltage_v = s["TargetBatteryVoltage"]
@@ -614,9 +615,19 @@ class ChademoSession(ChargerSession):
             return 0.0
         return min(limit, float(self.config.input_current_a))
 
+    def _permitted(self) -> tuple[bool, bool]:
+        # Computed on every step (the link wakes the core when they change), without the
+        # snapshot.
+        charge = (
+            self.state is ChademoState.ENERGY_TRANSFER
+            and not self._faults
+            and self._vehicle.enabled
+        )
+        return charge, charge and self._discharge_possible()
+
     def _state(self) -> VehicleState:
         v = self._vehicle
-        transfer = self.state is ChademoState.ENERGY_TRANSFER and not self._faults
+        charge_permitted, discharge_permitted = self._permitted()
         return VehicleState(
             observed_at_s=self._observed_s,
             phase=self.phase,
@@ -631,8 +642,8 @@ class ChademoSession(ChargerSession):
             discharge_voltage_min_v=v.min_discharge_voltage_v,
             discharge_soc_min_pct=v.min_discharge_level_pct,
             capacity_kwh=v.capacity_kwh,
-            charge_permitted=transfer and v.enabled,
-            discharge_permitted=transfer and v.enabled and self._discharge_possible(),
+            charge_permitted=charge_permitted,
+            discharge_permitted=discharge_permitted,
             stop_requested=self._stop_requested_by_vehicle,
             faults=self.faults,
         )

@@ -40,6 +40,10 @@ GBT27930_DBC = REPO_DBC_DIR / GBT27930_FILE
 SignalValues = Mapping[str, float]
 
 
+# A signal on the per-frame path: itself, its name, decimals to round to, declared range.
+_SignalPlan = tuple[Signal, str, int, float | None, float | None]
+
+
 class ImplausibleValueError(ProtocolError):
     """A well-formed frame carries a value outside its DBC range."""
 
@@ -61,6 +65,8 @@ class Decoded:
     """One decoded message."""
 
     name: str
+    # Read-only to its users (the sessions take it as ``SignalValues``): ``decode_frame`` hands
+    # the same object out again for a repeated payload. (Typed dict for hil/'s simulated cars.)
     signals: dict[str, float]
 
 
@@ -127,11 +133,19 @@ class DbcCodec:
         self._padding_byte = padding_byte
         self._by_id: dict[int, Message] = {m.frame_id: m for m in db.messages}
         self._by_name: dict[str, Message] = {m.name: m for m in db.messages}
-        self._decimals: dict[tuple[str, str], int] = {
-            (m.name, s.name): _decimals(float(s.scale))
+        # Per message, computed once for the per-frame path: each signal with its name, the
+        # decimals its value is rounded to and its declared range.
+        self._plans: dict[str, tuple[_SignalPlan, ...]] = {
+            str(m.name): tuple(
+                (s, str(s.name), _decimals(float(s.scale)), s.minimum, s.maximum) for s in m.signals
+            )
             for m in self._db.messages
-            for s in m.signals
         }
+        # Per ID, the last payload decoded without error and its result. A vehicle repeats most
+        # frames unchanged every period (CHAdeMO 0x100/0x101/0x200 hardly ever change), and
+        # decoding is a pure function of the payload, so an identical payload gets the identical
+        # result without cantools. One entry per ID the DBC knows: bounded.
+        self._last: dict[int, tuple[bytes, Decoded]] = {}
 
     @classmethod
     def chademo(cls, dbc_dir: str | Path | None = None) -> DbcCodec:
@@ -208,11 +222,17 @@ class DbcCodec:
         )
 
     def decode_frame(self, frame_id: int, data: bytes) -> Decoded:
-        """Decode a frame by its ID."""
+        """Decode a frame by its ID (a payload equal to this ID's last one: the same result)."""
+        last = self._last.get(frame_id)
+        if last is not None and last[0] == data:
+            return last[1]
         message = self._by_id.get(frame_id)
         if message is None:
             raise ProtocolError(f"unknown ID 0x{frame_id:X}")
-        return self._decode(message, data)
+        decoded = self._decode(message, data)
+        # Only a result that raised nothing is kept; the key is an immutable copy.
+        self._last[frame_id] = (data if type(data) is bytes else bytes(data), decoded)
+        return decoded
 
     def decode_checked(self, frame_id: int, data: bytes) -> tuple[Decoded, dict[str, str]]:
         """Decode a frame by its ID, keeping the signals outside their DBC range apart.
@@ -256,17 +276,48 @@ class DbcCodec:
         return message
 
     def _decode(self, message: Message, data: bytes) -> Decoded:
+        # One pass per frame (the per-frame path): round, range-check and collect together.
         name = str(message.name)
+        raw = self._cantools_decode(message, data)
         values: dict[str, float] = {}
-        for signal, value in self._raw_values(message, data):
-            reason = _out_of_range(name, signal, value, required=True)
-            if reason is not None:
-                raise ImplausibleValueError(reason)
-            values[str(signal.name)] = value
+        for signal, signal_name, decimals, low, high in self._plans[name]:
+            decoded = raw.get(signal_name)
+            if decoded is None:
+                continue  # multiplexed signal not selected by this frame
+            value: float
+            if isinstance(decoded, float):
+                value = round(decoded, decimals)
+            elif isinstance(decoded, int):
+                value = decoded
+            else:
+                raise ProtocolError(f"{name}.{signal_name}: not a number ({decoded!r})")
+            # The common case (inside a declared range) without a call; the rest explains itself.
+            if low is None or high is None or not low <= value <= high:
+                reason = _out_of_range(name, signal, value, required=True)
+                if reason is not None:
+                    raise ImplausibleValueError(reason)
+            values[signal_name] = value
         return Decoded(name=name, signals=values)
 
     def _raw_values(self, message: Message, data: bytes) -> list[tuple[Signal, float]]:
         """Every signal present in the frame with its scaled, rounded value; malformed raises."""
+        name = str(message.name)
+        raw = self._cantools_decode(message, data)
+        out: list[tuple[Signal, float]] = []
+        for signal, signal_name, decimals, _low, _high in self._plans[name]:
+            decoded = raw.get(signal_name)
+            if decoded is None:
+                continue  # multiplexed signal not selected by this frame
+            if isinstance(decoded, float):
+                out.append((signal, round(decoded, decimals)))
+            elif isinstance(decoded, int):
+                out.append((signal, decoded))
+            else:
+                raise ProtocolError(f"{name}.{signal_name}: not a number ({decoded!r})")
+        return out
+
+    def _cantools_decode(self, message: Message, data: bytes) -> Mapping[str, object]:
+        """cantools' scaled values of a payload of the message's length; malformed raises."""
         name = str(message.name)
         length = int(message.length)
         if len(data) < length:
@@ -278,21 +329,9 @@ class DbcCodec:
                 raise ProtocolError(f"{name}: {len(data)} bytes, expected {length}")
             data = data[:length]
         try:
-            raw = message.decode_simple(data, decode_choices=False, scaling=True)
+            return message.decode_simple(data, decode_choices=False, scaling=True)
         except (CantoolsError, KeyError, ValueError) as exc:
             raise ProtocolError(f"{name}: {exc}") from None
-        out: list[tuple[Signal, float]] = []
-        for signal in message.signals:
-            decoded = raw.get(signal.name)
-            if decoded is None:
-                continue  # multiplexed signal not selected by this frame
-            if not isinstance(decoded, int | float):
-                raise ProtocolError(f"{name}.{signal.name}: not a number ({decoded!r})")
-            value: float = decoded
-            if isinstance(value, float):
-                value = round(value, self._decimals[(name, signal.name)])
-            out.append((signal, value))
-        return out
 
 
 def _out_of_range(message: str, signal: Signal, value: float, *, required: bool) -> str | None:

@@ -8,7 +8,8 @@ the digital outputs it wants). The async link and the simulator both drive sessi
 from __future__ import annotations
 
 import enum
-from dataclasses import dataclass, field
+from collections.abc import Callable
+from dataclasses import dataclass
 from typing import Protocol
 
 from controller.core.snapshots import VehicleState
@@ -112,11 +113,70 @@ class SessionEvent:
         return self.kind in SAFETY_EVENTS
 
 
-@dataclass(frozen=True, slots=True)
-class Step:
-    """What one input (frame or tick) made the session do."""
+_NO_OUTPUTS = LineOutputs()
 
-    frames: tuple[CanFrame, ...]
-    events: tuple[SessionEvent, ...]
-    state: VehicleState
-    outputs: LineOutputs = field(default_factory=LineOutputs)
+
+class Step:
+    """What one input (frame or tick) made the session do.
+
+    ``state`` is either given or built on first use by ``build`` (a session's snapshot builder):
+    building the ``VehicleState`` is most of a frame's cost, and the link reads it at most once
+    per control cycle. A session ``seal``s its latest step before any input changes what the
+    builder would read, so a lazy ``state`` is always the session's state as of this step. A
+    driver that will never read a step's state (it is superseded) ``release``s it, and the
+    session then skips the build (read anyway, it is the session's state when read).
+    ``permitted`` (charge, discharge) is always known at once:
+    the link compares it on every step to wake the control loop.
+    """
+
+    __slots__ = ("_build", "_released", "_state", "events", "frames", "outputs", "permitted")
+
+    def __init__(
+        self,
+        frames: tuple[CanFrame, ...],
+        events: tuple[SessionEvent, ...],
+        state: VehicleState | None = None,
+        outputs: LineOutputs = _NO_OUTPUTS,
+        *,
+        build: Callable[[], VehicleState] | None = None,
+        permitted: tuple[bool, bool] | None = None,
+    ) -> None:
+        if build is None:
+            if state is None:
+                raise TypeError("Step needs a state or a build")
+            build = _known(state)
+        self.frames = frames
+        self.events = events
+        self.outputs = outputs
+        self._state = state
+        self._build = build
+        self._released = False
+        if permitted is None:
+            known = self.state
+            permitted = (known.charge_permitted, known.discharge_permitted)
+        self.permitted = permitted
+
+    def __repr__(self) -> str:
+        state = "pending" if self._state is None else repr(self._state)
+        return f"Step(frames={self.frames!r}, events={self.events!r}, state={state})"
+
+    @property
+    def state(self) -> VehicleState:
+        """The vehicle snapshot as of this step."""
+        state = self._state
+        if state is None:
+            state = self._state = self._build()
+        return state
+
+    def seal(self) -> None:
+        """Build the state now unless released: the session is about to change."""
+        if self._state is None and not self._released:
+            self._state = self._build()
+
+    def release(self) -> None:
+        """The driver will not read this step's state: a later seal need not build it."""
+        self._released = True
+
+
+def _known(state: VehicleState) -> Callable[[], VehicleState]:
+    return lambda: state

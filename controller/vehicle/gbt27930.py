@@ -36,7 +36,7 @@ from pathlib import Path
 from controller.core.snapshots import VehiclePhase, VehicleState
 from controller.errors import ProtocolError
 from controller.vehicle import j1939_tp as tp
-from controller.vehicle.dbc import DbcCodec
+from controller.vehicle.dbc import DbcCodec, SignalValues
 from controller.vehicle.frames import CanFrame, EventKind, LineOutputs, SessionEvent
 from controller.vehicle.session import ChargerSession
 
@@ -319,7 +319,7 @@ class GbtSession(ChargerSession):
                 decoded = self._codec.decode(name, payload)
                 self._on_message(name, decoded.signals, now)
 
-    def _on_message(self, name: str, s: dict[str, float], now: float) -> None:  # noqa: PLR0912  one branch per message
+    def _on_message(self, name: str, s: SignalValues, now: float) -> None:  # noqa: PLR0912  one branch per message
         b = self._bms
         self._last_seen[name] = now
         self._seen(now)
@@ -368,7 +368,7 @@ class GbtSession(ChargerSession):
             if untrusted:
                 self._fault(f"GB/T BEM: untrusted timeout flag for {', '.join(untrusted)}", now)
 
-    def _on_brm(self, s: dict[str, float], now: float) -> None:
+    def _on_brm(self, s: SignalValues, now: float) -> None:
         self._bms.vin = _vin(s)
         if self.state is GbtState.RECOGNITION and self._crm_result != READY:
             self._crm_result = READY
@@ -377,7 +377,7 @@ class GbtSession(ChargerSession):
             self._send_message("CRM")
             self._due["CRM"] = now + PERIODS_S["CRM"]
 
-    def _on_bcp(self, s: dict[str, float], now: float) -> None:
+    def _on_bcp(self, s: SignalValues, now: float) -> None:
         b = self._bms
         b.max_cell_voltage_v = s["MaxCellVoltage"]
         b.max_charge_current_a = max(0.0, -s["MaxChargeCurrent"])  # GB/T sign: - = charging
@@ -389,7 +389,7 @@ class GbtSession(ChargerSession):
             self._schedule(now, "CTS", "CML")
             self._unschedule("CRM")
 
-    def _on_bsm(self, s: dict[str, float], now: float) -> None:
+    def _on_bsm(self, s: SignalValues, now: float) -> None:
         b = self._bms
         b.temp_max_c = s["MaxTemperature"]
         b.temp_min_c = s["MinTemperature"]
@@ -404,7 +404,7 @@ class GbtSession(ChargerSession):
         # All normal with "forbidden" pauses the charger (for at most ``pause_limit_s``).
         b.charging_allowed = s["ChargingAllowed"] == 1
 
-    def _on_bst(self, s: dict[str, float], now: float) -> None:
+    def _on_bst(self, s: SignalValues, now: float) -> None:
         self._bst_seen = True
         # GB/T 27930 BST bytes 2-4: "01" fault; "10" untrusted, which is no assurance either.
         faults = [
@@ -787,6 +787,17 @@ class GbtSession(ChargerSession):
 
     # Snapshot.
 
+    def _permitted(self) -> tuple[bool, bool]:
+        # Computed on every step (the link wakes the core when they change), without the
+        # snapshot.
+        b = self._bms
+        demand = b.current_demand_a
+        if demand is None or not (
+            self.state is GbtState.CHARGING and b.charging_allowed and not self._faults
+        ):
+            return False, False
+        return demand > 0, self.config.discharge_offered and demand < 0
+
     def _state(self) -> VehicleState:
         b = self._bms
         demand = b.current_demand_a
@@ -800,7 +811,7 @@ class GbtSession(ChargerSession):
                 charge_limit = min(charge_limit, b.max_charge_current_a)
             if self.config.discharge_offered:
                 discharge_limit = max(0.0, -demand)
-        active = self.state is GbtState.CHARGING and b.charging_allowed and not self._faults
+        charge_permitted, discharge_permitted = self._permitted()
         return VehicleState(
             observed_at_s=self._observed_s,
             phase=self.phase,
@@ -815,11 +826,8 @@ class GbtSession(ChargerSession):
             battery_temp_min_c=b.temp_min_c,
             cell_voltage_max_v=b.cell_voltage_max_v,
             capacity_kwh=b.nominal_energy_kwh,
-            charge_permitted=active and demand is not None and demand > 0,
-            discharge_permitted=active
-            and self.config.discharge_offered
-            and demand is not None
-            and demand < 0,
+            charge_permitted=charge_permitted,
+            discharge_permitted=discharge_permitted,
             stop_requested=self._stop_reason == "bms",
             faults=self.faults,
             identity=b.vin,
@@ -843,7 +851,7 @@ def _controller_sign(gbt_current_a: float) -> float:
     return 0.0 - gbt_current_a
 
 
-def _vin(s: dict[str, float]) -> str | None:
+def _vin(s: SignalValues) -> str | None:
     """BRM bytes 25-41: the VIN, ASCII; None when it is not printable."""
     raw = (
         int(s["VinPart1"]).to_bytes(8, "little")

@@ -102,7 +102,8 @@ class CanVehicleLink:
                 f"a {self.session.protocol} session on a link configured for {config.protocol}"
             )
         self._status = LinkStatus.STARTING
-        self._snapshot: VehicleState | None = None
+        # The step whose state is the snapshot; its state is built when first asked for.
+        self._latest: Step | None = None
         self._wake: Wake = _no_wake
         self._bus: can.BusABC | None = None
         self._lines_open = False
@@ -133,7 +134,8 @@ class CanVehicleLink:
 
     def snapshot(self) -> VehicleState | None:
         """The latest state, or None before the first valid vehicle frame of any session."""
-        return self._snapshot
+        latest = self._latest
+        return None if latest is None else latest.state
 
     def allow_energy_transfer(self, allowed: bool) -> None:
         """The charger side is healthy and willing to move energy.
@@ -290,6 +292,11 @@ class CanVehicleLink:
             return
         if message.is_remote_frame or message.is_fd:
             return  # neither protocol uses them: dropped cheaply
+        latest = self._latest
+        if latest is not None:
+            # Superseded by this frame's step (a session with valid frames keeps them), so the
+            # session need not build its snapshot: snapshots are built at most once per read.
+            latest.release()
         self._apply(self.session.receive(to_frame(message), self._clock()))
 
     def _on_error_frame(self, message: can.Message) -> None:
@@ -330,14 +337,11 @@ class CanVehicleLink:
                 )
         wake = False
         if self.session.valid_frames:
-            previous, self._snapshot = self._snapshot, step.state
+            previous, self._latest = self._latest, step
             # A permission withdrawn or granted (GB/T BSM "charging allowed", a BCL demand
             # that changes direction) is no session event, but the core must see it now,
             # not at its next tick.
-            wake = previous is not None and (
-                previous.charge_permitted != step.state.charge_permitted
-                or previous.discharge_permitted != step.state.discharge_permitted
-            )
+            wake = previous is not None and previous.permitted != step.permitted
         for event in step.events:
             log.info(
                 "vehicle session event",

@@ -37,7 +37,7 @@ from controller.config import (
 )
 from controller.core.snapshots import VehiclePhase, VehicleState
 from controller.errors import ProtocolError
-from controller.vehicle.dbc import DbcCodec
+from controller.vehicle.dbc import DbcCodec, SignalValues
 from controller.vehicle.frames import (
     CanFrame,
     EventKind,
@@ -266,7 +266,7 @@ class DbcProfileSession:
 
     # Decoding.
 
-    def _take(self, name: str, values: dict[str, float], rejected: dict[str, str]) -> None:
+    def _take(self, name: str, values: SignalValues, rejected: dict[str, str]) -> None:
         spec = self.profile.messages[name]
         for mapped in self._values[name]:
             self._take_value(mapped, values, rejected)
@@ -292,9 +292,7 @@ class DbcProfileSession:
         for low, high in _ORDERED_PAIRS:
             self._check_order(low, high)
 
-    def _take_value(
-        self, mapped: _Mapped, values: dict[str, float], rejected: dict[str, str]
-    ) -> None:
+    def _take_value(self, mapped: _Mapped, values: SignalValues, rejected: dict[str, str]) -> None:
         field, spec = mapped.field, mapped.spec
         if spec.signal in rejected:
             self._reading[field] = None

@@ -109,6 +109,9 @@ class ChargerSession(ABC):
         self.valid_frames = 0  # decoded vehicle messages, over the session's lifetime
         self.unknown_frames = 0
         self.last_malformed_reason = ""
+        # The newest step, whose snapshot is built on first use: sealed (built) before any
+        # input changes what ``_state`` reads, unless its driver released it (``Step``).
+        self._last_step: Step | None = None
 
     def __repr__(self) -> str:
         return f"{type(self).__name__}(phase={self._phase}, faults={tuple(self._faults)})"
@@ -144,6 +147,7 @@ class ChargerSession(ABC):
         ``False`` before transfer holds the session (until the protocol's own timeout); during
         transfer it stops the session with the protocol's normal charger stop.
         """
+        self._seal()
         self._allowed = allowed
 
     def set_output(self, voltage_v: float, current_a: float, now: float) -> None:
@@ -152,6 +156,7 @@ class ChargerSession(ABC):
         A value that is not a finite number is "not measured" (a driver that does not know the
         current passes ``math.nan``, never 0).
         """
+        self._seal()
         self._output_voltage_v = voltage_v if math.isfinite(voltage_v) else None
         self._output_current_a = current_a if math.isfinite(current_a) else None
         self._output_at_s = now
@@ -159,6 +164,7 @@ class ChargerSession(ABC):
 
     def receive(self, frame: CanFrame, now: float) -> Step:
         """Handle one received frame."""
+        self._seal()
         self._now_s = max(self._now_s, now)
         if frame.is_extended_id != self._extended or frame.arbitration_id not in self.accepted_ids:
             self.unknown_frames += 1  # dropped cheaply, no event
@@ -173,6 +179,7 @@ class ChargerSession(ABC):
 
     def tick(self, now: float, inputs: LineInputs) -> Step:
         """Advance time: periodic frames, timeouts, digital inputs."""
+        self._seal()
         self._inputs = inputs
         self._now_s = max(self._now_s, now)
         self._on_tick(now)
@@ -180,12 +187,14 @@ class ChargerSession(ABC):
 
     def end(self, now: float) -> Step:
         """Ask for a normal stop (charger side)."""
+        self._seal()
         self._now_s = max(self._now_s, now)
         self._on_end(now)
         return self._step()
 
     def charger_fault(self, reason: str, now: float) -> Step:
         """The charger itself failed (power stage, emergency stop): stop with a fault."""
+        self._seal()
         self._now_s = max(self._now_s, now)
         self._charger_fault = True
         self._fault(reason, now)
@@ -202,6 +211,12 @@ class ChargerSession(ABC):
 
     @abstractmethod
     def _state(self) -> VehicleState: ...
+
+    def _permitted(self) -> tuple[bool, bool]:
+        """(charge, discharge) permitted, as ``_state`` reports them; a subclass whose snapshot
+        is costly computes them directly (they are needed on every step)."""
+        state = self._state()
+        return state.charge_permitted, state.discharge_permitted
 
     # Helpers for subclasses.
 
@@ -277,13 +292,25 @@ class ChargerSession(ABC):
         self._charger_fault = False
         self._observed_s = 0.0
 
+    def _seal(self) -> None:
+        """The session is about to change: fix the newest step's snapshot first (see Step)."""
+        last = self._last_step
+        if last is not None:
+            self._last_step = None
+            last.seal()
+
     def _step(self) -> Step:
+        # The snapshot is built lazily (it is most of a frame's cost and the link reads it at
+        # most once per control cycle); the permissions are computed now, the link compares them.
         step = Step(
-            frames=tuple(self._frames),
-            events=tuple(self._events),
-            state=self._state(),
-            outputs=self._outputs,
+            tuple(self._frames) if self._frames else (),
+            tuple(self._events) if self._events else (),
+            None,
+            self._outputs,
+            build=self._state,
+            permitted=self._permitted(),
         )
         self._frames.clear()
         self._events.clear()
+        self._last_step = step
         return step
