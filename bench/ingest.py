@@ -75,9 +75,7 @@ def vehicle_mix() -> list[can.Message]:
     project's DBC. 0x102 (SoC) and 0x201 (available energy) change every round, as they do while
     the pack discharges (faster here); 0x100, 0x101 and 0x200 are static, as in a real session.
     So the decoder's repeated-payload shortcut serves 3 frames in 5, not every frame."""
-    return [
-        message for round_index in range(MIX_ROUNDS) for message in _vehicle_round(round_index)
-    ]
+    return [message for round_index in range(MIX_ROUNDS) for message in _vehicle_round(round_index)]
 
 
 def _vehicle_round(round_index: int) -> list[can.Message]:
