@@ -50,6 +50,7 @@ from controller.vehicle.chademo import ChademoChargerConfig, ChademoState
 from controller.vehicle.dbc import DbcCodec
 from controller.vehicle.frames import LineInputs, LineOutputs
 from controller.vehicle.link import CanVehicleLink
+from hil.vehicle.traffic import chademo_discharging_round, encode_round
 
 ROOT = Path(__file__).resolve().parents[1]
 DBC_PATH = ROOT / "dbc" / "chademo.dbc"
@@ -79,57 +80,13 @@ def vehicle_mix() -> list[can.Message]:
 
 
 def _vehicle_round(round_index: int) -> list[can.Message]:
-    codec = DbcCodec.chademo()
-    signals: dict[str, dict[str, float]] = {
-        "VEH_100_BatteryLimits": {
-            "MinChargeCurrent": 0,
-            "MinBatteryVoltage": 250,
-            "MaxBatteryVoltage": 435,
-            "ChargedRateReference": 100,
-        },
-        "VEH_101_ChargingTime": {
-            "MaxChargingTime10s": 2550,
-            "MaxChargingTimeMin": 60,
-            "EstimatedChargingTime": 30,
-            "RatedBatteryCapacity": 40.0,
-        },
-        "VEH_102_Status": {
-            "ProtocolNumber": 2,
-            "TargetBatteryVoltage": 410,
-            "ChargingCurrentRequest": 0,
-            "FaultBatteryOverVoltage": 0,
-            "FaultBatteryUnderVoltage": 0,
-            "FaultCurrentDeviation": 0,
-            "FaultHighBatteryTemperature": 0,
-            "FaultVoltageDeviation": 0,
-            "StatusChargingEnabled": 1,
-            "StatusNotInPark": 0,
-            "StatusChargingSystemFault": 0,
-            "StatusContactorOpen": 0,
-            "StatusStopBeforeCharging": 0,
-            "StatusBit6Undocumented": 0,
-            "StatusDischargeCompatible": 1,
-            "ChargedRate": 79 - round_index,
-        },
-        "VEH_200_DischargeLimits": {
-            "MaxDischargeCurrent": 30,
-            "MinDischargeVoltage": 250,
-            "MinDischargeLevel": 30,
-            "MaxRemainingCapacityForCharging": 100,
-        },
-        "VEH_201_DischargeInfo": {
-            "V2hSequenceControlNumber": 2,
-            "DischargeCompletionTime": 0,
-            "AvailableVehicleEnergy": round(24.8 - 0.4 * round_index, 1),
-        },
-    }
+    signals = chademo_discharging_round(
+        charged_rate=79 - round_index,
+        available_energy_kwh=round(24.8 - 0.4 * round_index, 1),
+    )
     return [
-        can.Message(
-            arbitration_id=codec.frame_id(name),
-            data=codec.encode(name, values),
-            is_extended_id=False,
-        )
-        for name, values in signals.items()
+        can.Message(arbitration_id=f.arbitration_id, data=f.data, is_extended_id=False)
+        for f in encode_round(DbcCodec.chademo(), signals)
     ]
 
 

@@ -18,65 +18,20 @@ from controller.vehicle.chademo import ChademoChargerConfig, ChademoSession, Cha
 from controller.vehicle.dbc import DbcCodec, ImplausibleValueError
 from controller.vehicle.frames import CanFrame, LineInputs, LineOutputs
 from controller.vehicle.link import CanVehicleLink
+from hil.vehicle.traffic import CHADEMO_STATUS, chademo_discharging_round, encode_round
 
 CODEC = DbcCodec.chademo()
 HELD = LineInputs(plugged=True, k=True)
 
-STATUS = {
-    "ProtocolNumber": 2,
-    "TargetBatteryVoltage": 410,
-    "ChargingCurrentRequest": 0,
-    "FaultBatteryOverVoltage": 0,
-    "FaultBatteryUnderVoltage": 0,
-    "FaultCurrentDeviation": 0,
-    "FaultHighBatteryTemperature": 0,
-    "FaultVoltageDeviation": 0,
-    "StatusChargingEnabled": 1,
-    "StatusNotInPark": 0,
-    "StatusChargingSystemFault": 0,
-    "StatusContactorOpen": 0,
-    "StatusStopBeforeCharging": 0,
-    "StatusBit6Undocumented": 0,
-    "StatusDischargeCompatible": 1,
-    "ChargedRate": 62,
-}
-
 
 def vehicle_frames(*, request_a: float = 0, charged_rate: float = 62) -> list[CanFrame]:
     """One round of a discharging CHAdeMO car's frames."""
-    signals: dict[str, dict[str, float]] = {
-        "VEH_100_BatteryLimits": {
-            "MinChargeCurrent": 0,
-            "MinBatteryVoltage": 250,
-            "MaxBatteryVoltage": 435,
-            "ChargedRateReference": 100,
-        },
-        "VEH_101_ChargingTime": {
-            "MaxChargingTime10s": 2550,
-            "MaxChargingTimeMin": 60,
-            "EstimatedChargingTime": 30,
-            "RatedBatteryCapacity": 40.0,
-        },
-        "VEH_102_Status": {
-            **STATUS,
-            "ChargingCurrentRequest": request_a,
-            "ChargedRate": charged_rate,
-        },
-        "VEH_200_DischargeLimits": {
-            "MaxDischargeCurrent": 30,
-            "MinDischargeVoltage": 250,
-            "MinDischargeLevel": 30,
-            "MaxRemainingCapacityForCharging": 100,
-        },
-    }
-    return [
-        CanFrame(CODEC.frame_id(name), CODEC.encode(name, values), False)
-        for name, values in signals.items()
-    ]
+    signals = chademo_discharging_round(request_a=request_a, charged_rate=charged_rate)
+    return encode_round(CODEC, signals)
 
 
 def status_frame(**changes: float) -> CanFrame:
-    return CanFrame(0x102, CODEC.encode("VEH_102_Status", {**STATUS, **changes}), False)
+    return CanFrame(0x102, CODEC.encode("VEH_102_Status", {**CHADEMO_STATUS, **changes}), False)
 
 
 def transferring_session() -> ChademoSession:
