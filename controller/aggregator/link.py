@@ -67,6 +67,7 @@ from collections import OrderedDict
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
+from typing import TypeVar
 
 import aiomqtt
 import structlog
@@ -106,6 +107,7 @@ from controller.ledger.outbox import TELEMETRY_SYNC_S, DurableOutbox, OutboxReco
 from controller.links import AuditSink, ControlReport, LinkStatus, SetpointAudit, Wake
 
 log = structlog.get_logger(component="aggregator")
+_T = TypeVar("_T")
 
 CONNECT_TIMEOUT_S = 10.0  # TCP + TLS + CONNACK, and each SUBACK/PUBACK
 ACK_WAIT_S = 2.0  # an accepted setpoint no control cycle followed is acked after this anyway
@@ -723,16 +725,25 @@ class MqttAggregatorLink:
                     async with asyncio.timeout(HOUSEKEEPING_S):
                         await self._kick.wait()
 
-    def _stored_to_send(self) -> list[OutboxRecord]:
+    def _with_durable(self, failed: str, call: Callable[[DurableOutbox], _T]) -> _T | None:
+        """``call`` on the durable outbox, unless there is none or a caller's transaction holds
+        it; a database failure is logged as ``failed`` (each caller retries later): None."""
         durable = self._durable
         if durable is None or durable.busy:
-            return []
-        after_seq = self._published[-1].seq if self._published else 0
+            return None
         try:
-            return durable.peek(PUBLISH_WINDOW, after_seq=after_seq)
+            return call(durable)
         except LedgerError as exc:
-            log.error("stored records cannot be read; retrying", error=str(exc))
-            return []
+            log.error(failed, error=str(exc))
+            return None
+
+    def _stored_to_send(self) -> list[OutboxRecord]:
+        after_seq = self._published[-1].seq if self._published else 0
+        records = self._with_durable(
+            "stored records cannot be read; retrying",
+            lambda durable: durable.peek(PUBLISH_WINDOW, after_seq=after_seq),
+        )
+        return records or []
 
     async def _publish_stored(self, client: aiomqtt.Client, records: list[OutboxRecord]) -> None:
         """Publish a window of stored records at once (paho sends them in this order) and
@@ -757,14 +768,14 @@ class MqttAggregatorLink:
         self._delete_published()
 
     def _delete_published(self) -> None:
-        if not self._published or self._durable is None or self._durable.busy:
+        def delete(durable: DurableOutbox) -> bool:
+            durable.mark_published(self._published)
+            return True
+
+        if not self._published:
             return
-        try:
-            self._durable.mark_published(self._published)
-        except LedgerError as exc:
-            log.error("published records not deleted; retrying", error=str(exc))
-            return
-        self._published.clear()
+        if self._with_durable("published records not deleted; retrying", delete):
+            self._published.clear()
 
     # -- setpoints and acks -------------------------------------------------------------------
 
@@ -943,12 +954,7 @@ class MqttAggregatorLink:
         self._gate.sent(report, now_s)
 
     def _durable_sync(self) -> None:
-        if self._durable is None or self._durable.busy:
-            return
-        try:
-            self._durable.sync()
-        except LedgerError as exc:
-            log.error("stored telemetry not synced", error=str(exc))
+        self._with_durable("stored telemetry not synced", lambda durable: durable.sync())
 
     def _queue_status(self, report: ControlReport) -> None:
         payload = status_message(report).to_json()
@@ -975,22 +981,14 @@ class MqttAggregatorLink:
                     self._report_drops()  # drops while a long backlog drains
 
     def _report_drops(self) -> None:
-        if self._durable is None or self._durable.busy:
-            return
-        try:
-            self._durable.report_drops(self._wall())
-        except LedgerError as exc:
-            log.error("stored records dropped, but the count was not reported", error=str(exc))
+        self._with_durable(
+            "stored records dropped, but the count was not reported",
+            lambda durable: durable.report_drops(self._wall()),
+        )
 
     def _durable_prune(self) -> None:
-        if self._durable is None or self._durable.busy:
-            return
-        try:
-            dropped = self._durable.prune()
-        except LedgerError as exc:
-            log.error("stored records not pruned", error=str(exc))
-            return
-        if dropped:
+        dropped = self._with_durable("stored records not pruned", lambda durable: durable.prune())
+        if dropped and self._durable is not None:
             log.warning(
                 "stored records dropped by the outbox bounds",
                 dropped=dropped,

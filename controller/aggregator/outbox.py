@@ -26,7 +26,6 @@ A message leaves the queue only when ``done()`` says it was published (``peek`` 
 
 from __future__ import annotations
 
-import asyncio
 import enum
 from collections import deque
 from dataclasses import dataclass
@@ -65,7 +64,6 @@ class Outbox:
         self.capacity = capacity
         self._kept: dict[Kind, deque[Outgoing]] = {kind: deque() for kind in _KEPT}
         self._latest: dict[Kind, Outgoing | None] = dict.fromkeys(_LATEST)
-        self._ready = asyncio.Event()
         self.dropped: dict[Kind, int] = dict.fromkeys(_KEPT, 0)
 
     def __len__(self) -> int:
@@ -83,7 +81,6 @@ class Outbox:
                 dropped = self._kept[victim_kind].popleft()
                 self.dropped[victim_kind] += 1
             self._kept[item.kind].append(item)
-        self._ready.set()
         return dropped
 
     def peek(self) -> Outgoing | None:
@@ -113,9 +110,3 @@ class Outbox:
             latest = self._latest[kind]
             return [] if latest is None else [latest]
         return list(self._kept[kind])
-
-    async def wait(self) -> None:
-        """Return once there is something to send."""
-        while self.peek() is None:
-            self._ready.clear()
-            await self._ready.wait()

@@ -2,8 +2,6 @@
 
 from __future__ import annotations
 
-import asyncio
-
 import pytest
 from hypothesis import given
 from hypothesis import strategies as st
@@ -87,20 +85,6 @@ def test_done_ignores_a_replaced_telemetry() -> None:
     assert in_flight is old
     outbox.done(in_flight)
     assert outbox.peek() is new
-
-
-def test_wait_returns_when_something_is_queued() -> None:
-    """wait() blocks while empty and returns once a message is put."""
-
-    async def scenario() -> None:
-        outbox = Outbox()
-        waiter = asyncio.create_task(outbox.wait())
-        await asyncio.sleep(0.01)
-        assert not waiter.done()
-        outbox.put(item(Kind.EVENT))
-        await asyncio.wait_for(waiter, 1.0)
-
-    asyncio.run(scenario())
 
 
 def test_capacity_must_be_positive() -> None:
