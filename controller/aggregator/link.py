@@ -99,6 +99,7 @@ from controller.aggregator.validation import (
     SetpointLimits,
     SetpointValidator,
 )
+from controller.cancellation import cancel_requests, guarded, raise_if_cancelled_since
 from controller.config import AggregatorConfig, Config, MqttTlsConfig
 from controller.core.snapshots import Setpoint, SetpointMode
 from controller.errors import AggregatorLinkError
@@ -254,13 +255,6 @@ def _code(value: object) -> int:
     return -1
 
 
-def _reraise_if_cancelled() -> None:
-    """aiomqtt may turn a cancelled wait into MqttError; never let that swallow a cancel."""
-    task = asyncio.current_task()
-    if task is not None and task.cancelling():
-        raise asyncio.CancelledError
-
-
 class MqttAggregatorLink:
     """Satisfies ``controller.links.AggregatorLink``; see the module docstring."""
 
@@ -412,10 +406,17 @@ class MqttAggregatorLink:
         self._stopping = True
         topic = self.topics.availability
         client = self._client
+        cancels_before = cancel_requests()
         try:
             if client is not None:
-                await client.publish(
-                    topic, AVAILABILITY_OFFLINE, qos=1, retain=True, timeout=self._connect_timeout_s
+                await guarded(
+                    client.publish(
+                        topic,
+                        AVAILABILITY_OFFLINE,
+                        qos=1,
+                        retain=True,
+                        timeout=self._connect_timeout_s,
+                    )
                 )
             else:
                 context = self._tls_context()
@@ -423,15 +424,18 @@ class MqttAggregatorLink:
                 if context is not None:
                     await self._check_tls(context)
                 async with self._new_client(context, password, will=False) as one_shot:
-                    await one_shot.publish(
-                        topic,
-                        AVAILABILITY_OFFLINE,
-                        qos=1,
-                        retain=True,
-                        timeout=self._connect_timeout_s,
+                    raise_if_cancelled_since(cancels_before)
+                    await guarded(
+                        one_shot.publish(
+                            topic,
+                            AVAILABILITY_OFFLINE,
+                            qos=1,
+                            retain=True,
+                            timeout=self._connect_timeout_s,
+                        )
                     )
         except aiomqtt.MqttError as exc:
-            _reraise_if_cancelled()
+            raise_if_cancelled_since(cancels_before)
             raise AggregatorLinkError(f"could not publish offline: {_describe(exc)}") from None
         log.info("availability published", availability="offline")
 
@@ -557,15 +561,21 @@ class MqttAggregatorLink:
         protocol = self._protocol
         client = self._new_client(context, password, will=True)
         self._client_log.last = None
+        cancels_before = cancel_requests()
         try:
             async with client:
+                # aiomqtt waits for CONNACK, SUBACK and PUBACK with wait_for, which can lose a
+                # cancel that lands with the reply (controller/cancellation.py).
+                raise_if_cancelled_since(cancels_before)
                 await self._subscribe(client)
-                await client.publish(
-                    self.topics.availability,
-                    AVAILABILITY_ONLINE,
-                    qos=1,
-                    retain=True,
-                    timeout=self._connect_timeout_s,
+                await guarded(
+                    client.publish(
+                        self.topics.availability,
+                        AVAILABILITY_ONLINE,
+                        qos=1,
+                        retain=True,
+                        timeout=self._connect_timeout_s,
+                    )
                 )
                 self._came_up(client)
                 try:
@@ -575,7 +585,7 @@ class MqttAggregatorLink:
         except MqttConnectError as exc:
             raise self._refused(exc, protocol) from None
         except aiomqtt.MqttError as exc:
-            _reraise_if_cancelled()
+            raise_if_cancelled_since(cancels_before)
             raise AggregatorLinkError(self._failure(exc)) from None
 
     def _refused(self, exc: MqttConnectError, protocol: aiomqtt.ProtocolVersion) -> Exception:
@@ -606,11 +616,11 @@ class MqttAggregatorLink:
         if self._protocol is aiomqtt.ProtocolVersion.V5:
             # Retain-as-published: a retained setpoint keeps its flag even when it arrives live.
             options = SubscribeOptions(qos=1, retainAsPublished=True)
-            granted = await client.subscribe(
-                topic, options=options, timeout=self._connect_timeout_s
+            granted = await guarded(
+                client.subscribe(topic, options=options, timeout=self._connect_timeout_s)
             )
         else:
-            granted = await client.subscribe(topic, qos=1, timeout=self._connect_timeout_s)
+            granted = await guarded(client.subscribe(topic, qos=1, timeout=self._connect_timeout_s))
         codes = [_code(code) for code in granted]
         if not codes or codes[0] >= _SUBACK_FAILURE:
             raise AggregatorLinkError(
@@ -693,12 +703,14 @@ class MqttAggregatorLink:
         while True:
             item = self._outbox.peek()
             if item is not None:
-                await client.publish(
-                    item.topic,
-                    item.payload,
-                    qos=1,
-                    retain=item.retain,
-                    timeout=self._connect_timeout_s,
+                await guarded(
+                    client.publish(
+                        item.topic,
+                        item.payload,
+                        qos=1,
+                        retain=item.retain,
+                        timeout=self._connect_timeout_s,
+                    )
                 )
                 self._outbox.done(item)
                 if self._unreported_drops and not self._outbox.pending(Kind.ACK):
@@ -751,11 +763,13 @@ class MqttAggregatorLink:
         ones that did arrive are sent again after the reconnect under the same id."""
         results = await asyncio.gather(
             *(
-                client.publish(
-                    self.topics.for_record(record.kind),
-                    record.payload(),
-                    qos=1,
-                    timeout=self._connect_timeout_s,
+                guarded(
+                    client.publish(
+                        self.topics.for_record(record.kind),
+                        record.payload(),
+                        qos=1,
+                        timeout=self._connect_timeout_s,
+                    )
                 )
                 for record in records
             ),

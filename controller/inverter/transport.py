@@ -25,6 +25,7 @@ from pymodbus.client import AsyncModbusSerialClient, AsyncModbusTcpClient
 from pymodbus.exceptions import ModbusException
 from pymodbus.pdu import ExceptionResponse, ModbusPDU
 
+from controller.cancellation import guarded
 from controller.errors import InverterLinkError
 
 MAX_READ_REGISTERS = 125  # Modbus application protocol 6.3
@@ -155,7 +156,10 @@ class ModbusTransport:
             )
         client = self._new_client()
         try:
-            ok = await client.connect()
+            ok = await guarded(client.connect())
+        except asyncio.CancelledError:
+            client.close()  # connected or not, never leave a socket behind a cancelled link
+            raise
         except (ModbusException, OSError) as exc:
             ok = False
             reason = str(exc)
@@ -227,18 +231,24 @@ class ModbusTransport:
                 await self._respect_silent_interval()
                 self.requests += 1
                 try:
+                    # guarded: pymodbus awaits the reply with wait_for, which can lose a cancel
+                    # that lands with the reply (controller/cancellation.py).
                     if function == 3:
-                        response = await client.read_holding_registers(
-                            address, count=count, device_id=self.unit_id
+                        response = await guarded(
+                            client.read_holding_registers(
+                                address, count=count, device_id=self.unit_id
+                            )
                         )
                     elif function == 4:
-                        response = await client.read_input_registers(
-                            address, count=count, device_id=self.unit_id
+                        response = await guarded(
+                            client.read_input_registers(
+                                address, count=count, device_id=self.unit_id
+                            )
                         )
                     else:
                         assert values is not None  # noqa: S101  function 16 always has values
-                        response = await client.write_registers(
-                            address, values, device_id=self.unit_id
+                        response = await guarded(
+                            client.write_registers(address, values, device_id=self.unit_id)
                         )
                 except (ModbusException, TimeoutError, OSError) as exc:
                     self.timeouts += 1
