@@ -29,11 +29,34 @@ Setpoint latency (``setpoint_latency_ms``)
     both MQTT clients, a publish can wait for a delayed TCP ACK (Linux: up to 40 ms) at the
     aggregator, at the daemon's end, or both; the aggregator's socket is not the charger's.
 
-Floors, measured in the same run against the same simulator and broker
-    ``fault_floor_ms``: the median round trip of one bare pymodbus ``write_registers`` (the same
-    two registers, function 16), the plant running and the daemon not yet started.
-    ``setpoint_floor_ms``: the median broker round trip (aiomqtt, QoS 1, publish to our own
-    subscription) plus that Modbus write median.
+Floors: the same path done by bare library code, in the same run
+    Measured before the daemon starts, so nothing else acts on the bus or the simulator: the
+    plant and mosquitto are running, and on the daemon's CAN channel, broker and inverter
+    simulator a bare process (``bench/bare.py``: python-can, cantools, paho-mqtt and pymodbus,
+    no project code) stands where the daemon will stand. Start and end are taken as for the
+    daemon, so ``ours / floor`` is what the controller's own code adds to the libraries.
+
+    ``fault_floor_spread_ms``: a bare python-can bus in this process sends the same BSM with
+    "charging allowed" = 00 (timestamped just before ``bus.send``, as the plant's car is; one
+    byte, MaxTemperaturePoint, tags each trial). The bare process receives it (blocking
+    ``recv`` filtered to the BSM id), decodes it with cantools and writes 0 W (124 OutWRte and
+    InWRte, function 16) with a synchronous pymodbus client. End: that write landing at the
+    simulator.
+    ``setpoint_floor_spread_ms``: a bare aiomqtt client in this process, set up as the bench's
+    aggregator client is (MQTT 5, QoS 1, TCP_NODELAY), publishes a setpoint of the same form on
+    the daemon's setpoint topic; the bare process (paho-mqtt in its own loop, TCP_NODELAY as the
+    daemon sets) turns its ``power_w`` into the 124 rates and writes them the same way. End: the
+    write of that value landing at the simulator. The bench sets 124 StorCtl_Mod first (the
+    daemon writes it with every command) so a rate write moves the stage, and clears it after.
+    ``fault_floor_ms`` and ``setpoint_floor_ms`` are the floors' medians; ``fault_floor_ratio``
+    and ``setpoint_floor_ratio`` are ours over the floor, p50 over p50 and p99 over p99. Part of
+    what the ratio counts is the daemon's write sequence: its verified 124 write puts
+    StorCtl_Mod before the rates (a round trip before the write that lands), and enabling adds
+    123 Conn with its read-back; the floor's one write is the least that moves the stage.
+
+    For reading the floors: ``latency.modbus_write_rt_ms`` (one bare async pymodbus write round
+    trip of the same two registers) and ``latency.broker_rt_ms`` (aiomqtt, QoS 1, publish to
+    our own subscription), each over the same simulator and broker.
 """
 
 from __future__ import annotations
@@ -52,9 +75,10 @@ from pathlib import Path
 from typing import Any
 
 import aiomqtt
+import can
 from pymodbus.client import AsyncModbusTcpClient
 
-from controller.vehicle.dbc import DbcCodec
+from controller.vehicle.dbc import GBT27930_FILE, DbcCodec, find_dbc
 from hil.harness import (
     AggregatorClient,
     DaemonProcess,
@@ -81,6 +105,26 @@ MODBUS_UNIT = 1
 # The bench's MQTT clients send at once: paho leaves Nagle's algorithm on (see module docstring).
 NODELAY = ((socket.IPPROTO_TCP, socket.TCP_NODELAY, 1),)
 
+BARE = Path(__file__).resolve().with_name("bare.py")
+BARE_READY_TIMEOUT_S = 20.0
+# 124 StorCtl_Mod: both rate controls active, as the daemon's driver writes it.
+STORCTL_CHARGE_AND_DISCHARGE = 0b11
+# The simulated car's BSM, as hil.vehicle.gbt_ev sends it at 25 degC, with charging forbidden.
+BSM_FORBIDDEN = {
+    "MaxCellVoltageNumber": 1,
+    "MaxTemperature": 25,
+    "MaxTemperaturePoint": 1,
+    "MinTemperature": 25,
+    "MinTemperaturePoint": 2,
+    "CellVoltageStatus": 0,
+    "SocStatus": 0,
+    "OverCurrentStatus": 0,
+    "TemperatureStatus": 0,
+    "InsulationStatus": 0,
+    "OutputConnectorStatus": 0,
+    "ChargingAllowed": 0,
+}
+
 FULL = {"faults": 500, "setpoints": 500, "floor": 500}
 QUICK = {"faults": 5, "setpoints": 10, "floor": 20}
 
@@ -104,7 +148,16 @@ def spread_ms(samples_ns: list[int]) -> dict[str, float]:
     }
 
 
-# -- floors -----------------------------------------------------------------------------------
+def ratios(ours: dict[str, float], floor: dict[str, float]) -> dict[str, float | None]:
+    """Ours over the floor, each quantile over the same quantile (None where either is missing)."""
+    out: dict[str, float | None] = {}
+    for quantile in ("p50", "p99"):
+        mine, bare = ours.get(quantile), floor.get(quantile)
+        out[quantile] = round(mine / bare, 2) if mine is not None and bare else None
+    return out
+
+
+# -- the floors' hops, apart (informational) --------------------------------------------------
 
 
 async def modbus_write_round_trips(port: int, address: int, n: int) -> list[int]:
@@ -163,6 +216,213 @@ async def broker_round_trips(port: int, n: int) -> list[int]:
         finally:
             reader.cancel()
             await asyncio.gather(reader, return_exceptions=True)
+
+
+# -- the bare path (the floors) ---------------------------------------------------------------
+
+
+class BareProcess:
+    """``bench/bare.py`` as its own process: it says ``ready``, then ``done <tag>`` per write."""
+
+    def __init__(self, args: list[str], log_file: Path) -> None:
+        self.args = args
+        self.log_file = log_file
+        self._process: asyncio.subprocess.Process | None = None
+
+    async def __aenter__(self) -> BareProcess:
+        with self.log_file.open("ab") as log:
+            # -P keeps bench/ off sys.path: the process runs only bare.py's library imports.
+            self._process = await asyncio.create_subprocess_exec(
+                sys.executable,
+                "-P",
+                str(BARE),
+                *self.args,
+                stdin=asyncio.subprocess.DEVNULL,
+                stdout=asyncio.subprocess.PIPE,
+                stderr=log,
+            )
+        if await self._line(BARE_READY_TIMEOUT_S) != "ready":
+            await self.stop()
+            raise RuntimeError(f"the bare reactor did not start: see {self.log_file}")
+        return self
+
+    async def __aexit__(self, *_: object) -> None:
+        await self.stop()
+
+    async def stop(self) -> None:
+        process, self._process = self._process, None
+        if process is None or process.returncode is not None:
+            return
+        process.terminate()
+        try:
+            await asyncio.wait_for(process.wait(), 5.0)
+        except TimeoutError:
+            process.kill()
+            await process.wait()
+
+    async def _line(self, timeout_s: float) -> str | None:
+        """The next line, or None when none came in time."""
+        assert self._process is not None
+        assert self._process.stdout is not None
+        try:
+            raw = await asyncio.wait_for(self._process.stdout.readline(), timeout_s)
+        except TimeoutError:
+            return None
+        if not raw:
+            raise RuntimeError(f"the bare reactor exited: see {self.log_file}")
+        return raw.decode().strip()
+
+    async def done(self, tag: str, timeout_s: float) -> bool:
+        """Whether the write for ``tag`` was reported in time (older reports are skipped)."""
+        deadline = time.monotonic() + timeout_s
+        while (left := deadline - time.monotonic()) > 0:
+            line = await self._line(left)
+            if line is None:
+                return False
+            if line == f"done {tag}":
+                return True
+        return False
+
+
+@dataclass
+class FloorResults:
+    path_ns: list[int] = field(default_factory=list)  # send or publish -> write landed
+    failed: int = 0
+
+    def fail(self, what: str, n: int) -> None:
+        self.failed += 1
+        if self.failed > max(3, n // 20):
+            raise RuntimeError(f"{what}: {self.failed} of {n} timed out")
+
+
+async def fault_floor_trials(setup: Setup, trace: PlantTrace, address: int, n: int) -> FloorResults:
+    """The bare CAN path: our bus.send of a forbidden BSM -> bare recv, decode, 0 W write."""
+    args = [
+        "--modbus-port",
+        str(setup.inverter_port),
+        "--address",
+        str(address),
+        "--unit",
+        str(MODBUS_UNIT),
+        "can",
+        "--interface",
+        setup.can_interface,
+        "--channel",
+        setup.can_channel,
+        "--dbc",
+        str(find_dbc(GBT27930_FILE)),
+        "--frame-id",
+        str(trace.bsm_id),
+        "--signal",
+        "ChargingAllowed",
+    ]
+    results = FloorResults()
+    rng = random.Random(13)  # noqa: S311  spacing, not secrets
+    bus = can.Bus(interface=setup.can_interface, channel=setup.can_channel)
+    try:
+        async with BareProcess(args, setup.directory / "bare-can.log") as bare:
+            for i in range(n):
+                # The tag byte makes each trial's frame, and the reactor's report of it, unique.
+                data = trace.codec.encode("BSM", {**BSM_FORBIDDEN, "MaxTemperaturePoint": i % 256})
+                frame = can.Message(arbitration_id=trace.bsm_id, data=data, is_extended_id=True)
+                await asyncio.sleep(rng.uniform(0.01, 0.03))
+                sent_ns = time.monotonic_ns()
+                bus.send(frame)
+                if not await bare.done(data.hex(), TRIAL_TIMEOUT_S):
+                    results.fail("fault floor", n)
+                    continue
+                landed = first_write(trace.read(sent_ns).writes, sent_ns, 0.0)
+                if landed is None:
+                    results.fail("fault floor", n)
+                else:
+                    results.path_ns.append(landed - sent_ns)
+    finally:
+        bus.shutdown()
+    return results
+
+
+async def _read_register(client: AsyncModbusTcpClient, address: int) -> int:
+    response = await client.read_holding_registers(address, count=1, device_id=MODBUS_UNIT)
+    if response.isError():
+        raise RuntimeError(f"cannot read register {address}: {response}")
+    return int(response.registers[0])
+
+
+async def _write_registers(client: AsyncModbusTcpClient, address: int, values: list[int]) -> None:
+    response = await client.write_registers(address, values, device_id=MODBUS_UNIT)
+    if response.isError():
+        raise RuntimeError(f"write of {values} at {address} refused: {response}")
+
+
+async def setpoint_floor_trials(setup: Setup, trace: PlantTrace, n: int) -> FloorResults:
+    """The bare MQTT path: our publish -> bare paho subscriber, power to rates, one write."""
+    profile = SunSpec100Profile(PowerStage())
+    image = profile.image
+    rates_at, _ = profile.setpoint_span()
+    mode_at = image.address(124, "StorCtl_Mod")
+    # What the daemon's driver learns at setup, read from the running simulator.
+    setup_client = AsyncModbusTcpClient("127.0.0.1", port=setup.inverter_port, timeout=2, retries=0)
+    if not await setup_client.connect():
+        raise RuntimeError(f"cannot connect to the inverter simulator on {setup.inverter_port}")
+    try:
+        rate_base_w = await _read_register(setup_client, image.address(124, "WChaMax"))
+        rate_sf = await _read_register(setup_client, image.address(124, "InOutWRte_SF"))
+        rate_sf -= 0x10000 if rate_sf >= 0x8000 else 0  # sunssf: int16
+        await _write_registers(setup_client, mode_at, [STORCTL_CHARGE_AND_DISCHARGE])
+        topic = f"{setup.prefix}/setpoint"
+        args = [
+            "--modbus-port",
+            str(setup.inverter_port),
+            "--address",
+            str(rates_at),
+            "--unit",
+            str(MODBUS_UNIT),
+            "mqtt",
+            "--broker-port",
+            str(setup.broker_port),
+            "--topic",
+            topic,
+            "--rate-base-w",
+            str(rate_base_w),
+            "--rate-sf",
+            str(rate_sf),
+        ]
+        results = FloorResults()
+        rng = random.Random(13)  # noqa: S311  spacing, not secrets
+        async with (
+            BareProcess(args, setup.directory / "bare-mqtt.log") as bare,
+            aiomqtt.Client(
+                "127.0.0.1",
+                setup.broker_port,
+                identifier="bench-latency-floor-aggregator",
+                protocol=aiomqtt.ProtocolVersion.V5,
+                socket_options=NODELAY,
+            ) as publisher,
+        ):
+            previous_w = 0.0
+            for i in range(n):
+                # Alternate even after a miss, so a late write is never taken for the next one.
+                power_w = SETPOINTS_W[1] if previous_w == SETPOINTS_W[0] else SETPOINTS_W[0]
+                previous_w = power_w
+                setpoint_id = f"bench-floor-{i}"
+                payload = json.dumps(setpoint(setpoint_id, power_w, ttl_s=600))
+                await asyncio.sleep(rng.uniform(0.01, 0.03))
+                sent_ns = time.monotonic_ns()
+                await publisher.publish(topic, payload, qos=1)
+                if not await bare.done(setpoint_id, TRIAL_TIMEOUT_S):
+                    results.fail("setpoint floor", n)
+                    continue
+                landed = first_write(trace.read(sent_ns).writes, sent_ns, power_w)
+                if landed is None:
+                    results.fail("setpoint floor", n)
+                else:
+                    results.path_ns.append(landed - sent_ns)
+        # Leave the simulator as the daemon would find it: rates and mode back to 0.
+        await _write_registers(setup_client, rates_at, [0, 0])
+        await _write_registers(setup_client, mode_at, [0])
+    finally:
+        setup_client.close()
+    return results
 
 
 # -- the plant's trace ------------------------------------------------------------------------
@@ -334,13 +594,17 @@ def bench_setup(workdir: Path, broker_port: int) -> Setup:
 
 async def _measure(setup: Setup, plant: PlantProcess, counts: dict[str, int]) -> dict[str, Any]:
     address, _ = SunSpec100Profile(PowerStage()).setpoint_span()
+    trace = PlantTrace(plant.client)
+    # The floors first: the daemon is not running yet, so the bare process has the bus, the
+    # broker topic and the simulator to itself.
     modbus_ns = await modbus_write_round_trips(setup.inverter_port, address, counts["floor"])
     broker_ns = await broker_round_trips(setup.broker_port, counts["floor"])
     modbus, broker = spread_ms(modbus_ns), spread_ms(broker_ns)
+    fault_floor = await fault_floor_trials(setup, trace, address, counts["floor"])
+    setpoint_floor = await setpoint_floor_trials(setup, trace, counts["floor"])
 
     config = setup.directory / "config.yaml"
     config.write_text(setup.config_yaml(), encoding="utf-8")
-    trace = PlantTrace(plant.client)
     with DaemonProcess(config, setup.directory / "daemon.log") as daemon:
         async with AggregatorClient(
             setup.broker_port, setup.prefix, tcp_nodelay=True
@@ -366,11 +630,17 @@ async def _measure(setup: Setup, plant: PlantProcess, counts: dict[str, int]) ->
             raise RuntimeError(f"the daemon exited during the bench: see {daemon.log_file}")
     fault_spread = spread_ms(faults.reaction_ns)
     setpoint_spread = spread_ms(setpoints.latency_ns)
+    fault_floor_spread = spread_ms(fault_floor.path_ns)
+    setpoint_floor_spread = spread_ms(setpoint_floor.path_ns)
     return {
         "fault_reaction_ms": fault_spread,
-        "fault_floor_ms": modbus["p50"],
+        "fault_floor_ms": fault_floor_spread.get("p50"),
+        "fault_floor_spread_ms": fault_floor_spread,
+        "fault_floor_ratio": ratios(fault_spread, fault_floor_spread),
         "setpoint_latency_ms": setpoint_spread,
-        "setpoint_floor_ms": round(broker["p50"] + modbus["p50"], 3),
+        "setpoint_floor_ms": setpoint_floor_spread.get("p50"),
+        "setpoint_floor_spread_ms": setpoint_floor_spread,
+        "setpoint_floor_ratio": ratios(setpoint_spread, setpoint_floor_spread),
         "latency": {
             "fault_kind": FAULT_KIND,
             "vehicle": "gbt27930 over udp_multicast"
@@ -379,7 +649,12 @@ async def _measure(setup: Setup, plant: PlantProcess, counts: dict[str, int]) ->
             "inverter": "SunSpec 100-series simulator over Modbus TCP (pymodbus server)",
             "modbus_write_rt_ms": modbus,
             "broker_rt_ms": broker,
-            "floors_are": "p50 of the bare round trips",
+            "floors_are": (
+                "the same path by bare python-can/cantools, paho-mqtt and pymodbus code "
+                "(bench/bare.py), before the daemon starts; *_floor_ms is its p50"
+            ),
+            "fault_floor_trials_failed": fault_floor.failed,
+            "setpoint_floor_trials_failed": setpoint_floor.failed,
             "fault_recovery_ms": spread_ms(faults.recovery_ns),
             "fault_trials_failed": faults.failed,
             "fault_zero_before_frame": faults.zero_before_frame,
@@ -393,15 +668,24 @@ NOTE = (
     "fault reaction: the simulated GB/T BMS's first BSM with 'charging allowed' = 00 on CAN "
     "(timestamped at the sender) to the first 0 W setpoint write at the inverter simulator; "
     "setpoint latency: an MQTT aggregator client's publish (QoS 1) to the first write of that "
-    "value at the simulator. Separate processes, one host, CLOCK_MONOTONIC. Floors: the median "
-    "bare pymodbus write round trip to the same simulator; plus the median broker round trip "
-    "for the setpoint floor."
+    "value at the simulator. Separate processes, one host, CLOCK_MONOTONIC. Floors: the same "
+    "path by bare library code (bench/bare.py, no project code) in the same run, before the "
+    "daemon starts, on its CAN channel, broker and simulator: a bare python-can send of the same "
+    "BSM to a bare python-can receiver that decodes it with cantools and writes 0 W with "
+    "pymodbus; a bare aiomqtt publish of the same setpoint (QoS 1) to a bare paho-mqtt "
+    "subscriber that writes it with pymodbus; each to the write landing at the simulator. The "
+    "ratio is ours over the floor, p50 over p50 and p99 over p99: what the controller's own "
+    "code adds (its verified write sequence included: StorCtl_Mod is written before the rates)."
 )
 
 
-def run(*, workdir: Path, quick: bool = False) -> dict[str, Any]:
-    """Run the latency benchmarks in ``workdir``; the figures in ms (see the module docstring)."""
+def run(*, workdir: Path, quick: bool = False, trials: int | None = None) -> dict[str, Any]:
+    """Run the latency benchmarks in ``workdir``; the figures in ms (see the module docstring).
+
+    ``trials``, when given, is the count of every kind of trial (floors included)."""
     counts = QUICK if quick else FULL
+    if trials is not None:
+        counts = dict.fromkeys(counts, trials)
     (workdir / "broker").mkdir(parents=True, exist_ok=True)
     with Mosquitto(workdir / "broker") as broker:
         setup = bench_setup(workdir, broker.port)
@@ -415,16 +699,19 @@ def run(*, workdir: Path, quick: bool = False) -> dict[str, Any]:
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m bench.latency", description=__doc__)
     parser.add_argument("--quick", action="store_true", help="a smoke run with a few trials")
+    parser.add_argument(
+        "--trials", type=int, default=None, help="trials of each kind, floors included"
+    )
     parser.add_argument("--workdir", type=Path, default=None)
     args = parser.parse_args(argv)
     if args.workdir is not None:
         args.workdir.mkdir(parents=True, exist_ok=True)
-        figures = run(workdir=args.workdir, quick=args.quick)
+        figures = run(workdir=args.workdir, quick=args.quick, trials=args.trials)
     else:
         import tempfile  # noqa: PLC0415  only for the command line
 
         with tempfile.TemporaryDirectory(prefix="bench-latency-") as workdir:
-            figures = run(workdir=Path(workdir), quick=args.quick)
+            figures = run(workdir=Path(workdir), quick=args.quick, trials=args.trials)
     print(json.dumps(figures, indent=2))
     return 0
 

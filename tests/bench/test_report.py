@@ -15,8 +15,12 @@ def _results(**overrides: Any) -> dict[str, Any]:
     results: dict[str, Any] = {
         "fault_reaction_ms": {"p50": 2.0, "p99": 4.0, "max": 9.0, "n": 500},
         "fault_floor_ms": 0.8,
+        "fault_floor_spread_ms": {"p50": 0.8, "p99": 1.6, "max": 2.0, "n": 500},
+        "fault_floor_ratio": {"p50": 2.5, "p99": 2.5},
         "setpoint_latency_ms": {"p50": 3.0, "p99": 25.0, "max": 40.0, "n": 500},
         "setpoint_floor_ms": 1.2,
+        "setpoint_floor_spread_ms": {"p50": 1.2, "p99": 5.0, "max": 6.0, "n": 500},
+        "setpoint_floor_ratio": {"p50": 2.5, "p99": 5.0},
         "can_ingest_fps": 9000,
         "can_cost_ratio": 1.2,
         "nominal_cpu_pct": 1.5,
@@ -63,10 +67,29 @@ def test_a_missing_figure_is_not_measured_rather_than_met() -> None:
 
 def test_report_shows_floor_verdict_and_machine() -> None:
     text = bench_main.render(_results())
-    assert "| setpoint latency p99 | 25.00 ms | 1.20 ms | ≤ 20.00 ms | **missed** |" in text
-    assert "| fault reaction p99 | 4.00 ms | 0.800 ms | ≤ 10.00 ms | met |" in text
+    # Beside a p99 target, the floor's p99.
+    assert "| setpoint latency p99 | 25.00 ms | 5.00 ms | ≤ 20.00 ms | **missed** |" in text
+    assert "| fault reaction p99 | 4.00 ms | 1.60 ms | ≤ 10.00 ms | met |" in text
     assert "test cpu, 2 cores" in text
     assert "measured from the frame to the write" in text
+
+
+def test_report_sets_ours_against_the_bare_path() -> None:
+    text = bench_main.render(_results())
+    assert "| fault_floor_spread_ms | 0.800 | 1.60 | 2.00 | 500 |" in text
+    assert "| setpoint_floor_spread_ms | 1.20 | 5.00 | 6.00 | 500 |" in text
+    assert "| fault reaction | 2.00 | 0.800 | 2.50 x | 4.00 | 1.60 | 2.50 x |" in text
+    assert "| setpoint latency | 3.00 | 1.20 | 2.50 x | 25.00 | 5.00 | 5.00 x |" in text
+
+
+def test_results_without_the_bare_path_still_render() -> None:
+    # A results.json from before the bare-path floors: no spread, no ratio.
+    results = _results()
+    for key in ("fault_floor_spread_ms", "fault_floor_ratio"):
+        del results[key]
+    text = bench_main.render(results)
+    assert "| fault reaction p99 | 4.00 ms |  | ≤ 10.00 ms | met |" in text
+    assert "| fault reaction | 2.00 | not measured | not measured | 4.00 |" in text
 
 
 def test_only_one_part_merges_into_existing_results(
