@@ -12,15 +12,19 @@ APT_PACKAGES := mosquitto socat
 PYTEST_ARGS ?=
 BENCH_ARGS ?=
 
-.PHONY: all demo test bench lint typecheck unit clean system-packages venv
+.PHONY: all demo test test-quick test-deep test-loaded bench lint typecheck unit clean \
+	system-packages venv
 
 all: test
 
-# System packages the tests and demo use: a real MQTT broker and socat for RTU over a pty pair.
+# System packages the tests and demo use: a real MQTT broker, socat for RTU over a pty pair, and
+# systemd's analyzer for the unit's security score (the package also brings systemd itself, which
+# is not started: nothing here needs it running).
 system-packages:
 	@missing=""; \
 	command -v mosquitto >/dev/null 2>&1 || [ -x /usr/sbin/mosquitto ] || missing="$$missing mosquitto"; \
 	command -v socat >/dev/null 2>&1 || missing="$$missing socat"; \
+	command -v systemd-analyze >/dev/null 2>&1 || missing="$$missing systemd"; \
 	if [ -n "$$missing" ]; then \
 		echo "installing system packages:$$missing"; \
 		$(SUDO) env DEBIAN_FRONTEND=noninteractive apt-get update -q && \
@@ -50,12 +54,25 @@ typecheck: $(STAMP)
 unit: $(STAMP) system-packages
 	$(BIN)/python -m pytest $(PYTEST_ARGS)
 
-# Every test, plus the static checks: this is what CI runs.
+# Every test but the deep soaks, plus the static checks: this is what CI runs. Each test has a
+# time limit (pyproject.toml, conftest.py); the slowest 15 are listed at the end.
 test: $(STAMP) system-packages
 	$(BIN)/ruff check .
 	$(BIN)/ruff format --check .
 	$(BIN)/mypy
-	$(BIN)/python -m pytest $(PYTEST_ARGS)
+	$(BIN)/python -m pytest --durations=15 $(PYTEST_ARGS)
+
+# The inner loop while developing: no static checks, no test marked slow.
+test-quick: $(STAMP) system-packages
+	$(BIN)/python -m pytest -m "not slow and not deep" $(PYTEST_ARGS)
+
+# The long soaks (the ledger's 100 SIGKILLs, ...): about N minutes, see docs/testing.md.
+test-deep: $(STAMP) system-packages
+	$(BIN)/python -m pytest -m deep --durations=15 $(PYTEST_ARGS)
+
+# `make test` while a CPU hog keeps every core busy: how CI's shared machines feel.
+test-loaded: $(STAMP) system-packages
+	tools/with-cpu-hog $(MAKE) test
 
 # Benchmarks (issue 8): about 25 minutes; writes bench/results.json and docs/performance.md.
 # Run it on a quiet machine: the figures are only as steady as the machine under them.
