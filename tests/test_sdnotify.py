@@ -6,6 +6,8 @@ import os
 import socket
 import uuid
 
+import structlog
+
 from controller.sdnotify import Notifier
 
 
@@ -33,9 +35,16 @@ def test_without_systemd_every_call_is_a_no_op() -> None:
 def test_unreachable_socket_does_not_raise() -> None:
     """A vanished notify socket is reported once in the log, never raised."""
     notifier = Notifier({"NOTIFY_SOCKET": "/nonexistent/notify.sock"})
-    notifier.watchdog()
-    notifier.watchdog()
+    assert notifier.enabled
+    with structlog.testing.capture_logs() as logs:
+        notifier.watchdog()
+        notifier.watchdog()
+        notifier.status("still here")
     notifier.close()
+    failures = [e for e in logs if e["event"] == "sd_notify failed"]
+    assert len(failures) == 1
+    assert failures[0]["log_level"] == "warning"
+    assert failures[0]["error"]
 
 
 def test_watchdog_interval_from_environment() -> None:

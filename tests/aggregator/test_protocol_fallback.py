@@ -21,13 +21,19 @@ DISCONNECT = 0xE0
 
 
 class Mqtt311Stub:
-    """Accepts MQTT 3.1.1 (protocol level 4) only; records every CONNECT's protocol level."""
+    """Accepts MQTT 3.1.1 (protocol level 4) only; records every CONNECT's protocol level.
+
+    A connection's task runs outside the test, where a failed check or an exception would only be
+    logged by asyncio: each is collected in ``problems``, and leaving the stub raises them.
+    """
 
     def __init__(self) -> None:
         self.levels: list[int] = []
         self.published: list[str] = []
+        self.problems: list[str] = []
         self._server: asyncio.Server | None = None
         self._writers: set[asyncio.StreamWriter] = set()
+        self._connections: set[asyncio.Task[object]] = set()
         self.port = 0
 
     async def __aenter__(self) -> Mqtt311Stub:
@@ -41,6 +47,11 @@ class Mqtt311Stub:
         for writer in list(self._writers):
             writer.close()
         await self._server.wait_closed()
+        running = [task for task in self._connections if not task.done()]
+        if running:  # closed writers end them; a bounded wait for what they find on the way
+            await asyncio.wait(running, timeout=5.0)
+        if self.problems:
+            raise AssertionError(f"the MQTT 3.1.1 stub failed: {self.problems}")
 
     @staticmethod
     async def _packet(reader: asyncio.StreamReader) -> tuple[int, bytes]:
@@ -55,10 +66,15 @@ class Mqtt311Stub:
         return header, await reader.readexactly(length)
 
     async def _serve(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        task = asyncio.current_task()
+        if task is not None:
+            self._connections.add(task)
         self._writers.add(writer)
         try:
             header, body = await self._packet(reader)
-            assert header == CONNECT
+            if header != CONNECT:
+                self.problems.append(f"first packet 0x{header:02X}, not CONNECT")
+                return
             name_length = int.from_bytes(body[0:2], "big")
             level = body[2 + name_length]
             self.levels.append(level)
@@ -85,6 +101,8 @@ class Mqtt311Stub:
                 await writer.drain()
         except (asyncio.IncompleteReadError, ConnectionError):
             return
+        except Exception as exc:  # noqa: BLE001  a stub bug must fail the test, not vanish in a log
+            self.problems.append(f"stub failed: {exc!r}")
         finally:
             self._writers.discard(writer)
             writer.close()

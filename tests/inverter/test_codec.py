@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import math
+
 import pytest
 from hypothesis import given
 from hypothesis import strategies as st
@@ -108,13 +110,43 @@ def test_sentinels_only_when_asked() -> None:
     assert decode([0x8000], RegType.I16) == -32768
 
 
-@given(st.lists(st.integers(-(2**20), 2**20), max_size=6), st.sampled_from(list(RegType)))
-def test_decode_rejects_malformed_registers(registers: list[int], reg_type: RegType) -> None:
-    """Any register list either decodes or raises ProtocolError; never anything else."""
-    try:
-        decode(registers, reg_type, sunspec_sentinels=True)
-    except ProtocolError:
+@st.composite
+def register_lists(draw: st.DrawFn) -> tuple[list[int], RegType]:
+    """A register type with either well-formed registers for it or an arbitrary list."""
+    reg_type = draw(st.sampled_from(list(RegType)))
+    if draw(st.booleans()):
+        count = draw(st.integers(1, 6)) if reg_type is RegType.STRING else words_of(reg_type)
+        words = st.integers(0, 0xFFFF)
+        return draw(st.lists(words, min_size=count, max_size=count)), reg_type
+    return draw(st.lists(st.integers(-(2**20), 2**20), max_size=6)), reg_type
+
+
+@given(register_lists())
+def test_decode_accepts_well_formed_and_rejects_malformed_registers(
+    case: tuple[list[int], RegType],
+) -> None:
+    """Well-formed registers decode to their value; a wrong count or non-word is ProtocolError."""
+    registers, reg_type = case
+    words_ok = all(0 <= r <= 0xFFFF for r in registers)
+    count_ok = reg_type is RegType.STRING or len(registers) == words_of(reg_type)
+    if not (words_ok and count_ok):
+        with pytest.raises(ProtocolError):
+            decode(registers, reg_type, sunspec_sentinels=True)
         return
+    value = decode(registers, reg_type, sunspec_sentinels=True)
+    if reg_type is RegType.STRING:  # None only for a blank string
+        assert value is None or (isinstance(value, str) and value)
+    elif value is None:  # only SunSpec's "not implemented" reads as None
+        if reg_type is RegType.F32:
+            raw = decode(registers, RegType.F32)
+            assert isinstance(raw, float)
+            assert math.isnan(raw)
+        else:
+            assert registers == not_implemented(reg_type)
+    elif reg_type is RegType.PAD:
+        assert value == 0
+    else:
+        assert encode(value, reg_type) == registers
 
 
 def test_encode_refuses_what_does_not_fit() -> None:

@@ -6,10 +6,11 @@ import ast
 import datetime as dt
 import math
 import sqlite3
+import tempfile
 from pathlib import Path
 
 import pytest
-from hypothesis import HealthCheck, given, settings
+from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from controller.core.snapshots import VehiclePhase
@@ -18,6 +19,7 @@ from controller.ledger.ledger import RESUME_GRACE_S, Ledger
 from controller.links import SetpointAudit
 from tests.ledger.support import (
     START,
+    TARIFF,
     TZ,
     VIN,
     TableOutbox,
@@ -263,9 +265,7 @@ def test_newer_schema_is_refused(tmp_path: Path) -> None:
         Ledger(conn, tariff=make_ledger.__globals__["TARIFF"], max_power_w=7400)
 
 
-@settings(
-    max_examples=40, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture]
-)
+@settings(max_examples=40, deadline=None)
 @given(
     moves=st.lists(
         st.tuples(
@@ -276,32 +276,45 @@ def test_newer_schema_is_refused(tmp_path: Path) -> None:
         max_size=40,
     )
 )
-def test_lifetime_totals_never_go_backwards(tmp_path: Path, moves: list[tuple[str, float]]) -> None:
+def test_lifetime_totals_never_go_backwards(moves: list[tuple[str, float]]) -> None:
     """Whatever the counter and the daemon do, committed and in-memory totals only grow."""
-    path = tmp_path / f"ledger-{abs(hash(tuple(moves)))}.sqlite"
-    ledger = make_ledger(path, commit_interval_s=1)
-    raw, at_s, last = 1000.0, 0.0, (0.0, 0.0)
-    committed = (0.0, 0.0)
-    for kind, amount in moves:
-        at_s += 0.5
-        if kind == "rise":
-            raw += amount
-        elif kind == "reset":
-            raw = amount
-        elif kind == "jump":
-            raw += 1e7
-        elif kind == "restart":
-            ledger = make_ledger(path, commit_interval_s=1)
-        elif kind == "gap":
-            ledger.record(None, None, report(at_s))
-            continue
-        ledger.record(vehicle(), inverter(raw, raw / 2), report(at_s))
-        now = ledger.totals_wh()
-        assert now[0] >= last[0]
-        assert now[1] >= last[1]
-        last = now
-        on_disk = totals(path)
-        disk = (on_disk.get("charged", 0.0), on_disk.get("discharged", 0.0))
-        assert disk[0] >= committed[0]
-        assert disk[1] >= committed[1]
-        committed = disk
+    # A fresh database per example (a function-scoped tmp_path is shared by all examples).
+    with tempfile.TemporaryDirectory(prefix="v2g-ledger-") as directory:
+        path = Path(directory) / "ledger.sqlite"
+        connections: list[sqlite3.Connection] = []
+
+        def start() -> Ledger:
+            """The ledger as a (re)started daemon opens it."""
+            connections.append(open_database(path))
+            return Ledger(connections[-1], tariff=TARIFF, max_power_w=7400, commit_interval_s=1)
+
+        try:
+            ledger = start()
+            raw, at_s, last = 1000.0, 0.0, (0.0, 0.0)
+            committed = (0.0, 0.0)
+            for kind, amount in moves:
+                at_s += 0.5
+                if kind == "rise":
+                    raw += amount
+                elif kind == "reset":
+                    raw = amount
+                elif kind == "jump":
+                    raw += 1e7
+                elif kind == "restart":
+                    ledger = start()
+                elif kind == "gap":
+                    ledger.record(None, None, report(at_s))
+                    continue
+                ledger.record(vehicle(), inverter(raw, raw / 2), report(at_s))
+                now = ledger.totals_wh()
+                assert now[0] >= last[0]
+                assert now[1] >= last[1]
+                last = now
+                on_disk = totals(path)
+                disk = (on_disk.get("charged", 0.0), on_disk.get("discharged", 0.0))
+                assert disk[0] >= committed[0]
+                assert disk[1] >= committed[1]
+                committed = disk
+        finally:
+            for conn in connections:
+                conn.close()

@@ -243,18 +243,42 @@ def test_unknown_id_is_rejected() -> None:
         GBT.decode_frame(rec.GBT_NOISE.arbitration_id, rec.GBT_NOISE.data)
 
 
+def _multiplexed(path: Path) -> set[str]:
+    """The multiplexed messages of a DBC file (TP.CM): each frame carries only some signals."""
+    db = cantools.database.load_file(str(path), strict=True)
+    assert isinstance(db, cantools.database.can.Database)
+    return {str(m.name) for m in db.messages if m.is_multiplexed()}
+
+
+# Recorded frames cover these (test_gbt_tp_connection_management_in_dbc).
+MULTIPLEXED = _multiplexed(CHADEMO_DBC) | _multiplexed(GBT27930_DBC)
+
+
 @pytest.mark.parametrize("codec", [CHADEMO, GBT], ids=["chademo", "gbt27930"])
-@given(data=st.data(), payload=st.binary(min_size=0, max_size=8))
-def test_any_payload_decodes_or_raises_protocol_error(
-    codec: DbcCodec, data: st.DataObject, payload: bytes
+@given(data=st.data())
+def test_valid_frames_decode_and_any_payload_decodes_or_raises_protocol_error(
+    codec: DbcCodec, data: st.DataObject
 ) -> None:
-    """Any 0-8 byte payload on any known ID either decodes or raises ProtocolError."""
-    frame_id = data.draw(st.sampled_from(sorted(codec.frame_ids)))
+    """A well-formed frame decodes to its values; any 0-8 bytes decode in range or are refused."""
+    name = data.draw(st.sampled_from(codec.message_names), label="message")
+    frame_id = codec.frame_id(name)
+    approx: Callable[[float], object] = pytest.approx
+    if name not in MULTIPLEXED and data.draw(st.booleans(), label="well-formed"):
+        values = data.draw(_signal_strategy(codec, name), label="values")
+        decoded = codec.decode_frame(frame_id, codec.encode(name, values))
+        assert decoded.name == name
+        assert decoded.signals == {k: approx(v) for k, v in values.items()}
+        return
+    payload = data.draw(st.binary(min_size=0, max_size=8), label="payload")
     try:
         decoded = codec.decode_frame(frame_id, payload)
     except ProtocolError:
         return
-    assert decoded.name == codec.name_of(frame_id)
+    assert decoded.name == name
+    assert len(payload) >= codec.length(name)
+    for signal in codec.signals(name):
+        if signal.name in decoded.signals:
+            assert signal.minimum <= decoded.signals[signal.name] <= signal.maximum
 
 
 def _signal_strategy(codec: DbcCodec, name: str) -> st.SearchStrategy[dict[str, float]]:

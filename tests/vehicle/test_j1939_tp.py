@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import pytest
-from hypothesis import given
+from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from controller.errors import ProtocolError
@@ -122,27 +122,131 @@ def test_bad_sizes_are_protocol_errors() -> None:
         tp.decode_dt(bytes.fromhex("0001020304"))
 
 
-@given(st.binary(min_size=0, max_size=8))
-def test_any_cm_payload_decodes_or_raises(payload: bytes) -> None:
-    """Any 0-8 byte TP.CM payload decodes to a message that re-encodes, or is a ProtocolError."""
+PGNS = st.integers(0, 0x3FFFF)
+BYTES = st.integers(0, 0xFF)
+CM_KINDS = ("rts", "cts", "eoma", "abort")
+
+
+@st.composite
+def valid_cm(
+    draw: st.DrawFn, kinds: tuple[str, ...] = CM_KINDS
+) -> tuple[bytes, tp.ConnectionMessage]:
+    """A well-formed TP.CM payload built byte by byte (any reserved bytes) and its meaning."""
+    pgn = draw(PGNS)
+    tail = pgn.to_bytes(3, "little")
+    kind = draw(st.sampled_from(kinds))
+    if kind in ("rts", "eoma"):
+        size = draw(st.integers(9, 1785))
+        packets = (size + 6) // 7
+        head = bytes([size & 0xFF, size >> 8, packets])
+        if kind == "rts":
+            limit = draw(st.integers(1, 255))
+            return bytes([0x10, *head, limit]) + tail, tp.Rts(size, packets, pgn, limit)
+        return bytes([0x13, *head, draw(BYTES)]) + tail, tp.EndOfMsgAck(size, packets, pgn)
+    if kind == "cts":
+        count = draw(st.integers(0, 255))
+        first = draw(st.integers(1, 256 - count) if count else BYTES)
+        reserved = bytes([draw(BYTES), draw(BYTES)])
+        return bytes([0x11, count, first, *reserved]) + tail, tp.Cts(count, first, pgn)
+    reason = draw(BYTES)
+    reserved = bytes([draw(BYTES), draw(BYTES), draw(BYTES)])
+    return bytes([0xFF, reason, *reserved]) + tail, tp.Abort(reason, pgn)
+
+
+# Each flaw J1939-21 rules out, and the connection messages it can be given to.
+CM_FLAWS: dict[str, tuple[str, ...]] = {
+    "short": CM_KINDS,
+    "long": CM_KINDS,
+    "control": CM_KINDS,
+    "pgn": CM_KINDS,
+    "count": ("rts", "eoma"),
+    "size": ("rts", "eoma"),
+    "no window": ("rts",),
+    "window": ("cts",),
+}
+UNSUPPORTED_CONTROL = [b for b in range(256) if b not in (0x10, 0x11, 0x13, 0xFF)]
+
+
+@st.composite
+def invalid_cm(draw: st.DrawFn) -> bytes:
+    """A well-formed TP.CM payload given one flaw that J1939-21 rules out."""
+    flaw = draw(st.sampled_from(sorted(CM_FLAWS)))
+    payload = bytearray(draw(valid_cm(CM_FLAWS[flaw]))[0])
+    if flaw == "short":
+        return bytes(payload[: draw(st.integers(0, 7))])
+    if flaw == "long":
+        return bytes(payload) + draw(st.binary(min_size=1, max_size=8))
+    if flaw == "control":  # BAM (0x20) is real J1939 but not taken here
+        payload[0] = draw(st.one_of(st.just(0x20), st.sampled_from(UNSUPPORTED_CONTROL)))
+    elif flaw == "pgn":
+        payload[7] = draw(st.integers(0x04, 0xFF))  # above 18 bits
+    elif flaw == "count":
+        payload[3] = draw(st.sampled_from([n for n in range(256) if n != payload[3]]))
+    elif flaw == "size":  # outside 9..1785, with the packet count that size would need
+        size = draw(st.one_of(st.integers(0, 8), st.integers(1786, 0xFFFF)))
+        payload[1:4] = bytes([size & 0xFF, size >> 8, min((size + 6) // 7, 255)])
+    elif flaw == "no window":
+        payload[4] = 0  # RTS: zero packets per CTS
+    else:  # CTS: a window reaching beyond packet 255, or starting at packet 0
+        count = draw(st.integers(1, 255))
+        payload[1:3] = bytes([count, draw(st.sampled_from([0, *range(257 - count, 256)]))])
+    return bytes(payload)
+
+
+@settings(max_examples=300)
+@given(
+    st.one_of(
+        valid_cm().map(lambda case: ("valid", *case)),
+        invalid_cm().map(lambda payload: ("invalid", payload, None)),
+        st.binary(min_size=0, max_size=8).map(lambda payload: ("random", payload, None)),
+    )
+)
+def test_any_cm_payload_decodes_or_raises(
+    case: tuple[str, bytes, tp.ConnectionMessage | None],
+) -> None:
+    """Valid TP.CM payloads decode to their message, invalid ones raise ProtocolError."""
+    kind, payload, expected = case
+    if kind == "invalid":
+        with pytest.raises(ProtocolError):
+            tp.decode_cm(payload)
+        return
     try:
         message = tp.decode_cm(payload)
     except ProtocolError:
+        assert kind == "random", f"valid {payload.hex()} refused"
         return
+    if expected is not None:
+        assert message == expected
     assert tp.decode_cm(tp.encode_cm(message)) == message
 
 
-@given(st.binary(min_size=0, max_size=8))
-def test_any_dt_payload_decodes_or_raises(payload: bytes) -> None:
-    """Any 0-8 byte TP.DT payload decodes and round-trips, or is a ProtocolError."""
+@given(
+    st.one_of(
+        st.tuples(st.integers(1, 255), st.binary(min_size=7, max_size=7)).map(
+            lambda case: ("valid", bytes([case[0]]) + case[1])
+        ),
+        st.one_of(
+            st.binary(max_size=7),
+            st.binary(min_size=9, max_size=16),
+            st.binary(min_size=7, max_size=7).map(lambda rest: b"\0" + rest),  # sequence 0
+        ).map(lambda payload: ("invalid", payload)),
+        st.binary(min_size=0, max_size=8).map(lambda payload: ("random", payload)),
+    )
+)
+def test_any_dt_payload_decodes_or_raises(case: tuple[str, bytes]) -> None:
+    """Valid TP.DT payloads decode and round-trip; wrong length or sequence 0 is ProtocolError."""
+    kind, payload = case
+    if kind == "invalid":
+        with pytest.raises(ProtocolError):
+            tp.decode_dt(payload)
+        return
     try:
         packet = tp.decode_dt(payload)
     except ProtocolError:
+        assert kind == "random", f"valid {payload.hex()} refused"
         return
+    assert (packet.sequence, packet.data) == (payload[0], payload[1:])
     assert tp.encode_dt(packet) == payload
-
-
-PGNS = st.integers(0, 0x3FFFF)
 
 
 @given(
