@@ -11,7 +11,10 @@ from hil.mosquitto import find_mosquitto
 
 
 @pytest.mark.slow
+@pytest.mark.deep  # about 45 s of a loaded machine: `make test-deep` runs it
+@pytest.mark.timeout(300)
 def test_quick_load_reports_every_key(tmp_path: Path) -> None:
+    """A quick load run reports every figure, with the daemon alive and the car discharging."""
     if find_mosquitto() is None:
         pytest.skip("mosquitto is not installed (make test installs it)")
     result = load.run(workdir=tmp_path, quick=True)
