@@ -190,6 +190,11 @@ def real_wall_clock(tz: dt.tzinfo) -> dt.datetime:
     return dt.datetime.now(tz)
 
 
+def _describe(exc: BaseException) -> str:
+    """An error for the log: its type, and its message when it has one."""
+    return f"{type(exc).__name__}: {exc}" if str(exc) else type(exc).__name__
+
+
 class _StopRequested(Exception):  # noqa: N818  an internal signal, not an error
     """Raised inside the TaskGroup to end it when a stop signal arrived."""
 
@@ -460,10 +465,16 @@ class Daemon:
             raise asyncio.CancelledError
 
     async def _shutdown(self, reason: str) -> None:
+        # Every step runs whatever the one before did: a step that fails or overruns is logged
+        # and the next one still runs (docs/architecture.md, Lifecycle 5).
         self._notifier.stopping(f"stopping: {reason}")
         budget_s = self._config.control.shutdown_timeout_s
         deadline_s = self._monotonic() + budget_s
-        self._links.vehicle.allow_energy_transfer(False)
+        what = "energy transfer withdrawn"
+        try:
+            self._links.vehicle.allow_energy_transfer(False)
+        except Exception as exc:  # noqa: BLE001  the inverter's 0 W must not depend on it
+            log.error("stop step failed", step=what, error=_describe(exc))
         # Power first: 0 W and the stage disabled before anything else is allowed to take time.
         steps: tuple[tuple[str, Callable[[], Awaitable[None]], float], ...] = (
             ("inverter to 0 W and disabled", self._links.inverter.safe_stop, 0.5),
@@ -474,13 +485,23 @@ class Daemon:
             remaining_s = deadline_s - self._monotonic()
             # Each step may use its share of what is left, so a slow one cannot starve the rest.
             limit_s = max(0.05, remaining_s * share)
+            limit = asyncio.timeout(limit_s)
             try:
-                async with asyncio.timeout(limit_s):
+                async with limit:
                     await step()
-            except TimeoutError:
-                log.error("stop step overran its time", step=what, limit_s=round(limit_s, 2))
+            except TimeoutError as exc:
+                if limit.expired():
+                    log.error("stop step overran its time", step=what, limit_s=round(limit_s, 2))
+                else:  # the step's own timeout (a library's), not the daemon's limit
+                    log.error("stop step failed", step=what, error=_describe(exc))
+            except asyncio.CancelledError as exc:
+                # The daemon never cancels the stop sequence (shielded, it runs to its end): this
+                # came from inside the step: a future its library cancelled (a dropped
+                # connection's pending request). A failed step like any other, never the end of
+                # the sequence, which would leave a requested stop waiting forever.
+                log.error("stop step failed", step=what, error=_describe(exc))
             except Exception as exc:  # noqa: BLE001  every stop step must run whatever the last did
-                log.error("stop step failed", step=what, error=f"{type(exc).__name__}: {exc}")
+                log.error("stop step failed", step=what, error=_describe(exc))
             else:
                 log.info("stop step done", step=what)
         if self._recorder is not None:

@@ -9,7 +9,9 @@
   oldest pending message is dropped and counted (periodic protocol frames are superseded by the
   next period; a dropped transport packet is asked for again by the J1939 receiver).
 
-python-can's exceptions never leave this module: they become ``VehicleLinkError``.
+python-can's exceptions never leave this module: they become ``VehicleLinkError``. A receive
+that raises is handed to ``failed`` as one, on the loop thread; once ``close`` has run, nothing
+more is delivered or reported.
 """
 
 from __future__ import annotations
@@ -151,6 +153,13 @@ def to_frame(message: can.Message) -> CanFrame:
     return CanFrame(message.arbitration_id, bytes(message.data), bool(message.is_extended_id))
 
 
+def _link_error(what: str, exc: BaseException) -> VehicleLinkError:
+    """python-can's (or the OS's) exception as the controller's, the original as its cause."""
+    error = VehicleLinkError(f"{what} failed: {str(exc) or type(exc).__name__}")
+    error.__cause__ = exc
+    return error
+
+
 def describe_error_frame(message: can.Message) -> str:
     """A technician's reading of an error frame's classes (linux/can/error.h)."""
     names = [
@@ -175,7 +184,7 @@ class _ThreadHandOver(can.Listener):
         self,
         loop: asyncio.AbstractEventLoop,
         deliver: Callable[[can.Message], None],
-        failed: Callable[[Exception], None],
+        failed: Callable[[VehicleLinkError], None],
         limit: int,
     ) -> None:
         self._loop = loop
@@ -207,7 +216,7 @@ class _ThreadHandOver(can.Listener):
             self._deliver(msg)
 
     def on_error(self, exc: Exception) -> None:
-        self._loop.call_soon_threadsafe(self._failed, exc)
+        self._loop.call_soon_threadsafe(self._failed, _link_error("receive", exc))
         time.sleep(0.1)  # the Notifier retries recv at once: do not spin on a dead bus
 
 
@@ -218,13 +227,14 @@ class BusReader:
         self,
         bus: can.BusABC,
         deliver: Callable[[can.Message], None],
-        failed: Callable[[Exception], None],
+        failed: Callable[[VehicleLinkError], None],
         *,
         pending_frames: int = 256,
     ) -> None:
         self._bus = bus
         self._deliver = deliver
         self._failed = failed
+        self._closed = False
         self._loop = asyncio.get_running_loop()
         self._fd = -1
         self._notifier: can.Notifier | None = None
@@ -236,7 +246,10 @@ class BusReader:
         if self._fd >= 0:
             self._loop.add_reader(self._fd, self._readable)
         else:
-            self._handover = _ThreadHandOver(self._loop, deliver, failed, pending_frames)
+            # What the thread handed over just before close() is still queued on the loop.
+            self._handover = _ThreadHandOver(
+                self._loop, self._deliver_open, self._failed_open, pending_frames
+            )
             self._notifier = can.Notifier(bus, [self._handover], timeout=0.1)
 
     @property
@@ -249,17 +262,27 @@ class BusReader:
         """Messages dropped by the bounded hand-over (thread mode)."""
         return 0 if self._handover is None else self._handover.dropped
 
+    def _deliver_open(self, msg: can.Message) -> None:
+        if not self._closed:
+            self._deliver(msg)
+
+    def _failed_open(self, exc: VehicleLinkError) -> None:
+        if not self._closed:
+            self._failed(exc)
+
     def _readable(self) -> None:
         try:
             while (msg := self._bus.recv(0)) is not None:
                 self._deliver(msg)
         except (can.CanError, OSError) as exc:
+            # Detach first: a dead socket stays readable and would be read again at once.
             self._loop.remove_reader(self._fd)
             self._fd = -1
-            self._failed(exc)
+            self._failed(_link_error("receive", exc))
 
     def close(self) -> None:
-        """Detach from the loop and stop the reader thread."""
+        """Detach from the loop and stop the reader thread; nothing is delivered after it."""
+        self._closed = True
         if self._fd >= 0:
             self._loop.remove_reader(self._fd)
             self._fd = -1
