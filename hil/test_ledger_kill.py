@@ -1,4 +1,6 @@
-"""The ledger's acceptance test (issue 9): SIGKILL the real daemon 100 times mid-charge.
+"""The ledger's acceptance test (issue 9): SIGKILL the real daemon mid-charge, again and again.
+
+`make test` kills it 12 times; the acceptance run of 100 kills is a deep soak (`make test-deep`).
 
 After every kill the ledger file passes ``PRAGMA integrity_check`` and its lifetime counters have
 not gone backwards; at the end the one session (the car never left) holds the energy the plant
@@ -11,6 +13,7 @@ so its counters and the inverter's agree.
 
 from __future__ import annotations
 
+import functools
 import os
 import random
 import re
@@ -26,7 +29,7 @@ from hil.plant import pick_can
 
 pytestmark = pytest.mark.hil
 
-KILLS = int(os.environ.get("V2G_LEDGER_KILLS", "100"))
+KILLS_OVERRIDE = os.environ.get("V2G_LEDGER_KILLS")
 CHARGE_W = 22_000.0
 NIGHT = "2026-11-24T01:00:00+01:00"  # inside the cheap window: the fallback charges
 
@@ -61,8 +64,24 @@ def _wait(predicate: object, timeout_s: float) -> bool:
     return bool(predicate())
 
 
-def test_sigkill_never_loses_or_doubles_energy(short_dir: Path) -> None:
-    """100 SIGKILLs mid-session: the file stays sound, counters only grow, kWh match the plant."""
+def _tail(path: Path, lines: int = 40) -> str:
+    if not path.exists():
+        return f"({path.name}: no file)"
+    text = path.read_text(encoding="utf-8", errors="replace")
+    return f"--- last {lines} lines of {path.name}:\n" + "\n".join(text.splitlines()[-lines:])
+
+
+@pytest.mark.parametrize(
+    "kills",
+    [
+        pytest.param(12, marks=pytest.mark.timeout(400), id="12-kills"),
+        pytest.param(100, marks=[pytest.mark.deep, pytest.mark.timeout(1200)], id="100-kills"),
+    ],
+)
+@pytest.mark.slow
+def test_sigkill_never_loses_or_doubles_energy(short_dir: Path, kills: int) -> None:
+    """SIGKILLs mid-session: the file stays sound, counters only grow, kWh match the plant."""
+    kills = int(KILLS_OVERRIDE) if KILLS_OVERRIDE else kills
     seed = int(os.environ.get("V2G_LEDGER_SEED", str(random.SystemRandom().randrange(1 << 32))))
     print(f"ledger kill test seed: {seed} (V2G_LEDGER_SEED={seed} to repeat)")  # noqa: T201
     rng = random.Random(seed)  # noqa: S311  kill times, not cryptography
@@ -96,13 +115,8 @@ def test_sigkill_never_loses_or_doubles_energy(short_dir: Path) -> None:
     with PlantProcess(args, short_dir / "plant.sock", short_dir / "plant.log") as plant:
         last = (0.0, 0.0)
         written = 0
-        for kill in range(KILLS):
-            with DaemonProcess(config, daemon_log, clock) as daemon:
-                # A random moment: half the kills land while the daemon starts or handshakes
-                # (GB/T takes ~1.5 s to energy transfer), half while the car is charging.
-                early = rng.random() < 0.5
-                time.sleep(rng.uniform(0.05, 1.5) if early else rng.uniform(2.0, 4.0))
-                daemon.kill()
+        for kill in range(kills):
+            _run_and_kill(plant, DaemonProcess(config, daemon_log, clock), rng, kill)
             if not db.exists():
                 continue
             check, charged_wh, discharged_wh = _ledger(db)
@@ -113,26 +127,59 @@ def test_sigkill_never_loses_or_doubles_energy(short_dir: Path) -> None:
             written += (charged_wh, discharged_wh) != last
             last = (charged_wh, discharged_wh)
         # The car leaves: the session closes with what it received.
+        # Only once this run of the daemon charges (the inverter may still be charging on its
+        # revert timer from the killed one, and a loaded machine boots the daemon slowly).
+        charging = functools.partial(_charging_since, plant, int(plant.status()["setpoint_writes"]))
         with DaemonProcess(config, daemon_log, clock):
-            assert _wait(lambda: plant.status()["actual_w"] > 0, 20), "no charge after restarts"
+            assert _wait(charging, 60), (
+                f"no charge after restarts\n{_tail(daemon_log)}\n{_tail(short_dir / 'plant.log')}"
+            )
             time.sleep(1.0)
             plant.client.request({"cmd": "lines", "set": {"plugged": False}})
-            assert _wait(lambda: _closed_session(db) is not None, 20), "session never closed"
+            assert _wait(lambda: _closed_session(db) is not None, 30), (
+                f"session never closed\n{_tail(daemon_log)}\n{_tail(short_dir / 'plant.log')}"
+            )
         status = plant.status()
     elapsed_s = time.monotonic() - started
     session = _closed_session(db)
     assert session is not None
     sessions = _count_sessions(db)
     print(  # noqa: T201  the run's figures, for the report
-        f"{KILLS} kills in {elapsed_s:.0f} s; counters moved after {written} of them; "
+        f"{kills} kills in {elapsed_s:.0f} s; counters moved after {written} of them; "
         f"session {session}; plant imported {status['imported_wh']} Wh, "
         f"exported {status['exported_wh']} Wh; sessions in the ledger: {sessions}"
     )
     assert sessions == 1, "a restart opened a new session for the same car"
-    assert written > KILLS // 4, "the daemon hardly ever got to record energy"
-    assert status["imported_wh"] > 200
-    assert session["charged_wh"] == pytest.approx(status["imported_wh"], rel=0.005)
+    assert written > kills // 4, "the daemon hardly ever got to record energy"
+    assert status["imported_wh"] > 2 * kills, "too little energy flowed to test anything"
+    # Within 0.5 %, or the SunSpec counters' resolution of 1 Wh on a short run.
+    assert session["charged_wh"] == pytest.approx(status["imported_wh"], rel=0.005, abs=1.0)
     assert session["discharged_wh"] == pytest.approx(status["exported_wh"], rel=0.005, abs=1.0)
+
+
+def _run_and_kill(
+    plant: PlantProcess, daemon_process: DaemonProcess, rng: random.Random, kill: int
+) -> None:
+    """Start the daemon and SIGKILL it: half the kills land while it starts or handshakes, half
+    while this run of it charges the car (after its 0 W setup write and a charge setpoint),
+    whatever the machine's load made of the start-up time."""
+    writes_before = int(plant.status()["setpoint_writes"])
+    with daemon_process as daemon:
+        if rng.random() < 0.5:
+            time.sleep(rng.uniform(0.05, 1.5))
+        else:
+            charging = functools.partial(_charging_since, plant, writes_before)
+            assert _wait(charging, 60), (
+                f"kill {kill}: the daemon never charged\n{_tail(daemon.log_file)}"
+            )
+            time.sleep(rng.uniform(0.5, 3.0))
+        daemon.kill()
+
+
+def _charging_since(plant: PlantProcess, writes_before: int) -> bool:
+    """This daemon run set the inverter up (a 0 W write) and then commanded a charge."""
+    status = plant.status()
+    return bool(status["setpoint_writes"] >= writes_before + 2 and status["target_w"] > 0)
 
 
 def _closed_session(db: Path) -> dict[str, float] | None:
