@@ -30,6 +30,7 @@ from typing import Any
 import can
 import structlog
 
+from controller.cancellation import cancel_requests, raise_if_cancelled_since
 from controller.core.snapshots import VehiclePhase, VehicleState
 from controller.errors import VehicleLinkError
 from controller.links import LinkStatus, Wake
@@ -224,6 +225,7 @@ class CanVehicleLink:
         self._changed.set()
         try:
             while not self._failed.is_set():
+                requests_before = cancel_requests()
                 inputs = self._read_lines()
                 if inputs is None:
                     break
@@ -232,6 +234,11 @@ class CanVehicleLink:
                 with contextlib.suppress(TimeoutError):
                     async with asyncio.timeout(delay):
                         await self._failed.wait()
+                # A cancel requested during this step is still pending when the timeout is
+                # entered; with the deadline already past (delay 0: a slow send), the timeout
+                # takes it for its own expiry and its TimeoutError is suppressed: the link
+                # never ended (tests/vehicle/test_cancellation.py, controller/cancellation.py).
+                raise_if_cancelled_since(requests_before)
         finally:
             reader.close()
             self._bus = None
