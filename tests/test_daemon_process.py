@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import os
 import signal
 import subprocess
@@ -30,11 +31,16 @@ def start_daemon(tmp_path: Path, listener: NotifyListener) -> subprocess.Popen[s
     )
 
 
+STOP_STEPS = ["inverter to 0 W and disabled", "vehicle session ended", "aggregator told offline"]
+
+
 @pytest.mark.parametrize("stop_signal", [signal.SIGTERM, signal.SIGINT])
 def test_notify_sequence_and_clean_exit(
     tmp_path: Path, listener: NotifyListener, stop_signal: signal.Signals
 ) -> None:
-    """READY=1, then WATCHDOG=1, then on a stop signal STOPPING=1 and exit 0 within 5 s."""
+    """READY=1, then WATCHDOG=1, then on a stop signal STOPPING=1, the stop sequence with every
+    step inside its share of the budget, and exit 0 (how fast: the daemon tests, on virtual
+    time); the log is one JSON object per line."""
     proc = start_daemon(tmp_path, listener)
     try:
         assert listener.wait_for("READY=1", timeout_s=30), "daemon never became ready"
@@ -42,15 +48,12 @@ def test_notify_sequence_and_clean_exit(
         proc.send_signal(signal.SIGUSR1)  # a technician's manual fault reset
         time.sleep(0.2)
         proc.send_signal(stop_signal)
-        sent = time.monotonic()
-        output, _ = proc.communicate(timeout=10)
-        elapsed_s = time.monotonic() - sent
+        output, _ = proc.communicate(timeout=30)  # only a daemon that never exits fails this
     finally:
         if proc.poll() is None:
             proc.kill()
             proc.wait()
     assert proc.returncode == 0, output
-    assert elapsed_s < 5.0
     messages = listener.drain()
     firsts = [
         next(i for i, m in enumerate(messages) if m.startswith(key))
@@ -58,9 +61,13 @@ def test_notify_sequence_and_clean_exit(
     ]
     assert firsts == sorted(firsts)
     assert "Traceback" not in output
-    assert '"event": "fault reset"' in output  # nothing latched: refused, and said so
     # The journal gets one JSON object per line, the stop sequence among them.
-    assert '"event": "stop step done", "level": "info"' in output or "stop step done" in output
+    records = [json.loads(line) for line in output.splitlines() if line.strip()]
+    assert all(isinstance(record, dict) for record in records)
+    events = [record.get("event") for record in records]
+    assert "fault reset" in events  # nothing latched: refused, and said so
+    done = [r.get("step") for r in records if r.get("event") == "stop step done"]
+    assert done == STOP_STEPS  # in order, and none overran its share of the budget
 
 
 SLOW_STOP = """

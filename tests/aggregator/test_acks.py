@@ -6,9 +6,15 @@ the acks are read from the link's outbox.
 
 from __future__ import annotations
 
+import contextlib
+import inspect
 import json
+import sys
 import time
+from collections.abc import Iterator
 from typing import Any
+
+import pytest
 
 from controller.aggregator.link import MqttAggregatorLink
 from controller.aggregator.outbox import Kind
@@ -26,13 +32,47 @@ def acks(link: MqttAggregatorLink) -> dict[str, dict[str, Any]]:
     }
 
 
-def test_report_must_not_block_and_only_queues() -> None:
-    """report() returns at once with the ack queued; nothing is sent without a connection."""
+# What a call that waits on the network raises as audit events (create, resolve, connect, send);
+# sleeps are caught by replacing time.sleep (its audit event is Python 3.13's).
+_BLOCKING_EVENTS = ("socket.",)
+_watched: list[list[str]] = []  # the open watches; the audit hook appends to the innermost
+
+
+def _audit(event: str, _args: tuple[object, ...]) -> None:
+    if _watched and event.startswith(_BLOCKING_EVENTS):
+        _watched[-1].append(event)
+
+
+sys.addaudithook(_audit)  # audit hooks cannot be removed: it records only inside a watch
+
+
+@contextlib.contextmanager
+def blocking_calls(monkeypatch: pytest.MonkeyPatch) -> Iterator[list[str]]:
+    """Collect the socket operations and sleeps made inside the block."""
+    seen: list[str] = []
+    real_sleep = time.sleep
+
+    def sleep(seconds: float) -> None:
+        seen.append(f"time.sleep({seconds})")
+        real_sleep(seconds)
+
+    monkeypatch.setattr(time, "sleep", sleep)
+    _watched.append(seen)
+    try:
+        yield seen
+    finally:
+        _watched.pop()
+        monkeypatch.setattr(time, "sleep", real_sleep)
+
+
+def test_report_must_not_block_and_only_queues(monkeypatch: pytest.MonkeyPatch) -> None:
+    """report() only queues: no socket, no sleep, and the ack waits in the outbox."""
     link = make_link(make_config(1))
     deliver(link, setpoint("sp-1", -3000.0))
-    started = time.monotonic()
-    link.report(report("sp-1", -3000.0, state=PowerState.DISCHARGING, source="aggregator"))
-    assert time.monotonic() - started < 0.05
+    assert not inspect.iscoroutinefunction(link.report)  # nothing for the caller to await
+    with blocking_calls(monkeypatch) as blocking:
+        link.report(report("sp-1", -3000.0, state=PowerState.DISCHARGING, source="aggregator"))
+    assert blocking == []
     ack = acks(link)["sp-1"]
     assert (ack["accepted"], ack["applied_power_w"]) == (True, -3000.0)
     assert "binding_limit" not in ack

@@ -4,6 +4,7 @@ with a reason, telemetry, status and availability published."""
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import datetime as dt
 import time
 from typing import Any
@@ -12,7 +13,7 @@ from controller.aggregator.disabled import DisabledAggregator
 from controller.aggregator.link import MqttAggregatorLink
 from controller.app import _build_aggregator
 from controller.core.snapshots import PowerState, SetpointMode
-from controller.links import LinkStatus
+from controller.links import ControlReport, LinkStatus
 from hil.mosquitto import Mosquitto
 from tests.aggregator.support import (
     Aggregator,
@@ -217,43 +218,64 @@ def test_publish_offline_while_connected_uses_the_live_connection(broker: Mosqui
     asyncio.run(scenario())
 
 
+class ManualClock:
+    """A monotonic clock that moves only when the test advances it."""
+
+    def __init__(self) -> None:
+        self.now_s = 1000.0
+
+    def __call__(self) -> float:
+        return self.now_s
+
+
 def test_telemetry_on_change_and_periodically(broker: Mosquitto) -> None:
     """Telemetry goes out at the first report, at once on a state change, and every period;
     status is retained; source changes and faults become events."""
+    clock = ManualClock()
+
+    def at_now(control: ControlReport) -> ControlReport:
+        return dataclasses.replace(control, monotonic_s=clock())
 
     async def scenario() -> None:
-        link = make_link(make_config(broker.port))  # telemetry_period_s: 1
+        link = make_link(make_config(broker.port), monotonic=clock)  # telemetry_period_s: 1
         runner = LinkRunner(link)
         async with Aggregator(broker.port) as aggregator, runner:
             await runner.up()
-            link.report(report(None, 0.0, source="fallback"))
-            assert await until(lambda: len(aggregator.on("telemetry")) == 1)
+            link.report(at_now(report(None, 0.0, source="fallback")))
+            assert await until(lambda: len(aggregator.on("telemetry")) == 1, 10.0)
             first = aggregator.on("telemetry")[0].json()
             assert first["state"] == "idle"
             assert first["soc_pct"] == 60.0
             assert first["flexibility"]["max_discharge_power_w"] == 7400.0
             assert not aggregator.on("telemetry")[0].retain
 
-            link.report(report(None, 0.0, source="fallback"))  # nothing changed
+            clock.now_s += 0.5  # half a period on the link's clock: nothing is due by time
+            link.report(at_now(report(None, 0.0, source="fallback")))  # nothing changed
             await asyncio.sleep(0.3)
             assert len(aggregator.on("telemetry")) == 1
 
-            started = time.monotonic()
+            # Still within the period on the link's clock, which does not move from here until
+            # the second telemetry arrives: only the change can make it due.
             link.report(
-                report(
-                    None,
-                    -3000.0,
-                    state=PowerState.DISCHARGING,
-                    source="aggregator",
-                    faults=("inverter: over-temperature",),
+                at_now(
+                    report(
+                        None,
+                        -3000.0,
+                        state=PowerState.DISCHARGING,
+                        source="aggregator",
+                        faults=("inverter: over-temperature",),
+                    )
                 )
             )
-            assert await until(lambda: len(aggregator.on("telemetry")) == 2, 1.0)
-            assert time.monotonic() - started < 0.9  # on change, not on the period
+            assert await until(lambda: len(aggregator.on("telemetry")) == 2, 10.0)
             assert aggregator.on("telemetry")[1].json()["state"] == "discharging"
 
-            # No further reports: the latest is republished every period (1 s).
-            assert await until(lambda: len(aggregator.on("telemetry")) >= 4, 3.5)
+            # No further reports: the latest is republished each time a period passes.
+            clock.now_s += 1.0
+            assert await until(lambda: len(aggregator.on("telemetry")) == 3, 10.0)
+            clock.now_s += 1.0
+            assert await until(lambda: len(aggregator.on("telemetry")) == 4, 10.0)
+            assert aggregator.on("telemetry")[-1].json()["state"] == "discharging"
 
             statuses = aggregator.on("status")
             assert statuses

@@ -33,14 +33,26 @@ asyncio.run(main())
 """.replace("{revert}", str(REVERT_S))
 
 
+class HoldableClock:
+    """The simulator's clock: real time until the test holds it, then wherever the test sets it."""
+
+    def __init__(self) -> None:
+        self.held_s: float | None = None
+
+    def __call__(self) -> float:
+        return time.monotonic() if self.held_s is None else self.held_s
+
+
 def test_sigkill_mid_discharge_reverts_to_zero(tmp_path: Path) -> None:
-    """SIGKILL mid-discharge: the inverter's own timer brings it to 0 W within its revert time."""
+    """SIGKILL mid-discharge: the inverter's own timer brings it to 0 W once its revert time has
+    passed since the controller's last write, and not before (on the simulator's clock)."""
     script = tmp_path / "controller_side.py"
     script.write_text(CONTROLLER)
 
-    async def scenario() -> float:
+    async def scenario() -> None:
+        clock = HoldableClock()
         stage = PowerStage()
-        sim = InverterSimulator(SunSpec700Profile(stage), stage)
+        sim = InverterSimulator(SunSpec700Profile(stage), stage, clock=clock)
         port = await sim.start_tcp()
         proc = await asyncio.create_subprocess_exec(
             sys.executable, str(script), str(port), cwd=ROOT
@@ -52,18 +64,23 @@ def test_sigkill_mid_discharge_reverts_to_zero(tmp_path: Path) -> None:
                 await asyncio.sleep(0.05)
             await asyncio.sleep(REVERT_S)  # the heartbeat keeps it going past one revert period
             assert abs(stage.actual_w + 3000) <= 1
+            clock.held_s = time.monotonic()  # from here the simulator's time is the test's
             proc.kill()
             await proc.wait()
-            killed_at = time.monotonic()
-            while stage.actual_w != 0.0:
-                assert time.monotonic() - killed_at < REVERT_S + 3, "inverter kept discharging"
-                await asyncio.sleep(0.02)
-            return time.monotonic() - killed_at
+            last_write_s = stage.last_command_s  # the controller's last contact
+            clock.held_s = last_write_s + REVERT_S - 0.1
+            stage.advance(clock())
+            assert abs(stage.target_w + 3000) <= 1
+            assert abs(stage.actual_w + 3000) <= 1
+            assert stage.reverts == 0
+            clock.held_s = last_write_s + REVERT_S + 0.5  # the old bound: revert time + 0.5 s
+            stage.advance(clock())
+            assert (stage.target_w, stage.actual_w) == (0.0, 0.0), "inverter kept discharging"
+            assert stage.reverts == 1
         finally:
             if proc.returncode is None:
                 proc.kill()
                 await proc.wait()
             await sim.stop()
 
-    elapsed_s = asyncio.run(scenario())
-    assert elapsed_s <= REVERT_S + 0.5  # within the revert time (loose bound for scheduling)
+    asyncio.run(scenario())

@@ -3,10 +3,9 @@
 from __future__ import annotations
 
 import asyncio
-import time
 import uuid
+from collections.abc import Callable
 from pathlib import Path
-from typing import Any
 
 import can
 import cantools
@@ -381,51 +380,80 @@ def test_missing_dbc_file_is_located_at_dbc_file(tmp_path: Path) -> None:
 # --- on a bus -----------------------------------------------------------------------------------
 
 
+class ManualClock:
+    """A monotonic clock that moves only when the test advances it."""
+
+    def __init__(self) -> None:
+        self.now_s = 0.0
+
+    def __call__(self) -> float:
+        return self.now_s
+
+
+class TickedSession(DbcProfileSession):
+    """The profile session, remembering the clock of its latest tick."""
+
+    ticked_at_s: float | None = None
+
+    def tick(self, now: float, inputs: LineInputs) -> Step:
+        self.ticked_at_s = now
+        return super().tick(now, inputs)
+
+
 def test_profile_on_a_virtual_bus_goes_stale_when_the_pack_stops() -> None:
-    """Over python-can's virtual bus the link reads the pack, and its silence faults within 1 s."""
+    """Over python-can's virtual bus the link reads the pack, and once the pack is silent the
+    link, ticking on its own clock, faults past the 1 s deadline and not before it."""
     channel = f"pack-{uuid.uuid4().hex}"
     config = CanLinkConfig(
         interface="virtual", channel=channel, protocol="dbc", bitrate_bps=500_000
     )
-    link = CanVehicleLink(config, UnwiredLines(), session=session())
+    clock = ManualClock()
+    ticked = TickedSession(*load_profile(EXAMPLE))
+    link = CanVehicleLink(config, UnwiredLines(), session=ticked, clock=clock)
     wakes: list[float] = []
 
-    async def pack(bus: can.BusABC, stop: asyncio.Event) -> None:
-        while not stop.is_set():
-            for name in HEALTHY:
-                bus.send(to_message(frame(name)))
-            await asyncio.sleep(0.1)
-
-    async def until(predicate: Any, timeout_s: float) -> VehicleState:
+    async def eventually(predicate: Callable[[], bool], timeout_s: float = 10.0) -> None:
         async with asyncio.timeout(timeout_s):
             while True:
-                state = link.snapshot()
-                if state is not None and predicate(state):
-                    return state
+                if predicate():
+                    return
                 await asyncio.sleep(0.01)
+
+    async def ticked_at(now_s: float) -> VehicleState:
+        """Move the link's clock to ``now_s`` and wait for the link to tick at it."""
+        clock.now_s = now_s
+        await eventually(lambda: ticked.ticked_at_s == now_s)
+        state = link.snapshot()
+        assert state is not None
+        return state
+
+    def transferring(state: VehicleState | None) -> bool:
+        return state is not None and state.phase is VehiclePhase.ENERGY_TRANSFER
 
     async def main() -> None:
         bus = can.Bus(interface="virtual", channel=channel)
-        stop = asyncio.Event()
-        tasks = [
-            asyncio.create_task(link.run(lambda: wakes.append(time.monotonic()))),
-            asyncio.create_task(pack(bus, stop)),
-        ]
+        task = asyncio.create_task(link.run(lambda: wakes.append(clock())))
         try:
-            state = await until(lambda s: s.phase is VehiclePhase.ENERGY_TRANSFER, 3.0)
-            assert link.status is LinkStatus.UP
+            await eventually(lambda: link.status is LinkStatus.UP)  # its bus is open
+            for name in HEALTHY:  # the pack speaks once, at 0 s on the link's clock
+                bus.send(to_message(frame(name)))
+            await eventually(lambda: transferring(link.snapshot()))
+            state = link.snapshot()
+            assert state is not None
             assert state.soc_pct == 55.0
-            stop.set()
-            silent = time.monotonic()
             woken = len(wakes)
-            state = await until(lambda s: s.phase is VehiclePhase.FAULT, 3.0)
-            assert 0.9 <= time.monotonic() - silent <= 2.0
-            assert len(wakes) > woken
+            state = await ticked_at(0.9)
+            assert state.phase is VehiclePhase.ENERGY_TRANSFER  # not stale yet
+            assert len(wakes) == woken
+            state = await ticked_at(1.1)
+            assert state.phase is VehiclePhase.FAULT
+            assert "BMS_Status not received for more than 1 s" in state.faults
             assert state.soc_pct is None
+            assert wakes[woken:]  # the fault woke the loop, in the tick that found it
+            assert all(t == 1.1 for t in wakes[woken:])
         finally:
-            for task in tasks:
-                task.cancel()
-            await asyncio.gather(*tasks, return_exceptions=True)
+            task.cancel()
+            await asyncio.gather(task, return_exceptions=True)
             bus.shutdown()
 
     asyncio.run(main())
