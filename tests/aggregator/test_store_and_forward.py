@@ -272,13 +272,16 @@ def test_an_outage_over_the_bound_keeps_sessions_and_reports_the_drops(tmp_path:
                     ),
                     10.0,
                 )
-                [report_event] = [
+                first, *later = [
                     m.json()
                     for m in aggregator.on("event")
                     if m.json()["kind"] == "records_dropped"
                 ]
                 # The link_restored event made on reconnect may have pushed out one more.
-                assert dropped <= report_event["dropped"] <= dropped + 1
+                assert dropped <= first["dropped"] <= dropped + 1
+                # With the table this full the report itself pushes out a record, which a later
+                # report counts: only the few made after the first, never the outage's again.
+                assert all(1 <= event["dropped"] <= 2 for event in later), later
                 # Reported and reset (with a table this full, the event itself may push one out).
                 assert sum(outbox.dropped().values()) <= 1
 
