@@ -291,7 +291,9 @@ def _signal_strategy(codec: DbcCodec, name: str) -> st.SearchStrategy[dict[str, 
                 round((signal.maximum - signal.offset) / signal.scale),
             )
         )
-        lo, hi = max(ends[0], 0), min(ends[1], 2**signal.length_bits - 1)
+        # Up to 2**53: a float holds every integer to there, so a raw value of a 56-bit signal
+        # (J1939 TP.DT data) cannot round up past the signal's maximum on its way to encode.
+        lo, hi = max(ends[0], 0), min(ends[1], 2**signal.length_bits - 1, 2**53)
 
         def to_phys(raw: int, s: SignalSpec = signal) -> float:
             return s.offset + raw * s.scale
