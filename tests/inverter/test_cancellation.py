@@ -95,6 +95,24 @@ async def simulator(
             await sim.stop()
 
 
+async def discharging(
+    transport: ModbusTransport, sim: InverterSimulator, power_w: float
+) -> tuple[ModbusInverterLink, asyncio.Task[None]]:
+    """A running link that has the inverter at ``power_w``."""
+    link = ModbusInverterLink(
+        transport,
+        SunSpecDriver(transport, revert_timeout_s=6),
+        poll_interval_s=0.05,
+        revert_timeout_s=6,
+        retry_interval_s=0.2,
+    )
+    run = asyncio.create_task(link.run(lambda: None))
+    assert await until(lambda: link.status is LinkStatus.UP, BOUND_S)
+    await link.apply(PowerCommand(power_w, enable=True))
+    assert await until(lambda: abs(sim.stage.target_w - power_w) < 1, BOUND_S)
+    return link, run
+
+
 @pytest.mark.parametrize("transport_kind", ["tcp", "rtu"])
 def test_request_cancelled_as_its_reply_arrives_ends_cancelled(
     transport_kind: str, tmp_path: Path
@@ -129,17 +147,7 @@ def test_link_cancelled_as_a_reply_arrives_stops_and_is_left_at_zero(
     async def scenario() -> None:
         async with simulator(transport_kind, tmp_path) as (sim, endpoint):
             transport = CancelOnReply(endpoint, timeout_s=1.0, retries=1)
-            link = ModbusInverterLink(
-                transport,
-                SunSpecDriver(transport, revert_timeout_s=6),
-                poll_interval_s=0.05,
-                revert_timeout_s=6,
-                retry_interval_s=0.2,
-            )
-            run = asyncio.create_task(link.run(lambda: None))
-            assert await until(lambda: link.status is LinkStatus.UP, BOUND_S)
-            await link.apply(PowerCommand(-3000.0, enable=True))
-            assert await until(lambda: abs(sim.stage.target_w + 3000.0) < 1, BOUND_S)
+            link, run = await discharging(transport, sim, -3000.0)
             # The daemon's stop cancels the link as the next reply arrives.
             transport.target = run
             transport.armed = True
@@ -163,17 +171,7 @@ def test_link_cancelled_while_a_request_waits_for_a_slow_reply_ends(
     async def scenario() -> None:
         async with simulator(transport_kind, tmp_path) as (sim, endpoint):
             transport = ModbusTransport(endpoint, 1, timeout_s=2.0, retries=0)
-            link = ModbusInverterLink(
-                transport,
-                SunSpecDriver(transport, revert_timeout_s=6),
-                poll_interval_s=0.05,
-                revert_timeout_s=6,
-                retry_interval_s=0.2,
-            )
-            run = asyncio.create_task(link.run(lambda: None))
-            assert await until(lambda: link.status is LinkStatus.UP, BOUND_S)
-            await link.apply(PowerCommand(-2000.0, enable=True))
-            assert await until(lambda: abs(sim.stage.target_w + 2000.0) < 1, BOUND_S)
+            link, run = await discharging(transport, sim, -2000.0)
             sim.reply_delay_s = 1.5  # every request now sits outstanding
             served = sim.requests
             assert await until(lambda: sim.requests > served, BOUND_S)

@@ -18,6 +18,7 @@ from controller.links import LinkStatus
 from hil.inverter.profiles import SunSpec700Profile
 from hil.inverter.simulator import InverterSimulator
 from hil.inverter.stage import PowerStage
+from tests.inverter.injections import INJECTIONS
 
 
 async def until(predicate: Callable[[], bool], timeout_s: float = 5.0) -> bool:
@@ -76,37 +77,6 @@ async def discharging(rig: Rig) -> ModbusInverterLink:
     await link.apply(PowerCommand(-3000.0, enable=True))
     assert await until(lambda: abs(rig.stage.actual_w + 3000) < 1)
     return link
-
-
-INJECTIONS: dict[
-    str, tuple[Callable[[InverterSimulator], None], Callable[[InverterSimulator], None], str]
-] = {
-    "exception response": (
-        lambda s: setattr(s, "exception_code", 4),
-        lambda s: setattr(s, "exception_code", None),
-        "exception 4 (server device failure)",
-    ),
-    "no reply": (
-        lambda s: setattr(s, "drop_replies", True),
-        lambda s: setattr(s, "drop_replies", False),
-        "no valid reply",
-    ),
-    "late reply": (
-        lambda s: setattr(s, "reply_delay_s", 0.45),
-        lambda s: setattr(s, "reply_delay_s", 0.0),
-        "no valid reply",
-    ),
-    "stuck setpoint": (
-        lambda s: setattr(s, "stuck_setpoint", True),
-        lambda s: setattr(s, "stuck_setpoint", False),
-        "read back",
-    ),
-    "inverter fault": (
-        lambda s: s.trip("overtemperature"),
-        lambda s: s.clear_fault(),
-        "inverter state FAULT",
-    ),
-}
 
 
 @pytest.mark.parametrize("name", sorted(INJECTIONS))

@@ -23,6 +23,7 @@ from hil.inverter.profiles import SunSpec700Profile
 from hil.inverter.ptypair import PtyPair
 from hil.inverter.simulator import InverterSimulator
 from hil.inverter.stage import PowerStage
+from tests.inverter.injections import INJECTIONS
 from tests.support import FakeAggregator, FakeVehicle, FixedStep, Journal, make_config
 
 BAUD = 115_200
@@ -81,37 +82,6 @@ async def until(predicate: Callable[[], bool], timeout_s: float = 20.0) -> None:
             if predicate():
                 return
             await asyncio.sleep(0.02)
-
-
-INJECTIONS: dict[
-    str, tuple[Callable[[InverterSimulator], None], Callable[[InverterSimulator], None], str]
-] = {
-    "exception response": (
-        lambda s: setattr(s, "exception_code", 4),
-        lambda s: setattr(s, "exception_code", None),
-        "exception 4 (server device failure)",
-    ),
-    "no reply": (
-        lambda s: setattr(s, "drop_replies", True),
-        lambda s: setattr(s, "drop_replies", False),
-        "no valid reply",
-    ),
-    "late reply": (
-        lambda s: setattr(s, "reply_delay_s", 0.45),  # beyond the 0.3 s timeout
-        lambda s: setattr(s, "reply_delay_s", 0.0),
-        "no valid reply",
-    ),
-    "stuck setpoint": (
-        lambda s: setattr(s, "stuck_setpoint", True),
-        lambda s: setattr(s, "stuck_setpoint", False),
-        "read back",
-    ),
-    "inverter fault": (
-        lambda s: s.trip("overtemperature"),
-        lambda s: s.clear_fault(),
-        "inverter state FAULT",
-    ),
-}
 
 
 @pytest.mark.parametrize("name", sorted(INJECTIONS))
