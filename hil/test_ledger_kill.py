@@ -160,19 +160,20 @@ def test_sigkill_never_loses_or_doubles_energy(short_dir: Path, kills: int) -> N
 def _run_and_kill(
     plant: PlantProcess, daemon_process: DaemonProcess, rng: random.Random, kill: int
 ) -> None:
-    """Start the daemon and SIGKILL it: half the kills land while it starts or handshakes, half
+    """Start the daemon and SIGKILL it: the even kills land while it starts or handshakes, the odd ones
     while this run of it charges the car (after its 0 W setup write and a charge setpoint),
     whatever the machine's load made of the start-up time."""
     writes_before = int(plant.status()["setpoint_writes"])
     with daemon_process as daemon:
-        if rng.random() < 0.5:
+        if kill % 2 == 0:  # exactly half of each kind, whatever the seed
             time.sleep(rng.uniform(0.05, 1.5))
         else:
             charging = functools.partial(_charging_since, plant, writes_before)
             assert _wait(charging, 60), (
                 f"kill {kill}: the daemon never charged\n{_tail(daemon.log_file)}"
             )
-            time.sleep(rng.uniform(0.5, 3.0))
+            # Past at least one 1 s commit of energy, so these kills test recorded counters.
+            time.sleep(rng.uniform(1.2, 3.0))
         daemon.kill()
 
 
