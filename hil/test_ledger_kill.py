@@ -160,9 +160,9 @@ def test_sigkill_never_loses_or_doubles_energy(short_dir: Path, kills: int) -> N
 def _run_and_kill(
     plant: PlantProcess, daemon_process: DaemonProcess, rng: random.Random, kill: int
 ) -> None:
-    """Start the daemon and SIGKILL it: the even kills land while it starts or handshakes, the odd ones
-    while this run of it charges the car (after its 0 W setup write and a charge setpoint),
-    whatever the machine's load made of the start-up time."""
+    """Start the daemon and SIGKILL it: the even kills land while it starts or handshakes, the
+    odd ones while this run of it charges the car (after its 0 W setup write and a charge
+    setpoint), whatever the machine's load made of the start-up time."""
     writes_before = int(plant.status()["setpoint_writes"])
     with daemon_process as daemon:
         if kill % 2 == 0:  # exactly half of each kind, whatever the seed
