@@ -13,10 +13,8 @@ from __future__ import annotations
 import asyncio
 import threading
 import time
-import uuid
 from collections.abc import AsyncIterator, Callable
 from contextlib import asynccontextmanager
-from dataclasses import dataclass
 from typing import Any
 
 import can
@@ -27,53 +25,12 @@ from controller.core.snapshots import VehiclePhase, VehicleState
 from controller.links import LinkStatus
 from controller.vehicle import link as link_module
 from controller.vehicle.canbus import CanLinkConfig
-from controller.vehicle.chademo import ChademoChargerConfig
 from controller.vehicle.frames import LineOutputs
-from controller.vehicle.gbt27930 import GbtChargerConfig
-from controller.vehicle.link import CanVehicleLink
-from hil.vehicle import BatteryModel, ChademoVehicle, FaultInjection, GbtVehicle, SimulatedLines
-from hil.vehicle.chademo_ev import ChademoVehicleConfig
-from hil.vehicle.gbt_ev import GbtVehicleConfig
 from hil.vehicle.runner import VehicleSimulator
+from tests.vehicle.test_link_virtual import Rig, make_rig
 
 BOUND_S = 10.0  # generous: only a link that ignores the cancel gets near it
 PROTOCOLS = ["chademo", "gbt27930"]
-
-
-@dataclass
-class Rig:
-    """A charger link and (optionally) a simulated car on one fresh virtual channel."""
-
-    link: CanVehicleLink
-    lines: SimulatedLines
-    vehicle: ChademoVehicle | GbtVehicle
-    faults: FaultInjection
-
-    def state(self) -> VehicleState | None:
-        """The link's latest snapshot."""
-        return self.link.snapshot()
-
-
-def make_rig(protocol: str, mode: str = "charge") -> Rig:
-    """A plugged-in charger link and a car that wants to ``mode`` ("charge" or "discharge")."""
-    faults = FaultInjection()
-    lines = SimulatedLines(plugged=True)
-    battery = BatteryModel(soc_pct=50.0 if mode == "charge" else 70.0)
-    vehicle: ChademoVehicle | GbtVehicle
-    charger: ChademoChargerConfig | GbtChargerConfig
-    if protocol == "chademo":
-        vehicle = ChademoVehicle(
-            battery, faults, config=ChademoVehicleConfig(mode=mode), lines=lines
-        )
-        charger = ChademoChargerConfig(insulation_test_s=0.2, discharge_offered=True)
-    else:
-        vehicle = GbtVehicle(battery, faults, config=GbtVehicleConfig(mode=mode), lines=lines)
-        charger = GbtChargerConfig(insulation_test_s=0.2, discharge_offered=True)
-    channel = f"vehicle-cancel-{uuid.uuid4().hex}"
-    config = CanLinkConfig(interface="virtual", channel=channel, protocol=protocol)
-    link = CanVehicleLink(config, lines, charger=charger)
-    link.allow_energy_transfer(True)
-    return Rig(link, lines, vehicle, faults)
 
 
 def transferring(state: VehicleState | None) -> bool:
@@ -136,7 +93,7 @@ async def ends_cancelled(rig: Rig, run: asyncio.Task[None]) -> None:
 @pytest.mark.parametrize("protocol", PROTOCOLS)
 def test_link_cancelled_as_a_frame_arrives_mid_transfer_ends(protocol: str, mode: str) -> None:
     """Cancelled as a car's frame is handled mid-transfer: ends cancelled, outputs off."""
-    rig = make_rig(protocol, mode)
+    rig = make_rig(protocol, mode=mode)
     handled = rig.link._on_message
     armed: list[asyncio.Task[None]] = []
 
@@ -149,8 +106,8 @@ def test_link_cancelled_as_a_frame_arrives_mid_transfer_ends(protocol: str, mode
 
     async def scenario() -> None:
         async with car(rig) as run:
-            await eventually(lambda: transferring(rig.state()))
-            state = rig.state()
+            await eventually(lambda: transferring(rig.link.snapshot()))
+            state = rig.link.snapshot()
             assert state is not None
             assert state.discharge_permitted if mode == "discharge" else state.charge_permitted
             armed.append(run)
@@ -170,7 +127,7 @@ def test_link_cancelled_while_waiting_for_a_car_that_never_speaks_ends(protocol:
             await eventually(lambda: rig.link.status is LinkStatus.UP)
             await eventually(lambda: rig.link.session.phase is not VehiclePhase.UNPLUGGED)
             await asyncio.sleep(0.2)  # several of its own periods without an answer
-            assert rig.state() is None  # no valid vehicle frame ever came
+            assert rig.link.snapshot() is None  # no valid vehicle frame ever came
             run.cancel()
             await ends_cancelled(rig, run)
 
@@ -184,7 +141,7 @@ def test_link_cancelled_while_a_silent_car_is_awaited_mid_transfer_ends(protocol
 
     async def scenario() -> None:
         async with car(rig) as run:
-            await eventually(lambda: transferring(rig.state()))
+            await eventually(lambda: transferring(rig.link.snapshot()))
             rig.faults.silence = True
             await asyncio.sleep(0.3)  # below the 1 s timeout of the protocols' demand frames
             run.cancel()
@@ -261,7 +218,7 @@ def test_link_cancelled_mid_send_ends(
     async def scenario() -> None:
         loop = asyncio.get_running_loop()
         async with car(rig) as run:
-            await eventually(lambda: transferring(rig.state()))
+            await eventually(lambda: transferring(rig.link.snapshot()))
             assert len(buses) == 1
             bus = buses[0]
 
@@ -308,7 +265,7 @@ def test_link_cancelled_within_its_own_step_past_a_deadline_ends(
 
     async def scenario() -> None:
         async with car(rig) as run:
-            await eventually(lambda: transferring(rig.state()))
+            await eventually(lambda: transferring(rig.link.snapshot()))
             bus = buses[0]
             # Longer than every period of both protocols: the next deadline is then past.
             bus.cancel_in_step(run, hold_s=0.3)
