@@ -1,4 +1,4 @@
-"""Command line: ``v2g-controller run | check-config | schema | ledger``.
+"""Command line: ``v2g-controller run | check-config | schema | ledger | reset-faults``.
 
 Exit codes: 0 success, 1 a runtime failure (power was driven to 0 W first), 2 the config or the
 command line is wrong (nothing was started), 3 forced exit on a second stop signal.
@@ -9,8 +9,13 @@ from __future__ import annotations
 import argparse
 import datetime as dt
 import json
+import os
+import shutil
+import signal
+import subprocess
 import sys
 from collections.abc import Sequence
+from pathlib import Path
 
 from controller import __version__
 from controller.config import json_schema, load_config
@@ -49,7 +54,38 @@ def _parser() -> argparse.ArgumentParser:
     ledger.add_argument("--json", action="store_true", help="JSON instead of tables")
     ledger.add_argument("--from", dest="since", type=_date, metavar="DATE", help="YYYY-MM-DD")
     ledger.add_argument("--to", dest="until", type=_date, metavar="DATE", help="YYYY-MM-DD")
+
+    reset = commands.add_parser(
+        "reset-faults",
+        help="ask the running daemon for a manual fault reset (E-stop, manual-reset faults)",
+        description="Sends SIGUSR1 to the running daemon. The daemon accepts the reset only "
+        "when every cause is gone; its log says whether it did.",
+    )
+    reset.add_argument(
+        "--pid",
+        type=_pid,
+        metavar="N",
+        help=f"the daemon's process id (default: the MainPID systemd reports for {SERVICE})",
+    )
     return parser
+
+
+SERVICE = "v2g-controller.service"
+SYSTEMCTL_TIMEOUT_S = 10.0
+
+
+class _ResetError(Exception):
+    """Why no reset was sent, as the technician reads it."""
+
+
+def _pid(text: str) -> int:
+    try:
+        pid = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{text!r} is not a process id") from None
+    if pid <= 0:
+        raise argparse.ArgumentTypeError(f"expected a process id above 0, found {pid}")
+    return pid
 
 
 def _date(text: str) -> dt.date:
@@ -101,21 +137,118 @@ def _ledger(args: argparse.Namespace) -> int:
     return ExitCode.OK
 
 
+def _service_main_pid() -> int:
+    """The daemon's PID as systemd knows it."""
+    systemctl = shutil.which("systemctl")
+    if systemctl is None:
+        raise _ResetError(
+            "systemctl not found: without systemd, give the daemon's process id with --pid N"
+        )
+    command = [systemctl, "show", "-p", "MainPID", "--value", SERVICE]
+    try:
+        result = subprocess.run(  # noqa: S603  a fixed command line, no shell
+            command, capture_output=True, text=True, timeout=SYSTEMCTL_TIMEOUT_S, check=False
+        )
+    except (OSError, subprocess.TimeoutExpired) as exc:
+        raise _ResetError(f"{' '.join(command)} failed: {exc}") from None
+    if result.returncode != 0:
+        why = result.stderr.strip().splitlines()
+        raise _ResetError(
+            f"{' '.join(command)} failed ({why[0] if why else f'exit {result.returncode}'}); "
+            "give the daemon's process id with --pid N"
+        )
+    text = result.stdout.strip()
+    if not text.isdigit():
+        raise _ResetError(f"systemctl reported MainPID {text!r} for {SERVICE}, not a process id")
+    pid = int(text)
+    if pid == 0:
+        raise _ResetError(
+            f"{SERVICE} is not running (systemd reports no main process): nothing to reset. "
+            f"Start it (systemctl start {SERVICE}) or give the daemon's process id with --pid N"
+        )
+    return pid
+
+
+def _is_daemon(argv: list[str]) -> bool:
+    """The command line of ``v2g-controller run`` (installed) or ``python -m controller run``."""
+    for i, arg in enumerate(argv):
+        module = arg == "controller" and argv[i - 1 : i] == ["-m"]
+        if module or Path(arg).name == "v2g-controller":
+            return "run" in argv[i + 1 :]
+    return False
+
+
+def _check_is_daemon(pid: int) -> None:
+    # SIGUSR1 ends a process that does not handle it: a mistyped --pid must not kill another
+    # program, so the target must be the daemon. Without /proc (not Linux) nothing can be checked.
+    if not Path("/proc/self/cmdline").exists():
+        return
+    try:
+        raw = Path(f"/proc/{pid}/cmdline").read_bytes()
+    except FileNotFoundError:
+        raise _ResetError(f"no process {pid}: is the daemon running?") from None
+    except OSError as exc:
+        raise _ResetError(f"cannot check that process {pid} is the daemon: {exc}") from None
+    argv = [arg.decode(errors="replace") for arg in raw.split(b"\0") if arg]
+    if not _is_daemon(argv):
+        shown = " ".join(argv) or "(no command line: a kernel thread or a zombie)"
+        raise _ResetError(f"process {pid} is not the v2g-controller daemon ({shown}); nothing sent")
+
+
+def _reset_faults(args: argparse.Namespace) -> int:
+    try:
+        pid = args.pid if args.pid is not None else _service_main_pid()
+        _check_is_daemon(pid)
+        os.kill(pid, signal.SIGUSR1)
+    except _ResetError as exc:
+        print(f"reset-faults: {exc}", file=sys.stderr)
+        return ExitCode.FAILURE
+    except ProcessLookupError:
+        print(f"reset-faults: no process {pid}: is the daemon running?", file=sys.stderr)
+        return ExitCode.FAILURE
+    except PermissionError:
+        print(
+            f"reset-faults: not allowed to signal process {pid}; run it with sudo",
+            file=sys.stderr,
+        )
+        return ExitCode.FAILURE
+    print(f"sent a fault reset (SIGUSR1) to the v2g-controller daemon, process {pid}.")
+    print(
+        "The daemon accepts it only when every cause is gone (the E-stop released, the fault "
+        "cleared); its log says whether it did: "
+        "journalctl -u v2g-controller -g 'fault reset' -n 5"
+    )
+    return ExitCode.OK
+
+
+def _schema(_args: argparse.Namespace) -> int:
+    print(json.dumps(json_schema(), indent=2))
+    return ExitCode.OK
+
+
+def _check_config(args: argparse.Namespace) -> int:
+    try:
+        load_config(args.file)
+    except ConfigError as error:
+        _report(error)
+        return ExitCode.CONFIG
+    print(f"{args.file}: OK")
+    return ExitCode.OK
+
+
+_COMMANDS = {
+    "ledger": _ledger,
+    "reset-faults": _reset_faults,
+    "schema": _schema,
+    "check-config": _check_config,
+}
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     args = _parser().parse_args(argv)
-    if args.command == "ledger":
-        return _ledger(args)
-    if args.command == "schema":
-        print(json.dumps(json_schema(), indent=2))
-        return ExitCode.OK
-    if args.command == "check-config":
-        try:
-            load_config(args.file)
-        except ConfigError as error:
-            _report(error)
-            return ExitCode.CONFIG
-        print(f"{args.file}: OK")
-        return ExitCode.OK
+    command = _COMMANDS.get(args.command)
+    if command is not None:
+        return command(args)
 
     try:
         config = load_config(args.config)

@@ -67,7 +67,9 @@ class SiteConfig(_Section):
 # protocol bitrate: the config gives it.
 DEFAULT_BITRATE_BPS = {"chademo": 500_000, "gbt27930": 250_000}
 
-LineName = Literal["plugged", "k", "emergency_stop", "d1", "d2", "contactors", "lock"]
+LineName = Literal[
+    "plugged", "k", "emergency_stop", "fault_reset", "d1", "d2", "contactors", "lock"
+]
 
 # The lines a protocol's session cannot run without (the lock is optional: some connectors lock
 # in hardware). CHAdeMO: d1 -> k -> d2 sequence; GB/T 27930: CC1 (plugged), K3/K4 auxiliary power
@@ -124,6 +126,13 @@ class GpioOffsets(_Section):
         ge=0,
         le=1023,
         description="Input: the charger's emergency stop switch (usually active_low).",
+    )
+    fault_reset: int | None = Field(
+        default=None,
+        ge=0,
+        le=1023,
+        description="Input: a reset push-button; pressing it is the deliberate act that resets "
+        "a latched emergency stop or a manual-reset fault (docs/safety.md).",
     )
     d1: int | None = Field(
         default=None,
@@ -727,10 +736,10 @@ class OwnerConfig(_Section):
     departure: DepartureConfig | None = None
     battery_capacity_kwh: float = Field(
         default=80.0,
-        gt=0,
-        le=300,
-        description="Used when the car does not report its capacity; too large is the safe side "
-        "for the departure reserve.",
+        ge=5,
+        le=250,
+        description="Used when the car does not report its capacity, or reports one outside "
+        "5..250 kWh; too large is the safe side for the departure reserve.",
     )
 
     @model_validator(mode="after")
@@ -787,9 +796,30 @@ class SafetyConfig(_Section):
         default=3.00, gt=1.0, le=5.0, description="No discharging at or below (NMC; LFP: 2.50)."
     )
     fault_reset: Literal["auto", "manual"] = Field(
-        default="auto", description="auto: clear a latched fault after fault_hold_s."
+        default="auto",
+        description="auto: clear a latched fault after fault_hold_s. An emergency stop is never "
+        "reset automatically, whatever this says.",
     )
     fault_hold_s: float = Field(default=60.0, ge=0, le=86_400)
+    manual_reset: list[Literal["vehicle_fault", "inverter_fault"]] = Field(
+        default_factory=list,
+        description="Fault kinds only a person may reset (SIGUSR1, `v2g-controller "
+        "reset-faults`, or the fault_reset line), even with fault_reset auto.",
+    )
+    soc_resolution_pct: float = Field(
+        default=1.0,
+        ge=0,
+        le=10,
+        description="How far the car's reported SoC may be from the true one (CHAdeMO and GB/T "
+        "report whole percent); the floor and ceiling keep this much in hand.",
+    )
+    floor_horizon_s: float = Field(
+        default=1.0,
+        ge=0,
+        le=60,
+        description="How long energy keeps flowing after a decision (data age, the next cycle, "
+        "the inverter's response); the floor and ceiling keep that energy in hand.",
+    )
     max_discharge_kwh_per_day: float = Field(default=20.0, ge=0, le=1000)
     max_cycles_per_day: float | None = Field(default=None, gt=0, le=10)
 
@@ -888,6 +918,19 @@ class ControlConfig(_Section):
         le=4.5,
         description="Budget for the clean stop sequence (the process exits within 5 s).",
     )
+    state_path: str | None = Field(
+        default=None,
+        min_length=1,
+        description="Latched faults, the departure of the plugged-in session and the wear count, "
+        "written before the command they cause so a restart never forgets them. Empty: "
+        "core-state.json beside ledger.path.",
+    )
+
+    def state_file(self, ledger_path: str) -> str:
+        """Where the core's durable state lives."""
+        if self.state_path is not None:
+            return self.state_path
+        return str(Path(ledger_path).with_name("core-state.json"))
 
 
 class Config(_Section):

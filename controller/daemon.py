@@ -25,7 +25,7 @@ import time
 import zoneinfo
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
-from typing import Protocol
+from typing import Protocol, runtime_checkable
 
 import structlog
 
@@ -120,6 +120,15 @@ class Recorder(Protocol):
     ) -> None: ...
 
     def flush(self) -> None: ...
+
+
+@runtime_checkable
+class ResetButton(Protocol):
+    """A vehicle link that reads the board's fault reset button (``CanVehicleLink`` does)."""
+
+    def fault_reset_presses(self) -> int:
+        """Presses seen so far; holding the button down counts once."""
+        ...
 
 
 # A failing recorder is logged at once, then at most this often while it keeps failing.
@@ -236,6 +245,12 @@ class Daemon:
         self._control_task: asyncio.Task[None] | None = None
         self._stop_sequence_done = False
         self._last_output: ControlOutput | None = None
+        # The reset button asks for a reset only when pressed after the daemon was made: the
+        # presses the link had counted before are not this daemon's to act on.
+        self._reset_button = links.vehicle if isinstance(links.vehicle, ResetButton) else None
+        self._reset_presses_seen = (
+            self._reset_button.fault_reset_presses() if self._reset_button is not None else 0
+        )
         self.cycles = 0
 
     # -- public -------------------------------------------------------------------------------
@@ -252,15 +267,24 @@ class Daemon:
         """Run a control cycle now (links call this on safety-relevant events)."""
         self._wake.set()
 
-    def reset_faults(self) -> bool:
-        """A manual fault reset. The core accepts it only once every cause is gone."""
+    def reset_faults(self, source: str = "SIGUSR1") -> bool:
+        """A manual fault reset, asked for by ``source`` (SIGUSR1, which ``v2g-controller
+        reset-faults`` sends, or the board's reset button). The core accepts it only once every
+        cause is gone."""
         reset = getattr(self._step, "reset_faults", None)
         if reset is None:
-            log.warning("fault reset asked for, but this control step keeps no latch")
+            log.warning(
+                "fault reset asked for, but this control step keeps no latch", source=source
+            )
             return False
         answer = reset()
         accepted = bool(getattr(answer, "accepted", False))
-        log.info("fault reset", accepted=accepted, reason=str(getattr(answer, "reason", "")))
+        log.info(
+            "fault reset",
+            accepted=accepted,
+            reason=str(getattr(answer, "reason", "")),
+            source=source,
+        )
         self._wake.set()
         return accepted
 
@@ -275,7 +299,8 @@ class Daemon:
         if self._handle_signals:
             for sig in (signal.SIGTERM, signal.SIGINT):
                 loop.add_signal_handler(sig, self._on_signal, sig)
-            # A technician's manual fault reset: systemctl kill -s SIGUSR1 v2g-controller
+            # A technician's manual fault reset: `v2g-controller reset-faults` (or
+            # `systemctl kill -s SIGUSR1 v2g-controller`); the board's reset button does the same.
             loop.add_signal_handler(signal.SIGUSR1, self.reset_faults)
         log.info(
             "starting",
@@ -358,6 +383,7 @@ class Daemon:
             self._wake.clear()
             if self._stop.is_set():
                 break
+            self._follow_reset_button()  # before the cycle, so the cycle already sees the reset
             await self._cycle()
             self.cycles += 1
             if not self._ready:
@@ -367,6 +393,16 @@ class Daemon:
             if self._ready and ping_every_s is not None and now_s - last_ping_s >= ping_every_s:
                 self._notifier.watchdog()
                 last_ping_s = now_s
+
+    def _follow_reset_button(self) -> None:
+        if self._reset_button is None:
+            return
+        presses = self._reset_button.fault_reset_presses()
+        if presses == self._reset_presses_seen:
+            return
+        # Several presses between two cycles ask for one reset: a second would change nothing.
+        self._reset_presses_seen = presses
+        self.reset_faults(source="reset button")
 
     async def _cycle(self) -> None:
         now_s = self._monotonic()

@@ -41,12 +41,42 @@ def test_unit_is_notify_with_watchdog_and_restart() -> None:
     assert {"Unit", "Service", "Install"} <= set(parser.sections())
 
 
+def test_unit_starts_after_time_sync_without_pulling_it_in() -> None:
+    """Ordered after time-sync.target (and still after the network); not Wants= it: the target is
+    passive, pulled in by the NTP service (systemd.special(7))."""
+    settings = unit_settings()
+    after = " ".join(settings["After"]).split()
+    assert "time-sync.target" in after
+    assert "network-online.target" in after
+    assert "time-sync.target" not in " ".join(settings.get("Wants", [])).split()
+
+
+def test_unit_lets_the_daemon_read_but_never_set_the_clock() -> None:
+    """adjtimex(2) is readable (clocksync.ClockTrust needs the NTP state; ProtectClock= would
+    refuse even a read), and setting the clock stays impossible: no capabilities at all, and
+    only the adjtimex family is let through the filter that removes @privileged (@clock)."""
+    settings = unit_settings()
+    assert "ProtectClock" not in settings
+    assert settings["CapabilityBoundingSet"] == [""]
+    assert settings["AmbientCapabilities"] == [""]
+    assert settings["NoNewPrivileges"] == ["yes"]
+    filters = settings["SystemCallFilter"]
+    removed = filters.index("~@privileged @resources")
+    allowed_again = filters[removed + 1 :]
+    assert allowed_again == ["adjtimex clock_adjtime clock_adjtime64"]
+
+
 @pytest.mark.skipif(
     shutil.which("systemd-analyze") is None,
     reason="systemd-analyze is not installed (Debian package 'systemd' provides it)",
 )
-def test_security_exposure_is_at_most_2() -> None:
-    """`systemd-analyze security --offline=yes` rates the unit 2.0 or lower."""
+def test_security_exposure_is_at_most_2_1() -> None:
+    """`systemd-analyze security --offline=yes` rates the unit 2.1 or lower.
+
+    It was 1.7; the read-only adjtimex the clock check needs costs 0.4 in the offline rating
+    (ProtectClock= unset, adjtimex allowed out of @clock and @privileged), which does not count
+    the empty capability set that keeps the clock from being set.
+    """
     result = subprocess.run(
         ["systemd-analyze", "security", "--offline=yes", str(UNIT)],
         capture_output=True,
@@ -56,4 +86,4 @@ def test_security_exposure_is_at_most_2() -> None:
     )
     match = re.search(r"Overall exposure level for \S+: (\d+\.\d+)", result.stdout)
     assert match, result.stdout + result.stderr
-    assert float(match.group(1)) <= 2.0, result.stdout
+    assert float(match.group(1)) <= 2.1, result.stdout

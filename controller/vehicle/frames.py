@@ -36,11 +36,14 @@ class LineInputs:
     ``k``: CHAdeMO vehicle charge-permission line (k), pulled by the vehicle.
     ``emergency_stop``: the charger's emergency stop switch is pressed (IEC 61851-1 emergency
     switching); the safety core holds 0 W and latches while it is.
+    ``fault_reset``: the board's reset push-button is held down. Pressing it (a release, then a
+    press) is a deliberate act that asks for a fault reset; holding it down asks nothing more.
     """
 
     plugged: bool = False
     k: bool = False
     emergency_stop: bool = False
+    fault_reset: bool = False
 
 
 @dataclass(frozen=True, slots=True)

@@ -7,8 +7,9 @@ charger board's lines:
 * the session is ticked exactly when its ``next_deadline_s`` says (periodic frames, timeouts), so
   the loop sleeps between frames instead of polling;
 * every safety-relevant session event (fault, stop request, phase change), every change of the
-  vehicle's charge or discharge permission (a GB/T BSM pause), every bus-off and every lost bus
-  or line calls ``wake()`` so the control loop reacts at once;
+  vehicle's charge or discharge permission (a GB/T BSM pause), every bus-off, every lost bus
+  or line, every change of the emergency stop and every press of the fault reset button calls
+  ``wake()`` so the control loop reacts at once;
 * the charger must keep running without a car, and a CAN interface (or a GPIO expander) may come
   up after the daemon (a HAT driver at boot): lines or a bus that cannot be opened, at start-up or
   after a failure, are tried again every ``reconnect_delay_s`` while the link reports ``DOWN``
@@ -53,6 +54,10 @@ from controller.vehicle.session import VehicleSession
 log = structlog.get_logger(component="vehicle")
 
 _FINISHED = frozenset({VehiclePhase.ENDED, VehiclePhase.FAULT, VehiclePhase.UNPLUGGED})
+
+# While the bus is down and no session runs, the board's inputs (E-stop, reset button) are still
+# read this often, the rate at which a session ticks (CHAdeMO polls the plug every 100 ms).
+LINE_POLL_S = 0.1
 
 
 def make_session(
@@ -109,6 +114,9 @@ class CanVehicleLink:
         self._bus: can.BusABC | None = None
         self._lines_open = False
         self._emergency_stop = False
+        # The reset button as last read; None before the first read and while unreadable.
+        self._fault_reset: bool | None = None
+        self._fault_reset_presses = 0
         self._failed = asyncio.Event()
         self._changed = asyncio.Event()
         self.error_frames = 0
@@ -209,10 +217,14 @@ class CanVehicleLink:
         """
         deadline_s = self._clock() + seconds
         while (remaining_s := deadline_s - self._clock()) > 0:
+            inputs = self._read_lines() if self._lines_open else None
             if self.session.phase is not VehiclePhase.UNPLUGGED:
-                inputs = self._read_lines() if self._lines_open else None
                 self._apply(self.session.tick(self._clock(), inputs or LineInputs()))
                 remaining_s = min(remaining_s, self.session.next_deadline_s - self._clock())
+            elif inputs is not None:
+                # Nothing to tick, but a technician may still press the reset button (a latched
+                # E-stop is reset with no CAN interface up): the inputs keep being followed.
+                remaining_s = min(remaining_s, LINE_POLL_S)
             await asyncio.sleep(max(0.0, remaining_s))
 
     async def _serve(self, bus: can.BusABC) -> None:
@@ -255,9 +267,11 @@ class CanVehicleLink:
             inputs = self._lines.read()
         except VehicleLinkError as exc:
             self._note_emergency_stop(True)  # board lines unreadable: E-stop state unknown
+            self._note_fault_reset(None)  # and an unknown button is never a press
             self._on_lines_failed(exc)
             return None
         self._note_emergency_stop(inputs.emergency_stop)
+        self._note_fault_reset(inputs.fault_reset)
         return inputs
 
     def _note_emergency_stop(self, pressed: bool) -> None:
@@ -269,6 +283,27 @@ class CanVehicleLink:
     def emergency_stop_pressed(self) -> bool:
         """The board's emergency stop input, as last read (pressed while unreadable)."""
         return self._emergency_stop
+
+    def _note_fault_reset(self, pressed: bool | None) -> None:
+        previous, self._fault_reset = self._fault_reset, pressed
+        # A press is "down" after a read of "up": a button already down at the first read, or
+        # when unreadable lines come back, counts only once it has been released and pressed.
+        if pressed is True and previous is False:
+            self._fault_reset_presses += 1
+            log.info("fault reset button pressed", presses=self._fault_reset_presses)
+            self._wake()
+
+    def fault_reset_pressed(self) -> bool:
+        """The board's fault reset button, as last read (not pressed while unknown)."""
+        return self._fault_reset is True
+
+    def fault_reset_presses(self) -> int:
+        """Presses of the fault reset button seen since the link was made (held down: one).
+
+        A count rather than the level, so a press shorter than a control cycle (one that waits on
+        a slow inverter write) is not lost between two looks.
+        """
+        return self._fault_reset_presses
 
     def _write_lines(self, outputs: LineOutputs) -> None:
         if not self._lines_open:

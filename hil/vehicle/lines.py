@@ -35,12 +35,14 @@ class SimulatedLines:
     """A ``ChargerLines`` whose inputs the simulated vehicle drives.
 
     The charger writes d1, d2, contactors and lock; the vehicle reads them and sets k; a test
-    (or the technician) plugs and unplugs the connector.
+    (or the technician) plugs and unplugs the connector and presses the fault reset button
+    (``fault_reset``: True while held down).
     """
 
     def __init__(self, *, plugged: bool = True) -> None:
         self.plugged = plugged
         self.k = False
+        self.fault_reset = False
         self.outputs = LineOutputs()
 
     def __repr__(self) -> str:
@@ -51,7 +53,7 @@ class SimulatedLines:
 
     def read(self) -> LineInputs:
         """The charger's view of its inputs."""
-        return LineInputs(plugged=self.plugged, k=self.k)
+        return LineInputs(plugged=self.plugged, k=self.k, fault_reset=self.fault_reset)
 
     def write(self, outputs: LineOutputs) -> None:
         """The charger drives its outputs."""

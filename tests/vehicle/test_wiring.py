@@ -139,8 +139,8 @@ def test_charger_ratings_reach_both_sessions() -> None:
         (
             GPIO_CHADEMO.replace("[plugged, k]", "[plugged, relay]"),
             "vehicle.lines.active_low.1",
-            "expected 'plugged', 'k', 'emergency_stop', 'd1', 'd2', 'contactors' or 'lock'; "
-            "found 'relay'",
+            "expected 'plugged', 'k', 'emergency_stop', 'fault_reset', 'd1', 'd2', 'contactors' or "
+            "'lock'; found 'relay'",
         ),
         (
             "vehicle: {protocol: chademo, lines: {kind: simulated}}\n",
