@@ -72,6 +72,9 @@ class ModbusInverterLink:
         self._command_ready = asyncio.Event()
         self._wake: Wake = lambda: None
         self._latched: str | None = None
+        # Counts failures, so a poll read that was in flight when a write failed cannot hand
+        # the link back as ready: only a fresh setup may clear a failure (issue 16, item 3).
+        self._failures = 0
         self._stopping = asyncio.Event()
         self._zero_while_faulted = False
         self.writes = 0
@@ -126,6 +129,7 @@ class ModbusInverterLink:
         now_s = self._clock()
         first = self._latched != reason
         self._latched = reason
+        self._failures += 1
         self._phase = _Phase.SETUP
         self._written = None
         self._status = LinkStatus.UP if reachable else LinkStatus.DOWN
@@ -196,12 +200,15 @@ class ModbusInverterLink:
                     continue
                 self._command_ready.set()  # write the current command now that it is safe
             else:
+                failures = self._failures
                 try:
                     state = await self._driver.read(self._clock())
                 except (InverterLinkError, ProtocolError) as exc:
                     self._fail(f"read failed: {exc}", reachable=self._transport.connected)
                     await asyncio.sleep(self._retry_interval_s)
                     continue
+                if self._failures != failures:
+                    continue  # a write failed during the read: set up anew, do not take it
                 was_faulted = self._phase is _Phase.FAULTED
                 self._take(state)
                 if was_faulted and self._phase is _Phase.READY:
