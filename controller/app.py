@@ -10,15 +10,17 @@ import asyncio
 import os
 import sqlite3
 import zoneinfo
+from collections.abc import Callable
+from dataclasses import replace
 
 import structlog
 
 from controller.aggregator.disabled import DisabledAggregator
 from controller.aggregator.link import MqttAggregatorLink
+from controller.clocksync import ClockTrust, simulated_kernel_clock
 from controller.config import Config, load_register_map
-from controller.control import CoreControlStep, policy_from_config
+from controller.control import CoreControlStep, CoreStateFile, policy_from_config
 from controller.daemon import (
-    ControlStep,
     Daemon,
     ExitCode,
     Links,
@@ -102,12 +104,25 @@ def _build_aggregator(
     return MqttAggregatorLink.from_config(config, durable=durable, audit=audit)
 
 
-def build_control_step(config: Config, links: Links | None = None) -> ControlStep:
-    """The safety core, with the policy from the config and the board's E-stop input."""
-    if links is None:
-        return CoreControlStep(policy_from_config(config))
+def build_control_step(
+    config: Config,
+    links: Links | None = None,
+    *,
+    wall_clock: WallClock = real_wall_clock,
+    clock_trusted: Callable[[float], bool] | None = None,
+) -> CoreControlStep:
+    """The safety core: the policy from the config, the board's E-stop input, the clock's
+    trust, and the state a restart must not forget (restored here, before any command)."""
+    policy = policy_from_config(config)
+    if isinstance(wall_clock, SimulatedClock):
+        # Simulation only: the plant moves the battery ``rate`` times faster than real time, so
+        # the energy that flows over the floor's horizon does too.
+        policy = replace(policy, safety=replace(policy.safety, battery_time_factor=wall_clock.rate))
     return CoreControlStep(
-        policy_from_config(config), emergency_stop=links.vehicle.emergency_stop_pressed
+        policy,
+        emergency_stop=(lambda: False) if links is None else links.vehicle.emergency_stop_pressed,
+        clock_trusted=(lambda _now_s: True) if clock_trusted is None else clock_trusted,
+        state_file=CoreStateFile(config.control.state_file(config.ledger.path)),
     )
 
 
@@ -175,17 +190,23 @@ def run(config: Config) -> ExitCode:
     links = build_links(
         config, durable=durable, audit=opened[1].audit if opened is not None else None
     )
-    step = build_control_step(config, links)
+    # Simulation runs on machines whose own clock need not be synchronised; its time is the
+    # simulated one, trusted by construction (logged loudly as simulation above).
+    trust = (
+        ClockTrust(adjtimex=simulated_kernel_clock)
+        if isinstance(wall_clock, SimulatedClock)
+        else ClockTrust()
+    )
+    step = build_control_step(config, links, wall_clock=wall_clock, clock_trusted=trust.trusted)
     ledger = None
     if opened is not None:
         ledger = opened[1]
-        if isinstance(step, CoreControlStep):
-            # The wear budget survives restarts (core/safety.py CoreState.wear_day).
-            today = wall_clock(zoneinfo.ZoneInfo(config.site.timezone)).date()
-            try:
-                step.seed_wear_budget(today, ledger.discharged_wh_on(today))
-            except LedgerError as exc:
-                log.error("wear budget not seeded from the ledger", error=str(exc))
+        # The wear budget survives restarts (core/safety.py CoreState.wear_day).
+        today = wall_clock(zoneinfo.ZoneInfo(config.site.timezone)).date()
+        try:
+            step.seed_wear_budget(today, ledger.discharged_wh_on(today))
+        except LedgerError as exc:
+            log.error("wear budget not seeded from the ledger", error=str(exc))
     daemon = Daemon(config, links, step, wall_clock=wall_clock, recorder=ledger)
     try:
         return asyncio.run(daemon.run())

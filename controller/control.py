@@ -3,13 +3,22 @@
 ``policy_from_config`` turns the validated YAML into the core's ``Policy`` (field by field, no
 defaults invented here). ``CoreControlStep`` holds the core's state between decisions, since
 the core itself is pure: each call passes the state in and keeps the state it returns.
+
+What a restart must not forget (latched faults, the wait for a start after an emergency stop
+reset, the session's departure, the wear count) goes to ``CoreStateFile``: restored before the
+first decision, and written, durably, before the command that follows any change of it.
 """
 
 from __future__ import annotations
 
 import datetime as dt
+import json
+import os
 from collections.abc import Callable
 from dataclasses import replace
+from pathlib import Path
+
+import structlog
 
 from controller.config import Config, TimeWindow
 from controller.core.policy import (
@@ -30,14 +39,24 @@ from controller.core.safety import (
     Decision,
     FaultReset,
     Inputs,
+    Latch,
     Now,
+    StateFormatError,
     decide,
+    durable_state,
     reset_faults,
+    restore_state,
 )
 from controller.core.snapshots import InverterState, Setpoint, VehicleState
 from controller.daemon import ControlOutput
 
+log = structlog.get_logger(component="control")
+
 _AGGREGATOR_SOURCES = {"setpoint", "setpoint_idle"}
+
+# The latch a restart sets when the saved state cannot be read: it may have held an emergency
+# stop, so only a person may clear it (docs/safety.md, "Latches survive restarts").
+UNREADABLE_STATE_CAUSE = "saved safety state unreadable"
 
 
 def _windows(window: TimeWindow | None) -> tuple[CoreWindow, ...]:
@@ -78,6 +97,9 @@ def policy_from_config(config: Config) -> Policy:
             cell_voltage_min_v=safety.cell_voltage_min_v,
             fault_reset=FaultResetMode(safety.fault_reset),
             fault_hold_s=safety.fault_hold_s,
+            manual_reset_faults=frozenset(safety.manual_reset),
+            soc_resolution_pct=safety.soc_resolution_pct,
+            floor_horizon_s=safety.floor_horizon_s,
         ),
         wear=WearPolicy(
             max_discharge_kwh_per_day=safety.max_discharge_kwh_per_day,
@@ -94,16 +116,115 @@ def policy_from_config(config: Config) -> Policy:
     )
 
 
+class CoreStateFile:
+    """The core's durable state in one JSON file, replaced atomically (write, fsync, rename,
+    fsync the directory), so a crash leaves the old or the new content, never a mix."""
+
+    def __init__(self, path: str | Path) -> None:
+        self.path = Path(path)
+
+    def load(self) -> object | None:
+        """The saved data, or None when there is none yet (a first start).
+
+        OSError or ValueError (invalid JSON) when the file exists but cannot be read.
+        """
+        try:
+            text = self.path.read_text(encoding="utf-8")
+        except FileNotFoundError:
+            return None
+        data: object = json.loads(text)
+        return data
+
+    def save(self, data: dict[str, object]) -> None:
+        """Write ``data`` durably; OSError if the disk refuses."""
+        self.path.parent.mkdir(parents=True, exist_ok=True)
+        tmp = self.path.with_name(self.path.name + ".tmp")
+        with tmp.open("w", encoding="utf-8") as out:
+            json.dump(data, out, sort_keys=True)
+            out.flush()
+            os.fsync(out.fileno())
+        tmp.replace(self.path)
+        dir_fd = os.open(self.path.parent, os.O_RDONLY)
+        try:
+            os.fsync(dir_fd)
+        finally:
+            os.close(dir_fd)
+
+
+def _changed_key(data: dict[str, object]) -> dict[str, object]:
+    # The wear count moves every cycle while discharging; the ledger keeps it durably per day,
+    # so only the rest (and a new wear day) is worth a write.
+    return {key: value for key, value in data.items() if key != "discharged_today_wh"}
+
+
 class CoreControlStep:
     """A ``daemon.ControlStep`` that runs the safety core and keeps its state."""
 
     def __init__(
-        self, policy: Policy, *, emergency_stop: Callable[[], bool] = lambda: False
+        self,
+        policy: Policy,
+        *,
+        emergency_stop: Callable[[], bool] = lambda: False,
+        clock_trusted: Callable[[float], bool] = lambda _now_s: True,
+        state_file: CoreStateFile | None = None,
     ) -> None:
         self.policy = policy
         self.state = CoreState()
         self.last: Decision | None = None
         self._emergency_stop = emergency_stop  # the board's E-stop input, read every decision
+        self._clock_trusted = clock_trusted  # NTP-synchronised and not before the build
+        self._state_file = state_file
+        self._saved: dict[str, object] | None = None
+        if state_file is not None:
+            self._restore(state_file)
+
+    def _restore(self, state_file: CoreStateFile) -> None:
+        """Before the first decision: the latches and promises the last run left."""
+        try:
+            data = state_file.load()
+            if data is None:
+                log.info("no saved safety state; a first start", path=str(state_file.path))
+                return
+            self.state = restore_state(self.state, data)
+        except (OSError, ValueError, StateFormatError) as exc:
+            # What it held is unknown and may have been an emergency stop: latch, manual reset.
+            log.error(
+                "saved safety state unreadable; latched until a person resets it",
+                path=str(state_file.path),
+                error=str(exc),
+            )
+            self.state = replace(
+                self.state,
+                fault_latch=Latch(causes=(UNREADABLE_STATE_CAUSE,), manual=True),
+            )
+            return
+        self._saved = _changed_key(durable_state(self.state))
+        latched = self.state.fault_latch.causes + self.state.stop_latch.causes
+        log.info(
+            "safety state restored",
+            latched=list(latched),
+            awaiting_start=self.state.awaiting_start,
+            departure_at=None
+            if self.state.departure_at is None
+            else self.state.departure_at.isoformat(),
+        )
+
+    def _save_if_changed(self) -> None:
+        """Write the durable state before the command that follows a change of it."""
+        if self._state_file is None:
+            return
+        data = durable_state(self.state)
+        key = _changed_key(data)
+        if key == self._saved:
+            return
+        try:
+            self._state_file.save(data)
+        except OSError as exc:
+            # Not saved: the latch still holds in memory; a restart could forget it. Retried on
+            # the next decision.
+            log.error("safety state not saved", path=str(self._state_file.path), error=str(exc))
+            return
+        self._saved = key
 
     def seed_wear_budget(self, day: dt.date, discharged_wh: float) -> None:
         """Start with the energy already discharged on ``day`` (from the ledger), so a restart
@@ -113,8 +234,10 @@ class CoreControlStep:
         self.state = replace(self.state, wear_day=day, discharged_today_wh=max(0.0, discharged_wh))
 
     def reset_faults(self) -> FaultReset:
-        """A manual fault reset (technician or aggregator command)."""
+        """A manual fault reset (technician or aggregator command), saved before it counts."""
         self.state, answer = reset_faults(self.state)
+        if answer.accepted:
+            self._save_if_changed()
         return answer
 
     def __call__(
@@ -130,8 +253,10 @@ class CoreControlStep:
             inverter=inverter,
             setpoint=setpoint,
             emergency_stop=self._emergency_stop(),
+            clock_trusted=self._clock_trusted(monotonic_s),
         )
         decision, self.state = decide(inputs, self.state, Now(monotonic_s, wall), self.policy)
+        self._save_if_changed()
         self.last = decision
         following = str(decision.request.source) in _AGGREGATOR_SOURCES
         max_charge_w = decision.cap_w(Direction.CHARGE)
@@ -159,6 +284,7 @@ class CoreControlStep:
         if (
             self.state.fault_latch.latched
             or self.state.stop_latch.latched
+            or self.state.awaiting_start
             or self._emergency_stop()
         ):
             return False

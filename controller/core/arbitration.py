@@ -55,8 +55,14 @@ def arbitrate(
     now_s: float,
     now_wall: dt.datetime,
     soc_pct: float | None,
+    *,
+    clock_trusted: bool = True,
 ) -> Request:
-    """Choose the request: valid setpoint (RELEASE hands over) -> fallback policy -> 0 W."""
+    """Choose the request: valid setpoint (RELEASE hands over) -> fallback policy -> 0 W.
+
+    ``soc_pct`` is the lowest SoC the battery may hold (the cheap-window charge stops once that
+    reaches the target). With an untrusted wall clock the windows give no discharge.
+    """
     valid, why = setpoint_in_force(setpoint, now_s)
     if valid is not None:
         if valid.mode is SetpointMode.POWER:
@@ -64,10 +70,12 @@ def arbitrate(
         if valid.mode is SetpointMode.IDLE:
             return Request(0.0, RequestSource.SETPOINT_IDLE, f"{why}: idle")
         why = f"{why}: released to the local policy"
-    return _fallback(policy, now_wall, soc_pct, why)
+    return _fallback(policy, now_wall, soc_pct, why, clock_trusted=clock_trusted)
 
 
-def _fallback(policy: Policy, now_wall: dt.datetime, soc_pct: float | None, why: str) -> Request:
+def _fallback(
+    policy: Policy, now_wall: dt.datetime, soc_pct: float | None, why: str, *, clock_trusted: bool
+) -> Request:
     fallback = policy.fallback
     if fallback.mode is FallbackMode.IDLE:
         return Request(0.0, RequestSource.FALLBACK_IDLE, f"{why}; fallback idle")
@@ -85,6 +93,12 @@ def _fallback(policy: Policy, now_wall: dt.datetime, soc_pct: float | None, why:
             0.0, RequestSource.FALLBACK_CHEAP_CHARGE, f"{why}; cheap window, target reached"
         )
     if any(w.contains(local) for w in fallback.peak_windows):
+        if not clock_trusted:
+            return Request(
+                0.0,
+                RequestSource.FALLBACK_PEAK_DISCHARGE,
+                f"{why}; peak window by a wall clock not synchronised: no discharge",
+            )
         return Request(
             -fallback.discharge_power_w,
             RequestSource.FALLBACK_PEAK_DISCHARGE,

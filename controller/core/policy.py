@@ -106,6 +106,15 @@ class FaultResetMode(enum.Enum):
         return self.value
 
 
+# Fault kinds a technician may mark as needing a person to reset (config safety.manual_reset).
+MANUAL_RESET_CHOICES = frozenset({"vehicle_fault", "inverter_fault"})
+
+# Battery capacities a real vehicle can have; a report outside this is not believed (a 2 kWh
+# report would shrink the departure reserve to almost nothing).
+CAPACITY_SANE_MIN_KWH = 5.0
+CAPACITY_SANE_MAX_KWH = 250.0
+
+
 @dataclass(frozen=True, slots=True)
 class SafetyPolicy:
     """Hard limits: never exceeded, whatever the aggregator or the fallback asks."""
@@ -138,8 +147,39 @@ class SafetyPolicy:
     cell_voltage_min_v: float = 3.00  # no discharging at or below
     fault_reset: FaultResetMode = FaultResetMode.AUTO
     fault_hold_s: float = 60.0  # cause gone this long before an automatic reset
+    # Faults a person must reset whatever ``fault_reset`` says (rule names: "vehicle_fault",
+    # "inverter_fault"). The emergency stop is always among them (ISO 13850, IEC 60204-1
+    # 9.2.5.4.2: the reset of an emergency stop shall not initiate a restart).
+    manual_reset_faults: frozenset[str] = frozenset()
+    # The floor and ceiling hold on the true SoC: the reported value is taken as uncertain by its
+    # resolution (CHAdeMO 0x102 byte 6 and GB/T 27930 BCS byte 7: 1 %), and energy keeps flowing
+    # this long after a decision: the data's age (CHAdeMO 0x102 every 100 ms, GB/T BCS every
+    # 250 ms), the next cycle (100 ms), the Modbus write and the inverter's ramp to 0 W.
+    soc_resolution_pct: float = 1.0
+    floor_horizon_s: float = 1.0
+    # Simulation only (V2G_SIMULATED_CLOCK): the plant moves the battery this many times faster
+    # than real time, so the energy of a horizon scales with it. 1 on a charger.
+    battery_time_factor: float = 1.0
 
     def __post_init__(self) -> None:
+        unknown = self.manual_reset_faults - MANUAL_RESET_CHOICES
+        _require(
+            not unknown,
+            f"manual_reset_faults: unknown {sorted(unknown)}, expected some of "
+            f"{sorted(MANUAL_RESET_CHOICES)}",
+        )
+        _require(
+            math.isfinite(self.soc_resolution_pct) and 0 <= self.soc_resolution_pct <= 10,
+            "soc_resolution_pct: expected 0..10 %",
+        )
+        _non_negative("floor_horizon_s", self.floor_horizon_s)
+        _require(
+            math.isfinite(self.battery_time_factor) and self.battery_time_factor >= 1,
+            "battery_time_factor: expected a finite value >= 1",
+        )
+        self._check_limits()
+
+    def _check_limits(self) -> None:
         for name in ("max_charge_power_w", "max_discharge_power_w"):
             _non_negative(name, getattr(self, name))
         for name in (
@@ -230,4 +270,9 @@ class Policy:
     battery_capacity_default_kwh: float = 80.0
 
     def __post_init__(self) -> None:
-        _positive("battery_capacity_default_kwh", self.battery_capacity_default_kwh)
+        _require(
+            math.isfinite(self.battery_capacity_default_kwh)
+            and CAPACITY_SANE_MIN_KWH <= self.battery_capacity_default_kwh <= CAPACITY_SANE_MAX_KWH,
+            f"battery_capacity_default_kwh: expected {CAPACITY_SANE_MIN_KWH:g}.."
+            f"{CAPACITY_SANE_MAX_KWH:g} kWh",
+        )

@@ -16,7 +16,12 @@ import math
 from collections.abc import Iterator
 from dataclasses import dataclass
 
-from controller.core.policy import Policy, SafetyPolicy
+from controller.core.policy import (
+    CAPACITY_SANE_MAX_KWH,
+    CAPACITY_SANE_MIN_KWH,
+    Policy,
+    SafetyPolicy,
+)
 from controller.core.snapshots import InverterState, VehicleState
 
 
@@ -109,16 +114,31 @@ def zero(rule: Rule, direction: Direction, source: str) -> Iterator[Finding]:
     yield Reason(rule, source)
 
 
-def cap_value(value: float | None) -> float | None:
-    """A reported maximum: None is no limit; a value that is not a finite number >= 0 is 0."""
+def cap_value(value: float | None, high: float = math.inf) -> float | None:
+    """A reported maximum: None is no limit; a value that is not a finite number in 0..high is
+    unknown, which permits nothing (0)."""
     if value is None:
         return None
-    return value if math.isfinite(value) and value >= 0 else 0.0
+    return value if math.isfinite(value) and 0 <= value <= high else 0.0
 
 
 def reading(value: float | None) -> float | None:
     """A measurement: anything that is not a finite number is unknown."""
     return value if value is not None and math.isfinite(value) else None
+
+
+def plausible(value: float | None, low: float, high: float) -> float | None:
+    """A measurement inside its physical range; anything else (NaN, inf, outside) is unknown."""
+    return value if value is not None and math.isfinite(value) and low <= value <= high else None
+
+
+# Physical ranges: a value outside is a broken sensor or a corrupt frame, not a reading.
+# DC EV charging: CHAdeMO up to 500 V / 400 A (2.0), GB/T 27930 up to 950 V / 4000 A offset
+# encodings; 1500 V is the low-voltage directive's DC ceiling.
+MAX_VOLTAGE_V = 1500.0
+MAX_CURRENT_A = 1000.0
+TEMPERATURE_RANGE_C = (-60.0, 150.0)
+MAX_CELL_VOLTAGE_V = 10.0  # no lithium (or other) cell comes near it; GB/T BCS: 0.01 V steps
 
 
 def is_fresh(observed_at_s: float, now_s: float, stale_after_s: float) -> bool:
@@ -140,17 +160,25 @@ class Readings:
     def of(
         vehicle: VehicleState, inverter: InverterState, soc_pct: float, policy: Policy
     ) -> Readings:
-        voltage_v = reading(vehicle.pack_voltage_v)
-        capacity_kwh = reading(vehicle.capacity_kwh)
-        if capacity_kwh is None or capacity_kwh <= 0:
-            capacity_kwh = policy.battery_capacity_default_kwh
+        voltage_v = plausible(vehicle.pack_voltage_v, 0.0, MAX_VOLTAGE_V)
         return Readings(
             vehicle=vehicle,
             inverter=inverter,
             soc_pct=soc_pct,
             pack_voltage_v=voltage_v if voltage_v is not None and voltage_v > 0 else None,
-            capacity_wh=capacity_kwh * 1000.0,
+            capacity_wh=guarantee_capacity_kwh(vehicle.capacity_kwh, policy) * 1000.0,
         )
+
+
+def guarantee_capacity_kwh(reported_kwh: float | None, policy: Policy) -> float:
+    """The capacity the departure reserve and the floor's prediction count on.
+
+    The vehicle's report where it is a capacity a real car can have, else the configured nominal
+    (CHAdeMO 0x101 bytes 5-6 and GB/T BCP nominal energy are optional, and a 2 kWh report would
+    shrink the reserve to nothing).
+    """
+    reported = plausible(reported_kwh, CAPACITY_SANE_MIN_KWH, CAPACITY_SANE_MAX_KWH)
+    return policy.battery_capacity_default_kwh if reported is None else reported
 
 
 # --- vehicle ------------------------------------------------------------------------------------
@@ -171,7 +199,7 @@ def vehicle_permission(r: Readings) -> Iterator[Finding]:
 def _current_limit(
     rule: Rule, direction: Direction, current_a: float | None, voltage_v: float | None, what: str
 ) -> Iterator[Finding]:
-    limit_a = cap_value(current_a)
+    limit_a = cap_value(current_a, MAX_CURRENT_A)
     if limit_a is None:
         return
     if voltage_v is None:
@@ -208,7 +236,8 @@ def vehicle_voltage(r: Readings) -> Iterator[Finding]:
     # CHAdeMO 0x100 bytes 4-5 maximum battery voltage / 0x102 bytes 1-2 target voltage;
     # GB/T 27930 BHM maximum allowed charging voltage, BCL voltage demand.
     max_v = r.vehicle.charge_voltage_limit_v
-    if max_v is not None and (v is None or not math.isfinite(max_v) or v >= max_v):
+    max_known = plausible(max_v, 0.0, MAX_VOLTAGE_V)
+    if max_v is not None and (v is None or max_known is None or v >= max_known):
         yield from zero(
             Rule.VEHICLE_CHARGE_VOLTAGE,
             Direction.CHARGE,
@@ -216,7 +245,8 @@ def vehicle_voltage(r: Readings) -> Iterator[Finding]:
         )
     # CHAdeMO 0x200 bytes 4-5 minimum discharge voltage.
     min_v = r.vehicle.discharge_voltage_min_v
-    if min_v is not None and (v is None or not math.isfinite(min_v) or v <= min_v):
+    min_known = plausible(min_v, 0.0, MAX_VOLTAGE_V)
+    if min_v is not None and (v is None or min_known is None or v <= min_known):
         yield from zero(
             Rule.VEHICLE_DISCHARGE_VOLTAGE,
             Direction.DISCHARGE,
@@ -229,14 +259,18 @@ def cell_voltage(r: Readings, safety: SafetyPolicy) -> Iterator[Finding]:
     # GB/T 27930 BCS highest cell voltage (bytes 5-6) against BCP maximum cell voltage;
     # BSM byte 6 bits 1-2 cell voltage status. A reported value that is not a number blocks.
     high = r.vehicle.cell_voltage_max_v
-    if high is not None and not (math.isfinite(high) and high < safety.cell_voltage_max_v):
+    if high is not None and not (
+        plausible(high, 0.0, MAX_CELL_VOLTAGE_V) is not None and high < safety.cell_voltage_max_v
+    ):
         yield from zero(
             Rule.CELL_VOLTAGE,
             Direction.CHARGE,
             f"highest cell {high:g} V at or above {safety.cell_voltage_max_v:g} V",
         )
     low = r.vehicle.cell_voltage_min_v
-    if low is not None and not (math.isfinite(low) and low > safety.cell_voltage_min_v):
+    if low is not None and not (
+        plausible(low, 0.0, MAX_CELL_VOLTAGE_V) is not None and low > safety.cell_voltage_min_v
+    ):
         yield from zero(
             Rule.CELL_VOLTAGE,
             Direction.DISCHARGE,
@@ -289,6 +323,18 @@ def rated_power_w(r: Readings, safety: SafetyPolicy, direction: Direction) -> fl
     return configured if rated is None else min(configured, rated)
 
 
+def derate_fraction(temp_c: float | None, *, derate_c: float, cutoff_c: float) -> float:
+    """The share of rated power allowed at ``temp_c``: 1 up to derate_c, 0 from cutoff_c, linear
+    between; a temperature outside its physical range (or not a number) allows nothing."""
+    if temp_c is None:
+        return 1.0
+    if plausible(temp_c, *TEMPERATURE_RANGE_C) is None or temp_c >= cutoff_c:
+        return 0.0
+    if temp_c <= derate_c:
+        return 1.0
+    return (cutoff_c - temp_c) / (cutoff_c - derate_c)
+
+
 def _derate(
     rule: Rule,
     what: str,
@@ -301,12 +347,13 @@ def _derate(
 ) -> Iterator[Finding]:
     if temp_c is None:
         return
-    if not math.isfinite(temp_c) or temp_c >= cutoff_c:
-        yield from zero_both(rule, f"{what} {temp_c:g} C at or above cutoff {cutoff_c:g} C")
+    fraction = derate_fraction(temp_c, derate_c=derate_c, cutoff_c=cutoff_c)
+    if fraction <= 0.0:
+        why = "at or above cutoff" if plausible(temp_c, *TEMPERATURE_RANGE_C) else "implausible;"
+        yield from zero_both(rule, f"{what} {temp_c:g} C {why} cutoff {cutoff_c:g} C")
         return
-    if temp_c <= derate_c:
+    if fraction >= 1.0:
         return
-    fraction = (cutoff_c - temp_c) / (cutoff_c - derate_c)
     for direction in Direction:
         yield Limit(
             rule,
@@ -332,7 +379,9 @@ def temperatures(r: Readings, safety: SafetyPolicy) -> Iterator[Finding]:
         safety=safety,
     )
     cold = r.vehicle.battery_temp_min_c
-    if cold is not None and not (math.isfinite(cold) and cold >= safety.battery_temp_min_c):
+    if cold is not None and not (
+        plausible(cold, *TEMPERATURE_RANGE_C) is not None and cold >= safety.battery_temp_min_c
+    ):
         # Lithium plating risk when cold; GB/T BSM lowest temperature (byte 4).
         yield from zero_both(
             Rule.BATTERY_TEMPERATURE,
@@ -353,32 +402,82 @@ def temperatures(r: Readings, safety: SafetyPolicy) -> Iterator[Finding]:
 
 
 def departure_charge_power_w(r: Readings, policy: Policy) -> float:
-    """The power a departure charge can count on: the lowest of charger, inverter, grid, vehicle.
+    """The charge power a departure charge can count on now: the lowest of charger, inverter,
+    grid import and vehicle, derated for the battery's and the inverter's temperature.
 
     The vehicle's charge current is counted only when it is above zero: while discharging, a
     CHAdeMO vehicle requests 0 A, which says nothing about what it could take.
     """
-    candidates = [policy.safety.max_charge_power_w, policy.site.grid_import_limit_w]
-    rated = cap_value(r.inverter.max_charge_power_w)
-    if rated is not None:
-        candidates.append(rated)
-    vehicle_a = cap_value(r.vehicle.charge_current_limit_a)
-    if vehicle_a is not None and vehicle_a > 0 and r.pack_voltage_v is not None:
+    safety = policy.safety
+    candidates = [
+        rated_power_w(r, safety, Direction.CHARGE),
+        policy.site.grid_import_limit_w,
+    ]
+    reported_a = r.vehicle.charge_current_limit_a
+    vehicle_a = plausible(reported_a, 0.0, MAX_CURRENT_A)
+    if reported_a is not None and vehicle_a is None:
+        candidates.append(0.0)  # not a current: nothing to count on (the reserve is the target)
+    elif vehicle_a is not None and vehicle_a > 0 and r.pack_voltage_v is not None:
         candidates.append(vehicle_a * r.pack_voltage_v)
-    return min(candidates)
+    battery = derate_fraction(
+        r.vehicle.battery_temp_max_c,
+        derate_c=safety.battery_temp_derate_c,
+        cutoff_c=safety.battery_temp_cutoff_c,
+    )
+    inverter = derate_fraction(
+        r.inverter.temperature_c,
+        derate_c=safety.inverter_temp_derate_c,
+        cutoff_c=safety.inverter_temp_cutoff_c,
+    )
+    cold = r.vehicle.battery_temp_min_c
+    if cold is not None and not (
+        plausible(cold, *TEMPERATURE_RANGE_C) is not None and cold >= safety.battery_temp_min_c
+    ):
+        battery = 0.0
+    return min(candidates) * min(battery, inverter)
+
+
+def local_instant(day: dt.date, at_local: dt.time, tz: dt.tzinfo) -> dt.datetime:
+    """``at_local`` on ``day`` in ``tz``, as an aware UTC instant, across DST transitions.
+
+    An ambiguous local time (the repeated hour in autumn) is its earlier instant; a local time
+    that does not exist (the skipped hour in spring) is the first valid instant after it, the
+    transition itself (a departure at 02:30 on a spring-forward night is at 03:00 new time).
+    """
+    naive = dt.datetime.combine(day, at_local)
+    earlier = naive.replace(tzinfo=tz, fold=0).astimezone(dt.UTC)
+    if earlier.astimezone(tz).replace(tzinfo=None) == naive:
+        return earlier
+    # In a gap: fold=1 reads it with the offset after the transition, which lands before it;
+    # the transition lies between the two readings. Bisect to the first instant after it.
+    before = naive.replace(tzinfo=tz, fold=1).astimezone(dt.UTC)
+    low_s, high_s = sorted((int(before.timestamp()), int(earlier.timestamp())))
+    offset_after = earlier.astimezone(tz).utcoffset()
+    while high_s - low_s > 1:  # transitions fall on whole seconds
+        middle_s = (low_s + high_s) // 2
+        if dt.datetime.fromtimestamp(middle_s, tz).utcoffset() == offset_after:
+            high_s = middle_s
+        else:
+            low_s = middle_s
+    return dt.datetime.fromtimestamp(high_s, dt.UTC)
+
+
+def next_local_instant(now_wall: dt.datetime, at_local: dt.time) -> dt.datetime:
+    """The next ``at_local`` strictly after ``now_wall``, in its time zone, as a UTC instant."""
+    tz = now_wall.tzinfo
+    assert tz is not None  # noqa: S101  Now.wall is aware (checked in Now)
+    now_utc = now_wall.astimezone(dt.UTC)
+    day = now_wall.date()
+    for offset_days in (-1, 0, 1, 2):
+        candidate = local_instant(day + dt.timedelta(days=offset_days), at_local, tz)
+        if candidate > now_utc:
+            return candidate
+    raise AssertionError("unreachable: a local time recurs within two days")
 
 
 def seconds_until(now_wall: dt.datetime, at_local: dt.time) -> float:
     """Seconds from ``now_wall`` to the next ``at_local`` in its time zone (DST-correct)."""
-    tz = now_wall.tzinfo
-    now_utc = now_wall.astimezone(dt.UTC)
-    day = now_wall.date()
-    candidate = dt.datetime.combine(day, at_local, tzinfo=tz).astimezone(dt.UTC)
-    if candidate <= now_utc:
-        candidate = dt.datetime.combine(day + dt.timedelta(days=1), at_local, tzinfo=tz).astimezone(
-            dt.UTC
-        )
-    return (candidate - now_utc).total_seconds()
+    return (next_local_instant(now_wall, at_local) - now_wall.astimezone(dt.UTC)).total_seconds()
 
 
 def departure_reserve_pct(
@@ -409,41 +508,56 @@ class FloorPart:
     source: str
 
 
-def floor_parts(r: Readings, policy: Policy, now_wall: dt.datetime) -> tuple[FloorPart, ...]:
-    """Every floor in force; the effective floor is the highest of them."""
+def floor_parts(
+    r: Readings, policy: Policy, departure_left_s: float | None, last_command_w: float
+) -> tuple[FloorPart, ...]:
+    """Every floor in force; the effective floor is the highest of them.
+
+    ``departure_left_s`` is the time to the session's departure (0 once it has passed); None
+    when the wall clock cannot be trusted, which holds the reserve at the target.
+    """
     parts = [FloorPart(Rule.SOC_FLOOR, policy.owner.soc_floor_pct, "owner soc_floor_pct")]
-    # CHAdeMO 0x200 byte 6 minimum battery discharge level (%). Not a number: never discharge.
+    # CHAdeMO 0x200 byte 6 minimum battery discharge level (%). Not a plausible percentage:
+    # never discharge.
     vehicle_min = r.vehicle.discharge_soc_min_pct
     if vehicle_min is not None:
+        level = plausible(vehicle_min, 0.0, 100.0)
         parts.append(
             FloorPart(
                 Rule.VEHICLE_MIN_DISCHARGE_LEVEL,
-                vehicle_min if math.isfinite(vehicle_min) else math.inf,
+                math.inf if level is None else level,
                 "vehicle minimum discharge level",
             )
         )
     departure = policy.owner.departure
     if departure is not None:
-        # The owner's departure promise: refuse discharge once the charge back to the target
-        # would no longer fit, at the power the charger and vehicle can take, with the margin.
-        power_w = departure_charge_power_w(r, policy)
-        left_s = seconds_until(now_wall, departure.time_local)
-        reserve = departure_reserve_pct(
-            departure.target_soc_pct,
-            left_s,
-            power_w,
-            r.capacity_wh,
-            policy.owner.departure_margin_pct,
-        )
-        parts.append(
-            FloorPart(
-                Rule.DEPARTURE_RESERVE,
-                reserve,
-                f"{departure.target_soc_pct:g} % by {departure.time_local:%H:%M} "
-                f"({left_s / 3600:.1f} h) at {power_w:.0f} W",
-            )
-        )
+        parts.append(departure_part(r, policy, departure_left_s, last_command_w))
     return tuple(parts)
+
+
+def departure_part(
+    r: Readings, policy: Policy, left_s: float | None, last_command_w: float
+) -> FloorPart:
+    """The departure reserve (``policy.owner.departure`` must be set)."""
+    # The owner's departure promise: refuse discharge once the charge back to the target would
+    # no longer fit, at the power available now (every derating), after the ramp from the
+    # present command, with the margin. From departure time on, the reserve is the target.
+    departure = policy.owner.departure
+    assert departure is not None  # noqa: S101  checked by the caller
+    target = departure.target_soc_pct
+    by = f"{target:g} % by {departure.time_local:%H:%M}"
+    if left_s is None:
+        return FloorPart(Rule.DEPARTURE_RESERVE, target, f"{by}: wall clock not synchronised")
+    power_w = departure_charge_power_w(r, policy)
+    safety = policy.safety
+    ramp_s = (power_w + max(0.0, -last_command_w)) / safety.ramp_w_per_s
+    lost_s = (ramp_s + safety.floor_horizon_s) * safety.battery_time_factor
+    usable_s = max(0.0, left_s - lost_s)
+    reserve = departure_reserve_pct(
+        target, usable_s, power_w, r.capacity_wh, policy.owner.departure_margin_pct
+    )
+    note = f"{by} ({left_s / 3600:.1f} h) at {power_w:.0f} W" if left_s > 0 else f"{by}: due"
+    return FloorPart(Rule.DEPARTURE_RESERVE, reserve, note)
 
 
 def floor_blocks(

@@ -1,12 +1,12 @@
 """Hypothesis profiles for the core's property tests, chosen by HYPOTHESIS_PROFILE.
 
-"ci" (the default, what `make test` runs) gives each property test 400 examples: with the six
-property tests in test_core_properties.py that is 2,400 examples, about 15 s on an idle 2-core
-machine and a minute on a loaded one (docs/testing.md). "nightly" (what `make test-deep` runs)
-gives each 17,000. "mutation" (what `make mutation` runs) gives each 150 examples, the same ones
-on every run (derandomized, no example database) and skips shrinking: a mutant is killed by the
-first failure, and its minimal example is not needed. Deadlines are off: a slow shared runner is
-not a bug.
+"ci" (the default, what `make test` runs) gives each property test 400 examples: with the eight
+property tests in test_core_properties.py that is 3,200 scenarios of up to 30 decisions each,
+about 40 s with both cores busy (the whole of tests/core about a minute). "nightly" (what `make
+test-deep` runs) gives each 17,000. "mutation" (what `make mutation` runs) gives each 150
+examples, the same ones on every run (derandomized, no example database) and skips shrinking: a
+mutant is killed by the first failure, and its minimal example is not needed. Deadlines are off:
+a slow shared runner is not a bug.
 
 The profiles are registered here but not loaded globally: test_core_properties.py applies the
 chosen one to its own tests, so the other suites' @given tests keep their own example counts.

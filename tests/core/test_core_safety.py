@@ -66,6 +66,7 @@ class Rig:
         self.inverter_age_s = 0.0
         self.setpoint: Setpoint | None = None
         self.emergency_stop = False
+        self.clock_trusted = True
 
     def request(self, power_w: float, mode: SetpointMode = SetpointMode.POWER) -> None:
         """An aggregator setpoint valid for the next 15 minutes."""
@@ -83,7 +84,7 @@ class Rig:
             vehicle = replace(self.vehicle, observed_at_s=self.now_s - self.vehicle_age_s)
         if self.inverter is not None:
             inverter = replace(self.inverter, observed_at_s=self.now_s - self.inverter_age_s)
-        inputs = Inputs(vehicle, inverter, self.setpoint, self.emergency_stop)
+        inputs = Inputs(vehicle, inverter, self.setpoint, self.emergency_stop, self.clock_trusted)
         decision, self.state = decide(inputs, self.state, Now(self.now_s, self.wall), self.policy)
         return decision
 
@@ -166,7 +167,11 @@ def test_inverter_fault_latches() -> None:
 
 
 def test_manual_reset_mode_waits_for_the_reset_command() -> None:
-    """With manual reset, a cleared fault keeps 0 W until reset_faults is accepted."""
+    """With manual reset, a cleared fault keeps 0 W until reset_faults is accepted.
+
+    The cause here is an emergency stop, so the reset alone does not restart (ISO 13850): power
+    returns with the aggregator's next setpoint.
+    """
     rig = Rig(Policy(safety=SafetyPolicy(fault_reset=FaultResetMode.MANUAL, fault_hold_s=1.0)))
     rig.discharging()
     rig.emergency_stop = True
@@ -175,6 +180,8 @@ def test_manual_reset_mode_waits_for_the_reset_command() -> None:
     assert_stopped(rig.run(600.0))
     rig.state, outcome = reset_faults(rig.state)
     assert outcome.accepted
+    assert rig.run(1.0).command.power_w == 0.0  # the setpoint from before the stop
+    rig.request(-3_000.0)
     assert rig.run(1.0).command.power_w < 0.0
 
 
@@ -484,17 +491,24 @@ def test_unreadable_temperature_is_a_cutoff() -> None:
 
 
 def test_soc_floor_stops_discharge_at_the_floor_with_hysteresis() -> None:
-    """Discharge stops at 40 %, stays off at 41 %, and resumes only from 42 % (floor + 2)."""
-    rig = Rig(soc_pct=43.0)
+    """The floor holds on the true SoC, which may be 1 % below the report (whole percent).
+
+    Discharge stops at a reported 41 % (floor 40 %), stays off at 42 and 42.5 % (the lowest true
+    SoC is below floor + 2), and resumes from 44 %.
+    """
+    rig = Rig(soc_pct=45.0)
     rig.discharging()
-    rig.set_vehicle(soc_pct=40.0)
+    rig.set_vehicle(soc_pct=42.0)
+    assert rig.tick().command.power_w < 0.0
+    rig.set_vehicle(soc_pct=41.0)
     decision = rig.tick()
     assert decision.command.power_w == 0.0
     assert decision.binding is not None
     assert decision.binding.rule is Rule.SOC_FLOOR
-    rig.set_vehicle(soc_pct=41.0)
-    assert rig.run(2.0).command.power_w == 0.0
-    rig.set_vehicle(soc_pct=42.0)
+    for reported_pct in (42.0, 42.5):
+        rig.set_vehicle(soc_pct=reported_pct)
+        assert rig.run(2.0).command.power_w == 0.0
+    rig.set_vehicle(soc_pct=44.0)
     assert rig.run(1.0).command.power_w < 0.0
 
 
@@ -506,8 +520,12 @@ def test_soc_floor_does_not_block_charging() -> None:
 
 
 def test_floor_starts_blocked_after_a_restart() -> None:
-    """A fresh start within the hysteresis band does not discharge: it acts as after a stop."""
-    rig = Rig(soc_pct=41.0)
+    """A fresh start within the hysteresis band does not discharge: it acts as after a stop.
+
+    At a reported 42.5 % the true SoC is at least 41.5 %: above the 40 % floor, but inside the
+    band up to 42 %.
+    """
+    rig = Rig(soc_pct=42.5)
     rig.request(-3_000.0)
     assert rig.run(2.0).command.power_w == 0.0
 
@@ -524,18 +542,23 @@ def test_vehicle_minimum_discharge_level_raises_the_floor() -> None:
 
 
 def test_soc_ceiling_stops_charging_with_hysteresis() -> None:
-    """Charging stops at the 90 % ceiling and resumes only at or below 88 %."""
-    rig = Rig(soc_pct=89.0)
+    """The ceiling holds on the true SoC, which may be 1 % above the report.
+
+    Charging at a reported 88 % stops at 89 % (the true SoC may reach the 90 % ceiling), stays
+    off at 88 and 87.5 % (the highest true SoC is above 88 %), and resumes from 86 %.
+    """
+    rig = Rig(soc_pct=88.0)
     rig.request(3_000.0)
     assert rig.run(5.0).command.power_w == 3_000.0
-    rig.set_vehicle(soc_pct=90.0)
+    rig.set_vehicle(soc_pct=89.0)
     decision = rig.tick()
     assert decision.command.power_w == 0.0
     assert decision.binding is not None
     assert decision.binding.rule is Rule.SOC_CEILING
-    rig.set_vehicle(soc_pct=89.0)
-    assert rig.run(1.0).command.power_w == 0.0
-    rig.set_vehicle(soc_pct=88.0)
+    for reported_pct in (88.0, 87.5):
+        rig.set_vehicle(soc_pct=reported_pct)
+        assert rig.run(1.0).command.power_w == 0.0
+    rig.set_vehicle(soc_pct=86.0)
     assert rig.run(1.0).command.power_w > 0.0
 
 
@@ -555,15 +578,23 @@ def test_departure_reserve_allows_discharge_while_the_target_still_fits() -> Non
 
 
 def test_departure_reserve_refuses_discharge_once_the_target_would_not_fit() -> None:
-    """Two hours out (1 h 40 min of charging with margin): reserve 80 - 30.8 = 49.2 %."""
+    """Two hours out (1 h 40 min of charging with margin): reserve 80 - 30.8 = 49.2 %.
+
+    At a reported 49 % (48 % at worst) the discharge is refused and the departure guarantee
+    charges at the full 7.4 kW instead. The reserve keeps in hand the ramp from 0 W to 7.4 kW
+    (3.7 s at 2 kW/s) and the horizon.
+    """
     rig = departure_rig(soc_pct=49.0)
     rig.wall = dt.datetime(2026, 6, 1, 5, 0, tzinfo=dt.UTC)
     rig.request(-3_000.0)
-    decision = rig.run(2.0)
-    assert decision.command.power_w == 0.0
+    assert rig.run(2.0).command.power_w > 0.0
+    decision = rig.run(5.0)
+    assert decision.command.power_w == 7_400.0
     assert decision.binding is not None
     assert decision.binding.rule is Rule.DEPARTURE_RESERVE
-    assert decision.soc_floor_pct == pytest.approx(80.0 - 5 / 3 * 7_400 / 40_000 * 100, abs=0.01)
+    usable_s = 2 * 3600 - 7.0 - 7_400 / 2_000 - rig.policy.safety.floor_horizon_s
+    expected_pct = 80.0 - usable_s / 1.2 / 3600 * 7_400 / 40_000 * 100
+    assert decision.soc_floor_pct == pytest.approx(expected_pct, abs=0.001)
 
 
 def test_departure_reserve_rises_as_departure_nears() -> None:
@@ -754,7 +785,10 @@ def test_cheap_window_charges_toward_the_departure_target_across_midnight() -> N
     decision = rig.run(3.0)
     assert decision.request.source is RequestSource.FALLBACK_CHEAP_CHARGE
     assert decision.command.power_w == 3_700.0
+    # The target counts on the lowest true SoC: a reported 80 % may be 79 %, 81 % is enough.
     rig.set_vehicle(soc_pct=80.0)
+    assert rig.run(3.0).command.power_w == 3_700.0
+    rig.set_vehicle(soc_pct=81.0)
     assert rig.run(3.0).command.power_w == 0.0
 
 
