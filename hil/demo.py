@@ -6,11 +6,14 @@ charger's own peak-window fallback would start at once), at the 19:00 peak it as
 discharge, and the controller stops at the owner's SoC floor; at 21:00 the aggregator hands
 control back to the charger, whose fallback charges in the cheap night window; the car must have
 the departure target by 07:30. Then everything is stopped and a summary is printed (energy,
-the owner's earnings at the configured tariff, lowest and departure SoC, the interlocks that
-acted), and a PNG of power, SoC and price over the night is written next to the ledger.
+the owner's earnings at the configured tariff, the interlocks that acted), then each of the
+owner's promises judged on the plant's true state (floor, ceiling, departure, power limits), and
+a PNG of power, SoC and price over the night is written next to the ledger. The exit status is 0
+only if every promise held.
 
 Processes, as on a charger: mosquitto on the config's broker port, ``python -m hil.plant`` (the
-car on the config's CAN bus and board lines, the inverter on its Modbus address), and
+car on the config's CAN bus and board lines, the inverter on its Modbus address, rated above the
+config's power limits so that an excess would show), and
 ``python -m controller run -c CONFIG``, given a simulated clock through ``V2G_SIMULATED_CLOCK``
 (simulation only; the daemon logs it loudly). The aggregator is played from here over MQTT.
 """
@@ -27,7 +30,9 @@ import sys
 import tempfile
 import time
 import zoneinfo
+from collections.abc import Sequence
 from dataclasses import dataclass, field
+from decimal import ROUND_CEILING, ROUND_FLOOR, Decimal
 from pathlib import Path
 from typing import Any
 
@@ -50,6 +55,14 @@ PEAK = dt.time(19, 0)
 RELEASE = dt.time(21, 0)
 PLUG_IN_SOC_PCT = 45.0
 SAMPLE_S = 0.25  # real seconds between samples
+# The plant's stage is rated this far above the configured maxima, so a command over a limit
+# shows as delivered power instead of being clipped by the stage's own rating.
+STAGE_HEADROOM = 1.5
+# The delivered power reaches the stage through the inverter's setpoint register, in steps of
+# 0.1 % of its rating (SunSpec 124 rates in tenths of a percent), so a command exactly at a limit
+# can land up to half a step above it. 0.5 % of the limit covers that for a rating up to ten
+# times the limit. Only the power gets a tolerance: the SoC promises get none.
+POWER_TOLERANCE = 0.005
 
 
 def _say(text: str) -> None:
@@ -122,6 +135,10 @@ def plant_args(config: Config, rate: float) -> list[str]:
         str(inverter.unit_id),
         "--time-factor",
         f"{rate:g}",
+        "--max-charge-w",
+        f"{config.safety.max_charge_power_w * STAGE_HEADROOM:g}",
+        "--max-discharge-w",
+        f"{config.safety.max_discharge_power_w * STAGE_HEADROOM:g}",
     ]
     if vehicle.lines is not None and vehicle.lines.kind == "simulated":
         args += ["--lines", str(vehicle.lines.path)]
@@ -190,6 +207,7 @@ async def play_night(
     script = AggregatorScript(config, clock, aggregator)
     seen = 0
     tariff = config.ledger.tariff
+    before_pct: float | None = None  # the last true SoC sampled before departure
     while (now := clock.now()) < leave_at:
         await script.step(now)
         seen = _take_telemetry(night, aggregator, seen, f"{now:%H:%M}")
@@ -208,9 +226,15 @@ async def play_night(
             f"  {state:<11} source {source:<10} price {price:.2f} {tariff.currency}/kWh   "
         )
         sys.stdout.flush()
-        await asyncio.sleep(SAMPLE_S)
+        before_pct = status["soc_pct"]
+        # The last sleep ends at departure, so the sample after it is taken then, not up to
+        # SAMPLE_S later.
+        await asyncio.sleep(min(SAMPLE_S, clock.real_s((leave_at - now).total_seconds())))
     sys.stdout.write("\n")
-    night.departure_soc_pct = plant.status()["soc_pct"]
+    after_pct: float = plant.status()["soc_pct"]
+    # Between two samples a quarter of a real second apart the pack moves one way, so the true SoC
+    # at departure lies between them: the lower one never overstates it.
+    night.departure_soc_pct = after_pct if before_pct is None else min(before_pct, after_pct)
     return night
 
 
@@ -269,6 +293,113 @@ def plot(night: Night, config: Config, clock: SimClock, path: Path) -> None:
     plt.close(fig)
 
 
+@dataclass(frozen=True, slots=True)
+class Promise:
+    """One of the owner's promises, judged on the plant's true state."""
+
+    name: str  # floor | ceiling | departure | limits
+    kept: bool
+    figures: str
+
+
+def _pct_down(value_pct: float) -> str:
+    """Two decimals, rounded down: a SoC shown as kept is never one rounded up to a limit."""
+    return str(Decimal(repr(value_pct)).quantize(Decimal("0.01"), rounding=ROUND_FLOOR))
+
+
+def _pct_up(value_pct: float) -> str:
+    """Two decimals, rounded up (the highest SoC is never shown below what it was)."""
+    return str(Decimal(repr(value_pct)).quantize(Decimal("0.01"), rounding=ROUND_CEILING))
+
+
+def _floor_promise(status: dict[str, Any], config: Config) -> Promise:
+    floor_pct = config.owner.soc_floor_pct
+    lowest_pct: float = status["lowest_soc_pct"]
+    start_pct: float = status["start_soc_pct"]
+    figures = f"lowest true SoC {_pct_down(lowest_pct)} % (floor {floor_pct:g} %)"
+    if lowest_pct >= floor_pct:
+        return Promise("floor", True, figures)
+    # A car that arrived below the floor is not the controller's doing; discharging it further is.
+    if start_pct < floor_pct:
+        return Promise(
+            "floor",
+            lowest_pct >= start_pct,
+            figures + f"; the car arrived below it, at {_pct_down(start_pct)} %",
+        )
+    return Promise("floor", False, figures)
+
+
+def _ceiling_promise(status: dict[str, Any], config: Config) -> Promise:
+    ceiling_pct = config.owner.soc_ceiling_pct
+    highest_pct: float = status["highest_soc_pct"]
+    start_pct: float = status["start_soc_pct"]
+    figures = f"highest true SoC {_pct_up(highest_pct)} % (ceiling {ceiling_pct:g} %)"
+    if highest_pct <= ceiling_pct:
+        return Promise("ceiling", True, figures)
+    # A car that arrived above the ceiling is not the controller's doing; charging it further is.
+    if start_pct > ceiling_pct:
+        return Promise(
+            "ceiling",
+            highest_pct <= start_pct,
+            figures + f"; the car arrived above it, at {_pct_up(start_pct)} %",
+        )
+    return Promise("ceiling", False, figures)
+
+
+def _departure_promise(leaving_pct: float, config: Config) -> Promise:
+    departure = config.owner.departure
+    if departure is None:
+        return Promise(
+            "departure", True, f"no departure set; true SoC at the end {_pct_down(leaving_pct)} %"
+        )
+    target_pct = departure.target_soc_pct
+    return Promise(
+        "departure",
+        leaving_pct >= target_pct,
+        f"true SoC at {departure.time:%H:%M} {_pct_down(leaving_pct)} % (target {target_pct:g} %)",
+    )
+
+
+def _limits_promise(status: dict[str, Any], config: Config) -> Promise:
+    safety = config.safety
+    # No house load is simulated, so the site's grid flow is the charger's own.
+    charge_limit_w = min(safety.max_charge_power_w, safety.grid_import_limit_w)
+    discharge_limit_w = min(safety.max_discharge_power_w, safety.grid_export_limit_w)
+    charge_w: float = status["largest_charge_w"]
+    discharge_w: float = status["largest_discharge_w"]
+    kept = charge_w <= charge_limit_w * (1 + POWER_TOLERANCE) and discharge_w <= (
+        discharge_limit_w * (1 + POWER_TOLERANCE)
+    )
+    return Promise(
+        "limits",
+        kept,
+        f"largest charge {charge_w:.0f} W (limit {charge_limit_w:.0f} W), "
+        f"largest discharge {discharge_w:.0f} W (limit {discharge_limit_w:.0f} W)",
+    )
+
+
+def promises(
+    status: dict[str, Any], config: Config, departure_soc_pct: float | None = None
+) -> list[Promise]:
+    """Each promise, judged on the plant's true state (``status`` is the plant's own).
+
+    ``departure_soc_pct`` is the true SoC at departure; without it, the plant's SoC now.
+    """
+    leaving_pct: float = status["soc_pct"] if departure_soc_pct is None else departure_soc_pct
+    return [
+        _floor_promise(status, config),
+        _ceiling_promise(status, config),
+        _departure_promise(leaving_pct, config),
+        _limits_promise(status, config),
+    ]
+
+
+def verdict(judged: Sequence[Promise]) -> str:
+    """``result: promises kept``, or ``result: PROMISES BROKEN:`` with each broken one named."""
+    broken = [p.name for p in judged if not p.kept]
+    return "result: " + ("PROMISES BROKEN: " + ", ".join(broken) if broken else "promises kept")
+
+
 def summary(night: Night, status: dict[str, Any], config: Config) -> tuple[str, bool]:
     """The summary text, and whether the night kept the owner's promises."""
     tariff = config.ledger.tariff
@@ -277,13 +408,8 @@ def summary(night: Night, status: dict[str, Any], config: Config) -> tuple[str, 
     earnings = (
         exported_kwh * tariff.export_price_per_kwh - imported_kwh * tariff.import_price_per_kwh
     )
-    floor = config.owner.soc_floor_pct
-    departure = config.owner.departure
-    target = departure.target_soc_pct if departure else None
-    lowest = status["lowest_soc_pct"]
-    leaving = night.departure_soc_pct if night.departure_soc_pct is not None else status["soc_pct"]
     interlocks = ", ".join(f"{rule} (from {at})" for rule, at in night.interlocks.items()) or "none"
-    ok = lowest >= floor - 1.0 and (target is None or leaving >= target - 0.5)
+    judged = promises(status, config, night.departure_soc_pct)
     lines = [
         "demo summary",
         f"  exported to the grid    {exported_kwh:6.2f} kWh  (+{exported_kwh * tariff.export_price_per_kwh:.2f} {tariff.currency} at {tariff.export_price_per_kwh:.2f}/kWh)",  # noqa: E501
@@ -291,18 +417,16 @@ def summary(night: Night, status: dict[str, Any], config: Config) -> tuple[str, 
         f"  owner's earnings        {earnings:+6.2f} {tariff.currency}  (of which V2G margin "
         f"{exported_kwh * (tariff.export_price_per_kwh - tariff.import_price_per_kwh):+.2f}: "
         "the exported energy bought back at the import price)",
-        f"  lowest SoC              {lowest:6.1f} %  (floor {floor:g} %)",
-        f"  departure SoC           {leaving:6.1f} %"
-        + (f"  (target {target:g} % by {departure.time:%H:%M})" if departure else ""),
         f"  interlocks that acted   {interlocks}",
         f"  the car's session       {status['vehicle_state']}"
         + (f" (car: {status['vehicle_stop_reason']})" if status["vehicle_stop_reason"] else ""),
         f"  power never flowed with the contactors open: "
         f"{'yes' if status['power_without_contactors_s'] == 0 else 'NO'}",
-        "  result                  "
-        + ("promises kept" if ok else "PROMISES BROKEN (see the log files)"),
+        "  promises, on the plant's true state:",
+        *(f"    {p.name:<10} {'kept' if p.kept else 'BROKEN':<6}  {p.figures}" for p in judged),
+        "  " + verdict(judged),
     ]
-    return "\n".join(lines), ok
+    return "\n".join(lines), all(p.kept for p in judged)
 
 
 async def run_async(config_path: Path, config: Config, rate: float, out: Path) -> int:
