@@ -786,7 +786,9 @@ def _departure_guarantee(
     reaches the SoC), and keep charging until the target is reached on the lowest SoC the
     battery may hold; a vetoed discharge alone would let the car leave short."""
     departure = policy.owner.departure
-    if departure is None:
+    if departure is None or left_s is None:
+        # No trusted clock, no plan: the reserve (the target) still vetoes discharge, but the
+        # core does not override the request to charge toward a departure it cannot place.
         return None
     target = departure.target_soc_pct
     if bounds.low_now_pct >= target:

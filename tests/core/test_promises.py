@@ -249,8 +249,9 @@ def test_at_the_reserve_the_core_charges_toward_the_target_whatever_is_asked(sou
 @pytest.mark.parametrize("trusted_first", [False, True])
 def test_an_untrusted_clock_makes_the_target_the_reserve(trusted_first: bool) -> None:
     """Without a synchronised clock the time left is unknown: six hours before departure, 79 %
-    is not enough to discharge, and the guarantee charges toward 80 %. So too when the clock
-    was trusted when the session began (the departure then fixed) and loses it later."""
+    is not enough to discharge, the reserve is the target, and no charge is forced toward a
+    departure the core cannot place. So too when the clock was trusted when the session began
+    (the departure then fixed) and loses it later."""
     rig = Rig(Policy(owner=DEPARTURE_7_AT_80), soc_pct=79.0)
     rig.wall = utc("2026-06-01 01:00")
     rig.request(-3_000.0)
@@ -259,8 +260,10 @@ def test_an_untrusted_clock_makes_the_target_the_reserve(trusted_first: bool) ->
         assert rig.state.departure_at == utc("2026-06-01 07:00")
     rig.clock_trusted = False
     decision = charge_until_steady(rig)
-    assert guarantee_charging(decision)
+    assert not guarantee_charging(decision)
+    assert decision.command.power_w == 0.0  # the discharge is vetoed, nothing forced
     assert decision.soc_floor_pct == 80.0
+    assert any("not synchronised" in reason.message for reason in decision.reasons)
 
 
 def test_an_untrusted_clock_gives_no_peak_window_discharge() -> None:
