@@ -515,8 +515,12 @@ def _session_departure(
     until the car is seen unplugged (the reserve holds from departure time until then)."""
     departure = policy.owner.departure
     vehicle = inputs.vehicle
-    if departure is None or vehicle is None or vehicle.phase is VehiclePhase.UNPLUGGED:
-        return None if vehicle is not None or departure is None else departure_at
+    if departure is None:
+        return None
+    if vehicle is None:
+        return departure_at  # no vehicle data yet (a start-up): not a sign the car left
+    if vehicle.phase is VehiclePhase.UNPLUGGED:
+        return None
     now_utc = now.wall.astimezone(dt.UTC)
     if departure_at is not None and departure_at - now_utc <= _DEPARTURE_HORIZON:
         return departure_at
