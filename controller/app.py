@@ -36,6 +36,8 @@ from controller.inverter.transport import Endpoint, ModbusTransport, SerialEndpo
 from controller.ledger.db import LedgerError, open_database
 from controller.ledger.ledger import Ledger
 from controller.ledger.outbox import DurableOutbox
+from controller.ledger.recorder import ThreadedLedger
+from controller.ledger.writer import StorageThread
 from controller.links import AggregatorLink, AuditSink, InverterLink, VehicleLink
 from controller.unavailable import UnavailableLink
 from controller.vehicle.factory import build_vehicle_link
@@ -44,14 +46,19 @@ log = structlog.get_logger(component="app")
 
 
 def build_links(
-    config: Config, *, durable: DurableOutbox | None = None, audit: AuditSink | None = None
+    config: Config,
+    *,
+    durable: DurableOutbox | None = None,
+    audit: AuditSink | None = None,
+    storage: StorageThread | None = None,
 ) -> Links:
     """The three links the config describes; the aggregator link stores its records in
-    ``durable`` (the ledger's store-and-forward outbox) and reports setpoints to ``audit``."""
+    ``durable`` (the ledger's store-and-forward outbox, used on ``storage``'s thread) and
+    reports setpoints to ``audit``."""
     return Links(
         vehicle=_build_vehicle(config),
         inverter=_build_inverter(config),
-        aggregator=_build_aggregator(config, durable=durable, audit=audit),
+        aggregator=_build_aggregator(config, durable=durable, audit=audit, storage=storage),
     )
 
 
@@ -97,11 +104,15 @@ def _build_inverter(config: Config) -> InverterLink:
 
 
 def _build_aggregator(
-    config: Config, *, durable: DurableOutbox | None = None, audit: AuditSink | None = None
+    config: Config,
+    *,
+    durable: DurableOutbox | None = None,
+    audit: AuditSink | None = None,
+    storage: StorageThread | None = None,
 ) -> AggregatorLink:
     if not config.aggregator.enabled:
         return DisabledAggregator()
-    return MqttAggregatorLink.from_config(config, durable=durable, audit=audit)
+    return MqttAggregatorLink.from_config(config, durable=durable, audit=audit, storage=storage)
 
 
 def build_control_step(
@@ -123,6 +134,7 @@ def build_control_step(
         emergency_stop=(lambda: False) if links is None else links.vehicle.emergency_stop_pressed,
         clock_trusted=(lambda _now_s: True) if clock_trusted is None else clock_trusted,
         state_file=CoreStateFile(config.control.state_file(config.ledger.path)),
+        save_in_background=True,
     )
 
 
@@ -187,8 +199,17 @@ def run(config: Config) -> ExitCode:
             )
         else:
             opened[1].set_outbox(durable)
+    # Every write to the ledger's file from here on runs on one storage thread (issue 15).
+    storage: StorageThread | None = None
+    recorder: ThreadedLedger | None = None
+    if opened is not None:
+        storage = StorageThread()
+        recorder = ThreadedLedger(opened[1], storage)
     links = build_links(
-        config, durable=durable, audit=opened[1].audit if opened is not None else None
+        config,
+        durable=durable,
+        audit=None if recorder is None else recorder.audit,
+        storage=storage,
     )
     # Simulation runs on machines whose own clock need not be synchronised; its time is the
     # simulated one, trusted by construction (logged loudly as simulation above).
@@ -198,18 +219,33 @@ def run(config: Config) -> ExitCode:
         else ClockTrust()
     )
     step = build_control_step(config, links, wall_clock=wall_clock, clock_trusted=trust.trusted)
-    ledger = None
     if opened is not None:
-        ledger = opened[1]
-        # The wear budget survives restarts (core/safety.py CoreState.wear_day).
+        # The wear budget survives restarts (core/safety.py CoreState.wear_day). Read before the
+        # control loop starts, while nothing was handed to the storage thread yet.
         today = wall_clock(zoneinfo.ZoneInfo(config.site.timezone)).date()
         try:
-            step.seed_wear_budget(today, ledger.discharged_wh_on(today))
+            step.seed_wear_budget(today, opened[1].discharged_wh_on(today))
         except LedgerError as exc:
             log.error("wear budget not seeded from the ledger", error=str(exc))
-    daemon = Daemon(config, links, step, wall_clock=wall_clock, recorder=ledger)
+    daemon = Daemon(config, links, step, wall_clock=wall_clock, recorder=recorder)
     try:
         return asyncio.run(daemon.run())
     finally:
-        if opened is not None:
-            opened[0].close()
+        _stop_writers(step, storage, opened)
+
+
+# At exit, the writer threads get this long to write what is queued (a slow card's fsyncs).
+WRITERS_EXIT_TIMEOUT_S = 10.0
+
+
+def _stop_writers(
+    step: CoreControlStep,
+    storage: StorageThread | None,
+    opened: tuple[sqlite3.Connection, Ledger] | None,
+) -> None:
+    if step.saver is not None and not step.saver.stop(WRITERS_EXIT_TIMEOUT_S):
+        log.error("safety state still being written at exit", timeout_s=WRITERS_EXIT_TIMEOUT_S)
+    if storage is not None and not storage.stop(WRITERS_EXIT_TIMEOUT_S):
+        return  # the connection is still in use by a hung write: the process exit ends both
+    if opened is not None:
+        opened[0].close()

@@ -14,6 +14,7 @@ from __future__ import annotations
 import datetime as dt
 import json
 import os
+import threading
 from collections.abc import Callable
 from dataclasses import replace
 from pathlib import Path
@@ -151,6 +152,84 @@ class CoreStateFile:
             os.close(dir_fd)
 
 
+class BackgroundStateSaver:
+    """Writes the newest core state on a thread of its own, so the control loop never waits on
+    an fsync (issue 15: a second on a busy SD card, while a GB/T CST wants 5 A within 100 ms).
+
+    Latest wins: a state handed over while an older one is being written replaces it, and only
+    the newest is written next. A failed write (disk full, read-only card) is logged once per
+    error and retried every ``retry_s`` until it lands or a newer state replaces it.
+
+    Ordering (docs/safety.md, "Promises across restarts"): the command that follows a change is
+    never held for the write. A latch set (a stop) acts at once and is durable one write later;
+    a crash inside that window loses the latch only if its cause also went away in it. A latch
+    cleared by a reset that a crash does not let land is restored as latched: that fails safe.
+    """
+
+    def __init__(self, state_file: CoreStateFile, *, retry_s: float = 1.0) -> None:
+        self.state_file = state_file
+        self._retry_s = retry_s
+        self._cond = threading.Condition()
+        self._latest: dict[str, object] | None = None
+        self._stopping = False
+        self.written = 0
+        self.last_error: str | None = None
+        self._thread = threading.Thread(target=self._work, name="core-state", daemon=True)
+        self._thread.start()
+
+    @property
+    def pending(self) -> bool:
+        """A state is waiting to be written (or to be retried)."""
+        with self._cond:
+            return self._latest is not None
+
+    def save(self, data: dict[str, object]) -> None:
+        with self._cond:
+            self._latest = data
+            self._cond.notify()
+
+    def stop(self, timeout_s: float) -> bool:
+        """Write what is waiting (one try), then end; False if the disk held it past
+        ``timeout_s``."""
+        with self._cond:
+            self._stopping = True
+            self._cond.notify()
+        self._thread.join(timeout_s)
+        return not self._thread.is_alive()
+
+    def _work(self) -> None:
+        while True:
+            with self._cond:
+                while self._latest is None and not self._stopping:
+                    self._cond.wait()
+                data = self._latest
+                if data is None:
+                    return
+                self._latest = None
+            try:
+                self.state_file.save(data)
+            except OSError as exc:
+                self._failed(data, exc)
+            else:
+                self.written += 1
+                if self.last_error is not None:
+                    log.info("safety state saved again", path=str(self.state_file.path))
+                self.last_error = None
+
+    def _failed(self, data: dict[str, object], exc: OSError) -> None:
+        error = str(exc)
+        if error != self.last_error:
+            # Not saved: the latch still holds in memory; a restart could forget it.
+            log.error("safety state not saved", path=str(self.state_file.path), error=error)
+        self.last_error = error
+        with self._cond:
+            if self._stopping:
+                return
+            if self._latest is None:
+                self._latest = data  # retried unless a newer state arrives first
+            self._cond.wait(self._retry_s)
+
+
 def _changed_key(data: dict[str, object]) -> dict[str, object]:
     # The wear count moves every cycle while discharging; the ledger keeps it durably per day,
     # so only the rest (and a new wear day) is worth a write.
@@ -167,6 +246,7 @@ class CoreControlStep:
         emergency_stop: Callable[[], bool] = lambda: False,
         clock_trusted: Callable[[float], bool] = lambda _now_s: True,
         state_file: CoreStateFile | None = None,
+        save_in_background: bool = False,
     ) -> None:
         self.policy = policy
         self.state = CoreState()
@@ -177,6 +257,13 @@ class CoreControlStep:
         self._saved: dict[str, object] | None = None
         if state_file is not None:
             self._restore(state_file)
+        # The daemon's: writes on a thread of its own. Without it (tests, tools) each change is
+        # written before __call__ returns.
+        self.saver = (
+            BackgroundStateSaver(state_file)
+            if state_file is not None and save_in_background
+            else None
+        )
 
     def _restore(self, state_file: CoreStateFile) -> None:
         """Before the first decision: the latches and promises the last run left."""
@@ -216,6 +303,10 @@ class CoreControlStep:
         data = durable_state(self.state)
         key = _changed_key(data)
         if key == self._saved:
+            return
+        if self.saver is not None:
+            self.saver.save(data)
+            self._saved = key
             return
         try:
             self._state_file.save(data)

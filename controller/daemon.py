@@ -110,16 +110,17 @@ class ControlStep(Protocol):
 class Recorder(Protocol):
     """Where each control cycle is recorded (the energy ledger, ``controller.ledger``).
 
-    ``record`` runs at the end of every cycle and must be quick (it commits only now and then);
-    ``flush`` commits what is pending, in the stop sequence. Either may raise: the daemon logs
-    it and carries on, since a full disk must never stop the charger from being safe.
+    ``record`` runs at the end of every cycle and must not wait on the disk (the ledger hands
+    it to its storage thread); ``flush`` commits what is pending, in the stop sequence, within
+    what is left of the stop budget. Either may raise: the daemon logs it and carries on, since
+    a full disk must never stop the charger from being safe.
     """
 
     def record(
         self, vehicle: VehicleState | None, inverter: InverterState | None, report: ControlReport
     ) -> None: ...
 
-    def flush(self) -> None: ...
+    async def flush(self) -> None: ...
 
 
 @runtime_checkable
@@ -464,19 +465,22 @@ class Daemon:
         try:
             call(self._recorder)
         except Exception as exc:  # noqa: BLE001  no recorder failure may reach the control loop
-            error = f"{type(exc).__name__}: {exc}"
-            now_s = self._monotonic()
-            if (
-                error != self._recorder_error
-                or now_s - self._recorder_error_logged_s >= RECORDER_ERROR_LOG_EVERY_S
-            ):
-                log.error("ledger not written; the charger keeps running", step=what, error=error)
-                self._recorder_error_logged_s = now_s
-            self._recorder_error = error
+            self._recorder_failed(what, exc)
         else:
             if self._recorder_error is not None:
                 log.info("ledger written again", step=what)
                 self._recorder_error = None
+
+    def _recorder_failed(self, what: str, exc: Exception) -> None:
+        error = f"{type(exc).__name__}: {exc}"
+        now_s = self._monotonic()
+        if (
+            error != self._recorder_error
+            or now_s - self._recorder_error_logged_s >= RECORDER_ERROR_LOG_EVERY_S
+        ):
+            log.error("ledger not written; the charger keeps running", step=what, error=error)
+            self._recorder_error_logged_s = now_s
+        self._recorder_error = error
 
     def _announce_ready_when_reported(self) -> None:
         statuses = {link.name: link.status for link in self._links.all()}
@@ -541,6 +545,15 @@ class Daemon:
             else:
                 log.info("stop step done", step=what)
         if self._recorder is not None:
-            # After power is safe: commit what the ledger has pending (a quick local write).
-            self._call_recorder("flush", lambda r: r.flush())
+            # After power is safe: commit what the ledger has pending, within what is left of
+            # the budget (a slow card may take longer: the storage thread then finishes it
+            # while the process exits, app.run).
+            limit_s = max(0.1, deadline_s - self._monotonic())
+            try:
+                async with asyncio.timeout(limit_s):
+                    await self._recorder.flush()
+            except TimeoutError:
+                log.error("ledger flush overran the stop budget", limit_s=round(limit_s, 2))
+            except Exception as exc:  # noqa: BLE001  the stop sequence must reach its end
+                self._recorder_failed("flush", exc)
         self._stop_sequence_done = True

@@ -33,7 +33,7 @@ class FakeRecorder:
         if self.fail:
             raise OSError("disk full")
 
-    def flush(self) -> None:
+    async def flush(self) -> None:
         self.flushes += 1
         if self.fail:
             raise OSError("disk full")

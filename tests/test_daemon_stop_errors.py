@@ -113,7 +113,7 @@ class StopFailingLedger:
     ) -> None:
         """Nothing to keep."""
 
-    def flush(self) -> None:
+    async def flush(self) -> None:
         self.failures.run("ledger.flush")
 
 

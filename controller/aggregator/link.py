@@ -105,6 +105,7 @@ from controller.core.snapshots import Setpoint, SetpointMode
 from controller.errors import AggregatorLinkError
 from controller.ledger.db import LedgerError
 from controller.ledger.outbox import TELEMETRY_SYNC_S, DurableOutbox, OutboxRecord
+from controller.ledger.writer import StorageThread
 from controller.links import AuditSink, ControlReport, LinkStatus, SetpointAudit, Wake
 
 log = structlog.get_logger(component="aggregator")
@@ -128,6 +129,13 @@ _SUBACK_FAILURE = 0x80
 
 def _utc_now() -> dt.datetime:
     return dt.datetime.now(dt.UTC)
+
+
+def _running_loop() -> asyncio.AbstractEventLoop | None:
+    try:
+        return asyncio.get_running_loop()
+    except RuntimeError:
+        return None
 
 
 @dataclass(frozen=True, slots=True)
@@ -166,6 +174,7 @@ class _AwaitingAck:
     requested_power_w: float
     received_at_s: float  # monotonic
     mode: SetpointMode
+    audit_seq: int = 0  # the storage job of its "accepted" audit line; its ack waits for it
 
 
 class _ClientLog(logging.Handler):
@@ -273,6 +282,7 @@ class MqttAggregatorLink:
         ack_wait_s: float = ACK_WAIT_S,
         durable: DurableOutbox | None = None,
         audit: AuditSink | None = None,
+        storage: StorageThread | None = None,
     ) -> None:
         if config.broker is None:
             raise ValueError("the aggregator config has no broker section")
@@ -317,9 +327,15 @@ class MqttAggregatorLink:
         self._unreported_drops = 0
         self._durable = durable
         self._audit = audit
+        # Every use of the durable outbox runs on the storage thread (the app's, shared with the
+        # ledger; or one of the link's own), never on the event loop (issue 15).
+        self._owns_storage = storage is None and durable is not None
+        self._storage = StorageThread(name="outbox") if self._owns_storage else storage
+        self._loop: asyncio.AbstractEventLoop | None = None
         self._kick = asyncio.Event()  # something was queued: wakes the sender
+        self._storage_error: str | None = None  # the storage failure last reported as an event
         if durable is not None:
-            durable.add_listener(self._kick.set)
+            durable.add_listener(self._kick_from_storage)
         # Published stored records whose delete failed: skipped, and deleted later.
         self._published: list[OutboxRecord] = []
         # Ids of records that never touch the database (no durable outbox, or it failed).
@@ -336,6 +352,7 @@ class MqttAggregatorLink:
         *,
         durable: DurableOutbox | None = None,
         audit: AuditSink | None = None,
+        storage: StorageThread | None = None,
     ) -> MqttAggregatorLink:
         broker = config.aggregator.broker
         client_id = broker.client_id if broker is not None and broker.client_id else None
@@ -345,6 +362,7 @@ class MqttAggregatorLink:
             client_id=client_id or f"v2g-{config.site.site_id}-{config.site.charger_id}",
             durable=durable,
             audit=audit,
+            storage=storage,
         )
 
     # -- AggregatorLink -----------------------------------------------------------------------
@@ -370,6 +388,11 @@ class MqttAggregatorLink:
     @property
     def durable(self) -> DurableOutbox | None:
         return self._durable
+
+    @property
+    def storage(self) -> StorageThread | None:
+        """The thread every durable outbox call runs on (None without a durable outbox)."""
+        return self._storage
 
     def setpoint(self) -> Setpoint | None:
         return self._setpoint
@@ -441,6 +464,7 @@ class MqttAggregatorLink:
 
     async def run(self, wake: Wake) -> None:
         self._wake = wake
+        self._loop = asyncio.get_running_loop()
         try:
             async with asyncio.TaskGroup() as tasks:
                 tasks.create_task(self._connect_loop(), name="aggregator-connect")
@@ -448,6 +472,8 @@ class MqttAggregatorLink:
         finally:
             # Stopping (or crashing): the telemetry committed without an fsync goes to disk.
             self._durable_sync()
+            if self._owns_storage and self._storage is not None:
+                self._storage.close()
 
     # -- connection ---------------------------------------------------------------------------
 
@@ -703,6 +729,10 @@ class MqttAggregatorLink:
         while True:
             item = self._outbox.peek()
             if item is not None:
+                if item.after_seq and self._storage is not None:
+                    # An ack that says "accepted" goes out once the setpoint's audit line was
+                    # written (or its write failed and was logged): docs/ledger.md, "Audit".
+                    await self._storage.processed(item.after_seq)
                 await guarded(
                     client.publish(
                         item.topic,
@@ -724,7 +754,7 @@ class MqttAggregatorLink:
                         )
                     )
                 continue
-            records = self._stored_to_send()
+            records = await self._stored_to_send()
             if records:
                 await self._publish_stored(client, records)
                 continue
@@ -737,21 +767,45 @@ class MqttAggregatorLink:
                     async with asyncio.timeout(HOUSEKEEPING_S):
                         await self._kick.wait()
 
-    def _with_durable(self, failed: str, call: Callable[[DurableOutbox], _T]) -> _T | None:
-        """``call`` on the durable outbox, unless there is none or a caller's transaction holds
-        it; a database failure is logged as ``failed`` (each caller retries later): None."""
-        durable = self._durable
-        if durable is None or durable.busy:
+    async def _with_durable(self, failed: str, call: Callable[[DurableOutbox], _T]) -> _T | None:
+        """``call`` on the durable outbox, on the storage thread; None when there is none, and
+        a database failure is logged as ``failed`` (each caller retries later): None."""
+        durable, storage = self._durable, self._storage
+        if durable is None or storage is None:
             return None
         try:
-            return call(durable)
+            return await storage.call(failed, lambda: call(durable))
         except LedgerError as exc:
             log.error(failed, error=str(exc))
             return None
 
-    def _stored_to_send(self) -> list[OutboxRecord]:
+    def _post_durable(self, what: str, call: Callable[[DurableOutbox], object]) -> None:
+        """Hand ``call`` over to the storage thread without waiting; its failure is logged
+        there as ``what``."""
+        durable, storage = self._durable, self._storage
+        if durable is None or storage is None:
+            return
+
+        def run() -> None:
+            try:
+                call(durable)
+            except LedgerError as exc:
+                log.error(what, error=str(exc))
+
+        with contextlib.suppress(LedgerError):  # stopped: the stop sequence already synced
+            storage.post(what, run, droppable=True)
+
+    def _kick_from_storage(self) -> None:
+        # Called on the storage thread after a record was stored: wake the sender.
+        loop = self._loop
+        if loop is None:
+            return
+        with contextlib.suppress(RuntimeError):  # the loop is closed
+            loop.call_soon_threadsafe(self._kick.set)
+
+    async def _stored_to_send(self) -> list[OutboxRecord]:
         after_seq = self._published[-1].seq if self._published else 0
-        records = self._with_durable(
+        records = await self._with_durable(
             "stored records cannot be read; retrying",
             lambda durable: durable.peek(PUBLISH_WINDOW, after_seq=after_seq),
         )
@@ -779,17 +833,19 @@ class MqttAggregatorLink:
             if isinstance(result, BaseException):
                 raise result
         self._published.extend(records)
-        self._delete_published()
+        await self._delete_published()
 
-    def _delete_published(self) -> None:
+    async def _delete_published(self) -> None:
+        published = list(self._published)
+
         def delete(durable: DurableOutbox) -> bool:
-            durable.mark_published(self._published)
+            durable.mark_published(published)
             return True
 
-        if not self._published:
+        if not published:
             return
-        if self._with_durable("published records not deleted; retrying", delete):
-            self._published.clear()
+        if await self._with_durable("published records not deleted; retrying", delete):
+            del self._published[: len(published)]
 
     # -- setpoints and acks -------------------------------------------------------------------
 
@@ -815,9 +871,6 @@ class MqttAggregatorLink:
         if len(self._awaiting_ack) >= MAX_AWAITING_ACK:
             _, oldest = self._awaiting_ack.popitem(last=False)
             self._ack_unknown(oldest, "superseded before any control cycle reported")
-        self._awaiting_ack[setpoint.setpoint_id] = _AwaitingAck(
-            setpoint.setpoint_id, setpoint.power_w, setpoint.received_at_s, setpoint.mode
-        )
         requested_w = None if setpoint.mode is SetpointMode.RELEASE else setpoint.power_w
         self._audit_line(
             SetpointAudit(
@@ -826,6 +879,15 @@ class MqttAggregatorLink:
                 action="accepted",
                 requested_w=requested_w,
             )
+        )
+        # The audit sink hands its line to the storage thread: the ack will wait for it.
+        audit_seq = 0 if self._storage is None else self._storage.posted_seq
+        self._awaiting_ack[setpoint.setpoint_id] = _AwaitingAck(
+            setpoint.setpoint_id,
+            setpoint.power_w,
+            setpoint.received_at_s,
+            setpoint.mode,
+            audit_seq,
         )
         log.info(
             "setpoint accepted",
@@ -855,7 +917,7 @@ class MqttAggregatorLink:
             applied_power_w=applied_w,
             binding_limit=binding,
         )
-        self._queue(Kind.ACK, self.topics.ack, ack.to_json())
+        self._queue(Kind.ACK, self.topics.ack, ack.to_json(), after_seq=awaiting.audit_seq)
         self._audit_ack(ack, "applied")
 
     def _ack_unknown(self, awaiting: _AwaitingAck, reason: str) -> None:
@@ -866,7 +928,7 @@ class MqttAggregatorLink:
             requested_power_w=awaiting.requested_power_w,
             reason=reason,
         )
-        self._queue(Kind.ACK, self.topics.ack, ack.to_json())
+        self._queue(Kind.ACK, self.topics.ack, ack.to_json(), after_seq=awaiting.audit_seq)
         self._audit_ack(ack, "applied")
 
     def _ack_overdue(self, now_s: float) -> None:
@@ -894,7 +956,7 @@ class MqttAggregatorLink:
                 applied_power_w=report.commanded_w,
                 binding_limit=binding,
             )
-            self._queue(Kind.ACK, self.topics.ack, ack.to_json())
+            self._queue(Kind.ACK, self.topics.ack, ack.to_json(), after_seq=awaiting.audit_seq)
             self._audit_ack(ack, "applied")
 
     def _audit_ack(self, ack: AckMessage, action: str) -> None:
@@ -926,8 +988,10 @@ class MqttAggregatorLink:
 
     # -- outbound -----------------------------------------------------------------------------
 
-    def _queue(self, kind: Kind, topic: str, payload: bytes, *, retain: bool = False) -> None:
-        dropped = self._outbox.put(Outgoing(kind, topic, payload, retain))
+    def _queue(
+        self, kind: Kind, topic: str, payload: bytes, *, retain: bool = False, after_seq: int = 0
+    ) -> None:
+        dropped = self._outbox.put(Outgoing(kind, topic, payload, retain, after_seq))
         self._kick.set()
         if dropped is not None:
             self._unreported_drops += 1
@@ -947,15 +1011,32 @@ class MqttAggregatorLink:
         """A telemetry or event record: stored when there is a durable outbox (events with an
         fsync, telemetry without), else queued in memory with an id of the link's own."""
         data = body.to_json()
-        if self._durable is not None:
+        durable, storage = self._durable, self._storage
+        if durable is not None and storage is not None:
+            loop = self._loop or _running_loop()
+
+            def store() -> None:
+                # On the storage thread. A record the disk refuses goes out from memory.
+                try:
+                    durable.put(kind, json.loads(data), sync=kind != "telemetry")
+                except LedgerError as exc:
+                    log.error(
+                        "record not stored; sending it from memory only", kind=kind, error=str(exc)
+                    )
+                    if loop is not None:
+                        with contextlib.suppress(RuntimeError):  # the loop is closed
+                            loop.call_soon_threadsafe(self._queue_in_memory, kind, data)
+
             try:
-                self._durable.put(kind, json.loads(data), sync=kind != "telemetry")
-            except LedgerError as exc:
-                log.error(
-                    "record not stored; sending it from memory only", kind=kind, error=str(exc)
-                )
+                # Telemetry may be dropped by a storage queue that a stalled disk filled.
+                storage.post(kind, store, droppable=kind == "telemetry")
+            except LedgerError:
+                pass  # the storage thread stopped (the daemon is stopping): send from memory
             else:
                 return
+        self._queue_in_memory(kind, data)
+
+    def _queue_in_memory(self, kind: str, data: bytes) -> None:
         memory_kind = Kind.TELEMETRY if kind == "telemetry" else Kind.EVENT
         self._queue(
             memory_kind,
@@ -968,7 +1049,7 @@ class MqttAggregatorLink:
         self._gate.sent(report, now_s)
 
     def _durable_sync(self) -> None:
-        self._with_durable("stored telemetry not synced", lambda durable: durable.sync())
+        self._post_durable("stored telemetry not synced", lambda durable: durable.sync())
 
     def _queue_status(self, report: ControlReport) -> None:
         payload = status_message(report).to_json()
@@ -984,7 +1065,8 @@ class MqttAggregatorLink:
             report = self._latest_report
             if report is not None and self._gate.periodic_due(now_s):
                 self._queue_telemetry(report, now_s)
-            self._delete_published()
+            await self._delete_published()
+            self._report_storage_health()
             if now_s - synced_s >= TELEMETRY_SYNC_S:
                 synced_s = now_s
                 self._durable_sync()
@@ -995,17 +1077,41 @@ class MqttAggregatorLink:
                     self._report_drops()  # drops while a long backlog drains
 
     def _report_drops(self) -> None:
-        self._with_durable(
+        at = self._wall()
+        self._post_durable(
             "stored records dropped, but the count was not reported",
-            lambda durable: durable.report_drops(self._wall()),
+            lambda durable: durable.report_drops(at),
         )
 
     def _durable_prune(self) -> None:
-        dropped = self._with_durable("stored records not pruned", lambda durable: durable.prune())
-        if dropped and self._durable is not None:
-            log.warning(
-                "stored records dropped by the outbox bounds",
-                dropped=dropped,
-                max_records=self._durable.max_records,
-                max_age_s=self._durable.max_age_s,
+        def prune(durable: DurableOutbox) -> None:
+            dropped = durable.prune()
+            if dropped:
+                log.warning(
+                    "stored records dropped by the outbox bounds",
+                    dropped=dropped,
+                    max_records=durable.max_records,
+                    max_age_s=durable.max_age_s,
+                )
+
+        self._post_durable("stored records not pruned", prune)
+
+    def _report_storage_health(self) -> None:
+        """One event when durable writes start failing (disk full, a read-only or dead card)
+        and one when they work again; each is sent from memory if the disk refuses it."""
+        storage = self._storage
+        if storage is None:
+            return
+        error = storage.failing
+        if (error is None) == (self._storage_error is None):
+            return  # no change (a new error while failing is in the log, not a new event)
+        previous, self._storage_error = self._storage_error, error
+        if error is not None:
+            message = f"durable writes fail; the charger keeps running on its safety logic: {error}"
+            self._record_event(EventBody(at=self._wall(), kind="storage_failed", message=message))
+        elif previous is not None:
+            self._record_event(
+                EventBody(
+                    at=self._wall(), kind="storage_restored", message="durable writes work again"
+                )
             )

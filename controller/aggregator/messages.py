@@ -239,6 +239,8 @@ EventKind = Literal[
     "fault_cleared",
     "messages_dropped",
     "records_dropped",
+    "storage_failed",
+    "storage_restored",
 ]
 
 

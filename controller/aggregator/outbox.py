@@ -53,6 +53,7 @@ class Outgoing:
     topic: str
     payload: bytes
     retain: bool = False
+    after_seq: int = 0  # an ack: sent once this storage job (its audit line) was processed
 
 
 class Outbox:

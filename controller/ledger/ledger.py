@@ -343,6 +343,21 @@ class Ledger:
         except LedgerError as exc:
             log.error("ledger audit entry not yet written; retried", error=str(exc))
 
+    def queue_audit(self, entry: SetpointAudit) -> None:
+        """One line of the setpoint audit trail, written by the next commit (``commit_urgent``
+        after the storage thread's batch): lines that arrive together share one fsync."""
+        pending = self._pending.audit
+        if len(pending) >= MAX_PENDING_AUDIT:
+            del pending[0]
+            log.error("ledger audit backlog full; oldest entry dropped", limit=MAX_PENDING_AUDIT)
+        pending.append(entry)
+
+    def commit_urgent(self) -> None:
+        """Commit now if something is pending that must not wait for the commit interval:
+        audit lines, a session opened or closed, a trip, a new counter base, a new day."""
+        if self._pending.audit or self._pending.now:
+            self._commit(self._last_wall or dt.datetime.now(dt.UTC), self._last_record_s)
+
     def flush(self) -> None:
         """Commit whatever is pending (the daemon's stop sequence)."""
         if self._dirty or self._has_rows_pending():

@@ -92,10 +92,13 @@ def at(clock: SimulatedMonotonic, base: ControlReport, **changes: Any) -> Contro
     return dataclasses.replace(base, monotonic_s=clock(), **changes)
 
 
-def make_outage_records(
+async def make_outage_records(
     link: MqttAggregatorLink, outbox: DurableOutbox, clock: SimulatedMonotonic
 ) -> None:
-    """10 simulated minutes: 60 periodic telemetry, 3 events, 3 session records."""
+    """10 simulated minutes: 60 periodic telemetry, 3 events, 3 session records; returns once
+    the storage thread wrote them all."""
+    storage = link.storage
+    assert storage is not None
     base = report("sp-1", -2000.0, state=PowerState.DISCHARGING, source="aggregator")
     for n in range(OUTAGE_REPORTS):
         clock.skipped_s += PRODUCTION_PERIOD_S
@@ -106,7 +109,9 @@ def make_outage_records(
             changes.update(source="fallback", setpoint_id=None)
         link.report(at(clock, base, **changes))
         if n % 20 == 10:
-            outbox.put("session", session_body(n // 20))  # the ledger closing a session
+            body = session_body(n // 20)  # the ledger closing a session, on the storage thread
+            storage.post("session", lambda body=body: outbox.put("session", body))
+    await storage.drain()
 
 
 def record_ids(aggregator: Aggregator) -> list[str]:
@@ -147,7 +152,7 @@ def test_ten_minute_outage_every_record_delivered_once_in_order(
             broker.stop()
             assert await until(lambda: link.status is LinkStatus.DOWN, 3.0)
             with blocking_calls(monkeypatch) as blocking:
-                make_outage_records(link, outbox, clock)
+                await make_outage_records(link, outbox, clock)
             assert blocking == []  # stored, never waiting on the broker that is gone
             backlog = list(outbox)
             kinds = Counter(record.kind for record in backlog)
@@ -189,7 +194,7 @@ def test_records_stored_before_a_restart_are_delivered_after_it(tmp_path: Path) 
         link = durable_link(make_config(broker.port), outbox, clock)
         async with LinkRunner(link):
             assert await until(lambda: link.status is LinkStatus.DOWN, 3.0)
-            make_outage_records(link, outbox, clock)
+            await make_outage_records(link, outbox, clock)
         made = [record.record_id for record in outbox]
         outbox._conn.close()
         return made
@@ -239,7 +244,13 @@ def test_a_failing_database_falls_back_to_memory(tmp_path: Path) -> None:
     config = make_config(1)
     link = durable_link(config, outbox, SimulatedMonotonic())
     conn.close()  # every write now fails
-    link.report(report(faults=("x",)))
+
+    async def scenario() -> None:
+        link.report(report(faults=("x",)))
+        assert link.storage is not None
+        await link.storage.drain()  # the fallbacks were handed back to the loop before this
+
+    asyncio.run(scenario())
     events = [json.loads(m.payload) for m in link.outbox.pending(Kind.EVENT)]
     telemetry = [json.loads(m.payload) for m in link.outbox.pending(Kind.TELEMETRY)]
     assert [e["kind"] for e in events] == ["fault_raised"]
@@ -259,7 +270,7 @@ def test_an_outage_over_the_bound_keeps_sessions_and_reports_the_drops(tmp_path:
         link = durable_link(make_config(broker.port), outbox, clock)
         async with LinkRunner(link):
             assert await until(lambda: link.status is LinkStatus.DOWN, 3.0)
-            make_outage_records(link, outbox, clock)
+            await make_outage_records(link, outbox, clock)
             assert len(outbox) <= 20
             assert outbox.count("session") == 3
             dropped = sum(outbox.dropped().values())
