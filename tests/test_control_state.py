@@ -8,6 +8,9 @@ from __future__ import annotations
 
 import datetime as dt
 import json
+import threading
+import time
+from collections.abc import Callable
 from dataclasses import replace
 from pathlib import Path
 
@@ -187,3 +190,58 @@ def test_an_unsynchronised_clock_blocks_discharge(clock_trusted: bool) -> None:
 
 def load_policy() -> Policy:
     return policy_from_config(load_config(EXAMPLE))
+
+
+class HeldDisk(CoreStateFile):
+    """A state file whose writes wait for the test (a slow SD card) or fail (a full one)."""
+
+    def __init__(self, path: Path) -> None:
+        super().__init__(path)
+        self.opened = threading.Event()
+        self.refuse: OSError | None = None
+        self.attempts = 0
+
+    def save(self, data: dict[str, object]) -> None:
+        self.attempts += 1
+        assert self.opened.wait(10.0)
+        if self.refuse is not None:
+            raise self.refuse
+        super().save(data)
+
+
+def test_the_daemon_step_never_waits_for_the_state_file(tmp_path: Path) -> None:
+    """With the daemon's background saver, the 0 W of an E-stop is decided while the disk still
+    holds the write; the latch is in the file once the disk lets it through, and a failed write
+    is retried with the newest state (issue 15)."""
+    disk = HeldDisk(tmp_path / "core-state.json")
+    pressed = [False]
+    step = CoreControlStep(
+        _policy(manual=True),
+        emergency_stop=lambda: pressed[0],
+        state_file=disk,
+        save_in_background=True,
+    )
+    saver = step.saver
+    assert saver is not None
+    disk.opened.set()
+    assert _run(step, 1.0, 6.0) == -7400.0
+    disk.opened.clear()
+    disk.refuse = OSError(28, "No space left on device")
+    pressed[0] = True
+    assert _run(step, 7.0, 0.2) == 0.0  # decided while the write is held
+    assert saver.pending or disk.attempts >= 1
+    disk.opened.set()  # the disk answers: full
+    assert _wait(lambda: disk.attempts >= 2)  # retried
+    disk.refuse = None
+    assert _wait(lambda: not saver.pending and saver.last_error is None)
+    assert json.loads(disk.path.read_text())["fault_latch"]["causes"] == ["emergency stop"]
+    assert saver.stop(10.0)
+
+
+def _wait(predicate: Callable[[], bool], timeout_s: float = 10.0) -> bool:
+    deadline = time.monotonic() + timeout_s
+    while time.monotonic() < deadline:
+        if predicate():
+            return True
+        time.sleep(0.01)
+    return predicate()
