@@ -922,8 +922,8 @@ class ControlConfig(_Section):
         default=None,
         min_length=1,
         description="Latched faults, the departure of the plugged-in session and the wear count, "
-        "written before the command they cause so a restart never forgets them. Empty: "
-        "core-state.json beside ledger.path.",
+        "written on a thread of their own as soon as they change, so a restart never forgets "
+        "them and a slow card never delays a command. Empty: core-state.json beside ledger.path.",
     )
 
     def state_file(self, ledger_path: str) -> str:
