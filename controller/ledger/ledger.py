@@ -128,10 +128,14 @@ CREATE TABLE IF NOT EXISTS ledger_counter_events (
 class OutboxWriter(Protocol):
     """What the ledger needs from the aggregator's durable outbox (``ledger/outbox.py``).
 
-    ``insert`` adds a row inside the caller's transaction (no commit) and returns its id.
+    ``insert`` adds a row inside the caller's transaction (no commit) and returns its id;
+    ``mark_synced`` tells it a commit with ``synchronous=FULL`` was made on the shared
+    connection, which put every earlier commit on the storage too (one fsync fewer).
     """
 
     def insert(self, kind: str, body: dict[str, Any]) -> str: ...
+
+    def mark_synced(self) -> None: ...
 
 
 def rfc3339(moment: dt.datetime) -> str:
@@ -627,6 +631,8 @@ class Ledger:
         self._pending = _Pending(integrated_wh=0.0)
         self._dirty = False
         self._last_commit_s = now_s
+        if self._outbox is not None:
+            self._outbox.mark_synced()  # the WAL is synced up to this commit: telemetry too
 
     def _write_meters(self, conn: sqlite3.Connection, at: str) -> None:
         for channel, meter in self._meters.items():

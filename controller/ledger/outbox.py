@@ -246,6 +246,11 @@ class DurableOutbox:
             raise LedgerError(f"outbox: cannot sync: {exc}") from exc
         self._unsynced = False
 
+    def mark_synced(self) -> None:
+        """A FULL commit was just made on this connection by someone else (the ledger's): the
+        WAL is on the storage up to it, telemetry committed before it included."""
+        self._unsynced = False
+
     def add_listener(self, listener: Callable[[], None]) -> None:
         """Call ``listener()`` after every record added (the link's sender waits on it)."""
         self._listeners.append(listener)

@@ -253,6 +253,9 @@ class CanVehicleLink:
                 raise_if_cancelled_since(requests_before)
         finally:
             reader.close()
+            # What the bounded hand-over dropped (thread mode; 0 where the loop reads the
+            # socket itself): frames the loop was too slow for, e.g. while held by a slow disk.
+            log.info("CAN reader closed", bus=self.bus, can_frames_dropped=reader.dropped)
             self._bus = None
             self._changed.set()  # an end_session() waiting on this bus gives up at once
 

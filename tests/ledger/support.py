@@ -36,6 +36,9 @@ class TableOutbox:
         self.conn.execute("INSERT INTO test_outbox VALUES (?, ?, ?)", (row_id, kind, repr(body)))
         return row_id
 
+    def mark_synced(self) -> None:
+        pass
+
 
 def make_ledger(
     path: Path, *, outbox: OutboxWriter | None = None, commit_interval_s: float = 30.0
