@@ -9,6 +9,7 @@ from __future__ import annotations
 import asyncio
 import datetime as dt
 import functools
+import json
 import sqlite3
 import threading
 from collections.abc import Iterator
@@ -17,6 +18,7 @@ from pathlib import Path
 import pytest
 
 from controller.aggregator.link import MqttAggregatorLink
+from controller.aggregator.telemetry import telemetry_message
 from controller.ledger.accounting import Tariff
 from controller.ledger.db import open_database
 from controller.ledger.ledger import Ledger
@@ -342,4 +344,25 @@ def _ack_after_audit(tmp_path: Path, broker: Mosquitto) -> None:
 
     asyncio.run(scenario())
     assert storage.stop(BOUND_S)
+    conn.close()
+
+
+def test_a_ledger_commit_spares_the_telemetry_sync_its_fsync(tmp_path: Path) -> None:
+    """Telemetry is committed without an fsync; a ledger commit (FULL) after it syncs the WAL,
+    so the periodic sync that follows writes nothing (SD cards: fewer fsyncs per hour)."""
+    conn, ledger = _ledger(tmp_path / "ledger.sqlite")
+    durable = DurableOutbox(conn)
+    ledger.set_outbox(durable)
+    body = json.loads(telemetry_message(report()).to_json())
+    statements: list[str] = []
+    conn.set_trace_callback(statements.append)
+    durable.put("telemetry", body, sync=False)
+    durable.sync()
+    assert statements.count("COMMIT") == 2  # the put, and the sync's own FULL commit
+    durable.put("telemetry", body, sync=False)
+    ledger.queue_audit(_audit(1))
+    ledger.commit_urgent()
+    statements.clear()
+    durable.sync()
+    assert statements.count("COMMIT") == 0
     conn.close()
