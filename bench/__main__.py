@@ -31,7 +31,7 @@ from typing import Any
 ROOT = Path(__file__).resolve().parent.parent
 RESULTS = ROOT / "bench" / "results.json"
 REPORT = ROOT / "docs" / "performance.md"
-PARTS = ("latency", "ingest", "load")
+PARTS = ("latency", "ingest", "load", "storage")
 
 
 @dataclass(frozen=True, slots=True)
@@ -72,6 +72,12 @@ TARGETS = (
     Target("rss_mb", "RSS", "MB", 60, True),
     Target("rss_growth_mb_per_h", "RSS growth", "MB/h", 1, True),
     Target("ready_s", "start to READY", "s", 1.5, True),
+    # Issue 15: with every fsync slowed (200 ms, 1 s), against the normal disk of the same run.
+    Target("storage_fault_p99_ratio", "slow fsync: fault reaction p99 / normal", "x", 1.5, True),
+    Target("storage_setpoint_p99_ratio", "slow fsync: setpoint p99 / normal", "x", 1.5, True),
+    Target("storage_trials_failed", "slow fsync: trials timed out", "trials", 0, True),
+    Target("storage_watchdog_misses", "slow fsync: watchdog misses", "runs", 0, True),
+    Target("storage_can_frames_dropped", "slow fsync: CAN frames dropped", "frames", 0, True),
 )
 
 
@@ -175,6 +181,51 @@ def render(results: dict[str, Any]) -> str:
                     "not measured" if ratio is None else f"{_fmt(ratio, 'x')} x",
                 ]
             against_floor.append(f"| {label} | {' | '.join(cells)} |")
+    storage_rows = []
+    storage = results.get("storage")
+    watchdog_s = storage.get("watchdog_s") if isinstance(storage, dict) else None
+    for run in storage.get("runs", []) if isinstance(storage, dict) else []:
+        fault, setpoint = run["fault_reaction_ms"], run["setpoint_latency_ms"]
+        storage_rows.append(
+            f"| {run['fsync_delay_ms']} | {_fmt(fault.get('p50'), 'ms')} | "
+            f"{_fmt(fault.get('p99'), 'ms')} | {_fmt(fault.get('max'), 'ms')} | "
+            f"{_fmt(run['fault_p99_ratio'], 'x')} | {_fmt(setpoint.get('p50'), 'ms')} | "
+            f"{_fmt(setpoint.get('p99'), 'ms')} | {_fmt(run['setpoint_p99_ratio'], 'x')} | "
+            f"{run['fault_trials_failed'] + run['setpoint_trials_failed']} | "
+            f"{_fmt(run['watchdog_max_gap_s'], 's')} | {run['can_frames_dropped']} | "
+            f"{run['fsyncs_per_hour']} |"
+        )
+    storage_section = (
+        [
+            "## Slow storage",
+            "",
+            "Every fsync of the daemon on its ledger's directory delayed by the first column",
+            "(`python -m bench.storage`; 0 is the normal disk of the same run). Ratios are p99",
+            "over the normal disk's p99; the watchdog gap is the longest between two pings with",
+            f"`WATCHDOG_USEC` = {watchdog_s} s.",
+            "",
+            "| fsync ms | fault p50 ms | fault p99 ms | fault max ms | fault p99 ratio "
+            "| setpoint p50 ms | setpoint p99 ms | setpoint p99 ratio | trials timed out "
+            "| watchdog max gap s | CAN dropped | fsyncs/h |",
+            "|---|---|---|---|---|---|---|---|---|---|---|---|",
+            *storage_rows,
+            "",
+            "fsyncs per hour in each steady state, normal disk (what wears the card):",
+            "",
+            "| state | fsyncs per hour |",
+            "|---|---|",
+            *(
+                f"| {state} | {count} |"
+                for state, count in (storage or {})
+                .get("states", {})
+                .get("fsyncs_per_hour", {})
+                .items()
+            ),
+            "",
+        ]
+        if storage_rows
+        else []
+    )
     packages = ", ".join(f"{name} {version}" for name, version in info["packages"].items())
     notes = results.get("notes", {})
     quick = " (QUICK: a smoke run, the figures mean nothing)" if results.get("quick") else ""
@@ -185,7 +236,7 @@ def render(results: dict[str, Any]) -> str:
         "For developers and reviewers. Every figure below was measured by `make bench`",
         "(`python -m bench`), which writes `bench/results.json` and this page; nothing here is",
         "typed by hand. How each figure is measured is in the docstrings of `bench/latency.py`,",
-        "`bench/ingest.py` and `bench/load.py`, and summarised below.",
+        "`bench/ingest.py`, `bench/load.py` and `bench/storage.py`, and summarised below.",
         "",
         f"Run: {results['finished_at']} ({results['duration_s'] / 60:.1f} min), "
         f"`{results['command']}`{quick}.",
@@ -220,6 +271,7 @@ def render(results: dict[str, Any]) -> str:
         "|---|---|---|---|---|---|---|",
         *against_floor,
         "",
+        *storage_section,
         "## How each figure is measured",
         "",
         *note_lines,
