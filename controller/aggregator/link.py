@@ -790,6 +790,7 @@ class MqttAggregatorLink:
             try:
                 call(durable)
             except LedgerError as exc:
+                storage.record_failure(what, exc)
                 log.error(what, error=str(exc))
 
         with contextlib.suppress(LedgerError):  # stopped: the stop sequence already synced
@@ -1020,6 +1021,7 @@ class MqttAggregatorLink:
                 try:
                     durable.put(kind, json.loads(data), sync=kind != "telemetry")
                 except LedgerError as exc:
+                    storage.record_failure(kind, exc)
                     log.error(
                         "record not stored; sending it from memory only", kind=kind, error=str(exc)
                     )

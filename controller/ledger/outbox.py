@@ -209,7 +209,7 @@ class DurableOutbox:
             if self._count > self.max_records:
                 self._cut_to_bound()
         except sqlite3.Error as exc:
-            raise LedgerError(f"outbox: cannot store a {kind} record: {exc}") from exc
+            raise LedgerError(f"outbox: cannot store the {kind} record: {exc}") from exc
         for listener in self._listeners:
             listener()
         return f"{self.writer}-{seq}"
@@ -227,7 +227,7 @@ class DurableOutbox:
                     record_id = self.insert(kind, body)
                 self._unsynced = True
         except sqlite3.Error as exc:
-            raise LedgerError(f"outbox: cannot store a {kind} record: {exc}") from exc
+            raise LedgerError(f"outbox: cannot store the {kind} record: {exc}") from exc
         return record_id
 
     def sync(self) -> None:

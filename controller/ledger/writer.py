@@ -251,6 +251,12 @@ class StorageThread:
             self._done_seq = batch[-1].seq
             self._tell_loop(outcomes)
 
+    def record_failure(self, kind: str, exc: Exception) -> None:
+        """On the storage thread: a job that handles its own storage error (and logs it) still
+        says the disk refused, so ``failing`` (and the link's ``storage_failed``) follow at
+        once, not only at the ledger's next commit."""
+        self._failed(kind, exc, logged=False)
+
     def _failed(self, kind: str, exc: Exception, *, logged: bool) -> None:
         error = f"{type(exc).__name__}: {exc}"
         self.failures += 1

@@ -17,6 +17,7 @@ from __future__ import annotations
 import asyncio
 import dataclasses
 import datetime as dt
+import functools
 import json
 import time
 from collections import Counter
@@ -110,7 +111,7 @@ async def make_outage_records(
         link.report(at(clock, base, **changes))
         if n % 20 == 10:
             body = session_body(n // 20)  # the ledger closing a session, on the storage thread
-            storage.post("session", lambda body=body: outbox.put("session", body))
+            storage.post("session", functools.partial(outbox.put, "session", body))
     await storage.drain()
 
 
@@ -249,6 +250,10 @@ def test_a_failing_database_falls_back_to_memory(tmp_path: Path) -> None:
         link.report(report(faults=("x",)))
         assert link.storage is not None
         await link.storage.drain()  # the fallbacks were handed back to the loop before this
+        # The refusal counts as a storage failure at once (the storage_failed event's source),
+        # not only at the ledger's next commit.
+        assert link.storage.failing is not None
+        assert "cannot store the" in link.storage.failing
 
     asyncio.run(scenario())
     events = [json.loads(m.payload) for m in link.outbox.pending(Kind.EVENT)]

@@ -317,7 +317,7 @@ def test_a_failing_database_is_a_ledger_error(tmp_path: Path) -> None:
     other.execute("PRAGMA busy_timeout = 50")
     other.execute("BEGIN IMMEDIATE")
     outbox._conn.execute("PRAGMA busy_timeout = 50")
-    with pytest.raises(LedgerError, match="outbox: cannot store a event record: database is"):
+    with pytest.raises(LedgerError, match="outbox: cannot store the event record: database is"):
         outbox.put("event", event())
     other.execute("ROLLBACK")
     other.close()
