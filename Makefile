@@ -17,14 +17,15 @@ BENCH_ARGS ?=
 
 all: test
 
-# System packages the tests and demo use: a real MQTT broker, socat for RTU over a pty pair, and
+# System packages the tests and demo use: a real MQTT broker, socat for RTU over a pty pair,
 # systemd's analyzer for the unit's security score (the package also brings systemd itself, which
-# is not started: nothing here needs it running).
+# is not started: nothing here needs it running), and gcc for the slow-card shim (tools/slowdisk.c).
 system-packages:
 	@missing=""; \
 	command -v mosquitto >/dev/null 2>&1 || [ -x /usr/sbin/mosquitto ] || missing="$$missing mosquitto"; \
 	command -v socat >/dev/null 2>&1 || missing="$$missing socat"; \
 	command -v systemd-analyze >/dev/null 2>&1 || missing="$$missing systemd"; \
+	command -v gcc >/dev/null 2>&1 || missing="$$missing gcc libc6-dev"; \
 	if [ -n "$$missing" ]; then \
 		echo "installing system packages:$$missing"; \
 		$(SUDO) env DEBIAN_FRONTEND=noninteractive apt-get update -q && \
