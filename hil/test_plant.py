@@ -6,6 +6,7 @@ import signal
 import subprocess
 import sys
 import tempfile
+import time
 from pathlib import Path
 
 import can
@@ -169,6 +170,26 @@ def test_udp_multicast_bus_hears_only_its_own_group(monkeypatch: pytest.MonkeyPa
             same.shutdown()
         assert received is not None
         assert received.arbitration_id == 0x108
+    finally:
+        listener.shutdown()
+        talker.shutdown()
+
+
+def test_another_groups_frame_queued_before_the_option_is_dropped(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """A frame of another group that reached the socket between its bind and ``only_own_group``
+    (other simulated pairs on the host are busy) is not handed to the new bus."""
+    monkeypatch.setattr(plant_module, "vcan0_present", lambda: False)
+    _, mine = pick_can()
+    _, other = pick_can()
+    listener = can.Bus(interface="udp_multicast", channel=mine)
+    talker = can.Bus(interface="udp_multicast", channel=other)
+    try:
+        talker.send(can.Message(arbitration_id=0x109, data=b"\x00" * 8, is_extended_id=False))
+        time.sleep(0.05)  # loopback delivery: the frame is queued on the listener's socket
+        only_own_group(listener)
+        assert listener.recv(0.3) is None
     finally:
         listener.shutdown()
         talker.shutdown()

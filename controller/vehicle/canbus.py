@@ -118,6 +118,7 @@ def open_bus(config: CanLinkConfig, filters: list[dict[str, Any]]) -> can.BusABC
 # linux/in.h IP_MULTICAST_ALL and linux/in6.h IPV6_MULTICAST_ALL (not exported by Python).
 _IP_MULTICAST_ALL = 49
 _IPV6_MULTICAST_ALL = 29
+_STALE_DATAGRAMS_MAX = 10_000  # bounded: a flood on the port cannot keep the drain going
 
 
 def only_own_group(bus: can.BusABC) -> None:
@@ -136,6 +137,13 @@ def only_own_group(bus: can.BusABC) -> None:
             sock.setsockopt(socket.IPPROTO_IPV6, _IPV6_MULTICAST_ALL, 0)
         else:
             sock.setsockopt(socket.IPPROTO_IP, _IP_MULTICAST_ALL, 0)
+        # What arrived between the bind and the option may be another group's: drop it (the
+        # bus has just opened; MSG_DONTWAIT leaves the shared descriptor's blocking mode alone).
+        for _ in range(_STALE_DATAGRAMS_MAX):
+            try:
+                sock.recv(65536, socket.MSG_DONTWAIT)
+            except BlockingIOError:
+                break
 
 
 def to_message(frame: CanFrame) -> can.Message:
