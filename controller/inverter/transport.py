@@ -2,7 +2,10 @@
 
 - One outstanding request per link: pymodbus does not serialise callers, so a lock does.
 - A per-request timeout (default 1 s) and at most ``retries`` retries for timeouts and I/O
-  errors; an exception response is an answer, never retried.
+  errors. An exception response is an answer, never retried, except "acknowledge" (5) and
+  "server device busy" (6), which mean "try again later" (Modbus application protocol 1.1b3,
+  section 7): retried with a growing pause (``BUSY_BACKOFF_S``) for as long as the request's
+  budget allows (``timeout_s`` x (``retries`` + 1)), and only then an error.
 - After a timeout the connection is dropped and reopened after a quiet period, so a late reply
   can never be taken as the answer to the next request (RTU frames carry no transaction id).
   Every reply is also checked against its request (function, address, register count).
@@ -30,6 +33,10 @@ from controller.errors import InverterLinkError
 
 MAX_READ_REGISTERS = 125  # Modbus application protocol 6.3
 MAX_WRITE_REGISTERS = 123  # Modbus application protocol 6.12
+# Exception codes that mean "busy, try again" (Modbus application protocol section 7).
+BUSY_CODES = frozenset({5, 6})
+# The pause before retrying a busy reply: doubles from the first to the last value.
+BUSY_BACKOFF_S = (0.02, 0.2)
 
 _EXCEPTION_NAMES = {
     1: "illegal function",
@@ -107,6 +114,7 @@ class ModbusTransport:
         self._last_io_s = 0.0
         self.requests = 0
         self.timeouts = 0
+        self.busy_replies = 0  # exception 5 or 6 answers retried
 
     @property
     def connected(self) -> bool:
@@ -226,7 +234,11 @@ class ModbusTransport:
     ) -> ModbusPDU:
         async with self._lock:
             last_error = "no attempt made"
-            for _attempt in range(self.retries + 1):
+            busy_until_s = time.monotonic() + self.timeout_s * (self.retries + 1)
+            busy_pause_s = BUSY_BACKOFF_S[0]
+            attempt = 0
+            while attempt <= self.retries:
+                attempt += 1
                 client = await self._ensure_connected()
                 await self._respect_silent_interval()
                 self.requests += 1
@@ -262,6 +274,13 @@ class ModbusTransport:
                     self._last_io_s = time.monotonic()
                 if isinstance(response, ExceptionResponse) or response.isError():
                     code = int(getattr(response, "exception_code", 0))
+                    if code in BUSY_CODES and time.monotonic() + busy_pause_s < busy_until_s:
+                        # A device that is busy answered: ask again, without using an attempt.
+                        self.busy_replies += 1
+                        attempt -= 1
+                        await asyncio.sleep(busy_pause_s)
+                        busy_pause_s = min(BUSY_BACKOFF_S[1], busy_pause_s * 2)
+                        continue
                     raise ModbusExceptionResponse(function, address, code)
                 if response.function_code != function:
                     # A reply to some other request: never take it as this one's answer.

@@ -6,6 +6,9 @@ ratings, reverts to 0 W on its own timer and counts energy. Faults are injected 
 attributes while it runs:
 
 - ``exception_code``: answer every request with this Modbus exception code;
+- ``busy_next``: answer the next N requests with exception 6 (server device busy), then normally;
+- ``busy_probability``: answer each request with exception 6 with this probability (a busy
+  device; seeded by ``busy_seed``, so a run repeats);
 - ``drop_replies``: answer nothing (the client times out);
 - ``reply_delay_s``: answer late;
 - ``stuck_setpoint``: acknowledge setpoint writes but keep the old value;
@@ -21,6 +24,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import random
 import time
 from collections import deque
 from collections.abc import Callable
@@ -54,6 +58,11 @@ class InverterSimulator:
         self.unit_id = unit_id
         self._clock = clock
         self.exception_code: int | None = None
+        self.busy_next = 0
+        self.busy_probability = 0.0
+        self.busy_seed = 6
+        self._busy_rng = random.Random(self.busy_seed)  # noqa: S311  a simulation, not secrets
+        self.busy_answers = 0
         self.drop_replies = False
         self.reply_delay_s = 0.0
         self.stuck_setpoint = False
@@ -109,6 +118,12 @@ class InverterSimulator:
             await asyncio.sleep(self.reply_delay_s)
         if self.exception_code is not None:
             return ExcCodes(self.exception_code)
+        if self.busy_next > 0 or (
+            self.busy_probability > 0 and self._busy_rng.random() < self.busy_probability
+        ):
+            self.busy_next = max(0, self.busy_next - 1)
+            self.busy_answers += 1
+            return ExcCodes.DEVICE_BUSY
         now_s = self._clock()
         self.profile.bind(registers)
         if function_code in WRITE_FUNCTIONS and set_values is not None:
