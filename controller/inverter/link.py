@@ -23,6 +23,7 @@ import asyncio
 import enum
 import time
 from collections.abc import Callable
+from dataclasses import replace
 
 import structlog
 
@@ -151,7 +152,7 @@ class ModbusInverterLink:
     async def _setup(self) -> bool:
         try:
             info = await self._driver.setup()
-            state = await self._driver.read(self._clock())
+            state = self._completed(await self._driver.read(self._clock()))
         except (InverterLinkError, ProtocolError) as exc:
             self._fail(f"setup failed: {exc}", reachable=self._transport.connected)
             return False
@@ -170,6 +171,11 @@ class ModbusInverterLink:
         self._written_at_s = self._clock()
         self._take(state)
         return True
+
+    def _completed(self, state: InverterState) -> InverterState:
+        """The snapshot as of the moment its read completed: a slow device (600 ms a reply,
+        several requests a poll) would otherwise look stale on arrival (issue 16, item 6)."""
+        return replace(state, observed_at_s=self._clock())
 
     def _take(self, state: InverterState) -> None:
         previous = self._snapshot
@@ -202,7 +208,7 @@ class ModbusInverterLink:
             else:
                 failures = self._failures
                 try:
-                    state = await self._driver.read(self._clock())
+                    state = self._completed(await self._driver.read(self._clock()))
                 except (InverterLinkError, ProtocolError) as exc:
                     self._fail(f"read failed: {exc}", reachable=self._transport.connected)
                     await asyncio.sleep(self._retry_interval_s)

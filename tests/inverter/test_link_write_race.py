@@ -82,3 +82,42 @@ def test_a_read_in_flight_does_not_clear_a_failed_write() -> None:
     started = time.monotonic()
     asyncio.run(scenario())
     assert time.monotonic() - started < 10.0
+
+
+class SlowClockDriver(HeldReadDriver):
+    """A read that takes 2.4 s on the link's clock (4 requests at 600 ms, a Fronius-class
+    device): the clock moves while the read is under way."""
+
+    def __init__(self, clock: list[float]) -> None:
+        super().__init__()
+        self.clock = clock
+
+    async def read(self, now_s: float) -> InverterState:
+        self.clock[0] += 2.4
+        return InverterState(observed_at_s=now_s, reachable=True, enabled=True)
+
+
+def test_a_snapshot_is_dated_when_its_read_completed() -> None:
+    """Issue 16, item 6: stamped at the start, a slow device's every snapshot would be 2.4 s old
+    on arrival, most of the way to the core's 3 s staleness limit."""
+    clock = [100.0]
+
+    async def scenario() -> None:
+        driver = SlowClockDriver(clock)
+        transport = ModbusTransport(TcpEndpoint("127.0.0.1", 1), 1, timeout_s=0.1, retries=0)
+        link = ModbusInverterLink(
+            transport, driver, poll_interval_s=0.01, retry_interval_s=0.05, clock=lambda: clock[0]
+        )
+        task = asyncio.create_task(link.run(lambda: None))
+        try:
+            async with asyncio.timeout(10.0):
+                await until(lambda: healthy(link))
+                snapshot = link.snapshot()
+                assert snapshot is not None
+                # Read at most one more slow read ago: never the start of the read.
+                assert clock[0] - snapshot.observed_at_s < 2.4
+        finally:
+            task.cancel()
+            await asyncio.gather(task, return_exceptions=True)
+
+    asyncio.run(scenario())
