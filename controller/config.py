@@ -574,11 +574,13 @@ class InverterConfig(_Section):
     retries: int = Field(default=2, ge=0, le=5, description="Retries per request.")
     poll_interval_s: float = Field(default=0.5, ge=0.05, le=10.0)
     revert_timeout_s: float = Field(
-        default=10.0,
+        default=3.0,
         ge=2.0,
         le=600.0,
         description="Inverter's own revert timer (SunSpec WSetRvrtTms): a silent controller "
-        "leaves the inverter at 0 W after this long.",
+        "leaves the inverter at 0 W after this long; the setpoint is re-sent every third of "
+        "it. Short, since a car that stopped is not protected by it (docs/inverter.md); longer "
+        "only for a device too slow to be written every third of it.",
     )
 
     @model_validator(mode="after")
