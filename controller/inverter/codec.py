@@ -7,11 +7,19 @@ either high word first (SunSpec, most devices) or low word first (some vendors).
 SunSpec marks an unimplemented point with a sentinel (SunSpec Modbus spec, "not implemented"
 values); ``decode`` returns None for it when asked to honour sentinels, so a missing reading is
 never mistaken for a real 0 or -32768.
+
+Every point type the SunSpec model definitions use is known here (``RegType``), including the
+communication-board types of models 10-19 (``eui48``, ``ipaddr``, ``ipv6addr``): a model this
+controller never reads must still load, or discovery could not walk past it (issue 16, item 1).
+A value that cannot be encoded (out of range, not finite, the wrong kind) is refused with
+``EncodingError``, a ``ProtocolError``: never a bare ValueError or OverflowError that the link
+does not catch (issue 16, item 4).
 """
 
 from __future__ import annotations
 
 import enum
+import ipaddress
 import math
 import struct
 from collections.abc import Sequence
@@ -19,7 +27,17 @@ from collections.abc import Sequence
 from controller.errors import ProtocolError
 
 
+class EncodingError(ProtocolError, ValueError):
+    """A value that does not fit its register type; the write is refused.
+
+    A ValueError too, so that callers written against ``encode``'s earlier contract still work."""
+
+
 class RegType(enum.Enum):
+    """The SunSpec point types (the "type" of every point in the SunSpec model JSON) plus
+    float64 and bitfield64, which no model shipped by pysunspec2 1.3 uses yet but the SunSpec
+    type table names: a newer definition set must not stop the loader."""
+
     U16 = "uint16"
     I16 = "int16"
     U32 = "uint32"
@@ -27,6 +45,7 @@ class RegType(enum.Enum):
     U64 = "uint64"
     I64 = "int64"
     F32 = "float32"
+    F64 = "float64"
     ACC16 = "acc16"
     ACC32 = "acc32"
     ACC64 = "acc64"
@@ -34,10 +53,14 @@ class RegType(enum.Enum):
     ENUM32 = "enum32"
     BITFIELD16 = "bitfield16"
     BITFIELD32 = "bitfield32"
+    BITFIELD64 = "bitfield64"
     SUNSSF = "sunssf"
     STRING = "string"
     PAD = "pad"
     COUNT = "count"  # SunSpec repeat count: an unsigned 16-bit value
+    IPADDR = "ipaddr"  # IPv4 address, 2 registers (models 12, 14: not implemented = 0)
+    IPV6ADDR = "ipv6addr"  # IPv6 address, 8 registers (not implemented = all 0)
+    EUI48 = "eui48"  # MAC address, 4 registers: a pad word, then 6 bytes (models 11, 16)
 
 
 class WordOrder(enum.Enum):
@@ -60,9 +83,14 @@ _WORDS: dict[RegType, int] = {
     RegType.ACC32: 2,
     RegType.ENUM32: 2,
     RegType.BITFIELD32: 2,
+    RegType.IPADDR: 2,
     RegType.U64: 4,
     RegType.I64: 4,
     RegType.ACC64: 4,
+    RegType.BITFIELD64: 4,
+    RegType.F64: 4,
+    RegType.EUI48: 4,
+    RegType.IPV6ADDR: 8,
 }
 
 _SIGNED = {RegType.I16, RegType.SUNSSF, RegType.I32, RegType.I64}
@@ -84,15 +112,26 @@ _NOT_IMPLEMENTED: dict[RegType, int] = {
     RegType.I64: 0x8000_0000_0000_0000,
     RegType.U64: 0xFFFF_FFFF_FFFF_FFFF,
     RegType.ACC64: 0,
+    RegType.BITFIELD64: 0xFFFF_FFFF_FFFF_FFFF,
+    RegType.IPADDR: 0,
+    RegType.IPV6ADDR: 0,
+    # eui48: the 48 address bits all ones (FF:FF:FF:FF:FF:FF); the pad word is not compared.
+    RegType.EUI48: 0xFFFF_FFFF_FFFF,
 }
 _F32_NAN_BITS = 0x7FC0_0000
+_F64_NAN_BITS = 0x7FF8_0000_0000_0000
+_EUI48_MASK = 0xFFFF_FFFF_FFFF
+
+
+_FLOAT_FORMATS: dict[RegType, str] = {RegType.F32: ">f", RegType.F64: ">d"}
+_FLOAT_NAN_BITS: dict[RegType, int] = {RegType.F32: _F32_NAN_BITS, RegType.F64: _F64_NAN_BITS}
 
 
 def words_of(reg_type: RegType, string_words: int = 0) -> int:
     """How many registers a value of this type occupies."""
     if reg_type is RegType.STRING:
         if string_words <= 0:
-            raise ValueError("a string needs its length in registers")
+            raise EncodingError("a string needs its length in registers")
         return string_words
     return _WORDS[reg_type]
 
@@ -118,6 +157,29 @@ def _split(value: int, count: int, order: WordOrder) -> list[int]:
     return words if order is WordOrder.HIGH_FIRST else list(reversed(words))
 
 
+def _decode_float(unsigned: int, reg_type: RegType, sunspec_sentinels: bool) -> float | None:
+    fmt = _FLOAT_FORMATS[reg_type]
+    (value,) = struct.unpack(fmt, unsigned.to_bytes(struct.calcsize(fmt), "big"))
+    # SunSpec: float32 0x7FC00000 / float64 0x7FF8000000000000 (a quiet NaN) is not implemented;
+    # any other NaN is no reading either.
+    return None if sunspec_sentinels and math.isnan(value) else float(value)
+
+
+def _decode_address(unsigned: int, reg_type: RegType, sunspec_sentinels: bool) -> str | None:
+    if reg_type is RegType.EUI48:
+        unsigned &= _EUI48_MASK  # the first (pad) word carries nothing
+        # SunSpec: FF:FF:FF:FF:FF:FF is not implemented; pysunspec2 reads all zeros as no
+        # address too, and no device has that MAC.
+        if sunspec_sentinels and unsigned in (0, _EUI48_MASK):
+            return None
+        return ":".join(f"{byte:02X}" for byte in unsigned.to_bytes(6, "big"))
+    if sunspec_sentinels and unsigned == 0:  # ipaddr / ipv6addr: 0 is not implemented
+        return None
+    if reg_type is RegType.IPADDR:
+        return str(ipaddress.IPv4Address(unsigned))
+    return str(ipaddress.IPv6Address(unsigned))
+
+
 def decode(  # noqa: PLR0911  one early return per type family reads clearest
     registers: Sequence[int],
     reg_type: RegType,
@@ -127,8 +189,10 @@ def decode(  # noqa: PLR0911  one early return per type family reads clearest
 ) -> int | float | str | None:
     """Registers to a raw value (before any scale factor).
 
-    Returns None for a SunSpec not-implemented value when ``sunspec_sentinels`` is set. Raises
-    ProtocolError for a wrong register count or a value that is not a 16-bit word.
+    Numbers come back as int or float, strings and addresses (``eui48`` "AA:BB:CC:DD:EE:FF",
+    ``ipaddr`` "192.0.2.1", ``ipv6addr`` in its compressed form) as str. Returns None for a
+    SunSpec not-implemented value when ``sunspec_sentinels`` is set. Raises ProtocolError for a
+    wrong register count or a value that is not a 16-bit word.
     """
     if reg_type is RegType.STRING:
         _check_registers(registers, len(registers))
@@ -138,11 +202,10 @@ def decode(  # noqa: PLR0911  one early return per type family reads clearest
     count = _WORDS[reg_type]
     _check_registers(registers, count)
     unsigned = _join(registers, order)
-    if reg_type is RegType.F32:
-        if sunspec_sentinels and unsigned == _F32_NAN_BITS:
-            return None
-        (value,) = struct.unpack(">f", unsigned.to_bytes(4, "big"))
-        return None if sunspec_sentinels and math.isnan(value) else float(value)
+    if reg_type in _FLOAT_FORMATS:
+        return _decode_float(unsigned, reg_type, sunspec_sentinels)
+    if reg_type in (RegType.EUI48, RegType.IPADDR, RegType.IPV6ADDR):
+        return _decode_address(unsigned, reg_type, sunspec_sentinels)
     if reg_type is RegType.PAD:
         return 0
     if sunspec_sentinels and _NOT_IMPLEMENTED.get(reg_type) == unsigned:
@@ -152,6 +215,50 @@ def decode(  # noqa: PLR0911  one early return per type family reads clearest
     return unsigned
 
 
+def _float_bits(value: int | float | str, reg_type: RegType) -> int:
+    if isinstance(value, str):
+        raise EncodingError(f"{reg_type.value} needs a number, got {value!r}")
+    fmt = _FLOAT_FORMATS[reg_type]
+    try:
+        packed = struct.pack(fmt, float(value))
+    except (OverflowError, struct.error) as exc:  # beyond float32's range (about 3.4e38)
+        raise EncodingError(f"{value} does not fit in {reg_type.value}: {exc}") from None
+    return int.from_bytes(packed, "big")
+
+
+def _address_bits(value: int | float | str, reg_type: RegType) -> int:
+    if isinstance(value, float):
+        raise EncodingError(f"{reg_type.value} needs an address, got {value!r}")
+    try:
+        if reg_type is RegType.IPADDR:
+            return int(ipaddress.IPv4Address(value))
+        if reg_type is RegType.IPV6ADDR:
+            return int(ipaddress.IPv6Address(value))
+        # eui48 "AA:BB:CC:DD:EE:FF" (or with "-"); the pad word stays 0
+        number = (
+            int.from_bytes(bytes.fromhex(value.replace(":", " ").replace("-", " ")), "big")
+            if isinstance(value, str)
+            else value
+        )
+    except ValueError as exc:  # ipaddress.AddressValueError is a ValueError
+        raise EncodingError(f"{value!r} is not an {reg_type.value} address: {exc}") from None
+    if isinstance(value, str) and len(value.replace(":", "").replace("-", "")) != 12:
+        raise EncodingError(f"{value!r} is not an eui48 address (6 bytes)")
+    if not 0 <= number <= _EUI48_MASK:
+        raise EncodingError(f"{value} does not fit in eui48")
+    return number
+
+
+def _whole(value: int | float | str, reg_type: RegType) -> int:
+    if isinstance(value, str):
+        raise EncodingError(f"{reg_type.value} needs a number, got {value!r}")
+    if isinstance(value, float):
+        if not value.is_integer():  # also NaN and infinities
+            raise EncodingError(f"{value} is not a whole number for {reg_type.value}")
+        return int(value)
+    return value
+
+
 def encode(
     value: int | float | str,
     reg_type: RegType,
@@ -159,41 +266,41 @@ def encode(
     *,
     string_words: int = 0,
 ) -> list[int]:
-    """A raw value (after scaling) to registers. Raises ValueError if it does not fit."""
+    """A raw value (after scaling) to registers.
+
+    Raises EncodingError (a ProtocolError) if it does not fit: out of the type's range, not a
+    whole number for an integer type, beyond float32's range, or not an address."""
     if reg_type is RegType.STRING:
         data = str(value).encode("utf-8")
         size = words_of(reg_type, string_words) * 2
         if len(data) > size:
-            raise ValueError(f"string of {len(data)} bytes does not fit in {size}")
+            raise EncodingError(f"string of {len(data)} bytes does not fit in {size}")
         data = data.ljust(size, b"\0")
         return [int.from_bytes(data[i : i + 2], "big") for i in range(0, size, 2)]
     count = _WORDS[reg_type]
-    if reg_type is RegType.F32:
-        unsigned = int.from_bytes(struct.pack(">f", float(value)), "big")
-        return _split(unsigned, 2, order)
-    if isinstance(value, float):
-        if not value.is_integer():
-            raise ValueError(f"{value} is not a whole number for {reg_type.value}")
-        value = int(value)
-    if not isinstance(value, int):
-        raise TypeError(f"{reg_type.value} needs a number, got {value!r}")
+    if reg_type in _FLOAT_FORMATS:
+        return _split(_float_bits(value, reg_type), count, order)
+    if reg_type in (RegType.EUI48, RegType.IPADDR, RegType.IPV6ADDR):
+        return _split(_address_bits(value, reg_type), count, order)
+    integer = _whole(value, reg_type)
     bits = 16 * count
     if reg_type in _SIGNED:
         low, high = -(1 << (bits - 1)), (1 << (bits - 1)) - 1
     else:
         low, high = 0, (1 << bits) - 1
-    if not low <= value <= high:
-        raise ValueError(f"{value} does not fit in {reg_type.value}")
-    return _split(value & ((1 << bits) - 1), count, order)
+    if not low <= integer <= high:
+        raise EncodingError(f"{integer} does not fit in {reg_type.value}")
+    return _split(integer & ((1 << bits) - 1), count, order)
 
 
 def not_implemented(reg_type: RegType, string_words: int = 0) -> list[int]:
     """The registers SunSpec uses to say "this point is not implemented"."""
     if reg_type is RegType.STRING:
         return [0] * words_of(reg_type, string_words)
-    if reg_type is RegType.F32:
-        return _split(_F32_NAN_BITS, 2, WordOrder.HIGH_FIRST)
-    return _split(_NOT_IMPLEMENTED.get(reg_type, 0), _WORDS[reg_type], WordOrder.HIGH_FIRST)
+    count = _WORDS[reg_type]
+    if reg_type in _FLOAT_NAN_BITS:
+        return _split(_FLOAT_NAN_BITS[reg_type], count, WordOrder.HIGH_FIRST)
+    return _split(_NOT_IMPLEMENTED.get(reg_type, 0), count, WordOrder.HIGH_FIRST)
 
 
 def scaled(raw: int | float, scale_factor: int) -> float:
@@ -202,8 +309,12 @@ def scaled(raw: int | float, scale_factor: int) -> float:
 
 
 def unscaled(value: float, scale_factor: int) -> int:
-    """The raw integer that represents ``value`` at this scale factor (rounded half away)."""
+    """The raw integer that represents ``value`` at this scale factor (rounded half away).
+
+    Raises EncodingError for a value that is not a finite number (nothing to write)."""
     raw = value / (10.0**scale_factor)
+    if not math.isfinite(raw):
+        raise EncodingError(f"{value} at scale factor {scale_factor} is not a finite number")
     return int(math.copysign(math.floor(abs(raw) + 0.5), raw))
 
 

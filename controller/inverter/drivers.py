@@ -5,18 +5,31 @@ SunSpec (701 W, 704 WSet, 103 W) + is generation, i.e. export, i.e. discharging 
 Every write is read back and compared (``SetpointNotTakenError`` otherwise); nothing is assumed.
 Every command re-arms the inverter's own revert timer, so a silent controller leaves the inverter
 at 0 W after ``revert_timeout_s``.
+
+A command whose registers cannot hold it (a scale factor inside SunSpec's -10..10 that overflows
+the point, e.g. WSet_SF -6 at 3 kW) is refused with a ProtocolError before anything is written.
+Every reading passes a plausibility screen (``PlausibilityScreen``) before it becomes an
+``InverterState``: a value outside its physical band is unknown (None), never a measurement
+(issue 16, items 4 and 12).
 """
 
 from __future__ import annotations
 
+import dataclasses
+import math
+from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Protocol
+
+import structlog
 
 from controller.core.snapshots import InverterState
 from controller.errors import InverterLinkError, ProtocolError
 from controller.inverter.codec import unscaled
 from controller.inverter.sunspec import ModelValues, SunSpecDevice
 from controller.inverter.transport import ModbusTransport
+
+log = structlog.get_logger(component="inverter")
 
 ENABLED = 1
 DISABLED = 0
@@ -27,6 +40,17 @@ CONN_CONNECTED = 1  # 701 ConnSt
 STA713_ERROR = 2  # 713 Sta
 STATE802_FAULT = 99  # 802 State
 STORCTL_CHARGE_AND_DISCHARGE = 0b11  # 124 StorCtl_Mod: both rate controls active
+
+# Physical bands for measured values (issue 16, item 12). A value outside is a broken sensor, a
+# wrong scale factor or a corrupt register (-4.6e11 C and 12 MW were seen inside the legal int
+# range), never a measurement: it becomes None, so it cannot feed the wear count or the ledger.
+# The core's range for any temperature (core/rules.py TEMPERATURE_RANGE_C; a test keeps them
+# equal): a reading the core would judge implausible is also a fault here (see the screen).
+TEMPERATURE_BAND_C = (-60.0, 150.0)
+RATING_MARGIN = 1.2  # measured |W| may exceed the rating by meter error and transients, not more
+MAX_POWER_W = 400_000.0  # no charger this controller drives is larger (config: powers le=400 kW)
+MAX_DC_VOLTAGE_V = 1500.0  # the low-voltage directive's DC ceiling (as core/rules.py)
+TEMPERATURE_IMPLAUSIBLE = "inverter temperature reading implausible (outside -60..150 C)"
 
 
 @dataclass(frozen=True, slots=True)
@@ -72,6 +96,98 @@ def _identity(common: ModelValues, profile: str, models: list[int]) -> DeviceInf
     )
 
 
+class PlausibilityScreen:
+    """Sets measured values outside their physical band to None (unknown) before they become
+    state; each point is logged the first time it is set aside, not on every poll (``rejected``
+    counts them).
+
+    - Power: the rating of the direction it flows (the other direction's, or ``rated_power_w``
+      from config, where the device reports none) x RATING_MARGIN, never beyond MAX_POWER_W.
+      The core counts the larger of command and measurement, so unknown loses no protection.
+    - Temperature: TEMPERATURE_BAND_C, and out of it also a fault. The core treats a temperature
+      outside its range as "allows nothing" but None as "not reported, full power"
+      (core/rules.py derate_fraction), so None alone would turn a broken sensor's 0 W into full
+      power.
+    - Energy counters never below 0 (acc32/acc64 are unsigned); the ledger judges their steps
+      (ledger/accounting.py counter_step). DC voltage 0..MAX_DC_VOLTAGE_V.
+    - Ratings are not measurements and pass unchanged: the core already reads a rating that is
+      not a finite number >= 0 as "permits nothing" (core/rules.py cap_value), which None would
+      loosen. They set the power band only when finite and above 0.
+    """
+
+    def __init__(self, rated_power_w: float | None = None) -> None:
+        self.rated_power_w = rated_power_w
+        self.rejected: dict[str, int] = {}
+
+    def band(self, point: str, value: float | None, low: float, high: float) -> float | None:
+        """``value`` if it is a finite number within low..high, else None (logged once)."""
+        if value is None:
+            return None
+        if math.isfinite(value) and low <= value <= high:
+            return value
+        count = self.rejected.get(point, 0)
+        if count == 0:
+            log.warning(
+                "implausible inverter reading taken as unknown",
+                point=point,
+                value=value,
+                band=f"{low:g}..{high:g}",
+            )
+        self.rejected[point] = count + 1
+        return None
+
+    def power_limit_w(
+        self, power_w: float, charge_w: float | None, discharge_w: float | None
+    ) -> float:
+        """The largest plausible |power| in the direction of ``power_w`` (+ charges)."""
+        own, other = (charge_w, discharge_w) if power_w > 0 else (discharge_w, charge_w)
+        usable = [r for r in (own, other, self.rated_power_w) if r is not None and _rating(r)]
+        return min(MAX_POWER_W, usable[0] * RATING_MARGIN) if usable else MAX_POWER_W
+
+    def screen(self, state: InverterState) -> InverterState:
+        """The state with every implausible measured value replaced by None."""
+        power_w = state.measured_power_w
+        limit_w = MAX_POWER_W
+        if power_w is not None and math.isfinite(power_w):
+            limit_w = self.power_limit_w(
+                power_w, state.max_charge_power_w, state.max_discharge_power_w
+            )
+        temperature_c = self.band("temperature_c", state.temperature_c, *TEMPERATURE_BAND_C)
+        faults = state.faults
+        if temperature_c is None and state.temperature_c is not None:
+            faults = (*faults, TEMPERATURE_IMPLAUSIBLE)
+        return dataclasses.replace(
+            state,
+            measured_power_w=self.band("measured_power_w", power_w, -limit_w, limit_w),
+            dc_voltage_v=self.band("dc_voltage_v", state.dc_voltage_v, 0.0, MAX_DC_VOLTAGE_V),
+            temperature_c=temperature_c,
+            faults=faults,
+            energy_charged_wh=self.band(
+                "energy_charged_wh", state.energy_charged_wh, 0.0, math.inf
+            ),
+            energy_discharged_wh=self.band(
+                "energy_discharged_wh", state.energy_discharged_wh, 0.0, math.inf
+            ),
+        )
+
+
+def _rating(value: float) -> bool:
+    """A rating that can bound a measurement: a finite number above 0."""
+    return math.isfinite(value) and value > 0
+
+
+def _encodable(device: SunSpecDevice, model_id: int, values: Mapping[str, int], what: str) -> None:
+    """Refuse a command whose raw values do not fit their points, before anything is written.
+
+    SunSpec allows any scale factor in -10..10, so a legal SF can overflow a point: WSet_SF -6
+    puts 3 kW at 3e9, beyond int32 (704 WSet); InOutWRte_SF -3 puts 100 % at 100000, beyond int16
+    (124 InWRte/OutWRte)."""
+    try:
+        device.encode_points(model_id, values)
+    except ProtocolError as exc:
+        raise ProtocolError(f"{what} refused: {exc}") from None
+
+
 class _SunSpecDriverBase:
     """What both SunSpec dialects keep: the transport, the revert time, the discovered device
     (given, or discovered at setup) and the ratings read at setup."""
@@ -81,10 +197,12 @@ class _SunSpecDriverBase:
         transport: ModbusTransport,
         revert_timeout_s: float,
         device: SunSpecDevice | None = None,
+        screen: PlausibilityScreen | None = None,
     ) -> None:
         self._transport = transport
         self._revert_timeout_s = revert_timeout_s
         self._device = device
+        self._screen = screen or PlausibilityScreen()
         self._max_charge_w: float | None = None
         self._max_discharge_w: float | None = None
 
@@ -158,7 +276,7 @@ class SunSpec700Driver(_SunSpecDriverBase):
                 for name in _bit_names(alarms, _symbols(battery, "Evt1"))
                 if name.endswith(("_ALARM", "_ERROR", "GROUND_FAULT"))  # warnings are not faults
             )
-        return InverterState(
+        state = InverterState(
             observed_at_s=now_s,
             reachable=True,
             enabled=enabled,
@@ -170,16 +288,21 @@ class SunSpec700Driver(_SunSpecDriverBase):
             energy_charged_wh=meas.value("TotWhAbs"),
             energy_discharged_wh=meas.value("TotWhInj"),
         )
+        return self._screen.screen(state)
 
     async def command(self, power_w: float, enable: bool) -> None:
         device = self.device
-        wset = unscaled(-power_w if enable else 0.0, self._wset_sf)  # SunSpec + = export
+        what = f"{power_w:.0f} W at WSet_SF {self._wset_sf}"
+        try:
+            wset = unscaled(-power_w if enable else 0.0, self._wset_sf)  # SunSpec + = export
+        except ProtocolError as exc:
+            raise ProtocolError(f"{what} refused: {exc}") from None
+        values = {"WSetEna": ENABLED, "WSetMod": WSET_MOD_WATTS, "WSet": wset}
+        _encodable(device, 704, values, what)
         if enable and device.has(703):
             await device.write_verified(703, {"ES": ENABLED})
         # WSet is written even when unchanged: each write restarts the revert timer.
-        await device.write_verified(
-            704, {"WSetEna": ENABLED, "WSetMod": WSET_MOD_WATTS, "WSet": wset}
-        )
+        await device.write_verified(704, values)
         if not enable and device.has(703):
             await device.write_verified(703, {"ES": DISABLED})
 
@@ -229,7 +352,7 @@ class SunSpec100Driver(_SunSpecDriverBase):
         if device.has(123):
             enabled = (await device.read(123)).integer("Conn") == ENABLED
         watts = meas.value("W")
-        return InverterState(
+        state = InverterState(
             observed_at_s=now_s,
             reachable=True,
             enabled=enabled,
@@ -242,6 +365,7 @@ class SunSpec100Driver(_SunSpecDriverBase):
             # 103 has one lifetime counter (WH, energy delivered to AC): the discharge side.
             energy_discharged_wh=meas.value("WH"),
         )
+        return self._screen.screen(state)
 
     async def command(self, power_w: float, enable: bool) -> None:
         device = self.device
@@ -250,21 +374,24 @@ class SunSpec100Driver(_SunSpecDriverBase):
             raise ProtocolError(
                 f"{abs(power_w):.0f} W exceeds the storage rating {self._rate_base_w:.0f} W"
             )
-        raw = unscaled(percent, self._rate_sf)
+        what = f"{power_w:.0f} W ({percent:g} %) at InOutWRte_SF {self._rate_sf}"
+        try:
+            raw = unscaled(percent, self._rate_sf)
+        except ProtocolError as exc:
+            raise ProtocolError(f"{what} refused: {exc}") from None
         charging = enable and power_w > 0
         discharging = enable and power_w < 0
+        values = {
+            "StorCtl_Mod": STORCTL_CHARGE_AND_DISCHARGE,
+            "OutWRte": raw if discharging else 0,
+            "InWRte": raw if charging else 0,
+        }
+        _encodable(device, 124, values, what)
         if enable and device.has(123):
             await device.write_verified(123, {"Conn": ENABLED})
         # Both rate controls active: the stage charges at InWRte % or discharges at OutWRte %
         # of WChaMax; both at 0 holds it at 0 W. Each write restarts InOutWRte_RvrtTms.
-        await device.write_verified(
-            124,
-            {
-                "StorCtl_Mod": STORCTL_CHARGE_AND_DISCHARGE,
-                "OutWRte": raw if discharging else 0,
-                "InWRte": raw if charging else 0,
-            },
-        )
+        await device.write_verified(124, values)
         if not enable and device.has(123):
             await device.write_verified(123, {"Conn": DISABLED})
 
@@ -274,18 +401,26 @@ class SunSpecDriver:
     the 100-series storage models (124). Rediscovers on every setup: an inverter whose firmware
     was updated may present another chain."""
 
-    def __init__(self, transport: ModbusTransport, revert_timeout_s: float) -> None:
+    def __init__(
+        self,
+        transport: ModbusTransport,
+        revert_timeout_s: float,
+        *,
+        rated_power_w: float | None = None,
+    ) -> None:
         self._transport = transport
         self._revert_timeout_s = revert_timeout_s
         self._active: SunSpec700Driver | SunSpec100Driver | None = None
+        # One screen across setups, so an implausible point is logged once, not once per setup.
+        self._screen = PlausibilityScreen(rated_power_w)
 
     async def setup(self) -> DeviceInfo:
         device = await SunSpecDevice.discover(self._transport)
         active: SunSpec700Driver | SunSpec100Driver
         if device.has(704):
-            active = SunSpec700Driver(self._transport, self._revert_timeout_s, device)
+            active = SunSpec700Driver(self._transport, self._revert_timeout_s, device, self._screen)
         elif device.has(124):
-            active = SunSpec100Driver(self._transport, self._revert_timeout_s, device)
+            active = SunSpec100Driver(self._transport, self._revert_timeout_s, device, self._screen)
         else:
             raise InverterLinkError(
                 f"no SunSpec power control model (704 or 124) in chain {device.model_ids}"

@@ -3,17 +3,23 @@
 The map names each register (address, function, type, word order, scale, access) and which of
 them are the setpoint, enable, heartbeat, status and fault registers. Reads are grouped into as
 few requests as the addresses allow; every write is read back and compared.
+
+A status, fault or enable register that holds no whole number (an f32 NaN or infinity, 1.5) is
+a fault with a reason, never a crash; measured values pass the same plausibility screen as the
+SunSpec drivers'; a setpoint the register cannot hold is refused with a ProtocolError
+(issue 16, items 4 and 12).
 """
 
 from __future__ import annotations
 
+import math
 from collections.abc import Iterable
 
 from controller.config import MapRegister, RegisterMap
 from controller.core.snapshots import InverterState
 from controller.errors import ProtocolError
 from controller.inverter.codec import RegType, WordOrder, decode, encode
-from controller.inverter.drivers import DeviceInfo
+from controller.inverter.drivers import DeviceInfo, PlausibilityScreen
 from controller.inverter.sunspec import SetpointNotTakenError
 from controller.inverter.transport import MAX_READ_REGISTERS, ModbusTransport
 
@@ -32,11 +38,17 @@ class RegisterMapDriver:
     """Drives an inverter through its vendor register map."""
 
     def __init__(
-        self, transport: ModbusTransport, register_map: RegisterMap, revert_timeout_s: float
+        self,
+        transport: ModbusTransport,
+        register_map: RegisterMap,
+        revert_timeout_s: float,
+        *,
+        rated_power_w: float | None = None,
     ) -> None:
         self._transport = transport
         self._map = register_map
         self._revert_timeout_s = revert_timeout_s
+        self._screen = PlausibilityScreen(rated_power_w)
         self._counter = 0
         roles = register_map.roles
         wanted = [
@@ -64,12 +76,16 @@ class RegisterMapDriver:
     def _encode(self, name: str, value: float) -> list[int]:
         register = self._register(name)
         raw = value / register.scale
+        if not math.isfinite(raw):  # nothing to write; round() would raise on it
+            raise ProtocolError(
+                f"{name}: {value} / scale {register.scale:g} is not a finite number"
+            )
         if register.type != "f32":
             raw = round(raw)
         try:
             return encode(raw, MAP_TYPES[register.type], self._order(register))
-        except ValueError as exc:
-            raise ProtocolError(f"{name}: {exc}") from None
+        except ProtocolError as exc:  # codec.EncodingError: the value does not fit
+            raise ProtocolError(f"{name}: {value:g} refused: {exc}") from None
 
     async def _read_all(self) -> dict[str, float]:
         values: dict[str, float] = {}
@@ -115,35 +131,47 @@ class RegisterMapDriver:
         roles = self._map.roles
         faults: list[str] = []
         if roles.status is not None:
-            state = int(values[roles.status.register_name])
-            if state in roles.status.fault_values:
+            name = roles.status.register_name
+            state = _whole(values[name])
+            if state is None:
+                faults.append(f"status register {name}: {values[name]:g} is not a state")
+            elif state in roles.status.fault_values:
                 faults.append(f"inverter state {roles.status.names.get(state, state)}")
         if roles.fault is not None:
-            code = int(values[roles.fault.register_name])
-            if code:
+            name = roles.fault.register_name
+            code = _whole(values[name])
+            if code is None:
+                faults.append(f"fault register {name}: {values[name]:g} is not a fault code")
+            elif code:
                 faults.append(f"fault {code} ({roles.fault.names.get(code, 'unknown')})")
         power = values[roles.measured_power.register_name]
         if roles.measured_power.sign == "export_positive":
             power = -power
         enabled = True
         if roles.enable is not None:
-            enabled = int(values[roles.enable.register_name]) == roles.enable.on
+            name = roles.enable.register_name
+            flag = _whole(values[name])
+            if flag is None:
+                faults.append(f"enable register {name}: {values[name]:g} is not a whole number")
+            enabled = flag == roles.enable.on
 
         def optional(name: str | None) -> float | None:
             return None if name is None else values[name]
 
-        return InverterState(
-            observed_at_s=now_s,
-            reachable=True,
-            enabled=enabled,
-            measured_power_w=power,
-            dc_voltage_v=optional(roles.dc_voltage),
-            max_charge_power_w=optional(roles.max_charge_power),
-            max_discharge_power_w=optional(roles.max_discharge_power),
-            temperature_c=optional(roles.temperature),
-            faults=tuple(faults),
-            energy_charged_wh=optional(roles.energy_charged),
-            energy_discharged_wh=optional(roles.energy_discharged),
+        return self._screen.screen(
+            InverterState(
+                observed_at_s=now_s,
+                reachable=True,
+                enabled=enabled,
+                measured_power_w=power,
+                dc_voltage_v=optional(roles.dc_voltage),
+                max_charge_power_w=optional(roles.max_charge_power),
+                max_discharge_power_w=optional(roles.max_discharge_power),
+                temperature_c=optional(roles.temperature),
+                faults=tuple(faults),
+                energy_charged_wh=optional(roles.energy_charged),
+                energy_discharged_wh=optional(roles.energy_discharged),
+            )
         )
 
     async def command(self, power_w: float, enable: bool) -> None:
@@ -164,6 +192,12 @@ class RegisterMapDriver:
         if roles.heartbeat.kind == "counter":
             self._counter = (self._counter + 1) % 0x10000
             await self._write_verified(roles.heartbeat.register_name, self._counter)
+
+
+def _whole(value: float) -> int | None:
+    """A status, fault or enable value as an integer; None for NaN, infinities and fractions
+    (an f32 register, or a scale that does not divide), which name no state."""
+    return int(value) if math.isfinite(value) and value.is_integer() else None
 
 
 def _batches(

@@ -3,6 +3,10 @@
 Discovery (SunSpec Modbus spec, "Device discovery"): the client looks for "SunS" (0x5375 0x6E53)
 at base addresses 40000, 0 and 50000, then walks ``[ID, L, ...L registers]`` blocks until ID
 0xFFFF. Values carry scale factors (value = raw x 10^SF) held in their own ``sunssf`` points.
+
+A model with no usable definition (a vendor model, a type the loader does not know) is walked
+past, never fatal. A chain that leaves the Modbus address space (a corrupt L) is a
+ProtocolError: nothing but the project's own errors leaves this module (issue 16, items 1, 4).
 """
 
 from __future__ import annotations
@@ -12,13 +16,14 @@ from dataclasses import dataclass
 
 from controller.errors import InverterLinkError, ProtocolError
 from controller.inverter.codec import check_scale_factor, decode, encode
-from controller.inverter.sunspec_models import ModelDef, UnknownModelError, model_def
+from controller.inverter.sunspec_models import ModelDef, usable_model_def
 from controller.inverter.transport import ModbusExceptionResponse, ModbusTransport
 
 SUNS_MARKER = (0x5375, 0x6E53)  # "SunS"
 BASE_ADDRESSES = (40000, 0, 50000)
 END_MODEL_ID = 0xFFFF
 MAX_MODELS = 64  # a real device has a handful; more means the chain is corrupt
+LAST_ADDRESS = 0xFFFF  # Modbus register addresses are 16 bits (Modbus application protocol 4.4)
 
 
 @dataclass(frozen=True, slots=True)
@@ -109,15 +114,24 @@ class SunSpecDevice:
         blocks: list[ModelBlock] = []
         address = base + 2
         for _ in range(MAX_MODELS):
+            if address > LAST_ADDRESS:
+                raise ProtocolError(
+                    f"SunSpec chain at {base} runs past register {LAST_ADDRESS} "
+                    f"(next model at {address}; models so far {[b.model_id for b in blocks]})"
+                )
             (model_id,) = await transport.read_holding(address, 1)
             if model_id == END_MODEL_ID:
                 return cls(transport, base, blocks)
+            if address + 1 > LAST_ADDRESS:
+                raise ProtocolError(f"model {model_id} at {address} has no room for its length L")
             (length,) = await transport.read_holding(address + 1, 1)
-            definition: ModelDef | None
-            try:
-                definition = model_def(model_id)
-            except UnknownModelError:
-                definition = None  # vendor models are skipped, not fatal
+            if address + 2 + length - 1 > LAST_ADDRESS:
+                raise ProtocolError(
+                    f"model {model_id} at {address} with L={length} ends past register "
+                    f"{LAST_ADDRESS}: a corrupt length"
+                )
+            # None for a model without a usable definition: walked past, logged once, not fatal.
+            definition = usable_model_def(model_id)
             # A shorter L than the definition's is an older revision of the model (704 and 802
             # were revised in 2024-25): points beyond L are treated as absent, never guessed.
             blocks.append(ModelBlock(model_id, address, length, definition))
@@ -149,7 +163,10 @@ class SunSpecDevice:
                 raise InverterLinkError(
                     f"point {name} lies beyond model {model_id}'s length on this device"
                 )
-            regs = encode(raw, point.reg_type, string_words=point.size)
+            try:
+                regs = encode(raw, point.reg_type, string_words=point.size)
+            except ProtocolError as exc:  # codec.EncodingError: the value does not fit
+                raise ProtocolError(f"model {model_id} {name} = {raw!r} refused: {exc}") from None
             pieces.append((block.address + point.offset, regs))
         return _merge(pieces)
 

@@ -10,6 +10,7 @@ from hypothesis import strategies as st
 
 from controller.errors import ProtocolError
 from controller.inverter.codec import (
+    EncodingError,
     RegType,
     WordOrder,
     check_scale_factor,
@@ -31,6 +32,7 @@ INTEGER_RANGES = {
     RegType.ACC32: (0, 0xFFFF_FFFF),
     RegType.ENUM16: (0, 0xFFFF),
     RegType.BITFIELD32: (0, 0xFFFF_FFFF),
+    RegType.BITFIELD64: (0, 2**64 - 1),
     RegType.SUNSSF: (-0x8000, 0x7FFF),
 }
 
@@ -92,6 +94,11 @@ def test_word_order_matters() -> None:
         RegType.F32,
         RegType.ENUM16,
         RegType.BITFIELD32,
+        RegType.BITFIELD64,
+        RegType.F64,
+        RegType.IPADDR,
+        RegType.IPV6ADDR,
+        RegType.EUI48,
     ],
 )
 def test_not_implemented_reads_as_none(reg_type: RegType) -> None:
@@ -137,14 +144,18 @@ def test_decode_accepts_well_formed_and_rejects_malformed_registers(
     if reg_type is RegType.STRING:  # None only for a blank string
         assert value is None or (isinstance(value, str) and value)
     elif value is None:  # only SunSpec's "not implemented" reads as None
-        if reg_type is RegType.F32:
-            raw = decode(registers, RegType.F32)
+        if reg_type in (RegType.F32, RegType.F64):
+            raw = decode(registers, reg_type)
             assert isinstance(raw, float)
             assert math.isnan(raw)
+        elif reg_type is RegType.EUI48:  # all ones (SunSpec) or all zeros (pysunspec2)
+            assert registers[1:] in ([0, 0, 0], [0xFFFF] * 3)
         else:
             assert registers == not_implemented(reg_type)
     elif reg_type is RegType.PAD:
         assert value == 0
+    elif reg_type is RegType.EUI48:  # the first (pad) word carries nothing
+        assert encode(value, reg_type)[1:] == registers[1:]
     else:
         assert encode(value, reg_type) == registers
 
@@ -166,3 +177,93 @@ def test_scale_factor_range() -> None:
         check_scale_factor(11)
     with pytest.raises(ProtocolError):
         check_scale_factor(None)
+
+
+@given(st.floats(allow_nan=False), st.sampled_from(list(WordOrder)))
+def test_float64_round_trips(value: float, order: WordOrder) -> None:
+    """float64 (4 registers) round-trips exactly; its NaN sentinel reads as None."""
+    registers = encode(value, RegType.F64, order)
+    assert len(registers) == 4
+    assert decode(registers, RegType.F64, order) == value
+
+
+@given(st.ip_addresses(v=4))
+def test_ipv4_addresses_round_trip(address: object) -> None:
+    """ipaddr is 2 registers and decodes to dotted form (models 12 and 14)."""
+    registers = encode(str(address), RegType.IPADDR)
+    assert len(registers) == words_of(RegType.IPADDR) == 2
+    assert decode(registers, RegType.IPADDR) == str(address)
+
+
+@given(st.ip_addresses(v=6))
+def test_ipv6_addresses_round_trip(address: object) -> None:
+    """ipv6addr is 8 registers and decodes to the compressed form."""
+    registers = encode(str(address), RegType.IPV6ADDR)
+    assert len(registers) == words_of(RegType.IPV6ADDR) == 8
+    assert decode(registers, RegType.IPV6ADDR) == str(address)
+
+
+@given(st.binary(min_size=6, max_size=6))
+def test_eui48_round_trips(octets: bytes) -> None:
+    """eui48 is 4 registers, a pad word then the 6 bytes (models 11, 16), "AA:BB:..:FF"."""
+    mac = ":".join(f"{b:02X}" for b in octets)
+    registers = encode(mac, RegType.EUI48)
+    assert len(registers) == 4
+    assert registers[0] == 0
+    expected = None if octets in (bytes(6), b"\xff" * 6) else mac
+    assert decode(registers, RegType.EUI48, sunspec_sentinels=True) == expected
+    assert decode(registers, RegType.EUI48) == mac
+
+
+def test_eui48_wire_layout() -> None:
+    """02:00:5E:10:00:01 is [0x0000, 0x0200, 0x5E10, 0x0001]; a pad word is ignored."""
+    assert encode("02:00:5E:10:00:01", RegType.EUI48) == [0x0000, 0x0200, 0x5E10, 0x0001]
+    assert decode([0x1234, 0x0200, 0x5E10, 0x0001], RegType.EUI48) == "02:00:5E:10:00:01"
+    assert decode([0, 0x0200, 0x5E10, 0x0001], RegType.EUI48) == "02:00:5E:10:00:01"
+
+
+ANY_VALUE = st.one_of(
+    st.integers(-(2**70), 2**70),
+    st.floats(),
+    st.floats(width=32),
+    st.text(max_size=40),
+    st.sampled_from(["192.168.0.1", "fe80::1", "02:00:5E:10:00:01", "0x10", "1_0"]),
+)
+
+
+@given(st.sampled_from(list(RegType)), ANY_VALUE, st.integers(1, 8))
+def test_encode_refuses_only_with_a_protocol_error(
+    reg_type: RegType, value: int | float | str, string_words: int
+) -> None:
+    """Any value for any type is either encoded into words of the type's size, or refused with
+    EncodingError, a ProtocolError: never an OverflowError, TypeError or bare ValueError."""
+    try:
+        registers = encode(value, reg_type, string_words=string_words)
+    except EncodingError:
+        return
+    assert len(registers) == words_of(reg_type, string_words)
+    assert all(0 <= r <= 0xFFFF for r in registers)
+
+
+@pytest.mark.parametrize(
+    ("value", "reg_type"),
+    [
+        (1e39, RegType.F32),  # beyond float32: struct raised OverflowError
+        ("W", RegType.I16),  # not a number: encode raised TypeError
+        (math.nan, RegType.I32),
+        (math.inf, RegType.U16),
+        ("300.1.1.1", RegType.IPADDR),
+        ("02:00:5E", RegType.EUI48),
+    ],
+)
+def test_encode_refusals_are_protocol_errors(value: int | float | str, reg_type: RegType) -> None:
+    """What used to escape as OverflowError, TypeError or ValueError is a ProtocolError."""
+    with pytest.raises(ProtocolError):
+        encode(value, reg_type)
+
+
+@pytest.mark.parametrize("value", [math.nan, math.inf, -math.inf])
+def test_unscaled_refuses_non_finite_values(value: float) -> None:
+    """Nothing to write for NaN or infinity: EncodingError, not ValueError / OverflowError."""
+    with pytest.raises(EncodingError, match="not a finite number"):
+        unscaled(value, -2)
