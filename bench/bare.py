@@ -12,7 +12,8 @@ to the write landing at the inverter simulator, as it does for the daemon:
 ``mqtt``
     A paho-mqtt client (MQTT 5, QoS 1, TCP_NODELAY as the daemon sets) in paho's own loop,
     subscribed to the setpoint topic; each message's JSON ``power_w`` turned into the 124 rate
-    pair (percent of WChaMax, charge in InWRte, discharge in OutWRte) and written the same way.
+    pair that pins the window on it (InWRte % of WChaMax, OutWRte % of WDisChaMax, the other
+    edge negated, as the daemon's driver writes them) and written the same way.
 
 It prints ``ready`` once it listens and ``done <tag>`` after each write (the frame's data in hex,
 or the setpoint's id), so the bench knows when to read the simulator's write log. The setup the
@@ -112,9 +113,14 @@ def react_to_setpoints(args: argparse.Namespace) -> None:
     def on_message(_client: mqtt.Client, _userdata: Any, message: mqtt.MQTTMessage) -> None:
         setpoint = json.loads(message.payload)
         power_w = float(setpoint["power_w"])
-        raw = round(abs(power_w) / args.rate_base_w * 100.0 / percent_per_raw)
-        out_raw, in_raw = (raw, 0) if power_w < 0 else (0, raw if power_w > 0 else 0)
-        _write(modbus, args.address, [out_raw, in_raw], args.unit)
+        in_raw = round(abs(power_w) / args.rate_base_w * 100.0 / percent_per_raw)
+        out_raw = round(abs(power_w) / args.discharge_base_w * 100.0 / percent_per_raw)
+        # 124's rates are limits: both edges of the window pinned on the power.
+        if power_w > 0:
+            out_raw = -out_raw
+        elif power_w < 0:
+            in_raw = -in_raw
+        _write(modbus, args.address, [out_raw & 0xFFFF, in_raw & 0xFFFF], args.unit)  # int16
         print("done", setpoint["id"], flush=True)
 
     client = mqtt.Client(
@@ -148,6 +154,9 @@ def main(argv: list[str] | None = None) -> int:
     setpoints.add_argument("--broker-port", type=int, required=True)
     setpoints.add_argument("--topic", required=True)
     setpoints.add_argument("--rate-base-w", type=float, required=True, help="124 WChaMax in W")
+    setpoints.add_argument(
+        "--discharge-base-w", type=float, required=True, help="WDisChaMax (120 MaxDisChaRte) in W"
+    )
     setpoints.add_argument("--rate-sf", type=int, required=True, help="124 InOutWRte_SF")
     args = parser.parse_args(argv)
     # SIGTERM from the bench: leave through the finally blocks (sockets closed).

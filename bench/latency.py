@@ -366,6 +366,7 @@ async def setpoint_floor_trials(setup: Setup, trace: PlantTrace, n: int) -> Floo
         raise RuntimeError(f"cannot connect to the inverter simulator on {setup.inverter_port}")
     try:
         rate_base_w = await _read_register(setup_client, image.address(124, "WChaMax"))
+        discharge_base_w = await _read_register(setup_client, image.address(120, "MaxDisChaRte"))
         rate_sf = await _read_register(setup_client, image.address(124, "InOutWRte_SF"))
         rate_sf -= 0x10000 if rate_sf >= 0x8000 else 0  # sunssf: int16
         await _write_registers(setup_client, mode_at, [STORCTL_CHARGE_AND_DISCHARGE])
@@ -384,6 +385,8 @@ async def setpoint_floor_trials(setup: Setup, trace: PlantTrace, n: int) -> Floo
             topic,
             "--rate-base-w",
             str(rate_base_w),
+            "--discharge-base-w",
+            str(discharge_base_w),
             "--rate-sf",
             str(rate_sf),
         ]

@@ -23,6 +23,7 @@ import ipaddress
 import math
 import struct
 from collections.abc import Sequence
+from fractions import Fraction
 
 from controller.errors import ProtocolError
 
@@ -316,6 +317,22 @@ def unscaled(value: float, scale_factor: int) -> int:
     if not math.isfinite(raw):
         raise EncodingError(f"{value} at scale factor {scale_factor} is not a finite number")
     return int(math.copysign(math.floor(abs(raw) + 0.5), raw))
+
+
+def toward_zero(value: float | Fraction, scale_factor: int) -> int:
+    """The raw integer for ``value`` at this scale factor, rounded toward zero: the largest
+    magnitude whose scaled value does not exceed ``value``'s (issue 16, item 9).
+
+    A setpoint must never exceed what was asked, nor the core's cap: 7450 W at SF 2 is 74
+    (7400 W), never 75 (7500 W). The arithmetic is exact, on a float's shortest decimal form
+    (its ``repr``, the number it was written as): in binary floating point 0.3 / 0.1 is
+    2.9999999999999996, which truncation would turn into 2. Raises EncodingError for a value
+    that is not a finite number."""
+    if isinstance(value, float):
+        if not math.isfinite(value):
+            raise EncodingError(f"{value} at scale factor {scale_factor} is not a finite number")
+        value = Fraction(repr(value))
+    return math.trunc(value / Fraction(10) ** scale_factor)
 
 
 def check_scale_factor(sf: int | None) -> int:

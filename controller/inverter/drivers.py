@@ -6,6 +6,16 @@ Every write is read back and compared (``SetpointNotTakenError`` otherwise); not
 Every command re-arms the inverter's own revert timer, so a silent controller leaves the inverter
 at 0 W after ``revert_timeout_s``.
 
+The revert timer is proven, not assumed (issue 16, item 2): the read-back of every command (the
+link re-sends it every third of the revert time) also covers the timer, its enable and the
+revert value armed at setup (704 WSetRvrt..WSetRvrtTms, 124 InOutWRte_RvrtTms, a map's timeout
+register), in one block read where they lie next to the setpoint. A device that lost them has
+them rewritten, with a log line (``RevertProof``); one that will not keep them (the rewrite reads
+back wrong, or they are lost again at the next command) is a fault with that reason.
+
+Encoding rounds toward zero (``codec.toward_zero``): a setpoint never exceeds the command, and
+so never the core's cap (issue 16, item 9).
+
 A command whose registers cannot hold it (a scale factor inside SunSpec's -10..10 that overflows
 the point, e.g. WSet_SF -6 at 3 kW) is refused with a ProtocolError before anything is written.
 Every reading passes a plausibility screen (``PlausibilityScreen``) before it becomes an
@@ -19,14 +29,15 @@ import dataclasses
 import math
 from collections.abc import Mapping
 from dataclasses import dataclass
+from fractions import Fraction
 from typing import Protocol
 
 import structlog
 
 from controller.core.snapshots import InverterState
 from controller.errors import InverterLinkError, ProtocolError
-from controller.inverter.codec import unscaled
-from controller.inverter.sunspec import ModelValues, SunSpecDevice
+from controller.inverter.codec import decode, toward_zero
+from controller.inverter.sunspec import ModelValues, SetpointNotTakenError, SunSpecDevice
 from controller.inverter.transport import ModbusTransport
 
 log = structlog.get_logger(component="inverter")
@@ -188,9 +199,68 @@ def _encodable(device: SunSpecDevice, model_id: int, values: Mapping[str, int], 
         raise ProtocolError(f"{what} refused: {exc}") from None
 
 
+class RevertNotKeptError(InverterLinkError):
+    """The device does not keep its revert settings: a rewrite read back wrong, or they were
+    lost again at the command after they had been rewritten."""
+
+
+class RevertProof:
+    """The bookkeeping of the revert proof, shared by every driver: which of the settings armed
+    at setup a read-back shows lost, the log line, and when losing them is a fault.
+
+    Lost once: rewritten (the caller writes them back, verified), logged, counted in
+    ``rewrites``. Lost again at the very next command: the device does not keep them, a
+    ``RevertNotKeptError``; so is a rewrite that reads back wrong (the caller maps it). A command
+    that finds them intact ends the streak."""
+
+    def __init__(self) -> None:
+        self.rewrites = 0
+        self._streak = 0
+
+    def reset(self) -> None:
+        """Setup armed them anew."""
+        self._streak = 0
+
+    def check(self, where: str, lost: Mapping[str, object], armed: Mapping[str, object]) -> None:
+        """``lost``: each lost setting with the value the device held instead. Raises
+        RevertNotKeptError when they were lost at the previous command too; else logs."""
+        if not lost:
+            self._streak = 0
+            return
+        if self._streak:
+            raise RevertNotKeptError(
+                f"revert timer not kept: {where} {', '.join(lost)} lost again one command after "
+                f"being rewritten (found {dict(lost)})"
+            )
+        self._streak += 1
+        self.rewrites += 1
+        log.warning(
+            "inverter lost its revert settings; rewriting them",
+            where=where,
+            found=dict(lost),
+            armed={name: armed[name] for name in lost},
+        )
+
+
+def _exact(values: ModelValues, name: str) -> Fraction | None:
+    """A point in engineering units as an exact fraction (raw x 10^SF); None if absent."""
+    raw = values.raw(name)
+    if not isinstance(raw, int):
+        return None
+    return Fraction(raw) * Fraction(10) ** values.scale_factor(name)
+
+
+def _exact_power(power_w: float) -> Fraction:
+    """A commanded power as the exact number it was written as (``codec.toward_zero``)."""
+    if not math.isfinite(power_w):
+        raise ProtocolError(f"{power_w} W refused: not a finite number")
+    return Fraction(repr(power_w))
+
+
 class _SunSpecDriverBase:
     """What both SunSpec dialects keep: the transport, the revert time, the discovered device
-    (given, or discovered at setup) and the ratings read at setup."""
+    (given, or discovered at setup), the ratings read at setup and the revert settings armed
+    there (``_armed``), which every command's read-back proves still held."""
 
     def __init__(
         self,
@@ -198,13 +268,65 @@ class _SunSpecDriverBase:
         revert_timeout_s: float,
         device: SunSpecDevice | None = None,
         screen: PlausibilityScreen | None = None,
+        proof: RevertProof | None = None,
     ) -> None:
         self._transport = transport
         self._revert_timeout_s = revert_timeout_s
         self._device = device
         self._screen = screen or PlausibilityScreen()
+        self._proof = proof or RevertProof()
+        self._armed: dict[str, int] = {}
         self._max_charge_w: float | None = None
         self._max_discharge_w: float | None = None
+
+    async def _arm(
+        self, model_id: int, armed: Mapping[str, int], also: Mapping[str, int] | None = None
+    ) -> None:
+        """Write the revert settings (with ``also``, verified) and remember them for the proof."""
+        await self.device.write_verified(model_id, {**(also or {}), **armed})
+        self._armed = dict(armed)
+        self._proof.reset()
+
+    async def _write_proven(self, model_id: int, values: Mapping[str, int]) -> None:
+        """Write ``values``, then one read spanning them and the armed revert settings: the
+        written registers must read back as written (``SetpointNotTakenError`` otherwise), the
+        armed ones as armed, or they are rewritten (``RevertProof``)."""
+        device = self.device
+        runs = device.encode_points(model_id, values)
+        armed = {
+            name: device.encode_points(model_id, {name: raw}) for name, raw in self._armed.items()
+        }
+        for address, registers in runs:
+            await self._transport.write_registers(address, registers)
+        every = runs + [run for point_runs in armed.values() for run in point_runs]
+        start = min(address for address, _ in every)
+        end = max(address + len(registers) for address, registers in every)
+        block = await self._transport.read_holding(start, end - start)
+
+        def held(address: int, count: int) -> list[int]:
+            return block[address - start : address - start + count]
+
+        for address, registers in runs:
+            readback = held(address, len(registers))
+            if readback != registers:
+                raise SetpointNotTakenError(
+                    f"model {model_id} at {address}: wrote {registers}, read back {readback}"
+                )
+        definition = device.block(model_id).definition
+        if definition is None:  # encode_points has refused it already
+            raise ProtocolError(f"model {model_id} has no definition")
+        lost: dict[str, object] = {}
+        for name, point_runs in armed.items():
+            ((address, registers),) = point_runs
+            if held(address, len(registers)) != registers:
+                point = definition.point(name)
+                lost[name] = decode(held(address, len(registers)), point.reg_type)
+        self._proof.check(f"model {model_id}", lost, self._armed)
+        if lost:
+            try:
+                await device.write_verified(model_id, {name: self._armed[name] for name in lost})
+            except SetpointNotTakenError as exc:
+                raise RevertNotKeptError(f"revert timer not kept: {exc}") from None
 
     @property
     def device(self) -> SunSpecDevice:
@@ -235,15 +357,13 @@ class SunSpec700Driver(_SunSpecDriverBase):
             self._max_discharge_w = capacity.value("WDisChaRteMaxRtg") or rating
         controls = await device.read(704)
         self._wset_sf = controls.scale_factor("WSet")
-        # Revert: after WSetRvrtTms without a write, WSet returns to WSetRvrt = 0 W.
-        await device.write_verified(
+        # Revert: after WSetRvrtTms without a write, WSet returns to WSetRvrt = 0 W, the
+        # reversion function enabled (WSetEnaRvrt). Every command's read-back proves them
+        # (offsets 22..32: WSetEna, WSetMod, WSet, WSetRvrt, WSetPct*, WSetEnaRvrt, WSetRvrtTms).
+        await self._arm(
             704,
-            {
-                "WSetMod": WSET_MOD_WATTS,
-                "WSetRvrt": 0,
-                "WSetEnaRvrt": ENABLED,
-                "WSetRvrtTms": round(self._revert_timeout_s),
-            },
+            {"WSetRvrt": 0, "WSetEnaRvrt": ENABLED, "WSetRvrtTms": round(self._revert_timeout_s)},
+            also={"WSetMod": WSET_MOD_WATTS},
         )
         await self.command(0.0, enable=False)
         return info
@@ -293,25 +413,48 @@ class SunSpec700Driver(_SunSpecDriverBase):
     async def command(self, power_w: float, enable: bool) -> None:
         device = self.device
         what = f"{power_w:.0f} W at WSet_SF {self._wset_sf}"
-        try:
-            wset = unscaled(-power_w if enable else 0.0, self._wset_sf)  # SunSpec + = export
-        except ProtocolError as exc:
-            raise ProtocolError(f"{what} refused: {exc}") from None
+        export_w = _exact_power(-power_w if enable else 0.0)  # SunSpec + = export
+        # Toward zero: 7450 W at WSet_SF 2 is 7400 W, never 7500 W (issue 16, item 9).
+        wset = toward_zero(export_w, self._wset_sf)
         values = {"WSetEna": ENABLED, "WSetMod": WSET_MOD_WATTS, "WSet": wset}
         _encodable(device, 704, values, what)
         if enable and device.has(703):
             await device.write_verified(703, {"ES": ENABLED})
-        # WSet is written even when unchanged: each write restarts the revert timer.
-        await device.write_verified(704, values)
+        # WSet is written even when unchanged: each write restarts the revert timer. Its
+        # read-back proves the mode, the enable and the revert settings too.
+        await self._write_proven(704, values)
         if not enable and device.has(703):
             await device.write_verified(703, {"ES": DISABLED})
 
 
 class SunSpec100Driver(_SunSpecDriverBase):
-    """The older inverter and storage models: 103 measurements, 120/121 ratings, 123, 124."""
+    """The older inverter and storage models: 103 measurements, 120/121 ratings, 123, 124.
+
+    Model 124's rates, as the SunSpec definition gives them (pysunspec2 model_124.json, "Basic
+    Storage Controls", whose reference is "Storage Ref 3: 8.7.4.2"):
+
+    - InWRte "Percent of max charging rate", unit "% WChaMax": the charge limit;
+    - OutWRte "Percent of max discharge rate", unit "% WDisChaMax": the discharge limit;
+    - StorCtl_Mod bit 0 CHARGE / bit 1 DISCHARGE activate them.
+
+    They are limits, not setpoints: the device runs anywhere in the window
+    -OutWRte x WDisChaMax <= P <= InWRte x WChaMax (+ charges), and a negative rate moves the
+    other edge past 0 (a negative OutWRte is a minimum charge, a negative InWRte a minimum
+    discharge). A power is therefore forced by pinning both edges on it (issue 16, item 10):
+    charging at P, InWRte = P / WChaMax and OutWRte = -P / WDisChaMax; discharging at D,
+    OutWRte = D / WDisChaMax and InWRte = -D / WChaMax; 0 W, both 0.
+
+    Model 124 names WDisChaMax as OutWRte's unit but defines no such point. Its value is taken
+    from the nameplate, model 120 MaxDisChaRte ("maximum rate of energy transfer out of the
+    storage device"), where the device has it, else WChaMax (the only base 124 carries).
+
+    Both rates round toward zero: neither edge exceeds the command, so the power that results
+    never does (5000 W with WChaMax 9000 W at SF 0 is 55 % = 4950 W, not 56 % = 5040 W).
+    """
 
     _inverter_model = 103
-    _rate_base_w = 0.0  # 124 WChaMax: the 100 % of InWRte and OutWRte
+    _charge_base_w = Fraction(0)  # WChaMax: 100 % of InWRte
+    _discharge_base_w = Fraction(0)  # WDisChaMax: 100 % of OutWRte
     _rate_sf = 0
 
     async def setup(self) -> DeviceInfo:
@@ -326,17 +469,21 @@ class SunSpec100Driver(_SunSpecDriverBase):
         self._inverter_model = inverter_model
         info = _identity(await device.read(1), "sunspec-100", device.model_ids)
         storage = await device.read(124)
-        base = storage.value("WChaMax")
-        if not base or base <= 0:
-            raise ProtocolError(f"124 WChaMax must be a positive rating, found {base}")
-        self._rate_base_w = base
+        charge_base = _exact(storage, "WChaMax")
+        if charge_base is None or charge_base <= 0:
+            found = None if charge_base is None else float(charge_base)
+            raise ProtocolError(f"124 WChaMax must be a positive rating, found {found}")
+        self._charge_base_w = self._discharge_base_w = charge_base
         self._rate_sf = storage.scale_factor("InWRte")
-        self._max_charge_w = self._max_discharge_w = base
+        self._max_charge_w = self._max_discharge_w = float(charge_base)
         if device.has(120):
             nameplate = await device.read(120)
-            self._max_charge_w = nameplate.value("MaxChaRte") or base
-            self._max_discharge_w = nameplate.value("MaxDisChaRte") or base
-        await device.write_verified(124, {"InOutWRte_RvrtTms": round(self._revert_timeout_s)})
+            self._max_charge_w = nameplate.value("MaxChaRte") or float(charge_base)
+            self._max_discharge_w = nameplate.value("MaxDisChaRte") or float(charge_base)
+            discharge_base = _exact(nameplate, "MaxDisChaRte")
+            if discharge_base is not None and discharge_base > 0:
+                self._discharge_base_w = discharge_base
+        await self._arm(124, {"InOutWRte_RvrtTms": round(self._revert_timeout_s)})
         await self.command(0.0, enable=False)
         return info
 
@@ -367,31 +514,45 @@ class SunSpec100Driver(_SunSpecDriverBase):
         )
         return self._screen.screen(state)
 
+    def _rates(self, power_w: float) -> tuple[int, int, str]:
+        """(InWRte, OutWRte) raw values that pin the window on ``power_w`` (+ charges), and the
+        command described for a refusal. Raises ProtocolError beyond the direction's base."""
+        power = _exact_power(power_w)
+        charge_pct = abs(power) * 100 / self._charge_base_w
+        discharge_pct = abs(power) * 100 / self._discharge_base_w
+        own_pct, base, name = (
+            (charge_pct, self._charge_base_w, "WChaMax")
+            if power > 0
+            else (discharge_pct, self._discharge_base_w, "WDisChaMax")
+        )
+        if own_pct > 100:
+            raise ProtocolError(
+                f"{abs(power_w):.0f} W exceeds the storage's {name} {float(base):.0f} W"
+            )
+        what = f"{power_w:.0f} W ({float(own_pct):g} %) at InOutWRte_SF {self._rate_sf}"
+        charge_raw = toward_zero(charge_pct, self._rate_sf)
+        discharge_raw = toward_zero(discharge_pct, self._rate_sf)
+        if power > 0:
+            return charge_raw, -discharge_raw, what  # at most P, at least P
+        if power < 0:
+            return -charge_raw, discharge_raw, what  # discharging at most D, at least D
+        return 0, 0, what
+
     async def command(self, power_w: float, enable: bool) -> None:
         device = self.device
-        percent = abs(power_w) / self._rate_base_w * 100.0 if enable else 0.0
-        if percent > 100.0:
-            raise ProtocolError(
-                f"{abs(power_w):.0f} W exceeds the storage rating {self._rate_base_w:.0f} W"
-            )
-        what = f"{power_w:.0f} W ({percent:g} %) at InOutWRte_SF {self._rate_sf}"
-        try:
-            raw = unscaled(percent, self._rate_sf)
-        except ProtocolError as exc:
-            raise ProtocolError(f"{what} refused: {exc}") from None
-        charging = enable and power_w > 0
-        discharging = enable and power_w < 0
+        in_raw, out_raw, what = self._rates(power_w if enable else 0.0)
         values = {
             "StorCtl_Mod": STORCTL_CHARGE_AND_DISCHARGE,
-            "OutWRte": raw if discharging else 0,
-            "InWRte": raw if charging else 0,
+            "OutWRte": out_raw,
+            "InWRte": in_raw,
         }
         _encodable(device, 124, values, what)
         if enable and device.has(123):
             await device.write_verified(123, {"Conn": ENABLED})
-        # Both rate controls active: the stage charges at InWRte % or discharges at OutWRte %
-        # of WChaMax; both at 0 holds it at 0 W. Each write restarts InOutWRte_RvrtTms.
-        await device.write_verified(124, values)
+        # Both limits active, pinned on the command (see the class docstring); both at 0 hold
+        # the stage at 0 W. Each write restarts InOutWRte_RvrtTms; one read-back (offsets
+        # 5..15) proves StorCtl_Mod, the rates and the revert timer.
+        await self._write_proven(124, values)
         if not enable and device.has(123):
             await device.write_verified(123, {"Conn": DISABLED})
 
@@ -413,14 +574,19 @@ class SunSpecDriver:
         self._active: SunSpec700Driver | SunSpec100Driver | None = None
         # One screen across setups, so an implausible point is logged once, not once per setup.
         self._screen = PlausibilityScreen(rated_power_w)
+        self.proof = RevertProof()  # counts every rewrite of lost revert settings, across setups
 
     async def setup(self) -> DeviceInfo:
         device = await SunSpecDevice.discover(self._transport)
         active: SunSpec700Driver | SunSpec100Driver
         if device.has(704):
-            active = SunSpec700Driver(self._transport, self._revert_timeout_s, device, self._screen)
+            active = SunSpec700Driver(
+                self._transport, self._revert_timeout_s, device, self._screen, self.proof
+            )
         elif device.has(124):
-            active = SunSpec100Driver(self._transport, self._revert_timeout_s, device, self._screen)
+            active = SunSpec100Driver(
+                self._transport, self._revert_timeout_s, device, self._screen, self.proof
+            )
         else:
             raise InverterLinkError(
                 f"no SunSpec power control model (704 or 124) in chain {device.model_ids}"

@@ -10,11 +10,16 @@ Two tasks share one Modbus transport (which allows one outstanding request):
 
 ``apply()`` only hands the command to the writer: the control loop never waits on Modbus.
 
-Any failure (no reply, exception response, a read-back that differs from the write, a fault
-reported by the inverter) latches the link: the snapshot carries the reason, so the core commands
-0 W, and no setpoint is written until the inverter reads healthy again and has been set up anew
-(revert timer re-armed, 0 W verified). An inverter that reports a fault is told 0 W and disabled
-once, so that it cannot resume its last setpoint by itself when the fault clears.
+Every read is checked against the commands written (``following.FollowingCheck``): an inverter
+whose measured power stays outside the band of its command is "not following", a failure like
+the others (issue 16, item 10).
+
+Any failure (no reply, exception response, a read-back that differs from the write, revert
+settings the device will not keep, not following, a fault reported by the inverter) latches the
+link: the snapshot carries the reason, so the core commands 0 W, and no setpoint is written
+until the inverter reads healthy again and has been set up anew (revert timer re-armed, 0 W
+verified). An inverter that reports a fault is told 0 W and disabled once, so that it cannot
+resume its last setpoint by itself when the fault clears.
 """
 
 from __future__ import annotations
@@ -30,6 +35,7 @@ import structlog
 from controller.core.snapshots import InverterState, PowerCommand
 from controller.errors import InverterLinkError, ProtocolError
 from controller.inverter.drivers import DeviceInfo, InverterDriver
+from controller.inverter.following import FollowingBand, FollowingCheck
 from controller.inverter.transport import ModbusTransport
 from controller.links import LinkStatus, Wake
 
@@ -55,6 +61,7 @@ class ModbusInverterLink:
         poll_interval_s: float = 0.5,
         revert_timeout_s: float = 10.0,
         retry_interval_s: float = 5.0,
+        following: FollowingBand | None = None,
         clock: Callable[[], float] = time.monotonic,
     ) -> None:
         self._transport = transport
@@ -78,6 +85,7 @@ class ModbusInverterLink:
         self._failures = 0
         self._stopping = asyncio.Event()
         self._zero_while_faulted = False
+        self._following = FollowingCheck(following)
         self.writes = 0
 
     # -- InverterLink -------------------------------------------------------------------------
@@ -133,6 +141,7 @@ class ModbusInverterLink:
         self._failures += 1
         self._phase = _Phase.SETUP
         self._written = None
+        self._following.reset()
         self._status = LinkStatus.UP if reachable else LinkStatus.DOWN
         previous = self._snapshot
         self._snapshot = InverterState(
@@ -169,6 +178,8 @@ class ModbusInverterLink:
         self._info = info
         self._written = PowerCommand.zero()
         self._written_at_s = self._clock()
+        self._following.reset()
+        self._following.command(0.0, self._written_at_s)  # setup left it at 0 W
         self._take(state)
         return True
 
@@ -220,6 +231,12 @@ class ModbusInverterLink:
                 if was_faulted and self._phase is _Phase.READY:
                     self._phase = _Phase.SETUP  # set up anew before any further setpoint
                     continue
+                if self._phase is _Phase.READY:
+                    reason = self._following.observe(state.measured_power_w, state.observed_at_s)
+                    if reason is not None:
+                        self._fail(reason, reachable=True)
+                        await asyncio.sleep(self._retry_interval_s)
+                        continue
             await asyncio.sleep(self._poll_interval_s)
 
     async def _write_loop(self) -> None:
@@ -251,3 +268,5 @@ class ModbusInverterLink:
             self.writes += 1
             self._written = command
             self._written_at_s = now_s
+            # In force from the moment the write (and its read-back) completed.
+            self._following.command(command.power_w if command.enable else 0.0, self._clock())

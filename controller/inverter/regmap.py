@@ -8,18 +8,30 @@ A status, fault or enable register that holds no whole number (an f32 NaN or inf
 a fault with a reason, never a crash; measured values pass the same plausibility screen as the
 SunSpec drivers'; a setpoint the register cannot hold is refused with a ProtocolError
 (issue 16, items 4 and 12).
+
+A setpoint is rounded toward zero, never past the command (issue 16, item 9). A "timeout"
+heartbeat register is proven on every command: the setpoint's read-back also reads it (one read
+where the two lie within a few registers), and a device that lost it has it rewritten, or is
+faulted when it will not keep it (``drivers.RevertProof``, issue 16, item 2). A "counter"
+heartbeat has no register to prove: the timeout is the device's own.
 """
 
 from __future__ import annotations
 
 import math
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
+from fractions import Fraction
 
 from controller.config import MapRegister, RegisterMap
 from controller.core.snapshots import InverterState
 from controller.errors import ProtocolError
 from controller.inverter.codec import RegType, WordOrder, decode, encode
-from controller.inverter.drivers import DeviceInfo, PlausibilityScreen
+from controller.inverter.drivers import (
+    DeviceInfo,
+    PlausibilityScreen,
+    RevertNotKeptError,
+    RevertProof,
+)
 from controller.inverter.sunspec import SetpointNotTakenError
 from controller.inverter.transport import MAX_READ_REGISTERS, ModbusTransport
 
@@ -49,8 +61,14 @@ class RegisterMapDriver:
         self._map = register_map
         self._revert_timeout_s = revert_timeout_s
         self._screen = PlausibilityScreen(rated_power_w)
+        self.proof = RevertProof()
         self._counter = 0
         roles = register_map.roles
+        # The register whose value setup arms and every command proves; None for a counter.
+        self._timeout_name = (
+            roles.heartbeat.register_name if roles.heartbeat.kind == "timeout" else None
+        )
+        self._timeout_raw = round(revert_timeout_s)
         wanted = [
             roles.measured_power.register_name,
             roles.setpoint.register_name,
@@ -81,7 +99,8 @@ class RegisterMapDriver:
                 f"{name}: {value} / scale {register.scale:g} is not a finite number"
             )
         if register.type != "f32":
-            raw = round(raw)
+            # Toward zero, exactly: a setpoint never exceeds the command (issue 16, item 9).
+            raw = math.trunc(Fraction(repr(value)) / Fraction(repr(register.scale)))
         try:
             return encode(raw, MAP_TYPES[register.type], self._order(register))
         except ProtocolError as exc:  # codec.EncodingError: the value does not fit
@@ -104,19 +123,57 @@ class RegisterMapDriver:
                 values[name] = float(raw) * register.scale
         return values
 
-    async def _write_verified(self, name: str, value: float) -> None:
+    async def _write_verified(self, name: str, value: float, *, prove: bool = False) -> None:
+        """Write one register and read it back; with ``prove``, the same read-back also proves
+        the timeout register armed at setup (rewritten when lost, ``RevertProof``)."""
         register = self._register(name)
         registers = self._encode(name, value)
         await self._transport.write_registers(register.address, registers)
-        readback = await self._transport.read_holding(register.address, len(registers))
+        runs = [(register.address, registers)]
+        timeout = self._timeout_name if prove else None
+        if timeout is not None:
+            runs.append((self._register(timeout).address, self._encode(timeout, self._timeout_raw)))
+        held = await self._read_runs(runs)
+        readback = held(register.address, len(registers))
         if readback != registers:
             raise SetpointNotTakenError(f"{name}: wrote {registers}, read back {readback}")
+        if timeout is None:
+            return
+        address, armed = runs[1]
+        found = held(address, len(armed))
+        timer = self._register(timeout)
+        lost = {} if found == armed else {timeout: decode(found, MAP_TYPES[timer.type])}
+        self.proof.check(f"register {timeout}", lost, {timeout: self._timeout_raw})
+        if lost:
+            try:
+                await self._write_verified(timeout, self._timeout_raw)
+            except SetpointNotTakenError as exc:
+                raise RevertNotKeptError(f"revert timer not kept: {exc}") from None
+
+    async def _read_runs(
+        self, runs: list[tuple[int, list[int]]]
+    ) -> Callable[[int, int], list[int]]:
+        """Read the holding registers of ``runs`` (at most two, apart) in one request where
+        ``_MAX_GAP`` registers or fewer lie between them, else one each; returns
+        (address, count) -> registers."""
+        start = min(address for address, _ in runs)
+        end = max(address + len(registers) for address, registers in runs)
+        unwanted = end - start - sum(len(registers) for _, registers in runs)
+        held: dict[int, int] = {}
+        if unwanted <= _MAX_GAP and end - start <= MAX_READ_REGISTERS:
+            block = await self._transport.read_holding(start, end - start)
+            held.update(zip(range(start, end), block, strict=True))
+        else:
+            for address, registers in runs:
+                block = await self._transport.read_holding(address, len(registers))
+                held.update(zip(range(address, address + len(registers)), block, strict=True))
+        return lambda address, count: [held[a] for a in range(address, address + count)]
 
     async def setup(self) -> DeviceInfo:
         await self._read_all()  # every mapped register answers, or the map is wrong
-        heartbeat = self._map.roles.heartbeat
-        if heartbeat.kind == "timeout":
-            await self._write_verified(heartbeat.register_name, round(self._revert_timeout_s))
+        if self._timeout_name is not None:
+            await self._write_verified(self._timeout_name, self._timeout_raw)
+        self.proof.reset()
         await self.command(0.0, enable=False)
         return DeviceInfo(
             manufacturer=self._map.manufacturer,
@@ -180,13 +237,13 @@ class RegisterMapDriver:
         if roles.setpoint.sign == "export_positive":
             setpoint = -setpoint
         if not enable:
-            await self._write_verified(roles.setpoint.register_name, 0.0)
+            await self._write_verified(roles.setpoint.register_name, 0.0, prove=True)
         if roles.enable is not None:
             await self._write_verified(
                 roles.enable.register_name, roles.enable.on if enable else roles.enable.off
             )
         if enable:
-            await self._write_verified(roles.setpoint.register_name, setpoint)
+            await self._write_verified(roles.setpoint.register_name, setpoint, prove=True)
         # A "timeout" heartbeat is restarted by the setpoint write itself; a "counter" one
         # must see a new value with every command.
         if roles.heartbeat.kind == "counter":

@@ -2,6 +2,21 @@
 
 A profile owns the register image. ``refresh`` writes the power stage's live values into it
 before a read is answered; ``apply_write`` interprets a write that has just landed.
+
+Devices as they behave in the field, switched on per profile (``RevertMemory``):
+
+- one that forgets its revert timer while the connection stays up (a firmware reset, a gateway):
+  ``forget_revert_timer()`` at the next request, or ``forget_revert_after_s`` after every
+  time it was armed; the timer register reads 0 and the stage never reverts. With
+  ``forget_controls`` it loses its control mode and enable too (704 WSetMod, WSetEna and
+  WSetEnaRvrt; 124 StorCtl_Mod; a map's enable register);
+- one that will not keep it: ``refuse_revert_timer`` acknowledges a write of the timer, then
+  holds 0.
+
+The 100-series profile treats 124's InWRte / OutWRte as limits, as field devices do: the stage
+runs at ``free_power_w`` (what the device would do by itself) clipped to the window
+-OutWRte x WDisChaMax .. InWRte x WChaMax, WDisChaMax being its nameplate's MaxDisChaRte. A device
+that ignores setpoint writes altogether is ``PowerStage.ignore_setpoints``.
 """
 
 from __future__ import annotations
@@ -46,11 +61,96 @@ class Profile(Protocol):
         ...
 
 
-class _SunSpecProfile:
+class RevertMemory:
+    """How a device keeps its revert timer: forever (the default), or it forgets it (on demand,
+    or a while after each arming), or it will not keep it at all. A profile says which
+    registers hold the timer and the controls (``_forget_timer``, ``_forget_controls``,
+    ``_spans_timer``, ``_refuse_timer``)."""
+
+    def __init__(self) -> None:
+        self.forget_revert_after_s: float | None = None
+        self.forget_controls = False
+        self.refuse_revert_timer = False
+        self.forgets = 0
+        self._forget_pending = False
+        self._refused_pending = False  # a refused write of the timer: back to 0 at the next request
+        self._armed_at_s: float | None = None
+        # The span the request being answered writes: the server stores it after the profile
+        # has seen it, so nothing done here may touch it (``_forget_if_due``).
+        self._writing: tuple[int, int] = (0, 0)
+
+    def forget_revert_timer(self) -> None:
+        """Forget the timer (and, with ``forget_controls``, the controls) at the next request."""
+        self._forget_pending = True
+
+    def timer_register_s(self) -> float:
+        """What the revert timer's register holds, in seconds."""
+        raise NotImplementedError
+
+    def _forget_timer(self, stage: PowerStage, now_s: float, spared: tuple[int, int]) -> None:
+        raise NotImplementedError
+
+    def _forget_controls(self, stage: PowerStage, now_s: float, spared: tuple[int, int]) -> None:
+        raise NotImplementedError
+
+    def _spans_timer(self, address: int, count: int) -> bool:
+        raise NotImplementedError
+
+    def _refuse_timer(self) -> None:
+        """Put the timer register back to 0 after a write of it."""
+        raise NotImplementedError
+
+    def _write_begins(self, stage: PowerStage, now_s: float, address: int, count: int) -> None:
+        """A write request: what is due happens before it (it spares what the write holds)."""
+        self._writing = (address, count)
+        self._forget_if_due(stage, now_s)
+
+    def _refresh_begins(self, stage: PowerStage, now_s: float) -> None:
+        """Every request, before it is answered (after ``_write_begins`` for a write)."""
+        self._forget_if_due(stage, now_s)
+        self._writing = (0, 0)
+
+    def _forget_if_due(self, stage: PowerStage, now_s: float) -> None:
+        """Forget what is due, sparing the registers the request being answered writes (the
+        server stores them after the profile has seen them: they landed after the forgetting)."""
+        spared = self._writing
+        if self._refused_pending and not self._spans_timer(*spared):
+            # The server stores a write after the profile has seen it: a refused write of the
+            # timer is put back to 0 here, before the next request is answered.
+            self._refused_pending = False
+            self._refuse_timer()
+        due = self._armed_at_s is not None and (
+            self.forget_revert_after_s is not None
+            and now_s - self._armed_at_s >= self.forget_revert_after_s
+        )
+        if not (self._forget_pending or due):
+            return
+        self._forget_pending = False
+        self._armed_at_s = None
+        self.forgets += 1
+        if not self._spans_timer(*spared):
+            self._forget_timer(stage, now_s, spared)
+            stage.set_revert_timeout(0.0, now_s)  # 0: never revert
+        if self.forget_controls:
+            self._forget_controls(stage, now_s, spared)
+
+    def _timer_written(self, stage: PowerStage, timeout_s: float, now_s: float) -> None:
+        if self.refuse_revert_timer:
+            self._refused_pending = True
+            stage.set_revert_timeout(0.0, now_s)
+            return
+        stage.set_revert_timeout(timeout_s, now_s)
+        self._armed_at_s = now_s if timeout_s > 0 else None
+
+
+class _SunSpecProfile(RevertMemory):
     name = "sunspec"
     models: tuple[int, ...] = ()
+    timer: tuple[int, str] = (0, "")  # (model, point) of the revert timer
+    controls: tuple[tuple[int, str], ...] = ()  # what ``forget_controls`` also sets to 0
 
     def __init__(self, stage: PowerStage) -> None:
+        super().__init__()
         self.image = SunSpecImage(SUNSPEC_BASE, self.models)
         self.start_address = SUNSPEC_BASE
         self.image.set_raw(1, "Mn", MANUFACTURER)
@@ -65,12 +165,35 @@ class _SunSpecProfile:
     def bind(self, registers: list[int]) -> None:
         self.image.registers = registers
 
+    def _zero(self, points: tuple[tuple[int, str], ...], spared: tuple[int, int]) -> None:
+        for model_id, point in points:
+            if not self.image.spans(model_id, point, *spared):
+                self.image.set_raw(model_id, point, 0)
+
+    def _forget_timer(self, stage: PowerStage, now_s: float, spared: tuple[int, int]) -> None:
+        self._zero((self.timer,), spared)
+
+    def _forget_controls(self, stage: PowerStage, now_s: float, spared: tuple[int, int]) -> None:
+        self._zero(self.controls, spared)
+
+    def _spans_timer(self, address: int, count: int) -> bool:
+        return self.image.spans(*self.timer, address, count)
+
+    def _refuse_timer(self) -> None:
+        self.image.set_raw(*self.timer, 0)
+
+    def timer_register_s(self) -> float:
+        raw = self.image.get_raw(*self.timer)
+        return float(raw) if isinstance(raw, int) else 0.0
+
 
 class SunSpec700Profile(_SunSpecProfile):
     """Models 1, 701, 702, 704, 713 (IEEE 1547-2018 DER information model)."""
 
     name = "sunspec-700"
     models = (1, 701, 702, 704, 713)
+    timer = (704, "WSetRvrtTms")
+    controls = ((704, "WSetMod"), (704, "WSetEna"), (704, "WSetEnaRvrt"))
 
     def __init__(self, stage: PowerStage) -> None:
         super().__init__(stage)
@@ -99,6 +222,7 @@ class SunSpec700Profile(_SunSpecProfile):
         img.set_raw(713, "Sta", 0)
 
     def refresh(self, stage: PowerStage, now_s: float) -> None:
+        self._refresh_begins(stage, now_s)
         stage.advance(now_s)
         img = self.image
         img.set_raw(701, "W", round(-stage.actual_w))  # SunSpec + = export
@@ -117,10 +241,16 @@ class SunSpec700Profile(_SunSpecProfile):
         img.set_raw(701, "TmpCab", round(stage.temperature_c * 10))
         img.set_raw(704, "WSetRvrtRem", round(stage.revert_remaining_s(now_s)))
 
+    def _forget_controls(self, stage: PowerStage, now_s: float, spared: tuple[int, int]) -> None:
+        super()._forget_controls(stage, now_s, spared)
+        if not self.image.spans(704, "WSetEna", *spared):
+            stage.set_enabled(False, now_s)
+
     def apply_write(self, stage: PowerStage, address: int, count: int, now_s: float) -> None:
         img = self.image
+        self._write_begins(stage, now_s, address, count)
         if img.spans(704, "WSetRvrtTms", address, count):
-            stage.set_revert_timeout(float(img.get_raw(704, "WSetRvrtTms") or 0), now_s)
+            self._timer_written(stage, float(img.get_raw(704, "WSetRvrtTms") or 0), now_s)
         if any(img.spans(704, p, address, count) for p in ("WSetEna", "WSet", "WSetPct")):
             stage.set_enabled(img.get_raw(704, "WSetEna") == 1, now_s)
             if img.get_raw(704, "WSetMod") == 1:
@@ -138,13 +268,19 @@ class SunSpec700Profile(_SunSpecProfile):
 
 
 class SunSpec100Profile(_SunSpecProfile):
-    """Models 1, 103, 120, 121, 123, 124 (inverter and storage, before IEEE 1547-2018)."""
+    """Models 1, 103, 120, 121, 123, 124 (inverter and storage, before IEEE 1547-2018).
+
+    124's rates are limits (see the module docstring): the stage runs at ``free_power_w``
+    clipped to the window they open."""
 
     name = "sunspec-100"
     models = (1, 103, 120, 121, 123, 124)
+    timer = (124, "InOutWRte_RvrtTms")
+    controls = ((124, "StorCtl_Mod"),)
 
-    def __init__(self, stage: PowerStage) -> None:
+    def __init__(self, stage: PowerStage, *, free_power_w: float = 0.0) -> None:
         super().__init__(stage)
+        self.free_power_w = free_power_w
         img = self.image
         ratings = stage.ratings
         img.set_raw(1, "Md", "BD-7 SunSpec 100 simulator")
@@ -165,12 +301,13 @@ class SunSpec100Profile(_SunSpecProfile):
         img.set_raw(123, "Conn_RvrtTms", 0)
         img.set_raw(124, "WChaMax_SF", 0)
         img.set_raw(124, "InOutWRte_SF", -1)  # rates in tenths of a percent
-        img.set_raw(124, "WChaMax", round(max(ratings.max_charge_w, ratings.max_discharge_w)))
+        img.set_raw(124, "WChaMax", round(ratings.max_charge_w))
         for point in ("StorCtl_Mod", "OutWRte", "InWRte", "InOutWRte_RvrtTms"):
             img.set_raw(124, point, 0)
         img.set_raw(124, "ChaSt", 6)  # HOLDING
 
     def refresh(self, stage: PowerStage, now_s: float) -> None:
+        self._refresh_begins(stage, now_s)
         stage.advance(now_s)
         img = self.image
         img.set_raw(103, "W", round(-stage.actual_w))  # SunSpec + = export
@@ -193,37 +330,58 @@ class SunSpec100Profile(_SunSpecProfile):
         else:
             img.set_raw(124, "ChaSt", 6)  # HOLDING
 
+    def window_w(self, stage: PowerStage) -> tuple[float, float]:
+        """(lowest, highest) power the rates allow (+ charges): -OutWRte % of WDisChaMax ..
+        InWRte % of WChaMax, each edge only while its StorCtl_Mod bit is set."""
+        img = self.image
+        mode = img.get_raw(124, "StorCtl_Mod")
+        mode = mode if isinstance(mode, int) else 0
+        lowest_w, highest_w = -stage.ratings.max_discharge_w, stage.ratings.max_charge_w
+        if mode >> STORCTL_CHARGE_BIT & 1:
+            highest_w = (
+                (img.get_value(124, "InWRte") or 0.0) / 100 * (img.get_value(124, "WChaMax") or 0.0)
+            )
+        if mode >> STORCTL_DISCHARGE_BIT & 1:
+            lowest_w = (
+                -(img.get_value(124, "OutWRte") or 0.0)
+                / 100
+                * (img.get_value(120, "MaxDisChaRte") or 0.0)
+            )
+        return lowest_w, highest_w
+
+    def _steer(self, stage: PowerStage, now_s: float) -> None:
+        lowest_w, highest_w = self.window_w(stage)
+        stage.command(min(highest_w, max(lowest_w, self.free_power_w)), now_s)
+
+    def _forget_controls(self, stage: PowerStage, now_s: float, spared: tuple[int, int]) -> None:
+        super()._forget_controls(stage, now_s, spared)
+        self._steer(stage, now_s)  # no limits active: the device goes its own way
+
     def apply_write(self, stage: PowerStage, address: int, count: int, now_s: float) -> None:
         img = self.image
+        self._write_begins(stage, now_s, address, count)
         if img.spans(123, "Conn", address, count):
             stage.set_enabled(img.get_raw(123, "Conn") == 1, now_s)
         if img.spans(124, "InOutWRte_RvrtTms", address, count):
-            stage.set_revert_timeout(float(img.get_raw(124, "InOutWRte_RvrtTms") or 0), now_s)
+            self._timer_written(stage, float(img.get_raw(124, "InOutWRte_RvrtTms") or 0), now_s)
         if any(img.spans(124, p, address, count) for p in ("StorCtl_Mod", "InWRte", "OutWRte")):
-            mode = img.get_raw(124, "StorCtl_Mod")
-            mode = mode if isinstance(mode, int) else 0
-            base_w = img.get_value(124, "WChaMax") or 0.0
-            charge_pct = img.get_value(124, "InWRte") or 0.0
-            discharge_pct = img.get_value(124, "OutWRte") or 0.0
-            power_w = 0.0
-            if mode >> STORCTL_CHARGE_BIT & 1:
-                power_w += charge_pct / 100 * base_w
-            if mode >> STORCTL_DISCHARGE_BIT & 1:
-                power_w -= discharge_pct / 100 * base_w
-            stage.command(power_w, now_s)
+            self._steer(stage, now_s)
 
     def setpoint_span(self) -> tuple[int, int]:
         return self.image.address(124, "OutWRte"), 2  # OutWRte and InWRte are adjacent
 
 
-class RegisterMapProfile:
+class RegisterMapProfile(RevertMemory):
     """A vendor inverter described by a register map file: the same file the controller reads.
 
     Input and holding registers share one image here, so a map whose input and holding
-    addresses overlap cannot be simulated (real devices keep them apart anyway).
+    addresses overlap cannot be simulated (real devices keep them apart anyway). Its revert
+    timer is a "timeout" heartbeat register; ``forget_controls`` also switches the enable
+    register off.
     """
 
     def __init__(self, register_map: RegisterMap, stage: PowerStage) -> None:
+        super().__init__()
         self.map = register_map
         self.name = f"map:{register_map.manufacturer} {register_map.model}"
         spans = [(r.address, r.address + r.words) for r in register_map.registers.values()]
@@ -279,7 +437,29 @@ class RegisterMapProfile:
         register = self.map.registers[name]
         return address < register.address + register.words and register.address < address + count
 
+    def _forget_timer(self, stage: PowerStage, now_s: float, spared: tuple[int, int]) -> None:
+        heartbeat = self.map.roles.heartbeat
+        if heartbeat.kind == "timeout" and not self._touches(heartbeat.register_name, *spared):
+            self._set(heartbeat.register_name, 0)
+
+    def _forget_controls(self, stage: PowerStage, now_s: float, spared: tuple[int, int]) -> None:
+        enable = self.map.roles.enable
+        if enable is not None and not self._touches(enable.register_name, *spared):
+            self._set(enable.register_name, enable.off)
+            stage.set_enabled(False, now_s)
+
+    def _spans_timer(self, address: int, count: int) -> bool:
+        return self._touches(self.map.roles.heartbeat.register_name, address, count)
+
+    def _refuse_timer(self) -> None:
+        self._set(self.map.roles.heartbeat.register_name, 0)
+
+    def timer_register_s(self) -> float:
+        heartbeat = self.map.roles.heartbeat
+        return self._get(heartbeat.register_name) if heartbeat.kind == "timeout" else 0.0
+
     def refresh(self, stage: PowerStage, now_s: float) -> None:
+        self._refresh_begins(stage, now_s)
         stage.advance(now_s)
         roles = self.map.roles
         measured = stage.actual_w
@@ -301,9 +481,10 @@ class RegisterMapProfile:
 
     def apply_write(self, stage: PowerStage, address: int, count: int, now_s: float) -> None:
         roles = self.map.roles
+        self._write_begins(stage, now_s, address, count)
         if self._touches(roles.heartbeat.register_name, address, count):
             if roles.heartbeat.kind == "timeout":
-                stage.set_revert_timeout(self._get(roles.heartbeat.register_name), now_s)
+                self._timer_written(stage, self._get(roles.heartbeat.register_name), now_s)
             else:
                 stage.set_revert_timeout(roles.heartbeat.timeout_s or 0.0, now_s)
         if roles.enable is not None and self._touches(roles.enable.register_name, address, count):

@@ -33,6 +33,9 @@ class PowerStage:
     # The DC side is a circuit only while the charger's DC contactors are closed (the plant sets
     # this): with them open no current flows, whatever the setpoint, and the counters stand still.
     dc_connected: bool = True
+    # A device that acknowledges setpoint writes (its registers hold them) but never acts on
+    # them: the power stays where it was. Only the measured power can tell.
+    ignore_setpoints: bool = False
     reverts: int = 0
     commands: int = 0
     _last_step_s: float | None = None
@@ -41,8 +44,10 @@ class PowerStage:
         """A new setpoint (clipped to the ratings, as a real stage would); restarts the timer."""
         self.advance(now_s)
         self.commands += 1
-        self.target_w = max(-self.ratings.max_discharge_w, min(self.ratings.max_charge_w, power_w))
         self.last_command_s = now_s
+        if self.ignore_setpoints:
+            return
+        self.target_w = max(-self.ratings.max_discharge_w, min(self.ratings.max_charge_w, power_w))
 
     def set_enabled(self, enabled: bool, now_s: float) -> None:
         self.advance(now_s)

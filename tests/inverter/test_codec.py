@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import math
+from fractions import Fraction
 
 import pytest
 from hypothesis import given
@@ -18,6 +19,7 @@ from controller.inverter.codec import (
     encode,
     not_implemented,
     scaled,
+    toward_zero,
     unscaled,
     words_of,
 )
@@ -267,3 +269,38 @@ def test_unscaled_refuses_non_finite_values(value: float) -> None:
     """Nothing to write for NaN or infinity: EncodingError, not ValueError / OverflowError."""
     with pytest.raises(EncodingError, match="not a finite number"):
         unscaled(value, -2)
+
+
+@pytest.mark.parametrize(
+    ("value", "sf", "raw"),
+    [
+        (7450.0, 2, 74),  # 7400 W, not 7500 W
+        (-7450.0, 2, -74),
+        (7500.0, 3, 7),  # 7000 W, not 8000 W
+        (7392.0, -1, 73920),
+        (0.3, -1, 3),  # the float 0.3 is 0.29999...: its decimal form is what was asked
+        (49.99, 0, 49),
+        (-0.0, 0, 0),
+    ],
+)
+def test_toward_zero_never_exceeds_the_value(value: float, sf: int, raw: int) -> None:
+    """Issue 16, item 9: an encoded setpoint is never larger in magnitude than the command."""
+    assert toward_zero(value, sf) == raw
+
+
+@given(st.floats(-1e9, 1e9, allow_nan=False), st.integers(-10, 10))
+def test_toward_zero_is_the_largest_magnitude_within_the_value(value: float, sf: int) -> None:
+    """raw x 10^sf never exceeds the value's magnitude, and is less than one step below it."""
+    exact = Fraction(repr(value))
+    raw = toward_zero(value, sf)
+    step = Fraction(10) ** sf
+    assert abs(raw * step) <= abs(exact)
+    assert abs(exact) - abs(raw * step) < step
+    assert raw == 0 or (raw > 0) == (value > 0)
+
+
+@pytest.mark.parametrize("value", [math.nan, math.inf, -math.inf])
+def test_toward_zero_refuses_non_finite_values(value: float) -> None:
+    """Nothing to write for NaN or infinity: EncodingError, never ValueError / OverflowError."""
+    with pytest.raises(EncodingError, match="not a finite number"):
+        toward_zero(value, 0)
