@@ -63,6 +63,18 @@ MAX_POWER_W = 400_000.0  # no charger this controller drives is larger (config: 
 MAX_DC_VOLTAGE_V = 1500.0  # the low-voltage directive's DC ceiling (as core/rules.py)
 TEMPERATURE_IMPLAUSIBLE = "inverter temperature reading implausible (outside -60..150 C)"
 
+# What a poll uses of each model (their scale factors are added): read together in as few
+# requests as the chain allows (``SunSpecDevice.read_models``; issue 16, item 6). A slow device
+# (600 ms a reply) must have its snapshot read within the core's 3 s: two requests, not four.
+POLL_POINTS_700: dict[int, tuple[str, ...]] = {
+    701: ("InvSt", "ConnSt", "Alrm", "W", "TmpCab", "TotWhInj", "TotWhAbs"),
+    703: ("ES",),
+    704: ("WSetEna",),
+    713: ("Sta",),
+    802: ("State", "Evt1"),
+}
+POLL_POINTS_100 = ("St", "Evt1", "W", "DCV", "TmpCab", "WH")  # of 101, 102 or 103 alike
+
 
 @dataclass(frozen=True, slots=True)
 class DeviceInfo:
@@ -349,14 +361,17 @@ class SunSpec700Driver(_SunSpecDriverBase):
         if missing:
             raise InverterLinkError(f"SunSpec 700-series control needs models {missing}")
         self._device = device
-        info = _identity(await device.read(1), "sunspec-700", device.model_ids)
+        wanted: dict[int, tuple[str, ...] | None] = {1: None, 704: ("WSet",)}
         if device.has(702):
-            capacity = await device.read(702)
+            wanted[702] = ("WMaxRtg", "WChaRteMaxRtg", "WDisChaRteMaxRtg")
+        models = await device.read_models(wanted)
+        info = _identity(models[1], "sunspec-700", device.model_ids)
+        if device.has(702):
+            capacity = models[702]
             rating = capacity.value("WMaxRtg")
             self._max_charge_w = capacity.value("WChaRteMaxRtg") or rating
             self._max_discharge_w = capacity.value("WDisChaRteMaxRtg") or rating
-        controls = await device.read(704)
-        self._wset_sf = controls.scale_factor("WSet")
+        self._wset_sf = models[704].scale_factor("WSet")
         # Revert: after WSetRvrtTms without a write, WSet returns to WSetRvrt = 0 W, the
         # reversion function enabled (WSetEnaRvrt). Every command's read-back proves them
         # (offsets 22..32: WSetEna, WSetMod, WSet, WSetRvrt, WSetPct*, WSetEnaRvrt, WSetRvrtTms).
@@ -370,8 +385,11 @@ class SunSpec700Driver(_SunSpecDriverBase):
 
     async def read(self, now_s: float) -> InverterState:
         device = self.device
-        meas = await device.read(701)
-        ctl = await device.read(704)
+        models = await device.read_models(
+            {m: points for m, points in POLL_POINTS_700.items() if device.has(m)}
+        )
+        meas = models[701]
+        ctl = models[704]
         faults = [
             f"alarm {name}" for name in _bit_names(meas.integer("Alrm"), _symbols(meas, "Alrm"))
         ]
@@ -382,12 +400,12 @@ class SunSpec700Driver(_SunSpecDriverBase):
             CONN_CONNECTED,
             None,
         )
-        if device.has(703):
-            enabled = enabled and (await device.read(703)).integer("ES") == ENABLED
-        if device.has(713) and (await device.read(713)).integer("Sta") == STA713_ERROR:
+        if 703 in models:
+            enabled = enabled and models[703].integer("ES") == ENABLED
+        if 713 in models and models[713].integer("Sta") == STA713_ERROR:
             faults.append("storage status ERROR")  # 713 Sta: 0 OK, 1 WARNING, 2 ERROR
-        if device.has(802):
-            battery = await device.read(802)
+        if 802 in models:
+            battery = models[802]
             if battery.integer("State") == STATE802_FAULT:
                 faults.append("battery state FAULT")
             alarms = battery.integer("Evt1") or 0
@@ -467,8 +485,12 @@ class SunSpec100Driver(_SunSpecDriverBase):
             )
         self._device = device
         self._inverter_model = inverter_model
-        info = _identity(await device.read(1), "sunspec-100", device.model_ids)
-        storage = await device.read(124)
+        wanted: dict[int, tuple[str, ...] | None] = {1: None, 124: ("WChaMax", "InWRte")}
+        if device.has(120):
+            wanted[120] = ("MaxChaRte", "MaxDisChaRte")
+        models = await device.read_models(wanted)
+        info = _identity(models[1], "sunspec-100", device.model_ids)
+        storage = models[124]
         charge_base = _exact(storage, "WChaMax")
         if charge_base is None or charge_base <= 0:
             found = None if charge_base is None else float(charge_base)
@@ -477,7 +499,7 @@ class SunSpec100Driver(_SunSpecDriverBase):
         self._rate_sf = storage.scale_factor("InWRte")
         self._max_charge_w = self._max_discharge_w = float(charge_base)
         if device.has(120):
-            nameplate = await device.read(120)
+            nameplate = models[120]
             self._max_charge_w = nameplate.value("MaxChaRte") or float(charge_base)
             self._max_discharge_w = nameplate.value("MaxDisChaRte") or float(charge_base)
             discharge_base = _exact(nameplate, "MaxDisChaRte")
@@ -489,15 +511,19 @@ class SunSpec100Driver(_SunSpecDriverBase):
 
     async def read(self, now_s: float) -> InverterState:
         device = self.device
-        meas = await device.read(self._inverter_model)
+        wanted: dict[int, tuple[str, ...]] = {self._inverter_model: POLL_POINTS_100}
+        if device.has(123):
+            wanted[123] = ("Conn",)
+        models = await device.read_models(wanted)
+        meas = models[self._inverter_model]
         faults = [
             f"event {name}" for name in _bit_names(meas.integer("Evt1"), _symbols(meas, "Evt1"))
         ]
         if meas.integer("St") == ST103_FAULT:
             faults.insert(0, "inverter state FAULT")
         enabled = True
-        if device.has(123):
-            enabled = (await device.read(123)).integer("Conn") == ENABLED
+        if 123 in models:
+            enabled = models[123].integer("Conn") == ENABLED
         watts = meas.value("W")
         state = InverterState(
             observed_at_s=now_s,

@@ -6,15 +6,34 @@
   "server device busy" (6), which mean "try again later" (Modbus application protocol 1.1b3,
   section 7): retried with a growing pause (``BUSY_BACKOFF_S``) for as long as the request's
   budget allows (``timeout_s`` x (``retries`` + 1)), and only then an error.
-- After a timeout the connection is dropped and reopened after a quiet period, so a late reply
-  can never be taken as the answer to the next request (RTU frames carry no transaction id).
-  Every reply is also checked against its request (function, address, register count).
+- Every reply is matched to its request: unit id, function code (also of an exception reply),
+  byte count of a read, address and count echoed by a write. A reply that does not match is
+  someone else's: the attempt counts as failed, never as answered.
+- A late reply is never taken for the next request's answer, whatever ``retries`` is. Over TCP
+  the connection is dropped after a timeout (a late reply leaves with it; pymodbus also checks
+  the transaction id). RTU frames carry no transaction id and a read reply no address, only a
+  byte count, so the serial line is kept and settled instead (``_settle_line``): after an attempt
+  went unanswered, the next attempt (a retry or another request) waits until that reply has come
+  and gone, or for ``LATE_REPLY_TIMEOUTS`` x ``timeout_s`` more; and the input is drained before
+  every attempt (bytes already waiting are an earlier attempt's reply). So at most one reply is
+  ever outstanding on the line. A reply later than (1 + LATE_REPLY_TIMEOUTS) x ``timeout_s``
+  after its request is beyond what any RTU master can tell apart from the next one's answer
+  when both ask for as many registers: ``timeout_s`` must cover the device's replies.
 - RTU requests are spaced by at least the 3.5-character silent interval (Modbus over serial
   line V1.02, 2.5.1.1; a fixed 1.75 ms above 19200 baud).
 - Reconnects with capped exponential backoff.
 
-pymodbus exceptions never leave this module: they become ``InverterLinkError`` or
-``ModbusExceptionResponse``.
+pymodbus exceptions never leave this module: they become ``InverterLinkError`` (its subclass
+``NotConnectedError`` when no connection could be had at all) or ``ModbusExceptionResponse``.
+
+How pymodbus 3.16 receives RTU bytes (``transport/serialtransport.py``, ``transaction``): the
+serial port's fd is watched with ``loop.add_reader``; whatever arrives is appended to the
+client's ``ctx.recv_buffer`` and offered to the framer, whether or not a request is waiting. A
+complete frame with no request waiting is dropped with a warning; one that arrives while a
+request waits is its answer, checked by pymodbus only for the unit id. ``send()`` empties
+``recv_buffer``, but bytes still in the kernel's tty buffer are read after the request went out
+and taken as its answer. Hence the drain here: ``recv_buffer`` emptied and the tty input flushed
+(``tcflush``) right before each request, and the wait for an outstanding reply before that.
 """
 
 from __future__ import annotations
@@ -24,6 +43,7 @@ import time
 from collections.abc import Sequence
 from dataclasses import dataclass
 
+import structlog
 from pymodbus.client import AsyncModbusSerialClient, AsyncModbusTcpClient
 from pymodbus.exceptions import ModbusException
 from pymodbus.pdu import ExceptionResponse, ModbusPDU
@@ -31,12 +51,27 @@ from pymodbus.pdu import ExceptionResponse, ModbusPDU
 from controller.cancellation import guarded
 from controller.errors import InverterLinkError
 
+log = structlog.get_logger(component="inverter")
+
 MAX_READ_REGISTERS = 125  # Modbus application protocol 6.3
 MAX_WRITE_REGISTERS = 123  # Modbus application protocol 6.12
 # Exception codes that mean "busy, try again" (Modbus application protocol section 7).
 BUSY_CODES = frozenset({5, 6})
 # The pause before retrying a busy reply: doubles from the first to the last value.
 BUSY_BACKOFF_S = (0.02, 0.2)
+# RTU: after an attempt went unanswered, how long (in timeouts, after its own timeout) its late
+# reply is waited for before the next attempt is sent.
+LATE_REPLY_TIMEOUTS = 2
+# RTU: the line must have been quiet this long before a late reply counts as over. Above the
+# 3.5-character silence, and above the 16 ms a USB-serial adapter (FTDI latency timer) may hold
+# received bytes back.
+LINE_QUIET_S = 0.05
+LINE_POLL_S = 0.01
+EXCEPTION_FLAG = 0x80  # set in the function code of an exception reply
+CLOSED_BY_DEVICE = (
+    "the inverter closed the connection (one that serves a single TCP connection does so "
+    "while another Modbus client holds it)"
+)
 
 _EXCEPTION_NAMES = {
     1: "illegal function",
@@ -48,6 +83,10 @@ _EXCEPTION_NAMES = {
     10: "gateway path unavailable",
     11: "gateway target failed to respond",
 }
+
+
+class NotConnectedError(InverterLinkError):
+    """No connection: it was refused, timed out, or the next attempt waits for its backoff."""
 
 
 class ModbusExceptionResponse(InverterLinkError):  # noqa: N818  named after the Modbus term
@@ -110,11 +149,17 @@ class ModbusTransport:
         self._next_connect_s = 0.0
         self._lock = asyncio.Lock()
         self._client: AsyncModbusTcpClient | AsyncModbusSerialClient | None = None
-        self._suspect = False  # a request timed out: reopen before the next one
+        self._suspect = False  # TCP: a request went unanswered, reconnect before the next one
+        # RTU: when the last attempt whose reply was not taken was sent (None: none outstanding)
+        self._outstanding_sent_s: float | None = None
+        self._received_s = 0.0  # when bytes last arrived (RTU), answer or not
         self._last_io_s = 0.0
         self.requests = 0
         self.timeouts = 0
         self.busy_replies = 0  # exception 5 or 6 answers retried
+        self.mismatched_replies = 0  # replies that did not match their request, discarded
+        self.late_replies = 0  # RTU: replies that came after their request's timeout, discarded
+        self.drained_bytes = 0  # RTU: bytes waiting before a request, discarded
 
     @property
     def connected(self) -> bool:
@@ -144,22 +189,25 @@ class ModbusTransport:
             timeout=self.timeout_s,
             retries=0,
             reconnect_delay=0,
+            trace_packet=self._trace_serial,
         )
+
+    def _trace_serial(self, sending: bool, data: bytes) -> bytes:
+        """pymodbus calls this with every frame sent and every chunk received (RTU)."""
+        if not sending and data:
+            self._received_s = time.monotonic()
+        return data
 
     async def _ensure_connected(self) -> AsyncModbusTcpClient | AsyncModbusSerialClient:
         if self._suspect:
-            self._drop()
-            if isinstance(self.endpoint, SerialEndpoint):
-                # RTU frames carry no transaction id: let a late reply arrive and be discarded
-                # before the port is reopened. (Over TCP the old connection takes it with it.)
-                await asyncio.sleep(min(self.timeout_s, 1.0))
+            self._drop()  # TCP: a late reply leaves with the old connection
             self._suspect = False
         if self._client is not None and self._client.connected:
             return self._client
         self._drop()
         wait_s = self._next_connect_s - time.monotonic()
         if wait_s > 0:
-            raise InverterLinkError(
+            raise NotConnectedError(
                 f"{self.describe()}: not connected; next attempt in {wait_s:.1f} s"
             )
         client = self._new_client()
@@ -179,7 +227,7 @@ class ModbusTransport:
                 self._backoff_max_s, max(self._backoff_initial_s, self._backoff_s * 2)
             )
             self._next_connect_s = time.monotonic() + self._backoff_s
-            raise InverterLinkError(f"{self.describe()}: cannot connect: {reason}")
+            raise NotConnectedError(f"{self.describe()}: cannot connect: {reason}")
         self._backoff_s = 0.0
         self._client = client
         return client
@@ -207,9 +255,8 @@ class ModbusTransport:
         for start in range(address, address + count, MAX_READ_REGISTERS):
             chunk = min(MAX_READ_REGISTERS, address + count - start)
             response = await self._request(function, start, chunk, None)
-            registers = list(getattr(response, "registers", []))
-            if len(registers) != chunk:
-                self._suspect = True
+            registers = [int(v) for v in getattr(response, "registers", [])]
+            if len(registers) != chunk:  # _request matched it; a subclass may not have
                 raise InverterLinkError(
                     f"{self.describe()}: asked for {chunk} registers at {start}, "
                     f"got {len(registers)}"
@@ -221,13 +268,7 @@ class ModbusTransport:
         """Write holding registers (function 16); the caller reads back to verify."""
         for offset in range(0, len(values), MAX_WRITE_REGISTERS):
             chunk = list(values[offset : offset + MAX_WRITE_REGISTERS])
-            response = await self._request(16, address + offset, len(chunk), chunk)
-            if getattr(response, "address", address + offset) != address + offset:
-                self._suspect = True
-                raise InverterLinkError(
-                    f"{self.describe()}: write reply for address {response.address}, "
-                    f"expected {address + offset}"
-                )
+            await self._request(16, address + offset, len(chunk), chunk)
 
     async def _request(
         self, function: int, address: int, count: int, values: list[int] | None
@@ -240,38 +281,32 @@ class ModbusTransport:
             while attempt <= self.retries:
                 attempt += 1
                 client = await self._ensure_connected()
+                if isinstance(client, AsyncModbusSerialClient):
+                    await self._settle_line(client)
                 await self._respect_silent_interval()
                 self.requests += 1
+                sent_s = time.monotonic()
                 try:
-                    # guarded: pymodbus awaits the reply with wait_for, which can lose a cancel
-                    # that lands with the reply (controller/cancellation.py).
-                    if function == 3:
-                        response = await guarded(
-                            client.read_holding_registers(
-                                address, count=count, device_id=self.unit_id
-                            )
-                        )
-                    elif function == 4:
-                        response = await guarded(
-                            client.read_input_registers(
-                                address, count=count, device_id=self.unit_id
-                            )
-                        )
-                    else:
-                        assert values is not None  # noqa: S101  function 16 always has values
-                        response = await guarded(
-                            client.write_registers(address, values, device_id=self.unit_id)
-                        )
+                    response = await self._send(client, function, address, count, values)
                 except (ModbusException, TimeoutError, OSError) as exc:
                     self.timeouts += 1
-                    self._suspect = True
+                    self._unanswered(sent_s)
                     last_error = f"{type(exc).__name__}: {exc}"
+                    if isinstance(self.endpoint, TcpEndpoint) and not client.connected:
+                        last_error = CLOSED_BY_DEVICE
                     continue
                 except asyncio.CancelledError:
-                    self._suspect = True  # the reply may still come: never for the next request
+                    self._unanswered(sent_s)  # the reply may still come: never for the next one
                     raise
                 finally:
                     self._last_io_s = time.monotonic()
+                mismatch = reply_mismatch(response, self.unit_id, function, address, count)
+                if mismatch is not None:
+                    # Another request's reply (a late one): discard it; this one's may follow.
+                    self.mismatched_replies += 1
+                    self._unanswered(sent_s)
+                    last_error = mismatch
+                    continue
                 if isinstance(response, ExceptionResponse) or response.isError():
                     code = int(getattr(response, "exception_code", 0))
                     if code in BUSY_CODES and time.monotonic() + busy_pause_s < busy_until_s:
@@ -282,19 +317,116 @@ class ModbusTransport:
                         busy_pause_s = min(BUSY_BACKOFF_S[1], busy_pause_s * 2)
                         continue
                     raise ModbusExceptionResponse(function, address, code)
-                if response.function_code != function:
-                    # A reply to some other request: never take it as this one's answer.
-                    self._suspect = True
-                    last_error = f"reply has function {response.function_code}"
-                    continue
                 return response
             raise InverterLinkError(
                 f"{self.describe()}: no valid reply for function {function} at {address} "
                 f"after {self.retries + 1} attempts ({last_error})"
             )
 
+    async def _send(
+        self,
+        client: AsyncModbusTcpClient | AsyncModbusSerialClient,
+        function: int,
+        address: int,
+        count: int,
+        values: list[int] | None,
+    ) -> ModbusPDU:
+        """One attempt through pymodbus: the request out, its reply (or pymodbus's error)."""
+        # guarded: pymodbus awaits the reply with wait_for, which can lose a cancel that lands
+        # with the reply (controller/cancellation.py).
+        if function == 3:
+            return await guarded(
+                client.read_holding_registers(address, count=count, device_id=self.unit_id)
+            )
+        if function == 4:
+            return await guarded(
+                client.read_input_registers(address, count=count, device_id=self.unit_id)
+            )
+        assert values is not None  # noqa: S101  function 16 always has values
+        return await guarded(client.write_registers(address, values, device_id=self.unit_id))
+
+    def _unanswered(self, sent_s: float) -> None:
+        """An attempt's reply was not taken: it may still come, so it must not answer another."""
+        if isinstance(self.endpoint, SerialEndpoint):
+            self._outstanding_sent_s = sent_s
+        else:
+            self._suspect = True
+
+    async def _settle_line(self, client: AsyncModbusSerialClient) -> None:
+        """RTU: no earlier reply can answer the attempt about to be sent.
+
+        After an attempt went unanswered, wait until its late reply has arrived and the line has
+        been quiet for ``LINE_QUIET_S``, or until ``LATE_REPLY_TIMEOUTS`` timeouts after that
+        attempt's own timeout (on a line that is never quiet, one timeout more at most). Then
+        drain: pymodbus's receive buffer emptied, the tty's input flushed."""
+        outstanding_s = self._outstanding_sent_s
+        if outstanding_s is not None:
+            give_up_s = outstanding_s + self.timeout_s * (1 + LATE_REPLY_TIMEOUTS)
+            while True:
+                now_s = time.monotonic()
+                if now_s >= give_up_s + self.timeout_s:
+                    break  # bytes keep coming (noise, another master): drain what is there
+                quiet = now_s - self._received_s >= LINE_QUIET_S
+                if quiet and self._received_s > outstanding_s:
+                    self.late_replies += 1
+                    if self.late_replies == 1:
+                        log.warning(
+                            "late reply discarded: the inverter answered after timeout_s",
+                            link=self.describe(),
+                            timeout_s=self.timeout_s,
+                            late_s=round(self._received_s - outstanding_s, 3),
+                        )
+                    break
+                if quiet and now_s >= give_up_s:
+                    break
+                await asyncio.sleep(LINE_POLL_S)
+            self._outstanding_sent_s = None
+        self._drain(client)
+
+    def _drain(self, client: AsyncModbusSerialClient) -> None:
+        """Discard every byte received so far: pymodbus's buffer and the tty's input queue.
+
+        Reaches into pymodbus 3.16 (``client.ctx``: the TransactionManager, its ``recv_buffer``
+        and ``transport.sync_serial``, the pyserial port); pymodbus is pinned to that series."""
+        ctx = client.ctx
+        self.drained_bytes += len(ctx.recv_buffer)
+        ctx.recv_buffer = b""
+        port = getattr(ctx.transport, "sync_serial", None)
+        if port is None:
+            return
+        try:
+            self.drained_bytes += int(port.in_waiting)
+            port.reset_input_buffer()  # tcflush(TCIFLUSH)
+        except OSError as exc:  # serial.SerialException is an OSError: the port has gone
+            self._drop()
+            raise InverterLinkError(f"{self.describe()}: serial port failed: {exc}") from None
+
     async def _respect_silent_interval(self) -> None:
         if isinstance(self.endpoint, SerialEndpoint):
             wait_s = self._last_io_s + self.endpoint.silent_interval_s - time.monotonic()
             if wait_s > 0:
                 await asyncio.sleep(wait_s)
+
+
+def reply_mismatch(
+    response: ModbusPDU, unit_id: int, function: int, address: int, count: int
+) -> str | None:
+    """Why ``response`` cannot be the answer to this request; None when it matches. Pure.
+
+    Unit id, function code (an exception reply carries it with bit 7 set), the byte count of a
+    read (its registers), the address and count a write echoes. A read reply carries no
+    address: two reads of as many registers cannot be told apart, hence ``_settle_line``."""
+    if response.dev_id not in (0, unit_id):  # 0: pymodbus leaves it unset on some paths
+        return f"reply from unit {response.dev_id}"
+    reply_function = response.function_code & ~EXCEPTION_FLAG
+    if reply_function != function:
+        return f"reply has function {response.function_code}"
+    if isinstance(response, ExceptionResponse) or response.isError():
+        return None
+    if function in (3, 4):
+        got = len(getattr(response, "registers", []))
+        return None if got == count else f"asked for {count} registers, reply has {got}"
+    echo = (getattr(response, "address", None), getattr(response, "count", None))
+    if echo != (address, count):
+        return f"write reply for {echo[1]} registers at {echo[0]}"
+    return None

@@ -10,10 +10,18 @@ attributes while it runs:
 - ``busy_probability``: answer each request with exception 6 with this probability (a busy
   device; seeded by ``busy_seed``, so a run repeats);
 - ``drop_replies``: answer nothing (the client times out);
-- ``reply_delay_s``: answer late;
+- ``reply_delay_s``: answer every request this late, exception replies too (a slow device:
+  Fronius-class inverters take 600 ms);
+- ``silent_at``: address ranges at which the device answers nothing at all, not even an
+  exception (a device silent at SunSpec base 40000 that answers at 0); nothing is read or written;
+- ``max_connections`` and ``extra_connection``: a device that serves only so many TCP
+  connections (real inverters often take one): a connection beyond it is closed at once
+  (``"refuse"``), or the oldest is dropped for it (``"replace"``);
 - ``stuck_setpoint``: acknowledge setpoint writes but keep the old value;
 - ``trip(reason)``: the power stage faults (0 W, fault state in the registers);
 - ``disconnect_clients()``: close every TCP connection.
+
+``relocate(profile, base)`` moves a SunSpec profile's chain to another base address (0, 50000).
 
 ``write_log`` keeps the last ``WRITE_LOG_LENGTH`` setpoint writes as (``time.monotonic_ns()``
 when the write landed, the stage's new target in W) for the latency benchmark: CLOCK_MONOTONIC is
@@ -27,15 +35,19 @@ import contextlib
 import random
 import time
 from collections import deque
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
+from typing import Literal
 
 from pymodbus.constants import ExcCodes
 from pymodbus.framer import FramerType
+from pymodbus.pdu import ModbusPDU
 from pymodbus.server import ModbusSerialServer, ModbusTcpServer
+from pymodbus.server.requesthandler import ServerRequestHandler
 from pymodbus.simulator import DataType, SimData, SimDevice
 
 from hil.inverter.profiles import Profile
 from hil.inverter.stage import PowerStage
+from hil.inverter.sunspec_image import SunSpecImage
 
 WRITE_FUNCTIONS = {6, 16, 22, 23}
 TICK_S = 0.05
@@ -65,8 +77,15 @@ class InverterSimulator:
         self.busy_answers = 0
         self.drop_replies = False
         self.reply_delay_s = 0.0
+        self.silent_at: list[range] = []
+        self.max_connections: int | None = None
+        self.extra_connection: Literal["refuse", "replace"] = "refuse"
         self.stuck_setpoint = False
-        self.requests = 0
+        self.requests = 0  # every request received, answered or not
+        self.silenced = 0  # requests left unanswered (silent_at)
+        self.connections = 0  # TCP connections accepted
+        self.connections_refused = 0
+        self.connections_dropped = 0  # older connections dropped for a newer one
         self.setpoint_writes = 0
         self.write_log: deque[tuple[int, float]] = deque(maxlen=WRITE_LOG_LENGTH)
         self._server: ModbusTcpServer | ModbusSerialServer | None = None
@@ -87,6 +106,23 @@ class InverterSimulator:
             return
         for connection in list(self._server.active_connections.values()):
             connection.close()
+
+    @property
+    def open_connections(self) -> int:
+        """TCP connections the device holds now (a refused one closes at once)."""
+        if self._server is None:
+            return 0
+        return sum(
+            1
+            for c in self._server.active_connections.values()
+            if not (isinstance(c, _Handler) and c.refused)
+        )
+
+    def silent_for(self, pdu: ModbusPDU) -> bool:
+        """Whether a request touches a range in ``silent_at``."""
+        address = int(getattr(pdu, "address", 0))
+        count = max(1, int(getattr(pdu, "count", 1)))
+        return any(address < r.stop and r.start < address + count for r in self.silent_at)
 
     # -- server -------------------------------------------------------------------------------
 
@@ -113,9 +149,6 @@ class InverterSimulator:
         registers: list[int],
         set_values: list[int] | list[bool] | None,
     ) -> ExcCodes | None:
-        self.requests += 1
-        if self.reply_delay_s > 0:
-            await asyncio.sleep(self.reply_delay_s)
         if self.exception_code is not None:
             return ExcCodes(self.exception_code)
         if self.busy_next > 0 or (
@@ -153,8 +186,8 @@ class InverterSimulator:
 
     async def start_tcp(self, host: str = "127.0.0.1", port: int = 0) -> int:
         """Listen on TCP; returns the port (a free one when ``port`` is 0)."""
-        server = ModbusTcpServer(
-            self._device(), address=(host, port), trace_packet=self._trace_packet
+        server = _TcpServer(
+            self, self._device(), address=(host, port), trace_packet=self._trace_packet
         )
         await server.serve_forever(background=True)
         self._server = server
@@ -167,7 +200,8 @@ class InverterSimulator:
         self, device: str, *, baudrate: int = 9600, parity: str = "N", stop_bits: int = 1
     ) -> None:
         """Answer Modbus RTU on a serial device (a socat pty in tests)."""
-        server = ModbusSerialServer(
+        server = _SerialServer(
+            self,
             self._device(),
             framer=FramerType.RTU,
             port=device,
@@ -197,3 +231,101 @@ class InverterSimulator:
         if self._server is not None:
             await self._server.shutdown()  # type: ignore[no-untyped-call]
             self._server = None
+
+
+def relocate(profile: Profile, base: int) -> Profile:
+    """The SunSpec profile with its chain moved to ``base`` (0 or 50000, as some devices have
+    it): the same registers, every address shifted. Call before the simulator starts."""
+    image = getattr(profile, "image", None)
+    if not isinstance(image, SunSpecImage):
+        raise TypeError(f"profile {profile.name} has no SunSpec image to move")
+    image.relocate(base)
+    profile.start_address = base
+    return profile
+
+
+class _Handler(ServerRequestHandler):
+    """pymodbus's per-connection request handler, with the simulator's answer policy: late
+    (``reply_delay_s``), not at all (``silent_at``), or closed at once (a refused connection)."""
+
+    def __init__(self, owner: _TcpServer | _SerialServer, simulator: InverterSimulator) -> None:
+        super().__init__(owner, owner.trace_packet, owner.trace_pdu, owner.trace_connect)  # type: ignore[no-untyped-call]
+        self.simulator = simulator
+        self.refused = False
+
+    def connection_made(self, transport: asyncio.BaseTransport) -> None:
+        super().connection_made(transport)
+        if self.refused:
+            transport.close()
+
+    async def handle_request(self) -> None:
+        pdu = self.last_pdu
+        if pdu is None:
+            return
+        sim = self.simulator
+        sim.requests += 1
+        if sim.silent_for(pdu):
+            sim.silenced += 1
+            return  # as a device that does not decode this address: no reply at all
+        if sim.reply_delay_s > 0:
+            await asyncio.sleep(sim.reply_delay_s)
+            self.last_pdu = pdu  # another request may have arrived meanwhile: answer this one
+        await super().handle_request()  # type: ignore[no-untyped-call]
+
+
+class _TcpServer(ModbusTcpServer):
+    def __init__(
+        self,
+        simulator: InverterSimulator,
+        device: SimDevice,
+        *,
+        address: tuple[str, int],
+        trace_packet: Callable[[bool, bytes], bytes],
+    ) -> None:
+        super().__init__(device, address=address, trace_packet=trace_packet)
+        self.simulator = simulator
+
+    def callback_new_connection(self) -> _Handler:
+        sim = self.simulator
+        handler = _Handler(self, sim)
+        held: Sequence[ServerRequestHandler] = [
+            c for c in self.active_connections.values() if isinstance(c, _Handler) and not c.refused
+        ]
+        if sim.max_connections is not None and len(held) >= sim.max_connections:
+            if sim.extra_connection == "refuse":
+                handler.refused = True
+                sim.connections_refused += 1
+                return handler
+            for connection in held[: len(held) - sim.max_connections + 1]:  # the oldest first
+                connection.close()
+                sim.connections_dropped += 1
+        sim.connections += 1
+        return handler
+
+
+class _SerialServer(ModbusSerialServer):
+    def __init__(
+        self,
+        simulator: InverterSimulator,
+        device: SimDevice,
+        *,
+        framer: FramerType,
+        port: str,
+        baudrate: int,
+        parity: str,
+        stopbits: int,
+        trace_packet: Callable[[bool, bytes], bytes],
+    ) -> None:
+        super().__init__(
+            device,
+            framer=framer,
+            port=port,
+            baudrate=baudrate,
+            parity=parity,
+            stopbits=stopbits,
+            trace_packet=trace_packet,
+        )
+        self.simulator = simulator
+
+    def callback_new_connection(self) -> _Handler:
+        return _Handler(self, self.simulator)

@@ -2,43 +2,64 @@
 
 Every point starts "not implemented" (its SunSpec sentinel); the simulator then fills in the
 points a real device of that profile implements.
+
+A model with no SunSpec definition (a vendor model, 64000-65535) gets ``VENDOR_LENGTH`` registers
+of zeros, or the length given in ``extra``; a model whose definition ends in a repeating group
+(160 MPPT: one group per DC input) gets ``extra[model_id]`` more registers of zeros after its
+fixed part, as a device with that many repeats has.
 """
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 
 from controller.inverter.codec import decode, encode, not_implemented, unscaled
 from controller.inverter.sunspec import SUNS_MARKER
-from controller.inverter.sunspec_models import ModelDef, PointDef, model_def
+from controller.inverter.sunspec_models import ModelDef, PointDef, model_def, usable_model_def
 
 END_MARKER = [0xFFFF, 0]
+VENDOR_LENGTH = 8
 
 
 class SunSpecImage:
     """Registers from ``base``: 'SunS', the models in order, the end marker."""
 
-    def __init__(self, base: int, model_ids: Sequence[int]) -> None:
+    def __init__(
+        self, base: int, model_ids: Sequence[int], extra: Mapping[int, int] | None = None
+    ) -> None:
         self.base = base
         self.registers: list[int] = list(SUNS_MARKER)
         self.model_address: dict[int, int] = {}
         self.definitions: dict[int, ModelDef] = {}
+        extra = extra or {}
         for model_id in model_ids:
-            definition = model_def(model_id)
             address = base + len(self.registers)
             self.model_address[model_id] = address
+            definition = usable_model_def(model_id)
+            if definition is None:  # a vendor model: walked past by the controller
+                length = extra.get(model_id, VENDOR_LENGTH)
+                self.registers.extend([model_id, length, *[0] * length])
+                continue
             self.definitions[model_id] = definition
-            block = [0] * (definition.length + 2)
+            length = definition.length + extra.get(model_id, 0)
+            block = [0] * (length + 2)
             for point in definition.points.values():
                 block[point.offset : point.offset + point.size] = not_implemented(
                     point.reg_type, point.size
                 )
-            block[0], block[1] = model_id, definition.length
+            block[0], block[1] = model_id, length
             self.registers.extend(block)
         self.registers.extend(END_MARKER)
 
+    def relocate(self, base: int) -> None:
+        """The same chain at another base address: every model's address moves with it."""
+        shift = base - self.base
+        self.base = base
+        self.model_address = {m: address + shift for m, address in self.model_address.items()}
+
     def point(self, model_id: int, name: str) -> PointDef:
-        return self.definitions[model_id].point(name)
+        definition = self.definitions.get(model_id) or model_def(model_id)
+        return definition.point(name)
 
     def address(self, model_id: int, name: str) -> int:
         return self.model_address[model_id] + self.point(model_id, name).offset
