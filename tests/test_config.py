@@ -55,6 +55,10 @@ def test_minimal_config_takes_safe_defaults() -> None:
     assert config.vehicle.bitrate_bps == 500_000
     assert config.inverter.timeout_s == 1.0
     assert config.inverter.retries == 2
+    # Issue 16, item 13: after a kill the inverter pushes until its own timer runs out, into a
+    # car whose BMS stopped within about a second: short by default (heartbeat every second).
+    assert config.inverter.revert_timeout_s <= 3.0
+    assert load_config(EXAMPLE).inverter.revert_timeout_s <= 3.0
 
 
 def test_gbt_defaults_to_250_kbit() -> None:
