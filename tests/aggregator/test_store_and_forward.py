@@ -196,6 +196,10 @@ def test_records_stored_before_a_restart_are_delivered_after_it(tmp_path: Path) 
         async with LinkRunner(link):
             assert await until(lambda: link.status is LinkStatus.DOWN, 3.0)
             await make_outage_records(link, outbox, clock)
+        # The link's storage thread finishes its last job (the stop's sync) before the
+        # connection it uses is closed: closing it under a running statement is a crash.
+        assert link.storage is not None
+        assert await asyncio.to_thread(link.storage.stop, 10.0)
         made = [record.record_id for record in outbox]
         outbox._conn.close()
         return made
