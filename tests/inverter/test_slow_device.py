@@ -66,7 +66,12 @@ class CountingDriver(SunSpecDriver):
 
 @pytest.mark.parametrize(
     ("profile_name", "link"),
-    [("sunspec-700", "tcp"), ("sunspec-700", "rtu"), ("sunspec-100", "tcp")],
+    [
+        ("sunspec-700", "tcp"),
+        # About 20 s each at 600 ms a reply: in `make test-deep`, to keep `make test` in budget.
+        pytest.param("sunspec-700", "rtu", marks=pytest.mark.deep),
+        pytest.param("sunspec-100", "tcp", marks=pytest.mark.deep),
+    ],
 )
 def test_a_slow_device_is_never_stale(
     profile_name: str, link: str, request: pytest.FixtureRequest
