@@ -89,6 +89,8 @@ class DeviceInfo:
 class InverterDriver(Protocol):
     """One register dialect. All methods raise InverterLinkError (or a subclass) on failure."""
 
+    proof: RevertProof  # the revert settings' proof, counting rewrites across setups
+
     async def setup(self) -> DeviceInfo:
         """Identify the device, read its ratings and arm its revert timer."""
         ...
@@ -220,10 +222,11 @@ class RevertProof:
     """The bookkeeping of the revert proof, shared by every driver: which of the settings armed
     at setup a read-back shows lost, the log line, and when losing them is a fault.
 
-    Lost once: rewritten (the caller writes them back, verified), logged, counted in
-    ``rewrites``. Lost again at the very next command: the device does not keep them, a
-    ``RevertNotKeptError``; so is a rewrite that reads back wrong (the caller maps it). A command
-    that finds them intact ends the streak."""
+    Lost once: rewritten (the caller writes them back, verified, then calls ``rewritten``),
+    logged, counted in ``rewrites`` once the rewrite is verified. Lost again at the very next
+    command: the device does not keep them, a ``RevertNotKeptError``; so is a rewrite that reads
+    back wrong (the caller maps it). A command that finds them intact ends the streak. Besides
+    the revert timer, the 124 control mode (StorCtl_Mod) is proven this way."""
 
     def __init__(self) -> None:
         self.rewrites = 0
@@ -232,6 +235,10 @@ class RevertProof:
     def reset(self) -> None:
         """Setup armed them anew."""
         self._streak = 0
+
+    def rewritten(self) -> None:
+        """The lost settings were written back and read back as armed."""
+        self.rewrites += 1
 
     def check(self, where: str, lost: Mapping[str, object], armed: Mapping[str, object]) -> None:
         """``lost``: each lost setting with the value the device held instead. Raises
@@ -245,7 +252,6 @@ class RevertProof:
                 f"being rewritten (found {dict(lost)})"
             )
         self._streak += 1
-        self.rewrites += 1
         log.warning(
             "inverter lost its revert settings; rewriting them",
             where=where,
@@ -288,6 +294,10 @@ class _SunSpecDriverBase:
         self._screen = screen or PlausibilityScreen()
         self._proof = proof or RevertProof()
         self._armed: dict[str, int] = {}
+        # The stage's enable (703 ES, 123 Conn) as last written and verified; None: unknown,
+        # written with the next command. Rewritten only when it changes or a poll found it
+        # changed: at 600 ms a reply every request of a heartbeat counts (issue 16, HIL).
+        self._enable_written: int | None = None
         self._max_charge_w: float | None = None
         self._max_discharge_w: float | None = None
 
@@ -297,7 +307,22 @@ class _SunSpecDriverBase:
         """Write the revert settings (with ``also``, verified) and remember them for the proof."""
         await self.device.write_verified(model_id, {**(also or {}), **armed})
         self._armed = dict(armed)
+        self._enable_written = None
         self._proof.reset()
+
+    async def _write_enable(self, model_id: int, point: str, value: int) -> None:
+        """Write the stage's enable (verified) unless it already holds ``value``."""
+        if self._enable_written == value or not self.device.has(model_id):
+            return
+        self._enable_written = None  # unknown until the write is verified
+        await self.device.write_verified(model_id, {point: value})
+        self._enable_written = value
+
+    def _enable_seen(self, held: int | None) -> None:
+        """A poll read the enable: if it is not what was written, write it with the next
+        command (the device, or someone else, changed it)."""
+        if held != self._enable_written:
+            self._enable_written = None
 
     async def _write_proven(self, model_id: int, values: Mapping[str, int]) -> None:
         """Write ``values``, then one read spanning them and the armed revert settings: the
@@ -339,6 +364,7 @@ class _SunSpecDriverBase:
                 await device.write_verified(model_id, {name: self._armed[name] for name in lost})
             except SetpointNotTakenError as exc:
                 raise RevertNotKeptError(f"revert timer not kept: {exc}") from None
+            self._proof.rewritten()
 
     @property
     def device(self) -> SunSpecDevice:
@@ -402,6 +428,7 @@ class SunSpec700Driver(_SunSpecDriverBase):
         )
         if 703 in models:
             enabled = enabled and models[703].integer("ES") == ENABLED
+            self._enable_seen(models[703].integer("ES"))
         if 713 in models and models[713].integer("Sta") == STA713_ERROR:
             faults.append("storage status ERROR")  # 713 Sta: 0 OK, 1 WARNING, 2 ERROR
         if 802 in models:
@@ -436,13 +463,13 @@ class SunSpec700Driver(_SunSpecDriverBase):
         wset = toward_zero(export_w, self._wset_sf)
         values = {"WSetEna": ENABLED, "WSetMod": WSET_MOD_WATTS, "WSet": wset}
         _encodable(device, 704, values, what)
-        if enable and device.has(703):
-            await device.write_verified(703, {"ES": ENABLED})
+        if enable:
+            await self._write_enable(703, "ES", ENABLED)
         # WSet is written even when unchanged: each write restarts the revert timer. Its
         # read-back proves the mode, the enable and the revert settings too.
         await self._write_proven(704, values)
-        if not enable and device.has(703):
-            await device.write_verified(703, {"ES": DISABLED})
+        if not enable:
+            await self._write_enable(703, "ES", DISABLED)
 
 
 class SunSpec100Driver(_SunSpecDriverBase):
@@ -524,6 +551,7 @@ class SunSpec100Driver(_SunSpecDriverBase):
         enabled = True
         if 123 in models:
             enabled = models[123].integer("Conn") == ENABLED
+            self._enable_seen(models[123].integer("Conn"))
         watts = meas.value("W")
         state = InverterState(
             observed_at_s=now_s,
@@ -567,20 +595,23 @@ class SunSpec100Driver(_SunSpecDriverBase):
     async def command(self, power_w: float, enable: bool) -> None:
         device = self.device
         in_raw, out_raw, what = self._rates(power_w if enable else 0.0)
-        values = {
-            "StorCtl_Mod": STORCTL_CHARGE_AND_DISCHARGE,
-            "OutWRte": out_raw,
-            "InWRte": in_raw,
-        }
+        values = {"OutWRte": out_raw, "InWRte": in_raw}
+        # Both limits active (StorCtl_Mod), pinned on the command (see the class docstring);
+        # both at 0 hold the stage at 0 W. The mode is written with the first command after
+        # setup and then proven like the revert timer: a heartbeat is the rates' write and one
+        # read-back (offsets 5..15) of StorCtl_Mod, the rates and InOutWRte_RvrtTms.
+        mode_armed = "StorCtl_Mod" in self._armed
+        if not mode_armed:
+            values = {"StorCtl_Mod": STORCTL_CHARGE_AND_DISCHARGE, **values}
         _encodable(device, 124, values, what)
-        if enable and device.has(123):
-            await device.write_verified(123, {"Conn": ENABLED})
-        # Both limits active, pinned on the command (see the class docstring); both at 0 hold
-        # the stage at 0 W. Each write restarts InOutWRte_RvrtTms; one read-back (offsets
-        # 5..15) proves StorCtl_Mod, the rates and the revert timer.
+        if enable:
+            await self._write_enable(123, "Conn", ENABLED)
+        # Each write of the rates restarts InOutWRte_RvrtTms.
         await self._write_proven(124, values)
-        if not enable and device.has(123):
-            await device.write_verified(123, {"Conn": DISABLED})
+        if not mode_armed:
+            self._armed["StorCtl_Mod"] = STORCTL_CHARGE_AND_DISCHARGE
+        if not enable:
+            await self._write_enable(123, "Conn", DISABLED)
 
 
 class SunSpecDriver:

@@ -153,6 +153,7 @@ class ModbusInverterLink:
             faults=(reason,),
             energy_charged_wh=previous.energy_charged_wh if previous else None,
             energy_discharged_wh=previous.energy_discharged_wh if previous else None,
+            revert_rewrites=self._driver.proof.rewrites,
         )
         if first:
             log.error("inverter faulted; no setpoints until it recovers", reason=reason)
@@ -186,7 +187,9 @@ class ModbusInverterLink:
     def _completed(self, state: InverterState) -> InverterState:
         """The snapshot as of the moment its read completed: a slow device (600 ms a reply,
         several requests a poll) would otherwise look stale on arrival (issue 16, item 6)."""
-        return replace(state, observed_at_s=self._clock())
+        return replace(
+            state, observed_at_s=self._clock(), revert_rewrites=self._driver.proof.rewrites
+        )
 
     def _take(self, state: InverterState) -> None:
         previous = self._snapshot
@@ -239,10 +242,22 @@ class ModbusInverterLink:
                         continue
             await asyncio.sleep(self._poll_interval_s)
 
+    def _heartbeat_due_in_s(self) -> float:
+        """How long the writer may wait for a new command before it re-sends the last one.
+
+        Counted from when the last write began, not from when it (and its read-back) ended: at
+        600 ms a reply those take 1.2 s, and a heartbeat a full third of the revert time after
+        that, queued behind a poll's request, landed 2.8 s after the previous write against a
+        3 s timer (one busy reply more and the device reverted; HIL, issue 16). From the start,
+        two writes land at most a third of the revert time plus two requests apart."""
+        if self._written is None or self._pending is None or self._phase is not _Phase.READY:
+            return self._heartbeat_s  # nothing to keep alive yet: wake on a command
+        return max(0.0, self._written_at_s + self._heartbeat_s - self._clock())
+
     async def _write_loop(self) -> None:
         while not self._stopping.is_set():
             try:
-                async with asyncio.timeout(self._heartbeat_s):
+                async with asyncio.timeout(self._heartbeat_due_in_s()):
                     await self._command_ready.wait()
             except TimeoutError:
                 pass  # heartbeat: re-send so the revert timer does not run out

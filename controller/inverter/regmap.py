@@ -62,6 +62,7 @@ class RegisterMapDriver:
         self._revert_timeout_s = revert_timeout_s
         self._screen = PlausibilityScreen(rated_power_w)
         self.proof = RevertProof()
+        self._enable_written: int | None = None  # the enable flag as last written and verified
         self._counter = 0
         roles = register_map.roles
         # The register whose value setup arms and every command proves; None for a counter.
@@ -149,6 +150,7 @@ class RegisterMapDriver:
                 await self._write_verified(timeout, self._timeout_raw)
             except SetpointNotTakenError as exc:
                 raise RevertNotKeptError(f"revert timer not kept: {exc}") from None
+            self.proof.rewritten()
 
     async def _read_runs(
         self, runs: list[tuple[int, list[int]]]
@@ -174,6 +176,7 @@ class RegisterMapDriver:
         if self._timeout_name is not None:
             await self._write_verified(self._timeout_name, self._timeout_raw)
         self.proof.reset()
+        self._enable_written = None
         await self.command(0.0, enable=False)
         return DeviceInfo(
             manufacturer=self._map.manufacturer,
@@ -211,6 +214,8 @@ class RegisterMapDriver:
             if flag is None:
                 faults.append(f"enable register {name}: {values[name]:g} is not a whole number")
             enabled = flag == roles.enable.on
+            if flag != self._enable_written:
+                self._enable_written = None  # changed on the device: written with the next command
 
         def optional(name: str | None) -> float | None:
             return None if name is None else values[name]
@@ -239,9 +244,13 @@ class RegisterMapDriver:
         if not enable:
             await self._write_verified(roles.setpoint.register_name, 0.0, prove=True)
         if roles.enable is not None:
-            await self._write_verified(
-                roles.enable.register_name, roles.enable.on if enable else roles.enable.off
-            )
+            # Written when it changes (or a poll found it changed), not with every heartbeat:
+            # at 600 ms a reply each request stretches the time between two setpoint writes.
+            flag = roles.enable.on if enable else roles.enable.off
+            if flag != self._enable_written:
+                self._enable_written = None
+                await self._write_verified(roles.enable.register_name, flag)
+                self._enable_written = flag
         if enable:
             await self._write_verified(roles.setpoint.register_name, setpoint, prove=True)
         # A "timeout" heartbeat is restarted by the setpoint write itself; a "counter" one

@@ -19,8 +19,9 @@ import structlog
 
 from controller.core.snapshots import PowerCommand
 from controller.inverter.drivers import RevertNotKeptError
+from controller.inverter.link import ModbusInverterLink
 from controller.links import LinkStatus
-from hil.inverter.profiles import RevertMemory, SunSpec700Profile
+from hil.inverter.profiles import RevertMemory, SunSpec100Profile, SunSpec700Profile
 from tests.inverter.devices import Device, device, faults, link_for, until
 
 LOST = "inverter lost its revert settings; rewriting them"
@@ -142,6 +143,11 @@ def test_a_timer_lost_again_after_its_rewrite_is_a_fault(profile_name: str, tmp_
 REVERT_S = 2.0  # heartbeat every 0.67 s
 
 
+def rewrites(link: ModbusInverterLink) -> int | None:
+    snapshot = link.snapshot()
+    return snapshot.revert_rewrites if snapshot is not None else None
+
+
 @pytest.mark.parametrize("link", ["tcp", "rtu"])
 @pytest.mark.parametrize("profile_name", PROFILE_NAMES)
 def test_after_a_lost_timer_a_dead_controller_still_leaves_the_inverter_at_zero(
@@ -163,6 +169,8 @@ def test_after_a_lost_timer_a_dead_controller_still_leaves_the_inverter_at_zero(
                 assert await until(lambda: dev.stage.revert_timeout_s == 0, 2.0)
                 assert await until(lambda: dev.stage.revert_timeout_s == REVERT_S, 3.0)
                 assert faults(link_) == ()
+                # The snapshot counts the rewrite: the daemon's report turns it into an event.
+                assert await until(lambda: rewrites(link_) == 1, 2.0), rewrites(link_)
             finally:
                 task.cancel()  # the controller dies: no safe_stop
                 await asyncio.gather(task, return_exceptions=True)
@@ -195,5 +203,69 @@ def test_a_device_that_keeps_forgetting_faults_the_link(link: str, tmp_path: Pat
                 task.cancel()
                 await asyncio.gather(task, return_exceptions=True)
                 await link_.safe_stop()
+
+    asyncio.run(scenario())
+
+
+@pytest.mark.parametrize("profile_name", PROFILE_NAMES)
+def test_a_heartbeat_is_one_write_and_one_read_back(profile_name: str, tmp_path: Path) -> None:
+    """Once the stage is enabled and the mode written, re-sending the command is one write and
+    one read-back: at 600 ms a reply every further request stretched the time between two
+    writes towards the revert timer (it was 4 requests on 704 with 703, 5 on 124 with 123)."""
+
+    async def scenario() -> None:
+        async with device(profile_name, "tcp", tmp_path, revert_timeout_s=3) as dev:
+            await dev.driver.setup()
+            await dev.driver.command(-2000.0, enable=True)
+            before = dev.transport.requests
+            await dev.driver.command(-2000.0, enable=True)
+            assert dev.transport.requests - before == 2
+            before = dev.transport.requests
+            await dev.driver.command(1000.0, enable=True)  # a new power costs no more
+            assert dev.transport.requests - before == 2
+            assert abs(dev.stage.target_w - 1000.0) < 10
+
+    asyncio.run(scenario())
+
+
+def test_a_changed_enable_is_written_again(tmp_path: Path) -> None:
+    """The enable is not re-sent with every heartbeat, but a poll that finds it changed (123
+    Conn dropped by the device) has it written with the next command."""
+
+    async def scenario() -> None:
+        async with device("sunspec-100", "tcp", tmp_path, revert_timeout_s=3) as dev:
+            profile = dev.profile
+            assert isinstance(profile, SunSpec100Profile)
+            await dev.driver.setup()
+            await dev.driver.command(-2000.0, enable=True)
+            assert dev.stage.enabled
+            profile.image.set_raw(123, "Conn", 0)
+            dev.stage.set_enabled(False, 0.0)
+            state = await dev.driver.read(0.0)
+            assert not state.enabled
+            await dev.driver.command(-2000.0, enable=True)
+            assert profile.image.get_raw(123, "Conn") == 1
+            assert dev.stage.enabled
+
+    asyncio.run(scenario())
+
+
+def test_a_lost_124_control_mode_is_rewritten(tmp_path: Path) -> None:
+    """124's StorCtl_Mod is proven like the timer: a device that drops it (and runs its own way,
+    its limits off) has it written back at the next command, with the log line."""
+
+    async def scenario() -> None:
+        async with device("sunspec-100", "tcp", tmp_path, revert_timeout_s=3) as dev:
+            profile = dev.profile
+            assert isinstance(profile, SunSpec100Profile)
+            await dev.driver.setup()
+            await dev.driver.command(-2000.0, enable=True)
+            profile.image.set_raw(124, "StorCtl_Mod", 0)
+            with structlog.testing.capture_logs() as logs:
+                await dev.driver.command(-2000.0, enable=True)
+            assert profile.image.get_raw(124, "StorCtl_Mod") == 3  # charge and discharge
+            [line] = [e for e in logs if e["event"] == LOST]
+            assert set(line["found"]) == {"StorCtl_Mod"}
+            assert dev.driver.proof.rewrites == 1
 
     asyncio.run(scenario())

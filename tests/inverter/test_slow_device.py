@@ -108,6 +108,15 @@ def test_a_slow_device_is_never_stale(
             assert state is not None
             assert state.faults == ()
             assert link.writes >= 1
+            # The heartbeat kept the device's own revert timer from running out: writes begin a
+            # third of the revert time after the last one began, whatever the requests cost.
+            # Two writes land at most a third of the revert time plus two requests (one in
+            # flight, its own) apart: 2.2 s, leaving room for a busy reply's retry before the
+            # 3 s timer runs out. The device's timer is wall-clock physics, so this is timed;
+            # the 0.3 s is for a loaded machine's scheduling. It was 2.8 s (issue 16, HIL).
+            gaps_s = [(b - a) / 1e9 for (a, _), (b, _) in itertools.pairwise(sim.write_log)]
+            assert stage.reverts == 0, f"the device reverted; gaps between writes {gaps_s}"
+            assert max(gaps_s) < REVERT_TIMEOUT_S / 3 + 2 * REPLY_DELAY_S + 0.3, gaps_s
         finally:
             task.cancel()
             await asyncio.gather(task, return_exceptions=True)
