@@ -453,6 +453,7 @@ class Daemon:
             measured_power_w=watts,
             soc_pct=vehicle.soc_pct if vehicle else None,
             voltage_v=vehicle.pack_voltage_v if vehicle else None,
+            inverter_revert_rewrites=inverter.revert_rewrites if inverter else 0,
         )
         self._links.aggregator.report(report)
         if self._recorder is not None:

@@ -128,6 +128,7 @@ class ControlReport:
     measured_power_w: float | None = None  # at the inverter
     soc_pct: float | None = None
     voltage_v: float | None = None  # vehicle pack voltage
+    inverter_revert_rewrites: int = 0  # InverterState.revert_rewrites
 
 
 @dataclass(frozen=True, slots=True)

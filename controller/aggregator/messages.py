@@ -241,6 +241,7 @@ EventKind = Literal[
     "records_dropped",
     "storage_failed",
     "storage_restored",
+    "revert_settings_rewritten",
 ]
 
 

@@ -123,6 +123,20 @@ def events_between(previous: ControlReport | None, current: ControlReport) -> li
         for fault in (previous.faults if previous is not None else ())
         if fault not in now_faults
     )
+    rewrites = current.inverter_revert_rewrites
+    if previous is not None and rewrites > previous.inverter_revert_rewrites:
+        # The device had dropped the timer that brings it to 0 W if the controller dies: the
+        # link rewrote it (a device that drops it again at once is a fault instead).
+        events.append(
+            EventBody(
+                at=current.wall,
+                kind="revert_settings_rewritten",
+                message=(
+                    "the inverter had lost its revert timer settings; rewritten "
+                    f"({rewrites} since start)"
+                ),
+            )
+        )
     return events
 
 

@@ -98,6 +98,9 @@ class InverterState:
     # Lifetime counters from the inverter, where it has them (SunSpec or the register map).
     energy_charged_wh: float | None = None
     energy_discharged_wh: float | None = None
+    # How often since start the device was found to have lost its revert settings and had them
+    # rewritten (issue 16): each new one is an event for the aggregator.
+    revert_rewrites: int = 0
 
 
 class SetpointMode(enum.Enum):

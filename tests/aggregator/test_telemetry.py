@@ -97,3 +97,15 @@ def test_events_for_source_changes_and_faults() -> None:
         ("fault_cleared", "a"),
     ]
     assert events_between(fallback, fallback) == []
+
+
+def test_a_rewritten_revert_timer_is_an_event() -> None:
+    """Each time the link finds the inverter's revert settings lost and rewrites them, one event
+    (issue 16): the count rising is the event, an unchanged count is none."""
+    before = report(None, 0.0)
+    after = dataclasses.replace(before, inverter_revert_rewrites=1)
+    (event,) = events_between(before, after)
+    assert event.kind == "revert_settings_rewritten"
+    assert "(1 since start)" in event.message
+    assert events_between(after, after) == []
+    assert events_between(None, after) == []

@@ -13,7 +13,7 @@ from collections.abc import Callable
 
 from controller.core.snapshots import InverterState, PowerCommand
 from controller.errors import InverterLinkError
-from controller.inverter.drivers import DeviceInfo
+from controller.inverter.drivers import DeviceInfo, RevertProof
 from controller.inverter.link import ModbusInverterLink
 from controller.inverter.transport import ModbusTransport, TcpEndpoint
 
@@ -22,6 +22,7 @@ class HeldReadDriver:
     """Reads wait for ``release``; writes of anything but 0 W fail once ``failing`` is set."""
 
     def __init__(self) -> None:
+        self.proof = RevertProof()
         self.setups = 0
         self.failing = False
         self.hold_reads = False
