@@ -71,6 +71,9 @@ class Setup:
     departure: str = "07:30"
     departure_target_pct: float = 80.0
     revert_timeout_s: float = 3.0
+    inverter_timeout_s: float = 0.5
+    inverter_retries: int = 1
+    poll_interval_s: float = 0.2
     fault_hold_s: float = 30.0
     fallback: str = (
         "{policy: time_of_use, cheap_window: {start: '00:30', end: '06:30'}, "
@@ -78,6 +81,8 @@ class Setup:
         "discharge_power_w: 1500}"
     )
     extra_safety: dict[str, float] = field(default_factory=dict)
+    # The inverter's field behaviour: hil.inverter.field's switches for the plant's command line.
+    inverter_behaviour: tuple[str, ...] = ()
 
     @property
     def lines_path(self) -> Path:
@@ -110,9 +115,9 @@ vehicle:
 inverter:
   transport: {self.transport}
   {link}
-  timeout_s: 0.5
-  retries: 1
-  poll_interval_s: 0.2
+  timeout_s: {self.inverter_timeout_s:g}
+  retries: {self.inverter_retries}
+  poll_interval_s: {self.poll_interval_s:g}
   revert_timeout_s: {self.revert_timeout_s:g}
 aggregator:
   broker: {{host: 127.0.0.1, port: {self.broker_port}, keepalive_s: 5}}
@@ -246,7 +251,7 @@ def plant_args(setup: Setup, *, soc_pct: float, mode: str, time_factor: float) -
         args += ["--tcp", f"127.0.0.1:{setup.inverter_port}"]
     else:
         args += ["--rtu-dir", str(setup.directory)]
-    return args
+    return [*args, *setup.inverter_behaviour]
 
 
 # -- the aggregator's side ---------------------------------------------------------------------

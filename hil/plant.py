@@ -24,7 +24,8 @@ answer per line)::
     {"cmd": "status"}
     {"cmd": "vehicle", "set": {"stop_request": true}}      # a FaultInjection field
     {"cmd": "battery", "set": {"temperature_c": 60}}        # soc_pct, temperature_c
-    {"cmd": "inverter", "set": {"drop_replies": true}}      # exception_code, reply_delay_s, ...
+    {"cmd": "inverter", "set": {"drop_replies": true}}      # exception_code, reply_delay_s,
+                                                            # busy_probability, stuck_setpoint
     {"cmd": "inverter", "trip": "DC overcurrent"}           # the stage faults
     {"cmd": "inverter", "clear_fault": true}
     {"cmd": "lines", "set": {"emergency_stop": true}}      # the site's E-stop; plugged
@@ -61,13 +62,16 @@ from typing import Any
 
 import can
 
-from controller.config import load_register_map
 from controller.errors import VehicleLinkError
 from controller.vehicle.canbus import only_own_group
 from controller.vehicle.lines import SharedFileLines
-from hil.inverter.profiles import Profile, RegisterMapProfile, SunSpec100Profile, SunSpec700Profile
+from hil.inverter.field import (
+    FieldBehaviour,
+    add_field_arguments,
+    behaviour_from_args,
+    build_simulator,
+)
 from hil.inverter.ptypair import PtyPair
-from hil.inverter.simulator import InverterSimulator
 from hil.inverter.stage import PowerStage, StageRatings
 from hil.vehicle.battery import BatteryModel
 from hil.vehicle.chademo_ev import ChademoVehicle, ChademoVehicleConfig
@@ -95,6 +99,7 @@ INVERTER_SETTINGS = {
     "drop_replies": (bool,),
     "reply_delay_s": (int, float),
     "stuck_setpoint": (bool,),
+    "busy_probability": (int, float),
 }
 BATTERY_SETTINGS = frozenset({"soc_pct", "temperature_c"})
 LINE_SETTINGS = frozenset({"emergency_stop", "plugged", "fault_reset"})
@@ -175,6 +180,7 @@ class PlantConfig:
     max_discharge_w: float = 7400.0
     time_factor: float = 1.0
     control_path: Path | None = None
+    behaviour: FieldBehaviour = field(default_factory=FieldBehaviour)
 
 
 @dataclass(slots=True)
@@ -195,17 +201,6 @@ class PlantCounters:
     samples: list[float] = field(default_factory=list)
 
 
-def _profile(name: str, stage: PowerStage) -> Profile:
-    if name == "sunspec-700":
-        return SunSpec700Profile(stage)
-    if name == "sunspec-100":
-        return SunSpec100Profile(stage)
-    path = Path(name)
-    if not path.exists():
-        path = Path(__file__).resolve().parents[1] / "config" / "inverters" / f"{name}.yaml"
-    return RegisterMapProfile(load_register_map(path), stage)
-
-
 class Plant:
     """The car and the inverter in one process, coupled every ``COUPLING_S``."""
 
@@ -216,8 +211,8 @@ class Plant:
         self.stage = PowerStage(
             StageRatings(max_charge_w=config.max_charge_w, max_discharge_w=config.max_discharge_w)
         )
-        self.inverter = InverterSimulator(
-            _profile(config.profile, self.stage), self.stage, unit_id=config.unit_id
+        self.inverter = build_simulator(
+            config.profile, self.stage, config.behaviour, unit_id=config.unit_id
         )
         self.lines: SharedFileLines | None = None
         self.vehicle: ChademoVehicle | GbtVehicle | None = None
@@ -295,7 +290,14 @@ class Plant:
             "enabled": s.enabled,
             "inverter_fault": s.fault,
             "reverts": s.reverts,
+            "revert_timeout_s": s.revert_timeout_s,
             "setpoint_writes": self.inverter.setpoint_writes,
+            # The field behaviours' counters (hil.inverter.field).
+            "requests": self.inverter.requests,
+            "busy_answers": self.inverter.busy_answers,
+            "connections": self.inverter.connections,
+            "connections_refused": self.inverter.connections_refused,
+            "revert_forgets": getattr(self.inverter.profile, "forgets", 0),
             # The SoC and largest power figures are not rounded: the promises are judged on them,
             # and rounding the SoC to 3 decimals would turn 39.9996 % into the 40 % floor.
             "soc_pct": b.soc_pct,
@@ -411,6 +413,10 @@ class Plant:
                 or isinstance(value, bool) != (kinds == (bool,))
             ):
                 raise BadRequestError(f"inverter: {name!r} cannot be set to {value!r}")
+            if name == "busy_probability" and not (
+                isinstance(value, int | float) and 0 <= value <= 1
+            ):
+                raise BadRequestError("inverter: 'busy_probability' is between 0 and 1")
         trip = request.get("trip")
         if trip is not None and not isinstance(trip, str):
             raise BadRequestError("inverter: 'trip' is the fault's reason, a string")
@@ -623,9 +629,13 @@ def parse_args(argv: list[str] | None = None) -> PlantConfig:
     parser.add_argument("--max-discharge-w", type=float, default=7400.0)
     parser.add_argument("--time-factor", type=float, default=1.0, help="simulated s per real s")
     parser.add_argument("--control", type=Path, default=None, help="JSON-lines control socket")
+    add_field_arguments(parser)
     args = parser.parse_args(argv)
     if args.time_factor <= 0 or args.capacity_kwh <= 0:
         parser.error("--time-factor and --capacity-kwh must be positive")
+    behaviour = behaviour_from_args(args)
+    if problems := behaviour.problems(args.profile):
+        parser.error("; ".join(problems))
     if args.can == "auto":
         interface, channel = pick_can()
     else:
@@ -655,6 +665,7 @@ def parse_args(argv: list[str] | None = None) -> PlantConfig:
         max_discharge_w=args.max_discharge_w,
         time_factor=args.time_factor,
         control_path=args.control,
+        behaviour=behaviour,
     )
 
 

@@ -15,6 +15,7 @@ import pytest
 import hil.plant as plant_module
 from controller.config import load_register_map
 from controller.vehicle.canbus import only_own_group
+from hil.inverter.field import FieldChain100Profile
 from hil.inverter.profiles import RegisterMapProfile, SunSpec100Profile
 from hil.inverter.stage import PowerStage
 from hil.mosquitto import free_port
@@ -95,6 +96,8 @@ def test_the_vehicles_own_battery_bookkeeping_is_ignored() -> None:
         {"cmd": "inverter", "set": {"drop_replies": 1}},
         {"cmd": "inverter", "set": {"exception_code": True}},
         {"cmd": "inverter", "set": {"port": 1}},
+        {"cmd": "inverter", "set": {"busy_probability": 1.5}},
+        {"cmd": "inverter", "set": {"busy_probability": True}},
         {"cmd": "inverter", "trip": 5},
         {"cmd": "lines", "set": {"emergency_stop": True}},  # no lines file in this plant
     ],
@@ -237,3 +240,55 @@ def test_plant_process_answers_and_stops_on_sigterm() -> None:
         assert proc.returncode == 0, output
         assert f"CAN interface: {interface}" in output
         assert not control.exists()
+
+
+def test_the_command_line_builds_a_field_device() -> None:
+    """The field switches (issue 16) give the plant's inverter the device they describe."""
+    config = plant_module.parse_args(
+        [
+            "--field-chain",
+            "--base",
+            "0",
+            "--silent-at-40000",
+            "--reply-delay-s",
+            "0.6",
+            "--busy-probability",
+            "0.05",
+            "--max-connections",
+            "1",
+            "--forget-revert-after-s",
+            "6",
+            "--free-power-w",
+            "7400",
+        ]
+    )
+    plant = Plant(config)
+    sim, profile = plant.inverter, plant.inverter.profile
+    assert isinstance(profile, FieldChain100Profile)
+    assert profile.start_address == 0
+    assert profile.free_power_w == 7400.0
+    assert profile.forget_revert_after_s == 6.0
+    assert sim.silent_at == [range(40000, 40002)]
+    assert (sim.reply_delay_s, sim.busy_probability, sim.max_connections) == (0.6, 0.05, 1)
+    assert plant.status()["revert_forgets"] == 0
+
+
+@pytest.mark.parametrize(
+    ("argv", "problem"),
+    [
+        (["--field-chain", "--profile", "sunspec-700"], "--profile sunspec-100"),
+        (["--base", "1000"], "--base is one of 0, 40000, 50000"),
+        (["--profile", "v2glabs-bd7", "--base", "0"], "moves a SunSpec chain"),
+        (["--silent-at-40000"], "--base 0 or 50000"),
+        (["--busy-probability", "2"], "between 0 and 1"),
+        (["--max-connections", "0"], "at least 1"),
+        (["--forget-revert-after-s", "0"], "positive"),
+    ],
+)
+def test_field_switches_that_do_not_fit_are_refused(
+    argv: list[str], problem: str, capsys: pytest.CaptureFixture[str]
+) -> None:
+    with pytest.raises(SystemExit) as exit_:
+        plant_module.parse_args(argv)
+    assert exit_.value.code == 2
+    assert problem in capsys.readouterr().err

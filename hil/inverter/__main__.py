@@ -3,6 +3,8 @@
     python -m hil.inverter --tcp 127.0.0.1:5020 --profile sunspec-700
     python -m hil.inverter --serial /dev/ttyUSB1 --baudrate 9600 --profile sunspec-100
     python -m hil.inverter --tcp 0.0.0.0:502 --profile config/inverters/v2glabs-bd7.yaml
+    python -m hil.inverter --tcp 127.0.0.1:5020 --profile sunspec-100 --field-chain --base 0 \
+        --silent-at-40000 --reply-delay-s 0.6 --max-connections 1 --busy-probability 0.05
 
 Prints the power stage once a second; Ctrl-C stops it.
 """
@@ -14,31 +16,17 @@ import asyncio
 import contextlib
 import sys
 import time
-from pathlib import Path
 
-from controller.config import load_register_map
 from controller.errors import ConfigError
-from hil.inverter.profiles import Profile, RegisterMapProfile, SunSpec100Profile, SunSpec700Profile
-from hil.inverter.simulator import InverterSimulator
+from hil.inverter.field import add_field_arguments, behaviour_from_args, build_simulator
 from hil.inverter.stage import PowerStage, StageRatings
-
-
-def _profile(name: str, stage: PowerStage) -> Profile:
-    if name == "sunspec-700":
-        return SunSpec700Profile(stage)
-    if name == "sunspec-100":
-        return SunSpec100Profile(stage)
-    path = Path(name)
-    if not path.exists():
-        path = Path(__file__).resolve().parents[2] / "config" / "inverters" / f"{name}.yaml"
-    return RegisterMapProfile(load_register_map(path), stage)
 
 
 async def _serve(args: argparse.Namespace) -> None:
     stage = PowerStage(
         StageRatings(max_charge_w=args.max_charge_w, max_discharge_w=args.max_discharge_w)
     )
-    sim = InverterSimulator(_profile(args.profile, stage), stage, unit_id=args.unit_id)
+    sim = build_simulator(args.profile, stage, behaviour_from_args(args), unit_id=args.unit_id)
     if args.tcp:
         host, _, port = args.tcp.rpartition(":")
         bound = await sim.start_tcp(host or "127.0.0.1", int(port))
@@ -78,7 +66,10 @@ def main() -> int:
     parser.add_argument("--parity", choices=["N", "E", "O"], default="N")
     parser.add_argument("--max-charge-w", type=float, default=7400.0)
     parser.add_argument("--max-discharge-w", type=float, default=7400.0)
+    add_field_arguments(parser)
     args = parser.parse_args()
+    if problems := behaviour_from_args(args).problems(args.profile):
+        parser.error("; ".join(problems))
     try:
         with contextlib.suppress(KeyboardInterrupt):
             asyncio.run(_serve(args))
