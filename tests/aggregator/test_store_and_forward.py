@@ -15,6 +15,7 @@ the link publishes while both reconnect, whichever is first.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import dataclasses
 import datetime as dt
 import functools
@@ -94,10 +95,27 @@ def at(clock: SimulatedMonotonic, base: ControlReport, **changes: Any) -> Contro
 
 
 async def make_outage_records(
+    link: MqttAggregatorLink,
+    outbox: DurableOutbox,
+    clock: SimulatedMonotonic,
+    monkeypatch: pytest.MonkeyPatch | None = None,
+) -> list[str]:
+    """10 simulated minutes: 60 periodic telemetry, 3 events, 3 session records; returns once
+    the storage thread wrote them all. With ``monkeypatch``, the socket calls and sleeps made
+    while the records are handed over (never while waiting for the storage thread, when the
+    link's own reconnect attempts may run on the loop) are returned."""
+    with contextlib.ExitStack() as stack:
+        blocking = stack.enter_context(blocking_calls(monkeypatch)) if monkeypatch else []
+        queue_outage_records(link, outbox, clock)
+    storage = link.storage
+    assert storage is not None
+    await storage.drain()
+    return blocking
+
+
+def queue_outage_records(
     link: MqttAggregatorLink, outbox: DurableOutbox, clock: SimulatedMonotonic
 ) -> None:
-    """10 simulated minutes: 60 periodic telemetry, 3 events, 3 session records; returns once
-    the storage thread wrote them all."""
     storage = link.storage
     assert storage is not None
     base = report("sp-1", -2000.0, state=PowerState.DISCHARGING, source="aggregator")
@@ -112,7 +130,6 @@ async def make_outage_records(
         if n % 20 == 10:
             body = session_body(n // 20)  # the ledger closing a session, on the storage thread
             storage.post("session", functools.partial(outbox.put, "session", body))
-    await storage.drain()
 
 
 def record_ids(aggregator: Aggregator) -> list[str]:
@@ -152,8 +169,7 @@ def test_ten_minute_outage_every_record_delivered_once_in_order(
 
             broker.stop()
             assert await until(lambda: link.status is LinkStatus.DOWN, 3.0)
-            with blocking_calls(monkeypatch) as blocking:
-                await make_outage_records(link, outbox, clock)
+            blocking = await make_outage_records(link, outbox, clock, monkeypatch)
             assert blocking == []  # stored, never waiting on the broker that is gone
             backlog = list(outbox)
             kinds = Counter(record.kind for record in backlog)
