@@ -10,9 +10,14 @@ GB/T 27930 carries BRM, BCP and BCS (longer than 8 bytes) this way::
 
 ``TpReceiver`` is the charger's side and ``TpSender`` the vehicle's (used by the simulator). Both
 take decoded connection messages or data packets plus the monotonic time and return what to send;
-neither does IO. The receiver accepts data packets in any order, ignores duplicates, asks again (a
-CTS naming the first missing packet) when a gap is still open ``RETRANSMIT_AFTER_S`` after the last
-packet, and aborts on the J1939-21 timeouts.
+neither does IO and neither raises for what the other side sends.
+
+The receiver follows J1939-21's timing: a CTS clears a window of packets; the sender has T2 to
+send the first and T1 between packets, so any gap below T1 is normal and never asked about. Only
+when T1 runs out with packets of the window missing does it ask again (a CTS from the first
+missing packet, at most twice a window), and when T2 runs out after a CTS it aborts. A second RTS
+for the same PGN restarts the transfer, one for another PGN is refused (abort reason 1) and the
+open transfer goes on; a packet beyond the window or a duplicate with other data aborts it.
 """
 
 from __future__ import annotations
@@ -28,14 +33,15 @@ TP_DT_PF = 0xEB
 TP_PRIORITY = 7
 
 # J1939-21 5.10.2.4 timeouts.
-TR_S = 0.20  # response time
-T1_S = 0.75  # receiver: between data packets
-T2_S = 1.25  # receiver: after sending CTS, until the first data packet
-T3_S = 1.25  # sender: after the last data packet (or RTS), until CTS / EndOfMsgAck
-T4_S = 1.05  # sender: after a CTS(0) hold, until the next CTS
+TR_S = 0.20  # Tr: a node answers a data or flow-control message within this (we answer at once)
+TH_S = 0.50  # Th: a receiver holding with CTS(0) repeats it this often (this receiver never holds)
+T1_S = 0.75  # T1, receiver: longest time between two data packets
+T2_S = 1.25  # T2, receiver: after sending a CTS, until its first data packet
+T3_S = 1.25  # T3, sender: after the last data packet (or RTS), until CTS / EndOfMsgAck
+T4_S = 1.05  # T4, sender: after a CTS(0) hold, until the next CTS
 
-# Project choice: a gap still open this long after the last data packet is asked for again.
-RETRANSMIT_AFTER_S = 0.10
+# J1939-21 5.10.3.2 (TP.CM_CTS): "recommended not to use more than 2 retransmit requests"; at the
+# limit the receiver aborts with reason 5. Counted per window (per CTS that cleared new packets).
 MAX_RETRANSMIT_REQUESTS = 2
 
 MAX_TP_SIZE = 1785  # 255 packets of 7 bytes
@@ -54,13 +60,40 @@ class ControlByte(enum.IntEnum):
 
 
 class AbortReason(enum.IntEnum):
-    """J1939-21 connection abort reasons used here."""
+    """TP.Conn_Abort byte 2: J1939-21 Table 7 (2006 and 2010 editions; Table 6 in 2022)."""
 
     ALREADY_IN_SESSION = 1
+    SYSTEM_RESOURCES = 2
     TIMEOUT = 3
+    CTS_DURING_TRANSFER = 4
     MAX_RETRANSMIT = 5
     UNEXPECTED_DATA = 6
     BAD_SEQUENCE = 7
+    DUPLICATE_SEQUENCE = 8
+    MESSAGE_TOO_LARGE = 9
+    OTHER = 250
+
+
+_ABORT_REASON_TEXT = {
+    AbortReason.ALREADY_IN_SESSION: "already in one or more connection-managed sessions",
+    AbortReason.SYSTEM_RESOURCES: "system resources were needed for another task",
+    AbortReason.TIMEOUT: "timeout",
+    AbortReason.CTS_DURING_TRANSFER: "CTS received while data transfer is in progress",
+    AbortReason.MAX_RETRANSMIT: "maximum retransmit request limit reached",
+    AbortReason.UNEXPECTED_DATA: "unexpected data transfer packet",
+    AbortReason.BAD_SEQUENCE: "bad sequence number",
+    AbortReason.DUPLICATE_SEQUENCE: "duplicate sequence number",
+    AbortReason.MESSAGE_TOO_LARGE: "message size greater than 1785 bytes",
+    AbortReason.OTHER: "any other reason",
+}
+
+
+def describe_abort_reason(reason: int) -> str:
+    """``reason`` with its J1939-21 Table 7 meaning, for logs: ``'3 (timeout)'``."""
+    try:
+        return f"{reason} ({_ABORT_REASON_TEXT[AbortReason(reason)]})"
+    except ValueError:
+        return f"{reason} (not a J1939-21 reason)"
 
 
 @dataclass(frozen=True, slots=True)
@@ -211,17 +244,19 @@ class TpResult:
 @dataclass(slots=True)
 class _Transfer:
     rts: Rts
-    packets: dict[int, bytes]
-    window_end: int  # highest packet number the last CTS allowed
-    deadline_s: float  # T1/T2
-    last_data_s: float | None
-    requests: int
+    packets: dict[int, bytes]  # sequence number -> the 7 bytes held
+    window_first: int  # the packets the last CTS cleared: window_first..window_end
+    window_end: int
+    waiting_first: bool  # True: T2 runs (a CTS went out, no packet since); False: T1 runs
+    deadline_s: float  # when T2 or T1 runs out
+    requests: int  # retransmission requests in this window
 
 
 class TpReceiver:
     """The receiving side of connection-mode transfers from one sender.
 
-    ``accepted_pgns`` limits which messages may be opened (others are aborted at once).
+    ``accepted_pgns`` limits which messages may be opened (others are refused at once). One
+    transfer is open at a time, as J1939-21 allows one connection per sender and receiver pair.
     """
 
     def __init__(self, accepted_pgns: frozenset[int]) -> None:
@@ -236,13 +271,8 @@ class TpReceiver:
 
     @property
     def next_deadline_s(self) -> float | None:
-        """When ``tick`` next has something to do, or None."""
-        t = self._transfer
-        if t is None:
-            return None
-        if t.last_data_s is not None and self._missing(t):
-            return min(t.deadline_s, t.last_data_s + RETRANSMIT_AFTER_S)
-        return t.deadline_s
+        """When ``tick`` next has something to do (T1 or T2 runs out), or None."""
+        return None if self._transfer is None else self._transfer.deadline_s
 
     def on_cm(self, message: ConnectionMessage, now: float) -> TpResult:
         """A TP.CM from the sender."""
@@ -252,94 +282,148 @@ class TpReceiver:
             case Abort(pgn=pgn, reason=reason):
                 if self._transfer is not None and self._transfer.rts.pgn == pgn:
                     self._transfer = None
-                    return TpResult(problems=(f"sender aborted PGN 0x{pgn:04X}, reason {reason}",))
+                    why = describe_abort_reason(reason)
+                    return TpResult(
+                        problems=(f"PGN 0x{pgn:04X}: the sender aborted, reason {why}",)
+                    )
                 return TpResult()
             case _:
-                return TpResult(problems=(f"unexpected {message} from the sender",))
+                return TpResult(problems=(f"{message} from the sender ignored",))
 
     def _on_rts(self, rts: Rts, now: float) -> TpResult:
-        if rts.pgn not in self._accepted:
+        t = self._transfer
+        if t is not None and t.rts.pgn != rts.pgn:
+            # J1939-21 5.10.3.4, Table 7 reason 1: the open transfer is not disturbed and goes on.
             return TpResult(
-                send=(Abort(AbortReason.UNEXPECTED_DATA, rts.pgn),),
-                problems=(f"RTS for PGN 0x{rts.pgn:04X} not accepted",),
+                send=(Abort(AbortReason.ALREADY_IN_SESSION, rts.pgn),),
+                problems=(
+                    f"RTS for PGN 0x{rts.pgn:04X} refused, abort reason "
+                    f"{describe_abort_reason(AbortReason.ALREADY_IN_SESSION)}: the transfer of "
+                    f"PGN 0x{t.rts.pgn:04X} is open and goes on",
+                ),
+            )
+        if rts.pgn not in self._accepted:
+            # J1939-21 5.10.3.4: a receiver may refuse an RTS with an abort; no Table 7 reason
+            # fits a PGN it does not take, so "any other reason".
+            return TpResult(
+                send=(Abort(AbortReason.OTHER, rts.pgn),),
+                problems=(
+                    f"RTS for PGN 0x{rts.pgn:04X} refused, abort reason "
+                    f"{describe_abort_reason(AbortReason.OTHER)}: not a PGN this charger takes",
+                ),
             )
         problems: tuple[str, ...] = ()
-        if self._transfer is not None:
-            # J1939-21: a new RTS from the same sender replaces the open transfer.
-            problems = (f"RTS replaced open transfer of PGN 0x{self._transfer.rts.pgn:04X}",)
-        window = min(rts.packets, rts.max_packets_per_cts)
-        self._transfer = _Transfer(
-            rts=rts,
-            packets={},
-            window_end=window,
-            deadline_s=now + T2_S,
-            last_data_s=None,
-            requests=0,
-        )
-        return TpResult(send=(Cts(window, 1, rts.pgn),), problems=problems)
+        if t is not None:
+            # J1939-21 5.10.3.1: of several RTSs for the same PGN the newest is acted on, the
+            # older one is dropped without an abort.
+            problems = (f"PGN 0x{rts.pgn:04X}: a new RTS restarts the open transfer",)
+        t = _Transfer(rts, {}, 1, 0, waiting_first=True, deadline_s=now, requests=0)
+        self._transfer = t
+        return TpResult(send=(self._clear(t, 1, now),), problems=problems)
+
+    @staticmethod
+    def _clear(t: _Transfer, first: int, now: float) -> Cts:
+        """Clear the next window from packet ``first``: at most the RTS's packets per CTS."""
+        count = min(t.rts.packets - first + 1, t.rts.max_packets_per_cts)
+        t.window_first, t.window_end = first, first + count - 1
+        t.waiting_first, t.deadline_s, t.requests = True, now + T2_S, 0  # J1939-21 5.10.2.4 T2
+        return Cts(count, first, t.rts.pgn)
 
     def on_dt(self, packet: DataPacket, now: float) -> TpResult:
         """A TP.DT from the sender."""
         t = self._transfer
         if t is None:
-            return TpResult(problems=(f"data packet {packet.sequence} outside a transfer",))
-        if packet.sequence > t.rts.packets:
-            return TpResult(problems=(f"data packet {packet.sequence} beyond {t.rts.packets}",))
-        t.packets.setdefault(packet.sequence, packet.data)
-        t.last_data_s = now
-        t.deadline_s = now + T1_S
-        missing = self._missing(t)
-        if not missing:
-            payload = b"".join(t.packets[i] for i in range(1, t.rts.packets + 1))
+            # No transfer, so no PGN to name in an abort: the packet is dropped.
+            return TpResult(problems=(f"data packet {packet.sequence} outside a transfer ignored",))
+        refused = self._refuse(t, packet)
+        if refused is not None:
+            return refused
+        seq = packet.sequence
+        t.packets[seq] = packet.data  # a copy with the same data changes nothing
+        t.waiting_first, t.deadline_s = False, now + T1_S  # J1939-21 5.10.2.4 T1
+        if len(t.packets) == t.rts.packets:
             rts = t.rts
+            payload = b"".join(t.packets[i] for i in range(1, rts.packets + 1))
             self._transfer = None
             return TpResult(
                 send=(EndOfMsgAck(rts.total_size, rts.packets, rts.pgn),),
                 completed=(rts.pgn, payload[: rts.total_size]),
             )
-        if missing[0] > t.window_end:
-            # The window is complete: clear the next one.
-            window = min(t.rts.packets - t.window_end, t.rts.max_packets_per_cts)
-            start = t.window_end + 1
-            t.window_end += window
-            t.deadline_s = now + T2_S
-            return TpResult(send=(Cts(window, start, t.rts.pgn),))
+        if all(i in t.packets for i in range(t.window_first, t.window_end + 1)):
+            return TpResult(send=(self._clear(t, t.window_end + 1, now),))
         return TpResult()
+
+    def _refuse(self, t: _Transfer, packet: DataPacket) -> TpResult | None:
+        """What a data packet the transfer cannot take makes the receiver do, or None."""
+        seq = packet.sequence
+        if len(packet.data) != BYTES_PER_PACKET:
+            return TpResult(problems=(f"data packet {seq} of {len(packet.data)} bytes ignored",))
+        if not 1 <= seq <= t.window_end:
+            # J1939-21 5.10.3.2: the sender sends only the packets a CTS cleared; the number is
+            # wrong, Table 7 reason 7.
+            return self._abort(
+                t,
+                AbortReason.BAD_SEQUENCE,
+                f"packet {seq} is outside packets 1..{t.window_end} the CTSs cleared",
+            )
+        held = t.packets.get(seq)
+        if held is not None and held != packet.data:
+            # Table 7 reason 8: two different copies, and nothing tells which one is right.
+            return self._abort(
+                t,
+                AbortReason.DUPLICATE_SEQUENCE,
+                f"packet {seq} arrived again with other data "
+                f"({held.hex()}, then {packet.data.hex()})",
+            )
+        return None
 
     def tick(self, now: float) -> TpResult:
-        """Timeouts: ask again for a gap, or abort the transfer."""
+        """T2 or T1 ran out: ask again for the missing packets, or abort the transfer."""
         t = self._transfer
-        if t is None:
+        if t is None or now < t.deadline_s:
             return TpResult()
-        missing = self._missing(t)
-        if now >= t.deadline_s:
-            self._transfer = None
-            return TpResult(
-                send=(Abort(AbortReason.TIMEOUT, t.rts.pgn),),
-                problems=(f"PGN 0x{t.rts.pgn:04X}: timed out with packets {missing} missing",),
+        if t.waiting_first:
+            # J1939-21 5.10.2.4: T2 is a timeout; the sender's T3 has run out by now as well.
+            return self._abort(
+                t,
+                AbortReason.TIMEOUT,
+                f"no data packet within T2 ({T2_S * 1000:.0f} ms) of the CTS for packets "
+                f"{t.window_first}..{t.window_end}",
             )
-        gap_open = t.last_data_s is not None and now >= t.last_data_s + RETRANSMIT_AFTER_S
-        if gap_open and missing and missing[0] <= t.window_end:
-            if t.requests >= MAX_RETRANSMIT_REQUESTS:
-                self._transfer = None
-                return TpResult(
-                    send=(Abort(AbortReason.MAX_RETRANSMIT, t.rts.pgn),),
-                    problems=(f"PGN 0x{t.rts.pgn:04X}: packets {missing} lost again",),
-                )
-            t.requests += 1
-            first = missing[0]
-            last = max(m for m in missing if m <= t.window_end)
-            t.last_data_s = None
-            t.deadline_s = now + T2_S
-            return TpResult(
-                send=(Cts(last - first + 1, first, t.rts.pgn),),
-                problems=(f"PGN 0x{t.rts.pgn:04X}: asked again for packets {first}..{last}",),
+        # T1 ran out with packets of the window missing (a complete window clears the next).
+        missing = [i for i in range(t.window_first, t.window_end + 1) if i not in t.packets]
+        if t.requests >= MAX_RETRANSMIT_REQUESTS:
+            return self._abort(
+                t,
+                AbortReason.MAX_RETRANSMIT,
+                f"packets {missing} still missing T1 ({T1_S * 1000:.0f} ms) after the last data "
+                f"packet, {t.requests} retransmission requests made",
             )
-        return TpResult()
+        # J1939-21 5.10.3.2: on T1 the receiver may ask again with a CTS from the first missing
+        # packet; that CTS confirms only the packets before it, so the rest is taken afresh.
+        first = missing[0]
+        for i in range(first, t.window_end + 1):
+            t.packets.pop(i, None)
+        t.requests += 1
+        t.waiting_first, t.deadline_s = True, now + T2_S
+        return TpResult(
+            send=(Cts(t.window_end - first + 1, first, t.rts.pgn),),
+            problems=(
+                f"PGN 0x{t.rts.pgn:04X}: no data packet for T1 ({T1_S * 1000:.0f} ms) with "
+                f"packets {missing} missing: asked again for packets {first}..{t.window_end} "
+                f"(retransmission request {t.requests} of {MAX_RETRANSMIT_REQUESTS})",
+            ),
+        )
 
-    @staticmethod
-    def _missing(t: _Transfer) -> list[int]:
-        return [i for i in range(1, t.rts.packets + 1) if i not in t.packets]
+    def _abort(self, t: _Transfer, reason: AbortReason, why: str) -> TpResult:
+        self._transfer = None
+        return TpResult(
+            send=(Abort(reason, t.rts.pgn),),
+            problems=(
+                f"PGN 0x{t.rts.pgn:04X}: transfer aborted, reason {describe_abort_reason(reason)}: "
+                f"{why}",
+            ),
+        )
 
 
 @dataclass(frozen=True, slots=True)

@@ -1,4 +1,7 @@
-"""J1939-21 transport: connection messages, reassembly in any order, retransmission, timeouts."""
+"""J1939-21 transport: connection messages, reassembly in any order, retransmission, timeouts.
+
+The receiver's timing and abort rules on an injected clock are in test_j1939_tp_timing.py.
+"""
 
 from __future__ import annotations
 
@@ -52,18 +55,21 @@ def test_reordered_packets_reassemble() -> None:
 
 
 def test_lost_packet_is_asked_for_again() -> None:
-    """A gap still open 100 ms after the last packet is requested by a CTS naming it."""
+    """A gap still open T1 (750 ms) after the last packet is asked for by a CTS from it, not
+    before; the packets after it are taken again (that CTS confirms only those before it)."""
     receiver = tp.TpReceiver(frozenset({PGN_BRM}))
-    assert _transfer(receiver, [1, 2, 4, 5, 6, 7]).completed is None
-    assert receiver.tick(0.1).send == ()
-    retry = receiver.tick(0.2)
-    assert retry.send == (tp.Cts(1, 3, PGN_BRM),)
-    done = receiver.on_dt(tp.split_payload(BRM_PAYLOAD)[2], 0.25)
-    assert done.completed == (PGN_BRM, BRM_PAYLOAD)
+    assert _transfer(receiver, [1, 2, 4, 5, 6, 7]).completed is None  # packet 7 at 60 ms
+    assert receiver.tick(0.8).send == ()
+    retry = receiver.tick(0.81)
+    assert retry.send == (tp.Cts(5, 3, PGN_BRM),)
+    assert "asked again" in retry.problems[0]
+    packets = tp.split_payload(BRM_PAYLOAD)
+    results = [receiver.on_dt(packets[i], 0.9 + 0.01 * i) for i in range(2, 7)]
+    assert results[-1].completed == (PGN_BRM, BRM_PAYLOAD)
 
 
-def test_silence_aborts_after_t1() -> None:
-    """No data packet for T1 (750 ms) with nothing to ask for aborts with reason timeout."""
+def test_silence_after_the_cts_aborts_at_t2() -> None:
+    """No data packet within T2 (1.25 s) of the CTS aborts with reason timeout."""
     receiver = tp.TpReceiver(frozenset({PGN_BRM}))
     receiver.on_cm(tp.Rts(49, 7, PGN_BRM), 0.0)
     assert receiver.tick(1.0).send == ()
@@ -73,24 +79,28 @@ def test_silence_aborts_after_t1() -> None:
 
 
 def test_repeatedly_lost_packet_aborts() -> None:
-    """After two unanswered retransmission requests the transfer is aborted."""
+    """After two unanswered retransmission requests the next T1 aborts with reason 5."""
     receiver = tp.TpReceiver(frozenset({PGN_BRM}))
     _transfer(receiver, [1, 2, 4, 5, 6, 7])
     packets = tp.split_payload(BRM_PAYLOAD)
-    now = 0.2
     sent: list[tp.ConnectionMessage] = []
     for _ in range(3):
+        now = receiver.next_deadline_s
+        assert now is not None
         sent += receiver.tick(now).send
-        receiver.on_dt(packets[0], now + 0.01)  # a duplicate, never packet 3
-        now += 0.2
-    assert sent[-1] == tp.Abort(tp.AbortReason.MAX_RETRANSMIT, PGN_BRM)
+        receiver.on_dt(packets[0], now + 0.01)  # a copy of packet 1, never packet 3
+    assert sent == [
+        tp.Cts(5, 3, PGN_BRM),
+        tp.Cts(5, 3, PGN_BRM),
+        tp.Abort(tp.AbortReason.MAX_RETRANSMIT, PGN_BRM),
+    ]
 
 
 def test_unexpected_pgn_is_refused() -> None:
-    """An RTS for a PGN the receiver does not take is answered with an abort."""
+    """An RTS for a PGN the receiver does not take is answered with an abort ("any other")."""
     receiver = tp.TpReceiver(frozenset({PGN_BRM}))
     result = receiver.on_cm(tp.Rts(13, 2, 0x0600), 0.0)
-    assert result.send == (tp.Abort(tp.AbortReason.UNEXPECTED_DATA, 0x0600),)
+    assert result.send == (tp.Abort(tp.AbortReason.OTHER, 0x0600),)
 
 
 def test_sender_and_receiver_complete_a_transfer() -> None:
