@@ -17,9 +17,16 @@ Phases (charger view)::
     faults: CEM (charger saw a timeout) every 250 ms for 1 s after the stop, then ENDED (FAULT)
 
 A BST at any point before the stop is the BMS's stop request. Two-bit status values: BST and BEM
-"01" and "10" (untrusted) are faults, as are BSM "01"/"10" and, for insulation and the output
-connector, "11" (not available). STOPPING waits for a fresh measurement (``set_output``) of at
-most 5 A; unknown or stale is not low (a charger fault after 100 ms, contactors open at 2 s).
+"01" and "10" (untrusted) are faults, as are BSM "01"/"10" (each named as GB/T 27930 names it for
+that field) and, for insulation and the output connector, "11" (not available). STOPPING waits for
+a fresh measurement (``set_output``) of at most 5 A; unknown or stale is not low (a charger fault
+after 100 ms, contactors open at 2 s).
+
+What the BMS sends is read through the DBC's ranges: a value outside its range (a J1939 "not
+available" 0xFF / 0xFFFF included) in a signal the charger acts on (BHM, BCL, BCP's limits and
+battery voltage) is a fault; in an informational one (BCS, BSM temperatures, BSD, BRM, BCP's
+energy and SoC) it is unknown (None), never a fault and never a stale value. A frame longer than
+its message whose extra bytes are all 0xFF or all 0x00 is padded, not malformed.
 
 Current follows the standard's sign on the wire (0.1 A/bit, -400 A, negative = charging, positive
 = discharging, clause 4.5) and the controller's sign in ``VehicleState`` (+ charges the vehicle):
@@ -36,7 +43,7 @@ from pathlib import Path
 from controller.core.snapshots import VehiclePhase, VehicleState
 from controller.errors import ProtocolError
 from controller.vehicle import j1939_tp as tp
-from controller.vehicle.dbc import DbcCodec, SignalValues
+from controller.vehicle.dbc import DbcCodec, ImplausibleValueError, SignalValues
 from controller.vehicle.frames import CanFrame, EventKind, LineOutputs, SessionEvent
 from controller.vehicle.session import ChargerSession
 
@@ -100,17 +107,28 @@ _VEHICLE_IDS = frozenset(
     }
 )
 
-# GB/T 27930 BSM 2-bit status fields: any "01"/"10" stops charging.
-_BSM_WORDS = {1: "too high", 2: "untrusted/low", 3: "not available"}
-# ... and "11" (not available) too where not knowing is unsafe: insulation, output connector.
-_BSM_NEEDED = frozenset({"InsulationStatus", "OutputConnectorStatus"})
+# GB/T 27930-2015 BSM 2-bit status fields, 00 normal, and what "01" and "10" mean for each as
+# the standard's table names them; any "01"/"10" stops charging.
 _BSM_STATUS = {
-    "CellVoltageStatus": "cell voltage",
-    "SocStatus": "SoC",
-    "OverCurrentStatus": "charging over-current",
-    "TemperatureStatus": "battery temperature",
-    "InsulationStatus": "insulation",
-    "OutputConnectorStatus": "output connector",
+    "CellVoltageStatus": ("cell voltage too high", "cell voltage too low"),  # byte 6 bits 1-2
+    "SocStatus": ("SoC too high", "SoC too low"),  # byte 6 bits 3-4
+    "OverCurrentStatus": ("charging over-current", "charging current untrusted"),  # bits 5-6
+    "TemperatureStatus": ("battery temperature too high", "battery temperature untrusted"),  # 7-8
+    "InsulationStatus": ("insulation fault", "insulation untrusted"),  # byte 7 bits 1-2
+    "OutputConnectorStatus": ("output connector fault", "output connector untrusted"),  # bits 3-4
+}
+# "11" is not defined for them (J1939: not available): unknown, except where not knowing is
+# unsafe (project choice): insulation and the output connector.
+_BSM_NOT_AVAILABLE = {
+    "InsulationStatus": "insulation not available",
+    "OutputConnectorStatus": "output connector not available",
+}
+# Signals the charger acts on: out of their DBC range (a "not available" included) they fault the
+# session. Any other signal out of range is unknown: absent from the decoded values.
+_ACTED_ON = {
+    "BHM": frozenset({"MaxChargeVoltage"}),  # the voltage limit (insulation test, charging)
+    "BCP": frozenset({"MaxChargeCurrent", "MaxChargeVoltage", "PresentVoltage"}),
+    "BCL": frozenset({"VoltageDemand", "CurrentDemand", "ChargeMode"}),
 }
 # GB/T 27930 BST bytes 2-4: fault and error reasons.
 _BST_FAULTS = {
@@ -217,6 +235,7 @@ class _Bms:
     measured_current_a: float | None = None  # controller sign
     cell_voltage_max_v: float | None = None
     soc_pct: float | None = None
+    bcs_seen: bool = False  # from the first BCS on, its SoC (or None) is the SoC, not BCP's
     temp_max_c: float | None = None
     temp_min_c: float | None = None
     charging_allowed: bool = False
@@ -301,8 +320,24 @@ class GbtSession(ChargerSession):
         if fid == TP_DT_FROM_BMS:
             self._handle_tp(self._tp.on_dt(tp.decode_dt(frame.data), now), now)
             return
-        decoded = self._decode(frame)
-        self._on_message(decoded.name, decoded.signals, now)
+        name = self._codec.name_of(fid)
+        if name is None:
+            raise ProtocolError(f"unknown ID 0x{fid:X}")
+        data = _unpadded(frame.data, self._codec.length(name), limit=8)
+        self._on_message(name, self._checked(name, fid, data), now)
+
+    def _checked(self, name: str, frame_id: int, data: bytes) -> SignalValues:
+        """The message's values; out of range, a signal the charger acts on raises
+        ``ImplausibleValueError`` (a fault), any other is left out (unknown)."""
+        try:
+            return self._codec.decode_frame(frame_id, data).signals
+        except ImplausibleValueError:
+            decoded, rejected = self._codec.decode_checked(frame_id, data)
+        acted_on = _ACTED_ON.get(name, frozenset())
+        bad = [reason for signal, reason in rejected.items() if signal in acted_on]
+        if bad:
+            raise ImplausibleValueError("; ".join(bad))
+        return decoded.signals
 
     def _handle_tp(self, result: tp.TpResult, now: float) -> None:
         for message in result.send:
@@ -316,8 +351,9 @@ class GbtSession(ChargerSession):
                 full = self._codec.length(name)
                 if name == "BRM" and BRM_TABLE_BYTES <= len(payload) < full:
                     payload += b"\xff" * (full - len(payload))
-                decoded = self._codec.decode(name, payload)
-                self._on_message(name, decoded.signals, now)
+                payload = _unpadded(payload, full, limit=None)
+                signals = self._checked(name, self._codec.frame_id(name), payload)
+                self._on_message(name, signals, now)
 
     def _on_message(self, name: str, s: SignalValues, now: float) -> None:  # noqa: PLR0912  one branch per message
         b = self._bms
@@ -346,18 +382,25 @@ class GbtSession(ChargerSession):
                     now,
                 )
         elif name == "BCS":
-            b.measured_voltage_v = s["MeasuredVoltage"]
-            b.measured_current_a = _controller_sign(s["MeasuredCurrent"])
-            b.cell_voltage_max_v = s["MaxCellVoltage"]
-            b.soc_pct = s["StateOfCharge"]
+            # GB/T 27930 BCS: informational; a value out of range (0xFFFF: not available, a
+            # remaining time over 600 min) is unknown, not a fault.
+            b.bcs_seen = True
+            b.measured_voltage_v = s.get("MeasuredVoltage")
+            current = s.get("MeasuredCurrent")
+            b.measured_current_a = None if current is None else _controller_sign(current)
+            b.cell_voltage_max_v = s.get("MaxCellVoltage")
+            b.soc_pct = s.get("StateOfCharge")
         elif name == "BSM":
             self._on_bsm(s, now)
         elif name == "BST":
             self._on_bst(s, now)
         elif name == "BSD":
             self._bsd_seen = True
-            b.soc_pct = s["StopSoc"]
-            b.cell_voltage_max_v = s["MaxCellVoltage"]
+            # The final figures where available; the last BCS values stand otherwise.
+            if (stop_soc := s.get("StopSoc")) is not None:
+                b.soc_pct = stop_soc
+            if (cell_v := s.get("MaxCellVoltage")) is not None:
+                b.cell_voltage_max_v = cell_v
         elif name == "BEM":
             missed = [text for field, text in _BEM_TIMEOUTS.items() if s[field] == 1]
             if missed:
@@ -379,11 +422,11 @@ class GbtSession(ChargerSession):
 
     def _on_bcp(self, s: SignalValues, now: float) -> None:
         b = self._bms
-        b.max_cell_voltage_v = s["MaxCellVoltage"]
+        b.max_cell_voltage_v = s.get("MaxCellVoltage")
         b.max_charge_current_a = max(0.0, -s["MaxChargeCurrent"])  # GB/T sign: - = charging
-        b.nominal_energy_kwh = s["NominalEnergy"]
+        b.nominal_energy_kwh = s.get("NominalEnergy")
         b.max_charge_voltage_v = s["MaxChargeVoltage"]
-        b.bcp_soc_pct = s["StateOfCharge"]
+        b.bcp_soc_pct = s.get("StateOfCharge")
         if self.state is GbtState.RECOGNITION and self._crm_result == READY:
             self._enter(GbtState.PARAMETERS, now, "BCP received")
             self._schedule(now, "CTS", "CML")
@@ -391,18 +434,23 @@ class GbtSession(ChargerSession):
 
     def _on_bsm(self, s: SignalValues, now: float) -> None:
         b = self._bms
-        b.temp_max_c = s["MaxTemperature"]
-        b.temp_min_c = s["MinTemperature"]
-        bad = [
-            f"{text} {_BSM_WORDS[int(s[field])]}"
-            for field, text in _BSM_STATUS.items()
-            if s[field] in (1, 2) or (s[field] == 3 and field in _BSM_NEEDED)
-        ]
+        # Bytes 2 and 4, 1 degC/bit, -50 degC, -50..+200 degC: 0xFF (not available) is unknown.
+        b.temp_max_c = s.get("MaxTemperature")
+        b.temp_min_c = s.get("MinTemperature")
+        bad: list[str] = []
+        for field, (high, low) in _BSM_STATUS.items():
+            value = s.get(field)
+            if value == 1:
+                bad.append(high)
+            elif value == 2:  # the 2-bit value "10"
+                bad.append(low)
+            elif value == 3 and field in _BSM_NOT_AVAILABLE:  # "11"
+                bad.append(_BSM_NOT_AVAILABLE[field])
         if bad:
             # GB/T 27930 BSM: any fault status stops the charger.
             self._fault(f"GB/T BSM: {', '.join(bad)}", now)
         # All normal with "forbidden" pauses the charger (for at most ``pause_limit_s``).
-        b.charging_allowed = s["ChargingAllowed"] == 1
+        b.charging_allowed = s.get("ChargingAllowed") == 1
 
     def _on_bst(self, s: SignalValues, now: float) -> None:
         self._bst_seen = True
@@ -816,7 +864,7 @@ class GbtSession(ChargerSession):
             observed_at_s=self._observed_s,
             phase=self.phase,
             protocol=self.protocol,
-            soc_pct=b.soc_pct if b.soc_pct is not None else b.bcp_soc_pct,
+            soc_pct=b.soc_pct if b.bcs_seen else b.bcp_soc_pct,
             pack_voltage_v=b.measured_voltage_v,
             pack_current_a=b.measured_current_a,
             charge_current_limit_a=charge_limit,
@@ -851,12 +899,27 @@ def _controller_sign(gbt_current_a: float) -> float:
     return 0.0 - gbt_current_a
 
 
+def _unpadded(data: bytes, length: int, *, limit: int | None) -> bytes:
+    """``data`` cut to the message's ``length`` when every byte past it is padding: all 0xFF
+    (GB/T 27930: unused bits are 1) or all 0x00 (BMSs pad so too), up to ``limit`` bytes in all
+    (8 for one CAN frame, None for a transport message); otherwise unchanged (the codec decides)."""
+    excess = data[length:]
+    if not excess or (limit is not None and len(data) > limit):
+        return data
+    if excess[0] in (0x00, 0xFF) and excess.count(excess[0]) == len(excess):
+        return data[:length]
+    return data
+
+
 def _vin(s: SignalValues) -> str | None:
     """BRM bytes 25-41: the VIN, ASCII; None when it is not printable."""
+    parts = (s.get("VinPart1"), s.get("VinPart2"), s.get("VinPart3"))
+    if parts[0] is None or parts[1] is None or parts[2] is None:
+        return None
     raw = (
-        int(s["VinPart1"]).to_bytes(8, "little")
-        + int(s["VinPart2"]).to_bytes(8, "little")
-        + int(s["VinPart3"]).to_bytes(1, "little")
+        int(parts[0]).to_bytes(8, "little")
+        + int(parts[1]).to_bytes(8, "little")
+        + int(parts[2]).to_bytes(1, "little")
     )
     text = raw.rstrip(b"\xff\x00").decode("ascii", errors="replace")
     return text if text and text.isprintable() and text.isalnum() else None

@@ -1,0 +1,174 @@
+"""Issue 17: the GB/T 27930 charger's checks, each on a simulated clock.
+
+Item 7: "not available" is unknown, padding is padding, BSM status fields named as the
+standard names them.
+"""
+
+from __future__ import annotations
+
+import pytest
+
+from controller.core.snapshots import VehiclePhase
+from controller.vehicle.frames import CanFrame, LineInputs
+from controller.vehicle.gbt27930 import (
+    GbtState,
+)
+
+from .fixtures import recorded as rec
+from .test_gbt_session import (
+    bms_frame,
+    recognising,
+    send_transfer,
+)
+
+CRO_ID = 0x100AF456
+CSD_ID = 0x181DF456
+BCL_ID = 0x181056F4
+BSM_ID = 0x181356F4
+
+
+# Item 7: unknown is not a fault; padding; BSM status names.
+
+
+def bcs_payload(**raw: int) -> bytes:
+    """The recorded BCS with bytes replaced: ``RemainingTime`` (bytes 8-9), ``soc`` (byte 7)."""
+    packets = [f.data[1:] for f in rec.GBT_BCS_TRANSFER if f.arbitration_id == 0x1CEB56F4]
+    payload = bytearray(b"".join(packets)[:9])
+    if "remaining_min" in raw:
+        payload[7:9] = raw["remaining_min"].to_bytes(2, "little")
+    if "soc" in raw:
+        payload[6] = raw["soc"]
+    return bytes(payload)
+
+
+@pytest.mark.parametrize("remaining_min", [600, 601, 0xFFFF], ids=["600", "601", "0xFFFF"])
+def test_bcs_remaining_time_out_of_range_is_unknown(remaining_min: int) -> None:
+    """BCS remaining time 601 min or 0xFFFF (not available) is no fault; the rest still reads."""
+    session = recognising()
+    send_transfer(session, 0x1100, bcs_payload(remaining_min=remaining_min), 1.1)
+    state = session.tick(1.3, LineInputs(plugged=True)).state
+    assert state.faults == ()
+    assert (state.pack_voltage_v, state.soc_pct) == (378.1, 77)
+
+
+def test_bcs_soc_not_available_is_unknown_not_bcps() -> None:
+    """BCS SoC 0xFF: the SoC reads None (unknown), not BCP's figure from before charging."""
+    session = recognising()
+    t = 1.0
+    for frame in rec.GBT_BCP_TRANSFER:  # SoC 77.6 % in BCP
+        if frame.arbitration_id != 0x1CECF456:
+            t += 0.01
+            session.receive(frame, t)
+    send_transfer(session, 0x1100, bcs_payload(soc=0xFF), 1.2)
+    state = session.tick(1.4, LineInputs(plugged=True)).state
+    assert state.faults == ()
+    assert state.soc_pct is None
+    assert state.pack_voltage_v == 378.1
+
+
+@pytest.mark.parametrize("padding", [b"\x00\x00\x00", b"\xff\xff\xff"], ids=["0x00", "0xFF"])
+def test_bcl_padded_to_8_bytes_is_read(padding: bytes) -> None:
+    """The recorded 5-byte BCL padded to 8 bytes with 0x00 (or 0xFF) is read, not malformed."""
+    session = recognising()
+    step = session.receive(CanFrame(BCL_ID, rec.GBT_BCL.data + padding, True), 1.1)
+    assert session.malformed_frames == 0
+    assert step.state.charge_current_limit_a == 20.0
+
+
+def test_bcl_with_other_trailing_bytes_is_still_malformed() -> None:
+    """Bytes past the message that are not padding still make the frame malformed."""
+    session = recognising()
+    session.receive(CanFrame(BCL_ID, rec.GBT_BCL.data + b"\x00\x12\x00", True), 1.1)
+    assert session.malformed_frames == 1
+
+
+def test_bsm_temperature_not_available_is_unknown() -> None:
+    """BSM highest temperature 0xFF (205 degC, out of range: not available): None, no fault."""
+    session = recognising()
+    data = bytearray(rec.GBT_BSM.data)
+    data[1] = 0xFF
+    state = session.receive(CanFrame(BSM_ID, bytes(data), True), 1.1).state
+    assert state.faults == ()
+    assert (state.battery_temp_max_c, state.battery_temp_min_c) == (None, 3)
+
+
+BSM_STATUS = {
+    "cell voltage 01": ({"CellVoltageStatus": 1}, "GB/T BSM: cell voltage too high"),
+    "cell voltage 10": ({"CellVoltageStatus": 2}, "GB/T BSM: cell voltage too low"),
+    "SoC 10": ({"SocStatus": 2}, "GB/T BSM: SoC too low"),
+    "over-current 01": ({"OverCurrentStatus": 1}, "GB/T BSM: charging over-current"),
+    "over-current 10": ({"OverCurrentStatus": 2}, "GB/T BSM: charging current untrusted"),
+    "temperature 10": ({"TemperatureStatus": 2}, "GB/T BSM: battery temperature untrusted"),
+    "insulation 01": ({"InsulationStatus": 1}, "GB/T BSM: insulation fault"),
+    "insulation 10": ({"InsulationStatus": 2}, "GB/T BSM: insulation untrusted"),
+    "insulation 11": ({"InsulationStatus": 3}, "GB/T BSM: insulation not available"),
+    "connector 01": ({"OutputConnectorStatus": 1}, "GB/T BSM: output connector fault"),
+    "SoC 11": ({"SocStatus": 3}, None),
+    "temperature 11": ({"TemperatureStatus": 3}, None),
+}
+
+
+@pytest.mark.parametrize(("signals", "fault"), BSM_STATUS.values(), ids=BSM_STATUS.keys())
+def test_bsm_status_fields_are_named_per_field(
+    signals: dict[str, float], fault: str | None
+) -> None:
+    """Each BSM 2-bit status names what the standard's table says for that field; "11" is a
+    fault only for insulation and the output connector."""
+    session = recognising()
+    state = session.receive(bms_frame("BSM", **signals), 1.1).state
+    assert state.faults == ((fault,) if fault else ())
+
+
+def test_bcp_energy_not_available_is_unknown() -> None:
+    """BCP nominal energy 0xFFFF: capacity unknown, no fault; the session goes on to CML."""
+    session = recognising()
+    send_transfer(
+        session,
+        0x0200,
+        b"".join(f.data[1:] for f in rec.GBT_BRM_TRANSFER if f.arbitration_id == 0x1CEB56F4)[:49],
+        1.1,
+    )
+    bcp = bytearray(
+        b"".join(f.data[1:] for f in rec.GBT_BCP_TRANSFER if f.arbitration_id == 0x1CEB56F4)[:13]
+    )
+    bcp[4:6] = b"\xff\xff"
+    send_transfer(session, 0x0600, bytes(bcp), 1.3)
+    state = session.tick(1.4, LineInputs(plugged=True)).state
+    assert state.faults == ()
+    assert state.capacity_kwh is None
+    assert session.state is GbtState.PARAMETERS
+
+
+@pytest.mark.parametrize(
+    ("name", "frame"),
+    [
+        ("BHM", CanFrame(0x182756F4, b"\xff\xff", True)),
+        ("BCL", CanFrame(BCL_ID, b"\xff\xff" + rec.GBT_BCL.data[2:], True)),
+    ],
+    ids=["BHM voltage", "BCL voltage demand"],
+)
+def test_not_available_in_a_signal_the_charger_acts_on_is_a_fault(
+    name: str, frame: CanFrame
+) -> None:
+    """0xFFFF where the charger needs the figure (BHM's voltage limit, BCL's demand): a fault."""
+    session = recognising()
+    state = session.receive(frame, 1.1).state
+    assert state.phase is VehiclePhase.FAULT
+    assert state.faults[0].startswith(f"implausible value: {name}.")
+
+
+def test_bcp_battery_voltage_not_available_is_a_fault() -> None:
+    """BCP's battery voltage (bytes 12-13) is what the output is checked against: 0xFFFF faults."""
+    session = recognising()
+    send_transfer(
+        session,
+        0x0200,
+        b"".join(f.data[1:] for f in rec.GBT_BRM_TRANSFER if f.arbitration_id == 0x1CEB56F4)[:49],
+        1.1,
+    )
+    bcp = bytearray(
+        b"".join(f.data[1:] for f in rec.GBT_BCP_TRANSFER if f.arbitration_id == 0x1CEB56F4)[:13]
+    )
+    bcp[11:13] = b"\xff\xff"
+    send_transfer(session, 0x0600, bytes(bcp), 1.3)
+    assert session.faults == ("implausible value: BCP.PresentVoltage = 6553.5 above 1000",)
