@@ -5,8 +5,11 @@ Phases (charger view)::
     IDLE --plugged--> HANDSHAKE (auxiliary power on; CHM every 250 ms until BHM, or 5 s)
          --> INSULATION_TEST --> RECOGNITION (CRM 0x00 until BRM, then CRM 0xAA at once)
          --BCP--> PARAMETERS (CTS 500 ms, CML 250 ms; BRO 0xAA within 60 s)
-         --BRO 0xAA--> CHARGER_READY (CRO 0x00 until allow_energy_transfer(True), then CRO 0xAA)
-         --> CHARGING (BCL 50 ms / 1 s, BCS 250 ms / 5 s, BSM 250 ms / 5 s; CCS every 50 ms)
+         --BRO 0xAA--> CHARGER_READY (CRO 0x00 at once and every 250 ms; K1/K2 close and CRO
+         0xAA once transfer is allowed and the measured output voltage is fresh and within
+         +-5 % of BCP's battery voltage; neither within 60 s of BRO: a fault naming the volts)
+         --> CHARGING (CRO 0xAA every 250 ms until the first BCL, then CCS every 50 ms;
+         BCL 50 ms / 1 s, BCS 250 ms / 5 s, BSM 250 ms / 5 s)
          --BST, end(), allow_energy_transfer(False), a BSM pause past its limit, or fault-->
          STOPPING (CST every 10 ms; measured output <= 5 A within 100 ms)
          --BST and <= 5 A--> STATISTICS (BSD within 10 s, then CSD) --> ENDED
@@ -83,6 +86,10 @@ BRO_READY_S = 60.0  # GB/T 27930 BRO/CRO: 60 s
 STATISTICS_TIMEOUT_S = 10.0  # GB/T 27930: 10 s to receive BSD/CSD
 STOP_CURRENT_S = 0.1  # GB/T 27930: after CST, output <= 5 A within 100 ms
 STOP_CURRENT_GIVE_UP_S = 2.0  # project choice: open contactors even if the stage never reports it
+# GB/T 18487.1-2015 Annex B (B.3.4; tested as GB/T 34657.1 "charging ready"): K1/K2 close only
+# when the voltage outside them is within +-5 % of the battery voltage the BMS sent in BCP
+# (bytes 12-13) and within the charger's output range; otherwise charging is not allowed.
+VOLTAGE_MATCH_FRACTION = 0.05
 CEM_AFTER_FAULT_S = 1.0  # project choice: CEM is repeated this long before auxiliary power goes off
 MAX_RECONNECTS = 3  # GB/T 27930: reconnect 3 times, then abort
 RECONNECT_WAIT_S = 1.0  # project choice: CEM repeated (or a quiet pause) this long before CHM again
@@ -229,6 +236,7 @@ class _Bms:
     nominal_energy_kwh: float | None = None
     max_charge_voltage_v: float | None = None
     bcp_soc_pct: float | None = None
+    bcp_voltage_v: float | None = None  # BCP bytes 12-13: the battery voltage before charging
     voltage_demand_v: float | None = None
     current_demand_a: float | None = None  # controller sign: + charge, - discharge
     measured_voltage_v: float | None = None
@@ -368,19 +376,14 @@ class GbtSession(ChargerSession):
         elif name == "BRO":
             b.bro_ready = s["BmsReady"] == READY
             if b.bro_ready and self.state is GbtState.PARAMETERS:
-                self._enter(GbtState.CHARGER_READY, now, "BRO 0xAA: BMS ready")
+                self._enter(GbtState.CHARGER_READY, now, "BRO 0xAA: BMS ready, CRO 0x00")
                 self._unschedule("CTS", "CML")
-                self._schedule(now, "CRO")
+                # GB/T 27930 CRO: 0x00 (not ready) at once and every 250 ms while the charger
+                # prepares; 0xAA only once the output matches the battery (_advance).
+                self._send_cro(NOT_READY)
+                self._due["CRO"] = now + PERIODS_S["CRO"]
         elif name == "BCL":
-            b.voltage_demand_v = s["VoltageDemand"]
-            b.current_demand_a = _controller_sign(s["CurrentDemand"])
-            limit = b.max_charge_voltage_v or b.bhm_max_voltage_v
-            if limit is not None and b.voltage_demand_v > limit:
-                self._fault(
-                    f"implausible BCL voltage demand {b.voltage_demand_v} V above the BMS's "
-                    f"maximum {limit} V",
-                    now,
-                )
+            self._on_bcl(s, now)
         elif name == "BCS":
             # GB/T 27930 BCS: informational; a value out of range (0xFFFF: not available, a
             # remaining time over 600 min) is unknown, not a fault.
@@ -411,6 +414,25 @@ class GbtSession(ChargerSession):
             if untrusted:
                 self._fault(f"GB/T BEM: untrusted timeout flag for {', '.join(untrusted)}", now)
 
+    def _on_bcl(self, s: SignalValues, now: float) -> None:
+        b = self._bms
+        b.voltage_demand_v = s["VoltageDemand"]
+        b.current_demand_a = _controller_sign(s["CurrentDemand"])
+        limit = b.max_charge_voltage_v or b.bhm_max_voltage_v
+        if limit is not None and b.voltage_demand_v > limit:
+            self._fault(
+                f"implausible BCL voltage demand {b.voltage_demand_v} V above the BMS's "
+                f"maximum {limit} V",
+                now,
+            )
+            return
+        if self.state is GbtState.CHARGING and "CCS" not in self._due:
+            # GB/T 27930 charging phase: the charger answers the BMS's demand; CRO 0xAA (sent
+            # until now) gives way to CCS from the first BCL on, as the recorded charger did.
+            self._unschedule("CRO")
+            self._send_message("CCS")
+            self._due["CCS"] = now + PERIODS_S["CCS"]
+
     def _on_brm(self, s: SignalValues, now: float) -> None:
         self._bms.vin = _vin(s)
         if self.state is GbtState.RECOGNITION and self._crm_result != READY:
@@ -427,6 +449,7 @@ class GbtSession(ChargerSession):
         b.nominal_energy_kwh = s.get("NominalEnergy")
         b.max_charge_voltage_v = s["MaxChargeVoltage"]
         b.bcp_soc_pct = s.get("StateOfCharge")
+        b.bcp_voltage_v = s["PresentVoltage"]  # bytes 12-13, checked before K1/K2 close
         if self.state is GbtState.RECOGNITION and self._crm_result == READY:
             self._enter(GbtState.PARAMETERS, now, "BCP received")
             self._schedule(now, "CTS", "CML")
@@ -519,18 +542,7 @@ class GbtSession(ChargerSession):
                 self._crm_result = NOT_READY
                 self._schedule(now, "CRM")
         elif st is GbtState.CHARGER_READY:
-            if self._allowed:
-                self._outputs = LineOutputs(d1=True, contactors=True, lock=True)
-                self._enter(GbtState.CHARGING, now, "CRO 0xAA: charger ready")
-                self._charging_started_s = now
-                self._last_seen.pop("BCL", None)
-                self._last_seen.pop("BCS", None)
-                self._last_seen.pop("BSM", None)
-                self._send_cro(READY)
-                self._unschedule("CRO")
-                self._schedule(now, "CCS")
-            elif elapsed > BRO_READY_S:
-                self._fault("GB/T CRO: charger not ready within 60 s of BRO", now)
+            self._advance_ready(elapsed, now)
         elif st is GbtState.CHARGING:
             if not self._allowed:
                 self._stop_reason = "manual"
@@ -551,6 +563,63 @@ class GbtSession(ChargerSession):
             self._end(now, "error reported")
         elif st is GbtState.RECONNECT and elapsed >= RECONNECT_WAIT_S:
             self._restart(now)
+
+    def _voltage_mismatch(self) -> str | None:
+        """Why K1/K2 may not close yet, or None: GB/T 18487.1 B.3.4, the measured output (the
+        voltage outside K1/K2) fresh, within +-5 % of BCP's battery voltage (bytes 12-13) and
+        within the charger's output range."""
+        battery_v = self._bms.bcp_voltage_v
+        if battery_v is None:
+            return "no BCP battery voltage to check the output against"
+        volts = self._measured_voltage_v()
+        if volts is None:
+            return (
+                f"no fresh output voltage measurement to check against the BCP battery voltage "
+                f"{battery_v:.1f} V"
+            )
+        low_v = battery_v * (1.0 - VOLTAGE_MATCH_FRACTION)
+        high_v = battery_v * (1.0 + VOLTAGE_MATCH_FRACTION)
+        if not low_v <= volts <= high_v:
+            return (
+                f"output voltage {volts:.1f} V not within 5 % of the BCP battery voltage "
+                f"{battery_v:.1f} V ({low_v:.1f} V to {high_v:.1f} V)"
+            )
+        cfg = self.config
+        if not cfg.min_output_voltage_v <= volts <= cfg.max_output_voltage_v:
+            return (
+                f"output voltage {volts:.1f} V outside the charger's range "
+                f"{cfg.min_output_voltage_v:g} V to {cfg.max_output_voltage_v:g} V"
+            )
+        return None
+
+    def _advance_ready(self, elapsed: float, now: float) -> None:
+        """CRO 0x00 until energy transfer is allowed, the BMS still says BRO 0xAA and the output
+        matches the battery; then K1/K2 close with CRO 0xAA. GB/T 27930 BRO/CRO: 60 s."""
+        mismatch = self._voltage_mismatch()
+        if self._allowed and self._bms.bro_ready and mismatch is None:
+            volts = self._measured_voltage_v() or 0.0
+            self._outputs = LineOutputs(d1=True, contactors=True, lock=True)
+            self._enter(
+                GbtState.CHARGING,
+                now,
+                f"CRO 0xAA: output {volts:.1f} V matches the BCP battery voltage "
+                f"{self._bms.bcp_voltage_v or 0.0:.1f} V, K1/K2 closed",
+            )
+            self._charging_started_s = now
+            self._last_seen.pop("BCL", None)
+            self._last_seen.pop("BCS", None)
+            self._last_seen.pop("BSM", None)
+            self._send_cro(READY)
+            # CRO 0xAA is repeated until the first BCL, which starts CCS (_on_bcl).
+            self._due["CRO"] = now + PERIODS_S["CRO"]
+        elif elapsed > BRO_READY_S:
+            if not self._allowed:
+                why = "the charger did not allow energy transfer"
+            elif not self._bms.bro_ready:
+                why = "the BMS withdrew BRO 0xAA"
+            else:
+                why = mismatch or ""
+            self._fault(f"GB/T CRO: not ready within 60 s of BRO 0xAA: {why}", now)
 
     def _advance_stopping(self, elapsed: float, now: float) -> None:
         current_low = self._output_current_low()
@@ -685,7 +754,7 @@ class GbtSession(ChargerSession):
 
     def _begin_stop(self, now: float, why: str) -> None:
         if self.state is GbtState.CHARGING:
-            self._unschedule("CCS")
+            self._unschedule("CCS", "CRO")
             self._enter(GbtState.STOPPING, now, why)
             self._schedule(now, "CST")
         elif self.state in (

@@ -1,7 +1,9 @@
 """Issue 17: the GB/T 27930 charger's checks, each on a simulated clock.
 
-Item 7: "not available" is unknown, padding is padding, BSM status fields named as the
-standard names them.
+Item 2: CRO 0x00 while preparing, K1/K2 and CRO 0xAA only on a matching output voltage (GB/T
+18487.1 Annex B: within 5 % of BCP's battery voltage), CCS only from the first BCL. Item 7:
+"not available" is unknown, padding is padding, BSM status fields named as the standard
+names them.
 """
 
 from __future__ import annotations
@@ -11,11 +13,18 @@ import pytest
 from controller.core.snapshots import VehiclePhase
 from controller.vehicle.frames import CanFrame, LineInputs
 from controller.vehicle.gbt27930 import (
+    GbtSession,
     GbtState,
 )
+from hil.vehicle import FaultInjection
 
 from .fixtures import recorded as rec
 from .test_gbt_session import (
+    CCS_ID,
+    CHM_ID,
+    FAST,
+    ConnectorBench,
+    bench,
     bms_frame,
     recognising,
     send_transfer,
@@ -25,6 +34,132 @@ CRO_ID = 0x100AF456
 CSD_ID = 0x181DF456
 BCL_ID = 0x181056F4
 BSM_ID = 0x181356F4
+
+
+def cro_frames(b: ConnectorBench) -> list[tuple[float, int]]:
+    """(time, CRO byte 1) of every CRO the charger sent."""
+    return [(t, d[0]) for t, d in b.trace.frames(CRO_ID)]
+
+
+def contactors_closed_at(b: ConnectorBench) -> float | None:
+    """When the charger first closed K1/K2."""
+    return next((t for t, s in b.trace.steps if s.outputs.contactors), None)
+
+
+def ready(b: ConnectorBench) -> float:
+    """Run until the BMS said BRO 0xAA (the session sends CRO from then on); return when."""
+    b.run(5.0, until=lambda _s: b.gbt.state is not GbtState.PARAMETERS and bool(cro_frames(b)))
+    assert cro_frames(b), "no CRO: the BMS never said BRO 0xAA"
+    return cro_frames(b)[0][0]
+
+
+# Item 2: CHM, CRO, the voltage match, CCS after BCL.
+
+
+def test_chm_repeats_every_250_ms_until_a_late_bhm() -> None:
+    """CHM goes out every 250 ms while no BHM comes, and stops once one has.
+
+    (This one held before issue 17 too: the charger already repeated CHM until BHM.)"""
+    session = GbtSession(FAST)
+    chm: list[float] = []
+    for i in range(200):
+        now = round(i * 0.01, 2)
+        if now == 0.8:
+            session.receive(rec.GBT_BHM, now)
+        step = session.tick(now, LineInputs(plugged=True))
+        chm += [now for f in step.frames if f.arbitration_id == CHM_ID]
+    assert chm == [0.0, 0.25, 0.5, 0.75]
+
+
+def test_cro_00_until_the_output_matches_then_aa_with_k1_k2() -> None:
+    """After BRO 0xAA: CRO 0x00 at once and every 250 ms, K1/K2 open, while the output reads 0 V;
+    once it reads the pack's voltage, K1/K2 close with CRO 0xAA."""
+    b = bench()
+    b.stuck_voltage_v = 0.0  # the stage has not brought its output up yet
+    bro_at = ready(b)
+    b.run(1.0)
+    assert b.gbt.state is GbtState.CHARGER_READY
+    assert contactors_closed_at(b) is None
+    early = cro_frames(b)
+    assert [v for _, v in early] == [0x00] * len(early)
+    assert [round(t - bro_at, 2) for t, _ in early] == [0.0, 0.25, 0.5, 0.75, 1.0]
+    b.stuck_voltage_v = None  # now the pack's voltage, within 5 % of BCP's
+    matched_at = b.now
+    b.run(0.5, until=lambda s: s.phase is VehiclePhase.ENERGY_TRANSFER)
+    closed_at = contactors_closed_at(b)
+    assert closed_at is not None
+    assert closed_at - matched_at <= 0.025  # the next report, then the next tick
+    first_aa = next(t for t, v in cro_frames(b) if v == 0xAA)
+    assert first_aa == closed_at
+    assert all(v == 0x00 for t, v in cro_frames(b) if t < first_aa)
+
+
+@pytest.mark.parametrize(
+    ("stuck_voltage_v", "reporting", "reason"),
+    [
+        (
+            300.0,
+            True,
+            "output voltage 300.0 V not within 5 % of the BCP battery voltage 350.0 V "
+            "(332.5 V to 367.5 V)",
+        ),
+        (
+            368.0,
+            True,
+            "output voltage 368.0 V not within 5 % of the BCP battery voltage 350.0 V "
+            "(332.5 V to 367.5 V)",
+        ),
+        (
+            None,
+            False,
+            "no fresh output voltage measurement to check against the BCP battery voltage 350.0 V",
+        ),
+    ],
+    ids=["300 V", "5 % and 0.5 V over", "not measured"],
+)
+def test_no_match_keeps_k1_k2_open_and_stops_after_60_s(
+    stuck_voltage_v: float | None, reporting: bool, reason: str
+) -> None:
+    """An output that never matches (or is never measured): CRO 0x00 only, K1/K2 never close,
+    and 60 s after BRO 0xAA the session stops with a fault naming the volts."""
+    b = bench()
+    b.stuck_voltage_v = stuck_voltage_v
+    b.report_output = reporting
+    ready(b)
+    b.run(62.0, until=lambda s: s.phase is VehiclePhase.FAULT)
+    assert b.trace.last.faults == (f"GB/T CRO: not ready within 60 s of BRO 0xAA: {reason}",)
+    assert contactors_closed_at(b) is None
+    assert {v for _, v in cro_frames(b)} == {0x00}
+    assert not b.trace.frames(CCS_ID)
+
+
+def test_output_at_the_5_percent_edge_matches() -> None:
+    """367.5 V against BCP's 350.0 V is within 5 %: K1/K2 close."""
+    b = bench()
+    b.stuck_voltage_v = 367.5
+    ready(b)
+    b.run(0.3, until=lambda s: s.phase is VehiclePhase.ENERGY_TRANSFER)
+    assert b.trace.last.phase is VehiclePhase.ENERGY_TRANSFER
+
+
+def test_ccs_starts_with_the_first_bcl() -> None:
+    """After CRO 0xAA the charger repeats CRO 0xAA (every 250 ms) and sends no CCS until the
+    first BCL; CCS starts as that BCL arrives."""
+    faults = FaultInjection(silence_demand=True)
+    b = bench(faults=faults)
+    b.run(8.0, until=lambda s: s.phase is VehiclePhase.ENERGY_TRANSFER)
+    started = b.now
+    b.run(0.6)
+    assert not b.trace.frames(CCS_ID)
+    aa = [round(t - started, 2) for t, v in cro_frames(b) if v == 0xAA]
+    assert aa == [0.0, 0.25, 0.5]
+    faults.silence_demand = False
+    b.run(0.3)
+    first_bcl = next(t for t, s in b.trace.steps if t > started and s.state.charge_permitted)
+    first_ccs = b.trace.frames(CCS_ID)[0][0]
+    assert first_ccs == first_bcl
+    assert all(t < first_ccs for t, v in cro_frames(b) if v == 0xAA)
+    assert b.trace.last.faults == ()
 
 
 # Item 7: unknown is not a fault; padding; BSM status names.
