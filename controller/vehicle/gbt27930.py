@@ -11,7 +11,8 @@ Phases (charger view)::
          --> CHARGING (CRO 0xAA every 250 ms until the first BCL, then CCS every 50 ms;
          BCL 50 ms / 1 s, BCS 250 ms / 5 s, BSM 250 ms / 5 s)
          --BST, end(), allow_energy_transfer(False), a BSM pause past its limit, or fault-->
-         STOPPING (CST every 10 ms; measured output <= 5 A within 100 ms)
+         STOPPING (CST every 10 ms; output <= 5 A within 100 ms of the first CST, judged on
+         measurements reported after it)
          --BST and <= 5 A--> STATISTICS (BSD within 10 s, then CSD) --> ENDED
     timeouts: a missed BMS message (CEM with its flag) or a BEM (the BMS missed ours) stops energy
          transfer first (CHARGING: CST, contactors open once <= 5 A), then RECONNECT (CEM every
@@ -21,9 +22,10 @@ Phases (charger view)::
 
 A BST at any point before the stop is the BMS's stop request. Two-bit status values: BST and BEM
 "01" and "10" (untrusted) are faults, as are BSM "01"/"10" (each named as GB/T 27930 names it for
-that field) and, for insulation and the output connector, "11" (not available). STOPPING waits for
-a fresh measurement (``set_output``) of at most 5 A; unknown or stale is not low (a charger fault
-after 100 ms, contactors open at 2 s).
+that field) and, for insulation and the output connector, "11" (not available). STOPPING waits
+for a measurement (``set_output``) reported after the stop of at most 5 A; unknown, stale or from
+before the stop is not low (a charger fault once 100 ms have passed and the evidence is in,
+contactors open at 2 s).
 
 What the BMS sends is read through the DBC's ranges: a value outside its range (a J1939 "not
 available" 0xFF / 0xFFFF included) in a signal the charger acts on (BHM, BCL, BCP's limits and
@@ -48,7 +50,7 @@ from controller.errors import ProtocolError
 from controller.vehicle import j1939_tp as tp
 from controller.vehicle.dbc import DbcCodec, ImplausibleValueError, SignalValues
 from controller.vehicle.frames import CanFrame, EventKind, LineOutputs, SessionEvent
-from controller.vehicle.session import ChargerSession
+from controller.vehicle.session import STOP_CURRENT_A, ChargerSession
 
 CHARGER_ADDRESS = 0x56
 BMS_ADDRESS = 0xF4
@@ -85,6 +87,9 @@ BSM_TIMEOUT_S = DEFAULT_TIMEOUT_S
 BRO_READY_S = 60.0  # GB/T 27930 BRO/CRO: 60 s
 STATISTICS_TIMEOUT_S = 10.0  # GB/T 27930: 10 s to receive BSD/CSD
 STOP_CURRENT_S = 0.1  # GB/T 27930: after CST, output <= 5 A within 100 ms
+# Project choice: after those 100 ms, how long the verdict waits for the stage's first report
+# since the CST when none has come yet (the daemon reports the stage every 100 ms cycle).
+STOP_REPORT_ALLOWANCE_S = 0.1
 STOP_CURRENT_GIVE_UP_S = 2.0  # project choice: open contactors even if the stage never reports it
 # GB/T 18487.1-2015 Annex B (B.3.4; tested as GB/T 34657.1 "charging ready"): K1/K2 close only
 # when the voltage outside them is within +-5 % of the battery voltage the BMS sent in BCP
@@ -264,6 +269,7 @@ class GbtSession(ChargerSession):
         if len(region) != 3:
             raise ProtocolError("GB/T region code must be three ASCII characters")
         self._region = int.from_bytes(region, "little")
+        self._output_reports = 0  # set_output calls so far: which measurement came after what
         self._reset()
 
     def _reset(self) -> None:
@@ -295,6 +301,10 @@ class GbtSession(ChargerSession):
         self._csd_sent = 0
         self._charging_started_s: float | None = None
         self._reconnect_why = ""  # set while a reconnect is under way
+        # The stop's reference event (the first CST): when, and the reports made before it.
+        self._stop_at_s = 0.0
+        self._stop_report = 0
+        self._stop_current_faulted = False
 
     def __repr__(self) -> str:
         return (
@@ -306,6 +316,12 @@ class GbtSession(ChargerSession):
     def accepted_ids(self) -> frozenset[int]:
         """The BMS's IDs, including its J1939 transport frames."""
         return _VEHICLE_IDS
+
+    def set_output(self, voltage_v: float, current_a: float, now: float) -> None:
+        """The power stage's measured output (see ``ChargerSession.set_output``), counted so the
+        stop and the unlock can tell a report made after their event from one made before."""
+        super().set_output(voltage_v, current_a, now)
+        self._output_reports += 1
 
     @property
     def next_deadline_s(self) -> float:
@@ -622,18 +638,29 @@ class GbtSession(ChargerSession):
             self._fault(f"GB/T CRO: not ready within 60 s of BRO 0xAA: {why}", now)
 
     def _advance_stopping(self, elapsed: float, now: float) -> None:
-        current_low = self._output_current_low()
-        if not current_low and elapsed > STOP_CURRENT_S:
-            # GB/T 27930: after CST, output <= 5 A within 100 ms (measured, fresh).
-            self._charger_fault = True
-            if self._measured_current_a() is None:
-                self._fault(
-                    "GB/T CST: output current not confirmed at or below 5 A 100 ms after stop "
-                    "(no fresh measurement)",
-                    now,
-                )
-            else:
-                self._fault("GB/T CST: output above 5 A 100 ms after stop", now)
+        current_low = self._stop_current_low()
+        if not current_low and not self._stop_current_faulted:
+            # GB/T 27930: after CST, output <= 5 A within 100 ms. Only a measurement reported
+            # after the first CST is evidence; the verdict waits for one (up to one report
+            # interval past the 100 ms) instead of taking a reading from before the stop.
+            amps = self._current_since_stop_a()
+            at_s = self._output_at_s or 0.0
+            late = amps is not None and at_s > self._stop_at_s + STOP_CURRENT_S
+            if late or elapsed > STOP_CURRENT_S + STOP_REPORT_ALLOWANCE_S:
+                self._stop_current_faulted = True
+                self._charger_fault = True
+                if amps is None:
+                    self._fault(
+                        "GB/T CST: output current not confirmed at or below 5 A 100 ms after "
+                        "stop (no current measured since the stop)",
+                        now,
+                    )
+                else:
+                    self._fault(
+                        f"GB/T CST: output {abs(amps):.1f} A, above 5 A, "
+                        f"{(at_s - self._stop_at_s) * 1000.0:.0f} ms after stop",
+                        now,
+                    )
         if (current_low and elapsed >= CST_MIN_S) or elapsed > STOP_CURRENT_GIVE_UP_S:
             self._outputs = LineOutputs(d1=True, lock=True)
             if self._faults:
@@ -647,6 +674,22 @@ class GbtSession(ChargerSession):
             elif elapsed > DEFAULT_TIMEOUT_S:
                 self._cem["TimeoutBst"] = 1
                 self._fault("GB/T BST not received within 5 s of CST", now)
+
+    def _current_since_stop_a(self) -> float | None:
+        """The stage's current (+ charges), fresh and reported after the stop began; else None."""
+        if self._output_reports <= self._stop_report or self._output_at_s is None:
+            return None
+        if self._output_at_s < self._stop_at_s:
+            return None
+        return self._measured_current_a()
+
+    def _stop_current_low(self) -> bool:
+        """Safe to open K1/K2: they are open already, or a fresh measurement reported since the
+        stop shows at most 5 A. Unknown, or known only from before the stop, is never low."""
+        if not self._outputs.contactors:
+            return True
+        amps = self._current_since_stop_a()
+        return amps is not None and abs(amps) <= STOP_CURRENT_A
 
     def _check_pause(self, now: float) -> None:
         """GB/T 27930 BSM: all normal with "charging forbidden" pauses, for ``pause_limit_s``."""
@@ -753,6 +796,10 @@ class GbtSession(ChargerSession):
         self._enter(GbtState.ENDED, now, f"{why}; auxiliary power off")
 
     def _begin_stop(self, now: float, why: str) -> None:
+        # GB/T 27930: the stop's reference event is the first CST (sent now): the <= 5 A within
+        # 100 ms rule counts from here, on measurements reported after it.
+        self._stop_at_s = now
+        self._stop_report = self._output_reports
         if self.state is GbtState.CHARGING:
             self._unschedule("CCS", "CRO")
             self._enter(GbtState.STOPPING, now, why)

@@ -1,7 +1,8 @@
 """Issue 17: the GB/T 27930 charger's checks, each on a simulated clock.
 
 Item 2: CRO 0x00 while preparing, K1/K2 and CRO 0xAA only on a matching output voltage (GB/T
-18487.1 Annex B: within 5 % of BCP's battery voltage), CCS only from the first BCL. Item 7:
+18487.1 Annex B: within 5 % of BCP's battery voltage), CCS only from the first BCL. Item 5: the
+<= 5 A check after CST on measurements reported after it. Item 7:
 "not available" is unknown, padding is padding, BSM status fields named as the standard
 names them.
 """
@@ -11,7 +12,7 @@ from __future__ import annotations
 import pytest
 
 from controller.core.snapshots import VehiclePhase
-from controller.vehicle.frames import CanFrame, LineInputs
+from controller.vehicle.frames import CanFrame, EventKind, LineInputs
 from controller.vehicle.gbt27930 import (
     GbtSession,
     GbtState,
@@ -22,10 +23,13 @@ from .fixtures import recorded as rec
 from .test_gbt_session import (
     CCS_ID,
     CHM_ID,
+    CODEC,
+    CST_ID,
     FAST,
     ConnectorBench,
     bench,
     bms_frame,
+    charging,
     recognising,
     send_transfer,
 )
@@ -160,6 +164,64 @@ def test_ccs_starts_with_the_first_bcl() -> None:
     assert first_ccs == first_bcl
     assert all(t < first_ccs for t, v in cro_frames(b) if v == 0xAA)
     assert b.trace.last.faults == ()
+
+
+# Item 5: <= 5 A after CST, on measurements reported after it.
+
+
+def stop_with_reports_every(b: ConnectorBench, report_every_s: float) -> float:
+    """Charge, then stop right after a stage report (at 100 A) with reports every
+    ``report_every_s`` from then on; return the stop time."""
+    charging(b)
+    b.report_every_s = report_every_s
+    b.report_phase_s = b.now  # a report at b.now (made in the last step), the next a period on
+    b.session.end(b.now)
+    return b.now
+
+
+def test_no_false_cst_fault_when_the_first_report_is_late() -> None:
+    """The stage at 0 A at once, but its first report after the stop comes 150 ms later: the
+    100 A reading from before the stop is no evidence against it; no fault."""
+    b = bench()
+    stop = stop_with_reports_every(b, 0.15)
+    b.run(4.0, until=lambda s: s.phase is VehiclePhase.ENDED)
+    assert b.trace.last.phase is VehiclePhase.ENDED
+    assert b.trace.last.faults == ()
+    opened = next(t for t, s in b.trace.steps if t > stop and not s.outputs.contactors)
+    assert 0.15 <= opened - stop <= 0.17
+
+
+def test_a_reading_from_before_the_stop_does_not_open_k1_k2() -> None:
+    """0 A reported just before the stop and nothing since: not "at or below 5 A" after it."""
+    b = bench()
+    b.direction = 0  # the stage delivers 0 A throughout
+    charging(b)
+    b.session.end(b.now)
+    stop = b.now
+    b.report_output = False
+    b.run(0.5)
+    assert b.trace.last.faults == (
+        "GB/T CST: output current not confirmed at or below 5 A 100 ms after stop "
+        "(no current measured since the stop)",
+    )
+    assert b.lines.outputs.contactors
+    b.run(1.7)
+    opened = next(t for t, s in b.trace.steps if t > stop and not s.outputs.contactors)
+    assert 2.0 <= opened - stop <= 2.1
+
+
+def test_current_still_high_after_100_ms_is_a_fault() -> None:
+    """A stage still at 50 A when it reports 150 ms after the stop: a fault with the figures."""
+    b = bench()
+    stop = stop_with_reports_every(b, 0.15)
+    b.stuck_current_a = 50.0
+    b.run(0.3)
+    faults = b.trace.last.faults
+    assert faults == ("GB/T CST: output 50.0 A, above 5 A, 150 ms after stop",)
+    at = next(t for t, e in b.trace.events if e.kind is EventKind.FAULT)
+    assert 0.15 <= at - stop <= 0.161  # the tick after that report
+    cst = CODEC.decode("CST", b.trace.frames(CST_ID)[-1][1]).signals
+    assert cst["FaultOther"] == 1
 
 
 # Item 7: unknown is not a fault; padding; BSM status names.
