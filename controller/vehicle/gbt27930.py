@@ -13,7 +13,9 @@ Phases (charger view)::
          --BST, end(), allow_energy_transfer(False), a BSM pause past its limit, or fault-->
          STOPPING (CST every 10 ms; output <= 5 A within 100 ms of the first CST, judged on
          measurements reported after it)
-         --BST and <= 5 A--> STATISTICS (BSD within 10 s, then CSD) --> ENDED
+         --BST and <= 5 A--> STATISTICS (BSD within 10 s, then CSD) --> ENDED (auxiliary power
+         off; the connector stays locked until a measurement reported since shows the output
+         below 60 V; not within 10 s: a fault, and it stays locked)
     timeouts: a missed BMS message (CEM with its flag) or a BEM (the BMS missed ours) stops energy
          transfer first (CHARGING: CST, contactors open once <= 5 A), then RECONNECT (CEM every
          250 ms for 1 s, if the charger saw the timeout) --> HANDSHAKE again (CHM, CRM 0x00),
@@ -95,6 +97,9 @@ STOP_CURRENT_GIVE_UP_S = 2.0  # project choice: open contactors even if the stag
 # when the voltage outside them is within +-5 % of the battery voltage the BMS sent in BCP
 # (bytes 12-13) and within the charger's output range; otherwise charging is not allowed.
 VOLTAGE_MATCH_FRACTION = 0.05
+# GB/T 18487.1: the electronic lock is released only once the output is below 60 V DC.
+UNLOCK_BELOW_V = 60.0
+UNLOCK_TIMEOUT_S = 10.0  # project choice: a fault if the output is not below 60 V by then
 CEM_AFTER_FAULT_S = 1.0  # project choice: CEM is repeated this long before auxiliary power goes off
 MAX_RECONNECTS = 3  # GB/T 27930: reconnect 3 times, then abort
 RECONNECT_WAIT_S = 1.0  # project choice: CEM repeated (or a quiet pause) this long before CHM again
@@ -284,6 +289,10 @@ class GbtSession(ChargerSession):
         self._reconnects = 0  # GB/T 27930: reconnect 3 times, then abort (per plug-in)
         self._energy_wh = 0.0
         self._outputs = LineOutputs()
+        # ENDED with the connector still locked: since when, and whether that was reported.
+        self._unlock_from_s: float | None = None
+        self._unlock_from_report = 0
+        self._unlock_faulted = False
         self._reset_communication()
 
     def _reset_communication(self) -> None:
@@ -530,12 +539,15 @@ class GbtSession(ChargerSession):
                 self._send_due(now)
             return
         if not self._inputs.plugged:
-            if self.state is GbtState.ENDED:
+            if self.state is GbtState.ENDED and self._unlock_from_s is None:
                 self._reset()
                 self._set_phase(VehiclePhase.UNPLUGGED, now, "connector unplugged")
                 self._last_tick_s = now
                 return
-            self._fault("connector unplugged during the session", now)
+            if self.state is not GbtState.ENDED:
+                self._fault("connector unplugged during the session", now)
+            # ENDED with the lock still held: the plug input (CC1) may read "unplugged" with the
+            # plug's latch button pressed; the lock waits for the output to fall below 60 V.
         volts, amps = self._measured_voltage_v(), self._measured_current_a()
         if self.state is GbtState.CHARGING and volts is not None and amps is not None and amps > 0:
             self._energy_wh += volts * amps * dt / 3600.0
@@ -579,6 +591,8 @@ class GbtSession(ChargerSession):
             self._end(now, "error reported")
         elif st is GbtState.RECONNECT and elapsed >= RECONNECT_WAIT_S:
             self._restart(now)
+        elif st is GbtState.ENDED:
+            self._advance_unlock(now)
 
     def _voltage_mismatch(self) -> str | None:
         """Why K1/K2 may not close yet, or None: GB/T 18487.1 B.3.4, the measured output (the
@@ -691,6 +705,34 @@ class GbtSession(ChargerSession):
         amps = self._current_since_stop_a()
         return amps is not None and abs(amps) <= STOP_CURRENT_A
 
+    def _advance_unlock(self, now: float) -> None:
+        """ENDED: the lock is released once a fresh measurement reported since the end shows
+        the output below 60 V (GB/T 18487.1); never on a voltage present or unknown. Not within
+        ``UNLOCK_TIMEOUT_S``: a fault, and the lock stays (until such a measurement comes)."""
+        since_s = self._unlock_from_s
+        if since_s is None:
+            return
+        volts = self._measured_voltage_v()
+        reported = self._output_reports > self._unlock_from_report
+        if reported and volts is not None and volts < UNLOCK_BELOW_V:
+            self._unlock_from_s = None
+            self._outputs = LineOutputs()
+            self._events.append(
+                SessionEvent(
+                    EventKind.PHASE_CHANGED,
+                    f"output {volts:.1f} V, below {UNLOCK_BELOW_V:g} V: connector unlocked",
+                )
+            )
+            return
+        if not self._unlock_faulted and now - since_s > UNLOCK_TIMEOUT_S:
+            self._unlock_faulted = True
+            what = "not measured" if volts is None or not reported else f"still {volts:.1f} V"
+            self._fault(
+                f"GB/T 18487.1: output {what} {UNLOCK_TIMEOUT_S:g} s after the session ended; "
+                f"connector kept locked until it is below {UNLOCK_BELOW_V:g} V",
+                now,
+            )
+
     def _check_pause(self, now: float) -> None:
         """GB/T 27930 BSM: all normal with "charging forbidden" pauses, for ``pause_limit_s``."""
         if "BSM" not in self._last_seen or self._bms.charging_allowed:
@@ -792,8 +834,12 @@ class GbtSession(ChargerSession):
         if not self._faults:
             self._reconnects = 0  # a completed session: a new one may reconnect 3 times again
         self._due.clear()
-        self._outputs = LineOutputs()
+        # Auxiliary power off; the lock is held until the output is below 60 V (_advance_unlock).
+        self._outputs = LineOutputs(lock=True)
+        self._unlock_from_s = now
+        self._unlock_from_report = self._output_reports
         self._enter(GbtState.ENDED, now, f"{why}; auxiliary power off")
+        self._advance_unlock(now)
 
     def _begin_stop(self, now: float, why: str) -> None:
         # GB/T 27930: the stop's reference event is the first CST (sent now): the <= 5 A within

@@ -1,22 +1,21 @@
 """Issue 17: the GB/T 27930 charger's checks, each on a simulated clock.
 
 Item 2: CRO 0x00 while preparing, K1/K2 and CRO 0xAA only on a matching output voltage (GB/T
-18487.1 Annex B: within 5 % of BCP's battery voltage), CCS only from the first BCL. Item 5: the
-<= 5 A check after CST on measurements reported after it. Item 7:
-"not available" is unknown, padding is padding, BSM status fields named as the standard
-names them.
+18487.1 Annex B: within 5 % of BCP's battery voltage), CCS only from the first BCL. Item 3: the
+connector lock held until the output is below 60 V. Item 5: the <= 5 A check after CST on
+measurements reported after it. Item 7: "not available" is unknown, padding is padding, BSM
+status fields named as the standard names them.
 """
 
 from __future__ import annotations
 
+import math
+
 import pytest
 
 from controller.core.snapshots import VehiclePhase
-from controller.vehicle.frames import CanFrame, EventKind, LineInputs
-from controller.vehicle.gbt27930 import (
-    GbtSession,
-    GbtState,
-)
+from controller.vehicle.frames import CanFrame, EventKind, LineInputs, LineOutputs
+from controller.vehicle.gbt27930 import GbtSession, GbtState
 from hil.vehicle import FaultInjection
 
 from .fixtures import recorded as rec
@@ -166,6 +165,85 @@ def test_ccs_starts_with_the_first_bcl() -> None:
     assert b.trace.last.faults == ()
 
 
+# Item 3: the lock.
+
+
+@pytest.mark.parametrize(
+    ("after_v", "released", "fault"),
+    [
+        (400.0, False, "still 400.0 V"),
+        (60.0, False, "still 60.0 V"),
+        (math.nan, False, "not measured"),
+        (59.9, True, None),
+    ],
+    ids=["400 V", "60 V", "unknown", "59.9 V"],
+)
+def test_lock_held_until_the_output_is_below_60_v(
+    after_v: float, released: bool, fault: str | None
+) -> None:
+    """At the end the auxiliary power goes off but the lock holds until the stage reports the
+    output below 60 V; 10 s without that is a fault, and the lock stays held."""
+    b = bench()
+    charging(b)
+    b.session.end(b.now)
+    b.run(4.0, until=lambda _s: b.gbt.state is GbtState.STATISTICS)
+    b.stuck_voltage_v = after_v
+    b.run(4.0, until=lambda s: s.phase in (VehiclePhase.ENDED, VehiclePhase.FAULT))
+    ended_at = b.now
+    assert b.lines.outputs == LineOutputs(lock=True)
+    b.run(10.5)
+    if released:
+        assert b.lines.outputs == LineOutputs()
+        assert b.trace.last.faults == ()
+        unlocked = [e.reason for _, e in b.trace.events if "unlocked" in e.reason]
+        assert unlocked == ["output 59.9 V, below 60 V: connector unlocked"]
+        return
+    assert b.lines.outputs == LineOutputs(lock=True)
+    assert b.trace.last.phase is VehiclePhase.FAULT
+    assert b.trace.last.faults == (
+        f"GB/T 18487.1: output {fault} 10 s after the session ended; connector kept locked "
+        "until it is below 60 V",
+    )
+    faulted_at = next(t for t, e in b.trace.events if e.kind is EventKind.FAULT)
+    assert 10.0 < faulted_at - ended_at <= 10.1
+    b.stuck_voltage_v = 12.0  # the output bleeds at last: now the lock may open
+    b.run(0.1)
+    assert b.lines.outputs == LineOutputs()
+
+
+def test_lock_waits_for_a_report_after_the_end() -> None:
+    """A reading below 60 V from before the end is no evidence: the lock waits for the next."""
+    session = recognising()
+    step = session.receive(bms_frame("BST", FaultInsulation=1), 1.1)  # a fault: error report
+    assert step.state.phase is VehiclePhase.FAULT
+    for i in range(1, 31):
+        now = round(1.1 + i * 0.05, 2)
+        if now == 2.05:  # ERROR_REPORT ends at 2.1: a fresh 0 V, but reported before the end
+            session.set_output(0.0, 0.0, now)
+        step = session.tick(now, LineInputs(plugged=True))
+    assert session.state is GbtState.ENDED
+    assert step.outputs == LineOutputs(lock=True)
+    session.set_output(3.0, 0.0, 2.7)
+    assert session.tick(2.7, LineInputs(plugged=True)).outputs == LineOutputs()
+
+
+def test_unplugged_reading_does_not_release_the_lock_with_voltage() -> None:
+    """The plug input reading "unplugged" (the latch button pressed) while the output is still at
+    400 V: the lock holds; it opens and the session resets once the output reads 0 V."""
+    b = bench()
+    charging(b)
+    b.session.end(b.now)
+    b.stuck_voltage_v = 400.0
+    b.run(4.0, until=lambda s: s.phase is VehiclePhase.ENDED)
+    b.lines.plugged = False
+    b.run(1.0)
+    assert b.lines.outputs.lock
+    b.stuck_voltage_v = 0.0
+    b.run(0.1)
+    assert b.lines.outputs == LineOutputs()
+    assert b.trace.last.phase is VehiclePhase.UNPLUGGED
+
+
 # Item 5: <= 5 A after CST, on measurements reported after it.
 
 
@@ -222,6 +300,55 @@ def test_current_still_high_after_100_ms_is_a_fault() -> None:
     assert 0.15 <= at - stop <= 0.161  # the tick after that report
     cst = CODEC.decode("CST", b.trace.frames(CST_ID)[-1][1]).signals
     assert cst["FaultOther"] == 1
+
+
+# The recorded session, replayed against the checks.
+
+
+def test_recorded_session_replays_without_a_fault() -> None:
+    """The recorded BMS's frames, a stage at the recorded CCS voltage (382.4 V, 1.1 % over BCP's
+    378.2 V): CRO 0x00 then 0xAA with K1/K2, CCS from the first BCL, a stop with the stage at
+    0 A, BST, BSD, CSD and the lock released at 0 V; no fault."""
+    session = recognising()
+    session.allow_energy_transfer(True)
+    t = 1.0
+    for frame in (*rec.GBT_BRM_TRANSFER, *rec.GBT_BCP_TRANSFER):
+        if frame.arbitration_id != 0x1CECF456:  # the recorded charger's own frames
+            t += 0.01
+            session.receive(frame, t)
+    session.tick(t + 0.01, LineInputs(plugged=True))  # CML
+    session.set_output(382.4, 0.0, 1.5)
+    step = session.receive(rec.GBT_BRO_AA, 1.5)
+    assert [f.data for f in step.frames if f.arbitration_id == CRO_ID] == [b"\x00"]
+    step = session.tick(1.51, LineInputs(plugged=True))
+    assert [f.data for f in step.frames if f.arbitration_id == CRO_ID] == [rec.GBT_CRO_AA.data]
+    assert step.outputs.contactors
+    assert not [f for f in step.frames if f.arbitration_id == CCS_ID]
+    step = session.receive(rec.GBT_BCL, 1.53)
+    assert [f.arbitration_id for f in step.frames] == [CCS_ID]
+    session.receive(rec.GBT_BSM, 1.54)
+    for frame in rec.GBT_BCS_TRANSFER:
+        if frame.arbitration_id != 0x1CECF456:
+            session.receive(frame, 1.55)
+    t = 1.55
+    for _ in range(20):
+        t = round(t + 0.05, 2)
+        session.set_output(382.4, 20.0, t)
+        session.receive(rec.GBT_BCL, t)
+        step = session.tick(t, LineInputs(plugged=True))
+    assert step.state.charge_permitted
+    session.end(t)
+    for i in range(1, 300):
+        now = round(t + i * 0.01, 2)
+        if i == 5:
+            session.receive(rec.GBT_BST, now)
+        if i == 30:
+            session.receive(rec.GBT_BSD, now)
+        session.set_output(0.0 if i > 20 else 382.4, 0.0, now)
+        step = session.tick(now, LineInputs(plugged=True))
+    assert step.state.faults == ()
+    assert session.state is GbtState.ENDED
+    assert step.outputs == LineOutputs()
 
 
 # Item 7: unknown is not a fault; padding; BSM status names.
