@@ -5,11 +5,17 @@ Phases (charger view)::
     IDLE --plugged--> HANDSHAKE (auxiliary power on; CHM every 250 ms until BHM, or 5 s)
          --> INSULATION_TEST --> RECOGNITION (CRM 0x00 until BRM, then CRM 0xAA at once)
          --BCP--> PARAMETERS (CTS 500 ms, CML 250 ms; BRO 0xAA within 60 s)
-         --BRO 0xAA--> CHARGER_READY (CRO 0x00 until allow_energy_transfer(True), then CRO 0xAA)
-         --> CHARGING (BCL 50 ms / 1 s, BCS 250 ms / 5 s, BSM 250 ms / 5 s; CCS every 50 ms)
+         --BRO 0xAA--> CHARGER_READY (CRO 0x00 at once and every 250 ms; K1/K2 close and CRO
+         0xAA once transfer is allowed and the measured output voltage is fresh and within
+         +-5 % of BCP's battery voltage; neither within 60 s of BRO: a fault naming the volts)
+         --> CHARGING (CRO 0xAA every 250 ms until the first BCL, then CCS every 50 ms;
+         BCL 50 ms / 1 s, BCS 250 ms / 5 s, BSM 250 ms / 5 s)
          --BST, end(), allow_energy_transfer(False), a BSM pause past its limit, or fault-->
-         STOPPING (CST every 10 ms; measured output <= 5 A within 100 ms)
-         --BST and <= 5 A--> STATISTICS (BSD within 10 s, then CSD) --> ENDED
+         STOPPING (CST every 10 ms; output <= 5 A within 100 ms of the first CST, judged on
+         measurements reported after it)
+         --BST and <= 5 A--> STATISTICS (BSD within 10 s, then CSD) --> ENDED (auxiliary power
+         off; the connector stays locked until a measurement reported since shows the output
+         below 60 V; not within 10 s: a fault, and it stays locked)
     timeouts: a missed BMS message (CEM with its flag) or a BEM (the BMS missed ours) stops energy
          transfer first (CHARGING: CST, contactors open once <= 5 A), then RECONNECT (CEM every
          250 ms for 1 s, if the charger saw the timeout) --> HANDSHAKE again (CHM, CRM 0x00),
@@ -17,9 +23,17 @@ Phases (charger view)::
     faults: CEM (charger saw a timeout) every 250 ms for 1 s after the stop, then ENDED (FAULT)
 
 A BST at any point before the stop is the BMS's stop request. Two-bit status values: BST and BEM
-"01" and "10" (untrusted) are faults, as are BSM "01"/"10" and, for insulation and the output
-connector, "11" (not available). STOPPING waits for a fresh measurement (``set_output``) of at
-most 5 A; unknown or stale is not low (a charger fault after 100 ms, contactors open at 2 s).
+"01" and "10" (untrusted) are faults, as are BSM "01"/"10" (each named as GB/T 27930 names it for
+that field) and, for insulation and the output connector, "11" (not available). STOPPING waits
+for a measurement (``set_output``) reported after the stop of at most 5 A; unknown, stale or from
+before the stop is not low (a charger fault once 100 ms have passed and the evidence is in,
+contactors open at 2 s).
+
+What the BMS sends is read through the DBC's ranges: a value outside its range (a J1939 "not
+available" 0xFF / 0xFFFF included) in a signal the charger acts on (BHM, BCL, BCP's limits and
+battery voltage) is a fault; in an informational one (BCS, BSM temperatures, BSD, BRM, BCP's
+energy and SoC) it is unknown (None), never a fault and never a stale value. A frame longer than
+its message whose extra bytes are all 0xFF or all 0x00 is padded, not malformed.
 
 Current follows the standard's sign on the wire (0.1 A/bit, -400 A, negative = charging, positive
 = discharging, clause 4.5) and the controller's sign in ``VehicleState`` (+ charges the vehicle):
@@ -36,9 +50,9 @@ from pathlib import Path
 from controller.core.snapshots import VehiclePhase, VehicleState
 from controller.errors import ProtocolError
 from controller.vehicle import j1939_tp as tp
-from controller.vehicle.dbc import DbcCodec, SignalValues
+from controller.vehicle.dbc import DbcCodec, ImplausibleValueError, SignalValues
 from controller.vehicle.frames import CanFrame, EventKind, LineOutputs, SessionEvent
-from controller.vehicle.session import ChargerSession
+from controller.vehicle.session import STOP_CURRENT_A, ChargerSession
 
 CHARGER_ADDRESS = 0x56
 BMS_ADDRESS = 0xF4
@@ -75,7 +89,17 @@ BSM_TIMEOUT_S = DEFAULT_TIMEOUT_S
 BRO_READY_S = 60.0  # GB/T 27930 BRO/CRO: 60 s
 STATISTICS_TIMEOUT_S = 10.0  # GB/T 27930: 10 s to receive BSD/CSD
 STOP_CURRENT_S = 0.1  # GB/T 27930: after CST, output <= 5 A within 100 ms
+# Project choice: after those 100 ms, how long the verdict waits for the stage's first report
+# since the CST when none has come yet (the daemon reports the stage every 100 ms cycle).
+STOP_REPORT_ALLOWANCE_S = 0.1
 STOP_CURRENT_GIVE_UP_S = 2.0  # project choice: open contactors even if the stage never reports it
+# GB/T 18487.1-2015 Annex B (B.3.4; tested as GB/T 34657.1 "charging ready"): K1/K2 close only
+# when the voltage outside them is within +-5 % of the battery voltage the BMS sent in BCP
+# (bytes 12-13) and within the charger's output range; otherwise charging is not allowed.
+VOLTAGE_MATCH_FRACTION = 0.05
+# GB/T 18487.1: the electronic lock is released only once the output is below 60 V DC.
+UNLOCK_BELOW_V = 60.0
+UNLOCK_TIMEOUT_S = 10.0  # project choice: a fault if the output is not below 60 V by then
 CEM_AFTER_FAULT_S = 1.0  # project choice: CEM is repeated this long before auxiliary power goes off
 MAX_RECONNECTS = 3  # GB/T 27930: reconnect 3 times, then abort
 RECONNECT_WAIT_S = 1.0  # project choice: CEM repeated (or a quiet pause) this long before CHM again
@@ -100,17 +124,28 @@ _VEHICLE_IDS = frozenset(
     }
 )
 
-# GB/T 27930 BSM 2-bit status fields: any "01"/"10" stops charging.
-_BSM_WORDS = {1: "too high", 2: "untrusted/low", 3: "not available"}
-# ... and "11" (not available) too where not knowing is unsafe: insulation, output connector.
-_BSM_NEEDED = frozenset({"InsulationStatus", "OutputConnectorStatus"})
+# GB/T 27930-2015 BSM 2-bit status fields, 00 normal, and what "01" and "10" mean for each as
+# the standard's table names them; any "01"/"10" stops charging.
 _BSM_STATUS = {
-    "CellVoltageStatus": "cell voltage",
-    "SocStatus": "SoC",
-    "OverCurrentStatus": "charging over-current",
-    "TemperatureStatus": "battery temperature",
-    "InsulationStatus": "insulation",
-    "OutputConnectorStatus": "output connector",
+    "CellVoltageStatus": ("cell voltage too high", "cell voltage too low"),  # byte 6 bits 1-2
+    "SocStatus": ("SoC too high", "SoC too low"),  # byte 6 bits 3-4
+    "OverCurrentStatus": ("charging over-current", "charging current untrusted"),  # bits 5-6
+    "TemperatureStatus": ("battery temperature too high", "battery temperature untrusted"),  # 7-8
+    "InsulationStatus": ("insulation fault", "insulation untrusted"),  # byte 7 bits 1-2
+    "OutputConnectorStatus": ("output connector fault", "output connector untrusted"),  # bits 3-4
+}
+# "11" is not defined for them (J1939: not available): unknown, except where not knowing is
+# unsafe (project choice): insulation and the output connector.
+_BSM_NOT_AVAILABLE = {
+    "InsulationStatus": "insulation not available",
+    "OutputConnectorStatus": "output connector not available",
+}
+# Signals the charger acts on: out of their DBC range (a "not available" included) they fault the
+# session. Any other signal out of range is unknown: absent from the decoded values.
+_ACTED_ON = {
+    "BHM": frozenset({"MaxChargeVoltage"}),  # the voltage limit (insulation test, charging)
+    "BCP": frozenset({"MaxChargeCurrent", "MaxChargeVoltage", "PresentVoltage"}),
+    "BCL": frozenset({"VoltageDemand", "CurrentDemand", "ChargeMode"}),
 }
 # GB/T 27930 BST bytes 2-4: fault and error reasons.
 _BST_FAULTS = {
@@ -211,12 +246,14 @@ class _Bms:
     nominal_energy_kwh: float | None = None
     max_charge_voltage_v: float | None = None
     bcp_soc_pct: float | None = None
+    bcp_voltage_v: float | None = None  # BCP bytes 12-13: the battery voltage before charging
     voltage_demand_v: float | None = None
     current_demand_a: float | None = None  # controller sign: + charge, - discharge
     measured_voltage_v: float | None = None
     measured_current_a: float | None = None  # controller sign
     cell_voltage_max_v: float | None = None
     soc_pct: float | None = None
+    bcs_seen: bool = False  # from the first BCS on, its SoC (or None) is the SoC, not BCP's
     temp_max_c: float | None = None
     temp_min_c: float | None = None
     charging_allowed: bool = False
@@ -237,6 +274,7 @@ class GbtSession(ChargerSession):
         if len(region) != 3:
             raise ProtocolError("GB/T region code must be three ASCII characters")
         self._region = int.from_bytes(region, "little")
+        self._output_reports = 0  # set_output calls so far: which measurement came after what
         self._reset()
 
     def _reset(self) -> None:
@@ -251,6 +289,10 @@ class GbtSession(ChargerSession):
         self._reconnects = 0  # GB/T 27930: reconnect 3 times, then abort (per plug-in)
         self._energy_wh = 0.0
         self._outputs = LineOutputs()
+        # ENDED with the connector still locked: since when, and whether that was reported.
+        self._unlock_from_s: float | None = None
+        self._unlock_from_report = 0
+        self._unlock_faulted = False
         self._reset_communication()
 
     def _reset_communication(self) -> None:
@@ -268,6 +310,10 @@ class GbtSession(ChargerSession):
         self._csd_sent = 0
         self._charging_started_s: float | None = None
         self._reconnect_why = ""  # set while a reconnect is under way
+        # The stop's reference event (the first CST): when, and the reports made before it.
+        self._stop_at_s = 0.0
+        self._stop_report = 0
+        self._stop_current_faulted = False
 
     def __repr__(self) -> str:
         return (
@@ -279,6 +325,12 @@ class GbtSession(ChargerSession):
     def accepted_ids(self) -> frozenset[int]:
         """The BMS's IDs, including its J1939 transport frames."""
         return _VEHICLE_IDS
+
+    def set_output(self, voltage_v: float, current_a: float, now: float) -> None:
+        """The power stage's measured output (see ``ChargerSession.set_output``), counted so the
+        stop and the unlock can tell a report made after their event from one made before."""
+        super().set_output(voltage_v, current_a, now)
+        self._output_reports += 1
 
     @property
     def next_deadline_s(self) -> float:
@@ -301,8 +353,24 @@ class GbtSession(ChargerSession):
         if fid == TP_DT_FROM_BMS:
             self._handle_tp(self._tp.on_dt(tp.decode_dt(frame.data), now), now)
             return
-        decoded = self._decode(frame)
-        self._on_message(decoded.name, decoded.signals, now)
+        name = self._codec.name_of(fid)
+        if name is None:
+            raise ProtocolError(f"unknown ID 0x{fid:X}")
+        data = _unpadded(frame.data, self._codec.length(name), limit=8)
+        self._on_message(name, self._checked(name, fid, data), now)
+
+    def _checked(self, name: str, frame_id: int, data: bytes) -> SignalValues:
+        """The message's values; out of range, a signal the charger acts on raises
+        ``ImplausibleValueError`` (a fault), any other is left out (unknown)."""
+        try:
+            return self._codec.decode_frame(frame_id, data).signals
+        except ImplausibleValueError:
+            decoded, rejected = self._codec.decode_checked(frame_id, data)
+        acted_on = _ACTED_ON.get(name, frozenset())
+        bad = [reason for signal, reason in rejected.items() if signal in acted_on]
+        if bad:
+            raise ImplausibleValueError("; ".join(bad))
+        return decoded.signals
 
     def _handle_tp(self, result: tp.TpResult, now: float) -> None:
         for message in result.send:
@@ -316,8 +384,9 @@ class GbtSession(ChargerSession):
                 full = self._codec.length(name)
                 if name == "BRM" and BRM_TABLE_BYTES <= len(payload) < full:
                     payload += b"\xff" * (full - len(payload))
-                decoded = self._codec.decode(name, payload)
-                self._on_message(name, decoded.signals, now)
+                payload = _unpadded(payload, full, limit=None)
+                signals = self._checked(name, self._codec.frame_id(name), payload)
+                self._on_message(name, signals, now)
 
     def _on_message(self, name: str, s: SignalValues, now: float) -> None:  # noqa: PLR0912  one branch per message
         b = self._bms
@@ -332,32 +401,34 @@ class GbtSession(ChargerSession):
         elif name == "BRO":
             b.bro_ready = s["BmsReady"] == READY
             if b.bro_ready and self.state is GbtState.PARAMETERS:
-                self._enter(GbtState.CHARGER_READY, now, "BRO 0xAA: BMS ready")
+                self._enter(GbtState.CHARGER_READY, now, "BRO 0xAA: BMS ready, CRO 0x00")
                 self._unschedule("CTS", "CML")
-                self._schedule(now, "CRO")
+                # GB/T 27930 CRO: 0x00 (not ready) at once and every 250 ms while the charger
+                # prepares; 0xAA only once the output matches the battery (_advance).
+                self._send_cro(NOT_READY)
+                self._due["CRO"] = now + PERIODS_S["CRO"]
         elif name == "BCL":
-            b.voltage_demand_v = s["VoltageDemand"]
-            b.current_demand_a = _controller_sign(s["CurrentDemand"])
-            limit = b.max_charge_voltage_v or b.bhm_max_voltage_v
-            if limit is not None and b.voltage_demand_v > limit:
-                self._fault(
-                    f"implausible BCL voltage demand {b.voltage_demand_v} V above the BMS's "
-                    f"maximum {limit} V",
-                    now,
-                )
+            self._on_bcl(s, now)
         elif name == "BCS":
-            b.measured_voltage_v = s["MeasuredVoltage"]
-            b.measured_current_a = _controller_sign(s["MeasuredCurrent"])
-            b.cell_voltage_max_v = s["MaxCellVoltage"]
-            b.soc_pct = s["StateOfCharge"]
+            # GB/T 27930 BCS: informational; a value out of range (0xFFFF: not available, a
+            # remaining time over 600 min) is unknown, not a fault.
+            b.bcs_seen = True
+            b.measured_voltage_v = s.get("MeasuredVoltage")
+            current = s.get("MeasuredCurrent")
+            b.measured_current_a = None if current is None else _controller_sign(current)
+            b.cell_voltage_max_v = s.get("MaxCellVoltage")
+            b.soc_pct = s.get("StateOfCharge")
         elif name == "BSM":
             self._on_bsm(s, now)
         elif name == "BST":
             self._on_bst(s, now)
         elif name == "BSD":
             self._bsd_seen = True
-            b.soc_pct = s["StopSoc"]
-            b.cell_voltage_max_v = s["MaxCellVoltage"]
+            # The final figures where available; the last BCS values stand otherwise.
+            if (stop_soc := s.get("StopSoc")) is not None:
+                b.soc_pct = stop_soc
+            if (cell_v := s.get("MaxCellVoltage")) is not None:
+                b.cell_voltage_max_v = cell_v
         elif name == "BEM":
             missed = [text for field, text in _BEM_TIMEOUTS.items() if s[field] == 1]
             if missed:
@@ -367,6 +438,25 @@ class GbtSession(ChargerSession):
             untrusted = [text for field, text in _BEM_TIMEOUTS.items() if s[field] == 2]
             if untrusted:
                 self._fault(f"GB/T BEM: untrusted timeout flag for {', '.join(untrusted)}", now)
+
+    def _on_bcl(self, s: SignalValues, now: float) -> None:
+        b = self._bms
+        b.voltage_demand_v = s["VoltageDemand"]
+        b.current_demand_a = _controller_sign(s["CurrentDemand"])
+        limit = b.max_charge_voltage_v or b.bhm_max_voltage_v
+        if limit is not None and b.voltage_demand_v > limit:
+            self._fault(
+                f"implausible BCL voltage demand {b.voltage_demand_v} V above the BMS's "
+                f"maximum {limit} V",
+                now,
+            )
+            return
+        if self.state is GbtState.CHARGING and "CCS" not in self._due:
+            # GB/T 27930 charging phase: the charger answers the BMS's demand; CRO 0xAA (sent
+            # until now) gives way to CCS from the first BCL on, as the recorded charger did.
+            self._unschedule("CRO")
+            self._send_message("CCS")
+            self._due["CCS"] = now + PERIODS_S["CCS"]
 
     def _on_brm(self, s: SignalValues, now: float) -> None:
         self._bms.vin = _vin(s)
@@ -379,11 +469,12 @@ class GbtSession(ChargerSession):
 
     def _on_bcp(self, s: SignalValues, now: float) -> None:
         b = self._bms
-        b.max_cell_voltage_v = s["MaxCellVoltage"]
+        b.max_cell_voltage_v = s.get("MaxCellVoltage")
         b.max_charge_current_a = max(0.0, -s["MaxChargeCurrent"])  # GB/T sign: - = charging
-        b.nominal_energy_kwh = s["NominalEnergy"]
+        b.nominal_energy_kwh = s.get("NominalEnergy")
         b.max_charge_voltage_v = s["MaxChargeVoltage"]
-        b.bcp_soc_pct = s["StateOfCharge"]
+        b.bcp_soc_pct = s.get("StateOfCharge")
+        b.bcp_voltage_v = s["PresentVoltage"]  # bytes 12-13, checked before K1/K2 close
         if self.state is GbtState.RECOGNITION and self._crm_result == READY:
             self._enter(GbtState.PARAMETERS, now, "BCP received")
             self._schedule(now, "CTS", "CML")
@@ -391,18 +482,23 @@ class GbtSession(ChargerSession):
 
     def _on_bsm(self, s: SignalValues, now: float) -> None:
         b = self._bms
-        b.temp_max_c = s["MaxTemperature"]
-        b.temp_min_c = s["MinTemperature"]
-        bad = [
-            f"{text} {_BSM_WORDS[int(s[field])]}"
-            for field, text in _BSM_STATUS.items()
-            if s[field] in (1, 2) or (s[field] == 3 and field in _BSM_NEEDED)
-        ]
+        # Bytes 2 and 4, 1 degC/bit, -50 degC, -50..+200 degC: 0xFF (not available) is unknown.
+        b.temp_max_c = s.get("MaxTemperature")
+        b.temp_min_c = s.get("MinTemperature")
+        bad: list[str] = []
+        for field, (high, low) in _BSM_STATUS.items():
+            value = s.get(field)
+            if value == 1:
+                bad.append(high)
+            elif value == 2:  # the 2-bit value "10"
+                bad.append(low)
+            elif value == 3 and field in _BSM_NOT_AVAILABLE:  # "11"
+                bad.append(_BSM_NOT_AVAILABLE[field])
         if bad:
             # GB/T 27930 BSM: any fault status stops the charger.
             self._fault(f"GB/T BSM: {', '.join(bad)}", now)
         # All normal with "forbidden" pauses the charger (for at most ``pause_limit_s``).
-        b.charging_allowed = s["ChargingAllowed"] == 1
+        b.charging_allowed = s.get("ChargingAllowed") == 1
 
     def _on_bst(self, s: SignalValues, now: float) -> None:
         self._bst_seen = True
@@ -443,12 +539,15 @@ class GbtSession(ChargerSession):
                 self._send_due(now)
             return
         if not self._inputs.plugged:
-            if self.state is GbtState.ENDED:
+            if self.state is GbtState.ENDED and self._unlock_from_s is None:
                 self._reset()
                 self._set_phase(VehiclePhase.UNPLUGGED, now, "connector unplugged")
                 self._last_tick_s = now
                 return
-            self._fault("connector unplugged during the session", now)
+            if self.state is not GbtState.ENDED:
+                self._fault("connector unplugged during the session", now)
+            # ENDED with the lock still held: the plug input (CC1) may read "unplugged" with the
+            # plug's latch button pressed; the lock waits for the output to fall below 60 V.
         volts, amps = self._measured_voltage_v(), self._measured_current_a()
         if self.state is GbtState.CHARGING and volts is not None and amps is not None and amps > 0:
             self._energy_wh += volts * amps * dt / 3600.0
@@ -471,18 +570,7 @@ class GbtSession(ChargerSession):
                 self._crm_result = NOT_READY
                 self._schedule(now, "CRM")
         elif st is GbtState.CHARGER_READY:
-            if self._allowed:
-                self._outputs = LineOutputs(d1=True, contactors=True, lock=True)
-                self._enter(GbtState.CHARGING, now, "CRO 0xAA: charger ready")
-                self._charging_started_s = now
-                self._last_seen.pop("BCL", None)
-                self._last_seen.pop("BCS", None)
-                self._last_seen.pop("BSM", None)
-                self._send_cro(READY)
-                self._unschedule("CRO")
-                self._schedule(now, "CCS")
-            elif elapsed > BRO_READY_S:
-                self._fault("GB/T CRO: charger not ready within 60 s of BRO", now)
+            self._advance_ready(elapsed, now)
         elif st is GbtState.CHARGING:
             if not self._allowed:
                 self._stop_reason = "manual"
@@ -503,20 +591,90 @@ class GbtSession(ChargerSession):
             self._end(now, "error reported")
         elif st is GbtState.RECONNECT and elapsed >= RECONNECT_WAIT_S:
             self._restart(now)
+        elif st is GbtState.ENDED:
+            self._advance_unlock(now)
+
+    def _voltage_mismatch(self) -> str | None:
+        """Why K1/K2 may not close yet, or None: GB/T 18487.1 B.3.4, the measured output (the
+        voltage outside K1/K2) fresh, within +-5 % of BCP's battery voltage (bytes 12-13) and
+        within the charger's output range."""
+        battery_v = self._bms.bcp_voltage_v
+        if battery_v is None:
+            return "no BCP battery voltage to check the output against"
+        volts = self._measured_voltage_v()
+        if volts is None:
+            return (
+                f"no fresh output voltage measurement to check against the BCP battery voltage "
+                f"{battery_v:.1f} V"
+            )
+        low_v = battery_v * (1.0 - VOLTAGE_MATCH_FRACTION)
+        high_v = battery_v * (1.0 + VOLTAGE_MATCH_FRACTION)
+        if not low_v <= volts <= high_v:
+            return (
+                f"output voltage {volts:.1f} V not within 5 % of the BCP battery voltage "
+                f"{battery_v:.1f} V ({low_v:.1f} V to {high_v:.1f} V)"
+            )
+        cfg = self.config
+        if not cfg.min_output_voltage_v <= volts <= cfg.max_output_voltage_v:
+            return (
+                f"output voltage {volts:.1f} V outside the charger's range "
+                f"{cfg.min_output_voltage_v:g} V to {cfg.max_output_voltage_v:g} V"
+            )
+        return None
+
+    def _advance_ready(self, elapsed: float, now: float) -> None:
+        """CRO 0x00 until energy transfer is allowed, the BMS still says BRO 0xAA and the output
+        matches the battery; then K1/K2 close with CRO 0xAA. GB/T 27930 BRO/CRO: 60 s."""
+        mismatch = self._voltage_mismatch()
+        if self._allowed and self._bms.bro_ready and mismatch is None:
+            volts = self._measured_voltage_v() or 0.0
+            self._outputs = LineOutputs(d1=True, contactors=True, lock=True)
+            self._enter(
+                GbtState.CHARGING,
+                now,
+                f"CRO 0xAA: output {volts:.1f} V matches the BCP battery voltage "
+                f"{self._bms.bcp_voltage_v or 0.0:.1f} V, K1/K2 closed",
+            )
+            self._charging_started_s = now
+            self._last_seen.pop("BCL", None)
+            self._last_seen.pop("BCS", None)
+            self._last_seen.pop("BSM", None)
+            self._send_cro(READY)
+            # CRO 0xAA is repeated until the first BCL, which starts CCS (_on_bcl).
+            self._due["CRO"] = now + PERIODS_S["CRO"]
+        elif elapsed > BRO_READY_S:
+            if not self._allowed:
+                why = "the charger did not allow energy transfer"
+            elif not self._bms.bro_ready:
+                why = "the BMS withdrew BRO 0xAA"
+            else:
+                why = mismatch or ""
+            self._fault(f"GB/T CRO: not ready within 60 s of BRO 0xAA: {why}", now)
 
     def _advance_stopping(self, elapsed: float, now: float) -> None:
-        current_low = self._output_current_low()
-        if not current_low and elapsed > STOP_CURRENT_S:
-            # GB/T 27930: after CST, output <= 5 A within 100 ms (measured, fresh).
-            self._charger_fault = True
-            if self._measured_current_a() is None:
-                self._fault(
-                    "GB/T CST: output current not confirmed at or below 5 A 100 ms after stop "
-                    "(no fresh measurement)",
-                    now,
-                )
-            else:
-                self._fault("GB/T CST: output above 5 A 100 ms after stop", now)
+        current_low = self._stop_current_low()
+        if not current_low and not self._stop_current_faulted:
+            # GB/T 27930: after CST, output <= 5 A within 100 ms. Only a measurement reported
+            # after the first CST is evidence; the verdict waits for one (up to one report
+            # interval past the 100 ms) instead of taking a reading from before the stop.
+            amps = self._current_since_stop_a()
+            at_s = self._output_at_s or 0.0
+            late = amps is not None and at_s > self._stop_at_s + STOP_CURRENT_S
+            if late or elapsed > STOP_CURRENT_S + STOP_REPORT_ALLOWANCE_S:
+                self._stop_current_faulted = True
+                self._charger_fault = True
+                if amps is None:
+                    self._fault(
+                        "GB/T CST: output current not confirmed at or below 5 A 100 ms after "
+                        "stop (no current measured since the stop)",
+                        now,
+                    )
+                else:
+                    self._fault(
+                        f"GB/T CST: output {abs(amps):.1f} A, above 5 A, "
+                        f"{(at_s - self._stop_at_s) * 1000.0:.0f} ms after stop",
+                        now,
+                    )
         if (current_low and elapsed >= CST_MIN_S) or elapsed > STOP_CURRENT_GIVE_UP_S:
             self._outputs = LineOutputs(d1=True, lock=True)
             if self._faults:
@@ -530,6 +688,50 @@ class GbtSession(ChargerSession):
             elif elapsed > DEFAULT_TIMEOUT_S:
                 self._cem["TimeoutBst"] = 1
                 self._fault("GB/T BST not received within 5 s of CST", now)
+
+    def _current_since_stop_a(self) -> float | None:
+        """The stage's current (+ charges), fresh and reported after the stop began; else None."""
+        if self._output_reports <= self._stop_report or self._output_at_s is None:
+            return None
+        if self._output_at_s < self._stop_at_s:
+            return None
+        return self._measured_current_a()
+
+    def _stop_current_low(self) -> bool:
+        """Safe to open K1/K2: they are open already, or a fresh measurement reported since the
+        stop shows at most 5 A. Unknown, or known only from before the stop, is never low."""
+        if not self._outputs.contactors:
+            return True
+        amps = self._current_since_stop_a()
+        return amps is not None and abs(amps) <= STOP_CURRENT_A
+
+    def _advance_unlock(self, now: float) -> None:
+        """ENDED: the lock is released once a fresh measurement reported since the end shows
+        the output below 60 V (GB/T 18487.1); never on a voltage present or unknown. Not within
+        ``UNLOCK_TIMEOUT_S``: a fault, and the lock stays (until such a measurement comes)."""
+        since_s = self._unlock_from_s
+        if since_s is None:
+            return
+        volts = self._measured_voltage_v()
+        reported = self._output_reports > self._unlock_from_report
+        if reported and volts is not None and volts < UNLOCK_BELOW_V:
+            self._unlock_from_s = None
+            self._outputs = LineOutputs()
+            self._events.append(
+                SessionEvent(
+                    EventKind.PHASE_CHANGED,
+                    f"output {volts:.1f} V, below {UNLOCK_BELOW_V:g} V: connector unlocked",
+                )
+            )
+            return
+        if not self._unlock_faulted and now - since_s > UNLOCK_TIMEOUT_S:
+            self._unlock_faulted = True
+            what = "not measured" if volts is None or not reported else f"still {volts:.1f} V"
+            self._fault(
+                f"GB/T 18487.1: output {what} {UNLOCK_TIMEOUT_S:g} s after the session ended; "
+                f"connector kept locked until it is below {UNLOCK_BELOW_V:g} V",
+                now,
+            )
 
     def _check_pause(self, now: float) -> None:
         """GB/T 27930 BSM: all normal with "charging forbidden" pauses, for ``pause_limit_s``."""
@@ -632,12 +834,20 @@ class GbtSession(ChargerSession):
         if not self._faults:
             self._reconnects = 0  # a completed session: a new one may reconnect 3 times again
         self._due.clear()
-        self._outputs = LineOutputs()
+        # Auxiliary power off; the lock is held until the output is below 60 V (_advance_unlock).
+        self._outputs = LineOutputs(lock=True)
+        self._unlock_from_s = now
+        self._unlock_from_report = self._output_reports
         self._enter(GbtState.ENDED, now, f"{why}; auxiliary power off")
+        self._advance_unlock(now)
 
     def _begin_stop(self, now: float, why: str) -> None:
+        # GB/T 27930: the stop's reference event is the first CST (sent now): the <= 5 A within
+        # 100 ms rule counts from here, on measurements reported after it.
+        self._stop_at_s = now
+        self._stop_report = self._output_reports
         if self.state is GbtState.CHARGING:
-            self._unschedule("CCS")
+            self._unschedule("CCS", "CRO")
             self._enter(GbtState.STOPPING, now, why)
             self._schedule(now, "CST")
         elif self.state in (
@@ -816,7 +1026,7 @@ class GbtSession(ChargerSession):
             observed_at_s=self._observed_s,
             phase=self.phase,
             protocol=self.protocol,
-            soc_pct=b.soc_pct if b.soc_pct is not None else b.bcp_soc_pct,
+            soc_pct=b.soc_pct if b.bcs_seen else b.bcp_soc_pct,
             pack_voltage_v=b.measured_voltage_v,
             pack_current_a=b.measured_current_a,
             charge_current_limit_a=charge_limit,
@@ -851,12 +1061,27 @@ def _controller_sign(gbt_current_a: float) -> float:
     return 0.0 - gbt_current_a
 
 
+def _unpadded(data: bytes, length: int, *, limit: int | None) -> bytes:
+    """``data`` cut to the message's ``length`` when every byte past it is padding: all 0xFF
+    (GB/T 27930: unused bits are 1) or all 0x00 (BMSs pad so too), up to ``limit`` bytes in all
+    (8 for one CAN frame, None for a transport message); otherwise unchanged (the codec decides)."""
+    excess = data[length:]
+    if not excess or (limit is not None and len(data) > limit):
+        return data
+    if excess[0] in (0x00, 0xFF) and excess.count(excess[0]) == len(excess):
+        return data[:length]
+    return data
+
+
 def _vin(s: SignalValues) -> str | None:
     """BRM bytes 25-41: the VIN, ASCII; None when it is not printable."""
+    parts = (s.get("VinPart1"), s.get("VinPart2"), s.get("VinPart3"))
+    if parts[0] is None or parts[1] is None or parts[2] is None:
+        return None
     raw = (
-        int(s["VinPart1"]).to_bytes(8, "little")
-        + int(s["VinPart2"]).to_bytes(8, "little")
-        + int(s["VinPart3"]).to_bytes(1, "little")
+        int(parts[0]).to_bytes(8, "little")
+        + int(parts[1]).to_bytes(8, "little")
+        + int(parts[2]).to_bytes(1, "little")
     )
     text = raw.rstrip(b"\xff\x00").decode("ascii", errors="replace")
     return text if text and text.isprintable() and text.isalnum() else None

@@ -1,14 +1,15 @@
 """The BMS's side of GB/T 27930-2015, sans-IO, for the simulator and tests.
 
 CHM -> BHM; CRM 0x00 -> BRM (transport) until CRM 0xAA -> BCP (transport) until CML -> BRO 0x00,
-then 0xAA until CRO 0xAA -> BCL (50 ms), BCS (transport, 250 ms), BSM (250 ms) while charging ->
+then 0xAA (the vehicle's contactors K5/K6 closed: ``contactors_closed``) until CRO 0xAA (CRO
+0x00 is waited through) -> BCL (50 ms), BCS (transport, 250 ms), BSM (250 ms) while charging ->
 BST at the target SoC, the discharge floor or an injected stop (or in answer to CST) -> BSD until
-CSD. CEM (the charger saw a timeout) puts the BMS back to waiting for CHM: the charger reconnects.
-A charger gone silent for 1 s while charging (no CCS) gets BEM every 250 ms until it handshakes
-again (CHM, or CRM 0x00), as a charger that restarted does; so does a charger silent for 5 s
-in recognition, parameters or ready. A CHM mid-session (the charger restarted) starts over.
-Current on the wire follows the standard (negative = charging); the battery model uses the
-controller's sign.
+CSD; K5/K6 open as the stop ends (STATISTICS). CEM (the charger saw a timeout) puts the BMS back
+to waiting for CHM: the charger reconnects. A charger gone silent for 1 s while charging (no CCS)
+gets BEM every 250 ms until it handshakes again (CHM, or CRM 0x00), as a charger that restarted
+does; so does a charger silent for 5 s in recognition, parameters or ready. A CHM mid-session (the
+charger restarted) starts over. Current on the wire follows the standard (negative = charging);
+the battery model uses the controller's sign.
 """
 
 from __future__ import annotations
@@ -102,6 +103,7 @@ class GbtVehicle:
         self._last_charger_s = 0.0  # any frame from the charger
         self._aux_lost = False  # the auxiliary supply went off since the BMS last woke
         self._stop_first = ""  # "bms" or "charger"
+        self._k5k6 = False  # the vehicle's DC contactors (GB/T 18487.1 K5, K6)
         self._out: list[CanFrame] = []
         self.transfers_done = 0
         self.parameter_phases = 0  # times the BMS reached the parameter phase (sending BRO)
@@ -112,6 +114,13 @@ class GbtVehicle:
             f"GbtVehicle(state={self.state}, soc={self.battery.soc_pct:.1f} %, "
             f"current={self.battery.current_a:.1f} A)"
         )
+
+    @property
+    def contactors_closed(self) -> bool:
+        """The vehicle's DC contactors (GB/T 18487.1 K5/K6): closed with the first BRO 0xAA,
+        open again once the stop is over (or the BMS starts over). While closed the pack's
+        voltage is on the charger's side of the connector; a test's stage measures it there."""
+        return self._k5k6
 
     @property
     def next_deadline_s(self) -> float:
@@ -266,6 +275,8 @@ class GbtVehicle:
         self.state = state
         self._since_s = now
         self._due = dict.fromkeys(messages, now)
+        if state not in (GbtVehicleState.CHARGING, GbtVehicleState.STOPPING):
+            self._k5k6 = False  # READY closes them again with its BRO 0xAA
         if state is GbtVehicleState.READY:
             self.parameter_phases += 1
         if state is GbtVehicleState.CHARGING:
@@ -298,6 +309,8 @@ class GbtVehicle:
             if self.parameter_phases <= self.faults.bro_silent:
                 return  # injected: silent in the parameter phase
             ready = now - self._since_s >= BRO_DELAY_S
+            # GB/T 18487.1 B.3.4: the vehicle closes K5/K6 as it declares itself ready.
+            self._k5k6 = self._k5k6 or ready
             self._send("BRO", {"BmsReady": READY if ready else 0})
         elif name == "BCL":
             self._send_bcl()

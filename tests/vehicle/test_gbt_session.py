@@ -29,9 +29,46 @@ CHM_ID = 0x1826F456
 CRM_ID = 0x1801F456
 
 
+class ConnectorBench(Bench):
+    """The bench with its stage measuring at the charger's output (outside K1/K2), where GB/T
+    18487.1 has the charger check the voltage: the pack's voltage while the car's K5/K6 are
+    closed (``GbtVehicle.contactors_closed``), else 0 V (the output bled at once), unless
+    ``stuck_voltage_v`` says otherwise. It reports every ``report_every_s`` (the bench's 10 ms
+    step by default; the daemon reports every 100 ms), at ``report_phase_s`` into the period."""
+
+    def __init__(
+        self, session: GbtSession, vehicle: GbtVehicle, lines: SimulatedLines, *, direction: int = 1
+    ) -> None:
+        super().__init__(session, vehicle, lines, direction=direction)
+        self.car = vehicle
+        self.gbt = session
+        self.stuck_voltage_v: float | None = None
+        self.report_every_s = 0.01
+        self.report_phase_s = 0.0
+
+    def _power(self) -> None:
+        if not self.report_output:
+            return
+        ticks = round((self.now - self.report_phase_s) / 0.01)
+        if ticks % round(self.report_every_s / 0.01) != 0:
+            return
+        state = self.trace.last
+        current = 0.0
+        if self.direction > 0 and state.charge_permitted and state.charge_current_limit_a:
+            current = state.charge_current_limit_a
+        elif self.direction < 0 and state.discharge_permitted and state.discharge_current_limit_a:
+            current = -state.discharge_current_limit_a
+        if self.stuck_current_a is not None:
+            current = self.stuck_current_a
+        volts = self.car.battery.voltage_v if self.car.contactors_closed else 0.0
+        if self.stuck_voltage_v is not None:
+            volts = self.stuck_voltage_v
+        self.session.set_output(volts, current, self.now)
+
+
 def bench(
     *, mode: str = "charge", soc_pct: float = 50.0, faults: FaultInjection | None = None
-) -> Bench:
+) -> ConnectorBench:
     """A plugged-in GB/T charger and BMS, with transfer allowed."""
     lines = SimulatedLines(plugged=True)
     vehicle = GbtVehicle(
@@ -39,7 +76,7 @@ def bench(
     )
     session = GbtSession(FAST)
     session.allow_energy_transfer(True)
-    return Bench(session, vehicle, lines, direction=1 if mode == "charge" else -1)
+    return ConnectorBench(session, vehicle, lines, direction=1 if mode == "charge" else -1)
 
 
 def charging(b: Bench) -> None:
@@ -117,6 +154,8 @@ def test_charger_normal_stop_exchanges_statistics() -> None:
     cst = CODEC.decode("CST", b.trace.frames(CST_ID)[0][1]).signals
     assert (cst["StopManual"], cst["StopFault"]) == (1, 0)
     assert len(b.trace.frames(0x181DF456)) == 4  # CSD
+    assert b.lines.outputs == LineOutputs(lock=True)  # until a report shows the output bled
+    b.run(0.05)
     assert b.lines.outputs == LineOutputs()
 
 
@@ -350,6 +389,7 @@ def test_reconnect_count_resets_on_unplug() -> None:
         session.tick(t, LineInputs(plugged=True))
     for _ in range(40):
         t += 0.05
+        session.set_output(0.0, 0.0, t)  # the stage reports the output bled: the lock may open
         session.tick(t, LineInputs(plugged=False))
     assert session.phase is VehiclePhase.UNPLUGGED
     session.tick(t + 0.1, LineInputs(plugged=True))
@@ -514,10 +554,10 @@ def test_zero_measured_current_is_plus_zero() -> None:
 
 
 def test_stop_waits_for_a_measured_low_current() -> None:
-    """A stage that never reports: no assumed 0 A after CST; fault, contactors open at 2 s."""
+    """A stage that stops reporting: no assumed 0 A after CST; fault, contactors open at 2 s."""
     b = bench()
-    b.report_output = False
     charging(b)
+    b.report_output = False
     stop = b.now
     b.session.end(b.now)
     b.run(0.5)
