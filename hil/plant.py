@@ -7,6 +7,12 @@ process, and every ``COUPLING_S`` the power the inverter's stage delivers moves 
     stage.actual_w (+ charges the vehicle) --> current = power / pack voltage --> BatteryModel
     BatteryModel.voltage_v --> stage.dc_voltage_v (SunSpec 103 DCV, a register map's dc_voltage)
 
+The stage's DC voltage is measured at the charger's output, on the connector's side of its
+contactors, where the sessions need it (GB/T 18487.1's voltage match before K1/K2 and its 60 V
+unlock, CHAdeMO's 10 V): the pack's voltage while the car's own contactors are closed (GB/T
+K5/K6: ``contactors_closed`` of the simulated car; a car without the attribute is taken as
+closed), else the output's bleeder discharges it (``BLEED_TAU_S``).
+
 Current flows only while the charger's DC contactors are closed (the board's ``contactors`` line);
 power the stage tries to push with them open (none flows, none is counted by its meters) is
 counted in ``power_without_contactors_s``, a controller
@@ -49,6 +55,7 @@ import asyncio
 import contextlib
 import json
 import logging
+import math
 import shutil
 import signal
 import socket
@@ -82,6 +89,9 @@ from hil.vehicle.runner import VehicleSimulator
 log = logging.getLogger("hil.plant")
 
 COUPLING_S = 0.05
+# The output's bleed-down with the car's contactors open: 400 V falls below 60 V in 0.4 s and
+# below 10 V in 0.7 s (GB/T 18487.1 asks for below 60 V within 1 s of the end).
+BLEED_TAU_S = 0.2
 MAX_REQUEST_BYTES = 4096
 VEHICLE_FAULTS = frozenset(
     {
@@ -243,7 +253,7 @@ class Plant:
         self.stage.advance(now_s)
         last, self._last_s = self._last_s, now_s
         if last is None:
-            self.stage.dc_voltage_v = self.battery.voltage_v
+            self.stage.dc_voltage_v = self._output_voltage_v(0.0)
             self._metered = (self.stage.energy_charged_wh, self.stage.energy_discharged_wh)
             return
         sim_dt_s = max(0.0, now_s - last) * self.config.time_factor
@@ -260,7 +270,7 @@ class Plant:
         c.largest_charge_w = max(c.largest_charge_w, power_w)
         c.largest_discharge_w = max(c.largest_discharge_w, -power_w)
         self.battery.drive(current_a, sim_dt_s)
-        self.stage.dc_voltage_v = self.battery.voltage_v
+        self.stage.dc_voltage_v = self._output_voltage_v(now_s - last)
         # The energy that crossed the DC circuit is what the stage's ideal meters counted since
         # the last step (they integrate every change of power, Modbus writes included), in
         # simulated time.
@@ -273,6 +283,19 @@ class Plant:
         c.lowest_soc_pct = min(c.lowest_soc_pct, soc)
         c.highest_soc_pct = max(c.highest_soc_pct, soc)
         c.max_battery_temp_c = max(c.max_battery_temp_c, self.battery.temperature_c)
+
+    @property
+    def vehicle_contactors_closed(self) -> bool:
+        """The car's own DC contactors (GB/T K5/K6); a car that does not model them: closed."""
+        return bool(getattr(self.vehicle, "contactors_closed", True))
+
+    def _output_voltage_v(self, dt_s: float) -> float:
+        """The voltage at the charger's output: the pack's through the car's closed contactors,
+        else what the bleeder leaves of the last value after ``dt_s`` real seconds."""
+        if self.vehicle_contactors_closed:
+            return self.battery.voltage_v
+        previous_v = self.stage.dc_voltage_v or 0.0
+        return previous_v * math.exp(-max(0.0, dt_s) / BLEED_TAU_S)
 
     def status(self) -> dict[str, Any]:
         """The plant as the control socket reports it."""
@@ -306,6 +329,8 @@ class Plant:
             "pack_current_a": round(b.current_a, 2),
             "battery_temp_c": round(b.temperature_c, 2),
             "contactors_closed": self.contactors_closed,
+            "vehicle_contactors_closed": self.vehicle_contactors_closed,
+            "output_voltage_v": round(self.stage.dc_voltage_v or 0.0, 1),
             "emergency_stop": self.lines.emergency_stop if self.lines else False,
             "vehicle_state": str(vehicle.state) if vehicle else None,
             "vehicle_stop_reason": getattr(vehicle, "stop_reason", "") if vehicle else "",

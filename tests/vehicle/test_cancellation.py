@@ -63,6 +63,8 @@ async def car(rig: Rig, *, present: bool = True) -> AsyncIterator[asyncio.Task[N
     link's threads must be gone, then the car is stopped."""
     sim_bus = can.Bus(interface="virtual", channel=rig.link.config.channel)
     simulator = asyncio.create_task(VehicleSimulator(rig.vehicle, sim_bus).run())
+    # GB/T closes K1/K2 only on a measured output matching the pack (issue 17): a power stage.
+    stage = asyncio.create_task(rig.power_stage()) if rig.vehicle.protocol == "gbt27930" else None
     try:
         if not present:
             simulator.cancel()
@@ -77,6 +79,9 @@ async def car(rig: Rig, *, present: bool = True) -> AsyncIterator[asyncio.Task[N
                 await asyncio.wait({run}, timeout=BOUND_S)
         assert not new_threads(before), f"threads left by the link: {new_threads(before)}"
     finally:
+        if stage is not None:
+            stage.cancel()
+            await asyncio.wait({stage}, timeout=BOUND_S)
         simulator.cancel()
         await asyncio.wait({simulator}, timeout=BOUND_S)
         sim_bus.shutdown()

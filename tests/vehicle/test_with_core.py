@@ -55,7 +55,10 @@ class FakeStage:
 
     def measured(self) -> tuple[float, float]:
         """Output voltage and current."""
-        volts = self.vehicle.battery.voltage_v if self.lines.outputs.contactors else 0.0
+        closed = self.lines.outputs.contactors
+        if isinstance(self.vehicle, GbtVehicle):  # GB/T: the output sees the pack behind K5/K6
+            closed = closed or self.vehicle.contactors_closed
+        volts = self.vehicle.battery.voltage_v if closed else 0.0
         if not self.command.enable or volts <= 0:
             return volts, 0.0
         return volts, self.command.power_w / volts
