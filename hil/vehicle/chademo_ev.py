@@ -4,7 +4,8 @@ Sequence (vehicle view): wake on d1 -> send 0x100/0x101/0x102 (0x200/0x201 when 
 every 100 ms -> on the charger's 0x109 set 0x102.5 bit0 and pull k -> on d2 close the contactor
 (0x102.5 bit3 = 0) -> request current (charge) or hold 0 A (discharge) -> at the target SoC, the
 discharge floor or an injected stop request clear 0x102.5 bit0 -> once the charger's output is
-<= 5 A and 0x109.5 bit0 is clear, open the contactor and release k.
+<= 5 A and 0x109.5 bit0 is clear, open the contactor and release k; 0x102.5 bit3 = 1 once its
+welding detection is done (``welding_detection_s`` later) -> done when d1 goes off.
 
 A discharge-capable car announces 0 A in 0x200 byte 0 until it has seen the charger's 0x208, then
 at most the charger's available input current (0x208 byte 3), as the recorded Leaf ZE0 does
@@ -60,6 +61,9 @@ class ChademoVehicleConfig:
     min_discharge_voltage_v: int = 250
     min_discharge_level_pct: int = 30
     protocol_number: int = 2
+    # How long after its contactor opens the car reports 0x102.5 bit3 = 1 (welding detection
+    # done); the recorded Leafs took 2.1 s and 2.9 s; math.inf: never (a welded contactor).
+    welding_detection_s: float = 0.0
 
 
 @dataclass(slots=True)
@@ -104,7 +108,9 @@ class ChademoVehicle:
         self._last_tick_s: float | None = None
         self._enabled = False
         self._contactor_closed = False
+        self._contactor_opened_s: float | None = None  # when it last opened; None: never closed
         self._d2_since_s: float | None = None
+        self._now_s = 0.0
         self.stop_reason = ""
 
     def __repr__(self) -> str:
@@ -117,6 +123,11 @@ class ChademoVehicle:
     def next_deadline_s(self) -> float:
         """When ``tick`` next has frames to send."""
         return self._next_send_s
+
+    @property
+    def contactor_closed(self) -> bool:
+        """The car's main contactor (what a charger's output sees of the pack)."""
+        return self._contactor_closed
 
     def receive(self, frame: CanFrame, now: float) -> None:
         """A frame from the charger; anything the DBC rejects is ignored."""
@@ -148,6 +159,7 @@ class ChademoVehicle:
         """Advance the car and the battery; return the frames due now."""
         dt = 0.0 if self._last_tick_s is None else now - self._last_tick_s
         self._last_tick_s = now
+        self._now_s = now
         current = 0.0
         if self._contactor_closed:
             current = self._charger.output_current_a - self._charger.discharge_current_a
@@ -195,7 +207,7 @@ class ChademoVehicle:
                 self._stop("d1 off before transfer")
         elif st is ChademoVehicleState.TRANSFER:
             if self.faults.open_contactor:
-                self._contactor_closed = False
+                self._open_contactor(now)
             reason = self._stop_reason(now)
             if reason:
                 self._stop(reason)
@@ -203,10 +215,15 @@ class ChademoVehicle:
             low = c.output_current_a <= STOP_CURRENT_A and c.discharge_current_a <= STOP_CURRENT_A
             silent = c.last_109_s is None or now - c.last_109_s > CHARGER_SILENT_S
             if (low and not c.charging) or silent:
-                self._contactor_closed = False
+                self._open_contactor(now)
                 self._set_k(False)
                 if not self._d1() or silent:
                     self.state = ChademoVehicleState.DONE
+
+    def _open_contactor(self, now: float) -> None:
+        if self._contactor_closed:
+            self._contactor_closed = False
+            self._contactor_opened_s = now
 
     def _stop_reason(self, now: float) -> str:
         c = self._charger
@@ -318,7 +335,7 @@ class ChademoVehicle:
                 "StatusChargingEnabled": int(enabled),
                 "StatusNotInPark": int(self.faults.not_in_park),
                 "StatusChargingSystemFault": 0,
-                "StatusContactorOpen": int(not self._contactor_closed),
+                "StatusContactorOpen": int(self._reports_contactor_open()),
                 "StatusStopBeforeCharging": 0,
                 "StatusBit6Undocumented": 0,
                 "StatusDischargeCompatible": int(cfg.discharge_capable),
@@ -328,6 +345,14 @@ class ChademoVehicle:
         if self.faults.wrong_dlc:
             data = data[:7]
         return CanFrame(0x102, data, is_extended_id=False)
+
+    def _reports_contactor_open(self) -> bool:
+        """0x102.5 bit3: the contactor is open (and, after it was closed, the welding detection
+        is done)."""
+        if self._contactor_closed:
+            return False
+        opened = self._contactor_opened_s
+        return opened is None or self._now_s - opened >= self.config.welding_detection_s
 
     def _encode(self, name: str, signals: dict[str, float]) -> CanFrame:
         data = self._codec.encode(name, signals)
