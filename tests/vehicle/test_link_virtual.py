@@ -103,7 +103,9 @@ class Rig:
                 current = s.charge_current_limit_a or 0.0
             elif s is not None and self.direction < 0 and s.discharge_permitted:
                 current = -(s.discharge_current_limit_a or 0.0)
-            self.link.update_output(self.vehicle.battery.voltage_v, current)
+            # The output sees the pack only through the charger's closed contactors.
+            volts = self.vehicle.battery.voltage_v if self.lines.outputs.contactors else 0.0
+            self.link.update_output(volts, current)
             await asyncio.sleep(0.02)
 
 
