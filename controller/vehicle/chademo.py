@@ -34,6 +34,11 @@ until a fresh measurement taken after the contactors opened reads at most 10 V; 
 contactors opened without one it is a fault, d1 goes off and the connector stays locked (it is
 released once such a measurement arrives), never released with voltage present or unknown.
 
+The SoC (0x102 byte 6 over 0x100 byte 6) is published once it is plausible and stable: the
+vehicle has given its permission (k and 0x102.5 bit0: the recorded Leafs send start-up values
+before that), the reading is a percentage and 3 consecutive 0x102 agree within 1 % over at least
+200 ms. From then on every reading that is a percentage is published.
+
 The pack voltage (``VehicleState.pack_voltage_v``; CHAdeMO cars do not send it) is the stage's
 measured output voltage while it is fresh and both the charger's and the vehicle's contactors are
 closed; otherwise None.
@@ -79,6 +84,13 @@ UNLOCK_VOLTAGE_V = 10.0
 # Project choice: how long after the contactors opened the output may take to fall to 10 V before
 # that is a fault (the connector then stays locked and d1 goes off).
 UNLOCK_TIMEOUT_S = 10.0
+# CHAdeMO 0x102 byte 6: the SoC is taken once the vehicle has given its permission (k and 0x102.5
+# bit0; both recorded Leafs send 0x100 byte 6 = F0 with byte 6 = 03, then 1 % for 2 s, before
+# their real SoC, all before bit0; public charger code also reads it only once k is on), and then
+# once SOC_STABLE_FRAMES consecutive 0x102 agree within SOC_STABLE_PCT over SOC_STABLE_S or more.
+SOC_STABLE_FRAMES = 3
+SOC_STABLE_PCT = 1.0
+SOC_STABLE_S = 0.2
 
 VEHICLE_IDS = frozenset({0x100, 0x101, 0x102, 0x110, 0x200, 0x201, 0x700})
 
@@ -218,6 +230,12 @@ class ChademoSession(ChargerSession):
         self._charging_flag = False
         self._stop_requested_by_vehicle = False
         self._had_request = False
+        self._vehicle_permitted = False  # k and 0x102.5 bit0 seen together (WAIT_PERMISSION)
+        # SoC: the run of consecutive 0x102 readings within SOC_STABLE_PCT of each other.
+        self._soc_reading: float | None = None  # the newest 0x102 reading, %
+        self._soc_run_frames = 0
+        self._soc_run_since_s = 0.0
+        self._soc_settled = False  # a plausible and stable SoC has been published
         self._outputs = LineOutputs()
 
     def __repr__(self) -> str:
@@ -278,6 +296,7 @@ class ChademoSession(ChargerSession):
         v.enabled = bool(s["StatusChargingEnabled"])
         v.contactor_open = bool(s["StatusContactorOpen"])
         v.discharge_compatible = bool(s["StatusDischargeCompatible"])
+        self._follow_soc(now)
         # CHAdeMO 0x102 byte 4 fault flags and byte 5 bit 2: the charger must stop (the vehicle
         # stops: the reference of the 0.5 s current check).
         for signal, text in _VEHICLE_FAULT_FLAGS.items():
@@ -304,6 +323,33 @@ class ChademoSession(ChargerSession):
         elif not v.enabled and self.state in _STOPPING:
             # The vehicle answers the charger's stop: 0x102.5 bit0 cleared.
             self._note_vehicle_stop(now)
+
+    def _follow_soc(self, now: float) -> None:
+        """Track the run of 0x102 SoC readings that agree within SOC_STABLE_PCT (see top)."""
+        reading = self._raw_soc_pct()
+        previous = self._soc_reading
+        self._soc_reading = reading
+        if reading is None or not 0 <= reading <= 100:
+            self._soc_run_frames = 0
+        elif (
+            previous is not None
+            and self._soc_run_frames
+            and abs(reading - previous) <= SOC_STABLE_PCT
+        ):
+            self._soc_run_frames += 1
+        else:
+            self._soc_run_frames = 1
+            self._soc_run_since_s = now
+        self._settle_soc(now)
+
+    def _settle_soc(self, now: float) -> None:
+        if (
+            not self._soc_settled
+            and self._vehicle_permitted
+            and self._soc_run_frames >= SOC_STABLE_FRAMES
+            and now - self._soc_run_since_s >= SOC_STABLE_S - 1e-9
+        ):
+            self._soc_settled = True
 
     def _check_plausible(self, now: float) -> None:
         """Values that cannot be true, or contradict each other, are faults (and never widen a
@@ -376,9 +422,12 @@ class ChademoSession(ChargerSession):
         return round(v.charged_rate * 100.0 / v.charged_rate_reference, 1)
 
     def _soc_pct(self) -> float | None:
-        """The SoC as published: None when it is not a possible percentage (that is a fault)."""
-        soc = self._raw_soc_pct()
-        return soc if soc is not None and 0 <= soc <= 100 else None
+        """The SoC as published: None until it is plausible and stable (see top), and when it
+        is not a possible percentage (that is a fault)."""
+        soc = self._soc_reading
+        if not self._soc_settled or soc is None:
+            return None
+        return soc if 0 <= soc <= 100 else None
 
     # Time.
 
@@ -440,6 +489,8 @@ class ChademoSession(ChargerSession):
         if st is ChademoState.WAIT_VEHICLE:
             if self._inputs.k and v.enabled and 0x100 in self._last_seen:
                 self._enter(ChademoState.WAIT_PERMISSION, now, "k and 0x102.5 bit0 set")
+                self._vehicle_permitted = True
+                self._settle_soc(now)
             elif elapsed > VEHICLE_RESPONSE_S:
                 self._fault("CHAdeMO: no k / 0x102.5 bit0 within 8 s of d1", now)
         elif st is ChademoState.WAIT_PERMISSION:

@@ -16,7 +16,7 @@ from controller.vehicle.chademo import (
     ChademoState,
 )
 from controller.vehicle.dbc import DbcCodec
-from controller.vehicle.frames import CanFrame, EventKind, LineInputs, LineOutputs
+from controller.vehicle.frames import CanFrame, EventKind, LineInputs, LineOutputs, Step
 from hil.vehicle import BatteryModel, ChademoVehicle, FaultInjection, SimulatedLines
 from hil.vehicle.chademo_ev import ChademoVehicleConfig
 
@@ -273,12 +273,22 @@ def plugged_session() -> ChademoSession:
     return session
 
 
+def permitted(session: ChademoSession, frames: tuple[CanFrame, ...], status: CanFrame) -> Step:
+    """The vehicle's frames at 0.05 s, its permission (k with 0x102.5 bit0) at 0.1 s, and its
+    0x102 twice more 100 ms apart: the SoC is plausible and stable by the last step."""
+    for frame in (*frames, status):
+        session.receive(frame, 0.05)
+    session.tick(0.1, LineInputs(plugged=True, k=True))
+    assert session.state is ChademoState.WAIT_PERMISSION
+    session.receive(status, 0.15)
+    return session.receive(status, 0.25)
+
+
 def test_recorded_leaf_frames_become_vehicle_state() -> None:
     """The recorded ZE0 frames give SoC 73 %, 14 A, 410 V target, 15 A / 250 V discharge limits."""
     session = plugged_session()
-    for frame in (rec.ZE0_100, rec.ZE0_101, rec.ZE0_200, rec.ZE0_102_CHARGING):
-        step = session.receive(frame, 0.05)
-    state = step.state
+    frames = (rec.ZE0_100, rec.ZE0_101, rec.ZE0_200)
+    state = permitted(session, frames, rec.ZE0_102_CHARGING).state
     assert state.soc_pct == 73
     assert state.charge_current_limit_a == 14
     assert state.charge_voltage_limit_v == 410
@@ -286,14 +296,13 @@ def test_recorded_leaf_frames_become_vehicle_state() -> None:
     assert state.discharge_voltage_min_v == 250
     assert state.capacity_kwh == 22.2
     assert state.faults == ()
-    assert state.observed_at_s == 0.05
+    assert state.observed_at_s == 0.25
 
 
 def test_soc_uses_the_charged_rate_reference() -> None:
     """0x100 byte 6 = 0xFF and 0x102 byte 6 = 0x91 read as 57 % (protocol 0.9 charger log)."""
     session = plugged_session()
-    session.receive(rec.ZE1_09_100, 0.1)
-    state = session.receive(rec.ZE1_09_102, 0.1).state
+    state = permitted(session, (rec.ZE1_09_100,), rec.ZE1_09_102).state
     assert state.soc_pct == 56.9
 
 
