@@ -43,6 +43,9 @@ The pack voltage (``VehicleState.pack_voltage_v``; CHAdeMO cars do not send it) 
 measured output voltage while it is fresh and both the charger's and the vehicle's contactors are
 closed; otherwise None.
 
+0x109 bytes 6-7 (remaining charging time) count the vehicle's maximum charging time (0x101 byte 1
+in 10 s, or byte 2 in minutes when byte 1 is 0xFF) down while energy flows, in the vehicle's unit.
+
 When discharge is offered, 0x109 byte 4 bit 0 is set and 0x208/0x209 are sent with every
 0x108/0x109 (a vehicle faults on the bit without them).
 """
@@ -91,6 +94,9 @@ UNLOCK_TIMEOUT_S = 10.0
 SOC_STABLE_FRAMES = 3
 SOC_STABLE_PCT = 1.0
 SOC_STABLE_S = 0.2
+# CHAdeMO 0x109 byte 3 is 1 A/bit: energy flows (the remaining time counts down) while the fresh
+# measured current would read at least 1 A there.
+FLOWING_CURRENT_A = 0.5
 
 VEHICLE_IDS = frozenset({0x100, 0x101, 0x102, 0x110, 0x200, 0x201, 0x700})
 
@@ -186,8 +192,9 @@ class _Vehicle:
     max_battery_voltage_v: float | None = None
     charged_rate_reference: float | None = None
     capacity_kwh: float | None = None
-    max_charging_time_10s: int = 0
-    max_charging_time_min: int = 0
+    # 0x101 byte 1 x 10 s, or byte 2 x 1 min when byte 1 = 0xFF; None before 0x101.
+    max_charging_time_s: float | None = None
+    max_charging_time_in_min: bool = False  # the vehicle gave it in minutes (byte 1 = 0xFF)
     protocol_number: int | None = None
     target_voltage_v: float | None = None
     current_request_a: float | None = None
@@ -236,6 +243,8 @@ class ChademoSession(ChargerSession):
         self._soc_run_frames = 0
         self._soc_run_since_s = 0.0
         self._soc_settled = False  # a plausible and stable SoC has been published
+        self._energy_flow_s = 0.0  # time in energy transfer with current flowing
+        self._last_tick_s: float | None = None
         self._outputs = LineOutputs()
 
     def __repr__(self) -> str:
@@ -274,8 +283,10 @@ class ChademoSession(ChargerSession):
         elif fid == 0x101:
             capacity = s["RatedBatteryCapacity"]
             v.capacity_kwh = capacity if capacity > 0 else None
-            v.max_charging_time_10s = int(s["MaxChargingTime10s"] // 10)
-            v.max_charging_time_min = int(s["MaxChargingTimeMin"])
+            # CHAdeMO 0x101 byte 1: maximum charging time, 10 s/bit; 0xFF: byte 2, 1 min/bit.
+            tens = round(s["MaxChargingTime10s"] / 10)
+            v.max_charging_time_in_min = tens == 0xFF
+            v.max_charging_time_s = 60.0 * s["MaxChargingTimeMin"] if tens == 0xFF else 10.0 * tens
         elif fid == 0x102:
             self._on_status(s, now)
         elif fid == 0x200:
@@ -432,6 +443,7 @@ class ChademoSession(ChargerSession):
     # Time.
 
     def _on_tick(self, now: float) -> None:
+        self._count_energy_flow(now)
         if not self._inputs.plugged and self.state is not ChademoState.IDLE:
             if self.state is ChademoState.ENDED:
                 self._advance(now)  # a connector still locked is released only when dead
@@ -466,6 +478,15 @@ class ChademoSession(ChargerSession):
             self._advance_start(st, now - self._since_s, now)
         else:
             self._advance_stop(st, now - self._since_s, now)
+
+    def _count_energy_flow(self, now: float) -> None:
+        """Time in energy transfer with current flowing (0x109 bytes 6-7 count down by it)."""
+        last, self._last_tick_s = self._last_tick_s, now
+        if last is None or self.state is not ChademoState.ENERGY_TRANSFER:
+            return
+        current = self._measured_current_a()
+        if current is not None and abs(current) >= FLOWING_CURRENT_A:
+            self._energy_flow_s += max(0.0, now - last)
 
     def _stopped_by_lines_or_charger(self, st: ChademoState, now: float) -> bool:
         """k released, or the charger side no longer willing: stop; True if it did."""
@@ -707,9 +728,28 @@ class ChademoSession(ChargerSession):
         vehicle_min = self._vehicle.min_discharge_voltage_v or 0
         return max(self.config.lower_threshold_voltage_v, round(vehicle_min))
 
+    def _remaining_time(self) -> tuple[int, int]:
+        """0x109 bytes 6-7 as the DBC signals (seconds in 10 s steps, minutes): the vehicle's
+        maximum charging time less the time energy has flowed, during energy transfer; 0 else.
+
+        CHAdeMO 0x109 byte 6 is 10 s/bit (0xFF: use byte 7), byte 7 1 min/bit. The vehicle's own
+        unit is kept: byte 6 = 0xFF with minutes when 0x101 gave minutes (the recorded 1.0 charger
+        sends FF 50 to a ZE1's FF 50, then FF 4F), else both (the recorded 0.9 charger sends
+        D7 24: 215 x 10 s, 36 min). Rounded up: the recorded ZE0 charger still sends 60 min 27 s
+        into a 60 min session.
+        """
+        v = self._vehicle
+        total_s = v.max_charging_time_s
+        if self.state is not ChademoState.ENERGY_TRANSFER or total_s is None:
+            return 0, 0
+        remaining_s = max(0.0, total_s - self._energy_flow_s)
+        minutes = min(255, math.ceil(remaining_s / 60.0 - 1e-9))
+        if v.max_charging_time_in_min:
+            return 2550, minutes
+        return 10 * min(254, math.ceil(remaining_s / 10.0 - 1e-9)), minutes
+
     def _send_periodic(self) -> None:
         cfg = self.config
-        v = self._vehicle
         current_a = self._reported_current_a()
         charging_a = max(0.0, current_a)
         discharging_a = max(0.0, -current_a)
@@ -723,9 +763,9 @@ class ChademoSession(ChargerSession):
             },
         )
         stop_control = self.state is not ChademoState.ENERGY_TRANSFER
-        transfer = self.state is ChademoState.ENERGY_TRANSFER
         charger_fault = self._charger_fault
         system_fault = bool(self._faults) and not charger_fault
+        remaining_10s_s, remaining_min = self._remaining_time()
         if self.state is ChademoState.STOP_D1 and not self._outputs.lock:
             self._unlocked_reported = True
         self._send(
@@ -741,8 +781,8 @@ class ChademoSession(ChargerSession):
                 "StatusBatteryIncompatible": int(self._target_incompatible()),
                 "StatusChargingSystemFault": int(system_fault),
                 "StatusStopControl": int(stop_control),
-                "RemainingTime10s": 10 * (v.max_charging_time_10s if transfer else 0),
-                "RemainingTimeMin": v.max_charging_time_min if transfer else 0,
+                "RemainingTime10s": remaining_10s_s,
+                "RemainingTimeMin": remaining_min,
             },
         )
         if cfg.discharge_offered:
