@@ -7,6 +7,11 @@ discharge floor or an injected stop request clear 0x102.5 bit0 -> once the charg
 <= 5 A and 0x109.5 bit0 is clear, open the contactor and release k; 0x102.5 bit3 = 1 once its
 welding detection is done (``welding_detection_s`` later) -> done when d1 goes off.
 
+A charger that falls silent (no 0x109 for 1 s) while the car is enabled, transferring or stopping
+is gone: the car opens its contactor, releases k and is done. A done car handshakes again as soon
+as a charger talks to it with d1 on: a daemon that restarted (after SIGKILL d1 stays on and 0x109
+resumes after a gap; after a clean exit d1 goes off and on again), or a new plug-in.
+
 A discharge-capable car announces 0 A in 0x200 byte 0 until it has seen the charger's 0x208, then
 at most the charger's available input current (0x208 byte 3), as the recorded Leaf ZE0 does
 (``FF`` first, then ``F0`` = 15 A against the charger's 15 A).
@@ -112,6 +117,7 @@ class ChademoVehicle:
         self._d2_since_s: float | None = None
         self._now_s = 0.0
         self.stop_reason = ""
+        self.handshakes = 0  # times the car gave its permission (k and 0x102.5 bit0)
 
     def __repr__(self) -> str:
         return (
@@ -121,7 +127,7 @@ class ChademoVehicle:
 
     @property
     def next_deadline_s(self) -> float:
-        """When ``tick`` next has frames to send."""
+        """When ``tick`` next has frames to send (or, asleep, next looks at d1)."""
         return self._next_send_s
 
     @property
@@ -165,10 +171,14 @@ class ChademoVehicle:
             current = self._charger.output_current_a - self._charger.discharge_current_a
         self.battery.step(current, dt)
         self._advance(now)
-        if self.state is ChademoVehicleState.ASLEEP or now < self._next_send_s:
+        if now < self._next_send_s:
             return ()
         self._next_send_s = max(self._next_send_s + PERIOD_S, now + PERIOD_S / 2)
-        if self.faults.silence:
+        # Asleep, or done with d1 off, the car is quiet (and looks at d1 every 100 ms).
+        quiet = self.state is ChademoVehicleState.ASLEEP or (
+            self.state is ChademoVehicleState.DONE and not self._d1()
+        )
+        if quiet or self.faults.silence:
             return ()
         return self._frames()
 
@@ -188,6 +198,7 @@ class ChademoVehicle:
     def _advance(self, now: float) -> None:  # noqa: PLR0912  one branch per vehicle state
         c = self._charger
         st = self.state
+        silent = c.last_109_s is None or now - c.last_109_s > CHARGER_SILENT_S
         if st is ChademoVehicleState.ASLEEP:
             if self._d1():
                 self.state = ChademoVehicleState.AWAKE
@@ -197,7 +208,11 @@ class ChademoVehicle:
                 self._enabled = True
                 self._set_k(True)
                 self.state = ChademoVehicleState.ENABLED
+                self.handshakes += 1
         elif st is ChademoVehicleState.ENABLED:
+            if silent:
+                self._done(now, "charger silent before transfer")
+                return
             if self._d2(now):
                 self._d2_since_s = self._d2_since_s or now
                 if now - self._d2_since_s >= CONTACTOR_DELAY_S:
@@ -213,17 +228,38 @@ class ChademoVehicle:
                 self._stop(reason)
         elif st is ChademoVehicleState.STOPPING:
             low = c.output_current_a <= STOP_CURRENT_A and c.discharge_current_a <= STOP_CURRENT_A
-            silent = c.last_109_s is None or now - c.last_109_s > CHARGER_SILENT_S
             if (low and not c.charging) or silent:
                 self._open_contactor(now)
                 self._set_k(False)
-                if not self._d1() or silent:
-                    self.state = ChademoVehicleState.DONE
+                if silent:
+                    self._done(now, self.stop_reason or "charger silent")
+                elif not self._d1():
+                    self._done(now, self.stop_reason)
+        elif st is ChademoVehicleState.DONE and self._d1() and c.last_109_s is not None:
+            # A charger talks to a done car with d1 on: it restarted (or a new plug-in).
+            self._handshake_again(now)
 
     def _open_contactor(self, now: float) -> None:
         if self._contactor_closed:
             self._contactor_closed = False
             self._contactor_opened_s = now
+
+    def _done(self, now: float, reason: str) -> None:
+        """Contactor open, k released; forget the charger: a later 0x109 is a new one."""
+        self._open_contactor(now)
+        self._set_k(False)
+        self._enabled = False
+        self.stop_reason = reason
+        self._charger = _Charger()
+        self.state = ChademoVehicleState.DONE
+
+    def _handshake_again(self, now: float) -> None:
+        self._d2_since_s = None
+        self._contactor_opened_s = None  # the last stop's welding detection is over
+        self._enabled = False
+        self.state = ChademoVehicleState.AWAKE
+        self._next_send_s = now
+        self._advance(now)  # the 0x109 that woke it is the charger's answer: enable at once
 
     def _stop_reason(self, now: float) -> str:
         c = self._charger
