@@ -143,7 +143,7 @@ def test_the_ledger_opens_the_session_with_the_first_plausible_soc(
     path = tmp_path / "ledger.sqlite"
     ledger = make_ledger(path)
     for at, state in run.reports:
-        ledger.record(dataclasses.replace(state, identity="LEAF"), inverter(0, 0), report(at))
+        ledger.record(state, inverter(0, 0), report(at))  # CHAdeMO: no identity
     end = rec.end_s + 0.1
     unplugged = VehicleState(observed_at_s=end, phase=VehiclePhase.UNPLUGGED, protocol="chademo")
     ledger.record(unplugged, inverter(0, 0), report(end))
