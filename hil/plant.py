@@ -10,8 +10,8 @@ process, and every ``COUPLING_S`` the power the inverter's stage delivers moves 
 The stage's DC voltage is measured at the charger's output, on the connector's side of its
 contactors, where the sessions need it (GB/T 18487.1's voltage match before K1/K2 and its 60 V
 unlock, CHAdeMO's 10 V): the pack's voltage while the car's own contactors are closed (GB/T
-K5/K6: ``contactors_closed`` of the simulated car; a car without the attribute is taken as
-closed), else the output's bleeder discharges it (``BLEED_TAU_S``).
+K5/K6, the CHAdeMO car's main contactor: ``contactors_closed`` of the simulated car), else the
+output's bleeder discharges it (``BLEED_TAU_S``).
 
 Current flows only while the charger's DC contactors are closed (the board's ``contactors`` line);
 power the stage tries to push with them open (none flows, none is counted by its meters) is

@@ -9,8 +9,8 @@ Sequence, as implemented by public charger-side code (the full specification is 
          --0x102.5 bit3 = 0 within 4 s--> ENERGY_TRANSFER (0x109.5 bit0 on, stop control off)
          --stop (vehicle, charger or fault)--> STOP_CURRENT (stop control on, core goes to 0 W)
          --measured output <= 5 A--> STOP_VEHICLE_CONTACTOR (0x109.5 bit0 off)
-         --0x102.5 bit3 = 1 (or 4 s)--> STOP_D1 (contactors and d2 off)
-         --500 ms--> ENDED (d1 off, unlocked) --unplugged--> IDLE
+         --0x102.5 bit3 = 1 (welding detection done)--> STOP_D1 (contactors and d2 off)
+         --output <= 10 V: unlocked; 500 ms after d2--> ENDED (d1 off) --unplugged--> IDLE
 
 Stops:
 
@@ -21,13 +21,30 @@ Stops:
 * faults: 0x102.4 flags and bit2, k released after d2, timeouts, implausible or inconsistent
   values. They take the same stop path and end in FAULT.
 
-STOP_CURRENT waits for a fresh measurement (``set_output``) of at most 5 A; an unknown or stale
-current is not low. 0.5 s after the stop without one is a charger fault; at 2 s the charger gives
-up waiting: it opens its contactors and d2 at once (STOP_D1), without waiting for the vehicle's.
+STOP_CURRENT waits for a fresh measurement (``set_output``) of at most 5 A taken after the stop
+began; an unknown, stale or older current is not low. The protocol's "<= 5 A within 0.5 s" is
+timed from the vehicle's stop (k released or 0x102.5 bit0 cleared, the first of them), not from
+the charger's own stop: 0.5 s after it without such a measurement is a charger fault. At 2 s
+after its own stop the charger gives up waiting: it opens its contactors and d2 at once (STOP_D1).
+
+STOP_VEHICLE_CONTACTOR waits up to 4 s for the vehicle's welding detection (0x102.5 bit3 = 1);
+without it the session ends in a fault, its contactors and d2 open and the connector stays locked
+until the output is dead. The connector lock (0x109.5 bit2) is held from the insulation test
+until a fresh measurement taken after the contactors opened reads at most 10 V; 10 s after the
+contactors opened without one it is a fault, d1 goes off and the connector stays locked (it is
+released once such a measurement arrives), never released with voltage present or unknown.
+
+The SoC (0x102 byte 6 over 0x100 byte 6) is published once it is plausible and stable: the
+vehicle has given its permission (k and 0x102.5 bit0: the recorded Leafs send start-up values
+before that), the reading is a percentage and 3 consecutive 0x102 agree within 1 % over at least
+200 ms. From then on every reading that is a percentage is published.
 
 The pack voltage (``VehicleState.pack_voltage_v``; CHAdeMO cars do not send it) is the stage's
 measured output voltage while it is fresh and both the charger's and the vehicle's contactors are
 closed; otherwise None.
+
+0x109 bytes 6-7 (remaining charging time) count the vehicle's maximum charging time (0x101 byte 1
+in 10 s, or byte 2 in minutes when byte 1 is 0xFF) down while energy flows, in the vehicle's unit.
 
 When discharge is offered, 0x109 byte 4 bit 0 is set and 0x208/0x209 are sent with every
 0x108/0x109 (a vehicle faults on the bit without them).
@@ -52,12 +69,34 @@ VEHICLE_RESPONSE_S = 8.0  # CHAdeMO: k and 0x102.5 bit0 within 8 s of d1
 D2_AFTER_D1_S = 20.0  # CHAdeMO: d2 on within 20 s (of d1)
 VEHICLE_CONTACTOR_S = 4.0  # CHAdeMO: 0x102.5 bit3 = 0 within 4 s of d2
 FIRST_REQUEST_S = 4.0  # CHAdeMO: first current request within 4 s more
-STOP_CURRENT_S = 0.5  # CHAdeMO: after k drops, current <= 5 A within 0.5 s
+# CHAdeMO: "after k drops, current <= 5 A within 0.5 s": timed from the vehicle's stop (k released
+# or 0x102.5 bit0 cleared), never from the charger's own stop control. The recorded ZE1 charger
+# reached 0 A 0.6 s after its stop control but 0.33 s after the car cleared bit0.
+STOP_CURRENT_S = 0.5
 # Project choice: without a fresh reading of <= 5 A this long after the stop, the charger opens its
 # own contactors and d2 (a charger fault) instead of waiting for the vehicle's contactor.
 STOP_CURRENT_GIVE_UP_S = 2.0
-STOP_VEHICLE_CONTACTOR_S = 4.0  # project choice: wait for the vehicle's contactor to open
+# CHAdeMO: the vehicle opens its contactor and reports 0x102.5 bit3 = 1 (welding detection done)
+# within 4 s of the current falling to 5 A (the limit public charger code cites from the spec; the
+# recorded Leafs took 2.9 s (ZE0) and 2.1 s (ZE1)). Without it the session ends in a fault.
+WELDING_DETECTION_S = 4.0
 D2_TO_D1_S = 0.5  # CHAdeMO: wait 500 ms between d2 off and d1 off
+# CHAdeMO 0x109.5 bit2 "connector locked / energising (> 10 V)": the connector stays locked until
+# the output is at most 10 V (both recorded chargers unlock at 3 V, after the car's bit3).
+UNLOCK_VOLTAGE_V = 10.0
+# Project choice: how long after the contactors opened the output may take to fall to 10 V before
+# that is a fault (the connector then stays locked and d1 goes off).
+UNLOCK_TIMEOUT_S = 10.0
+# CHAdeMO 0x102 byte 6: the SoC is taken once the vehicle has given its permission (k and 0x102.5
+# bit0; both recorded Leafs send 0x100 byte 6 = F0 with byte 6 = 03, then 1 % for 2 s, before
+# their real SoC, all before bit0; public charger code also reads it only once k is on), and then
+# once SOC_STABLE_FRAMES consecutive 0x102 agree within SOC_STABLE_PCT over SOC_STABLE_S or more.
+SOC_STABLE_FRAMES = 3
+SOC_STABLE_PCT = 1.0
+SOC_STABLE_S = 0.2
+# CHAdeMO 0x109 byte 3 is 1 A/bit: energy flows (the remaining time counts down) while the fresh
+# measured current would read at least 1 A there.
+FLOWING_CURRENT_A = 0.5
 
 VEHICLE_IDS = frozenset({0x100, 0x101, 0x102, 0x110, 0x200, 0x201, 0x700})
 
@@ -153,8 +192,9 @@ class _Vehicle:
     max_battery_voltage_v: float | None = None
     charged_rate_reference: float | None = None
     capacity_kwh: float | None = None
-    max_charging_time_10s: int = 0
-    max_charging_time_min: int = 0
+    # 0x101 byte 1 x 10 s, or byte 2 x 1 min when byte 1 = 0xFF; None before 0x101.
+    max_charging_time_s: float | None = None
+    max_charging_time_in_min: bool = False  # the vehicle gave it in minutes (byte 1 = 0xFF)
     protocol_number: int | None = None
     target_voltage_v: float | None = None
     current_request_a: float | None = None
@@ -189,9 +229,22 @@ class ChademoSession(ChargerSession):
         self._next_send_s = 0.0
         self._last_seen: dict[int, float] = {}
         self._stop_started_s = 0.0
+        # The vehicle's stop (k released, 0x102.5 bit0 cleared, or its own stop request or fault
+        # flag): the reference of the 0.5 s current check. None: not (yet) seen.
+        self._vehicle_stop_s: float | None = None
+        self._contactors_opened_s = 0.0  # when STOP_D1 opened the contactors and d2
+        self._unlocked_reported = False  # a 0x109 with bit2 (locked) cleared has gone out
         self._charging_flag = False
         self._stop_requested_by_vehicle = False
         self._had_request = False
+        self._vehicle_permitted = False  # k and 0x102.5 bit0 seen together (WAIT_PERMISSION)
+        # SoC: the run of consecutive 0x102 readings within SOC_STABLE_PCT of each other.
+        self._soc_reading: float | None = None  # the newest 0x102 reading, %
+        self._soc_run_frames = 0
+        self._soc_run_since_s = 0.0
+        self._soc_settled = False  # a plausible and stable SoC has been published
+        self._energy_flow_s = 0.0  # time in energy transfer with current flowing
+        self._last_tick_s: float | None = None
         self._outputs = LineOutputs()
 
     def __repr__(self) -> str:
@@ -230,8 +283,10 @@ class ChademoSession(ChargerSession):
         elif fid == 0x101:
             capacity = s["RatedBatteryCapacity"]
             v.capacity_kwh = capacity if capacity > 0 else None
-            v.max_charging_time_10s = int(s["MaxChargingTime10s"] // 10)
-            v.max_charging_time_min = int(s["MaxChargingTimeMin"])
+            # CHAdeMO 0x101 byte 1: maximum charging time, 10 s/bit; 0xFF: byte 2, 1 min/bit.
+            tens = round(s["MaxChargingTime10s"] / 10)
+            v.max_charging_time_in_min = tens == 0xFF
+            v.max_charging_time_s = 60.0 * s["MaxChargingTimeMin"] if tens == 0xFF else 10.0 * tens
         elif fid == 0x102:
             self._on_status(s, now)
         elif fid == 0x200:
@@ -252,11 +307,15 @@ class ChademoSession(ChargerSession):
         v.enabled = bool(s["StatusChargingEnabled"])
         v.contactor_open = bool(s["StatusContactorOpen"])
         v.discharge_compatible = bool(s["StatusDischargeCompatible"])
-        # CHAdeMO 0x102 byte 4 fault flags and byte 5 bit 2: the charger must stop.
+        self._follow_soc(now)
+        # CHAdeMO 0x102 byte 4 fault flags and byte 5 bit 2: the charger must stop (the vehicle
+        # stops: the reference of the 0.5 s current check).
         for signal, text in _VEHICLE_FAULT_FLAGS.items():
             if s[signal]:
+                self._note_vehicle_stop(now)
                 self._fault(f"CHAdeMO 0x102 byte 4: vehicle reports {text}", now)
         if s["StatusChargingSystemFault"]:
+            self._note_vehicle_stop(now)
             self._fault("CHAdeMO 0x102 byte 5 bit 2: vehicle charging-system fault", now)
         if s["StatusStopBeforeCharging"] and self.state in _BEFORE_TRANSFER:
             self._vehicle_stop("CHAdeMO 0x102 byte 5 bit 4: vehicle stop before charging", now)
@@ -272,6 +331,36 @@ class ChademoSession(ChargerSession):
         elif v.contactor_open and self.state is ChademoState.ENERGY_TRANSFER:
             # CHAdeMO 0x102 byte 5 bit 3 back to 1: the vehicle contactor opened under transfer.
             self._vehicle_stop("CHAdeMO 0x102 byte 5 bit 3: vehicle contactor opened", now)
+        elif not v.enabled and self.state in _STOPPING:
+            # The vehicle answers the charger's stop: 0x102.5 bit0 cleared.
+            self._note_vehicle_stop(now)
+
+    def _follow_soc(self, now: float) -> None:
+        """Track the run of 0x102 SoC readings that agree within SOC_STABLE_PCT (see top)."""
+        reading = self._raw_soc_pct()
+        previous = self._soc_reading
+        self._soc_reading = reading
+        if reading is None or not 0 <= reading <= 100:
+            self._soc_run_frames = 0
+        elif (
+            previous is not None
+            and self._soc_run_frames
+            and abs(reading - previous) <= SOC_STABLE_PCT
+        ):
+            self._soc_run_frames += 1
+        else:
+            self._soc_run_frames = 1
+            self._soc_run_since_s = now
+        self._settle_soc(now)
+
+    def _settle_soc(self, now: float) -> None:
+        if (
+            not self._soc_settled
+            and self._vehicle_permitted
+            and self._soc_run_frames >= SOC_STABLE_FRAMES
+            and now - self._soc_run_since_s >= SOC_STABLE_S - 1e-9
+        ):
+            self._soc_settled = True
 
     def _check_plausible(self, now: float) -> None:
         """Values that cannot be true, or contradict each other, are faults (and never widen a
@@ -344,15 +433,22 @@ class ChademoSession(ChargerSession):
         return round(v.charged_rate * 100.0 / v.charged_rate_reference, 1)
 
     def _soc_pct(self) -> float | None:
-        """The SoC as published: None when it is not a possible percentage (that is a fault)."""
-        soc = self._raw_soc_pct()
-        return soc if soc is not None and 0 <= soc <= 100 else None
+        """The SoC as published: None until it is plausible and stable (see top), and when it
+        is not a possible percentage (that is a fault)."""
+        soc = self._soc_reading
+        if not self._soc_settled or soc is None:
+            return None
+        return soc if 0 <= soc <= 100 else None
 
     # Time.
 
     def _on_tick(self, now: float) -> None:
+        self._count_energy_flow(now)
         if not self._inputs.plugged and self.state is not ChademoState.IDLE:
             if self.state is ChademoState.ENDED:
+                self._advance(now)  # a connector still locked is released only when dead
+                if self._outputs.lock:
+                    return
                 self._reset()
                 self._set_phase(VehiclePhase.UNPLUGGED, now, "connector unplugged")
                 self._next_send_s = now + PERIOD_S
@@ -383,9 +479,19 @@ class ChademoSession(ChargerSession):
         else:
             self._advance_stop(st, now - self._since_s, now)
 
+    def _count_energy_flow(self, now: float) -> None:
+        """Time in energy transfer with current flowing (0x109 bytes 6-7 count down by it)."""
+        last, self._last_tick_s = self._last_tick_s, now
+        if last is None or self.state is not ChademoState.ENERGY_TRANSFER:
+            return
+        current = self._measured_current_a()
+        if current is not None and abs(current) >= FLOWING_CURRENT_A:
+            self._energy_flow_s += max(0.0, now - last)
+
     def _stopped_by_lines_or_charger(self, st: ChademoState, now: float) -> bool:
         """k released, or the charger side no longer willing: stop; True if it did."""
         if st in _AFTER_D2 and not self._inputs.k:
+            self._note_vehicle_stop(now)
             self._fault(f"CHAdeMO: k line dropped after d2 ({st})", now)
         elif st in _BEFORE_D2 and not self._inputs.k:
             self._vehicle_stop(
@@ -404,6 +510,8 @@ class ChademoSession(ChargerSession):
         if st is ChademoState.WAIT_VEHICLE:
             if self._inputs.k and v.enabled and 0x100 in self._last_seen:
                 self._enter(ChademoState.WAIT_PERMISSION, now, "k and 0x102.5 bit0 set")
+                self._vehicle_permitted = True
+                self._settle_soc(now)
             elif elapsed > VEHICLE_RESPONSE_S:
                 self._fault("CHAdeMO: no k / 0x102.5 bit0 within 8 s of d1", now)
         elif st is ChademoState.WAIT_PERMISSION:
@@ -438,33 +546,108 @@ class ChademoSession(ChargerSession):
 
     def _advance_stop(self, st: ChademoState, elapsed: float, now: float) -> None:
         if st is ChademoState.STOP_CURRENT:
-            if self._output_current_low():
-                # CHAdeMO: 0x109.5 bit0 is cleared once current is <= 5 A (measured, fresh).
-                self._charging_flag = False
-                self._enter(ChademoState.STOP_VEHICLE_CONTACTOR, now, "output at or below 5 A")
-            elif elapsed > STOP_CURRENT_GIVE_UP_S:
-                self._charger_fault = True
-                self._fault("CHAdeMO: output not confirmed at or below 5 A 2 s after stop", now)
-                self._charging_flag = False
-                self._enter(ChademoState.STOP_D1, now, "2 s without <= 5 A: contactors and d2 off")
-                self._outputs = LineOutputs(d1=True, lock=True)
-            elif elapsed > STOP_CURRENT_S:
-                # CHAdeMO: after k drops, current <= 5 A within 0.5 s.
-                self._charger_fault = True
-                if self._measured_current_a() is None:
-                    self._fault(
-                        "CHAdeMO: output current not confirmed at or below 5 A 0.5 s after stop "
-                        "(no fresh measurement)",
-                        now,
-                    )
-                else:
-                    self._fault("CHAdeMO: output above 5 A 0.5 s after stop", now)
+            if not self._inputs.k:
+                self._note_vehicle_stop(now)  # CHAdeMO: k released, the vehicle's stop
+            self._advance_stop_current(elapsed, now)
         elif st is ChademoState.STOP_VEHICLE_CONTACTOR:
-            done = self._vehicle.contactor_open or not self._inputs.plugged
-            if done or elapsed > STOP_VEHICLE_CONTACTOR_S:
-                self._enter(ChademoState.STOP_D1, now, "contactors and d2 off")
-                self._outputs = LineOutputs(d1=True, lock=True)
-        elif st is ChademoState.STOP_D1 and elapsed >= D2_TO_D1_S:
+            if self._vehicle.contactor_open or not self._inputs.plugged:
+                self._open_contactors(now, "vehicle contactor open (0x102.5 bit3)")
+            elif elapsed > WELDING_DETECTION_S:
+                # CHAdeMO 0x102.5 bit3: welding detection is a result; without it the vehicle's
+                # contactor may be closed (welded): fault, d2 off, the connector stays locked
+                # until the output is measured dead.
+                self._fault(
+                    "CHAdeMO 0x102 byte 5 bit 3: vehicle contactor not confirmed open (welding "
+                    f"detection) within {WELDING_DETECTION_S:g} s of the output at or below 5 A",
+                    now,
+                )
+                self._open_contactors(now, "no welding detection result: contactors and d2 off")
+        elif st is ChademoState.STOP_D1:
+            self._advance_unlock(elapsed, now)
+        elif st is ChademoState.ENDED and self._outputs.lock and self._output_dead():
+            self._outputs = LineOutputs()  # output measured dead at last: the lock lets go
+
+    def _advance_stop_current(self, elapsed: float, now: float) -> None:
+        if self._current_low_since(self._stop_started_s):
+            # CHAdeMO: 0x109.5 bit0 is cleared once current is <= 5 A (measured, fresh, and
+            # taken after the stop began).
+            self._charging_flag = False
+            self._enter(ChademoState.STOP_VEHICLE_CONTACTOR, now, "output at or below 5 A")
+        elif elapsed > STOP_CURRENT_GIVE_UP_S:
+            self._charger_fault = True
+            self._fault("CHAdeMO: output not confirmed at or below 5 A 2 s after stop", now)
+            self._charging_flag = False
+            self._open_contactors(now, "2 s without <= 5 A: contactors and d2 off")
+        elif (stopped_s := self._vehicle_stop_s) is not None and now - stopped_s > STOP_CURRENT_S:
+            # CHAdeMO: after k drops (the vehicle's stop), current <= 5 A within 0.5 s; only a
+            # measurement taken after that stop counts (an older one may predate the 0 W).
+            self._charger_fault = True
+            at = self._output_at_s
+            if self._measured_current_a() is not None and at is not None and at > stopped_s:
+                self._fault(
+                    "CHAdeMO: output above 5 A 0.5 s after stop (timed from the vehicle's k / "
+                    "0x102.5 bit0)",
+                    now,
+                )
+            else:
+                self._fault(
+                    "CHAdeMO: output current not confirmed at or below 5 A 0.5 s after stop "
+                    "(no fresh measurement since the vehicle's k / 0x102.5 bit0)",
+                    now,
+                )
+
+    def _current_low_since(self, since_s: float) -> bool:
+        """The contactors are open, or a fresh measurement taken after ``since_s`` reads at
+        most 5 A (unknown, stale or older is never low)."""
+        if not self._outputs.contactors:
+            return True
+        at = self._output_at_s
+        return at is not None and at > since_s and self._output_current_low()
+
+    def _open_contactors(self, now: float, why: str) -> None:
+        """STOP_D1: contactors and d2 off, d1 and the lock as they are."""
+        self._enter(ChademoState.STOP_D1, now, why)
+        self._outputs = LineOutputs(d1=self._outputs.d1, lock=self._outputs.lock)
+        self._contactors_opened_s = now
+        self._unlocked_reported = False
+
+    def _output_dead(self) -> bool:
+        """CHAdeMO 0x109.5 bit2: a fresh measurement taken since the contactors opened reads at
+        most 10 V. Unknown, stale or older is never dead."""
+        at = self._output_at_s
+        volts = self._measured_voltage_v()
+        return (
+            at is not None
+            and at > self._contactors_opened_s
+            and volts is not None
+            and abs(volts) <= UNLOCK_VOLTAGE_V
+        )
+
+    def _advance_unlock(self, elapsed: float, now: float) -> None:
+        """STOP_D1: unlock once the output is dead, d1 off 500 ms after d2 (and after a 0x109
+        has told the vehicle the connector is unlocked)."""
+        if self._outputs.lock:
+            if self._output_dead():
+                self._outputs = LineOutputs(d1=self._outputs.d1)
+            elif elapsed > UNLOCK_TIMEOUT_S:
+                self._charger_fault = True
+                volts = self._measured_voltage_v()
+                at = self._output_at_s
+                seen = (
+                    f"{volts:g} V measured"
+                    if volts is not None and at is not None and at > self._contactors_opened_s
+                    else "no fresh measurement"
+                )
+                self._fault(
+                    f"CHAdeMO: output not confirmed at or below {UNLOCK_VOLTAGE_V:g} V "
+                    f"{UNLOCK_TIMEOUT_S:g} s after the contactors opened ({seen}); the "
+                    "connector stays locked",
+                    now,
+                )
+                self._enter(ChademoState.ENDED, now, "d1 off, connector stays locked")
+                self._outputs = LineOutputs(lock=True)
+            return
+        if elapsed >= D2_TO_D1_S and (self._unlocked_reported or not self._outputs.d1):
             self._enter(ChademoState.ENDED, now, "d1 off, connector unlocked")
             self._outputs = LineOutputs()
 
@@ -487,15 +670,20 @@ class ChademoSession(ChargerSession):
             phase = VehiclePhase.FAULT
         self._set_phase(phase, now, why)
 
+    def _note_vehicle_stop(self, now: float) -> None:
+        """The vehicle stopped (the reference of the 0.5 s current check): the first time."""
+        if self._vehicle_stop_s is None:
+            self._vehicle_stop_s = now
+
     def _vehicle_stop(self, reason: str, now: float) -> None:
+        self._note_vehicle_stop(now)
         self._stop_requested_by_vehicle = True
         self._stop_requested(reason)
         self._begin_stop(now, reason)
 
     def _begin_stop(self, now: float, why: str) -> None:
         if self.state in _BEFORE_ENERGISED:
-            self._enter(ChademoState.STOP_D1, now, why)
-            self._outputs = LineOutputs(d1=self._outputs.d1, lock=self._outputs.lock)
+            self._open_contactors(now, why)
         elif self.state in (ChademoState.WAIT_VEHICLE_CONTACTOR, ChademoState.ENERGY_TRANSFER):
             self._enter(ChademoState.STOP_CURRENT, now, why)
             self._stop_started_s = now
@@ -540,9 +728,28 @@ class ChademoSession(ChargerSession):
         vehicle_min = self._vehicle.min_discharge_voltage_v or 0
         return max(self.config.lower_threshold_voltage_v, round(vehicle_min))
 
+    def _remaining_time(self) -> tuple[int, int]:
+        """0x109 bytes 6-7 as the DBC signals (seconds in 10 s steps, minutes): the vehicle's
+        maximum charging time less the time energy has flowed, during energy transfer; 0 else.
+
+        CHAdeMO 0x109 byte 6 is 10 s/bit (0xFF: use byte 7), byte 7 1 min/bit. The vehicle's own
+        unit is kept: byte 6 = 0xFF with minutes when 0x101 gave minutes (the recorded 1.0 charger
+        sends FF 50 to a ZE1's FF 50, then FF 4F), else both (the recorded 0.9 charger sends
+        D7 24: 215 x 10 s, 36 min). Rounded up: the recorded ZE0 charger still sends 60 min 27 s
+        into a 60 min session.
+        """
+        v = self._vehicle
+        total_s = v.max_charging_time_s
+        if self.state is not ChademoState.ENERGY_TRANSFER or total_s is None:
+            return 0, 0
+        remaining_s = max(0.0, total_s - self._energy_flow_s)
+        minutes = min(255, math.ceil(remaining_s / 60.0 - 1e-9))
+        if v.max_charging_time_in_min:
+            return 2550, minutes
+        return 10 * min(254, math.ceil(remaining_s / 10.0 - 1e-9)), minutes
+
     def _send_periodic(self) -> None:
         cfg = self.config
-        v = self._vehicle
         current_a = self._reported_current_a()
         charging_a = max(0.0, current_a)
         discharging_a = max(0.0, -current_a)
@@ -556,9 +763,11 @@ class ChademoSession(ChargerSession):
             },
         )
         stop_control = self.state is not ChademoState.ENERGY_TRANSFER
-        transfer = self.state is ChademoState.ENERGY_TRANSFER
         charger_fault = self._charger_fault
         system_fault = bool(self._faults) and not charger_fault
+        remaining_10s_s, remaining_min = self._remaining_time()
+        if self.state is ChademoState.STOP_D1 and not self._outputs.lock:
+            self._unlocked_reported = True
         self._send(
             "CHG_109_Status",
             {
@@ -572,8 +781,8 @@ class ChademoSession(ChargerSession):
                 "StatusBatteryIncompatible": int(self._target_incompatible()),
                 "StatusChargingSystemFault": int(system_fault),
                 "StatusStopControl": int(stop_control),
-                "RemainingTime10s": 10 * (v.max_charging_time_10s if transfer else 0),
-                "RemainingTimeMin": v.max_charging_time_min if transfer else 0,
+                "RemainingTime10s": remaining_10s_s,
+                "RemainingTimeMin": remaining_min,
             },
         )
         if cfg.discharge_offered:

@@ -4,7 +4,13 @@ Sequence (vehicle view): wake on d1 -> send 0x100/0x101/0x102 (0x200/0x201 when 
 every 100 ms -> on the charger's 0x109 set 0x102.5 bit0 and pull k -> on d2 close the contactor
 (0x102.5 bit3 = 0) -> request current (charge) or hold 0 A (discharge) -> at the target SoC, the
 discharge floor or an injected stop request clear 0x102.5 bit0 -> once the charger's output is
-<= 5 A and 0x109.5 bit0 is clear, open the contactor and release k.
+<= 5 A and 0x109.5 bit0 is clear, open the contactor and release k; 0x102.5 bit3 = 1 once its
+welding detection is done (``welding_detection_s`` later) -> done when d1 goes off.
+
+A charger that falls silent (no 0x109 for 1 s) while the car is enabled, transferring or stopping
+is gone: the car opens its contactor, releases k and is done. A done car handshakes again as soon
+as a charger talks to it with d1 on: a daemon that restarted (after SIGKILL d1 stays on and 0x109
+resumes after a gap; after a clean exit d1 goes off and on again), or a new plug-in.
 
 A discharge-capable car announces 0 A in 0x200 byte 0 until it has seen the charger's 0x208, then
 at most the charger's available input current (0x208 byte 3), as the recorded Leaf ZE0 does
@@ -60,6 +66,9 @@ class ChademoVehicleConfig:
     min_discharge_voltage_v: int = 250
     min_discharge_level_pct: int = 30
     protocol_number: int = 2
+    # How long after its contactor opens the car reports 0x102.5 bit3 = 1 (welding detection
+    # done); the recorded Leafs took 2.1 s and 2.9 s; math.inf: never (a welded contactor).
+    welding_detection_s: float = 0.0
 
 
 @dataclass(slots=True)
@@ -104,8 +113,11 @@ class ChademoVehicle:
         self._last_tick_s: float | None = None
         self._enabled = False
         self._contactor_closed = False
+        self._contactor_opened_s: float | None = None  # when it last opened; None: never closed
         self._d2_since_s: float | None = None
+        self._now_s = 0.0
         self.stop_reason = ""
+        self.handshakes = 0  # times the car gave its permission (k and 0x102.5 bit0)
 
     def __repr__(self) -> str:
         return (
@@ -115,8 +127,18 @@ class ChademoVehicle:
 
     @property
     def next_deadline_s(self) -> float:
-        """When ``tick`` next has frames to send."""
+        """When ``tick`` next has frames to send (or, asleep, next looks at d1)."""
         return self._next_send_s
+
+    @property
+    def contactor_closed(self) -> bool:
+        """The car's main contactor (what a charger's output sees of the pack)."""
+        return self._contactor_closed
+
+    @property
+    def contactors_closed(self) -> bool:
+        """The plant's name for it, shared with the GB/T car (K5/K6)."""
+        return self._contactor_closed
 
     def receive(self, frame: CanFrame, now: float) -> None:
         """A frame from the charger; anything the DBC rejects is ignored."""
@@ -148,15 +170,20 @@ class ChademoVehicle:
         """Advance the car and the battery; return the frames due now."""
         dt = 0.0 if self._last_tick_s is None else now - self._last_tick_s
         self._last_tick_s = now
+        self._now_s = now
         current = 0.0
         if self._contactor_closed:
             current = self._charger.output_current_a - self._charger.discharge_current_a
         self.battery.step(current, dt)
         self._advance(now)
-        if self.state is ChademoVehicleState.ASLEEP or now < self._next_send_s:
+        if now < self._next_send_s:
             return ()
         self._next_send_s = max(self._next_send_s + PERIOD_S, now + PERIOD_S / 2)
-        if self.faults.silence:
+        # Asleep, or done with d1 off, the car is quiet (and looks at d1 every 100 ms).
+        quiet = self.state is ChademoVehicleState.ASLEEP or (
+            self.state is ChademoVehicleState.DONE and not self._d1()
+        )
+        if quiet or self.faults.silence:
             return ()
         return self._frames()
 
@@ -176,6 +203,7 @@ class ChademoVehicle:
     def _advance(self, now: float) -> None:  # noqa: PLR0912  one branch per vehicle state
         c = self._charger
         st = self.state
+        silent = c.last_109_s is None or now - c.last_109_s > CHARGER_SILENT_S
         if st is ChademoVehicleState.ASLEEP:
             if self._d1():
                 self.state = ChademoVehicleState.AWAKE
@@ -185,7 +213,11 @@ class ChademoVehicle:
                 self._enabled = True
                 self._set_k(True)
                 self.state = ChademoVehicleState.ENABLED
+                self.handshakes += 1
         elif st is ChademoVehicleState.ENABLED:
+            if silent:
+                self._done(now, "charger silent before transfer")
+                return
             if self._d2(now):
                 self._d2_since_s = self._d2_since_s or now
                 if now - self._d2_since_s >= CONTACTOR_DELAY_S:
@@ -195,18 +227,44 @@ class ChademoVehicle:
                 self._stop("d1 off before transfer")
         elif st is ChademoVehicleState.TRANSFER:
             if self.faults.open_contactor:
-                self._contactor_closed = False
+                self._open_contactor(now)
             reason = self._stop_reason(now)
             if reason:
                 self._stop(reason)
         elif st is ChademoVehicleState.STOPPING:
             low = c.output_current_a <= STOP_CURRENT_A and c.discharge_current_a <= STOP_CURRENT_A
-            silent = c.last_109_s is None or now - c.last_109_s > CHARGER_SILENT_S
             if (low and not c.charging) or silent:
-                self._contactor_closed = False
+                self._open_contactor(now)
                 self._set_k(False)
-                if not self._d1() or silent:
-                    self.state = ChademoVehicleState.DONE
+                if silent:
+                    self._done(now, self.stop_reason or "charger silent")
+                elif not self._d1():
+                    self._done(now, self.stop_reason)
+        elif st is ChademoVehicleState.DONE and self._d1() and c.last_109_s is not None:
+            # A charger talks to a done car with d1 on: it restarted (or a new plug-in).
+            self._handshake_again(now)
+
+    def _open_contactor(self, now: float) -> None:
+        if self._contactor_closed:
+            self._contactor_closed = False
+            self._contactor_opened_s = now
+
+    def _done(self, now: float, reason: str) -> None:
+        """Contactor open, k released; forget the charger: a later 0x109 is a new one."""
+        self._open_contactor(now)
+        self._set_k(False)
+        self._enabled = False
+        self.stop_reason = reason
+        self._charger = _Charger()
+        self.state = ChademoVehicleState.DONE
+
+    def _handshake_again(self, now: float) -> None:
+        self._d2_since_s = None
+        self._contactor_opened_s = None  # the last stop's welding detection is over
+        self._enabled = False
+        self.state = ChademoVehicleState.AWAKE
+        self._next_send_s = now
+        self._advance(now)  # the 0x109 that woke it is the charger's answer: enable at once
 
     def _stop_reason(self, now: float) -> str:
         c = self._charger
@@ -318,7 +376,7 @@ class ChademoVehicle:
                 "StatusChargingEnabled": int(enabled),
                 "StatusNotInPark": int(self.faults.not_in_park),
                 "StatusChargingSystemFault": 0,
-                "StatusContactorOpen": int(not self._contactor_closed),
+                "StatusContactorOpen": int(self._reports_contactor_open()),
                 "StatusStopBeforeCharging": 0,
                 "StatusBit6Undocumented": 0,
                 "StatusDischargeCompatible": int(cfg.discharge_capable),
@@ -328,6 +386,14 @@ class ChademoVehicle:
         if self.faults.wrong_dlc:
             data = data[:7]
         return CanFrame(0x102, data, is_extended_id=False)
+
+    def _reports_contactor_open(self) -> bool:
+        """0x102.5 bit3: the contactor is open (and, after it was closed, the welding detection
+        is done)."""
+        if self._contactor_closed:
+            return False
+        opened = self._contactor_opened_s
+        return opened is None or self._now_s - opened >= self.config.welding_detection_s
 
     def _encode(self, name: str, signals: dict[str, float]) -> CanFrame:
         data = self._codec.encode(name, signals)

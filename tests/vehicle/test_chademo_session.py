@@ -16,7 +16,7 @@ from controller.vehicle.chademo import (
     ChademoState,
 )
 from controller.vehicle.dbc import DbcCodec
-from controller.vehicle.frames import CanFrame, EventKind, LineInputs, LineOutputs
+from controller.vehicle.frames import CanFrame, EventKind, LineInputs, LineOutputs, Step
 from hil.vehicle import BatteryModel, ChademoVehicle, FaultInjection, SimulatedLines
 from hil.vehicle.chademo_ev import ChademoVehicleConfig
 
@@ -25,6 +25,43 @@ from .harness import Bench
 
 CODEC = DbcCodec.chademo()
 FAST = ChademoChargerConfig(insulation_test_s=0.3, discharge_offered=True)
+# The charger's output capacitance discharging once a contactor opens: the recorded ZE0 charger
+# went from 375 V to 1 V in about 0.9 s.
+OUTPUT_DECAY_S = 0.2
+
+
+class ChademoBench(Bench):
+    """The bench with the output voltage a CHAdeMO charger measures at its output: the pack's
+    while both contactors are closed, else falling as the output capacitance discharges."""
+
+    def __init__(
+        self,
+        session: ChademoSession,
+        vehicle: ChademoVehicle,
+        lines: SimulatedLines,
+        *,
+        direction: int = 1,
+    ) -> None:
+        super().__init__(session, vehicle, lines, direction=direction)
+        self.car = vehicle
+        self.output_voltage_v = 0.0
+
+    def _power(self) -> None:
+        if self.lines.outputs.contactors and self.car.contactor_closed:
+            self.output_voltage_v = self.car.battery.voltage_v
+        else:
+            self.output_voltage_v *= math.exp(-0.01 / OUTPUT_DECAY_S)
+        if not self.report_output:
+            return
+        state = self.trace.last
+        current = 0.0
+        if self.direction > 0 and state.charge_permitted and state.charge_current_limit_a:
+            current = state.charge_current_limit_a
+        elif self.direction < 0 and state.discharge_permitted and state.discharge_current_limit_a:
+            current = -state.discharge_current_limit_a
+        if self.stuck_current_a is not None:
+            current = self.stuck_current_a
+        self.session.set_output(self.output_voltage_v, current, self.now)
 
 
 def bench(
@@ -33,18 +70,19 @@ def bench(
     soc_pct: float = 50.0,
     faults: FaultInjection | None = None,
     config: ChademoChargerConfig = FAST,
-) -> Bench:
+    vehicle_config: ChademoVehicleConfig | None = None,
+) -> ChademoBench:
     """A plugged-in CHAdeMO charger and car, with transfer allowed."""
     lines = SimulatedLines(plugged=True)
     vehicle = ChademoVehicle(
         BatteryModel(soc_pct=soc_pct),
         faults,
-        config=ChademoVehicleConfig(mode=mode),
+        config=vehicle_config or ChademoVehicleConfig(mode=mode),
         lines=lines,
     )
     session = ChademoSession(config)
     session.allow_energy_transfer(True)
-    return Bench(session, vehicle, lines, direction=1 if mode == "charge" else -1)
+    return ChademoBench(session, vehicle, lines, direction=1 if mode == "charge" else -1)
 
 
 def transferring(b: Bench) -> None:
@@ -235,12 +273,22 @@ def plugged_session() -> ChademoSession:
     return session
 
 
+def permitted(session: ChademoSession, frames: tuple[CanFrame, ...], status: CanFrame) -> Step:
+    """The vehicle's frames at 0.05 s, its permission (k with 0x102.5 bit0) at 0.1 s, and its
+    0x102 twice more 100 ms apart: the SoC is plausible and stable by the last step."""
+    for frame in (*frames, status):
+        session.receive(frame, 0.05)
+    session.tick(0.1, LineInputs(plugged=True, k=True))
+    assert session.state is ChademoState.WAIT_PERMISSION
+    session.receive(status, 0.15)
+    return session.receive(status, 0.25)
+
+
 def test_recorded_leaf_frames_become_vehicle_state() -> None:
     """The recorded ZE0 frames give SoC 73 %, 14 A, 410 V target, 15 A / 250 V discharge limits."""
     session = plugged_session()
-    for frame in (rec.ZE0_100, rec.ZE0_101, rec.ZE0_200, rec.ZE0_102_CHARGING):
-        step = session.receive(frame, 0.05)
-    state = step.state
+    frames = (rec.ZE0_100, rec.ZE0_101, rec.ZE0_200)
+    state = permitted(session, frames, rec.ZE0_102_CHARGING).state
     assert state.soc_pct == 73
     assert state.charge_current_limit_a == 14
     assert state.charge_voltage_limit_v == 410
@@ -248,14 +296,13 @@ def test_recorded_leaf_frames_become_vehicle_state() -> None:
     assert state.discharge_voltage_min_v == 250
     assert state.capacity_kwh == 22.2
     assert state.faults == ()
-    assert state.observed_at_s == 0.05
+    assert state.observed_at_s == 0.25
 
 
 def test_soc_uses_the_charged_rate_reference() -> None:
     """0x100 byte 6 = 0xFF and 0x102 byte 6 = 0x91 read as 57 % (protocol 0.9 charger log)."""
     session = plugged_session()
-    session.receive(rec.ZE1_09_100, 0.1)
-    state = session.receive(rec.ZE1_09_102, 0.1).state
+    state = permitted(session, (rec.ZE1_09_100,), rec.ZE1_09_102).state
     assert state.soc_pct == 56.9
 
 
@@ -492,17 +539,41 @@ def test_pack_voltage_is_the_fresh_measured_output_with_both_contactors_closed()
     assert b.trace.last.pack_voltage_v is None
 
 
+def record_vehicle_frames(b: Bench) -> list[tuple[float, CanFrame]]:
+    """Every frame the car sends from now on, with its time (all still reach the charger)."""
+    seen: list[tuple[float, CanFrame]] = []
+
+    def record(frame: CanFrame) -> bool:
+        seen.append((b.now, frame))
+        return False
+
+    b.drop_to_charger = record
+    return seen
+
+
+def bit0_cleared_at(seen: list[tuple[float, CanFrame]]) -> float:
+    """When the car first sent 0x102 with byte 5 bit 0 (charging enabled) clear."""
+    return next(t for t, f in seen if f.arbitration_id == 0x102 and not f.data[5] & 1)
+
+
 def test_stop_waits_for_a_measured_low_current() -> None:
-    """A silent stage is not 0 A: charger fault at 0.5 s, contactors open at 2 s after the stop."""
+    """A silent stage is not 0 A: charger fault 0.5 s after the car's stop (its 0x102.5 bit0
+    answering the stop control), contactors open 2 s after the charger's stop."""
     b = bench()
     b.report_output = False
     transferring(b)
+    seen = record_vehicle_frames(b)
     stop = b.now
     b.session.end(b.now)
-    b.run(0.6)
-    assert b.trace.last.phase is VehiclePhase.FAULT
-    assert any("not confirmed" in f for f in b.trace.last.faults)
-    b.run(1.3)
+    b.run(1.0)
+    assert b.trace.last.faults == (
+        "CHAdeMO: output current not confirmed at or below 5 A 0.5 s after stop (no fresh "
+        "measurement since the vehicle's k / 0x102.5 bit0)",
+    )
+    fault_at = b.trace.first_time(lambda s: s.phase is VehiclePhase.FAULT)
+    assert fault_at is not None
+    assert 0.5 < fault_at - bit0_cleared_at(seen) <= 0.52
+    b.run(stop + 1.9 - b.now)
     assert b.lines.outputs.contactors  # 1.9 s: still waiting
     b.run(0.3)
     opened = next(t for t, s in b.trace.steps if t > stop and not s.outputs.contactors)
@@ -527,13 +598,19 @@ def test_contactors_open_2_s_after_stop_even_if_current_never_falls() -> None:
     b = bench()
     transferring(b)
     b.stuck_current_a = 100.0
+    seen = record_vehicle_frames(b)
     stop = b.now
     b.session.end(b.now)
-    b.run(0.6)
+    b.run(0.9)
     assert b.trace.last.phase is VehiclePhase.FAULT
-    assert "CHAdeMO: output above 5 A 0.5 s after stop" in b.trace.last.faults
+    assert b.trace.last.faults == (
+        "CHAdeMO: output above 5 A 0.5 s after stop (timed from the vehicle's k / 0x102.5 bit0)",
+    )
+    fault_at = b.trace.first_time(lambda s: s.phase is VehiclePhase.FAULT)
+    assert fault_at is not None
+    assert 0.5 < fault_at - bit0_cleared_at(seen) <= 0.52
     assert b.lines.outputs.contactors
-    b.run(1.6)
+    b.run(stop + 2.2 - b.now)
     opened = next(t for t, s in b.trace.steps if t > stop and not s.outputs.contactors)
     assert 2.0 <= opened - stop <= 2.1
     status = CODEC.decode("CHG_109_Status", b.trace.frames(0x109)[-1][1]).signals

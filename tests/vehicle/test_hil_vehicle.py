@@ -78,14 +78,15 @@ def test_cli_runs_on_a_bus(protocol: str) -> None:
     assert "final: VehicleSimulator" in result.stderr
 
 
-async def power_stage(link: CanVehicleLink) -> None:
-    """Deliver up to 20 A while the vehicle permits charging, and report it."""
+async def power_stage(link: CanVehicleLink, lines: SharedFileLines) -> None:
+    """Deliver up to 20 A while the vehicle permits charging, and report it (the output sees the
+    pack only through the charger's closed contactors)."""
     while True:
         state = link.snapshot()
         current = 0.0
         if state is not None and state.charge_permitted:
             current = min(state.charge_current_limit_a or 0.0, 20.0)
-        link.update_output(380.0, current)
+        link.update_output(380.0 if lines.outputs.contactors else 0.0, current)
         await asyncio.sleep(0.02)
 
 
@@ -158,7 +159,7 @@ def test_cli_with_lines_plays_against_the_link_in_another_process(
     async def main() -> None:
         tasks = [
             asyncio.create_task(link.run(lambda: None)),
-            asyncio.create_task(power_stage(link)),
+            asyncio.create_task(power_stage(link, lines)),
         ]
         try:
             state = await until(

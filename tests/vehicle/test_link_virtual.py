@@ -107,12 +107,12 @@ class Rig:
             await asyncio.sleep(0.02)
 
     def output_voltage_v(self) -> float:
-        """The voltage at the charger's output: for GB/T the pack's only while the car's K5/K6
-        or the charger's K1/K2 are closed (else bled to 0 V); CHAdeMO as before."""
+        """The voltage at the charger's output: the pack's only through closed contactors (the
+        charger's, or for GB/T the car's K5/K6), else bled to 0 V."""
         closed = self.lines.outputs.contactors
-        if isinstance(self.vehicle, GbtVehicle) and not (self.vehicle.contactors_closed or closed):
-            return 0.0
-        return self.vehicle.battery.voltage_v
+        if isinstance(self.vehicle, GbtVehicle):
+            closed = closed or self.vehicle.contactors_closed
+        return self.vehicle.battery.voltage_v if closed else 0.0
 
 
 def make_rig(protocol: str, *, mode: str = "charge", faults: FaultInjection | None = None) -> Rig:
