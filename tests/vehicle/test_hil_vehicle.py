@@ -78,15 +78,23 @@ def test_cli_runs_on_a_bus(protocol: str) -> None:
     assert "final: VehicleSimulator" in result.stderr
 
 
-async def power_stage(link: CanVehicleLink, lines: SharedFileLines) -> None:
-    """Deliver up to 20 A while the vehicle permits charging, and report it (the output sees the
-    pack only through the charger's closed contactors)."""
+async def power_stage(link: CanVehicleLink, lines: SharedFileLines, protocol: str) -> None:
+    """Deliver up to 20 A while the vehicle permits charging, and report it. The output sees the
+    pack (380 V) only through closed contactors: the charger's, or for GB/T the car's K5/K6,
+    closed from BRO 0xAA until the session has ended (the car is in another process)."""
     while True:
         state = link.snapshot()
         current = 0.0
         if state is not None and state.charge_permitted:
             current = min(state.charge_current_limit_a or 0.0, 20.0)
-        link.update_output(380.0 if lines.outputs.contactors else 0.0, current)
+        closed = lines.outputs.contactors
+        if protocol == "gbt27930" and state is not None:
+            closed = closed or state.phase in (
+                VehiclePhase.READY,
+                VehiclePhase.ENERGY_TRANSFER,
+                VehiclePhase.STOPPING,
+            )
+        link.update_output(380.0 if closed else 0.0, current)
         await asyncio.sleep(0.02)
 
 
@@ -159,7 +167,7 @@ def test_cli_with_lines_plays_against_the_link_in_another_process(
     async def main() -> None:
         tasks = [
             asyncio.create_task(link.run(lambda: None)),
-            asyncio.create_task(power_stage(link, lines)),
+            asyncio.create_task(power_stage(link, lines, protocol)),
         ]
         try:
             state = await until(
