@@ -4,9 +4,11 @@
 
 After every kill the ledger file passes ``PRAGMA integrity_check`` and its lifetime counters have
 not gone backwards; at the end the one session (the car never left) holds the energy the plant
-itself measured, within 0.5 %. The plant's inverter is the SunSpec 700 profile, whose lifetime
-counters (701 TotWhAbs/TotWhInj) the ledger reads; the plant runs at real time (time factor 1),
-so its counters and the inverter's agree.
+itself measured, within 0.5 %. The plant's inverter is the shipped register map
+(config/inverters/v2glabs-bd7.yaml), whose lifetime counters (energy_in/energy_out, 1 Wh) the
+ledger reads and whose DC voltage the GB/T session needs to close K1/K2 (issue 17: the SunSpec
+700 profile has no DC measurement); the plant runs at real time (time factor 1), so its counters
+and the inverter's agree.
 
 ``V2G_LEDGER_KILLS`` and ``V2G_LEDGER_SEED`` override the number of kills and the seed.
 """
@@ -32,10 +34,14 @@ pytestmark = pytest.mark.hil
 KILLS_OVERRIDE = os.environ.get("V2G_LEDGER_KILLS")
 CHARGE_W = 22_000.0
 NIGHT = "2026-11-24T01:00:00+01:00"  # inside the cheap window: the fallback charges
+REGISTER_MAP = Path(__file__).resolve().parents[1] / "config" / "inverters" / "v2glabs-bd7.yaml"
 
 
 def _config(setup: Setup) -> str:
     text = setup.config_yaml()
+    text = text.replace(
+        "inverter:\n", f"inverter:\n  profile: register_map\n  register_map: {REGISTER_MAP}\n", 1
+    )
     # No aggregator: the time-of-use fallback drives the power (no broker needed).
     text = re.sub(r"aggregator:\n(  .*\n)+", "aggregator: {enabled: false}\n", text)
     # Commit every second, so kills land before, during and after commits.
@@ -108,7 +114,7 @@ def test_sigkill_never_loses_or_doubles_energy(short_dir: Path, kills: int) -> N
     config.write_text(_config(setup), encoding="utf-8")
     db = short_dir / "ledger.sqlite"
     args = plant_args(setup, soc_pct=50, mode="charge", time_factor=1)
-    args += ["--profile", "sunspec-700", "--max-charge-w", f"{CHARGE_W:g}"]
+    args += ["--profile", str(REGISTER_MAP), "--max-charge-w", f"{CHARGE_W:g}"]
     clock = {"V2G_SIMULATED_CLOCK": simulated_clock_env(NIGHT, 1.0)}
     daemon_log = short_dir / "daemon.log"
     started = time.monotonic()
