@@ -94,9 +94,8 @@ class Bench:
             for reply in replies or ():
                 self._to_charger(reply)
 
-    def _power(self) -> None:
-        if not self.report_output:
-            return
+    def _stage_current_a(self) -> float:
+        """What the stage delivers: the permitted limit in the bench's direction (or stuck)."""
         state = self.trace.last
         current = 0.0
         if self.direction > 0 and state.charge_permitted and state.charge_current_limit_a:
@@ -105,4 +104,9 @@ class Bench:
             current = -state.discharge_current_limit_a
         if self.stuck_current_a is not None:
             current = self.stuck_current_a
-        self.session.set_output(self.vehicle.battery.voltage_v, current, self.now)
+        return current
+
+    def _power(self) -> None:
+        if not self.report_output:
+            return
+        self.session.set_output(self.vehicle.battery.voltage_v, self._stage_current_a(), self.now)

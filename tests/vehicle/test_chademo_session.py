@@ -53,14 +53,7 @@ class ChademoBench(Bench):
             self.output_voltage_v *= math.exp(-0.01 / OUTPUT_DECAY_S)
         if not self.report_output:
             return
-        state = self.trace.last
-        current = 0.0
-        if self.direction > 0 and state.charge_permitted and state.charge_current_limit_a:
-            current = state.charge_current_limit_a
-        elif self.direction < 0 and state.discharge_permitted and state.discharge_current_limit_a:
-            current = -state.discharge_current_limit_a
-        if self.stuck_current_a is not None:
-            current = self.stuck_current_a
+        current = self._stage_current_a()
         self.session.set_output(self.output_voltage_v, current, self.now)
 
 

@@ -52,14 +52,7 @@ class ConnectorBench(Bench):
         ticks = round((self.now - self.report_phase_s) / 0.01)
         if ticks % round(self.report_every_s / 0.01) != 0:
             return
-        state = self.trace.last
-        current = 0.0
-        if self.direction > 0 and state.charge_permitted and state.charge_current_limit_a:
-            current = state.charge_current_limit_a
-        elif self.direction < 0 and state.discharge_permitted and state.discharge_current_limit_a:
-            current = -state.discharge_current_limit_a
-        if self.stuck_current_a is not None:
-            current = self.stuck_current_a
+        current = self._stage_current_a()
         volts = self.car.battery.voltage_v if self.car.contactors_closed else 0.0
         if self.stuck_voltage_v is not None:
             volts = self.stuck_voltage_v
