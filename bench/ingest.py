@@ -132,7 +132,7 @@ class _HeldLines:
         """Nothing to acquire."""
 
     def read(self) -> LineInputs:
-        return LineInputs(plugged=True, k=True)
+        return LineInputs(plugged=True, k=True, insulation_ok=True)
 
     def write(self, outputs: LineOutputs) -> None:
         """Outputs go nowhere."""
@@ -346,7 +346,7 @@ def decode_path(frames: int) -> dict[str, Any]:
     for _ in range(6):
         for msg in mix:
             link._on_message(msg)  # the link's own per-frame path
-        session.tick(now, LineInputs(plugged=True, k=True))
+        session.tick(now, LineInputs(plugged=True, k=True, insulation_ok=True))
     state = getattr(session, "state", None)
     if state is not ChademoState.ENERGY_TRANSFER:
         raise RuntimeError(f"decode path: session in {state}, not energy transfer")

@@ -68,15 +68,24 @@ class SiteConfig(_Section):
 DEFAULT_BITRATE_BPS = {"chademo": 500_000, "gbt27930": 250_000}
 
 LineName = Literal[
-    "plugged", "k", "emergency_stop", "fault_reset", "d1", "d2", "contactors", "lock"
+    "plugged",
+    "k",
+    "emergency_stop",
+    "fault_reset",
+    "insulation_ok",
+    "d1",
+    "d2",
+    "contactors",
+    "lock",
 ]
 
 # The lines a protocol's session cannot run without (the lock is optional: some connectors lock
 # in hardware). CHAdeMO: d1 -> k -> d2 sequence; GB/T 27930: CC1 (plugged), K3/K4 auxiliary power
-# (d1) and K1/K2 (contactors).
+# (d1) and K1/K2 (contactors). Both: the insulation monitor's OK relay (insulation_ok), since
+# IEC 61851-23 and GB/T 18487.1 (B.3.2) allow no energy transfer without a passed insulation check.
 REQUIRED_LINES: dict[str, tuple[str, ...]] = {
-    "chademo": ("plugged", "k", "d1", "d2", "contactors"),
-    "gbt27930": ("plugged", "d1", "contactors"),
+    "chademo": ("plugged", "k", "insulation_ok", "d1", "d2", "contactors"),
+    "gbt27930": ("plugged", "insulation_ok", "d1", "contactors"),
 }
 
 
@@ -133,6 +142,15 @@ class GpioOffsets(_Section):
         le=1023,
         description="Input: a reset push-button; pressing it is the deliberate act that resets "
         "a latched emergency stop or a manual-reset fault (docs/safety.md).",
+    )
+    insulation_ok: int | None = Field(
+        default=None,
+        ge=0,
+        le=1023,
+        description="Input: the insulation monitor's (IMD) OK relay on the DC output, asserted "
+        "while the insulation resistance is above its alarm threshold. Wire the fail-safe "
+        "contact (closed = OK) so a broken wire reads as a fault. Required for CHAdeMO and "
+        "GB/T: no insulation OK, no energy transfer (docs/vehicle.md).",
     )
     d1: int | None = Field(
         default=None,
@@ -268,7 +286,20 @@ class ChargerRatingsConfig(_Section):
         description="Highest discharge current (CHAdeMO 0x208 byte 3, at most 255).",
     )
     insulation_test_s: float = Field(
-        default=1.0, gt=0, le=30, description="How long this charger's insulation test takes."
+        default=1.0,
+        gt=0,
+        le=15,
+        description="Insulation test: how long the insulation monitor must report OK without a "
+        "break, counted from the test's start, before it passes (at least the IMD's response "
+        "time).",
+    )
+    insulation_timeout_s: float = Field(
+        default=10.0,
+        gt=0,
+        le=15,
+        description="Insulation test: without the monitor's OK held for insulation_test_s "
+        "within this long, the session fails with the reason (CHAdeMO needs d2 within 20 s of "
+        "d1, so the test must end well before).",
     )
     pause_limit_s: float = Field(
         default=600.0,
@@ -297,6 +328,11 @@ class ChargerRatingsConfig(_Section):
             raise ValueError(
                 f"expected min_output_current_a at or below max_output_current_a, found "
                 f"{self.min_output_current_a} and {self.max_output_current_a}"
+            )
+        if self.insulation_test_s >= self.insulation_timeout_s:
+            raise ValueError(
+                f"expected insulation_test_s below insulation_timeout_s, found "
+                f"{self.insulation_test_s:g} and {self.insulation_timeout_s:g}"
             )
         if self.discharge_offered and self.max_discharge_current_a == 0:
             raise ValueError(

@@ -5,7 +5,8 @@ Sequence, as implemented by public charger-side code (the full specification is 
     IDLE --plugged--> WAIT_VEHICLE (d1 on; 0x108/0x109 every 100 ms)
          --k and 0x102.5 bit0 within 8 s--> WAIT_PERMISSION (phase READY)
          --allow_energy_transfer(True)--> INSULATION_TEST (connector locked)
-         --test done--> WAIT_VEHICLE_CONTACTOR (d2 and output contactors on, within 20 s of d1)
+         --insulation monitor OK--> WAIT_VEHICLE_CONTACTOR (d2 and output contactors on, within
+         20 s of d1)
          --0x102.5 bit3 = 0 within 4 s--> ENERGY_TRANSFER (0x109.5 bit0 on, stop control off)
          --stop (vehicle, charger or fault)--> STOP_CURRENT (stop control on, core goes to 0 W)
          --measured output <= 5 A--> STOP_VEHICLE_CONTACTOR (0x109.5 bit0 off)
@@ -19,7 +20,13 @@ Stops:
   bit3 back to 1 (contactor opened) during transfer; each sets ``stop_requested``;
 * the charger: ``end()``, or ``allow_energy_transfer(False)`` from the insulation test on;
 * faults: 0x102.4 flags and bit2, k released after d2, timeouts, implausible or inconsistent
-  values. They take the same stop path and end in FAULT.
+  values, a failed insulation test, an insulation monitor alarm from d2 until the current is
+  down. They take the same stop path and end in FAULT.
+
+The insulation test passes only on a measurement: the insulation monitor's OK input
+(``LineInputs.insulation_ok``) held without a break for ``insulation_test_s`` from the test's
+start. The OK falling during the test, or no such hold within ``insulation_timeout_s`` (and in
+time for d2 within 20 s of d1), fails the session with the reason; d2 never comes on.
 
 STOP_CURRENT waits for a fresh measurement (``set_output``) of at most 5 A taken after the stop
 began; an unknown, stale or older current is not low. The protocol's "<= 5 A within 0.5 s" is
@@ -162,7 +169,10 @@ class ChademoChargerConfig:
     available_input_current_a: int | None = None
     lower_threshold_voltage_v: int = 150  # 0x208 bytes 6-7, at least
     sequence_control_number: int = 2  # 0x209 byte 0
-    insulation_test_s: float = 1.0  # how long this charger's insulation test takes
+    # Insulation test: the monitor's OK held this long from the test's start passes it; without
+    # that within insulation_timeout_s, the session fails (session.insulation_test_result).
+    insulation_test_s: float = 1.0
+    insulation_timeout_s: float = 10.0
 
     def __post_init__(self) -> None:
         current = self.available_input_current_a
@@ -471,6 +481,9 @@ class ChademoSession(ChargerSession):
                 self._outputs = LineOutputs(d1=True)
                 self._next_send_s = now
             return
+        if st in _INSULATION_WATCHED and (alarm := self._insulation_alarm()) is not None:
+            self._fault(f"CHAdeMO: {alarm}", now)  # latched once; the stop goes on below
+            st = self.state
         if st in _RUNNING:
             self._check_timeouts(now)
             if self.state is not st:
@@ -517,9 +530,7 @@ class ChademoSession(ChargerSession):
         elif st is ChademoState.WAIT_PERMISSION:
             self._advance_permission(now)
         elif st is ChademoState.INSULATION_TEST:
-            if elapsed >= self.config.insulation_test_s:
-                self._enter(ChademoState.WAIT_VEHICLE_CONTACTOR, now, "insulation test done, d2 on")
-                self._outputs = LineOutputs(d1=True, d2=True, contactors=True, lock=True)
+            self._advance_insulation(now)
         elif st is ChademoState.WAIT_VEHICLE_CONTACTOR:
             if not v.contactor_open:
                 self._enter(ChademoState.ENERGY_TRANSFER, now, "vehicle contactor closed")
@@ -530,6 +541,21 @@ class ChademoSession(ChargerSession):
             self._had_request = self._had_request or bool(v.current_request_a)
             if not (self._had_request or self._discharge_possible()) and elapsed > FIRST_REQUEST_S:
                 self._fault("CHAdeMO: no current request within 4 s of the vehicle contactor", now)
+
+    def _advance_insulation(self, now: float) -> None:
+        # CHAdeMO's insulation test step, judged on the insulation monitor's OK (IEC 61851-23);
+        # it must end in time for d2 within 20 s of d1.
+        timeout_s = min(
+            self.config.insulation_timeout_s, self._d1_on_s + D2_AFTER_D1_S - self._since_s
+        )
+        verdict = self._insulation_test(
+            self._since_s, now, self.config.insulation_test_s, timeout_s
+        )
+        if verdict is True:
+            self._enter(ChademoState.WAIT_VEHICLE_CONTACTOR, now, "insulation test passed, d2 on")
+            self._outputs = LineOutputs(d1=True, d2=True, contactors=True, lock=True)
+        elif isinstance(verdict, str):
+            self._fault(f"CHAdeMO: {verdict}", now)
 
     def _advance_permission(self, now: float) -> None:
         if self._target_incompatible():
@@ -870,6 +896,9 @@ _RUNNING = _BEFORE_TRANSFER | {ChademoState.ENERGY_TRANSFER}
 _PERMITTED = _RUNNING - {ChademoState.WAIT_VEHICLE}
 _BEFORE_D2 = frozenset({ChademoState.WAIT_PERMISSION, ChademoState.INSULATION_TEST})
 _AFTER_D2 = frozenset({ChademoState.WAIT_VEHICLE_CONTACTOR, ChademoState.ENERGY_TRANSFER})
+# From the passed insulation test until the current is down: the output may be live, and an
+# insulation monitor alarm stops the session as a fault (IEC 61851-23 insulation monitoring).
+_INSULATION_WATCHED = _AFTER_D2 | {ChademoState.STOP_CURRENT}
 # States that go on only while the charger side allows energy transfer.
 _NEED_ALLOWED = _AFTER_D2 | {ChademoState.INSULATION_TEST}
 

@@ -60,6 +60,7 @@ def chademo_charger(ratings: ChargerRatingsConfig) -> ChademoChargerConfig:
         available_input_current_a=ratings.max_discharge_current_a,
         lower_threshold_voltage_v=ratings.min_output_voltage_v,
         insulation_test_s=ratings.insulation_test_s,
+        insulation_timeout_s=ratings.insulation_timeout_s,
     )
 
 
@@ -74,5 +75,6 @@ def gbt_charger(ratings: ChargerRatingsConfig) -> GbtChargerConfig:
         region_code=ratings.region_code,
         discharge_offered=ratings.discharge_offered,
         insulation_test_s=ratings.insulation_test_s,
+        insulation_timeout_s=ratings.insulation_timeout_s,
         pause_limit_s=ratings.pause_limit_s,
     )

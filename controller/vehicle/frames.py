@@ -38,12 +38,17 @@ class LineInputs:
     switching); the safety core holds 0 W and latches while it is.
     ``fault_reset``: the board's reset push-button is held down. Pressing it (a release, then a
     press) is a deliberate act that asks for a fault reset; holding it down asks nothing more.
+    ``insulation_ok``: the insulation monitor (IMD) on the DC output reports the insulation
+    resistance above its alarm threshold: its OK relay, which is fail-safe (energised = OK), so
+    a broken wire or a dead IMD reads as not OK. IEC 61851-23 and GB/T 18487.1 allow energy
+    transfer only after a passed insulation check.
     """
 
     plugged: bool = False
     k: bool = False
     emergency_stop: bool = False
     fault_reset: bool = False
+    insulation_ok: bool = False
 
 
 @dataclass(frozen=True, slots=True)

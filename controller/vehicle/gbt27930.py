@@ -3,7 +3,9 @@
 Phases (charger view)::
 
     IDLE --plugged--> HANDSHAKE (auxiliary power on; CHM every 250 ms until BHM, or 5 s)
-         --> INSULATION_TEST --> RECOGNITION (CRM 0x00 until BRM, then CRM 0xAA at once)
+         --> INSULATION_TEST (passed: the insulation monitor's OK held for insulation_test_s
+         from the test's start; the OK falling, or no hold within insulation_timeout_s: a fault)
+         --> RECOGNITION (CRM 0x00 until BRM, then CRM 0xAA at once)
          --BCP--> PARAMETERS (CTS 500 ms, CML 250 ms; BRO 0xAA within 60 s)
          --BRO 0xAA--> CHARGER_READY (CRO 0x00 at once and every 250 ms; K1/K2 close and CRO
          0xAA once transfer is allowed and the measured output voltage is fresh and within
@@ -229,7 +231,10 @@ class GbtChargerConfig:
     charger_number: int = 1  # CRM bytes 2-5, CSD bytes 5-8
     region_code: str = "000"  # CRM bytes 6-8, three ASCII characters
     discharge_offered: bool = False  # honour a positive (discharge) BCL current demand
+    # Insulation test: the monitor's OK held this long from the test's start passes it; without
+    # that within insulation_timeout_s, the session fails (session.insulation_test_result).
     insulation_test_s: float = 1.0
+    insulation_timeout_s: float = 10.0
     # Project choice (the facts give no limit): a BSM "charging forbidden" pause longer than this
     # ends the session with CST "conditions reached".
     pause_limit_s: float = 600.0
@@ -565,10 +570,18 @@ class GbtSession(ChargerSession):
                 self._enter(GbtState.INSULATION_TEST, now, "BHM received, insulation test")
                 self._unschedule("CHM")
         elif st is GbtState.INSULATION_TEST:
-            if elapsed >= self.config.insulation_test_s:
-                self._enter(GbtState.RECOGNITION, now, "insulation test done, CRM 0x00")
+            # GB/T 18487.1 B.3.2: the insulation check before recognition, judged on the
+            # insulation monitor's OK. (The standard then separates the IMD from the DC circuit:
+            # during charging the BMS reports insulation in BSM, so the OK is not watched after.)
+            verdict = self._insulation_test(
+                self._since_s, now, self.config.insulation_test_s, self.config.insulation_timeout_s
+            )
+            if verdict is True:
+                self._enter(GbtState.RECOGNITION, now, "insulation test passed, CRM 0x00")
                 self._crm_result = NOT_READY
                 self._schedule(now, "CRM")
+            elif isinstance(verdict, str):
+                self._fault(f"GB/T: {verdict}", now)
         elif st is GbtState.CHARGER_READY:
             self._advance_ready(elapsed, now)
         elif st is GbtState.CHARGING:

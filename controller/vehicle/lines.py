@@ -28,7 +28,7 @@ from typing import Any, Literal
 from controller.errors import VehicleLinkError
 from controller.vehicle.frames import LineInputs, LineOutputs
 
-INPUT_LINES = ("plugged", "k", "emergency_stop", "fault_reset")
+INPUT_LINES = ("plugged", "k", "emergency_stop", "fault_reset", "insulation_ok")
 OUTPUT_LINES = ("d1", "d2", "contactors", "lock")
 CONSUMER = "v2g-controller"
 
@@ -81,10 +81,10 @@ def _import_gpiod() -> ModuleType:
 class GpioLines:
     """The board's lines on one GPIO chip (e.g. ``/dev/gpiochip0``).
 
-    ``offsets`` maps line names (``plugged``, ``k``, ``emergency_stop``, ``fault_reset``, ``d1``,
-    ``d2``, ``contactors``, ``lock``) to the chip's line offsets; a name left out is not wired (an
-    input reads False, an output is not driven). ``active_low`` names the lines whose asserted
-    level is low.
+    ``offsets`` maps line names (``plugged``, ``k``, ``emergency_stop``, ``fault_reset``,
+    ``insulation_ok``, ``d1``, ``d2``, ``contactors``, ``lock``) to the chip's line offsets; a
+    name left out is not wired (an input reads False, an output is not driven). ``active_low``
+    names the lines whose asserted level is low.
     """
 
     def __init__(
@@ -174,6 +174,7 @@ class GpioLines:
             k=active.get("k", False),
             emergency_stop=active.get("emergency_stop", False),
             fault_reset=active.get("fault_reset", False),
+            insulation_ok=active.get("insulation_ok", False),
         )
 
     def write(self, outputs: LineOutputs) -> None:
@@ -222,9 +223,10 @@ MAGIC = b"V2GLINES"
 LAYOUT_VERSION = 1
 FILE_SIZE = 32
 _VERSION_AT = 8
-# Written by the simulated side. fault_reset took a byte that was always 0, which reads as "not
-# pressed": a file written by an older simulator still means the same, so the version stays 1.
-_INPUT_AT = {"plugged": 16, "k": 17, "emergency_stop": 18, "fault_reset": 19}
+# Written by the simulated side. fault_reset and insulation_ok took bytes that were always 0, which
+# read as "not pressed" and "no insulation OK" (fail-safe: an older simulator's file never passes
+# an insulation test it does not model), so the version stays 1.
+_INPUT_AT = {"plugged": 16, "k": 17, "emergency_stop": 18, "fault_reset": 19, "insulation_ok": 20}
 _OUTPUT_AT = {"d1": 24, "d2": 25, "contactors": 26, "lock": 27}  # written by the charger side
 
 Side = Literal["charger", "vehicle"]
@@ -234,18 +236,18 @@ class SharedFileLines:
     """A simulated board's lines in a small memory-mapped file shared by two processes.
 
     Layout (32 bytes): ``V2GLINES``, a layout version byte, then one byte per line (0 or 1):
-    plugged, k, the emergency stop and the fault reset button at 16-19 (written by the simulated
-    side), d1, d2, contactors and lock at 24-27 (written by the charger side). Each byte has a
-    single writer, and a one-byte store is atomic, so neither side ever reads a torn value and no
-    lock is needed.
+    plugged, k, the emergency stop, the fault reset button and the insulation monitor's OK at
+    16-20 (written by the simulated side), d1, d2, contactors and lock at 24-27 (written by the
+    charger side). Each byte has a single writer, and a one-byte store is atomic, so neither side
+    ever reads a torn value and no lock is needed.
 
     ``side`` says which half this process drives: the charger (the daemon's link) writes the
-    outputs and reads the inputs; the simulated side (the car, and the site's E-stop and reset
-    button) sets ``plugged``, ``k``, ``emergency_stop`` and ``fault_reset`` and reads
-    ``outputs``. ``close`` lets go of this side's lines: the charger's outputs go off, the
-    vehicle's connector is unplugged and the site's inputs released. Either side may open first;
-    the file and its directory are created when missing, and a file that is not a lines file is
-    refused, never overwritten.
+    outputs and reads the inputs; the simulated side (the car, and the site's E-stop, reset
+    button and insulation monitor) sets ``plugged``, ``k``, ``emergency_stop``, ``fault_reset``
+    and ``insulation_ok`` and reads ``outputs``. ``close`` lets go of this side's lines: the
+    charger's outputs go off, the vehicle's connector is unplugged and the site's inputs
+    released. Either side may open first; the file and its directory are created when missing,
+    and a file that is not a lines file is refused, never overwritten.
     """
 
     def __init__(self, path: str | Path, *, side: Side = "charger") -> None:
@@ -310,6 +312,7 @@ class SharedFileLines:
             k=mapped[_INPUT_AT["k"]] != 0,
             emergency_stop=mapped[_INPUT_AT["emergency_stop"]] != 0,
             fault_reset=mapped[_INPUT_AT["fault_reset"]] != 0,
+            insulation_ok=mapped[_INPUT_AT["insulation_ok"]] != 0,
         )
 
     def write(self, outputs: LineOutputs) -> None:
@@ -361,6 +364,15 @@ class SharedFileLines:
     @fault_reset.setter
     def fault_reset(self, value: bool) -> None:
         self._set_input("fault_reset", value)
+
+    @property
+    def insulation_ok(self) -> bool:
+        """The simulated insulation monitor's OK relay (the plant models the IMD)."""
+        return self._live()[_INPUT_AT["insulation_ok"]] != 0
+
+    @insulation_ok.setter
+    def insulation_ok(self, value: bool) -> None:
+        self._set_input("insulation_ok", value)
 
     def close(self) -> None:
         """This side lets go of its lines, then the file is unmapped; never raises."""

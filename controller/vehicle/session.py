@@ -49,6 +49,40 @@ OUTPUT_STALE_S = 1.0
 STOP_CURRENT_A = 5.0
 
 
+def insulation_test_result(
+    started_s: float,
+    ok_since_s: float | None,
+    lost_s: float | None,
+    now: float,
+    *,
+    hold_s: float,
+    timeout_s: float,
+) -> bool | str | None:
+    """The insulation test's verdict from the insulation monitor's OK input (IEC 61851-23 and
+    GB/T 18487.1 B.3.2: no energy transfer without a passed insulation check).
+
+    True: the monitor has reported OK without a break for ``hold_s``, counted from the test's
+    start (``started_s``), so the OK is a measurement made during the test, not one left over
+    from before it. A string: the test failed, with the reason: the OK fell during the test (the
+    monitor measured a fault), or ``timeout_s`` passed without the hold. None: not decided yet.
+    ``ok_since_s`` is when the OK last rose (None while it is not asserted), ``lost_s`` when it
+    last fell.
+    """
+    if ok_since_s is not None and now - max(ok_since_s, started_s) >= hold_s:
+        return True
+    if lost_s is not None and lost_s >= started_s:
+        return (
+            "insulation test failed: the insulation monitor reported an insulation fault "
+            f"(OK input released {lost_s - started_s:.1f} s into the test)"
+        )
+    if now - started_s >= timeout_s:
+        return (
+            f"insulation test failed: the insulation monitor did not report OK for {hold_s:g} s "
+            f"within {timeout_s:g} s (IMD alarm, not measuring, or its OK line not wired)"
+        )
+    return None
+
+
 class VehicleSession(Protocol):
     """A sans-IO session as the CAN link drives it."""
 
@@ -105,6 +139,10 @@ class ChargerSession(ABC):
         self._output_at_s: float | None = None
         self._now_s = 0.0  # the newest time the driver has passed in
         self._charger_fault = False  # the fault is the charger's own (CHAdeMO 0x109.5 bit1)
+        # The insulation monitor's OK input: since when it has held (None: not asserted), and
+        # when it last fell (None: never, in this session).
+        self._insulation_ok_since_s: float | None = None
+        self._insulation_lost_s: float | None = None
         self.malformed_frames = 0
         self.valid_frames = 0  # decoded vehicle messages, over the session's lifetime
         self.unknown_frames = 0
@@ -180,6 +218,11 @@ class ChargerSession(ABC):
     def tick(self, now: float, inputs: LineInputs) -> Step:
         """Advance time: periodic frames, timeouts, digital inputs."""
         self._seal()
+        if inputs.insulation_ok and self._insulation_ok_since_s is None:
+            self._insulation_ok_since_s = now
+        elif not inputs.insulation_ok and self._insulation_ok_since_s is not None:
+            self._insulation_ok_since_s = None
+            self._insulation_lost_s = now
         self._inputs = inputs
         self._now_s = max(self._now_s, now)
         self._on_tick(now)
@@ -219,6 +262,26 @@ class ChargerSession(ABC):
         return state.charge_permitted, state.discharge_permitted
 
     # Helpers for subclasses.
+
+    def _insulation_test(
+        self, started_s: float, now: float, hold_s: float, timeout_s: float
+    ) -> bool | str | None:
+        """The insulation test begun at ``started_s``: see ``insulation_test_result``."""
+        return insulation_test_result(
+            started_s,
+            self._insulation_ok_since_s,
+            self._insulation_lost_s,
+            now,
+            hold_s=hold_s,
+            timeout_s=timeout_s,
+        )
+
+    def _insulation_alarm(self) -> str | None:
+        """After a passed test, while the output may be live: the monitor's OK has fallen (an
+        insulation fault on the DC circuit: IEC 61851-23 and GB/T 18487.1 stop the transfer)."""
+        if self._inputs.insulation_ok:
+            return None
+        return "insulation monitor alarm: insulation fault on the DC output (OK input released)"
 
     def _output_fresh(self) -> bool:
         """The stage reported its output no longer than ``OUTPUT_STALE_S`` ago."""
@@ -288,6 +351,7 @@ class ChargerSession(ABC):
         self._observed_s = max(self._observed_s, now)
 
     def _reset_common(self) -> None:
+        self._insulation_lost_s = None
         self._faults.clear()
         self._charger_fault = False
         self._observed_s = 0.0

@@ -262,7 +262,7 @@ def test_transfer_waits_for_permission() -> None:
 def plugged_session() -> ChademoSession:
     """A session with d1 on, waiting for the vehicle."""
     session = ChademoSession(FAST)
-    session.tick(0.0, LineInputs(plugged=True))
+    session.tick(0.0, LineInputs(plugged=True, insulation_ok=True))
     return session
 
 
@@ -271,7 +271,7 @@ def permitted(session: ChademoSession, frames: tuple[CanFrame, ...], status: Can
     0x102 twice more 100 ms apart: the SoC is plausible and stable by the last step."""
     for frame in (*frames, status):
         session.receive(frame, 0.05)
-    session.tick(0.1, LineInputs(plugged=True, k=True))
+    session.tick(0.1, LineInputs(plugged=True, insulation_ok=True, k=True))
     assert session.state is ChademoState.WAIT_PERMISSION
     session.receive(status, 0.15)
     return session.receive(status, 0.25)
@@ -313,7 +313,7 @@ def test_charger_frames_every_100_ms() -> None:
     times: list[float] = []
     for i in range(101):
         now = i * 0.01
-        frames = session.tick(now, LineInputs(plugged=True)).frames
+        frames = session.tick(now, LineInputs(plugged=True, insulation_ok=True)).frames
         times.extend(now for frame in frames if frame.arbitration_id == 0x109)
     assert len(times) == 11
     assert all(abs(b - a - 0.1) < 0.011 for a, b in itertools.pairwise(times))
@@ -480,7 +480,7 @@ def test_zero_amp_limits_are_reported_as_zero_not_unknown() -> None:
         state = session.receive(frame, 0.05).state
     assert state.discharge_current_limit_a == 0.0
     charge_only = ChademoSession(ChademoChargerConfig(insulation_test_s=0.3))
-    charge_only.tick(0.0, LineInputs(plugged=True))
+    charge_only.tick(0.0, LineInputs(plugged=True, insulation_ok=True))
     for frame in (rec.ZE0_100, rec.ZE0_102_CHARGING, rec.ZE0_200):
         state = charge_only.receive(frame, 0.05).state
     assert state.discharge_current_limit_a == 0.0
@@ -491,7 +491,10 @@ def test_thresholds_follow_the_vehicle_as_the_recorded_charger_does() -> None:
     session = plugged_session()
     for frame in (rec.ZE0_100, rec.ZE0_101, rec.ZE0_102_CHARGING, rec.ZE0_200):
         session.receive(frame, 0.05)
-    frames = {f.arbitration_id: f.data for f in session.tick(0.1, LineInputs(plugged=True)).frames}
+    frames = {
+        f.arbitration_id: f.data
+        for f in session.tick(0.1, LineInputs(plugged=True, insulation_ok=True)).frames
+    }
     assert frames[0x108][4:6] == rec.ZE0_108.data[4:6]  # B3 01
     assert frames[0x208][6:8] == rec.ZE0_208.data[6:8]  # FA 00
 
@@ -640,7 +643,7 @@ def test_withdrawn_allowance_stops_cleanly() -> None:
 def test_discharge_offered_announces_a_nonzero_input_current() -> None:
     """Offering discharge without an input current announces the output rating, never 0 A."""
     session = ChademoSession(ChademoChargerConfig(discharge_offered=True))
-    frames = session.tick(0.0, LineInputs(plugged=True)).frames
+    frames = session.tick(0.0, LineInputs(plugged=True, insulation_ok=True)).frames
     sent = next(f for f in frames if f.arbitration_id == 0x208)
     assert (
         CODEC.decode("CHG_208_DischargeStatus", sent.data).signals["AvailableInputCurrent"] == 125

@@ -12,7 +12,7 @@ from hil.vehicle.traffic import chademo_discharging_round, encode_round
 from .fixtures import recorded as rec
 
 CODEC = DbcCodec.chademo()
-HELD = LineInputs(plugged=True, k=True)
+HELD = LineInputs(plugged=True, insulation_ok=True, k=True)
 ZE1_09_101 = rec.std(0x101, "00E4000000000000")  # the protocol-0.9 charger log: 228 x 10 s
 
 

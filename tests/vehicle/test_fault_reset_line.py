@@ -99,7 +99,7 @@ def test_a_lines_file_from_before_the_button_reads_released(tmp_path: Path) -> N
 @pytest.mark.timeout(10)
 def test_simulated_lines_in_memory_carry_the_button() -> None:
     """hil's in-memory lines report the button the test presses."""
-    lines = SimulatedLines(plugged=False)
+    lines = SimulatedLines(plugged=False, insulation_ok=False)
     lines.fault_reset = True
     assert lines.read() == LineInputs(fault_reset=True)
 

@@ -69,7 +69,7 @@ def test_chm_repeats_every_250_ms_until_a_late_bhm() -> None:
         now = round(i * 0.01, 2)
         if now == 0.8:
             session.receive(rec.GBT_BHM, now)
-        step = session.tick(now, LineInputs(plugged=True))
+        step = session.tick(now, LineInputs(plugged=True, insulation_ok=True))
         chm += [now for f in step.frames if f.arbitration_id == CHM_ID]
     assert chm == [0.0, 0.25, 0.5, 0.75]
 
@@ -220,11 +220,11 @@ def test_lock_waits_for_a_report_after_the_end() -> None:
         now = round(1.1 + i * 0.05, 2)
         if now == 2.05:  # ERROR_REPORT ends at 2.1: a fresh 0 V, but reported before the end
             session.set_output(0.0, 0.0, now)
-        step = session.tick(now, LineInputs(plugged=True))
+        step = session.tick(now, LineInputs(plugged=True, insulation_ok=True))
     assert session.state is GbtState.ENDED
     assert step.outputs == LineOutputs(lock=True)
     session.set_output(3.0, 0.0, 2.7)
-    assert session.tick(2.7, LineInputs(plugged=True)).outputs == LineOutputs()
+    assert session.tick(2.7, LineInputs(plugged=True, insulation_ok=True)).outputs == LineOutputs()
 
 
 def test_unplugged_reading_does_not_release_the_lock_with_voltage() -> None:
@@ -316,11 +316,11 @@ def test_recorded_session_replays_without_a_fault() -> None:
         if frame.arbitration_id != 0x1CECF456:  # the recorded charger's own frames
             t += 0.01
             session.receive(frame, t)
-    session.tick(t + 0.01, LineInputs(plugged=True))  # CML
+    session.tick(t + 0.01, LineInputs(plugged=True, insulation_ok=True))  # CML
     session.set_output(382.4, 0.0, 1.5)
     step = session.receive(rec.GBT_BRO_AA, 1.5)
     assert [f.data for f in step.frames if f.arbitration_id == CRO_ID] == [b"\x00"]
-    step = session.tick(1.51, LineInputs(plugged=True))
+    step = session.tick(1.51, LineInputs(plugged=True, insulation_ok=True))
     assert [f.data for f in step.frames if f.arbitration_id == CRO_ID] == [rec.GBT_CRO_AA.data]
     assert step.outputs.contactors
     assert not [f for f in step.frames if f.arbitration_id == CCS_ID]
@@ -335,7 +335,7 @@ def test_recorded_session_replays_without_a_fault() -> None:
         t = round(t + 0.05, 2)
         session.set_output(382.4, 20.0, t)
         session.receive(rec.GBT_BCL, t)
-        step = session.tick(t, LineInputs(plugged=True))
+        step = session.tick(t, LineInputs(plugged=True, insulation_ok=True))
     assert step.state.charge_permitted
     session.end(t)
     for i in range(1, 300):
@@ -345,7 +345,7 @@ def test_recorded_session_replays_without_a_fault() -> None:
         if i == 30:
             session.receive(rec.GBT_BSD, now)
         session.set_output(0.0 if i > 20 else 382.4, 0.0, now)
-        step = session.tick(now, LineInputs(plugged=True))
+        step = session.tick(now, LineInputs(plugged=True, insulation_ok=True))
     assert step.state.faults == ()
     assert session.state is GbtState.ENDED
     assert step.outputs == LineOutputs()
@@ -370,7 +370,7 @@ def test_bcs_remaining_time_out_of_range_is_unknown(remaining_min: int) -> None:
     """BCS remaining time 601 min or 0xFFFF (not available) is no fault; the rest still reads."""
     session = recognising()
     send_transfer(session, 0x1100, bcs_payload(remaining_min=remaining_min), 1.1)
-    state = session.tick(1.3, LineInputs(plugged=True)).state
+    state = session.tick(1.3, LineInputs(plugged=True, insulation_ok=True)).state
     assert state.faults == ()
     assert (state.pack_voltage_v, state.soc_pct) == (378.1, 77)
 
@@ -384,7 +384,7 @@ def test_bcs_soc_not_available_is_unknown_not_bcps() -> None:
             t += 0.01
             session.receive(frame, t)
     send_transfer(session, 0x1100, bcs_payload(soc=0xFF), 1.2)
-    state = session.tick(1.4, LineInputs(plugged=True)).state
+    state = session.tick(1.4, LineInputs(plugged=True, insulation_ok=True)).state
     assert state.faults == ()
     assert state.soc_pct is None
     assert state.pack_voltage_v == 378.1
@@ -457,7 +457,7 @@ def test_bcp_energy_not_available_is_unknown() -> None:
     )
     bcp[4:6] = b"\xff\xff"
     send_transfer(session, 0x0600, bytes(bcp), 1.3)
-    state = session.tick(1.4, LineInputs(plugged=True)).state
+    state = session.tick(1.4, LineInputs(plugged=True, insulation_ok=True)).state
     assert state.faults == ()
     assert state.capacity_kwh is None
     assert session.state is GbtState.PARAMETERS

@@ -311,7 +311,7 @@ def test_garbage_bcl_is_a_fault() -> None:
 def plugged() -> GbtSession:
     """A session in the handshake."""
     session = GbtSession(FAST)
-    session.tick(0.0, LineInputs(plugged=True))
+    session.tick(0.0, LineInputs(plugged=True, insulation_ok=True))
     return session
 
 
@@ -319,8 +319,8 @@ def test_recorded_session_frames_give_vehicle_state() -> None:
     """The recorded transfers and BCL/BSM give VIN, BCP limits, BCS values and the sign."""
     session = plugged()
     session.receive(rec.GBT_BHM, 0.1)
-    session.tick(0.5, LineInputs(plugged=True))  # insulation test done
-    session.tick(1.0, LineInputs(plugged=True))
+    session.tick(0.5, LineInputs(plugged=True, insulation_ok=True))  # insulation test done
+    session.tick(1.0, LineInputs(plugged=True, insulation_ok=True))
     sent: list[bytes] = []
     t = 1.0
     for frame in (*rec.GBT_BRM_TRANSFER, *rec.GBT_BCP_TRANSFER, *rec.GBT_BCS_TRANSFER):
@@ -360,7 +360,7 @@ def test_bem_timeout_reconnects_three_times_then_faults() -> None:
         assert not step.outputs.contactors
         assert session.receive(rec.GBT_BEM_CRM_AA_TIMEOUT, t + 0.25).events == ()  # one restart
         t += 1.5
-        step = session.tick(t, LineInputs(plugged=True))
+        step = session.tick(t, LineInputs(plugged=True, insulation_ok=True))
         assert session.state is GbtState.HANDSHAKE
         assert [f.arbitration_id for f in step.frames] == [CHM_ID]
         assert CEM_ID not in [f.arbitration_id for f in step.frames]
@@ -379,13 +379,13 @@ def test_reconnect_count_resets_on_unplug() -> None:
     for _ in range(3):
         session.receive(rec.GBT_BEM_CRM_AA_TIMEOUT, t)
         t += 1.5
-        session.tick(t, LineInputs(plugged=True))
+        session.tick(t, LineInputs(plugged=True, insulation_ok=True))
     for _ in range(40):
         t += 0.05
         session.set_output(0.0, 0.0, t)  # the stage reports the output bled: the lock may open
         session.tick(t, LineInputs(plugged=False))
     assert session.phase is VehiclePhase.UNPLUGGED
-    session.tick(t + 0.1, LineInputs(plugged=True))
+    session.tick(t + 0.1, LineInputs(plugged=True, insulation_ok=True))
     step = session.receive(rec.GBT_BEM_CRM_AA_TIMEOUT, t + 0.2)
     assert step.state.faults == ()
     assert "reconnect 1 of 3" in step.events[0].reason
@@ -404,7 +404,7 @@ def test_chm_every_250_ms() -> None:
     session = GbtSession(FAST)
     chm: list[tuple[float, bytes]] = []
     for i in range(101):
-        frames = session.tick(i * 0.01, LineInputs(plugged=True)).frames
+        frames = session.tick(i * 0.01, LineInputs(plugged=True, insulation_ok=True)).frames
         chm.extend((round(i * 0.01, 2), f.data) for f in frames if f.arbitration_id == 0x1826F456)
     assert [t for t, _ in chm] == [0.0, 0.25, 0.5, 0.75, 1.0]
     assert chm[0][1] == rec.GBT_CHM.data
@@ -435,8 +435,8 @@ def recognising() -> GbtSession:
     """A session past the handshake and insulation test, sending CRM 0x00."""
     session = plugged()
     session.receive(rec.GBT_BHM, 0.1)
-    session.tick(0.5, LineInputs(plugged=True))
-    session.tick(1.0, LineInputs(plugged=True))
+    session.tick(0.5, LineInputs(plugged=True, insulation_ok=True))
+    session.tick(1.0, LineInputs(plugged=True, insulation_ok=True))
     assert session.state is GbtState.RECOGNITION
     return session
 
@@ -472,7 +472,11 @@ def test_41_byte_brm_of_the_table_is_accepted() -> None:
     send_transfer(session, 0x0200, recorded_brm()[:41], 1.1)
     assert session.malformed_frames == 0
     assert session.receive(rec.GBT_BSM, 1.2).state.identity == "L1NSPGH98NA196202"
-    crm = [f for t in (1.25, 1.5) for f in session.tick(t, LineInputs(plugged=True)).frames]
+    crm = [
+        f
+        for t in (1.25, 1.5)
+        for f in session.tick(t, LineInputs(plugged=True, insulation_ok=True)).frames
+    ]
     assert any(f.arbitration_id == CRM_ID and f.data[0] == 0xAA for f in crm)
 
 

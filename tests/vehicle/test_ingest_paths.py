@@ -21,7 +21,7 @@ from controller.vehicle.link import CanVehicleLink
 from hil.vehicle.traffic import CHADEMO_STATUS, chademo_discharging_round, encode_round
 
 CODEC = DbcCodec.chademo()
-HELD = LineInputs(plugged=True, k=True)
+HELD = LineInputs(plugged=True, insulation_ok=True, k=True)
 
 
 def vehicle_frames(*, request_a: float = 0, charged_rate: float = 62) -> list[CanFrame]:

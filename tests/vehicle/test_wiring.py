@@ -39,7 +39,7 @@ vehicle:
   lines:
     kind: gpio
     chip: /dev/gpiochip0
-    offsets: {plugged: 4, k: 5, d1: 17, d2: 18, contactors: 22, lock: 23}
+    offsets: {plugged: 4, k: 5, insulation_ok: 24, d1: 17, d2: 18, contactors: 22, lock: 23}
     active_low: [plugged, k]
 """
 
@@ -87,8 +87,8 @@ def test_gpio_lines_are_built_from_the_config() -> None:
     lines = link._lines
     assert isinstance(lines, GpioLines)
     assert repr(lines) == (
-        "GpioLines(/dev/gpiochip0: plugged=4(active-low), k=5(active-low), d1=17, d2=18, "
-        "contactors=22, lock=23; closed)"
+        "GpioLines(/dev/gpiochip0: plugged=4(active-low), k=5(active-low), insulation_ok=24, "
+        "d1=17, d2=18, contactors=22, lock=23; closed)"
     )
 
 
@@ -128,8 +128,8 @@ def test_charger_ratings_reach_both_sessions() -> None:
         (
             GPIO_CHADEMO.replace("k: 5, ", "").replace("[plugged, k]", "[plugged]"),
             "vehicle",
-            "protocol is 'chademo': expected lines.offsets for plugged, k, d1, d2, contactors, "
-            "found none for k",
+            "protocol is 'chademo': expected lines.offsets for plugged, k, insulation_ok, d1, d2, "
+            "contactors, found none for k",
         ),
         (
             GPIO_CHADEMO.replace("    chip: /dev/gpiochip0\n", ""),
@@ -139,8 +139,8 @@ def test_charger_ratings_reach_both_sessions() -> None:
         (
             GPIO_CHADEMO.replace("[plugged, k]", "[plugged, relay]"),
             "vehicle.lines.active_low.1",
-            "expected 'plugged', 'k', 'emergency_stop', 'fault_reset', 'd1', 'd2', 'contactors' or "
-            "'lock'; found 'relay'",
+            "expected 'plugged', 'k', 'emergency_stop', 'fault_reset', 'insulation_ok', 'd1', "
+            "'d2', 'contactors' or 'lock'; found 'relay'",
         ),
         (
             "vehicle: {protocol: chademo, lines: {kind: simulated}}\n",
