@@ -83,6 +83,8 @@ class Setup:
     extra_safety: dict[str, float] = field(default_factory=dict)
     # The inverter's field behaviour: hil.inverter.field's switches for the plant's command line.
     inverter_behaviour: tuple[str, ...] = ()
+    # More of the plant's command line (e.g. ``--insulation-ohm``).
+    plant_extra: tuple[str, ...] = ()
 
     @property
     def lines_path(self) -> Path:
@@ -251,7 +253,7 @@ def plant_args(setup: Setup, *, soc_pct: float, mode: str, time_factor: float) -
         args += ["--tcp", f"127.0.0.1:{setup.inverter_port}"]
     else:
         args += ["--rtu-dir", str(setup.directory)]
-    return [*args, *setup.inverter_behaviour]
+    return [*args, *setup.inverter_behaviour, *setup.plant_extra]
 
 
 # -- the aggregator's side ---------------------------------------------------------------------

@@ -13,6 +13,10 @@ unlock, CHAdeMO's 10 V): the pack's voltage while the car's own contactors are c
 K5/K6, the CHAdeMO car's main contactor: ``contactors_closed`` of the simulated car), else the
 output's bleeder discharges it (``BLEED_TAU_S``).
 
+The charger's insulation monitor (``hil.insulation``) drives the board's ``insulation_ok`` line
+every coupling step: OK while the insulation resistance it measures (``--insulation-ohm``, or the
+control socket) is above 100 ohm/V of the charger's 500 V, after its response time.
+
 Current flows only while the charger's DC contactors are closed (the board's ``contactors`` line);
 power the stage tries to push with them open (none flows, none is counted by its meters) is
 counted in ``power_without_contactors_s``, a controller
@@ -35,6 +39,7 @@ answer per line)::
     {"cmd": "inverter", "trip": "DC overcurrent"}           # the stage faults
     {"cmd": "inverter", "clear_fault": true}
     {"cmd": "lines", "set": {"emergency_stop": true}}      # the site's E-stop; plugged
+    {"cmd": "insulation", "set": {"resistance_ohm": 20000}} # what the IMD measures
     {"cmd": "trace", "since_ns": 0, "frame_ids": [403920628]}  # what was sent and written
 
 Every answer is one JSON object with ``"ok": true`` (and the status), or ``"ok": false`` and an
@@ -72,6 +77,7 @@ import can
 from controller.errors import VehicleLinkError
 from controller.vehicle.canbus import only_own_group
 from controller.vehicle.lines import SharedFileLines
+from hil.insulation import HEALTHY_OHM, InsulationMonitor
 from hil.inverter.field import (
     FieldBehaviour,
     add_field_arguments,
@@ -191,6 +197,7 @@ class PlantConfig:
     time_factor: float = 1.0
     control_path: Path | None = None
     behaviour: FieldBehaviour = field(default_factory=FieldBehaviour)
+    insulation_ohm: float = HEALTHY_OHM  # what the charger's insulation monitor measures
 
 
 @dataclass(slots=True)
@@ -225,6 +232,7 @@ class Plant:
             config.profile, self.stage, config.behaviour, unit_id=config.unit_id
         )
         self.lines: SharedFileLines | None = None
+        self.imd = InsulationMonitor(resistance_ohm=config.insulation_ohm)
         self.vehicle: ChademoVehicle | GbtVehicle | None = None
         self.simulator: VehicleSimulator | None = None
         self.counters = PlantCounters(
@@ -249,6 +257,9 @@ class Plant:
         # Whether the stage tries to push power (enabled, healthy, a setpoint) with the
         # contactors open: a controller fault. With them open no current can flow.
         pushing = self.stage.enabled and self.stage.fault is None and self.stage.target_w != 0
+        imd_ok = self.imd.ok(now_s)
+        if self.lines is not None and self.lines.insulation_ok != imd_ok:
+            self.lines.insulation_ok = imd_ok
         self.stage.dc_connected = self.contactors_closed
         self.stage.advance(now_s)
         last, self._last_s = self._last_s, now_s
@@ -332,6 +343,8 @@ class Plant:
             "vehicle_contactors_closed": self.vehicle_contactors_closed,
             "output_voltage_v": round(self.stage.dc_voltage_v or 0.0, 1),
             "emergency_stop": self.lines.emergency_stop if self.lines else False,
+            "insulation_ohm": self.imd.resistance_ohm,
+            "insulation_ok": self.lines.insulation_ok if self.lines else None,
             "vehicle_state": str(vehicle.state) if vehicle else None,
             "vehicle_stop_reason": getattr(vehicle, "stop_reason", "") if vehicle else "",
             "imported_wh": round(c.imported_wh, 2),
@@ -366,6 +379,8 @@ class Plant:
                 self._set_inverter(request)
             elif cmd == "lines":
                 self._set_lines(request.get("set"))
+            elif cmd == "insulation":
+                self._set_insulation(request.get("set"))
             else:
                 return {"ok": False, "error": f"unknown cmd {cmd!r}"}
         except BadRequestError as exc:
@@ -425,6 +440,15 @@ class Plant:
         for name, value in settings.items():
             setattr(self.lines, name, value)
             log.warning("line %s = %s", name, value)
+
+    def _set_insulation(self, settings: object) -> None:
+        if not isinstance(settings, dict) or set(settings) != {"resistance_ohm"}:
+            raise BadRequestError("insulation: 'set' is {\"resistance_ohm\": a number}")
+        value = settings["resistance_ohm"]
+        if isinstance(value, bool) or not isinstance(value, int | float) or not value >= 0:
+            raise BadRequestError("insulation: resistance_ohm must be a number, 0 or more")
+        self.imd.resistance_ohm = float(value)
+        log.warning("insulation resistance = %s ohm (%s)", value, self.imd)
 
     def _set_inverter(self, request: dict[str, Any]) -> None:
         settings = request.get("set", {})
@@ -654,10 +678,18 @@ def parse_args(argv: list[str] | None = None) -> PlantConfig:
     parser.add_argument("--max-discharge-w", type=float, default=7400.0)
     parser.add_argument("--time-factor", type=float, default=1.0, help="simulated s per real s")
     parser.add_argument("--control", type=Path, default=None, help="JSON-lines control socket")
+    parser.add_argument(
+        "--insulation-ohm",
+        type=float,
+        default=HEALTHY_OHM,
+        help="the insulation resistance the charger's IMD measures (alarm at or below 50000)",
+    )
     add_field_arguments(parser)
     args = parser.parse_args(argv)
     if args.time_factor <= 0 or args.capacity_kwh <= 0:
         parser.error("--time-factor and --capacity-kwh must be positive")
+    if not args.insulation_ohm >= 0:
+        parser.error("--insulation-ohm is a resistance, 0 or more")
     behaviour = behaviour_from_args(args)
     if problems := behaviour.problems(args.profile):
         parser.error("; ".join(problems))
@@ -691,6 +723,7 @@ def parse_args(argv: list[str] | None = None) -> PlantConfig:
         time_factor=args.time_factor,
         control_path=args.control,
         behaviour=behaviour,
+        insulation_ohm=args.insulation_ohm,
     )
 
 

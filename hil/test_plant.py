@@ -15,6 +15,7 @@ import pytest
 import hil.plant as plant_module
 from controller.config import load_register_map
 from controller.vehicle.canbus import only_own_group
+from controller.vehicle.lines import SharedFileLines
 from hil.inverter.field import FieldChain100Profile
 from hil.inverter.profiles import RegisterMapProfile, SunSpec100Profile
 from hil.inverter.stage import PowerStage
@@ -64,11 +65,12 @@ def test_no_current_flows_with_the_contactors_open() -> None:
 
     class OpenLines:
         emergency_stop = False
+        insulation_ok = False  # the plant's IMD writes it
 
         class outputs:  # noqa: N801  mimics LineOutputs
             contactors = False
 
-    plant.lines = OpenLines()  # type: ignore[assignment]  # only .outputs.contactors is read
+    plant.lines = OpenLines()  # type: ignore[assignment]  # .outputs.contactors and the IMD line
     run_stage(plant, -3700.0, 1.0)
     status = plant.status()
     assert status["soc_pct"] == 50.0
@@ -100,6 +102,11 @@ def test_the_vehicles_own_battery_bookkeeping_is_ignored() -> None:
         {"cmd": "inverter", "set": {"busy_probability": True}},
         {"cmd": "inverter", "trip": 5},
         {"cmd": "lines", "set": {"emergency_stop": True}},  # no lines file in this plant
+        {"cmd": "insulation", "set": {"resistance_ohm": -1}},
+        {"cmd": "insulation", "set": {"resistance_ohm": "low"}},
+        {"cmd": "insulation", "set": {"resistance_ohm": True}},
+        {"cmd": "insulation", "set": {"ohm": 1000}},
+        {"cmd": "insulation"},
     ],
 )
 def test_bad_requests_are_refused_and_change_nothing(request_: object) -> None:
@@ -128,6 +135,32 @@ def test_requests_inject_faults() -> None:
     assert (
         plant.handle({"cmd": "inverter", "clear_fault": True})["status"]["inverter_fault"] is None
     )
+
+
+def test_the_imd_drives_the_boards_insulation_line(tmp_path: Path) -> None:
+    """The plant's IMD sets the lines file's insulation_ok after its response time, and a
+    resistance at or below 100 ohm/V of 500 V releases it (IEC 61851-23's fault limit)."""
+    plant = make_plant()
+    plant.lines = SharedFileLines(tmp_path / "lines", side="vehicle")
+    plant.lines.open()
+    charger = SharedFileLines(tmp_path / "lines", side="charger")
+    charger.open()
+    try:
+        plant.couple(100.0)
+        assert charger.read().insulation_ok is False  # released at power-on
+        plant.couple(100.6)
+        assert charger.read().insulation_ok is True
+        answer = plant.handle({"cmd": "insulation", "set": {"resistance_ohm": 50_000}})
+        assert answer["ok"]
+        assert answer["status"]["insulation_ohm"] == 50_000
+        plant.couple(100.7)
+        assert charger.read().insulation_ok is True  # the IMD's response time
+        plant.couple(101.3)
+        assert charger.read().insulation_ok is False
+        assert plant.status()["insulation_ok"] is False
+    finally:
+        charger.close()
+        plant.lines.close()
 
 
 def test_profiles_report_the_stage_dc_voltage() -> None:

@@ -119,6 +119,9 @@ async def run(args: argparse.Namespace) -> None:
         lines = SharedFileLines(args.lines, side="vehicle")
         lines.open()
         lines.plugged = True
+        # The site's insulation monitor (its OK relay is a board input like the E-stop): this
+        # standalone car models a healthy installation; hil.plant models the IMD itself.
+        lines.insulation_ok = True
         log.info("plugged into the simulated charger board at %s", args.lines)
     try:
         await _play(args, lines)

@@ -36,13 +36,15 @@ class SimulatedLines:
 
     The charger writes d1, d2, contactors and lock; the vehicle reads them and sets k; a test
     (or the technician) plugs and unplugs the connector and presses the fault reset button
-    (``fault_reset``: True while held down).
+    (``fault_reset``: True while held down). ``insulation_ok`` is the site's insulation
+    monitor's OK relay: a healthy installation unless a test says otherwise.
     """
 
-    def __init__(self, *, plugged: bool = True) -> None:
+    def __init__(self, *, plugged: bool = True, insulation_ok: bool = True) -> None:
         self.plugged = plugged
         self.k = False
         self.fault_reset = False
+        self.insulation_ok = insulation_ok
         self.outputs = LineOutputs()
 
     def __repr__(self) -> str:
@@ -53,7 +55,12 @@ class SimulatedLines:
 
     def read(self) -> LineInputs:
         """The charger's view of its inputs."""
-        return LineInputs(plugged=self.plugged, k=self.k, fault_reset=self.fault_reset)
+        return LineInputs(
+            plugged=self.plugged,
+            k=self.k,
+            fault_reset=self.fault_reset,
+            insulation_ok=self.insulation_ok,
+        )
 
     def write(self, outputs: LineOutputs) -> None:
         """The charger drives its outputs."""
