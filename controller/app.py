@@ -17,6 +17,7 @@ from dataclasses import replace
 import structlog
 
 from controller.aggregator.disabled import DisabledAggregator
+from controller.aggregator.durable_outbox import DurableOutbox
 from controller.aggregator.link import MqttAggregatorLink
 from controller.clocksync import ClockTrust, simulated_kernel_clock
 from controller.config import Config, load_register_map
@@ -34,12 +35,11 @@ from controller.inverter.drivers import InverterDriver, SunSpecDriver
 from controller.inverter.link import ModbusInverterLink
 from controller.inverter.regmap import RegisterMapDriver
 from controller.inverter.transport import Endpoint, ModbusTransport, SerialEndpoint, TcpEndpoint
-from controller.ledger.db import LedgerError, open_database
 from controller.ledger.ledger import Ledger
-from controller.ledger.outbox import DurableOutbox
 from controller.ledger.recorder import ThreadedLedger
-from controller.ledger.writer import StorageThread
 from controller.links import AggregatorLink, AuditSink, InverterLink, VehicleLink
+from controller.storage.db import LedgerError, open_database
+from controller.storage.writer import StorageThread
 from controller.unavailable import UnavailableLink
 from controller.vehicle.factory import build_vehicle_link
 

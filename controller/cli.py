@@ -104,8 +104,8 @@ def _report(error: ConfigError) -> None:
 
 def _ledger(args: argparse.Namespace) -> int:
     # Imported here: the other commands need no database code.
-    from controller.ledger.db import LedgerError, open_database  # noqa: PLC0415
     from controller.ledger.report import format_report, read_report  # noqa: PLC0415
+    from controller.storage.db import LedgerError, open_database  # noqa: PLC0415
 
     if args.since and args.until and args.since > args.until:
         print(f"ledger: --from {args.since} is after --to {args.until}", file=sys.stderr)

@@ -8,7 +8,7 @@
   Schemas shipped in ``schemas/``;
 - ``telemetry.py``: pure mapping of control reports to telemetry, status and events;
 - ``outbox.py``: the bounded in-memory outbound queue and its drop policy (the durable
-  store-and-forward outbox is ``controller/ledger/outbox.py``);
+  store-and-forward outbox is ``controller/aggregator/durable_outbox.py``);
 - ``backoff.py``: the reconnect delays;
 - ``disabled.py``: the link for a site without an aggregator.
 

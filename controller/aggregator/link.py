@@ -18,15 +18,15 @@ Satisfies ``controller.links.AggregatorLink``. One connection at a time, owned b
 * ``report()`` never waits: it records the report, queues acks, events, status and telemetry in
   the bounded outbox (``outbox.py``), and the link's sender task publishes them while connected.
 
-Store and forward: given a ``DurableOutbox`` (``controller.ledger.outbox``, in the ledger's
-SQLite file), telemetry (every record, no longer coalesced), events and the ledger's session
+Store and forward: given a ``DurableOutbox`` (``durable_outbox.py``, in the ledger's SQLite
+file), telemetry (every record, no longer coalesced), events and the ledger's session
 records go through it instead: they survive an outage and a restart and are published oldest
 first, up to ``PUBLISH_WINDOW`` in flight, each deleted once the broker acknowledged it. Acks
 (meaningful only live) and the retained status (re-sent on every connect) stay in memory and go
 first. Telemetry is committed without an fsync; ``sync()`` every ``TELEMETRY_SYNC_S`` bounds
-what a power cut can take (policy in ``controller/ledger/outbox.py``). A database that fails
-is logged and the message goes through the in-memory outbox instead: live delivery never
-depends on the disk. Every payload of the three kinds carries a ``record_id``.
+what a power cut can take (policy in ``durable_outbox.py``). A database that fails is logged
+and the message goes through the in-memory outbox instead: live delivery never depends on the
+disk. Every payload of the three kinds carries a ``record_id``.
 
 Audit: an optional ``AuditSink`` hears of every setpoint accepted, rejected (with the reason)
 and applied (the power of its ack and the binding limit); a failing sink is logged, never
@@ -77,6 +77,7 @@ from paho.mqtt.reasoncodes import ReasonCode
 from paho.mqtt.subscribeoptions import SubscribeOptions
 
 from controller.aggregator.backoff import backoff_delay_s
+from controller.aggregator.durable_outbox import TELEMETRY_SYNC_S, DurableOutbox, OutboxRecord
 from controller.aggregator.messages import (
     AVAILABILITY_OFFLINE,
     AVAILABILITY_ONLINE,
@@ -103,10 +104,9 @@ from controller.cancellation import cancel_requests, guarded, raise_if_cancelled
 from controller.config import AggregatorConfig, Config, MqttTlsConfig
 from controller.core.snapshots import Setpoint, SetpointMode
 from controller.errors import AggregatorLinkError
-from controller.ledger.db import LedgerError
-from controller.ledger.outbox import TELEMETRY_SYNC_S, DurableOutbox, OutboxRecord
-from controller.ledger.writer import StorageThread
 from controller.links import AuditSink, ControlReport, LinkStatus, SetpointAudit, Wake
+from controller.storage.db import LedgerError
+from controller.storage.writer import StorageThread
 
 log = structlog.get_logger(component="aggregator")
 _T = TypeVar("_T")

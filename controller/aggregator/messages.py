@@ -333,7 +333,7 @@ TOPIC_MODELS: dict[str, type[_Message]] = {
     "session": SessionMessage,
 }
 
-# The store-and-forward records (``controller.ledger.outbox``): kind -> the body it stores.
+# The store-and-forward records (``durable_outbox.py``): kind -> the body it stores.
 # Each is published on the topic of the same name with 'record_id' added.
 RECORD_BODIES: dict[str, type[_Message]] = {
     "telemetry": TelemetryBody,

@@ -15,8 +15,8 @@ Overflow policy (nothing here grows without bound):
 
 Send order: acks, then events, then status, then telemetry.
 
-With a durable outbox (``controller/ledger/outbox.py``, store and forward) only acks and status
-come through here (and telemetry or events whose database write failed); the link sends the
+With a durable outbox (``durable_outbox.py``, store and forward) only acks and status come
+through here (and telemetry or events whose database write failed); the link sends the
 stored records after them.
 
 A message leaves the queue only when ``done()`` says it was published (``peek`` then

@@ -34,7 +34,6 @@ import structlog
 
 from controller.config import Config
 from controller.core.snapshots import InverterState, VehicleState
-from controller.ledger import db
 from controller.ledger.accounting import (
     CounterEvent,
     Tariff,
@@ -43,8 +42,9 @@ from controller.ledger.accounting import (
     same_vehicle,
     vehicle_present,
 )
-from controller.ledger.db import LedgerError
 from controller.links import ControlReport, SetpointAudit
+from controller.storage import db
+from controller.storage.db import LedgerError
 
 log = structlog.get_logger(component="ledger")
 
@@ -126,7 +126,7 @@ CREATE TABLE IF NOT EXISTS ledger_counter_events (
 
 
 class OutboxWriter(Protocol):
-    """What the ledger needs from the aggregator's durable outbox (``ledger/outbox.py``).
+    """What the ledger needs from the aggregator's durable outbox (``DurableOutbox``).
 
     ``insert`` adds a row inside the caller's transaction (no commit) and returns its id;
     ``mark_synced`` tells it a commit with ``synchronous=FULL`` was made on the shared

@@ -2,7 +2,7 @@
 
 ``ThreadedLedger`` is the daemon's ``Recorder`` (one ``record`` per control cycle) and the
 aggregator link's ``AuditSink``. The ``Ledger`` itself, its connection and the outbox on that
-connection are used on the storage thread only (``controller/ledger/writer.py``), so a commit
+connection are used on the storage thread only (``controller/storage/writer.py``), so a commit
 that waits a second on an SD card's fsync never holds up the control loop (issue 15).
 """
 
@@ -10,8 +10,8 @@ from __future__ import annotations
 
 from controller.core.snapshots import InverterState, VehicleState
 from controller.ledger.ledger import Ledger
-from controller.ledger.writer import StorageThread
 from controller.links import ControlReport, SetpointAudit
+from controller.storage.writer import StorageThread
 
 
 class ThreadedLedger:

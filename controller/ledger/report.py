@@ -11,7 +11,7 @@ import sqlite3
 from dataclasses import asdict, dataclass
 from typing import Any
 
-from controller.ledger.db import LedgerError
+from controller.storage.db import LedgerError
 
 _TABLES = ("ledger_sessions", "ledger_days", "ledger_meters")
 

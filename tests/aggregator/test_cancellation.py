@@ -23,12 +23,12 @@ from typing import Any
 import aiomqtt
 import pytest
 
+from controller.aggregator.durable_outbox import DurableOutbox
 from controller.aggregator.link import MqttAggregatorLink
 from controller.aggregator.messages import EventBody
 from controller.core.snapshots import PowerState
-from controller.ledger.db import open_database
-from controller.ledger.outbox import DurableOutbox
 from controller.links import LinkStatus
+from controller.storage.db import open_database
 from hil.mosquitto import Mosquitto
 from tests.aggregator.support import make_config, make_link, now_utc, report, until
 

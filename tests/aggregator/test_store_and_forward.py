@@ -27,13 +27,13 @@ from typing import Any
 
 import pytest
 
+from controller.aggregator.durable_outbox import DurableOutbox
 from controller.aggregator.link import MqttAggregatorLink
 from controller.aggregator.outbox import Kind
 from controller.config import Config
 from controller.core.snapshots import PowerState
-from controller.ledger.db import open_database
-from controller.ledger.outbox import DurableOutbox
 from controller.links import ControlReport, LinkStatus
+from controller.storage.db import open_database
 from hil.mosquitto import Mosquitto, find_mosquitto
 from tests.aggregator.support import Aggregator, LinkRunner, make_config, report, until
 from tests.aggregator.test_acks import blocking_calls

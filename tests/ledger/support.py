@@ -11,9 +11,9 @@ from typing import Any
 
 from controller.core.snapshots import InverterState, PowerState, VehiclePhase, VehicleState
 from controller.ledger.accounting import Tariff
-from controller.ledger.db import open_database
 from controller.ledger.ledger import Ledger, OutboxWriter
 from controller.links import ControlReport
+from controller.storage.db import open_database
 
 TZ = zoneinfo.ZoneInfo("Europe/Amsterdam")
 START = dt.datetime(2026, 11, 23, 18, 0, tzinfo=TZ)

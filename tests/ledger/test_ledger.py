@@ -14,9 +14,9 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from controller.core.snapshots import VehiclePhase
-from controller.ledger.db import LedgerError, open_database, transaction
 from controller.ledger.ledger import RESUME_GRACE_S, Ledger
 from controller.links import SetpointAudit
+from controller.storage.db import LedgerError, open_database, transaction
 from tests.ledger.support import (
     START,
     TARIFF,

@@ -17,15 +17,15 @@ from pathlib import Path
 
 import pytest
 
+from controller.aggregator.durable_outbox import DurableOutbox
 from controller.aggregator.link import MqttAggregatorLink
 from controller.aggregator.telemetry import telemetry_message
 from controller.ledger.accounting import Tariff
-from controller.ledger.db import open_database
 from controller.ledger.ledger import Ledger
-from controller.ledger.outbox import DurableOutbox
 from controller.ledger.recorder import ThreadedLedger
-from controller.ledger.writer import StorageFullError, StorageStoppedError, StorageThread
 from controller.links import LinkStatus, SetpointAudit
+from controller.storage.db import open_database
+from controller.storage.writer import StorageFullError, StorageStoppedError, StorageThread
 from hil.mosquitto import Mosquitto, find_mosquitto
 from tests.aggregator.support import (
     Aggregator,

@@ -10,10 +10,10 @@ from typing import Any
 
 import pytest
 
+from controller.aggregator.durable_outbox import DurableOutbox, OutboxRecord, OutboxRecordError
 from controller.aggregator.messages import TOPIC_MODELS
 from controller.config import parse_config
-from controller.ledger.db import LedgerError, open_database, transaction
-from controller.ledger.outbox import DurableOutbox, OutboxRecord, OutboxRecordError
+from controller.storage.db import LedgerError, open_database, transaction
 
 AT = dt.datetime(2025, 3, 14, 18, 30, tzinfo=dt.UTC)
 

@@ -54,7 +54,7 @@ import pydantic
 
 from controller.aggregator.messages import RECORD_BODIES, EventBody, with_record_id
 from controller.config import AggregatorConfig
-from controller.ledger.db import (
+from controller.storage.db import (
     LedgerError,
     relaxed_sync,
     schema_version,

@@ -36,7 +36,7 @@ from typing import Any, Final, TypeVar
 
 import structlog
 
-from controller.ledger.db import LedgerError
+from controller.storage.db import LedgerError
 
 log = structlog.get_logger(component="storage")
 
