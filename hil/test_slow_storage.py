@@ -424,7 +424,7 @@ def test_a_full_or_dead_card_leaves_the_charger_running(
     stop the ledger is sound and holds the trip whose first commit the card refused.
 
     storage_restored is not awaited: it follows 60 s without a failure (RECOVERED_AFTER_S in
-    controller/ledger/writer.py), longer than this test may take."""
+    controller/storage/writer.py), longer than this test may take."""
     setup = make_setup(short_dir, broker, "gbt27930", "tcp")
     state_file = card.directory / "core-state.json"
     errno_text, sqlite_text = os.strerror(REFUSALS[failure][0]), REFUSALS[failure][1]
