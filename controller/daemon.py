@@ -23,7 +23,7 @@ import os
 import signal
 import time
 import zoneinfo
-from collections.abc import Awaitable, Callable
+from collections.abc import AsyncIterator, Awaitable, Callable
 from dataclasses import dataclass
 from typing import Protocol, runtime_checkable
 
@@ -135,6 +135,11 @@ class ResetButton(Protocol):
 # A failing recorder is logged at once, then at most this often while it keeps failing.
 RECORDER_ERROR_LOG_EVERY_S = 60.0
 
+# During the stop sequence, how often the inverter's snapshot is looked at for a new measurement
+# to pass on to the vehicle: the session stamps a report when it arrives, so this is how much
+# older than its stamp a reading can be (the control loop, at 100 ms, re-reports every cycle).
+STOP_FEED_EVERY_S = 0.02
+
 
 @dataclass(frozen=True, slots=True)
 class Links:
@@ -198,6 +203,24 @@ class SimulatedClock:
 def real_wall_clock(tz: dt.tzinfo) -> dt.datetime:
     """The wall clock in the site's time zone."""
     return dt.datetime.now(tz)
+
+
+def measured_output(inverter: InverterState | None) -> tuple[float, float]:
+    """The stage's measured DC output as the vehicle is told it: (volts, amps, + charges).
+
+    The vehicle reports it (CHAdeMO 0x109/0x208, GB/T CCS) and its session acts on it (contactors
+    open at 5 A, the connector unlocks once the voltage is down). Only what the power stage
+    measured: never the vehicle's own figure (for CHAdeMO that is our measurement echoed back)
+    and never 0 A for "unknown" (the session must not open contactors on a current it has not
+    seen fall). NaN means "not measured": an unreachable inverter, no DC voltage (no current can
+    be derived from the power without it), no power.
+    """
+    if inverter is None or not inverter.reachable:
+        return math.nan, math.nan
+    volts = inverter.dc_voltage_v
+    watts = inverter.measured_power_w
+    amps = watts / volts if watts is not None and volts else math.nan
+    return (volts if volts is not None else math.nan), amps
 
 
 def _describe(exc: BaseException) -> str:
@@ -424,15 +447,7 @@ class Daemon:
                 binding_limit=output.binding_limit,
                 reasons=list(output.reasons),
             )
-        # The stage's measured output, which the vehicle is told (CHAdeMO 0x109/0x208, GB/T CCS).
-        # Only what the power stage measured: never the vehicle's own figure (for CHAdeMO that
-        # is our measurement echoed back) and never 0 A for "unknown" (the session must not
-        # open contactors on a current it has not seen fall). NaN means "not measured".
-        fresh = inverter is not None and inverter.reachable
-        volts = inverter.dc_voltage_v if fresh and inverter is not None else None
-        watts = inverter.measured_power_w if inverter is not None else None
-        amps = watts / volts if fresh and watts is not None and volts else math.nan
-        self._links.vehicle.update_output(volts if volts is not None else math.nan, amps)
+        self._links.vehicle.update_output(*measured_output(inverter))
         self._links.vehicle.allow_energy_transfer(output.session_allowed)
         await self._links.inverter.apply(output.command)
         report = ControlReport(
@@ -450,7 +465,7 @@ class Daemon:
             soc_floor_pct=output.soc_floor_pct,
             energy_above_floor_wh=output.energy_above_floor_wh,
             faults=output.faults,
-            measured_power_w=watts,
+            measured_power_w=inverter.measured_power_w if inverter is not None else None,
             soc_pct=vehicle.soc_pct if vehicle else None,
             voltage_v=vehicle.pack_voltage_v if vehicle else None,
             inverter_revert_rewrites=inverter.revert_rewrites if inverter else 0,
@@ -511,40 +526,26 @@ class Daemon:
         self._notifier.stopping(f"stopping: {reason}")
         budget_s = self._config.control.shutdown_timeout_s
         deadline_s = self._monotonic() + budget_s
+        # What the inverter had measured when the stop began: never news to the session.
+        before_stop = self._links.inverter.snapshot()
         what = "energy transfer withdrawn"
         try:
             self._links.vehicle.allow_energy_transfer(False)
         except Exception as exc:  # noqa: BLE001  the inverter's 0 W must not depend on it
             log.error("stop step failed", step=what, error=_describe(exc))
         # Power first: 0 W and the stage disabled before anything else is allowed to take time.
-        steps: tuple[tuple[str, Callable[[], Awaitable[None]], float], ...] = (
-            ("inverter to 0 W and disabled", self._links.inverter.safe_stop, 0.5),
-            ("vehicle session ended", self._links.vehicle.end_session, 0.6),
-            ("aggregator told offline", self._links.aggregator.publish_offline, 1.0),
+        # The session ends on measurements taken after the stop (contactors at 5 A, the unlock
+        # at 10 V or 60 V): with the control loop gone, the stop sequence passes them on.
+        async with self._measurements_to_vehicle(before_stop):
+            await self._stop_step(
+                "inverter to 0 W and disabled", self._links.inverter.safe_stop, 0.5, deadline_s
+            )
+            await self._stop_step(
+                "vehicle session ended", self._links.vehicle.end_session, 0.6, deadline_s
+            )
+        await self._stop_step(
+            "aggregator told offline", self._links.aggregator.publish_offline, 1.0, deadline_s
         )
-        for what, step, share in steps:
-            remaining_s = deadline_s - self._monotonic()
-            # Each step may use its share of what is left, so a slow one cannot starve the rest.
-            limit_s = max(0.05, remaining_s * share)
-            limit = asyncio.timeout(limit_s)
-            try:
-                async with limit:
-                    await step()
-            except TimeoutError as exc:
-                if limit.expired():
-                    log.error("stop step overran its time", step=what, limit_s=round(limit_s, 2))
-                else:  # the step's own timeout (a library's), not the daemon's limit
-                    log.error("stop step failed", step=what, error=_describe(exc))
-            except asyncio.CancelledError as exc:
-                # The daemon never cancels the stop sequence (shielded, it runs to its end): this
-                # came from inside the step: a future its library cancelled (a dropped
-                # connection's pending request). A failed step like any other, never the end of
-                # the sequence, which would leave a requested stop waiting forever.
-                log.error("stop step failed", step=what, error=_describe(exc))
-            except Exception as exc:  # noqa: BLE001  every stop step must run whatever the last did
-                log.error("stop step failed", step=what, error=_describe(exc))
-            else:
-                log.info("stop step done", step=what)
         if self._recorder is not None:
             # After power is safe: commit what the ledger has pending, within what is left of
             # the budget (a slow card may take longer: the storage thread then finishes it
@@ -558,3 +559,69 @@ class Daemon:
             except Exception as exc:  # noqa: BLE001  the stop sequence must reach its end
                 self._recorder_failed("flush", exc)
         self._stop_sequence_done = True
+
+    async def _stop_step(
+        self, what: str, step: Callable[[], Awaitable[None]], share: float, deadline_s: float
+    ) -> None:
+        """One step of the stop sequence, bounded by its share of what is left of the budget
+        (so a slow one cannot starve the rest); a failure or an overrun is logged, never
+        raised."""
+        remaining_s = deadline_s - self._monotonic()
+        limit_s = max(0.05, remaining_s * share)
+        limit = asyncio.timeout(limit_s)
+        try:
+            async with limit:
+                await step()
+        except TimeoutError as exc:
+            if limit.expired():
+                log.error("stop step overran its time", step=what, limit_s=round(limit_s, 2))
+            else:  # the step's own timeout (a library's), not the daemon's limit
+                log.error("stop step failed", step=what, error=_describe(exc))
+        except asyncio.CancelledError as exc:
+            # The daemon never cancels the stop sequence (shielded, it runs to its end): this
+            # came from inside the step: a future its library cancelled (a dropped
+            # connection's pending request). A failed step like any other, never the end of
+            # the sequence, which would leave a requested stop waiting forever.
+            log.error("stop step failed", step=what, error=_describe(exc))
+        except Exception as exc:  # noqa: BLE001  every stop step must run whatever the last did
+            log.error("stop step failed", step=what, error=_describe(exc))
+        else:
+            log.info("stop step done", step=what)
+
+    @contextlib.asynccontextmanager
+    async def _measurements_to_vehicle(self, before: InverterState | None) -> AsyncIterator[None]:
+        """While the body runs, every new inverter measurement goes to the vehicle link.
+
+        The control loop, which tells the vehicle the stage's output every cycle, has stopped;
+        the inverter link keeps reading after its safe stop, and the session ends on those
+        readings (CHAdeMO 0x109.5 bit0 and the 10 V unlock, GB/T 5 A after CST and the 60 V
+        unlock). Only a snapshot newer than the last one passed on (and than ``before``, the
+        one the stop found) is passed on: the session stamps each report with the time it
+        arrives, so an old reading passed on again would count as taken after the stop. The
+        feed ends with the body, and with it on any exit; it never outlives it.
+        """
+        feed = asyncio.create_task(self._feed_measurements(before), name="stop-measurements")
+        try:
+            yield
+        finally:
+            feed.cancel()
+            # Waits for the feed to end without taking its outcome as ours; a cancel of this
+            # task itself still propagates (the stop sequence is shielded: it never comes).
+            await asyncio.wait([feed])
+            if not feed.cancelled() and (exc := feed.exception()) is not None:
+                log.error("measurements not passed on to the vehicle", error=_describe(exc))
+
+    async def _feed_measurements(self, before: InverterState | None) -> None:
+        last_s = before.observed_at_s if before is not None else -math.inf
+        failed = False
+        while True:
+            inverter = self._links.inverter.snapshot()
+            if inverter is not None and inverter.observed_at_s > last_s:
+                last_s = inverter.observed_at_s
+                try:
+                    self._links.vehicle.update_output(*measured_output(inverter))
+                except Exception as exc:  # noqa: BLE001  the stop sequence must reach its end
+                    if not failed:
+                        log.error("measurement not passed on to the vehicle", error=_describe(exc))
+                    failed = True
+            await asyncio.sleep(STOP_FEED_EVERY_S)

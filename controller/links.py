@@ -91,7 +91,8 @@ class InverterLink(Link, Protocol):
     """The bidirectional inverter over Modbus. The daemon is its only writer."""
 
     def snapshot(self) -> InverterState | None:
-        """The latest inverter state, or None before the first successful read."""
+        """The latest inverter state, or None before the first successful read; still renewed
+        after ``safe_stop`` while ``run`` runs (``observed_at_s`` tells a new one)."""
         ...
 
     async def apply(self, command: PowerCommand) -> None:
@@ -99,7 +100,13 @@ class InverterLink(Link, Protocol):
         ...
 
     async def safe_stop(self) -> None:
-        """Command 0 W and disable the power stage; bounded in time, never raises."""
+        """Command 0 W and disable the power stage; bounded in time, never raises.
+
+        Nothing is written after it (``apply`` changes nothing), but the link keeps reading
+        the inverter into ``snapshot`` until ``run`` is cancelled: the vehicle session ends on
+        measurements taken after the stop (current down before the contactors open, voltage
+        down before the connector unlocks). Whatever ends ``run`` closes the connection; so
+        does a ``safe_stop`` that comes after ``run`` has ended."""
         ...
 
 

@@ -118,7 +118,8 @@ class CanVehicleLink:
         self._fault_reset: bool | None = None
         self._fault_reset_presses = 0
         self._failed = asyncio.Event()
-        self._changed = asyncio.Event()
+        self._changed = asyncio.Event()  # a session event, the connector lock, the bus
+        self._outputs = LineOutputs()  # what the session last asked of the board
         self.error_frames = 0
         self.send_errors = 0
         self.last_error = ""
@@ -165,18 +166,24 @@ class CanVehicleLink:
         self.session.set_output(voltage_v, current_a, self._clock())
 
     async def end_session(self) -> None:
-        """Run the normal stop sequence; return when ended or after ``end_session_timeout_s``.
+        """Run the normal stop sequence; return when ended and the connector is unlocked, or
+        after ``end_session_timeout_s``.
 
-        Without an open bus no frame can move the sequence on, so it returns at once: either
-        ``run`` has ended (and switched the outputs off), or it is waiting to reopen the bus and
-        keeps ticking the session, whose own timeouts then stop it in the protocol's order.
+        The connector unlocks only once a measurement shows the output voltage down (CHAdeMO
+        10 V; GB/T 60 V, after the session has ENDED): until then the session is not over for
+        the person at the car (``update_output`` must keep coming, issue 17). Without an open
+        bus no frame can move the sequence on, so it returns at once: either ``run`` has ended
+        (and switched the outputs off), or it is waiting to reopen the bus and keeps ticking the
+        session, whose own timeouts then stop it in the protocol's order.
         """
         self._apply(self.session.end(self._clock()))
         if self._bus is None:
             return
         with contextlib.suppress(TimeoutError):
             async with asyncio.timeout(self.config.end_session_timeout_s):
-                while self.session.phase not in _FINISHED and self._bus is not None:
+                while self._bus is not None and (
+                    self.session.phase not in _FINISHED or self._outputs.lock
+                ):
                     self._changed.clear()
                     await self._changed.wait()
 
@@ -364,6 +371,9 @@ class CanVehicleLink:
 
     def _apply(self, step: Step) -> None:
         self._write_lines(step.outputs)
+        if step.outputs.lock != self._outputs.lock:
+            self._changed.set()  # an end_session() waiting for the unlock looks again
+        self._outputs = step.outputs
         bus = self._bus
         for frame in step.frames:
             if bus is None:
