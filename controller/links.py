@@ -35,16 +35,13 @@ from controller.core.snapshots import (
 Wake = Callable[[], None]
 
 
-class LinkStatus(enum.Enum):
+class LinkStatus(enum.StrEnum):
     """How a link reports itself."""
 
     STARTING = "starting"  # not yet reported; the daemon is not READY while any link says this
     UP = "up"  # talking to its peer
     DOWN = "down"  # peer unreachable; the link keeps retrying on its own
     DISABLED = "disabled"  # switched off in the config (e.g. no aggregator at this site)
-
-    def __str__(self) -> str:
-        return self.value
 
 
 class Link(Protocol):

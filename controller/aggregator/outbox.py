@@ -31,14 +31,11 @@ from collections import deque
 from dataclasses import dataclass
 
 
-class Kind(enum.Enum):
+class Kind(enum.StrEnum):
     ACK = "ack"
     EVENT = "event"
     STATUS = "status"
     TELEMETRY = "telemetry"
-
-    def __str__(self) -> str:
-        return self.value
 
 
 _KEPT = (Kind.ACK, Kind.EVENT)

@@ -15,7 +15,7 @@ from controller.core.policy import FallbackMode, Policy
 from controller.core.snapshots import Setpoint, SetpointMode
 
 
-class RequestSource(enum.Enum):
+class RequestSource(enum.StrEnum):
     """Where the requested power came from."""
 
     SETPOINT = "setpoint"  # the aggregator's power setpoint
@@ -24,9 +24,6 @@ class RequestSource(enum.Enum):
     FALLBACK_CHEAP_CHARGE = "fallback_cheap_charge"  # local time-of-use: cheap window
     FALLBACK_PEAK_DISCHARGE = "fallback_peak_discharge"  # local time-of-use: peak window
     FALLBACK_OFF_WINDOW = "fallback_off_window"  # local time-of-use: outside both windows
-
-    def __str__(self) -> str:
-        return self.value
 
 
 @dataclass(frozen=True, slots=True)

@@ -96,14 +96,11 @@ class SitePolicy:
         _non_negative("grid_export_limit_w", self.grid_export_limit_w)
 
 
-class FaultResetMode(enum.Enum):
+class FaultResetMode(enum.StrEnum):
     """How a latched fault is cleared once its cause is gone."""
 
     AUTO = "auto"  # after fault_hold_s without the cause
     MANUAL = "manual"  # only by a reset command (``safety.reset_faults``)
-
-    def __str__(self) -> str:
-        return self.value
 
 
 # Fault kinds a technician may mark as needing a person to reset (config safety.manual_reset).
@@ -229,14 +226,11 @@ class WearPolicy:
             _non_negative("max_cycles_per_day", self.max_cycles_per_day)
 
 
-class FallbackMode(enum.Enum):
+class FallbackMode(enum.StrEnum):
     """What the charger does on its own without a valid aggregator setpoint."""
 
     IDLE = "idle"  # hold 0 W
     TIME_OF_USE = "time_of_use"  # charge in cheap windows, discharge in peak windows
-
-    def __str__(self) -> str:
-        return self.value
 
 
 @dataclass(frozen=True, slots=True)

@@ -25,17 +25,14 @@ from controller.core.policy import (
 from controller.core.snapshots import InverterState, VehicleState
 
 
-class Direction(enum.Enum):
+class Direction(enum.StrEnum):
     """Which way a limit applies. CHARGE is + (into the vehicle), DISCHARGE is -."""
 
     CHARGE = "charge"
     DISCHARGE = "discharge"
 
-    def __str__(self) -> str:
-        return self.value
 
-
-class Rule(enum.Enum):
+class Rule(enum.StrEnum):
     """Every named rule the core applies, as logs and telemetry print it."""
 
     # Gates: 0 W both ways.
@@ -69,9 +66,6 @@ class Rule(enum.Enum):
     RAMP = "ramp"
     ARBITRATION = "arbitration"
     FAULT_RESET = "fault_reset"
-
-    def __str__(self) -> str:
-        return self.value
 
 
 @dataclass(frozen=True, slots=True)

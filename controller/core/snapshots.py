@@ -18,7 +18,7 @@ import enum
 from dataclasses import dataclass
 
 
-class PowerState(enum.Enum):
+class PowerState(enum.StrEnum):
     """What the power stage is doing, as logs, telemetry and ``status`` all print it."""
 
     IDLE = "idle"
@@ -27,11 +27,8 @@ class PowerState(enum.Enum):
     STOPPING = "stopping"
     FAULT = "fault"
 
-    def __str__(self) -> str:
-        return self.value
 
-
-class VehiclePhase(enum.Enum):
+class VehiclePhase(enum.StrEnum):
     """Where the charger-side vehicle session stands, protocol-neutral."""
 
     UNPLUGGED = "unplugged"
@@ -41,9 +38,6 @@ class VehiclePhase(enum.Enum):
     STOPPING = "stopping"
     ENDED = "ended"
     FAULT = "fault"
-
-    def __str__(self) -> str:
-        return self.value
 
 
 @dataclass(frozen=True, slots=True)
@@ -103,15 +97,12 @@ class InverterState:
     revert_rewrites: int = 0
 
 
-class SetpointMode(enum.Enum):
+class SetpointMode(enum.StrEnum):
     """What the aggregator asks for."""
 
     POWER = "power"  # follow power_w
     IDLE = "idle"  # hold at 0 W
     RELEASE = "release"  # hand control back to the local fallback policy
-
-    def __str__(self) -> str:
-        return self.value
 
 
 @dataclass(frozen=True, slots=True)

@@ -36,7 +36,7 @@ JUMP_SLACK_S = 10.0
 JUMP_ALLOWANCE_WH = 5.0
 
 
-class CounterEvent(enum.Enum):
+class CounterEvent(enum.StrEnum):
     """What a counter reading did besides (or instead of) crediting energy."""
 
     CREDITED = "credited"  # a plausible rise, or no change
@@ -45,9 +45,6 @@ class CounterEvent(enum.Enum):
     RESET = "reset"  # fell: the new value is the base, nothing credited
     REJECTED = "rejected"  # rose implausibly: the new value is the base, nothing credited
     INVALID = "invalid"  # not a finite non-negative number: ignored, the base kept
-
-    def __str__(self) -> str:
-        return self.value
 
     @property
     def rebased(self) -> bool:

@@ -117,7 +117,7 @@ _VEHICLE_FAULT_FLAGS = {
 }
 
 
-class ChademoState(enum.Enum):
+class ChademoState(enum.StrEnum):
     """The charger's position in the CHAdeMO sequence."""
 
     IDLE = "idle"
@@ -130,9 +130,6 @@ class ChademoState(enum.Enum):
     STOP_VEHICLE_CONTACTOR = "stop_vehicle_contactor"
     STOP_D1 = "stop_d1"
     ENDED = "ended"
-
-    def __str__(self) -> str:
-        return self.value
 
 
 _PHASE = {

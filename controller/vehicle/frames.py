@@ -92,7 +92,7 @@ class ChargerLines(Protocol):
         ...
 
 
-class EventKind(enum.Enum):
+class EventKind(enum.StrEnum):
     """What a session reports besides its snapshot."""
 
     PHASE_CHANGED = "phase_changed"
@@ -100,9 +100,6 @@ class EventKind(enum.Enum):
     STOP_REQUESTED = "stop_requested"  # the vehicle asked for a normal stop
     MALFORMED_FRAME = "malformed_frame"  # a frame was rejected; state unchanged
     TRANSPORT = "transport"  # J1939 transport: retransmission requested or transfer aborted
-
-    def __str__(self) -> str:
-        return self.value
 
 
 SAFETY_EVENTS = frozenset({EventKind.PHASE_CHANGED, EventKind.FAULT, EventKind.STOP_REQUESTED})

@@ -184,7 +184,7 @@ READY = 0xAA
 NOT_READY = 0x00
 
 
-class GbtState(enum.Enum):
+class GbtState(enum.StrEnum):
     """The charger's position in the GB/T 27930 sequence."""
 
     IDLE = "idle"
@@ -199,9 +199,6 @@ class GbtState(enum.Enum):
     ERROR_REPORT = "error_report"
     RECONNECT = "reconnect"
     ENDED = "ended"
-
-    def __str__(self) -> str:
-        return self.value
 
 
 _PHASE = {
