@@ -37,6 +37,7 @@ from controller.core.snapshots import (
     Setpoint,
     VehicleState,
 )
+from controller.errors import LinkError
 from controller.links import (
     AggregatorLink,
     ControlReport,
@@ -232,7 +233,7 @@ class _StopRequested(Exception):  # noqa: N818  an internal signal, not an error
     """Raised inside the TaskGroup to end it when a stop signal arrived."""
 
 
-class LinkStoppedError(Exception):
+class LinkStoppedError(LinkError):
     """A link's run() returned although the daemon was not stopping."""
 
 
@@ -282,10 +283,6 @@ class Daemon:
     @property
     def ready(self) -> bool:
         return self._ready
-
-    @property
-    def last_output(self) -> ControlOutput | None:
-        return self._last_output
 
     def wake(self) -> None:
         """Run a control cycle now (links call this on safety-relevant events)."""

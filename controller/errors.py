@@ -5,17 +5,34 @@ exceptions (pydantic, PyYAML, python-can, pymodbus, paho/aiomqtt, sqlite3) are t
 this tree at the edge of the module that calls the library, so callers never see them::
 
     ControllerError
-    ├── ConfigError            the YAML is missing, unreadable, malformed or invalid
-    │                          (e.g. an unknown key, a SoC floor of 150 %); carries every problem
-    ├── LinkError              a link to the outside world failed; the link owns its reconnect
-    │   ├── VehicleLinkError       CAN bus down, bus-off, interface missing
-    │   ├── InverterLinkError      Modbus timeout, exception response, connection refused
-    │   └── AggregatorLinkError    broker unreachable, TLS handshake refused
-    ├── ProtocolError          a frame, register or payload that does not follow its protocol
-    │                          (wrong DLC, bad TP sequence, out-of-range register); rejected with
-    │                          a reason, never turned into state or a command
-    └── InterlockTrip          a safety rule demanded 0 W; raised only where an exception is the
-                               clearest way out, normally the core returns reasons instead
+    ├── ConfigError              the YAML is missing, unreadable, malformed or invalid
+    │                            (e.g. an unknown key, a SoC floor of 150 %); carries every problem
+    ├── LinkError                a link to the outside world failed; the link owns its reconnect
+    │   ├── VehicleLinkError         CAN bus down, bus-off, interface missing, lines unreadable
+    │   ├── InverterLinkError        Modbus timeout, connection refused (inverter/)
+    │   │   ├── NotConnectedError        no connection could be had at all (transport.py)
+    │   │   ├── ModbusExceptionResponse  the device answered with an exception code (transport.py)
+    │   │   ├── SetpointNotTakenError    a written setpoint did not read back (sunspec.py)
+    │   │   └── RevertNotKeptError       the revert settings did not read back (drivers.py)
+    │   ├── AggregatorLinkError      broker unreachable, TLS handshake refused
+    │   └── LinkStoppedError         a link's run() returned while the daemon was not stopping
+    │                                (daemon.py)
+    ├── ProtocolError            a frame, register or payload that does not follow its protocol
+    │   │                        (wrong DLC, bad TP sequence, out-of-range register); rejected with
+    │   │                        a reason, never turned into state or a command
+    │   ├── ImplausibleValueError    a decoded signal outside its DBC range (vehicle/dbc.py)
+    │   ├── EncodingError            a value a register cannot hold (inverter/codec.py)
+    │   └── UnknownPointError, UnknownModelError > UnusableModelError
+    │                                a SunSpec point or model this device or loader lacks
+    │                                (inverter/sunspec_models.py)
+    └── LedgerError              the SQLite file cannot be opened, read or written (storage/db.py)
+        ├── StorageFullError         the storage thread's queue is full (storage/writer.py)
+        ├── StorageStoppedError      the storage thread has stopped (storage/writer.py)
+        └── OutboxRecordError        a stored outbox record that no longer parses
+                                     (aggregator/durable_outbox.py)
+
+Each error is defined in the module that raises it (the path in brackets); this drawing is the
+map. Safety rules never raise: the core returns its reasons with 0 W.
 
 Bad input from outside is a value to reject with a reason, never a crash and never a command.
 """
@@ -70,7 +87,3 @@ class AggregatorLinkError(LinkError):
 
 class ProtocolError(ControllerError):
     """Input that breaks its protocol: rejected with a reason, never turned into state."""
-
-
-class InterlockTrip(ControllerError):  # noqa: N818  a trip is the domain word, not an "error"
-    """A safety rule demanded 0 W."""

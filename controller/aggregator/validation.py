@@ -187,10 +187,6 @@ class SetpointValidator:
         self._accepted_ids: OrderedDict[str, None] = OrderedDict()
         self._last_issued_at: dt.datetime | None = None
 
-    @property
-    def last_issued_at(self) -> dt.datetime | None:
-        return self._last_issued_at
-
     def check(
         self,
         payload: bytes,

@@ -46,11 +46,6 @@ class CounterEvent(enum.StrEnum):
     REJECTED = "rejected"  # rose implausibly: the new value is the base, nothing credited
     INVALID = "invalid"  # not a finite non-negative number: ignored, the base kept
 
-    @property
-    def rebased(self) -> bool:
-        """Whether the base moved without the energy being credited (worth a commit and a log)."""
-        return self in (CounterEvent.BASE, CounterEvent.RESET, CounterEvent.REJECTED)
-
 
 @dataclass(frozen=True, slots=True)
 class CounterStep:

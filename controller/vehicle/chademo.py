@@ -267,11 +267,6 @@ class ChademoSession(ChargerSession):
         """Frames go out every 100 ms while d1 is on; otherwise poll the plug at the same rate."""
         return self._next_send_s
 
-    def set_available_current(self, current_a: float) -> None:
-        """Change 0x108 byte 3 (dynamic control)."""
-        self._seal()
-        self._available_current_a = max(0.0, min(255.0, current_a))
-
     # Vehicle frames.
 
     def _on_frame(self, frame: CanFrame, now: float) -> None:

@@ -32,8 +32,8 @@ TP_CM_PF = 0xEC
 TP_DT_PF = 0xEB
 TP_PRIORITY = 7
 
-# J1939-21 5.10.2.4 timeouts.
-TR_S = 0.20  # Tr: a node answers a data or flow-control message within this (we answer at once)
+# J1939-21 5.10.2.4 timeouts. (Tr, 200 ms, bounds a node's answer to a data or flow-control
+# message: this receiver answers at once, so no timer needs it.)
 TH_S = 0.50  # Th: a receiver holding with CTS(0) repeats it this often (this receiver never holds)
 T1_S = 0.75  # T1, receiver: longest time between two data packets
 T2_S = 1.25  # T2, receiver: after sending a CTS, until its first data packet
