@@ -103,10 +103,11 @@ class ModelDef:
         group = self.repeating
         if group is None:
             raise GroupLayoutError(f"model {self.model_id} has no repeating group")
-        spare = length - self.length
+        fixed = group.offset - 2  # the fixed part after ID and L, where the repeats begin
+        spare = length - fixed
         if spare < 0 or spare % group.size:
             raise GroupLayoutError(
-                f"model {self.model_id} with L={length} does not hold its {self.length} "
+                f"model {self.model_id} with L={length} does not hold its {fixed} "
                 f"fixed registers and whole {group.name} groups of {group.size}"
             )
         return spare // group.size

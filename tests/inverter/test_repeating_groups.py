@@ -84,6 +84,7 @@ def test_repeat_offsets_agree_with_pysunspec2(model_id: int) -> None:
     definition = model_def(model_id)
     group = definition.repeating
     assert group is not None
+    assert group.offset == definition.length + 2  # the repeats follow the fixed part
     registers = SunSpecImage(0, [model_id], repeats={model_id: 2}).registers[2:-2]
     data = b"".join(register.to_bytes(2, "big") for register in registers)
     theirs = SunSpecModbusClientModel(
