@@ -6,9 +6,9 @@ After every kill the ledger file passes ``PRAGMA integrity_check`` and its lifet
 not gone backwards; at the end the one session (the car never left) holds the energy the plant
 itself measured, within 0.5 %. The plant's inverter is the shipped register map
 (config/inverters/v2glabs-bd7.yaml), whose lifetime counters (energy_in/energy_out, 1 Wh) the
-ledger reads and whose DC voltage the GB/T session needs to close K1/K2 (issue 17: the SunSpec
-700 profile has no DC measurement); the plant runs at real time (time factor 1), so its counters
-and the inverter's agree.
+ledger reads and whose DC voltage the GB/T session needs to close K1/K2 (issue 17; the SunSpec
+700 profile had no DC measurement when this was written, it now has 714); the plant runs at real
+time (time factor 1), so its counters and the inverter's agree.
 
 ``V2G_LEDGER_KILLS`` and ``V2G_LEDGER_SEED`` override the number of kills and the seed.
 """

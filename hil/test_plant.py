@@ -17,7 +17,7 @@ from controller.config import load_register_map
 from controller.vehicle.canbus import only_own_group
 from controller.vehicle.lines import SharedFileLines
 from hil.inverter.field import FieldChain100Profile
-from hil.inverter.profiles import RegisterMapProfile, SunSpec100Profile
+from hil.inverter.profiles import RegisterMapProfile, SunSpec100Profile, SunSpec700Profile
 from hil.inverter.stage import PowerStage
 from hil.mosquitto import free_port
 from hil.plant import Plant, PlantClient, PlantConfig, PlantError, pick_can
@@ -164,11 +164,15 @@ def test_the_imd_drives_the_boards_insulation_line(tmp_path: Path) -> None:
 
 
 def test_profiles_report_the_stage_dc_voltage() -> None:
-    """SunSpec 103 DCV and a register map's dc_voltage carry the stage's DC voltage."""
+    """SunSpec 103 DCV, 714's port DCV and a register map's dc_voltage carry the stage's DC
+    voltage."""
     stage = PowerStage(dc_voltage_v=352.4)
     sunspec = SunSpec100Profile(stage)
     sunspec.refresh(stage, 0.0)
     assert sunspec.image.get_value(103, "DCV") == 352
+    der = SunSpec700Profile(stage)
+    der.refresh(stage, 0.0)
+    assert der.image.get_raw(714, "Prt[0].DCV") == 3524  # DCV_SF -1
     regmap = RegisterMapProfile(
         load_register_map(ROOT / "config/inverters/v2glabs-bd7.yaml"), stage
     )

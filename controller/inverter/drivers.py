@@ -27,7 +27,7 @@ from __future__ import annotations
 
 import dataclasses
 import math
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from fractions import Fraction
 from typing import Protocol
@@ -36,8 +36,9 @@ import structlog
 
 from controller.core.snapshots import InverterState
 from controller.errors import InverterLinkError, ProtocolError
-from controller.inverter.codec import decode, toward_zero
+from controller.inverter.codec import check_scale_factor, decode, toward_zero
 from controller.inverter.sunspec import ModelValues, SetpointNotTakenError, SunSpecDevice
+from controller.inverter.sunspec_models import GroupLayoutError, UnknownPointError
 from controller.inverter.transport import ModbusTransport
 
 log = structlog.get_logger(component="inverter")
@@ -74,6 +75,10 @@ POLL_POINTS_700: dict[int, tuple[str, ...]] = {
     802: ("State", "Evt1"),
 }
 POLL_POINTS_100 = ("St", "Evt1", "W", "DCV", "TmpCab", "WH")  # of 101, 102 or 103 alike
+# 714 (DER DC measurement) adds the vehicle port's DCV, the port chosen at setup
+# (``vehicle_port``): read from 714's ID up to that point, DCV_SF on the way (32 registers for
+# the first port).
+DC_MODEL = 714
 
 
 @dataclass(frozen=True, slots=True)
@@ -102,6 +107,82 @@ class InverterDriver(Protocol):
     async def command(self, power_w: float, enable: bool) -> None:
         """Write the setpoint (+ charges the vehicle) and power-stage enable; verified."""
         ...
+
+
+def vehicle_port(types: Sequence[str | None]) -> int | None:
+    """Which of model 714's DC ports is the vehicle's, from their PrtTyp symbol names (None: not
+    implemented or a value the definition does not name); None when no port can be told. Pure.
+
+    The ports typed EV; where there are none, those typed ESS (a charger may call the car's pack
+    an energy storage system); where there are none, every port not typed PV (a solar string's
+    voltage is never the vehicle's), which takes in an only port of a generic type. The first of
+    these that is not empty decides: one port is the vehicle's; more than one is none at all.
+    Two outlets of one kind cannot be told apart from the model, and the voltage of the wrong
+    one could release a connector lock under voltage (GB/T below 60 V, CHAdeMO at 10 V or less)
+    or let GB/T close its contactors on another car's voltage: unknown (None) holds both
+    (docs/vehicle.md)."""
+    tiers = (
+        [index for index, kind in enumerate(types) if kind == "EV"],
+        [index for index, kind in enumerate(types) if kind == "ESS"],
+        [index for index, kind in enumerate(types) if kind != "PV"],
+    )
+    candidates = next((tier for tier in tiers if tier), [])
+    return candidates[0] if len(candidates) == 1 else None
+
+
+def _dc_port_points(device: SunSpecDevice) -> tuple[str, ...]:
+    """What setup reads of 714 to choose the vehicle's port: NPrt, DCV_SF and the PrtTyp of
+    every port its L holds; nothing when the device has no 714 it can use (logged)."""
+    if not device.has(DC_MODEL):
+        return ()
+    block = device.block(DC_MODEL)
+    definition = block.definition
+    if definition is None:  # discovery has logged it
+        return ()
+    try:
+        ports = definition.repeats_in(block.length)
+        return (
+            "NPrt",
+            "DCV_SF",
+            *(definition.repeat_name(index, "PrtTyp") for index in range(ports)),
+        )
+    except (GroupLayoutError, UnknownPointError) as exc:
+        _no_dc_voltage(str(exc))
+        return ()
+
+
+def _vehicle_dc_voltage_point(values: ModelValues) -> str | None:
+    """The name of the vehicle port's DCV in 714 (``Prt[0].DCV``), from what setup read
+    (``_dc_port_points``); None, logged, when 714 cannot give it."""
+    definition = values.definition
+    try:
+        ports = values.repeat_count()  # L and NPrt agree
+        check_scale_factor(values.integer("DCV_SF"))  # static: not implemented is no voltage
+        types = [_symbol(values, definition.repeat_name(i, "PrtTyp")) for i in range(ports)]
+        port = vehicle_port(types)
+        point = None if port is None else definition.repeat_name(port, "DCV")
+    except ProtocolError as exc:  # GroupLayoutError, UnknownPointError, a bad DCV_SF
+        _no_dc_voltage(str(exc))
+        return None
+    if port is None:
+        _no_dc_voltage(
+            f"none of its {ports} DC ports (PrtTyp {types}) is the vehicle's"
+            if ports
+            else "it has no DC ports (NPrt 0)"
+        )
+        return None
+    log.info("DC voltage from SunSpec 714", port=port, port_type=types[port], ports=ports)
+    return point
+
+
+def _symbol(values: ModelValues, name: str) -> str | None:
+    """An enum point's symbol name; None when not implemented or not named by the definition."""
+    raw = values.integer(name)
+    return None if raw is None else values.definition.point(name).symbols.get(raw)
+
+
+def _no_dc_voltage(reason: str) -> None:
+    log.warning("SunSpec 714 gives no DC voltage", reason=reason)
 
 
 def _bit_names(value: int | None, symbols: dict[int, str]) -> list[str]:
@@ -377,9 +458,11 @@ class _SunSpecDriverBase:
 
 
 class SunSpec700Driver(_SunSpecDriverBase):
-    """IEEE 1547-2018 DER models: 701 measurements, 702 capacity, 704 controls, 703 and 713."""
+    """IEEE 1547-2018 DER models: 701 measurements, 702 capacity, 704 controls, 703 and 713, and
+    714 DC measurement for the vehicle port's DC voltage (``vehicle_port``)."""
 
     _wset_sf = 0
+    _dc_voltage_point: str | None = None  # 714's DCV of the vehicle's port (``Prt[0].DCV``)
 
     async def setup(self) -> DeviceInfo:
         device = await self._discover()
@@ -390,8 +473,13 @@ class SunSpec700Driver(_SunSpecDriverBase):
         wanted: dict[int, tuple[str, ...] | None] = {1: None, 704: ("WSet",)}
         if device.has(702):
             wanted[702] = ("WMaxRtg", "WChaRteMaxRtg", "WDisChaRteMaxRtg")
+        if dc_points := _dc_port_points(device):
+            wanted[DC_MODEL] = dc_points
         models = await device.read_models(wanted)
         info = _identity(models[1], "sunspec-700", device.model_ids)
+        self._dc_voltage_point = (
+            _vehicle_dc_voltage_point(models[DC_MODEL]) if DC_MODEL in models else None
+        )
         if device.has(702):
             capacity = models[702]
             rating = capacity.value("WMaxRtg")
@@ -411,9 +499,11 @@ class SunSpec700Driver(_SunSpecDriverBase):
 
     async def read(self, now_s: float) -> InverterState:
         device = self.device
-        models = await device.read_models(
-            {m: points for m, points in POLL_POINTS_700.items() if device.has(m)}
-        )
+        wanted = {m: points for m, points in POLL_POINTS_700.items() if device.has(m)}
+        dc_point = self._dc_voltage_point
+        if dc_point is not None:
+            wanted[DC_MODEL] = (dc_point,)
+        models = await device.read_models(wanted)
         meas = models[701]
         ctl = models[704]
         faults = [
@@ -446,6 +536,7 @@ class SunSpec700Driver(_SunSpecDriverBase):
             reachable=True,
             enabled=enabled,
             measured_power_w=None if watts is None else -watts,  # SunSpec + = export
+            dc_voltage_v=None if dc_point is None else models[DC_MODEL].value(dc_point),
             max_charge_power_w=self._max_charge_w,
             max_discharge_power_w=self._max_discharge_w,
             temperature_c=meas.value("TmpCab"),

@@ -9,7 +9,10 @@ until ID 0xFFFF, reading each block's ID and L in one request. Values carry scal
 Requests are what a slow device charges for (600 ms each on some; issue 16, item 6), so reads
 are planned (``plan_reads``): the models (or the points of them) a caller needs are read in as
 few requests as the 125-register limit allows, neighbours merged across small gaps, and a model
-is never read beyond its definition's length, whatever L the device reports.
+is never read beyond its definition's length, whatever L the device reports. A point of a
+repeating group (``Prt[0].DCV`` of 714) is read only when named, up to that point and never
+past the device's L; ``ModelValues.repeat_count`` says how many repeats the device has, after
+checking its L (and count point) against the group's layout.
 
 A model with no usable definition (a vendor model, a type the loader does not know) is walked
 past, never fatal. A chain that leaves the Modbus address space (a corrupt L) is a
@@ -23,7 +26,7 @@ from dataclasses import dataclass
 
 from controller.errors import InverterLinkError, ProtocolError
 from controller.inverter.codec import check_scale_factor, decode, encode
-from controller.inverter.sunspec_models import ModelDef, usable_model_def
+from controller.inverter.sunspec_models import GroupLayoutError, ModelDef, usable_model_def
 from controller.inverter.transport import (
     MAX_READ_REGISTERS,
     ModbusExceptionResponse,
@@ -107,6 +110,23 @@ class ModelValues:
         raw = self.raw(name)
         return raw if isinstance(raw, str) else None
 
+    def repeat_count(self) -> int:
+        """How many repeats of the model's repeating group the device has (714: its ports).
+
+        Its L must hold the fixed part and whole repeats, and where the definition names a
+        count point (714 NPrt, which must have been read) it must say the same number: a device
+        whose L and count disagree is a GroupLayoutError, never a guess at which one is right."""
+        count = self.definition.repeats_in(self.block.length)
+        group = self.definition.repeating
+        if group is not None and group.count_point is not None:
+            declared = self.integer(group.count_point)
+            if declared != count:
+                raise GroupLayoutError(
+                    f"model {self.block.model_id}: {group.count_point} = {declared} but "
+                    f"L={self.block.length} holds {count} {group.name} groups"
+                )
+        return count
+
 
 class SunSpecDevice:
     """A discovered SunSpec device: the model chain and point access."""
@@ -172,11 +192,12 @@ class SunSpecDevice:
         """Several models in as few requests as the 125-register limit allows.
 
         ``wanted`` maps a model id to the names of the points the caller will use (their scale
-        factors are added), or to None for the whole model. A model is read from its ID register
-        up to the last register needed, never beyond its definition's length; neighbouring spans
-        share a request when the registers between them are few (``plan_reads``). Each model's
-        ID and L are checked against discovery: a chain that changed under the link (a firmware
-        update) is a ProtocolError, never values from the wrong place."""
+        factors are added), or to None for the whole model (its fixed part). A model is read
+        from its ID register up to the last register needed, never beyond its definition's
+        length (a repeat's point: never beyond its L); neighbouring spans share a request when
+        the registers between them are few (``plan_reads``). Each model's ID and L are checked
+        against discovery: a chain that changed under the link (a firmware update) is a
+        ProtocolError, never values from the wrong place."""
         extents = {model_id: self._extent(model_id, points) for model_id, points in wanted.items()}
         spans = [
             (self.block(model_id).address, self.block(model_id).address + count)
@@ -215,7 +236,9 @@ class SunSpecDevice:
             if isinstance(point.sf, str):
                 sf_point = definition.point(point.sf)
                 end = max(end, sf_point.offset + sf_point.size)
-        return min(end, whole)
+        # Only a repeat's point (named by the caller) lies past the fixed part: it is read up to
+        # the device's L, beyond which it is absent.
+        return min(end, whole if end <= definition.length + 2 else block.length + 2)
 
     def encode_points(
         self, model_id: int, values: Mapping[str, int | float | str]

@@ -37,6 +37,11 @@ SERIAL = "SIM-0001"
 INVST_RUNNING, INVST_FAULT, INVST_STANDBY = 3, 6, 7
 ST103_MPPT, ST103_FAULT, ST103_STANDBY = 4, 7, 8
 ALRM_MANUFACTURER = 16  # 701 Alrm bit MANUFACTURER_ALRM
+DC_MODEL = 714  # DER DC measurement
+DC_PORT = "Prt[0].{}"  # its one port
+PRTTYP_EV, DCSTA_ON = 2, 1  # 714 PrtTyp EV, DCSta ON
+DCV_SF_714 = -1
+DEFAULT_DC_VOLTAGE_V = 380.0  # as 103 DCV, until the plant sets the stage's DC voltage
 EVT1_HW_TEST_FAILURE = 15  # 103 Evt1 bit used for an injected fault
 STORCTL_CHARGE_BIT, STORCTL_DISCHARGE_BIT = 0, 1
 
@@ -146,12 +151,13 @@ class RevertMemory:
 class _SunSpecProfile(RevertMemory):
     name = "sunspec"
     models: tuple[int, ...] = ()
+    repeats: tuple[tuple[int, int], ...] = ()  # (model, repeats of its repeating group)
     timer: tuple[int, str] = (0, "")  # (model, point) of the revert timer
     controls: tuple[tuple[int, str], ...] = ()  # what ``forget_controls`` also sets to 0
 
     def __init__(self, stage: PowerStage) -> None:
         super().__init__()
-        self.image = SunSpecImage(SUNSPEC_BASE, self.models)
+        self.image = SunSpecImage(SUNSPEC_BASE, self.models, repeats=dict(self.repeats))
         self.start_address = SUNSPEC_BASE
         self.image.set_raw(1, "Mn", MANUFACTURER)
         self.image.set_raw(1, "SN", SERIAL)
@@ -188,10 +194,14 @@ class _SunSpecProfile(RevertMemory):
 
 
 class SunSpec700Profile(_SunSpecProfile):
-    """Models 1, 701, 702, 704, 713 (IEEE 1547-2018 DER information model)."""
+    """Models 1, 701, 702, 704, 713 and 714 (IEEE 1547-2018 DER information model).
+
+    714 (DER DC measurement) has one port, typed EV: its DCV is the stage's DC voltage (380 V
+    until the plant sets one), at DCV_SF -1 (tenths of a volt)."""
 
     name = "sunspec-700"
-    models = (1, 701, 702, 704, 713)
+    models = (1, 701, 702, 704, 713, DC_MODEL)
+    repeats = ((DC_MODEL, 1),)
     timer = (704, "WSetRvrtTms")
     controls = ((704, "WSetMod"), (704, "WSetEna"), (704, "WSetEnaRvrt"))
 
@@ -220,6 +230,19 @@ class SunSpec700Profile(_SunSpecProfile):
         img.set_raw(713, "Pct_SF", 0)
         img.set_raw(713, "WHRtg", 40_000)
         img.set_raw(713, "Sta", 0)
+        for sf in ("DCA_SF", "DCW_SF", "DCWH_SF", "Tmp_SF"):
+            img.set_raw(DC_MODEL, sf, 0)
+        img.set_raw(DC_MODEL, "DCV_SF", DCV_SF_714)
+        img.set_raw(DC_MODEL, "PrtAlrms", 0)
+        img.set_raw(DC_MODEL, DC_PORT.format("PrtTyp"), PRTTYP_EV)
+        img.set_raw(DC_MODEL, DC_PORT.format("ID"), 1)
+        img.set_raw(DC_MODEL, DC_PORT.format("IDStr"), "EV outlet")
+        img.set_raw(DC_MODEL, DC_PORT.format("DCSta"), DCSTA_ON)
+        img.set_raw(DC_MODEL, DC_PORT.format("DCAlrm"), 0)
+        self._set_dc_voltage(DEFAULT_DC_VOLTAGE_V)
+
+    def _set_dc_voltage(self, volts: float) -> None:
+        self.image.set_value(DC_MODEL, DC_PORT.format("DCV"), volts)
 
     def refresh(self, stage: PowerStage, now_s: float) -> None:
         self._refresh_begins(stage, now_s)
@@ -240,6 +263,8 @@ class SunSpec700Profile(_SunSpecProfile):
         img.set_raw(701, "TotWhAbs", round(stage.energy_charged_wh))
         img.set_raw(701, "TmpCab", round(stage.temperature_c * 10))
         img.set_raw(704, "WSetRvrtRem", round(stage.revert_remaining_s(now_s)))
+        if stage.dc_voltage_v is not None:
+            self._set_dc_voltage(stage.dc_voltage_v)
 
     def _forget_controls(self, stage: PowerStage, now_s: float, spared: tuple[int, int]) -> None:
         super()._forget_controls(stage, now_s, spared)

@@ -6,7 +6,9 @@ points a real device of that profile implements.
 A model with no SunSpec definition (a vendor model, 64000-65535) gets ``VENDOR_LENGTH`` registers
 of zeros, or the length given in ``extra``; a model whose definition ends in a repeating group
 (160 MPPT: one group per DC input) gets ``extra[model_id]`` more registers of zeros after its
-fixed part, as a device with that many repeats has.
+fixed part, as a device with that many repeats has. ``repeats[model_id]`` instead gives it that
+many repeats of the group the loader describes (714's DC ports), each point "not implemented"
+like the fixed part's, with the count point (714 NPrt) set; they are reached as ``Prt[0].DCV``.
 """
 
 from __future__ import annotations
@@ -25,13 +27,19 @@ class SunSpecImage:
     """Registers from ``base``: 'SunS', the models in order, the end marker."""
 
     def __init__(
-        self, base: int, model_ids: Sequence[int], extra: Mapping[int, int] | None = None
+        self,
+        base: int,
+        model_ids: Sequence[int],
+        extra: Mapping[int, int] | None = None,
+        *,
+        repeats: Mapping[int, int] | None = None,
     ) -> None:
         self.base = base
         self.registers: list[int] = list(SUNS_MARKER)
         self.model_address: dict[int, int] = {}
         self.definitions: dict[int, ModelDef] = {}
         extra = extra or {}
+        repeats = repeats or {}
         for model_id in model_ids:
             address = base + len(self.registers)
             self.model_address[model_id] = address
@@ -41,14 +49,9 @@ class SunSpecImage:
                 self.registers.extend([model_id, length, *[0] * length])
                 continue
             self.definitions[model_id] = definition
-            length = definition.length + extra.get(model_id, 0)
-            block = [0] * (length + 2)
-            for point in definition.points.values():
-                block[point.offset : point.offset + point.size] = not_implemented(
-                    point.reg_type, point.size
-                )
-            block[0], block[1] = model_id, length
-            self.registers.extend(block)
+            self.registers.extend(
+                _model_block(definition, extra.get(model_id, 0), repeats.get(model_id))
+            )
         self.registers.extend(END_MARKER)
 
     def relocate(self, base: int) -> None:
@@ -101,3 +104,33 @@ class SunSpecImage:
         """Whether a request for ``count`` registers at ``address`` touches this point."""
         start = self.address(model_id, name)
         return address < start + self.point(model_id, name).size and start < address + count
+
+
+def _model_block(definition: ModelDef, extra: int, repeats: int | None) -> list[int]:
+    """``[ID, L, ...]`` of one model, every point not implemented: its fixed part, ``repeats``
+    repeats of its repeating group (the count point set to that number), ``extra`` zeros."""
+    points = list(definition.points.values())
+    length = definition.length + extra
+    counter: tuple[PointDef, int] | None = None  # the count point and its value
+    if repeats is not None:
+        group = definition.repeating
+        if group is None:
+            raise ValueError(f"model {definition.model_id} has no repeating group")
+        length += repeats * group.size
+        points += [
+            definition.point(definition.repeat_name(index, name))
+            for index in range(repeats)
+            for name in group.points
+        ]
+        if group.count_point is not None:
+            counter = (definition.point(group.count_point), repeats)
+    block = [0] * (length + 2)
+    for point in points:
+        block[point.offset : point.offset + point.size] = not_implemented(
+            point.reg_type, point.size
+        )
+    block[0], block[1] = definition.model_id, length
+    if counter is not None:
+        point, count = counter
+        block[point.offset : point.offset + point.size] = encode(count, point.reg_type)
+    return block

@@ -71,18 +71,20 @@ class MemoryTransport(ModbusTransport):
         return ReadHoldingRegistersResponse(registers=[self.registers[a] for a in span])
 
 
-def model_block(model_id: int) -> list[int]:
+def model_block(model_id: int, *, repeats: int | None = None) -> list[int]:
     """``[ID, L, points...]`` of one model with every point at its SunSpec not-implemented
-    value (built by hil's SunSpecImage from the same definitions); a model with no definition
-    (a vendor model) gets L = 8 registers of 0."""
-    return list(_model_block(model_id))
+    value (built by hil's SunSpecImage from the same definitions), with ``repeats`` repeats of
+    its repeating group (714: ports) where given; a model with no definition (a vendor model)
+    gets L = 8 registers of 0."""
+    return list(_model_block(model_id, repeats))
 
 
 @functools.cache
-def _model_block(model_id: int) -> tuple[int, ...]:
+def _model_block(model_id: int, repeats: int | None) -> tuple[int, ...]:
     if usable_model_def(model_id) is None:
         return (model_id, VENDOR_LENGTH, *[0] * VENDOR_LENGTH)
-    return tuple(SunSpecImage(0, [model_id]).registers[2:-2])
+    counts = {} if repeats is None else {model_id: repeats}
+    return tuple(SunSpecImage(0, [model_id], repeats=counts).registers[2:-2])
 
 
 def sunspec_device(

@@ -25,7 +25,7 @@ from hil.inverter.simulator import InverterSimulator
 from hil.inverter.stage import PowerStage
 from tests.inverter.memory_device import model_block, sunspec_device
 
-CHAIN_700 = [1, 701, 702, 704, 713]
+CHAIN_700 = [1, 701, 702, 704, 713, 714]
 TIMEOUT_S = 0.3
 
 

@@ -20,11 +20,13 @@ from controller.inverter.sunspec_models import model_def
 from controller.inverter.transport import MAX_READ_REGISTERS
 from tests.inverter.memory_device import MemoryTransport, model_block, sunspec_device
 
-# What the 700-series driver uses of each model in a poll (drivers.py SunSpec700Driver.read).
+# What the 700-series driver uses of each model in a poll (drivers.py SunSpec700Driver.read):
+# of 714 the DCV of the vehicle's port, here the first (issue 17).
 POLL_700 = {
     701: ("InvSt", "ConnSt", "Alrm", "W", "TmpCab", "TotWhInj", "TotWhAbs"),
     704: ("WSetEna",),
     713: ("Sta",),
+    714: ("Prt[0].DCV",),
 }
 POLL_100 = {103: ("St", "Evt1", "W", "DCV", "TmpCab", "WH"), 123: ("Conn",)}
 
@@ -65,12 +67,15 @@ def test_neighbouring_models_share_a_read_and_long_ones_are_split() -> None:
 
 
 def chain(*model_ids: int) -> MemoryTransport:
-    return sunspec_device(40000, [model_block(m) for m in model_ids])
+    """The models in order, 714 with one DC port (as the simulator's)."""
+    return sunspec_device(
+        40000, [model_block(m, repeats=1 if m == 714 else None) for m in model_ids]
+    )
 
 
 @pytest.mark.parametrize(
     ("models", "poll"),
-    [((1, 701, 702, 704, 713), POLL_700), ((1, 103, 120, 121, 123, 124), POLL_100)],
+    [((1, 701, 702, 704, 713, 714), POLL_700), ((1, 103, 120, 121, 123, 124), POLL_100)],
     ids=["sunspec-700", "sunspec-100"],
 )
 def test_a_poll_takes_two_requests(models: tuple[int, ...], poll: dict[int, tuple[str]]) -> None:

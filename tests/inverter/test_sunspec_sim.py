@@ -19,7 +19,7 @@ from hil.inverter.simulator import InverterSimulator
 from hil.inverter.stage import PowerStage
 
 PROFILES: dict[str, tuple[Callable[[PowerStage], Profile], list[int]]] = {
-    "sunspec-700": (SunSpec700Profile, [1, 701, 702, 704, 713]),
+    "sunspec-700": (SunSpec700Profile, [1, 701, 702, 704, 713, 714]),
     "sunspec-100": (SunSpec100Profile, [1, 103, 120, 121, 123, 124]),
 }
 
