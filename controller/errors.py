@@ -22,9 +22,11 @@ this tree at the edge of the module that calls the library, so callers never see
     │   │                        a reason, never turned into state or a command
     │   ├── ImplausibleValueError    a decoded signal outside its DBC range (vehicle/dbc.py)
     │   ├── EncodingError            a value a register cannot hold (inverter/codec.py)
-    │   └── UnknownPointError, UnknownModelError > UnusableModelError
-    │                                a SunSpec point or model this device or loader lacks
-    │                                (inverter/sunspec_models.py)
+    │   ├── UnknownPointError, UnknownModelError > UnusableModelError
+    │   │                            a SunSpec point or model this device or loader lacks
+    │   │                            (inverter/sunspec_models.py)
+    │   └── GroupLayoutError         a SunSpec model length that does not fit its repeating
+    │                                group (inverter/sunspec_models.py)
     └── LedgerError              the SQLite file cannot be opened, read or written (storage/db.py)
         ├── StorageFullError         the storage thread's queue is full (storage/writer.py)
         ├── StorageStoppedError      the storage thread has stopped (storage/writer.py)
