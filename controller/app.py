@@ -22,14 +22,7 @@ from controller.aggregator.link import MqttAggregatorLink
 from controller.clocksync import ClockTrust, simulated_kernel_clock
 from controller.config import Config, load_register_map
 from controller.control import CoreControlStep, CoreStateFile, policy_from_config
-from controller.daemon import (
-    Daemon,
-    ExitCode,
-    Links,
-    SimulatedClock,
-    WallClock,
-    real_wall_clock,
-)
+from controller.daemon import Daemon, ExitCode, Links
 from controller.errors import ConfigError, ProtocolError, VehicleLinkError
 from controller.inverter.drivers import InverterDriver, SunSpecDriver
 from controller.inverter.link import ModbusInverterLink
@@ -38,6 +31,7 @@ from controller.inverter.transport import Endpoint, ModbusTransport, SerialEndpo
 from controller.ledger.ledger import Ledger
 from controller.ledger.recorder import ThreadedLedger
 from controller.links import AggregatorLink, AuditSink, InverterLink, VehicleLink
+from controller.simclock import SimulatedClock, WallClock, real_wall_clock
 from controller.storage.db import LedgerError, open_database
 from controller.storage.writer import StorageThread
 from controller.unavailable import UnavailableLink

@@ -17,7 +17,6 @@ import asyncio
 import contextlib
 import datetime as dt
 import enum
-import json
 import math
 import os
 import signal
@@ -47,6 +46,7 @@ from controller.links import (
     VehicleLink,
 )
 from controller.sdnotify import Notifier
+from controller.simclock import WallClock, real_wall_clock
 
 log = structlog.get_logger(component="daemon")
 
@@ -124,6 +124,23 @@ class Recorder(Protocol):
     async def flush(self) -> None: ...
 
 
+class ResetAnswer(Protocol):
+    """The core's answer to a manual reset (``controller.core.safety.FaultReset``)."""
+
+    @property
+    def accepted(self) -> bool: ...
+
+    @property
+    def reason(self) -> object: ...
+
+
+@runtime_checkable
+class FaultResetter(Protocol):
+    """A control step that keeps a fault latch a person can reset (``CoreControlStep`` does)."""
+
+    def reset_faults(self) -> ResetAnswer: ...
+
+
 @runtime_checkable
 class ResetButton(Protocol):
     """A vehicle link that reads the board's fault reset button (``CanVehicleLink`` does)."""
@@ -150,60 +167,6 @@ class Links:
 
     def all(self) -> tuple[Link, ...]:
         return (self.vehicle, self.inverter, self.aggregator)
-
-
-WallClock = Callable[[dt.tzinfo], dt.datetime]
-
-# Simulation only (``make demo``, the hil/ suite): a simulated local time for the control policy.
-SIMULATED_CLOCK_ENV = "V2G_SIMULATED_CLOCK"
-
-
-@dataclass(frozen=True, slots=True)
-class SimulatedClock:
-    """Simulation only: the policy's wall clock runs ``rate`` times real time from ``start``.
-
-    ``start`` is the simulated time at the real Unix time ``at_unix_s``, so several processes
-    (the daemon, the plant, the demo) given the same values agree on the simulated time. Only the
-    time of day the core sees (tariff windows, departure) is simulated; freshness, ramps and
-    setpoint validity stay on the real clocks.
-    """
-
-    start: dt.datetime
-    at_unix_s: float
-    rate: float
-
-    def __call__(self, tz: dt.tzinfo) -> dt.datetime:
-        elapsed_s = (time.time() - self.at_unix_s) * self.rate
-        return (self.start + dt.timedelta(seconds=elapsed_s)).astimezone(tz)
-
-    @staticmethod
-    def from_env(environ: dict[str, str] | os._Environ[str]) -> SimulatedClock | None:
-        """The clock ``V2G_SIMULATED_CLOCK`` asks for, or None when it is not set.
-
-        The value is JSON: ``{"start": "2026-11-23T18:00:00+01:00", "at_unix_s": 1795000000.0,
-        "rate": 720}``. A malformed value raises ValueError: a simulation must not silently run
-        on the real clock.
-        """
-        text = environ.get(SIMULATED_CLOCK_ENV)
-        if not text:
-            return None
-        try:
-            data = json.loads(text)
-            start = dt.datetime.fromisoformat(data["start"])
-            at_unix_s = float(data["at_unix_s"])
-            rate = float(data["rate"])
-        except (ValueError, KeyError, TypeError) as exc:
-            raise ValueError(f"{SIMULATED_CLOCK_ENV}: {exc!r} in {text!r}") from None
-        if start.utcoffset() is None:
-            raise ValueError(f"{SIMULATED_CLOCK_ENV}: start needs a UTC offset: {text!r}")
-        if not 0 < rate <= 100_000:
-            raise ValueError(f"{SIMULATED_CLOCK_ENV}: rate must be in (0, 100000]: {text!r}")
-        return SimulatedClock(start, at_unix_s, rate)
-
-
-def real_wall_clock(tz: dt.tzinfo) -> dt.datetime:
-    """The wall clock in the site's time zone."""
-    return dt.datetime.now(tz)
 
 
 def measured_output(inverter: InverterState | None) -> tuple[float, float]:
@@ -292,20 +255,14 @@ class Daemon:
         """A manual fault reset, asked for by ``source`` (SIGUSR1, which ``v2g-controller
         reset-faults`` sends, or the board's reset button). The core accepts it only once every
         cause is gone."""
-        reset = getattr(self._step, "reset_faults", None)
-        if reset is None:
+        if not isinstance(self._step, FaultResetter):
             log.warning(
                 "fault reset asked for, but this control step keeps no latch", source=source
             )
             return False
-        answer = reset()
-        accepted = bool(getattr(answer, "accepted", False))
-        log.info(
-            "fault reset",
-            accepted=accepted,
-            reason=str(getattr(answer, "reason", "")),
-            source=source,
-        )
+        answer = self._step.reset_faults()
+        accepted = answer.accepted
+        log.info("fault reset", accepted=accepted, reason=str(answer.reason), source=source)
         self._wake.set()
         return accepted
 

@@ -28,7 +28,7 @@ from paho.mqtt.packettypes import PacketTypes
 from paho.mqtt.properties import Properties
 from paho.mqtt.subscribeoptions import SubscribeOptions
 
-from controller.daemon import SIMULATED_CLOCK_ENV
+from controller.simclock import SIMULATED_CLOCK_ENV
 from hil.plant import PlantClient
 
 ROOT = Path(__file__).resolve().parents[1]

@@ -15,7 +15,8 @@ from pathlib import Path
 import pytest
 
 from controller.core.snapshots import InverterState, Setpoint, VehicleState
-from controller.daemon import SIMULATED_CLOCK_ENV, ControlOutput, Daemon, Links, SimulatedClock
+from controller.daemon import ControlOutput, Daemon, Links
+from controller.simclock import SIMULATED_CLOCK_ENV, SimulatedClock
 from tests.support import (
     FakeAggregator,
     FakeInverter,

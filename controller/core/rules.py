@@ -572,6 +572,65 @@ def ceiling_blocks(
     return was_blocked and soc_pct > ceiling_pct - hysteresis_pct
 
 
+def soc_ceiling(
+    r: Readings, policy: Policy, high_next_pct: float, was_blocked: bool
+) -> tuple[bool, list[Finding]]:
+    """The owner's SoC ceiling for charging, with hysteresis (SoC estimates sag once charging
+    stops), judged on ``high_next_pct``, the highest SoC the battery may hold by the next
+    decision. Returns whether charging is blocked, and the findings."""
+    owner, safety = policy.owner, policy.safety
+    blocked = ceiling_blocks(
+        high_next_pct, owner.soc_ceiling_pct, safety.ceiling_hysteresis_pct, was_blocked
+    )
+    if not blocked:
+        return False, []
+    return True, list(
+        zero(
+            Rule.SOC_CEILING,
+            Direction.CHARGE,
+            f"SoC {r.soc_pct:g} % (up to {high_next_pct:.1f} % before a stop takes effect): "
+            f"ceiling "
+            f"{owner.soc_ceiling_pct:g} %, resumes at or below "
+            f"{owner.soc_ceiling_pct - safety.ceiling_hysteresis_pct:g} %",
+        )
+    )
+
+
+def soc_floor(
+    r: Readings, policy: Policy, top: FloorPart, low_next_pct: float, was_blocked: bool
+) -> tuple[bool, list[Finding]]:
+    """The effective floor ``top`` (the highest of ``floor_parts``) for discharge, judged on
+    ``low_next_pct``, the lowest SoC the battery may hold by the next decision: the floor holds
+    on the true SoC, not the reported one. Hysteresis: once stopped, discharge resumes only
+    floor + hysteresis above it (SoC estimates recover once discharge stops)."""
+    hysteresis_pct = policy.safety.floor_hysteresis_pct
+    blocked = floor_blocks(low_next_pct, top.soc_pct, hysteresis_pct, was_blocked)
+    if not blocked:
+        return False, []
+    return True, list(
+        zero(
+            top.rule,
+            Direction.DISCHARGE,
+            f"SoC {r.soc_pct:g} % (down to {low_next_pct:.1f} % before a stop takes effect): "
+            f"floor "
+            f"{top.soc_pct:.1f} % ({top.source}), resumes at or above "
+            f"{top.soc_pct + hysteresis_pct:.1f} %",
+        )
+    )
+
+
+def wear_budget(r: Readings, policy: Policy, discharged_wh: float) -> Iterator[Finding]:
+    """The battery wear budget (owner policy, warranty throughput): no discharge once the energy
+    given back today (``discharged_wh``, local day) reaches it."""
+    budget_wh = wear_budget_wh(r, policy)
+    if discharged_wh >= budget_wh:
+        yield from zero(
+            Rule.WEAR_BUDGET,
+            Direction.DISCHARGE,
+            f"discharged {discharged_wh / 1000:.2f} kWh today of {budget_wh / 1000:.2f} kWh",
+        )
+
+
 def wear_budget_wh(r: Readings, policy: Policy) -> float:
     """Today's discharge energy allowance: kWh per day, and cycles x capacity if configured."""
     budget_wh = policy.wear.max_discharge_kwh_per_day * 1000.0

@@ -36,23 +36,22 @@ from controller.core.rules import (
     Readings,
     Reason,
     Rule,
-    ceiling_blocks,
     cell_voltage,
     departure_charge_power_w,
     departure_part,
-    floor_blocks,
     floor_parts,
     is_fresh,
     next_local_instant,
     plausible,
     ratings,
     reading,
+    soc_ceiling,
+    soc_floor,
     temperatures,
     vehicle_current,
     vehicle_permission,
     vehicle_voltage,
-    wear_budget_wh,
-    zero,
+    wear_budget,
     zero_both,
 )
 from controller.core.snapshots import (
@@ -699,7 +698,7 @@ def _directional(
     departure_at: dt.datetime | None,
     clock_trusted: bool,
 ) -> _Directional:
-    safety, owner = policy.safety, policy.owner
+    safety = policy.safety
     findings: list[Finding] = [
         *vehicle_permission(r),
         *vehicle_current(r),
@@ -708,65 +707,20 @@ def _directional(
         *temperatures(r, safety),
         *cell_voltage(r, safety),
     ]
-    soc = r.soc_pct
     bounds = _soc_bounds(r, state, policy, interval_s)
-
-    # Owner's SoC ceiling for charging, with hysteresis (SoC estimates sag once charging stops),
-    # on the highest SoC the battery may hold by the next decision.
-    ceiling_blocked = ceiling_blocks(
-        bounds.high_next_pct,
-        owner.soc_ceiling_pct,
-        safety.ceiling_hysteresis_pct,
-        state.ceiling_blocked,
-    )
-    if ceiling_blocked:
-        findings.extend(
-            zero(
-                Rule.SOC_CEILING,
-                Direction.CHARGE,
-                f"SoC {soc:g} % (up to {bounds.high_next_pct:.1f} % before a stop takes effect): "
-                f"ceiling "
-                f"{owner.soc_ceiling_pct:g} %, resumes at or below "
-                f"{owner.soc_ceiling_pct - safety.ceiling_hysteresis_pct:g} %",
-            )
-        )
-
-    # Effective floor: owner floor, CHAdeMO 0x200 byte 6, departure reserve; the highest binds,
-    # on the lowest SoC the battery may hold by the next decision (the floor holds on the true
-    # SoC, not the reported one). Hysteresis: once stopped, discharge resumes only floor +
-    # hysteresis above it (SoC estimates recover once discharge stops).
+    ceiling_blocked, ceiling = soc_ceiling(r, policy, bounds.high_next_pct, state.ceiling_blocked)
+    findings.extend(ceiling)
+    # Effective floor: owner floor, CHAdeMO 0x200 byte 6, departure reserve; the highest binds.
     left_s = _departure_left_s(departure_at, now, clock_trusted)
     top = max(floor_parts(r, policy, left_s, state.last_command_w), key=lambda part: part.soc_pct)
-    floor_blocked = floor_blocks(
-        bounds.low_next_pct, top.soc_pct, safety.floor_hysteresis_pct, state.floor_blocked
-    )
-    if floor_blocked:
-        findings.extend(
-            zero(
-                top.rule,
-                Direction.DISCHARGE,
-                f"SoC {soc:g} % (down to {bounds.low_next_pct:.1f} % before a stop takes effect): "
-                f"floor "
-                f"{top.soc_pct:.1f} % ({top.source}), resumes at or above "
-                f"{top.soc_pct + safety.floor_hysteresis_pct:.1f} %",
-            )
-        )
+    floor_blocked, floor = soc_floor(r, policy, top, bounds.low_next_pct, state.floor_blocked)
+    findings.extend(floor)
     guarantee = _departure_guarantee(r, policy, state, bounds, left_s)
     if guarantee is not None:
         # In force as a limit too (discharge is vetoed while it charges), so the binding limit
         # the decision reports is one of its limits.
         findings.append(guarantee.limit)
-
-    # Battery wear budget (owner policy, warranty throughput): energy given back per local day.
-    budget_wh = wear_budget_wh(r, policy)
-    if discharged_wh >= budget_wh:
-        findings.extend(
-            zero(
-                Rule.WEAR_BUDGET,
-                Direction.DISCHARGE,
-                f"discharged {discharged_wh / 1000:.2f} kWh today of {budget_wh / 1000:.2f} kWh",
-            )
-        )
+    findings.extend(wear_budget(r, policy, discharged_wh))
     return _Directional(findings, floor_blocked, ceiling_blocked, top.soc_pct, guarantee)
 
 

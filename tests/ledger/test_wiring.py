@@ -13,7 +13,8 @@ from controller import app
 from controller.app import open_ledger
 from controller.config import Config
 from controller.control import CoreControlStep, policy_from_config
-from controller.daemon import SIMULATED_CLOCK_ENV, ControlStep, ExitCode, Links
+from controller.daemon import ControlStep, ExitCode, Links
+from controller.simclock import SIMULATED_CLOCK_ENV
 from tests.ledger.support import inverter, report, vehicle
 from tests.support import make_config
 
