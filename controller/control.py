@@ -49,7 +49,7 @@ from controller.core.safety import (
     restore_state,
 )
 from controller.core.snapshots import InverterState, Setpoint, VehicleState
-from controller.daemon import ControlOutput
+from controller.links import ControlOutput
 
 log = structlog.get_logger(component="control")
 

@@ -31,14 +31,13 @@ import structlog
 from controller.config import Config
 from controller.core.snapshots import (
     InverterState,
-    PowerCommand,
-    PowerState,
     Setpoint,
     VehicleState,
 )
 from controller.errors import LinkError
 from controller.links import (
     AggregatorLink,
+    ControlOutput,
     ControlReport,
     InverterLink,
     Link,
@@ -58,41 +57,6 @@ class ExitCode(enum.IntEnum):
     FAILURE = 1  # a component crashed; power was driven to 0 W first
     CONFIG = 2  # the config is invalid; nothing was started
     FORCED = 3  # a second stop signal: exited at once, inverter revert timer is the safety net
-
-
-@dataclass(frozen=True, slots=True)
-class ControlOutput:
-    """What one control cycle decided, in the form the daemon acts on and reports."""
-
-    command: PowerCommand
-    state: PowerState
-    binding_limit: str | None  # the limit that binds, if any, readable
-    reasons: tuple[str, ...]  # "rule: what it saw", why the command is what it is
-    limits: tuple[str, ...] = ()  # every limit in force, readable
-    source: str = "none"  # "aggregator", "fallback" or "none"
-    setpoint_id: str | None = None  # the aggregator setpoint being followed
-    requested_w: float = 0.0  # what was asked, before any interlock
-    max_charge_w: float = 0.0  # flexibility on offer now, under every limit in force
-    max_discharge_w: float = 0.0
-    soc_floor_pct: float | None = None
-    energy_above_floor_wh: float | None = None
-    faults: tuple[str, ...] = ()
-    # Whether the vehicle session may proceed to (or stay in) energy transfer: the charger side
-    # is healthy. Power itself follows ``command`` once the session is transferring.
-    session_allowed: bool = False
-
-    def summary_key(self) -> tuple[object, ...]:
-        """What must change for the decision to be logged again (not every ramp step)."""
-        rules = tuple(reason.split(":", 1)[0] for reason in self.reasons)
-        return (
-            self.state,
-            self.binding_limit,
-            self.source,
-            self.setpoint_id,
-            self.command.enable,
-            rules,
-            self.faults,
-        )
 
 
 class ControlStep(Protocol):
@@ -407,18 +371,7 @@ class Daemon:
         report = ControlReport(
             monotonic_s=now_s,
             wall=wall,
-            state=output.state,
-            commanded_w=output.command.power_w,
-            enabled=output.command.enable,
-            setpoint_id=output.setpoint_id,
-            source=output.source,
-            binding_limit=output.binding_limit,
-            limits=output.limits,
-            max_charge_w=output.max_charge_w,
-            max_discharge_w=output.max_discharge_w,
-            soc_floor_pct=output.soc_floor_pct,
-            energy_above_floor_wh=output.energy_above_floor_wh,
-            faults=output.faults,
+            output=output,
             measured_power_w=inverter.measured_power_w if inverter is not None else None,
             soc_pct=vehicle.soc_pct if vehicle else None,
             voltage_v=vehicle.pack_voltage_v if vehicle else None,

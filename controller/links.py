@@ -108,31 +108,116 @@ class InverterLink(Link, Protocol):
 
 
 @dataclass(frozen=True, slots=True)
+class ControlOutput:
+    """What one control cycle decided, in the form the daemon acts on and reports."""
+
+    command: PowerCommand
+    state: PowerState
+    binding_limit: str | None  # the limit that binds, if any, readable
+    reasons: tuple[str, ...]  # "rule: what it saw", why the command is what it is
+    limits: tuple[str, ...] = ()  # every limit in force, readable
+    source: str = "none"  # "aggregator", "fallback" or "none"
+    setpoint_id: str | None = None  # the aggregator setpoint being followed
+    requested_w: float = 0.0  # what was asked, before any interlock
+    max_charge_w: float = 0.0  # flexibility on offer now, under every limit in force
+    max_discharge_w: float = 0.0
+    soc_floor_pct: float | None = None
+    energy_above_floor_wh: float | None = None
+    faults: tuple[str, ...] = ()
+    # Whether the vehicle session may proceed to (or stay in) energy transfer: the charger side
+    # is healthy. Power itself follows ``command`` once the session is transferring.
+    session_allowed: bool = False
+
+    def summary_key(self) -> tuple[object, ...]:
+        """What must change for the decision to be logged again (not every ramp step)."""
+        rules = tuple(reason.split(":", 1)[0] for reason in self.reasons)
+        return (
+            self.state,
+            self.binding_limit,
+            self.source,
+            self.setpoint_id,
+            self.command.enable,
+            rules,
+            self.faults,
+        )
+
+
+@dataclass(frozen=True, slots=True)
 class ControlReport:
-    """What the daemon tells the aggregator link after every control cycle.
+    """What the daemon tells the aggregator link and the ledger after every control cycle: the
+    cycle's decision (``output``, as the control step made it) and what was measured with it.
 
     The link uses it to acknowledge a setpoint with the power actually applied (and the limit
-    that binds when that differs from what was asked), and for telemetry.
+    that binds when that differs from what was asked), and for telemetry. The decision's fields
+    read through (``report.state``, ``report.commanded_w``, ...), so it is never copied field
+    by field.
     """
 
     monotonic_s: float
     wall: dt.datetime  # aware, site time zone
-    state: PowerState
-    commanded_w: float  # + charges the vehicle
-    enabled: bool
-    setpoint_id: str | None  # the aggregator setpoint this command follows; None: not following one
-    source: str  # "aggregator", "fallback" or "none" (held at 0 W)
-    binding_limit: str | None  # the limit that cut the request, readable ("soc_floor ...")
-    limits: tuple[str, ...]  # every limit in force, readable
-    max_charge_w: float  # flexibility on offer now: the most it could charge...
-    max_discharge_w: float  # ...and discharge (magnitude), under every limit in force
-    soc_floor_pct: float | None  # effective floor now (owner, vehicle, departure)
-    energy_above_floor_wh: float | None  # what could be discharged before the floor
-    faults: tuple[str, ...]  # latched or present fault causes
+    output: ControlOutput
     measured_power_w: float | None = None  # at the inverter
     soc_pct: float | None = None
     voltage_v: float | None = None  # vehicle pack voltage
     inverter_revert_rewrites: int = 0  # InverterState.revert_rewrites
+
+    @property
+    def state(self) -> PowerState:
+        return self.output.state
+
+    @property
+    def commanded_w(self) -> float:
+        """+ charges the vehicle."""
+        return self.output.command.power_w
+
+    @property
+    def enabled(self) -> bool:
+        return self.output.command.enable
+
+    @property
+    def setpoint_id(self) -> str | None:
+        """The aggregator setpoint this command follows; None: not following one."""
+        return self.output.setpoint_id
+
+    @property
+    def source(self) -> str:
+        """ "aggregator", "fallback" or "none" (held at 0 W)."""
+        return self.output.source
+
+    @property
+    def binding_limit(self) -> str | None:
+        """The limit that cut the request, readable ("soc_floor ...")."""
+        return self.output.binding_limit
+
+    @property
+    def limits(self) -> tuple[str, ...]:
+        """Every limit in force, readable."""
+        return self.output.limits
+
+    @property
+    def max_charge_w(self) -> float:
+        """Flexibility on offer now: the most it could charge under every limit in force."""
+        return self.output.max_charge_w
+
+    @property
+    def max_discharge_w(self) -> float:
+        """The most it could discharge (magnitude) under every limit in force."""
+        return self.output.max_discharge_w
+
+    @property
+    def soc_floor_pct(self) -> float | None:
+        """The effective floor now (owner, vehicle, departure)."""
+        return self.output.soc_floor_pct
+
+    @property
+    def energy_above_floor_wh(self) -> float | None:
+        """What could be discharged before the floor."""
+        return self.output.energy_above_floor_wh
+
+    @property
+    def faults(self) -> tuple[str, ...]:
+        """Latched or present fault causes."""
+        return self.output.faults
 
 
 @dataclass(frozen=True, slots=True)

@@ -16,8 +16,7 @@ from controller.core.snapshots import (
     Setpoint,
     VehicleState,
 )
-from controller.daemon import ControlOutput
-from controller.links import ControlReport, LinkStatus, Wake
+from controller.links import ControlOutput, ControlReport, LinkStatus, Wake
 
 BASE_CONFIG = """\
 site: {site_id: test-site, charger_id: c1}

@@ -15,7 +15,8 @@ from pathlib import Path
 import pytest
 
 from controller.core.snapshots import InverterState, Setpoint, VehicleState
-from controller.daemon import ControlOutput, Daemon, Links
+from controller.daemon import Daemon, Links
+from controller.links import ControlOutput
 from controller.simclock import SIMULATED_CLOCK_ENV, SimulatedClock
 from tests.support import (
     FakeAggregator,

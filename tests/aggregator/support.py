@@ -13,8 +13,8 @@ from typing import Any
 
 from controller.aggregator.link import MqttAggregatorLink
 from controller.config import Config, parse_config
-from controller.core.snapshots import PowerState
-from controller.links import ControlReport, LinkStatus
+from controller.core.snapshots import PowerCommand, PowerState
+from controller.links import ControlOutput, ControlReport, LinkStatus
 from hil.harness import AggregatorClient
 from hil.harness import until as hil_until
 
@@ -72,18 +72,20 @@ def report(
     return ControlReport(
         monotonic_s=time.monotonic(),
         wall=now_utc(),
-        state=state,
-        commanded_w=commanded_w,
-        enabled=commanded_w != 0,
-        setpoint_id=setpoint_id,
-        source=source,
-        binding_limit=binding_limit,
-        limits=(binding_limit,) if binding_limit else (),
-        max_charge_w=7400.0,
-        max_discharge_w=7400.0,
-        soc_floor_pct=40.0,
-        energy_above_floor_wh=9000.0,
-        faults=faults,
+        output=ControlOutput(
+            command=PowerCommand(power_w=commanded_w, enable=commanded_w != 0),
+            state=state,
+            binding_limit=binding_limit,
+            reasons=(),
+            limits=(binding_limit,) if binding_limit else (),
+            source=source,
+            setpoint_id=setpoint_id,
+            max_charge_w=7400.0,
+            max_discharge_w=7400.0,
+            soc_floor_pct=40.0,
+            energy_above_floor_wh=9000.0,
+            faults=faults,
+        ),
         measured_power_w=commanded_w,
         soc_pct=soc_pct,
         voltage_v=380.0,

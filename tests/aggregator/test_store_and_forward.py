@@ -32,7 +32,7 @@ from controller.aggregator.link import MqttAggregatorLink
 from controller.aggregator.outbox import Kind
 from controller.config import Config
 from controller.core.snapshots import PowerState
-from controller.links import ControlReport, LinkStatus
+from controller.links import ControlOutput, ControlReport, LinkStatus
 from controller.storage.db import open_database
 from hil.mosquitto import Mosquitto, find_mosquitto
 from tests.aggregator.support import Aggregator, LinkRunner, make_config, report, until
@@ -91,7 +91,11 @@ def durable_link(
 
 
 def at(clock: SimulatedMonotonic, base: ControlReport, **changes: Any) -> ControlReport:
-    return dataclasses.replace(base, monotonic_s=clock(), **changes)
+    """``base`` on the link's clock, with ``changes`` to its measurements or its decision."""
+    decided = {f.name for f in dataclasses.fields(ControlOutput)}
+    output = dataclasses.replace(base.output, **{k: v for k, v in changes.items() if k in decided})
+    measured = {k: v for k, v in changes.items() if k not in decided}
+    return dataclasses.replace(base, monotonic_s=clock(), output=output, **measured)
 
 
 async def make_outage_records(

@@ -9,10 +9,16 @@ import zoneinfo
 from pathlib import Path
 from typing import Any
 
-from controller.core.snapshots import InverterState, PowerState, VehiclePhase, VehicleState
+from controller.core.snapshots import (
+    InverterState,
+    PowerCommand,
+    PowerState,
+    VehiclePhase,
+    VehicleState,
+)
 from controller.ledger.accounting import Tariff
 from controller.ledger.ledger import Ledger, OutboxWriter
-from controller.links import ControlReport
+from controller.links import ControlOutput, ControlReport
 from controller.storage.db import open_database
 
 TZ = zoneinfo.ZoneInfo("Europe/Amsterdam")
@@ -86,18 +92,20 @@ def report(
     return ControlReport(
         monotonic_s=at_s,
         wall=start + dt.timedelta(seconds=at_s),
-        state=PowerState.CHARGING,
-        commanded_w=0.0,
-        enabled=True,
-        setpoint_id=None,
-        source="fallback",
-        binding_limit=None,
-        limits=(),
-        max_charge_w=0.0,
-        max_discharge_w=0.0,
-        soc_floor_pct=None,
-        energy_above_floor_wh=None,
-        faults=faults,
+        output=ControlOutput(
+            command=PowerCommand(power_w=0.0, enable=True),
+            state=PowerState.CHARGING,
+            binding_limit=None,
+            reasons=(),
+            limits=(),
+            source="fallback",
+            setpoint_id=None,
+            max_charge_w=0.0,
+            max_discharge_w=0.0,
+            soc_floor_pct=None,
+            energy_above_floor_wh=None,
+            faults=faults,
+        ),
     )
 
 

@@ -28,7 +28,7 @@ from controller.core.snapshots import (
     VehiclePhase,
     VehicleState,
 )
-from controller.daemon import ControlOutput
+from controller.links import ControlOutput
 from controller.vehicle.canbus import CanLinkConfig
 from controller.vehicle.chademo import ChademoChargerConfig
 from controller.vehicle.gbt27930 import GbtChargerConfig
