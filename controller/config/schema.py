@@ -103,59 +103,35 @@ class CanConfig(Section):
     )
 
 
+def _offset(description: str) -> Any:
+    """A GPIO line offset, or None for a line not wired (``gpioinfo`` numbers lines from 0)."""
+    return Field(default=None, ge=0, le=1023, description=description)
+
+
 class GpioOffsets(Section):
     """Line offsets on the GPIO chip (``gpioinfo`` lists them); leave out a line not wired."""
 
-    plugged: int | None = Field(
-        default=None,
-        ge=0,
-        le=1023,
-        description="Input: connector in the vehicle inlet (CHAdeMO proximity, GB/T CC1).",
+    plugged: int | None = _offset(
+        "Input: connector in the vehicle inlet (CHAdeMO proximity, GB/T CC1)."
     )
-    k: int | None = Field(
-        default=None,
-        ge=0,
-        le=1023,
-        description="Input: CHAdeMO charge-permission line k, pulled by the vehicle.",
+    k: int | None = _offset("Input: CHAdeMO charge-permission line k, pulled by the vehicle.")
+    emergency_stop: int | None = _offset(
+        "Input: the charger's emergency stop switch (usually active_low)."
     )
-    emergency_stop: int | None = Field(
-        default=None,
-        ge=0,
-        le=1023,
-        description="Input: the charger's emergency stop switch (usually active_low).",
+    fault_reset: int | None = _offset(
+        "Input: a reset push-button; pressing it is the deliberate act that resets a latched "
+        "emergency stop or a manual-reset fault (docs/safety.md)."
     )
-    fault_reset: int | None = Field(
-        default=None,
-        ge=0,
-        le=1023,
-        description="Input: a reset push-button; pressing it is the deliberate act that resets "
-        "a latched emergency stop or a manual-reset fault (docs/safety.md).",
+    insulation_ok: int | None = _offset(
+        "Input: the insulation monitor's (IMD) OK relay on the DC output, asserted while the "
+        "insulation resistance is above its alarm threshold. Wire the fail-safe contact "
+        "(closed = OK) so a broken wire reads as a fault. Required for CHAdeMO and GB/T: no "
+        "insulation OK, no energy transfer (docs/vehicle.md)."
     )
-    insulation_ok: int | None = Field(
-        default=None,
-        ge=0,
-        le=1023,
-        description="Input: the insulation monitor's (IMD) OK relay on the DC output, asserted "
-        "while the insulation resistance is above its alarm threshold. Wire the fail-safe "
-        "contact (closed = OK) so a broken wire reads as a fault. Required for CHAdeMO and "
-        "GB/T: no insulation OK, no energy transfer (docs/vehicle.md).",
-    )
-    d1: int | None = Field(
-        default=None,
-        ge=0,
-        le=1023,
-        description="Output: CHAdeMO sequence signal d1; GB/T auxiliary power (K3, K4).",
-    )
-    d2: int | None = Field(
-        default=None, ge=0, le=1023, description="Output: CHAdeMO sequence signal d2."
-    )
-    contactors: int | None = Field(
-        default=None,
-        ge=0,
-        le=1023,
-        description="Output: the charger's DC output contactors (GB/T K1, K2).",
-    )
-    lock: int | None = Field(default=None, ge=0, le=1023, description="Output: connector lock.")
+    d1: int | None = _offset("Output: CHAdeMO sequence signal d1; GB/T auxiliary power (K3, K4).")
+    d2: int | None = _offset("Output: CHAdeMO sequence signal d2.")
+    contactors: int | None = _offset("Output: the charger's DC output contactors (GB/T K1, K2).")
+    lock: int | None = _offset("Output: connector lock.")
 
     def wired(self) -> dict[str, int]:
         """Line name -> offset for every line given."""
