@@ -8,7 +8,11 @@ functions (a lazy import is still a dependency). The rules:
   aggregator link do not import each other (both use ``controller.storage``);
 * links, the ledger and the storage never import the wiring (``app``, ``daemon``, ``control``,
   ``cli``): only the wiring puts links together;
-* ``controller`` never imports ``hil``, ``bench`` or ``tests``.
+* ``controller`` never imports ``hil``, ``bench`` or ``tests``;
+* only the config package and the wiring (``app``, ``cli`` and the ``factory`` modules that
+  ``app`` calls) read YAML: no other module imports ``yaml`` or the config loader, uses
+  ``yaml.``, or calls (or imports) ``load_config``, ``parse_config``, ``load_register_map``,
+  ``load_bms_profile`` or ``bms_profile_error``. Links and sessions receive values, never paths.
 """
 
 from __future__ import annotations
@@ -43,6 +47,15 @@ FORBIDDEN: tuple[tuple[str, str, str], ...] = (
 )
 
 
+# Only these read YAML (a module named ``factory`` is wiring too: ``app`` builds links with it).
+YAML_READERS = ("controller.config", "controller.app", "controller.cli")
+YAML_MODULES = ("yaml", "controller.config.loader")
+YAML_LOADERS = frozenset(
+    {"load_config", "parse_config", "load_register_map", "load_bms_profile", "bms_profile_error"}
+)
+YAML_RULE = "only the config package and the wiring read YAML; links and sessions receive values"
+
+
 def _within(module: str, prefix: str) -> bool:
     return module == prefix or module.startswith(prefix + ".")
 
@@ -75,11 +88,46 @@ def imports_of(path: Path, module: str) -> Iterator[tuple[int, str]]:
                 yield node.lineno, f"{target}.{alias.name}"
 
 
+def yaml_reads_of(path: Path, module: str) -> Iterator[tuple[int, str]]:
+    """(line, what) for every way the file reads YAML: importing ``yaml`` or the config loader,
+    using ``yaml.``, and calling or importing a function that opens or parses a YAML file."""
+    for line, target in imports_of(path, module):
+        if any(_within(target, yaml_module) for yaml_module in YAML_MODULES):
+            yield line, f"imports {target}"
+        elif _within(target, "controller.config") and target.rpartition(".")[2] in YAML_LOADERS:
+            yield line, f"imports {target.rpartition('.')[2]}"
+    tree = ast.parse(path.read_text(encoding="utf-8"), filename=str(path))
+    for node in ast.walk(tree):
+        if isinstance(node, ast.Call):
+            func = node.func
+            name = func.id if isinstance(func, ast.Name) else getattr(func, "attr", None)
+            if name in YAML_LOADERS:
+                yield node.lineno, f"calls {name}"
+        elif (
+            isinstance(node, ast.Attribute)
+            and isinstance(node.value, ast.Name)
+            and node.value.id == "yaml"
+        ):
+            yield node.lineno, f"uses yaml.{node.attr}"
+
+
+def _may_read_yaml(module: str) -> bool:
+    return module.rpartition(".")[2] == "factory" or any(
+        _within(module, reader) for reader in YAML_READERS
+    )
+
+
 def violations(root: Path) -> list[str]:
-    """Every import under ``root/controller`` that breaks the contract, as "file:line: why"."""
+    """Every import under ``root/controller`` that breaks the contract, and every YAML read
+    outside the config package and the wiring, as "file:line: why"."""
     found: list[str] = []
     for path in sorted((root / "controller").rglob("*.py")):
         module = module_name(path, root)
+        if not _may_read_yaml(module):
+            found.extend(
+                f"{path.relative_to(root)}:{line}: {module} {what}: {YAML_RULE}"
+                for line, what in yaml_reads_of(path, module)
+            )
         for line, target in imports_of(path, module):
             if _within(module, "controller.core") and _within(target, "controller"):
                 if not _within(target, "controller.core"):
@@ -154,6 +202,75 @@ def test_allowed_imports_are_not_reported(tmp_path: Path) -> None:
             "controller/vehicle/link.py": "from controller.links import Wake\n",
             "controller/ledger/ledger.py": "from controller.storage import db\n",
             "controller/app.py": "from controller.vehicle import link\nimport controller.daemon\n",
+        },
+    )
+    assert violations(root) == []
+
+
+@pytest.mark.parametrize(
+    ("files", "expected"),
+    [
+        (
+            {
+                "controller/vehicle/profile.py": (
+                    "from controller.config import load_bms_profile\n\n"
+                    "def session(path):\n    return load_bms_profile(path)\n"
+                )
+            },
+            "controller/vehicle/profile.py:4: controller.vehicle.profile calls load_bms_profile: "
+            + YAML_RULE,
+        ),
+        (
+            {"controller/vehicle/profile.py": "from ..config import load_bms_profile as load\n"},
+            "controller/vehicle/profile.py:1: controller.vehicle.profile imports "
+            "load_bms_profile: " + YAML_RULE,
+        ),
+        (
+            {
+                "controller/inverter/regmap.py": (
+                    "import controller.config\n\n"
+                    "MAP = controller.config.load_register_map('map.yaml')\n"
+                )
+            },
+            "controller/inverter/regmap.py:3: controller.inverter.regmap calls "
+            "load_register_map: " + YAML_RULE,
+        ),
+        (
+            {"controller/ledger/ledger.py": "import yaml\n\nTARIFF = yaml.safe_load('a: 1')\n"},
+            "controller/ledger/ledger.py:3: controller.ledger.ledger uses yaml.safe_load: "
+            + YAML_RULE,
+        ),
+        (
+            {"controller/aggregator/durable_outbox.py": "from yaml import safe_load\n"},
+            "controller/aggregator/durable_outbox.py:1: controller.aggregator.durable_outbox "
+            "imports yaml: " + YAML_RULE,
+        ),
+        (
+            {"controller/daemon.py": "def f(text):\n    return parse_config(text)\n"},
+            "controller/daemon.py:2: controller.daemon calls parse_config: " + YAML_RULE,
+        ),
+    ],
+)
+def test_a_yaml_read_outside_the_config_package_and_the_wiring_is_reported(
+    tmp_path: Path, files: dict[str, str], expected: str
+) -> None:
+    """The check fails on a deliberately added YAML read in a link, the ledger or the daemon."""
+    assert expected in violations(_tree(tmp_path, files))
+
+
+def test_the_config_package_and_the_wiring_may_read_yaml(tmp_path: Path) -> None:
+    """The config package, app, cli and the factories that app calls read YAML unreported."""
+    root = _tree(
+        tmp_path,
+        {
+            "controller/config/loader.py": "import yaml\n\nLOADER = yaml.SafeLoader\n",
+            "controller/config/schema.py": "from controller.config.loader import load_file\n",
+            "controller/app.py": "from controller.config import load_register_map\n"
+            "MAP = load_register_map('map.yaml')\n",
+            "controller/cli.py": "from controller import config\nconfig.load_config('c.yaml')\n",
+            "controller/vehicle/factory.py": "from controller.config import load_bms_profile\n"
+            "PROFILE = load_bms_profile('p.yaml')\n",
+            "controller/vehicle/link.py": "from controller.config import VehicleConfig, Loc\n",
         },
     )
     assert violations(root) == []

@@ -2,14 +2,25 @@
 
 from __future__ import annotations
 
-from controller.config import ChargerRatingsConfig, LinesConfig, VehicleConfig
+from pathlib import Path
+
+from controller.config import (
+    BmsProfile,
+    ChargerRatingsConfig,
+    LinesConfig,
+    VehicleConfig,
+    bms_profile_error,
+    load_bms_profile,
+)
+from controller.errors import ProtocolError
 from controller.vehicle.canbus import CanLinkConfig
 from controller.vehicle.chademo import ChademoChargerConfig
+from controller.vehicle.dbc import DbcCodec
 from controller.vehicle.frames import ChargerLines
 from controller.vehicle.gbt27930 import GbtChargerConfig
 from controller.vehicle.lines import GpioLines, SharedFileLines, UnwiredLines
 from controller.vehicle.link import CanVehicleLink
-from controller.vehicle.profile import DbcProfileSession
+from controller.vehicle.profile import DbcProfileSession, profile_problems
 
 
 def build_vehicle_link(vehicle: VehicleConfig) -> CanVehicleLink:
@@ -28,13 +39,33 @@ def build_vehicle_link(vehicle: VehicleConfig) -> CanVehicleLink:
     lines = build_lines(vehicle.lines)
     if vehicle.protocol == "dbc":
         assert vehicle.profile is not None  # noqa: S101  the config model requires it
-        return CanVehicleLink(config, lines, session=DbcProfileSession.from_file(vehicle.profile))
+        session = DbcProfileSession(*load_profile(vehicle.profile))
+        return CanVehicleLink(config, lines, session=session)
     charger: ChademoChargerConfig | GbtChargerConfig
     if vehicle.protocol == "chademo":
         charger = chademo_charger(vehicle.charger)
     else:
         charger = gbt_charger(vehicle.charger)
     return CanVehicleLink(config, lines, charger=charger, dbc_dir=vehicle.dbc_dir)
+
+
+def load_profile(path: str | Path) -> tuple[BmsProfile, DbcCodec]:
+    """Read a BMS profile and its DBC file (relative to the profile); ConfigError names every
+    problem at its line in the profile, including message and signal names the DBC does not
+    have."""
+    profile_path = Path(path)
+    profile = load_bms_profile(profile_path)
+    dbc_path = Path(profile.dbc_file)
+    if not dbc_path.is_absolute():
+        dbc_path = profile_path.parent / dbc_path
+    try:
+        codec = DbcCodec(dbc_path, padding_byte=None)
+    except ProtocolError as exc:
+        raise bms_profile_error(profile_path, [(("dbc_file",), str(exc))]) from None
+    problems = profile_problems(profile, codec)
+    if problems:
+        raise bms_profile_error(profile_path, problems)
+    return profile, codec
 
 
 def build_lines(lines: LinesConfig | None) -> ChargerLines:

@@ -4,9 +4,11 @@ For stationary packs and fleet vehicles that speak neither CHAdeMO nor GB/T 2793
 (``config/bms/*.yaml``, schema ``controller.config.BmsProfile``) maps DBC signals to
 ``VehicleState`` fields, flags and fault reasons, with a staleness deadline per message.
 
-``DbcProfileSession`` has the shape of the protocol sessions (``receive(frame, now)`` and
-``tick(now, inputs)`` return a ``Step``), so ``CanVehicleLink`` drives it the same way. It only
-listens: it sends no frame. Issue item 6: nothing stale or implausible reaches the core as valid.
+``DbcProfileSession`` takes the profile and its DBC as values (``controller.vehicle.factory``
+reads the files and reports a wrong profile at its line). It has the shape of the protocol
+sessions (``receive(frame, now)`` and ``tick(now, inputs)`` return a ``Step``), so
+``CanVehicleLink`` drives it the same way. It only listens: it sends no frame. Issue item 6:
+nothing stale or implausible reaches the core as valid.
 
 * a message older than its ``deadline_s`` (or never seen that long after the first tick) is a
   fault naming the message and the deadline, and the values it fed are withdrawn;
@@ -26,15 +28,8 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass
-from pathlib import Path
 
-from controller.config import (
-    BmsProfile,
-    BmsSignal,
-    Loc,
-    bms_profile_error,
-    load_bms_profile,
-)
+from controller.config import BmsProfile, BmsSignal, Loc
 from controller.core.snapshots import VehiclePhase, VehicleState
 from controller.errors import ProtocolError
 from controller.vehicle.dbc import DbcCodec, SignalValues
@@ -80,24 +75,6 @@ class _Mapped:
     message: str
     field: str
     spec: BmsSignal
-
-
-def load_profile(path: str | Path) -> tuple[BmsProfile, DbcCodec]:
-    """Read a profile and its DBC file (relative to the profile); ConfigError names every
-    problem, including message and signal names the DBC does not have."""
-    profile_path = Path(path)
-    profile = load_bms_profile(profile_path)
-    dbc_path = Path(profile.dbc_file)
-    if not dbc_path.is_absolute():
-        dbc_path = profile_path.parent / dbc_path
-    try:
-        codec = DbcCodec(dbc_path, padding_byte=None)
-    except ProtocolError as exc:
-        raise bms_profile_error(profile_path, [(("dbc_file",), str(exc))]) from None
-    problems = profile_problems(profile, codec)
-    if problems:
-        raise bms_profile_error(profile_path, problems)
-    return profile, codec
 
 
 def profile_problems(profile: BmsProfile, codec: DbcCodec) -> list[tuple[Loc, str]]:
@@ -178,12 +155,6 @@ class DbcProfileSession:
         self.malformed_frames = 0
         self.unknown_frames = 0
         self.last_malformed_reason = ""
-
-    @classmethod
-    def from_file(cls, path: str | Path) -> DbcProfileSession:
-        """The session for a profile file (ConfigError when the profile or its DBC is wrong)."""
-        profile, codec = load_profile(path)
-        return cls(profile, codec)
 
     def __repr__(self) -> str:
         what = self.profile.name or self.profile.dbc_file

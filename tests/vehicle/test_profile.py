@@ -17,10 +17,11 @@ from controller.core.snapshots import VehiclePhase, VehicleState
 from controller.errors import ConfigError
 from controller.links import LinkStatus
 from controller.vehicle.canbus import CanLinkConfig, to_message
+from controller.vehicle.factory import load_profile
 from controller.vehicle.frames import CanFrame, EventKind, LineInputs, Step
 from controller.vehicle.lines import UnwiredLines
 from controller.vehicle.link import CanVehicleLink
-from controller.vehicle.profile import DbcProfileSession, load_profile
+from controller.vehicle.profile import DbcProfileSession
 
 REPO = Path(__file__).resolve().parents[2]
 EXAMPLE = REPO / "config" / "bms" / "example-pack.yaml"
@@ -71,7 +72,7 @@ def frame(name: str, **changes: float) -> CanFrame:
 
 def session() -> DbcProfileSession:
     """A fresh session on the example profile."""
-    return DbcProfileSession.from_file(EXAMPLE)
+    return DbcProfileSession(*load_profile(EXAMPLE))
 
 
 def healthy(s: DbcProfileSession, now: float = 0.0) -> Step:

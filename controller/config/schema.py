@@ -1,44 +1,32 @@
-"""The technician's YAML config: loaded with line numbers, validated into frozen pydantic models.
+"""The controller's config (one YAML file): ``Config`` and its sections, as frozen models.
 
-Nothing else in the controller reads YAML. ``load_config`` either returns a complete, valid
-``Config`` or raises ``ConfigError`` carrying *every* problem found, each located by file, line and
-dotted key path, with what was expected and what was found. Duplicate keys and unknown keys are
-errors: a typo must never silently fall back to a default. Values are never clamped.
+``load_config`` either returns a complete, valid ``Config`` (with the register map it names
+checked too) or raises ``ConfigError`` carrying every problem found, each located by file, line
+and key path (``controller.config.loader``). docs/configuration.md is generated from these models
+(``controller.configdoc``); ``json_schema`` gives editors the same schema.
 """
 
 from __future__ import annotations
 
 import datetime as dt
-import difflib
-import re
 import zoneinfo
-from collections.abc import Iterator, Mapping
 from pathlib import Path
-from typing import Annotated, Any, Literal, Self, TypeVar
+from typing import Annotated, Any, Literal, Self
 
-import pydantic
-import yaml
-from pydantic import BaseModel, ConfigDict, Field, model_validator
+from pydantic import Field, model_validator
 
+from controller.config.loader import Section, load_file, validate_text
+from controller.config.register_map import load_register_map
 from controller.errors import ConfigError, ConfigProblem
-
-Loc = tuple[str | int, ...]
-_M = TypeVar("_M", bound=BaseModel)
 
 # Identifiers end up in MQTT topics and file names: keep them to a safe alphabet.
 _IDENT = r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,63}$"
 
 
-class _Section(BaseModel):
-    """Every config section: immutable, unknown keys rejected."""
-
-    model_config = ConfigDict(frozen=True, extra="forbid", validate_default=True)
-
-
 # --- site -------------------------------------------------------------------------------------
 
 
-class SiteConfig(_Section):
+class SiteConfig(Section):
     """Who this charger is."""
 
     site_id: Annotated[str, Field(pattern=_IDENT, description="Site identifier (topic-safe).")]
@@ -89,7 +77,7 @@ REQUIRED_LINES: dict[str, tuple[str, ...]] = {
 }
 
 
-class CanConfig(_Section):
+class CanConfig(Section):
     """The CAN interface that reaches the vehicle."""
 
     interface: Literal["socketcan", "udp_multicast", "virtual"] = Field(
@@ -115,59 +103,35 @@ class CanConfig(_Section):
     )
 
 
-class GpioOffsets(_Section):
+def _offset(description: str) -> Any:
+    """A GPIO line offset, or None for a line not wired (``gpioinfo`` numbers lines from 0)."""
+    return Field(default=None, ge=0, le=1023, description=description)
+
+
+class GpioOffsets(Section):
     """Line offsets on the GPIO chip (``gpioinfo`` lists them); leave out a line not wired."""
 
-    plugged: int | None = Field(
-        default=None,
-        ge=0,
-        le=1023,
-        description="Input: connector in the vehicle inlet (CHAdeMO proximity, GB/T CC1).",
+    plugged: int | None = _offset(
+        "Input: connector in the vehicle inlet (CHAdeMO proximity, GB/T CC1)."
     )
-    k: int | None = Field(
-        default=None,
-        ge=0,
-        le=1023,
-        description="Input: CHAdeMO charge-permission line k, pulled by the vehicle.",
+    k: int | None = _offset("Input: CHAdeMO charge-permission line k, pulled by the vehicle.")
+    emergency_stop: int | None = _offset(
+        "Input: the charger's emergency stop switch (usually active_low)."
     )
-    emergency_stop: int | None = Field(
-        default=None,
-        ge=0,
-        le=1023,
-        description="Input: the charger's emergency stop switch (usually active_low).",
+    fault_reset: int | None = _offset(
+        "Input: a reset push-button; pressing it is the deliberate act that resets a latched "
+        "emergency stop or a manual-reset fault (docs/safety.md)."
     )
-    fault_reset: int | None = Field(
-        default=None,
-        ge=0,
-        le=1023,
-        description="Input: a reset push-button; pressing it is the deliberate act that resets "
-        "a latched emergency stop or a manual-reset fault (docs/safety.md).",
+    insulation_ok: int | None = _offset(
+        "Input: the insulation monitor's (IMD) OK relay on the DC output, asserted while the "
+        "insulation resistance is above its alarm threshold. Wire the fail-safe contact "
+        "(closed = OK) so a broken wire reads as a fault. Required for CHAdeMO and GB/T: no "
+        "insulation OK, no energy transfer (docs/vehicle.md)."
     )
-    insulation_ok: int | None = Field(
-        default=None,
-        ge=0,
-        le=1023,
-        description="Input: the insulation monitor's (IMD) OK relay on the DC output, asserted "
-        "while the insulation resistance is above its alarm threshold. Wire the fail-safe "
-        "contact (closed = OK) so a broken wire reads as a fault. Required for CHAdeMO and "
-        "GB/T: no insulation OK, no energy transfer (docs/vehicle.md).",
-    )
-    d1: int | None = Field(
-        default=None,
-        ge=0,
-        le=1023,
-        description="Output: CHAdeMO sequence signal d1; GB/T auxiliary power (K3, K4).",
-    )
-    d2: int | None = Field(
-        default=None, ge=0, le=1023, description="Output: CHAdeMO sequence signal d2."
-    )
-    contactors: int | None = Field(
-        default=None,
-        ge=0,
-        le=1023,
-        description="Output: the charger's DC output contactors (GB/T K1, K2).",
-    )
-    lock: int | None = Field(default=None, ge=0, le=1023, description="Output: connector lock.")
+    d1: int | None = _offset("Output: CHAdeMO sequence signal d1; GB/T auxiliary power (K3, K4).")
+    d2: int | None = _offset("Output: CHAdeMO sequence signal d2.")
+    contactors: int | None = _offset("Output: the charger's DC output contactors (GB/T K1, K2).")
+    lock: int | None = _offset("Output: connector lock.")
 
     def wired(self) -> dict[str, int]:
         """Line name -> offset for every line given."""
@@ -186,7 +150,7 @@ class GpioOffsets(_Section):
         return self
 
 
-class LinesConfig(_Section):
+class LinesConfig(Section):
     """The charger board's digital lines: GPIO on a real charger, a shared file for simulation."""
 
     kind: Literal["gpio", "simulated"] = Field(
@@ -247,7 +211,7 @@ class LinesConfig(_Section):
         return self
 
 
-class ChargerRatingsConfig(_Section):
+class ChargerRatingsConfig(Section):
     """What the charger announces to the vehicle. Defaults are a small charge-only charger."""
 
     max_output_voltage_v: int = Field(
@@ -341,7 +305,7 @@ class ChargerRatingsConfig(_Section):
         return self
 
 
-class VehicleConfig(_Section):
+class VehicleConfig(Section):
     """The vehicle link."""
 
     protocol: Literal["chademo", "gbt27930", "dbc"] = Field(
@@ -420,172 +384,15 @@ class VehicleConfig(_Section):
         return DEFAULT_BITRATE_BPS[self.protocol]
 
 
-# --- generic BMS profiles (config/bms/*.yaml, vehicle.protocol: dbc) --------------------------
-
-
-class BmsSignal(_Section):
-    """A DBC signal feeding a VehicleState value, with what it takes to read it right."""
-
-    signal: str = Field(min_length=1, description="Signal name in the message.")
-    negate: bool = Field(
-        default=False,
-        description="true when the BMS's sign is the controller's opposite (e.g. its pack "
-        "current is + when discharging; the controller's + charges).",
-    )
-    min: float | None = Field(
-        default=None, description="Plausible minimum; a value below it is a fault."
-    )
-    max: float | None = Field(
-        default=None, description="Plausible maximum; a value above it is a fault."
-    )
-
-    @model_validator(mode="after")
-    def _ordered(self) -> Self:
-        if self.min is not None and self.max is not None and self.min >= self.max:
-            raise ValueError(f"expected min below max, found {self.min:g} and {self.max:g}")
-        return self
-
-
-SignalRef = Annotated[
-    str | BmsSignal, Field(description="A signal name, or {signal, negate, min, max}.")
-]
-
-
-class BmsValues(_Section):
-    """VehicleState values a message feeds (units as the names say; + current charges)."""
-
-    soc_pct: SignalRef | None = None
-    pack_voltage_v: SignalRef | None = None
-    pack_current_a: SignalRef | None = None
-    charge_current_limit_a: SignalRef | None = None
-    charge_voltage_limit_v: SignalRef | None = None
-    discharge_current_limit_a: SignalRef | None = None
-    discharge_voltage_min_v: SignalRef | None = None
-    discharge_soc_min_pct: SignalRef | None = None
-    battery_temp_max_c: SignalRef | None = None
-    battery_temp_min_c: SignalRef | None = None
-    cell_voltage_max_v: SignalRef | None = None
-    cell_voltage_min_v: SignalRef | None = None
-    capacity_kwh: SignalRef | None = None
-
-    def mapped(self) -> dict[str, BmsSignal]:
-        """Field -> signal for every field given."""
-        out: dict[str, BmsSignal] = {}
-        for name in type(self).model_fields:
-            ref = getattr(self, name)
-            if isinstance(ref, str):
-                out[name] = BmsSignal(signal=ref)
-            elif ref is not None:
-                out[name] = ref
-        return out
-
-
-class BmsFlags(_Section):
-    """VehicleState flags a message feeds: a non-zero signal value means true."""
-
-    charge_permitted: str | None = Field(default=None, description="The BMS allows charging.")
-    discharge_permitted: str | None = Field(default=None, description="The BMS allows discharging.")
-    stop_requested: str | None = Field(default=None, description="The BMS asks for a stop.")
-
-    def mapped(self) -> dict[str, str]:
-        """Flag -> signal for every flag given."""
-        return {name: signal for name, signal in self.model_dump().items() if signal is not None}
-
-
-class BmsMessage(_Section):
-    """One DBC message the controller listens to."""
-
-    deadline_s: float = Field(
-        gt=0,
-        le=60,
-        description="Older than this, the message is stale and its absence is a fault.",
-    )
-    values: BmsValues = BmsValues()
-    flags: BmsFlags = BmsFlags()
-    faults: dict[str, str] = Field(
-        default_factory=dict,
-        description="Signal -> reason: a non-zero value is a fault with that reason.",
-    )
-
-
-class BmsProfile(_Section):
-    """How to read a generic BMS from its DBC file (``vehicle.protocol: dbc``)."""
-
-    name: str | None = Field(
-        default=None, description="What this pack is; shown as the vehicle's identity."
-    )
-    dbc_file: str = Field(min_length=1, description="The DBC file, relative to this profile.")
-    capacity_kwh: float | None = Field(
-        default=None,
-        gt=0,
-        le=10_000,
-        description="Nameplate energy, for a BMS that does not send it.",
-    )
-    messages: dict[str, BmsMessage] = Field(
-        min_length=1, description="DBC message name -> what it feeds."
-    )
-
-    def cross_problems(self) -> list[tuple[Loc, str]]:
-        """Problems between messages, each at the key that has it."""
-        problems: list[tuple[Loc, str]] = []
-        fed_by: dict[str, str] = {}
-        for message, spec in self.messages.items():
-            for kind, names in (("values", spec.values.mapped()), ("flags", spec.flags.mapped())):
-                for name in names:
-                    if name in fed_by:
-                        problems.append(
-                            (
-                                ("messages", message, kind, name),
-                                f"expected each value fed by one message, found {name} in "
-                                f"{fed_by[name]} and {message}",
-                            )
-                        )
-                    fed_by.setdefault(name, message)
-        if "soc_pct" not in fed_by:
-            problems.append(
-                (
-                    ("messages",),
-                    "expected a message feeding soc_pct (the core needs SoC), found none",
-                )
-            )
-        if "capacity_kwh" in fed_by and self.capacity_kwh is not None:
-            problems.append(
-                (
-                    ("capacity_kwh",),
-                    f"expected capacity_kwh either here or from a signal, found both "
-                    f"(signal in {fed_by['capacity_kwh']})",
-                )
-            )
-        return problems
-
-
-def load_bms_profile(path: str | Path) -> BmsProfile:
-    """Read and validate a BMS profile, or raise ConfigError with every problem found."""
-    return _validate(BmsProfile, _read_text(Path(path)), str(path))
-
-
-def bms_profile_error(path: str | Path, found: list[tuple[Loc, str]]) -> ConfigError:
-    """A ConfigError for problems found in a valid profile by a later check (e.g. names that
-    are not in its DBC file), each located at its line in the profile."""
-    file = str(path)
-    try:
-        _, located = _parse(_read_text(Path(path)), file)
-    except ConfigError:
-        return ConfigError([ConfigProblem(file, None, _dotted(loc), msg) for loc, msg in found])
-    return ConfigError(
-        [ConfigProblem(file, located.line_for(loc), _dotted(loc), msg) for loc, msg in found]
-    )
-
-
 # --- inverter (Modbus) ------------------------------------------------------------------------
 
 
-class ModbusTcpConfig(_Section):
+class ModbusTcpConfig(Section):
     host: str = Field(min_length=1, description="Inverter IP address or host name.")
     port: int = Field(default=502, ge=1, le=65535)
 
 
-class ModbusRtuConfig(_Section):
+class ModbusRtuConfig(Section):
     device: str = Field(min_length=1, description="Serial device, e.g. /dev/ttyUSB0.")
     baudrate: int = Field(default=9600, ge=1200, le=921_600)
     parity: Literal["N", "E", "O"] = "N"
@@ -593,7 +400,7 @@ class ModbusRtuConfig(_Section):
     byte_size: Literal[7, 8] = 8
 
 
-class InverterConfig(_Section):
+class InverterConfig(Section):
     """The bidirectional inverter."""
 
     transport: Literal["tcp", "rtu"] = Field(description="Modbus TCP or Modbus RTU (RS-485).")
@@ -647,7 +454,7 @@ class InverterConfig(_Section):
 # --- aggregator (MQTT) ------------------------------------------------------------------------
 
 
-class MqttBrokerConfig(_Section):
+class MqttBrokerConfig(Section):
     host: str = Field(min_length=1)
     port: int = Field(default=8883, ge=1, le=65535)
     keepalive_s: int = Field(default=30, ge=5, le=600)
@@ -659,7 +466,7 @@ class MqttBrokerConfig(_Section):
     )
 
 
-class MqttTlsConfig(_Section):
+class MqttTlsConfig(Section):
     ca_file: str = Field(min_length=1, description="CA certificate that signed the broker's.")
     cert_file: str | None = Field(default=None, description="Client certificate (mutual TLS).")
     key_file: str | None = Field(default=None, description="Client private key (mutual TLS).")
@@ -671,7 +478,7 @@ class MqttTlsConfig(_Section):
         return self
 
 
-class AggregatorConfig(_Section):
+class AggregatorConfig(Section):
     """The aggregator's MQTT broker."""
 
     enabled: bool = Field(default=True, description="false: run on the local policy only.")
@@ -752,14 +559,14 @@ class AggregatorConfig(_Section):
 # --- owner policy and safety ------------------------------------------------------------------
 
 
-class DepartureConfig(_Section):
+class DepartureConfig(Section):
     """When the owner leaves and how full the car must be."""
 
     time: dt.time = Field(description="Local time of departure, e.g. '07:30'.")
     target_soc_pct: float = Field(ge=0, le=100, description="SoC the car must have by then.")
 
 
-class OwnerConfig(_Section):
+class OwnerConfig(Section):
     """The owner's promises: what the car keeps, and what it has at departure."""
 
     soc_floor_pct: float = Field(
@@ -795,7 +602,7 @@ class OwnerConfig(_Section):
         return self
 
 
-class SafetyConfig(_Section):
+class SafetyConfig(Section):
     """Limits the charger never exceeds, whatever the aggregator asks."""
 
     max_charge_power_w: float = Field(default=7400.0, gt=0, le=400_000)
@@ -881,7 +688,7 @@ class SafetyConfig(_Section):
         return self
 
 
-class TimeWindow(_Section):
+class TimeWindow(Section):
     """A daily local-time window; it may cross midnight (start after end)."""
 
     start: dt.time
@@ -894,7 +701,7 @@ class TimeWindow(_Section):
         return self
 
 
-class FallbackConfig(_Section):
+class FallbackConfig(Section):
     """What the charger does on its own when no valid aggregator setpoint is in force."""
 
     policy: Literal["idle", "time_of_use"] = "idle"
@@ -916,13 +723,13 @@ class FallbackConfig(_Section):
         return self
 
 
-class TariffConfig(_Section):
+class TariffConfig(Section):
     currency: str = Field(default="EUR", pattern=r"^[A-Z]{3}$")
     import_price_per_kwh: float = Field(default=0.25, ge=-10, le=10)
     export_price_per_kwh: float = Field(default=0.30, ge=-10, le=10)
 
 
-class LedgerConfig(_Section):
+class LedgerConfig(Section):
     path: str = Field(
         default="/var/lib/v2g-controller/ledger.sqlite",
         min_length=1,
@@ -939,14 +746,14 @@ class LedgerConfig(_Section):
     )
 
 
-class LoggingConfig(_Section):
+class LoggingConfig(Section):
     level: Literal["debug", "info", "warning", "error"] = "info"
     format: Literal["auto", "json", "console"] = Field(
         default="auto", description="auto: JSON lines under systemd, readable console on a TTY."
     )
 
 
-class ControlConfig(_Section):
+class ControlConfig(Section):
     tick_s: float = Field(
         default=0.1, ge=0.01, le=1.0, description="Control loop period (it also wakes on events)."
     )
@@ -971,7 +778,7 @@ class ControlConfig(_Section):
         return str(Path(ledger_path).with_name("core-state.json"))
 
 
-class Config(_Section):
+class Config(Section):
     """The whole controller config (one YAML file)."""
 
     site: SiteConfig
@@ -1000,342 +807,12 @@ def json_schema() -> dict[str, Any]:
     return schema
 
 
-# --- vendor register maps (config/inverters/*.yaml) -------------------------------------------
-
-
-class MapRegister(_Section):
-    """One register (or register pair) of a vendor map."""
-
-    address: int = Field(ge=0, le=65535, description="Protocol (0-based) register address.")
-    function: Literal["holding", "input"] = Field(
-        default="holding", description="holding: read with function 3; input: function 4."
-    )
-    type: Literal["u16", "i16", "u32", "i32", "f32"]
-    word_order: Literal["high_first", "low_first"] | None = Field(
-        default=None, description="Overrides the map's word_order for this register."
-    )
-    scale: float = Field(default=1.0, description="Engineering value = raw x scale.")
-    unit: str | None = None
-    access: Literal["r", "rw"] = "r"
-
-    @model_validator(mode="after")
-    def _sane(self) -> Self:
-        if self.scale == 0:
-            raise ValueError("expected a non-zero scale, found 0")
-        if self.access == "rw" and self.function == "input":
-            raise ValueError("expected input registers to be read-only (access: r), found rw")
-        return self
-
-    @property
-    def words(self) -> int:
-        return 1 if self.type in ("u16", "i16") else 2
-
-
-class SignedRole(_Section):
-    register_name: str = Field(alias="register")
-    sign: Literal["import_positive", "export_positive"] = Field(
-        description="import_positive: + charges the vehicle; export_positive: + discharges it."
-    )
-
-
-class EnableRole(_Section):
-    register_name: str = Field(alias="register")
-    on: int = 1
-    off: int = 0
-
-
-class HeartbeatRole(_Section):
-    register_name: str = Field(alias="register")
-    kind: Literal["timeout", "counter"] = Field(
-        description="timeout: the register holds the revert time in seconds, written at setup; "
-        "counter: a value the controller changes with every command."
-    )
-    timeout_s: float | None = Field(
-        default=None, gt=0, le=3600, description="For kind counter: the device's own timeout."
-    )
-
-
-class StatusRole(_Section):
-    register_name: str = Field(alias="register")
-    names: dict[int, str] = Field(default_factory=dict, description="Value -> state name.")
-    fault_values: list[int] = Field(default_factory=list, description="Values that mean fault.")
-
-
-class FaultRole(_Section):
-    register_name: str = Field(alias="register")
-    names: dict[int, str] = Field(default_factory=dict, description="Code -> fault name.")
-
-
-class MapRoles(_Section):
-    """Which registers the controller uses for what."""
-
-    setpoint: SignedRole
-    measured_power: SignedRole
-    enable: EnableRole | None = None
-    heartbeat: HeartbeatRole
-    status: StatusRole | None = None
-    fault: FaultRole | None = None
-    energy_charged: str | None = None
-    energy_discharged: str | None = None
-    temperature: str | None = None
-    dc_voltage: str | None = None
-    max_charge_power: str | None = None
-    max_discharge_power: str | None = None
-
-
-class RegisterMap(_Section):
-    """A non-SunSpec inverter's register map (one file per model in config/inverters/)."""
-
-    manufacturer: str = Field(min_length=1)
-    model: str = Field(min_length=1)
-    word_order: Literal["high_first", "low_first"] = "high_first"
-    registers: dict[str, MapRegister] = Field(min_length=1)
-    roles: MapRoles
-
-    def cross_problems(self) -> list[tuple[Loc, str]]:
-        """Problems between roles and registers, each at the role that has it."""
-        problems: list[tuple[Loc, str]] = []
-        roles = self.roles
-        named: dict[str, str | None] = {
-            "setpoint": roles.setpoint.register_name,
-            "measured_power": roles.measured_power.register_name,
-            "enable": roles.enable.register_name if roles.enable else None,
-            "heartbeat": roles.heartbeat.register_name,
-            "status": roles.status.register_name if roles.status else None,
-            "fault": roles.fault.register_name if roles.fault else None,
-            "energy_charged": roles.energy_charged,
-            "energy_discharged": roles.energy_discharged,
-            "temperature": roles.temperature,
-            "dc_voltage": roles.dc_voltage,
-            "max_charge_power": roles.max_charge_power,
-            "max_discharge_power": roles.max_discharge_power,
-        }
-        for role, register in named.items():
-            if register is not None and register not in self.registers:
-                problems.append(
-                    (("roles", role), f"names register {register!r}, which is not defined")
-                )
-        for role in ("setpoint", "enable", "heartbeat"):
-            register = named[role]
-            if register in self.registers and self.registers[register].access != "rw":
-                problems.append(
-                    (("roles", role), f"expected register {register!r} to be rw, found r")
-                )
-        if roles.heartbeat.kind == "counter" and roles.heartbeat.timeout_s is None:
-            problems.append(
-                (("roles", "heartbeat"), "kind counter: expected timeout_s, found none")
-            )
-        return problems
-
-
 # --- loading ----------------------------------------------------------------------------------
-
-
-class _Located:
-    """A YAML document turned into plain data, with the line of every key and item."""
-
-    def __init__(self, file: str) -> None:
-        self.file = file
-        self.lines: dict[Loc, int] = {}
-        self.problems: list[ConfigProblem] = []
-
-    def build(self, node: yaml.Node, loc: Loc, loader: yaml.SafeLoader) -> Any:
-        self.lines.setdefault(loc, node.start_mark.line + 1)
-        if isinstance(node, yaml.MappingNode):
-            loader.flatten_mapping(node)  # resolve '<<' merge keys as PyYAML would
-            result: dict[Any, Any] = {}
-            first_line: dict[Any, int] = {}
-            for key_node, value_node in node.value:
-                if key_node.tag == "tag:yaml.org,2002:bool":
-                    key: Any = key_node.value  # YAML 1.1 reads the keys on/off/yes/no as bools
-                else:
-                    key = self.build(key_node, (*loc, "<key>"), loader)
-                key_line = key_node.start_mark.line + 1
-                if not isinstance(key, str | int | float | bool):
-                    self._problem(key_line, loc, f"expected a plain key, found {key!r}")
-                    continue
-                if key in first_line:
-                    self._problem(
-                        key_line,
-                        (*loc, str(key)),
-                        f"duplicate key (first at line {first_line[key]}); expected each key once",
-                    )
-                    continue
-                first_line[key] = key_line
-                self.lines[(*loc, str(key))] = key_line
-                result[str(key)] = self.build(value_node, (*loc, str(key)), loader)
-            return result
-        if isinstance(node, yaml.SequenceNode):
-            return [self.build(item, (*loc, i), loader) for i, item in enumerate(node.value)]
-        # YAML 1.1 reads an unquoted 19:30 as the base-60 integer 1170. Times of day are common
-        # here, so a plain scalar with a colon stays the string the technician wrote.
-        if node.tag in ("tag:yaml.org,2002:int", "tag:yaml.org,2002:float") and ":" in node.value:
-            return node.value
-        return loader.construct_object(node, deep=True)
-
-    def _problem(self, line: int, loc: Loc, message: str) -> None:
-        self.problems.append(ConfigProblem(self.file, line, _dotted(loc), message))
-
-    def line_for(self, loc: Loc) -> int | None:
-        """The line of the deepest part of ``loc`` present in the file."""
-        for end in range(len(loc), -1, -1):
-            line = self.lines.get(loc[:end])
-            if line is not None:
-                return line
-        return None
-
-
-def _dotted(loc: Loc) -> str:
-    out = ""
-    for part in loc:
-        if isinstance(part, int):
-            out += f"[{part}]"
-        else:
-            out += f".{part}" if out else part
-    return out
-
-
-def _parse(text: str, file: str) -> tuple[Any, _Located]:
-    located = _Located(file)
-    try:
-        loader = yaml.SafeLoader(text)
-    except yaml.reader.ReaderError as exc:
-        raise _reader_problem(exc, text, file) from None
-    try:
-        node = loader.get_single_node()
-        data = None if node is None else located.build(node, (), loader)
-    except yaml.reader.ReaderError as exc:
-        raise _reader_problem(exc, text, file) from None
-    except yaml.MarkedYAMLError as exc:
-        mark = exc.problem_mark or exc.context_mark
-        line = mark.line + 1 if mark is not None else None
-        what = " ".join(p for p in (exc.context, exc.problem) if p)
-        raise ConfigError([ConfigProblem(file, line, "", f"invalid YAML: {what}")]) from None
-    except yaml.YAMLError as exc:
-        raise ConfigError([ConfigProblem(file, None, "", f"invalid YAML: {exc}")]) from None
-    finally:
-        loader.dispose()
-    return data, located
-
-
-def _reader_problem(exc: yaml.reader.ReaderError, text: str, file: str) -> ConfigError:
-    line = text.count("\n", 0, exc.position) + 1
-    return ConfigError(
-        [ConfigProblem(file, line, "", f"invalid YAML: character {exc.character!r} is not allowed")]
-    )
-
-
-def _fields_at(root: type[BaseModel], loc: Loc) -> list[str]:
-    """Field names of the section at ``loc``, for 'did you mean' hints."""
-    model: Any = root
-    for part in loc:
-        if not (isinstance(model, type) and issubclass(model, BaseModel)):
-            return []
-        fields = {f.alias or name: f for name, f in model.model_fields.items()}
-        field = fields.get(str(part))
-        if field is None:
-            return []
-        model = _section_type(field.annotation)
-        if isinstance(model, type) and issubclass(model, dict):
-            return []
-    if isinstance(model, type) and issubclass(model, BaseModel):
-        return [field.alias or name for name, field in model.model_fields.items()]
-    return []
-
-
-def _section_type(annotation: Any) -> Any:
-    for candidate in (annotation, *getattr(annotation, "__args__", ())):
-        if isinstance(candidate, type) and issubclass(candidate, BaseModel):
-            return candidate
-    return annotation
-
-
-def _describe(value: Any) -> str:
-    if isinstance(value, Mapping):
-        return "a mapping"
-    if isinstance(value, list):
-        return "a list"
-    return repr(value)
-
-
-def _problems_from(
-    root: type[BaseModel], exc: pydantic.ValidationError, located: _Located
-) -> Iterator[ConfigProblem]:
-    for err in exc.errors(include_url=False):
-        loc: Loc = tuple(err["loc"])
-        kind = err["type"]
-        line = located.line_for(loc)
-        if kind == "extra_forbidden":
-            known = _fields_at(root, loc[:-1])
-            hint = difflib.get_close_matches(str(loc[-1]), known, n=1)
-            message = "unknown key; expected one of: " + ", ".join(known)
-            if hint:
-                message = f"unknown key; did you mean '{hint[0]}'?"
-        elif kind == "missing":
-            message = "required key is missing"
-        elif kind == "value_error":
-            # Our own cross-field checks already say what was expected and found.
-            message = str(err["ctx"]["error"]) if "ctx" in err else err["msg"]
-        else:
-            expected = re.sub(r"^Input should (be )?", "", err["msg"])
-            expected = expected[0].lower() + expected[1:] if expected else expected
-            message = f"expected {expected}; found {_describe(err.get('input'))}"
-        yield ConfigProblem(located.file, line, _dotted(loc), message)
-
-
-def _validate(model: type[_M], text: str, file: str) -> _M:
-    data, located = _parse(text, file)
-    problems = list(located.problems)
-    if data is None:
-        problems.append(ConfigProblem(file, 1, "", "the file is empty; expected a mapping"))
-        raise ConfigError(problems)
-    if not isinstance(data, dict):
-        problems.append(
-            ConfigProblem(file, 1, "", f"expected a mapping at the top, found {_describe(data)}")
-        )
-        raise ConfigError(problems)
-    try:
-        result = model.model_validate(data)
-    except pydantic.ValidationError as exc:
-        problems.extend(_problems_from(model, exc, located))
-        problems.sort(key=lambda p: (p.line or 0, p.path))
-        raise ConfigError(problems) from None
-    # Checks across sections, each reported at the key it concerns.
-    cross = getattr(result, "cross_problems", None)
-    if cross is not None:
-        for loc, message in cross():
-            problems.append(ConfigProblem(file, located.line_for(loc), _dotted(loc), message))
-    if problems:
-        raise ConfigError(problems)
-    return result
 
 
 def parse_config(text: str, file: str = "<config>") -> Config:
     """Validate YAML text into a Config, or raise ConfigError with every problem found."""
-    return _validate(Config, text, file)
-
-
-def _read_text(path: Path) -> str:
-    file = str(path)
-    try:
-        return path.read_text(encoding="utf-8")
-    except FileNotFoundError:
-        raise ConfigError([ConfigProblem(file, None, "", "file not found")]) from None
-    except IsADirectoryError:
-        raise ConfigError([ConfigProblem(file, None, "", "is a directory, not a file")]) from None
-    except PermissionError:
-        raise ConfigError([ConfigProblem(file, None, "", "permission denied")]) from None
-    except UnicodeDecodeError as exc:
-        raise ConfigError(
-            [ConfigProblem(file, None, "", f"not UTF-8 text (byte {exc.start})")]
-        ) from None
-    except OSError as exc:
-        raise ConfigError([ConfigProblem(file, None, "", f"cannot read: {exc.strerror}")]) from None
-
-
-def load_register_map(path: str | Path) -> RegisterMap:
-    """Read and validate a vendor register map, or raise ConfigError with every problem."""
-    return _validate(RegisterMap, _read_text(Path(path)), str(path))
+    return validate_text(Config, text, file)
 
 
 def load_config(path: str | Path) -> Config:
@@ -1343,7 +820,7 @@ def load_config(path: str | Path) -> Config:
     with every problem found. A relative register map path is taken from the config's folder.
     """
     config_path = Path(path)
-    config = _validate(Config, _read_text(config_path), str(path))
+    config = load_file(Config, config_path)
     map_name = config.inverter.register_map
     if config.inverter.profile == "register_map" and map_name:
         map_path = Path(map_name)
