@@ -1,6 +1,6 @@
 """Every parameter the safety core obeys, as plain frozen dataclasses with safe defaults.
 
-The YAML config (``controller/config.py``, pydantic) is validated first and then converted into a
+The YAML config (``controller/config/``, pydantic) is validated first and then converted into a
 ``Policy``; the core never sees YAML. Names and defaults follow the config keys where the config has
 them, so the conversion is a field-by-field copy. Units are in every name (``_w``, ``_pct``, ``_s``,
 ``_c``, ``_v``, ``_kwh``). Power is a magnitude here (>= 0); the direction is in the name.
