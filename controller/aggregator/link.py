@@ -42,10 +42,10 @@ Loss of the aggregator: ``setpoint()`` keeps returning the last accepted setpoin
 validity runs out the core ignores it and its fallback policy takes over. Nothing here needs an
 operator: the link reconnects, republishes ``online`` and the status, and carries on.
 
-paho-mqtt leaves the socket open when a TLS handshake fails inside ``connect()`` (seen as
-"ResourceWarning: unclosed ssl.SSLSocket", e.g. HABApp#452), so before each TLS connect the link
-performs the handshake once itself with asyncio: a broker certificate the CA does not vouch for
-is then reported cleanly (``reason``) and nothing leaks.
+TLS and the password file (``tls.py``): the context and the password are built afresh on every
+connect, and before each TLS connect the link performs the handshake once itself with asyncio
+(paho would leak the socket of a failed one): a broker certificate the CA does not vouch for is
+then reported cleanly (``reason``).
 
 Every aiomqtt/paho exception is translated into ``AggregatorLinkError`` here.
 """
@@ -66,7 +66,6 @@ import time
 from collections import OrderedDict
 from collections.abc import Callable
 from dataclasses import dataclass
-from pathlib import Path
 from typing import TypeVar
 
 import aiomqtt
@@ -94,6 +93,7 @@ from controller.aggregator.telemetry import (
     status_message,
     telemetry_message,
 )
+from controller.aggregator.tls import check_handshake, read_password, tls_context
 from controller.aggregator.validation import (
     Accepted,
     Rejected,
@@ -101,7 +101,7 @@ from controller.aggregator.validation import (
     SetpointValidator,
 )
 from controller.cancellation import cancel_requests, guarded, raise_if_cancelled_since
-from controller.config import AggregatorConfig, Config, MqttTlsConfig
+from controller.config import AggregatorConfig, Config
 from controller.core.snapshots import Setpoint, SetpointMode
 from controller.errors import AggregatorLinkError
 from controller.links import AuditSink, ControlReport, LinkStatus, SetpointAudit, Wake
@@ -189,63 +189,6 @@ class _ClientLog(logging.Handler):
         text = record.getMessage()
         self.last = text
         log.warning("mqtt client", detail=text)
-
-
-def read_password(path: str) -> str:
-    """The MQTT password from its file (one line; a trailing newline is not part of it)."""
-    where = f"password_file {path}"
-    try:
-        text = Path(path).read_text(encoding="utf-8")
-    except FileNotFoundError:
-        raise AggregatorLinkError(f"{where}: file not found") from None
-    except IsADirectoryError:
-        raise AggregatorLinkError(f"{where}: is a directory, not a file") from None
-    except PermissionError:
-        raise AggregatorLinkError(f"{where}: permission denied") from None
-    except UnicodeDecodeError:
-        raise AggregatorLinkError(f"{where}: not UTF-8 text") from None
-    except OSError as exc:
-        raise AggregatorLinkError(f"{where}: cannot read: {exc.strerror or exc}") from None
-    password = text.rstrip("\r\n")
-    if not password:
-        raise AggregatorLinkError(f"{where}: the file is empty")
-    return password
-
-
-def tls_context(tls: MqttTlsConfig) -> ssl.SSLContext:
-    """A client TLS context: the broker verified against the CA (and its host name), TLS 1.2 or
-    newer, and the client certificate when configured."""
-    for key, path in (
-        ("ca_file", tls.ca_file),
-        ("cert_file", tls.cert_file),
-        ("key_file", tls.key_file),
-    ):
-        if path is not None and not Path(path).is_file():
-            raise AggregatorLinkError(f"tls.{key} {path}: file not found")
-    try:
-        context = ssl.create_default_context(ssl.Purpose.SERVER_AUTH, cafile=tls.ca_file)
-    except ssl.SSLError as exc:
-        raise AggregatorLinkError(
-            f"tls.ca_file {tls.ca_file}: not a PEM CA certificate ({exc.reason or exc})"
-        ) from None
-    except OSError as exc:
-        raise AggregatorLinkError(
-            f"tls.ca_file {tls.ca_file}: cannot read: {exc.strerror or exc}"
-        ) from None
-    context.minimum_version = ssl.TLSVersion.TLSv1_2
-    if tls.cert_file is not None and tls.key_file is not None:
-        try:
-            context.load_cert_chain(tls.cert_file, tls.key_file)
-        except ssl.SSLError as exc:
-            raise AggregatorLinkError(
-                f"tls.cert_file {tls.cert_file} / tls.key_file {tls.key_file}: not a matching "
-                f"PEM certificate and key ({exc.reason or exc})"
-            ) from None
-        except OSError as exc:
-            raise AggregatorLinkError(
-                f"tls.cert_file {tls.cert_file}: cannot read: {exc.strerror or exc}"
-            ) from None
-    return context
 
 
 def _describe(exc: aiomqtt.MqttError) -> str:
@@ -543,40 +486,9 @@ class MqttAggregatorLink:
         )
 
     async def _check_tls(self, context: ssl.SSLContext) -> None:
-        """Handshake once with asyncio, so a refused certificate is a clean error (see the
-        module docstring for why paho cannot be left to find out)."""
-        host, port = self._broker.host, self._broker.port
-        writer: asyncio.StreamWriter | None = None
-        try:
-            async with asyncio.timeout(self._connect_timeout_s):
-                _, writer = await asyncio.open_connection(
-                    host, port, ssl=context, server_hostname=host
-                )
-        except ssl.SSLCertVerificationError as exc:
-            raise AggregatorLinkError(
-                f"TLS to {self._where} refused: the broker's certificate is not trusted "
-                f"({exc.verify_message})"
-            ) from None
-        except ssl.SSLError as exc:
-            raise AggregatorLinkError(
-                f"TLS handshake with {self._where} failed: {exc.reason or exc}"
-            ) from None
-        except TimeoutError:
-            raise AggregatorLinkError(
-                f"cannot connect to {self._where}: no answer within {self._connect_timeout_s:g} s"
-            ) from None
-        except OSError as exc:
-            raise AggregatorLinkError(
-                f"cannot connect to {self._where}: {exc.strerror or exc}"
-            ) from None
-        finally:
-            if writer is not None:
-                writer.close()
-                try:
-                    async with asyncio.timeout(1.0):
-                        await writer.wait_closed()
-                except OSError:  # includes TimeoutError and ssl.SSLError
-                    writer.transport.abort()
+        await check_handshake(
+            self._broker.host, self._broker.port, context, timeout_s=self._connect_timeout_s
+        )
 
     async def _session(self) -> None:
         """One connection, from connect to loss. Always ends by raising."""
