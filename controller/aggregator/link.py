@@ -63,8 +63,7 @@ import secrets
 import socket
 import ssl
 import time
-from collections import OrderedDict
-from collections.abc import Callable
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 from typing import TypeVar
 
@@ -80,7 +79,6 @@ from controller.aggregator.durable_outbox import TELEMETRY_SYNC_S, DurableOutbox
 from controller.aggregator.messages import (
     AVAILABILITY_OFFLINE,
     AVAILABILITY_ONLINE,
-    AckMessage,
     EventBody,
     TelemetryBody,
     with_record_id,
@@ -94,15 +92,11 @@ from controller.aggregator.telemetry import (
     telemetry_message,
 )
 from controller.aggregator.tls import check_handshake, read_password, tls_context
-from controller.aggregator.validation import (
-    Accepted,
-    Rejected,
-    SetpointLimits,
-    SetpointValidator,
-)
+from controller.aggregator.tracker import ACK_WAIT_S, AuditLine, Output, SetpointTracker
+from controller.aggregator.validation import Rejected, SetpointLimits
 from controller.cancellation import cancel_requests, guarded, raise_if_cancelled_since
 from controller.config import AggregatorConfig, Config
-from controller.core.snapshots import Setpoint, SetpointMode
+from controller.core.snapshots import Setpoint
 from controller.errors import AggregatorLinkError
 from controller.links import AuditSink, ControlReport, LinkStatus, SetpointAudit, Wake
 from controller.storage.db import LedgerError
@@ -112,12 +106,10 @@ log = structlog.get_logger(component="aggregator")
 _T = TypeVar("_T")
 
 CONNECT_TIMEOUT_S = 10.0  # TCP + TLS + CONNACK, and each SUBACK/PUBACK
-ACK_WAIT_S = 2.0  # an accepted setpoint no control cycle followed is acked after this anyway
 STABLE_SESSION_S = 30.0  # a connection up this long resets the reconnect backoff
 HOUSEKEEPING_S = 0.2  # periodic telemetry and overdue acks are looked at this often
 INCOMING_QUEUE_MAX = 32
 OUTBOX_CAPACITY = 256
-MAX_AWAITING_ACK = 64
 # Stored records in flight at once: within paho's inflight limit (20), and aiomqtt logs a
 # warning above 10 pending publishes.
 PUBLISH_WINDOW = 10
@@ -166,15 +158,6 @@ class Topics:
             event=f"{base}/event",
             session=f"{base}/session",
         )
-
-
-@dataclass(frozen=True, slots=True)
-class _AwaitingAck:
-    setpoint_id: str
-    requested_power_w: float
-    received_at_s: float  # monotonic
-    mode: SetpointMode
-    audit_seq: int = 0  # the storage job of its "accepted" audit line; its ack waits for it
 
 
 class _ClientLog(logging.Handler):
@@ -237,18 +220,18 @@ class MqttAggregatorLink:
         self._wall = wall
         self._random01 = random01
         self._connect_timeout_s = connect_timeout_s
-        self._ack_wait_s = ack_wait_s
         self._protocol = (
             aiomqtt.ProtocolVersion.V5
             if self._broker.protocol == "5"
             else aiomqtt.ProtocolVersion.V311
         )
-        self._validator = SetpointValidator(
+        self._tracker = SetpointTracker(
             SetpointLimits(
                 max_abs_power_w=config.max_abs_power_w,
                 max_ttl_s=config.max_setpoint_ttl_s,
                 clock_skew_s=config.clock_skew_tolerance_s,
-            )
+            ),
+            ack_wait_s=ack_wait_s,
         )
         self._outbox = Outbox(OUTBOX_CAPACITY)
         self._gate = TelemetryGate(period_s=config.telemetry_period_s)
@@ -263,8 +246,6 @@ class MqttAggregatorLink:
         self._retry_now = False
         self._up_since_s: float | None = None
         self._down_since_s: float | None = None
-        self._setpoint: Setpoint | None = None
-        self._awaiting_ack: OrderedDict[str, _AwaitingAck] = OrderedDict()
         self._latest_report: ControlReport | None = None
         self._status_key: tuple[object, ...] | None = None
         self._unreported_drops = 0
@@ -285,8 +266,6 @@ class MqttAggregatorLink:
         self._writer = secrets.token_hex(8)
         self._record_seq = itertools.count(1)
         self.connects = 0
-        self.accepted = 0
-        self.rejected = 0
 
     @classmethod
     def from_config(
@@ -337,26 +316,23 @@ class MqttAggregatorLink:
         """The thread every durable outbox call runs on (None without a durable outbox)."""
         return self._storage
 
+    @property
+    def accepted(self) -> int:
+        """Setpoints accepted since start."""
+        return self._tracker.accepted
+
+    @property
+    def rejected(self) -> int:
+        """Setpoint payloads rejected since start."""
+        return self._tracker.rejected
+
     def setpoint(self) -> Setpoint | None:
-        return self._setpoint
+        return self._tracker.setpoint
 
     def report(self, report: ControlReport) -> None:
         """Record a control cycle's outcome; queues acks, events, status and telemetry."""
+        self._emit(self._tracker.report(report, wall_now=self._wall()))
         previous, self._latest_report = self._latest_report, report
-        if report.setpoint_id is not None:
-            awaiting = self._awaiting_ack.pop(report.setpoint_id, None)
-            if awaiting is not None:
-                self._ack_applied(awaiting, report)
-        for awaiting in list(self._awaiting_ack.values()):
-            # A release hands control to the local policy: the first cycle on it is the answer.
-            if (
-                awaiting.mode is SetpointMode.RELEASE
-                and report.source != "aggregator"
-                and report.monotonic_s >= awaiting.received_at_s
-            ):
-                del self._awaiting_ack[awaiting.setpoint_id]
-                self._ack_applied(awaiting, report)
-        self._ack_overdue(report.monotonic_s)
         for event in events_between(previous, report):
             self._record_event(event)
         if self._gate.due(report, report.monotonic_s):
@@ -763,45 +739,19 @@ class MqttAggregatorLink:
     # -- setpoints and acks -------------------------------------------------------------------
 
     def _on_setpoint(self, payload: bytes, *, retained: bool) -> None:
-        outcome = self._validator.check(
+        received = self._tracker.receive(
             payload, retained=retained, wall_now=self._wall(), monotonic_now_s=self._monotonic()
         )
+        outcome = received.outcome
         if isinstance(outcome, Rejected):
-            self.rejected += 1
             log.warning("setpoint rejected", setpoint_id=outcome.setpoint_id, reason=outcome.reason)
-            ack = AckMessage(
-                id=outcome.setpoint_id, accepted=False, at=self._wall(), reason=outcome.reason
-            )
-            self._queue(Kind.ACK, self.topics.ack, ack.to_json())
-            self._audit_ack(ack, "rejected")
+            self._emit(received.outputs)
             return
-        self._accept(outcome)
-
-    def _accept(self, outcome: Accepted) -> None:
+        self._emit(received.outputs)
         setpoint = outcome.setpoint
-        self.accepted += 1
-        self._setpoint = setpoint
-        if len(self._awaiting_ack) >= MAX_AWAITING_ACK:
-            _, oldest = self._awaiting_ack.popitem(last=False)
-            self._ack_unknown(oldest, "superseded before any control cycle reported")
-        requested_w = None if setpoint.mode is SetpointMode.RELEASE else setpoint.power_w
-        self._audit_line(
-            SetpointAudit(
-                at=self._wall(),
-                setpoint_id=setpoint.setpoint_id,
-                action="accepted",
-                requested_w=requested_w,
-            )
-        )
-        # The audit sink hands its line to the storage thread: the ack will wait for it.
-        audit_seq = 0 if self._storage is None else self._storage.posted_seq
-        self._awaiting_ack[setpoint.setpoint_id] = _AwaitingAck(
-            setpoint.setpoint_id,
-            setpoint.power_w,
-            setpoint.received_at_s,
-            setpoint.mode,
-            audit_seq,
-        )
+        if self._storage is not None:
+            # The audit sink handed its line to the storage thread: the ack will wait for it.
+            self._tracker.audit_posted(setpoint.setpoint_id, self._storage.posted_seq)
         log.info(
             "setpoint accepted",
             setpoint_id=setpoint.setpoint_id,
@@ -812,79 +762,20 @@ class MqttAggregatorLink:
         )
         self._wake()
 
-    def _ack_applied(self, awaiting: _AwaitingAck, report: ControlReport) -> None:
-        applied_w = report.commanded_w
-        if awaiting.mode is SetpointMode.RELEASE:
-            # Nothing was requested: the local policy decides, within the same limits.
-            requested_w = None
-            binding = report.binding_limit
-        else:
-            requested_w = awaiting.requested_power_w
-            differs = abs(applied_w - requested_w) > 0.5
-            binding = report.binding_limit if differs else None
-        ack = AckMessage(
-            id=awaiting.setpoint_id,
-            accepted=True,
-            at=self._wall(),
-            requested_power_w=requested_w,
-            applied_power_w=applied_w,
-            binding_limit=binding,
-        )
-        self._queue(Kind.ACK, self.topics.ack, ack.to_json(), after_seq=awaiting.audit_seq)
-        self._audit_ack(ack, "applied")
-
-    def _ack_unknown(self, awaiting: _AwaitingAck, reason: str) -> None:
-        ack = AckMessage(
-            id=awaiting.setpoint_id,
-            accepted=True,
-            at=self._wall(),
-            requested_power_w=awaiting.requested_power_w,
-            reason=reason,
-        )
-        self._queue(Kind.ACK, self.topics.ack, ack.to_json(), after_seq=awaiting.audit_seq)
-        self._audit_ack(ack, "applied")
-
     def _ack_overdue(self, now_s: float) -> None:
         """Ack setpoints no control cycle followed within ``ack_wait_s``."""
-        while self._awaiting_ack:
-            setpoint_id, awaiting = next(iter(self._awaiting_ack.items()))
-            if now_s - awaiting.received_at_s < self._ack_wait_s:
-                return
-            del self._awaiting_ack[setpoint_id]
-            report = self._latest_report
-            if report is None or report.monotonic_s < awaiting.received_at_s:
-                self._ack_unknown(
-                    awaiting, f"no control cycle reported within {self._ack_wait_s:g} s"
-                )
-                continue
-            if report.source == "aggregator" and report.setpoint_id not in (None, setpoint_id):
-                binding = f"superseded by {report.setpoint_id}"
-            else:
-                binding = report.binding_limit or f"not followed: control source {report.source}"
-            ack = AckMessage(
-                id=setpoint_id,
-                accepted=True,
-                at=self._wall(),
-                requested_power_w=awaiting.requested_power_w,
-                applied_power_w=report.commanded_w,
-                binding_limit=binding,
-            )
-            self._queue(Kind.ACK, self.topics.ack, ack.to_json(), after_seq=awaiting.audit_seq)
-            self._audit_ack(ack, "applied")
+        self._emit(self._tracker.overdue(now_s, wall_now=self._wall()))
 
-    def _audit_ack(self, ack: AckMessage, action: str) -> None:
-        """The audit line of an ack: for "applied", the reason is the binding limit (or why
-        the applied power is unknown)."""
-        self._audit_line(
-            SetpointAudit(
-                at=ack.at,
-                setpoint_id=ack.id,
-                action=action,
-                requested_w=ack.requested_power_w,
-                applied_w=ack.applied_power_w,
-                reason=ack.reason if ack.binding_limit is None else ack.binding_limit,
+    def _emit(self, outputs: Iterable[Output]) -> None:
+        """Queue the tracker's acks and hand its audit lines to the sink, in order."""
+        for output in outputs:
+            if isinstance(output, AuditLine):
+                self._audit_line(output.line)
+                continue
+            self._queue(
+                Kind.ACK, self.topics.ack, output.message.to_json(), after_seq=output.after_seq
             )
-        )
+            self._audit_line(output.audit)
 
     def _audit_line(self, line: SetpointAudit) -> None:
         if self._audit is None:
