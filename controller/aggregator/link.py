@@ -53,19 +53,13 @@ Every aiomqtt/paho exception is translated into ``AggregatorLinkError`` here.
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import datetime as dt
-import itertools
-import json
 import logging
 import random
-import secrets
 import socket
 import ssl
 import time
 from collections.abc import Callable, Iterable
-from dataclasses import dataclass
-from typing import TypeVar
 
 import aiomqtt
 import structlog
@@ -75,23 +69,16 @@ from paho.mqtt.reasoncodes import ReasonCode
 from paho.mqtt.subscribeoptions import SubscribeOptions
 
 from controller.aggregator.backoff import backoff_delay_s
-from controller.aggregator.durable_outbox import TELEMETRY_SYNC_S, DurableOutbox, OutboxRecord
+from controller.aggregator.durable_outbox import DurableOutbox, OutboxRecord
 from controller.aggregator.messages import (
     AVAILABILITY_OFFLINE,
     AVAILABILITY_ONLINE,
     EventBody,
-    TelemetryBody,
-    with_record_id,
 )
-from controller.aggregator.outbox import Kind, Outbox, Outgoing
-from controller.aggregator.telemetry import (
-    TelemetryGate,
-    events_between,
-    status_key,
-    status_message,
-    telemetry_message,
-)
+from controller.aggregator.outbox import Outbox
+from controller.aggregator.sender import HOUSEKEEPING_S, Sender
 from controller.aggregator.tls import check_handshake, read_password, tls_context
+from controller.aggregator.topics import Topics
 from controller.aggregator.tracker import ACK_WAIT_S, AuditLine, Output, SetpointTracker
 from controller.aggregator.validation import Rejected, SetpointLimits
 from controller.cancellation import cancel_requests, guarded, raise_if_cancelled_since
@@ -99,21 +86,13 @@ from controller.config import AggregatorConfig, Config
 from controller.core.snapshots import Setpoint
 from controller.errors import AggregatorLinkError
 from controller.links import AuditSink, ControlReport, LinkStatus, SetpointAudit, Wake
-from controller.storage.db import LedgerError
 from controller.storage.writer import StorageThread
 
 log = structlog.get_logger(component="aggregator")
-_T = TypeVar("_T")
 
 CONNECT_TIMEOUT_S = 10.0  # TCP + TLS + CONNACK, and each SUBACK/PUBACK
 STABLE_SESSION_S = 30.0  # a connection up this long resets the reconnect backoff
-HOUSEKEEPING_S = 0.2  # periodic telemetry and overdue acks are looked at this often
 INCOMING_QUEUE_MAX = 32
-OUTBOX_CAPACITY = 256
-# Stored records in flight at once: within paho's inflight limit (20), and aiomqtt logs a
-# warning above 10 pending publishes.
-PUBLISH_WINDOW = 10
-PRUNE_EVERY_S = 60.0  # the durable outbox's age bound is applied this often
 _UNSUPPORTED_PROTOCOL_V5 = 0x84  # MQTT 5 CONNACK reason "Unsupported Protocol Version"
 _UNSUPPORTED_PROTOCOL_V311 = 0x01  # MQTT 3.1.1 CONNACK return code 1
 _SUBACK_FAILURE = 0x80
@@ -121,43 +100,6 @@ _SUBACK_FAILURE = 0x80
 
 def _utc_now() -> dt.datetime:
     return dt.datetime.now(dt.UTC)
-
-
-def _running_loop() -> asyncio.AbstractEventLoop | None:
-    try:
-        return asyncio.get_running_loop()
-    except RuntimeError:
-        return None
-
-
-@dataclass(frozen=True, slots=True)
-class Topics:
-    """Every topic the link uses, under the configured prefix."""
-
-    setpoint: str  # in: aggregator -> charger
-    ack: str
-    status: str  # retained
-    telemetry: str
-    availability: str  # retained; also the Last Will
-    event: str
-    session: str  # the ledger's session records
-
-    def for_record(self, kind: str) -> str:
-        """The topic of a stored record's kind."""
-        return {"telemetry": self.telemetry, "event": self.event, "session": self.session}[kind]
-
-    @classmethod
-    def under(cls, prefix: str) -> Topics:
-        base = prefix.rstrip("/")
-        return cls(
-            setpoint=f"{base}/setpoint",
-            ack=f"{base}/ack",
-            status=f"{base}/status",
-            telemetry=f"{base}/telemetry",
-            availability=f"{base}/availability",
-            event=f"{base}/event",
-            session=f"{base}/session",
-        )
 
 
 class _ClientLog(logging.Handler):
@@ -233,8 +175,13 @@ class MqttAggregatorLink:
             ),
             ack_wait_s=ack_wait_s,
         )
-        self._outbox = Outbox(OUTBOX_CAPACITY)
-        self._gate = TelemetryGate(period_s=config.telemetry_period_s)
+        self._sender = Sender(
+            self.topics,
+            telemetry_period_s=config.telemetry_period_s,
+            wall=wall,
+            durable=durable,
+            storage=storage,
+        )
         self._client_log = _ClientLog()
         self._client_logger = logging.Logger("controller.aggregator.mqtt", logging.WARNING)
         self._client_logger.addHandler(self._client_log)
@@ -246,25 +193,7 @@ class MqttAggregatorLink:
         self._retry_now = False
         self._up_since_s: float | None = None
         self._down_since_s: float | None = None
-        self._latest_report: ControlReport | None = None
-        self._status_key: tuple[object, ...] | None = None
-        self._unreported_drops = 0
-        self._durable = durable
         self._audit = audit
-        # Every use of the durable outbox runs on the storage thread (the app's, shared with the
-        # ledger; or one of the link's own), never on the event loop (issue 15).
-        self._owns_storage = storage is None and durable is not None
-        self._storage = StorageThread(name="outbox") if self._owns_storage else storage
-        self._loop: asyncio.AbstractEventLoop | None = None
-        self._kick = asyncio.Event()  # something was queued: wakes the sender
-        self._storage_error: str | None = None  # the storage failure last reported as an event
-        if durable is not None:
-            durable.add_listener(self._kick_from_storage)
-        # Published stored records whose delete failed: skipped, and deleted later.
-        self._published: list[OutboxRecord] = []
-        # Ids of records that never touch the database (no durable outbox, or it failed).
-        self._writer = secrets.token_hex(8)
-        self._record_seq = itertools.count(1)
         self.connects = 0
 
     @classmethod
@@ -305,16 +234,16 @@ class MqttAggregatorLink:
 
     @property
     def outbox(self) -> Outbox:
-        return self._outbox
+        return self._sender.outbox
 
     @property
     def durable(self) -> DurableOutbox | None:
-        return self._durable
+        return self._sender.durable
 
     @property
     def storage(self) -> StorageThread | None:
         """The thread every durable outbox call runs on (None without a durable outbox)."""
-        return self._storage
+        return self._sender.storage
 
     @property
     def accepted(self) -> int:
@@ -332,15 +261,7 @@ class MqttAggregatorLink:
     def report(self, report: ControlReport) -> None:
         """Record a control cycle's outcome; queues acks, events, status and telemetry."""
         self._emit(self._tracker.report(report, wall_now=self._wall()))
-        previous, self._latest_report = self._latest_report, report
-        for event in events_between(previous, report):
-            self._record_event(event)
-        if self._gate.due(report, report.monotonic_s):
-            self._queue_telemetry(report, report.monotonic_s)
-        key = status_key(report)
-        if key != self._status_key:
-            self._status_key = key
-            self._queue_status(report)
+        self._sender.report(report)
 
     async def publish_offline(self) -> None:
         """Publish the retained "offline" (over the live connection, or a short one of its own)
@@ -383,16 +304,13 @@ class MqttAggregatorLink:
 
     async def run(self, wake: Wake) -> None:
         self._wake = wake
-        self._loop = asyncio.get_running_loop()
+        self._sender.start(self._monotonic())
         try:
             async with asyncio.TaskGroup() as tasks:
                 tasks.create_task(self._connect_loop(), name="aggregator-connect")
                 tasks.create_task(self._housekeeping(), name="aggregator-housekeeping")
         finally:
-            # Stopping (or crashing): the telemetry committed without an fsync goes to disk.
-            self._durable_sync()
-            if self._owns_storage and self._storage is not None:
-                self._storage.close()
+            self._sender.close()
 
     # -- connection ---------------------------------------------------------------------------
 
@@ -562,7 +480,7 @@ class MqttAggregatorLink:
         if self._down_since_s is not None:
             down_s = max(0.0, now_s - self._down_since_s)
             self._down_since_s = None
-            self._record_event(
+            self._sender.record_event(
                 EventBody(
                     at=self._wall(),
                     kind="link_restored",
@@ -570,10 +488,7 @@ class MqttAggregatorLink:
                     down_s=round(down_s, 3),
                 )
             )
-        self._report_drops()
-        if self._latest_report is not None:
-            # The broker may have lost the retained status (a restart without persistence).
-            self._queue_status(self._latest_report)
+        self._sender.came_up()
         if previous is not LinkStatus.UP:
             self._wake()
 
@@ -614,91 +529,27 @@ class MqttAggregatorLink:
 
     async def _send(self, client: aiomqtt.Client) -> None:
         """Acks and status (in memory) first, then the stored records in order of creation."""
+        sender = self._sender
         while True:
-            item = self._outbox.peek()
+            item = sender.next_message()
             if item is not None:
-                if item.after_seq and self._storage is not None:
-                    # An ack that says "accepted" goes out once the setpoint's audit line was
-                    # written (or its write failed and was logged): docs/ledger.md, "Audit".
-                    await self._storage.processed(item.after_seq)
-                await guarded(
-                    client.publish(
-                        item.topic,
-                        item.payload,
-                        qos=1,
-                        retain=item.retain,
-                        timeout=self._connect_timeout_s,
-                    )
-                )
-                self._outbox.done(item)
-                if self._unreported_drops and not self._outbox.pending(Kind.ACK):
-                    dropped, self._unreported_drops = self._unreported_drops, 0
-                    self._record_event(
-                        EventBody(
-                            at=self._wall(),
-                            kind="messages_dropped",
-                            message=f"{dropped} acks or events dropped: the outbox was full",
-                            dropped=dropped,
-                        )
-                    )
+                await sender.ready(item)
+                await self._publish(client, item.topic, item.payload, retain=item.retain)
+                sender.sent(item)
                 continue
-            records = await self._stored_to_send()
+            records = await sender.stored_window()
             if records:
                 await self._publish_stored(client, records)
                 continue
-            self._kick.clear()
-            if self._durable is None:
-                await self._kick.wait()
-            else:
-                # Also polls: rows of a caller's open transaction become sendable on its commit.
-                with contextlib.suppress(TimeoutError):
-                    async with asyncio.timeout(HOUSEKEEPING_S):
-                        await self._kick.wait()
+            await sender.idle()
 
-    async def _with_durable(self, failed: str, call: Callable[[DurableOutbox], _T]) -> _T | None:
-        """``call`` on the durable outbox, on the storage thread; None when there is none, and
-        a database failure is logged as ``failed`` (each caller retries later): None."""
-        durable, storage = self._durable, self._storage
-        if durable is None or storage is None:
-            return None
-        try:
-            return await storage.call(failed, lambda: call(durable))
-        except LedgerError as exc:
-            log.error(failed, error=str(exc))
-            return None
-
-    def _post_durable(self, what: str, call: Callable[[DurableOutbox], object]) -> None:
-        """Hand ``call`` over to the storage thread without waiting; its failure is logged
-        there as ``what``."""
-        durable, storage = self._durable, self._storage
-        if durable is None or storage is None:
-            return
-
-        def run() -> None:
-            try:
-                call(durable)
-            except LedgerError as exc:
-                storage.record_failure(what, exc)
-                log.error(what, error=str(exc))
-
-        with contextlib.suppress(LedgerError):  # stopped: the stop sequence already synced
-            storage.post(what, run, droppable=True)
-
-    def _kick_from_storage(self) -> None:
-        # Called on the storage thread after a record was stored: wake the sender.
-        loop = self._loop
-        if loop is None:
-            return
-        with contextlib.suppress(RuntimeError):  # the loop is closed
-            loop.call_soon_threadsafe(self._kick.set)
-
-    async def _stored_to_send(self) -> list[OutboxRecord]:
-        after_seq = self._published[-1].seq if self._published else 0
-        records = await self._with_durable(
-            "stored records cannot be read; retrying",
-            lambda durable: durable.peek(PUBLISH_WINDOW, after_seq=after_seq),
+    async def _publish(
+        self, client: aiomqtt.Client, topic: str, payload: bytes, *, retain: bool = False
+    ) -> None:
+        """One QoS 1 publish, done once the broker acknowledged it."""
+        await guarded(
+            client.publish(topic, payload, qos=1, retain=retain, timeout=self._connect_timeout_s)
         )
-        return records or []
 
     async def _publish_stored(self, client: aiomqtt.Client, records: list[OutboxRecord]) -> None:
         """Publish a window of stored records at once (paho sends them in this order) and
@@ -706,14 +557,7 @@ class MqttAggregatorLink:
         ones that did arrive are sent again after the reconnect under the same id."""
         results = await asyncio.gather(
             *(
-                guarded(
-                    client.publish(
-                        self.topics.for_record(record.kind),
-                        record.payload(),
-                        qos=1,
-                        timeout=self._connect_timeout_s,
-                    )
-                )
+                self._publish(client, self.topics.for_record(record.kind), record.payload())
                 for record in records
             ),
             return_exceptions=True,
@@ -721,20 +565,7 @@ class MqttAggregatorLink:
         for result in results:
             if isinstance(result, BaseException):
                 raise result
-        self._published.extend(records)
-        await self._delete_published()
-
-    async def _delete_published(self) -> None:
-        published = list(self._published)
-
-        def delete(durable: DurableOutbox) -> bool:
-            durable.mark_published(published)
-            return True
-
-        if not published:
-            return
-        if await self._with_durable("published records not deleted; retrying", delete):
-            del self._published[: len(published)]
+        await self._sender.stored_sent(records)
 
     # -- setpoints and acks -------------------------------------------------------------------
 
@@ -749,9 +580,10 @@ class MqttAggregatorLink:
             return
         self._emit(received.outputs)
         setpoint = outcome.setpoint
-        if self._storage is not None:
+        storage = self._sender.storage
+        if storage is not None:
             # The audit sink handed its line to the storage thread: the ack will wait for it.
-            self._tracker.audit_posted(setpoint.setpoint_id, self._storage.posted_seq)
+            self._tracker.audit_posted(setpoint.setpoint_id, storage.posted_seq)
         log.info(
             "setpoint accepted",
             setpoint_id=setpoint.setpoint_id,
@@ -772,9 +604,7 @@ class MqttAggregatorLink:
             if isinstance(output, AuditLine):
                 self._audit_line(output.line)
                 continue
-            self._queue(
-                Kind.ACK, self.topics.ack, output.message.to_json(), after_seq=output.after_seq
-            )
+            self._sender.queue_ack(output.message.to_json(), after_seq=output.after_seq)
             self._audit_line(output.audit)
 
     def _audit_line(self, line: SetpointAudit) -> None:
@@ -790,133 +620,11 @@ class MqttAggregatorLink:
                 error=f"{type(exc).__name__}: {exc}",
             )
 
-    # -- outbound -----------------------------------------------------------------------------
-
-    def _queue(
-        self, kind: Kind, topic: str, payload: bytes, *, retain: bool = False, after_seq: int = 0
-    ) -> None:
-        dropped = self._outbox.put(Outgoing(kind, topic, payload, retain, after_seq))
-        self._kick.set()
-        if dropped is not None:
-            self._unreported_drops += 1
-            log.warning(
-                "outbox full; dropped the oldest message",
-                dropped=str(dropped.kind),
-                capacity=self._outbox.capacity,
-            )
-
-    def _new_record_id(self) -> str:
-        return f"{self._writer}-{next(self._record_seq)}"
-
-    def _record_event(self, event: EventBody) -> None:
-        self._record("event", event)
-
-    def _record(self, kind: str, body: EventBody | TelemetryBody) -> None:
-        """A telemetry or event record: stored when there is a durable outbox (events with an
-        fsync, telemetry without), else queued in memory with an id of the link's own."""
-        data = body.to_json()
-        durable, storage = self._durable, self._storage
-        if durable is not None and storage is not None:
-            loop = self._loop or _running_loop()
-
-            def store() -> None:
-                # On the storage thread. A record the disk refuses goes out from memory.
-                try:
-                    durable.put(kind, json.loads(data), sync=kind != "telemetry")
-                except LedgerError as exc:
-                    storage.record_failure(kind, exc)
-                    log.error(
-                        "record not stored; sending it from memory only", kind=kind, error=str(exc)
-                    )
-                    if loop is not None:
-                        with contextlib.suppress(RuntimeError):  # the loop is closed
-                            loop.call_soon_threadsafe(self._queue_in_memory, kind, data)
-
-            try:
-                # Telemetry may be dropped by a storage queue that a stalled disk filled.
-                storage.post(kind, store, droppable=kind == "telemetry")
-            except LedgerError:
-                pass  # the storage thread stopped (the daemon is stopping): send from memory
-            else:
-                return
-        self._queue_in_memory(kind, data)
-
-    def _queue_in_memory(self, kind: str, data: bytes) -> None:
-        memory_kind = Kind.TELEMETRY if kind == "telemetry" else Kind.EVENT
-        self._queue(
-            memory_kind,
-            self.topics.for_record(kind),
-            with_record_id(self._new_record_id(), data),
-        )
-
-    def _queue_telemetry(self, report: ControlReport, now_s: float) -> None:
-        self._record("telemetry", telemetry_message(report))
-        self._gate.sent(report, now_s)
-
-    def _durable_sync(self) -> None:
-        self._post_durable("stored telemetry not synced", lambda durable: durable.sync())
-
-    def _queue_status(self, report: ControlReport) -> None:
-        payload = status_message(report).to_json()
-        self._queue(Kind.STATUS, self.topics.status, payload, retain=True)
+    # -- housekeeping -------------------------------------------------------------------------
 
     async def _housekeeping(self) -> None:
-        synced_s = pruned_s = self._monotonic()
-        self._durable_prune()
         while True:
             await asyncio.sleep(HOUSEKEEPING_S)
             now_s = self._monotonic()
             self._ack_overdue(now_s)
-            report = self._latest_report
-            if report is not None and self._gate.periodic_due(now_s):
-                self._queue_telemetry(report, now_s)
-            await self._delete_published()
-            self._report_storage_health()
-            if now_s - synced_s >= TELEMETRY_SYNC_S:
-                synced_s = now_s
-                self._durable_sync()
-            if now_s - pruned_s >= PRUNE_EVERY_S:
-                pruned_s = now_s
-                self._durable_prune()
-                if self._status is LinkStatus.UP:
-                    self._report_drops()  # drops while a long backlog drains
-
-    def _report_drops(self) -> None:
-        at = self._wall()
-        self._post_durable(
-            "stored records dropped, but the count was not reported",
-            lambda durable: durable.report_drops(at),
-        )
-
-    def _durable_prune(self) -> None:
-        def prune(durable: DurableOutbox) -> None:
-            dropped = durable.prune()
-            if dropped:
-                log.warning(
-                    "stored records dropped by the outbox bounds",
-                    dropped=dropped,
-                    max_records=durable.max_records,
-                    max_age_s=durable.max_age_s,
-                )
-
-        self._post_durable("stored records not pruned", prune)
-
-    def _report_storage_health(self) -> None:
-        """One event when durable writes start failing (disk full, a read-only or dead card)
-        and one when they work again; each is sent from memory if the disk refuses it."""
-        storage = self._storage
-        if storage is None:
-            return
-        error = storage.failing
-        if (error is None) == (self._storage_error is None):
-            return  # no change (a new error while failing is in the log, not a new event)
-        previous, self._storage_error = self._storage_error, error
-        if error is not None:
-            message = f"durable writes fail; the charger keeps running on its safety logic: {error}"
-            self._record_event(EventBody(at=self._wall(), kind="storage_failed", message=message))
-        elif previous is not None:
-            self._record_event(
-                EventBody(
-                    at=self._wall(), kind="storage_restored", message="durable writes work again"
-                )
-            )
+            await self._sender.housekeeping(now_s, connected=self._status is LinkStatus.UP)
