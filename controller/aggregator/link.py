@@ -1,6 +1,18 @@
 """The aggregator link: MQTT to the aggregator's broker, on aiomqtt (which drives paho-mqtt).
 
-Satisfies ``controller.links.AggregatorLink``. One connection at a time, owned by ``run()``:
+Satisfies ``controller.links.AggregatorLink``. This module owns the connection and composes
+its parts:
+
+* ``tracker.py``, ``SetpointTracker`` (sans-IO): validates each setpoint payload
+  (``validation.py``), keeps the one accepted last and those awaiting their ack, and decides
+  every ack and audit line from the ``report()`` calls that follow;
+* ``sender.py``, ``Sender``: routes acks, events, status and telemetry into the in-memory
+  outbox (``outbox.py``) or the durable one (``durable_outbox.py``, store and forward) and
+  keeps them until the broker acknowledged them; hands audit lines to the audit sink;
+* ``tls.py``: the TLS context, the password file, and the handshake checked before paho connects;
+* ``client.py``: the aiomqtt client built for one connection, its log, its errors as text.
+
+One connection at a time, owned by ``run()``:
 
 * connect with MQTT 5 (or 3.1.1 when ``broker.protocol`` says so, or when an MQTT 5 CONNECT is
   refused with "unsupported protocol version": the link then stays on 3.1.1), a clean session,
@@ -12,40 +24,26 @@ Satisfies ``controller.links.AggregatorLink``. One connection at a time, owned b
 * a lost or refused connection makes the link ``DOWN`` (with ``reason``), and it reconnects by
   itself after a capped exponential backoff with jitter (``backoff.py``); a connection that
   stayed up for ``STABLE_SESSION_S`` resets the backoff;
-* every setpoint is validated (``validation.py``) and answered on the ack topic. An accepted one
-  becomes ``setpoint()`` at once and wakes the control loop; its ack waits for the first
-  ``report()`` that follows it, so it can say what power was applied and which limit bound;
-* ``report()`` never waits: it records the report, queues acks, events, status and telemetry in
-  the bounded outbox (``outbox.py``), and the link's sender task publishes them while connected.
-
-Store and forward: given a ``DurableOutbox`` (``durable_outbox.py``, in the ledger's SQLite
-file), telemetry (every record, no longer coalesced), events and the ledger's session
-records go through it instead: they survive an outage and a restart and are published oldest
-first, up to ``PUBLISH_WINDOW`` in flight, each deleted once the broker acknowledged it. Acks
-(meaningful only live) and the retained status (re-sent on every connect) stay in memory and go
-first. Telemetry is committed without an fsync; ``sync()`` every ``TELEMETRY_SYNC_S`` bounds
-what a power cut can take (policy in ``durable_outbox.py``). A database that fails is logged
-and the message goes through the in-memory outbox instead: live delivery never depends on the
-disk. Every payload of the three kinds carries a ``record_id``.
+* the receive loop hands every setpoint to the tracker; an accepted one becomes ``setpoint()``
+  at once and wakes the control loop; the acks and audit lines the tracker returns go to the
+  sender;
+* ``report()`` never waits: the tracker answers the setpoints the cycle followed, the sender
+  queues events, status and telemetry, and the publish loop sends them while connected (acks
+  first, then events, status and telemetry from memory, then stored records, a window at once).
 
 Audit: an optional ``AuditSink`` hears of every setpoint accepted, rejected (with the reason)
 and applied (the power of its ack and the binding limit); a failing sink is logged, never
 allowed to break the link.
 
-Bounded queues: incoming setpoints waiting to be validated (``INCOMING_QUEUE_MAX``; aiomqtt
-drops newer messages when full and logs it; they go unacknowledged, so the aggregator resends),
-the outbox (``OUTBOX_CAPACITY``, policy in ``outbox.py``), accepted setpoints awaiting their ack
-(``MAX_AWAITING_ACK``; the oldest is acked without an applied power when full), and the replay
+Bounded queues: incoming setpoints waiting to be validated (``INCOMING_QUEUE_MAX``,
+``client.py``; when full aiomqtt drops newer ones unacknowledged, so the aggregator resends),
+the outbox (``sender.py``, policy in ``outbox.py``), accepted setpoints awaiting their ack
+(``tracker.py``; the oldest is acked without an applied power when full), and the replay
 memory in the validator.
 
 Loss of the aggregator: ``setpoint()`` keeps returning the last accepted setpoint; once its
 validity runs out the core ignores it and its fallback policy takes over. Nothing here needs an
 operator: the link reconnects, republishes ``online`` and the status, and carries on.
-
-TLS and the password file (``tls.py``): the context and the password are built afresh on every
-connect, and before each TLS connect the link performs the handshake once itself with asyncio
-(paho would leak the socket of a failed one): a broker certificate the CA does not vouch for is
-then reported cleanly (``reason``).
 
 Every aiomqtt/paho exception is translated into ``AggregatorLinkError`` here.
 """
@@ -54,45 +52,40 @@ from __future__ import annotations
 
 import asyncio
 import datetime as dt
-import logging
 import random
-import socket
 import ssl
 import time
-from collections.abc import Callable, Iterable
+from collections.abc import Callable
 
 import aiomqtt
 import structlog
 from aiomqtt.exceptions import MqttConnectError
-from paho.mqtt.client import MQTT_CLEAN_START_FIRST_ONLY
-from paho.mqtt.reasoncodes import ReasonCode
 from paho.mqtt.subscribeoptions import SubscribeOptions
 
 from controller.aggregator.backoff import backoff_delay_s
+from controller.aggregator.client import ClientLog, describe, new_client, reason_code
 from controller.aggregator.durable_outbox import DurableOutbox, OutboxRecord
 from controller.aggregator.messages import (
     AVAILABILITY_OFFLINE,
     AVAILABILITY_ONLINE,
-    EventBody,
 )
 from controller.aggregator.outbox import Outbox
 from controller.aggregator.sender import HOUSEKEEPING_S, Sender
 from controller.aggregator.tls import check_handshake, read_password, tls_context
 from controller.aggregator.topics import Topics
-from controller.aggregator.tracker import ACK_WAIT_S, AuditLine, Output, SetpointTracker
+from controller.aggregator.tracker import ACK_WAIT_S, SetpointTracker
 from controller.aggregator.validation import Rejected, SetpointLimits
 from controller.cancellation import cancel_requests, guarded, raise_if_cancelled_since
 from controller.config import AggregatorConfig, Config
 from controller.core.snapshots import Setpoint
 from controller.errors import AggregatorLinkError
-from controller.links import AuditSink, ControlReport, LinkStatus, SetpointAudit, Wake
+from controller.links import AuditSink, ControlReport, LinkStatus, Wake
 from controller.storage.writer import StorageThread
 
 log = structlog.get_logger(component="aggregator")
 
 CONNECT_TIMEOUT_S = 10.0  # TCP + TLS + CONNACK, and each SUBACK/PUBACK
 STABLE_SESSION_S = 30.0  # a connection up this long resets the reconnect backoff
-INCOMING_QUEUE_MAX = 32
 _UNSUPPORTED_PROTOCOL_V5 = 0x84  # MQTT 5 CONNACK reason "Unsupported Protocol Version"
 _UNSUPPORTED_PROTOCOL_V311 = 0x01  # MQTT 3.1.1 CONNACK return code 1
 _SUBACK_FAILURE = 0x80
@@ -100,36 +93,6 @@ _SUBACK_FAILURE = 0x80
 
 def _utc_now() -> dt.datetime:
     return dt.datetime.now(dt.UTC)
-
-
-class _ClientLog(logging.Handler):
-    """paho-mqtt and aiomqtt log to a private logger: forward warnings and errors to structlog,
-    and keep the last one, which often explains a failed connect (e.g. a TLS alert)."""
-
-    def __init__(self) -> None:
-        super().__init__(logging.WARNING)
-        self.last: str | None = None
-
-    def emit(self, record: logging.LogRecord) -> None:
-        text = record.getMessage()
-        self.last = text
-        log.warning("mqtt client", detail=text)
-
-
-def _describe(exc: aiomqtt.MqttError) -> str:
-    text = str(exc) or type(exc).__name__
-    cause = exc.__cause__
-    if cause is not None and str(cause) and str(cause) not in text:
-        text = f"{text} ({cause})"
-    return text
-
-
-def _code(value: object) -> int:
-    if isinstance(value, ReasonCode):
-        return int(value.value)
-    if isinstance(value, int):
-        return value
-    return -1
 
 
 class MqttAggregatorLink:
@@ -181,10 +144,9 @@ class MqttAggregatorLink:
             wall=wall,
             durable=durable,
             storage=storage,
+            audit=audit,
         )
-        self._client_log = _ClientLog()
-        self._client_logger = logging.Logger("controller.aggregator.mqtt", logging.WARNING)
-        self._client_logger.addHandler(self._client_log)
+        self._client_log = ClientLog()
         self._status = LinkStatus.STARTING
         self._reason: str | None = None
         self._wake: Wake = lambda: None
@@ -193,7 +155,6 @@ class MqttAggregatorLink:
         self._retry_now = False
         self._up_since_s: float | None = None
         self._down_since_s: float | None = None
-        self._audit = audit
         self.connects = 0
 
     @classmethod
@@ -260,7 +221,7 @@ class MqttAggregatorLink:
 
     def report(self, report: ControlReport) -> None:
         """Record a control cycle's outcome; queues acks, events, status and telemetry."""
-        self._emit(self._tracker.report(report, wall_now=self._wall()))
+        self._sender.emit(self._tracker.report(report, wall_now=self._wall()))
         self._sender.report(report)
 
     async def publish_offline(self) -> None:
@@ -272,34 +233,15 @@ class MqttAggregatorLink:
         cancels_before = cancel_requests()
         try:
             if client is not None:
-                await guarded(
-                    client.publish(
-                        topic,
-                        AVAILABILITY_OFFLINE,
-                        qos=1,
-                        retain=True,
-                        timeout=self._connect_timeout_s,
-                    )
-                )
+                await self._publish(client, topic, AVAILABILITY_OFFLINE, retain=True)
             else:
-                context = self._tls_context()
-                password = self._password()
-                if context is not None:
-                    await self._check_tls(context)
+                context, password = await self._credentials()
                 async with self._new_client(context, password, will=False) as one_shot:
                     raise_if_cancelled_since(cancels_before)
-                    await guarded(
-                        one_shot.publish(
-                            topic,
-                            AVAILABILITY_OFFLINE,
-                            qos=1,
-                            retain=True,
-                            timeout=self._connect_timeout_s,
-                        )
-                    )
+                    await self._publish(one_shot, topic, AVAILABILITY_OFFLINE, retain=True)
         except aiomqtt.MqttError as exc:
             raise_if_cancelled_since(cancels_before)
-            raise AggregatorLinkError(f"could not publish offline: {_describe(exc)}") from None
+            raise AggregatorLinkError(f"could not publish offline: {describe(exc)}") from None
         log.info("availability published", availability="offline")
 
     async def run(self, wake: Wake) -> None:
@@ -343,53 +285,36 @@ class MqttAggregatorLink:
             log.info("reconnecting", in_s=round(delay_s, 2), attempt=attempt, broker=self._where)
             await asyncio.sleep(delay_s)
 
-    def _tls_context(self) -> ssl.SSLContext | None:
-        return tls_context(self._config.tls) if self._config.tls is not None else None
-
-    def _password(self) -> str | None:
-        path = self._config.password_file
-        return read_password(path) if path is not None else None
+    async def _credentials(self) -> tuple[ssl.SSLContext | None, str | None]:
+        """The TLS context and the password, built afresh for each connect (a rotated password
+        or certificate is picked up), with the TLS handshake checked first (``tls.py``)."""
+        tls, path = self._config.tls, self._config.password_file
+        context = tls_context(tls) if tls is not None else None
+        password = read_password(path) if path is not None else None
+        if context is not None:
+            await check_handshake(
+                self._broker.host, self._broker.port, context, timeout_s=self._connect_timeout_s
+            )
+        return context, password
 
     def _new_client(
         self, context: ssl.SSLContext | None, password: str | None, *, will: bool
     ) -> aiomqtt.Client:
-        v5 = self._protocol is aiomqtt.ProtocolVersion.V5
-        return aiomqtt.Client(
-            self._broker.host,
-            self._broker.port,
+        return new_client(
+            self._broker,
+            client_id=self.client_id,
+            protocol=self._protocol,
             username=self._config.username,
             password=password,
-            logger=self._client_logger,
-            identifier=self.client_id,
-            protocol=self._protocol,
-            will=(
-                aiomqtt.Will(self.topics.availability, AVAILABILITY_OFFLINE, qos=1, retain=True)
-                if will
-                else None
-            ),
-            # A clean session: setpoints queued by the broker while we were away are stale.
-            clean_session=None if v5 else True,
-            clean_start=True if v5 else MQTT_CLEAN_START_FIRST_ONLY,
-            timeout=self._connect_timeout_s,
-            keepalive=self._broker.keepalive_s,
-            max_queued_incoming_messages=INCOMING_QUEUE_MAX,
             tls_context=context,
-            # paho leaves Nagle's algorithm on: with the peer's delayed ACK an ack or a small
-            # publish can wait up to 40 ms in the kernel (measured by bench/latency.py).
-            socket_options=((socket.IPPROTO_TCP, socket.TCP_NODELAY, 1),),
-        )
-
-    async def _check_tls(self, context: ssl.SSLContext) -> None:
-        await check_handshake(
-            self._broker.host, self._broker.port, context, timeout_s=self._connect_timeout_s
+            will_topic=self.topics.availability if will else None,
+            client_log=self._client_log,
+            timeout_s=self._connect_timeout_s,
         )
 
     async def _session(self) -> None:
         """One connection, from connect to loss. Always ends by raising."""
-        context = self._tls_context()
-        password = self._password()
-        if context is not None:
-            await self._check_tls(context)
+        context, password = await self._credentials()
         protocol = self._protocol
         client = self._new_client(context, password, will=True)
         self._client_log.last = None
@@ -400,14 +325,8 @@ class MqttAggregatorLink:
                 # cancel that lands with the reply (controller/cancellation.py).
                 raise_if_cancelled_since(cancels_before)
                 await self._subscribe(client)
-                await guarded(
-                    client.publish(
-                        self.topics.availability,
-                        AVAILABILITY_ONLINE,
-                        qos=1,
-                        retain=True,
-                        timeout=self._connect_timeout_s,
-                    )
+                await self._publish(
+                    client, self.topics.availability, AVAILABILITY_ONLINE, retain=True
                 )
                 self._came_up(client)
                 try:
@@ -421,7 +340,7 @@ class MqttAggregatorLink:
             raise AggregatorLinkError(self._failure(exc)) from None
 
     def _refused(self, exc: MqttConnectError, protocol: aiomqtt.ProtocolVersion) -> Exception:
-        code = _code(exc.rc)
+        code = reason_code(exc.rc)
         if protocol is aiomqtt.ProtocolVersion.V5 and code in (
             _UNSUPPORTED_PROTOCOL_V5,
             _UNSUPPORTED_PROTOCOL_V311,
@@ -436,8 +355,8 @@ class MqttAggregatorLink:
 
     def _failure(self, exc: aiomqtt.MqttError) -> str:
         if self._up_since_s is not None:
-            return f"connection to {self._where} lost: {_describe(exc)}"
-        text = f"cannot connect to {self._where}: {_describe(exc)}"
+            return f"connection to {self._where} lost: {describe(exc)}"
+        text = f"cannot connect to {self._where}: {describe(exc)}"
         detail = self._client_log.last
         if detail and detail not in text:
             text = f"{text}; {detail}"
@@ -453,7 +372,7 @@ class MqttAggregatorLink:
             )
         else:
             granted = await guarded(client.subscribe(topic, qos=1, timeout=self._connect_timeout_s))
-        codes = [_code(code) for code in granted]
+        codes = [reason_code(code) for code in granted]
         if not codes or codes[0] >= _SUBACK_FAILURE:
             raise AggregatorLinkError(
                 f"{self._where} refused the subscription to {topic} (codes {codes})"
@@ -477,18 +396,11 @@ class MqttAggregatorLink:
             client_id=self.client_id,
             setpoint_topic=self.topics.setpoint,
         )
+        down_s = None
         if self._down_since_s is not None:
             down_s = max(0.0, now_s - self._down_since_s)
             self._down_since_s = None
-            self._sender.record_event(
-                EventBody(
-                    at=self._wall(),
-                    kind="link_restored",
-                    message=f"link to the aggregator restored after {down_s:.1f} s",
-                    down_s=round(down_s, 3),
-                )
-            )
-        self._sender.came_up()
+        self._sender.came_up(down_s)
         if previous is not LinkStatus.UP:
             self._wake()
 
@@ -576,14 +488,12 @@ class MqttAggregatorLink:
         outcome = received.outcome
         if isinstance(outcome, Rejected):
             log.warning("setpoint rejected", setpoint_id=outcome.setpoint_id, reason=outcome.reason)
-            self._emit(received.outputs)
+            self._sender.emit(received.outputs)
             return
-        self._emit(received.outputs)
+        self._sender.emit(received.outputs)
         setpoint = outcome.setpoint
-        storage = self._sender.storage
-        if storage is not None:
-            # The audit sink handed its line to the storage thread: the ack will wait for it.
-            self._tracker.audit_posted(setpoint.setpoint_id, storage.posted_seq)
+        # The audit sink handed its line to the storage thread: the ack will wait for it.
+        self._tracker.audit_posted(setpoint.setpoint_id, self._sender.posted_seq)
         log.info(
             "setpoint accepted",
             setpoint_id=setpoint.setpoint_id,
@@ -596,29 +506,7 @@ class MqttAggregatorLink:
 
     def _ack_overdue(self, now_s: float) -> None:
         """Ack setpoints no control cycle followed within ``ack_wait_s``."""
-        self._emit(self._tracker.overdue(now_s, wall_now=self._wall()))
-
-    def _emit(self, outputs: Iterable[Output]) -> None:
-        """Queue the tracker's acks and hand its audit lines to the sink, in order."""
-        for output in outputs:
-            if isinstance(output, AuditLine):
-                self._audit_line(output.line)
-                continue
-            self._sender.queue_ack(output.message.to_json(), after_seq=output.after_seq)
-            self._audit_line(output.audit)
-
-    def _audit_line(self, line: SetpointAudit) -> None:
-        if self._audit is None:
-            return
-        try:
-            self._audit(line)
-        except Exception as exc:  # noqa: BLE001  the sink is the ledger's code: never ours to die of
-            log.error(
-                "setpoint audit not recorded",
-                setpoint_id=line.setpoint_id,
-                action=line.action,
-                error=f"{type(exc).__name__}: {exc}",
-            )
+        self._sender.emit(self._tracker.overdue(now_s, wall_now=self._wall()))
 
     # -- housekeeping -------------------------------------------------------------------------
 

@@ -1,8 +1,10 @@
 """What the aggregator link publishes, and where it waits: the in-memory outbox or the durable one.
 
 The link's connection owns the MQTT client; the ``Sender`` owns the messages. ``report()``,
-acks and events are put here without waiting, and the link's publish loop, while connected,
-asks what to send next and says what the broker acknowledged::
+events and the setpoint tracker's acks and audit lines (``emit``: each audit line goes to the
+audit sink, whose failure is logged and never breaks the link) are put here without waiting,
+and the link's publish loop, while connected, asks what to send next and says what the broker
+acknowledged::
 
     item = sender.next_message()           # acks, then events, status, telemetry (memory)
     await sender.ready(item)               # an ack waits for its audit line's storage job
@@ -38,7 +40,7 @@ import datetime as dt
 import itertools
 import json
 import secrets
-from collections.abc import Callable
+from collections.abc import Callable, Iterable
 from typing import TypeVar
 
 import structlog
@@ -54,7 +56,8 @@ from controller.aggregator.telemetry import (
     telemetry_message,
 )
 from controller.aggregator.topics import Topics
-from controller.links import ControlReport
+from controller.aggregator.tracker import AuditLine, Output
+from controller.links import AuditSink, ControlReport, SetpointAudit
 from controller.storage.db import LedgerError
 from controller.storage.writer import StorageThread
 
@@ -88,8 +91,10 @@ class Sender:
         wall: Callable[[], dt.datetime],
         durable: DurableOutbox | None = None,
         storage: StorageThread | None = None,
+        audit: AuditSink | None = None,
     ) -> None:
         self._topics = topics
+        self._audit = audit
         self._wall = wall
         self._outbox = Outbox(OUTBOX_CAPACITY)
         self._gate = TelemetryGate(period_s=telemetry_period_s)
@@ -140,9 +145,36 @@ class Sender:
 
     # -- routing ------------------------------------------------------------------------------
 
-    def queue_ack(self, payload: bytes, *, after_seq: int = 0) -> None:
-        """An ack, sent before anything else once storage job ``after_seq`` was processed."""
-        self._queue(Kind.ACK, self._topics.ack, payload, after_seq=after_seq)
+    @property
+    def posted_seq(self) -> int:
+        """The last storage job handed over (0 without a storage thread): an ack given this
+        as ``after_seq`` waits for everything posted so far, such as its audit line."""
+        return 0 if self._storage is None else self._storage.posted_seq
+
+    def emit(self, outputs: Iterable[Output]) -> None:
+        """The setpoint tracker's acks and audit lines, in order: each ack is queued to go
+        before anything else once storage job ``after_seq`` was processed, and each audit
+        line handed to the audit sink."""
+        for output in outputs:
+            if isinstance(output, AuditLine):
+                self._audit_line(output.line)
+                continue
+            payload = output.message.to_json()
+            self._queue(Kind.ACK, self._topics.ack, payload, after_seq=output.after_seq)
+            self._audit_line(output.audit)
+
+    def _audit_line(self, line: SetpointAudit) -> None:
+        if self._audit is None:
+            return
+        try:
+            self._audit(line)
+        except Exception as exc:  # noqa: BLE001  the sink is the ledger's code: never ours to die of
+            log.error(
+                "setpoint audit not recorded",
+                setpoint_id=line.setpoint_id,
+                action=line.action,
+                error=f"{type(exc).__name__}: {exc}",
+            )
 
     def report(self, report: ControlReport) -> None:
         """A control cycle: the events it brings, telemetry when due, status when it changed."""
@@ -156,9 +188,19 @@ class Sender:
             self._status_key = key
             self._queue_status(report)
 
-    def came_up(self) -> None:
-        """A connection came up: report stored records the bounds dropped, and send the status
+    def came_up(self, down_s: float | None) -> None:
+        """A connection came up (after ``down_s`` of outage, None for the first): a
+        ``link_restored`` event, the stored records the bounds dropped reported, and the status
         again (the broker may have lost the retained one in a restart without persistence)."""
+        if down_s is not None:
+            self.record_event(
+                EventBody(
+                    at=self._wall(),
+                    kind="link_restored",
+                    message=f"link to the aggregator restored after {down_s:.1f} s",
+                    down_s=round(down_s, 3),
+                )
+            )
         self.report_drops()
         if self._latest_report is not None:
             self._queue_status(self._latest_report)
