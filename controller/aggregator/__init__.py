@@ -1,7 +1,14 @@
 """The aggregator link (MQTT).
 
 - ``link.py``: ``MqttAggregatorLink``, the asyncio client (aiomqtt over paho-mqtt): connection,
-  TLS, Last Will, reconnect, the setpoint subscription, acks and the publishing task;
+  Last Will, reconnect, the setpoint subscription, the receive and publish loops; it composes:
+- ``tracker.py``: ``SetpointTracker``, sans-IO: setpoint payloads and control reports in, acks
+  and audit lines out (which setpoint is current, which await their ack);
+- ``sender.py``: ``Sender``, what is published and where it waits (the in-memory outbox or the
+  durable one), the publish window and the deletes, the audit sink;
+- ``tls.py``: the TLS context, the password file, the handshake checked before connecting;
+- ``client.py``: the aiomqtt client for one connection, its log and its errors as text;
+- ``topics.py``: the topic names under the configured prefix;
 - ``validation.py``: pure setpoint validation (bytes, retain flag and both clocks in; an accepted
   ``Setpoint`` or a rejection with a reason out);
 - ``messages.py``: the payload models, the single source of the wire format and of the JSON

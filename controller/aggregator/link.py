@@ -1,6 +1,18 @@
 """The aggregator link: MQTT to the aggregator's broker, on aiomqtt (which drives paho-mqtt).
 
-Satisfies ``controller.links.AggregatorLink``. One connection at a time, owned by ``run()``:
+Satisfies ``controller.links.AggregatorLink``. This module owns the connection and composes
+its parts:
+
+* ``tracker.py``, ``SetpointTracker`` (sans-IO): validates each setpoint payload
+  (``validation.py``), keeps the one accepted last and those awaiting their ack, and decides
+  every ack and audit line from the ``report()`` calls that follow;
+* ``sender.py``, ``Sender``: routes acks, events, status and telemetry into the in-memory
+  outbox (``outbox.py``) or the durable one (``durable_outbox.py``, store and forward) and
+  keeps them until the broker acknowledged them; hands audit lines to the audit sink;
+* ``tls.py``: the TLS context, the password file, and the handshake checked before paho connects;
+* ``client.py``: the aiomqtt client built for one connection, its log, its errors as text.
+
+One connection at a time, owned by ``run()``:
 
 * connect with MQTT 5 (or 3.1.1 when ``broker.protocol`` says so, or when an MQTT 5 CONNECT is
   refused with "unsupported protocol version": the link then stays on 3.1.1), a clean session,
@@ -12,40 +24,26 @@ Satisfies ``controller.links.AggregatorLink``. One connection at a time, owned b
 * a lost or refused connection makes the link ``DOWN`` (with ``reason``), and it reconnects by
   itself after a capped exponential backoff with jitter (``backoff.py``); a connection that
   stayed up for ``STABLE_SESSION_S`` resets the backoff;
-* every setpoint is validated (``validation.py``) and answered on the ack topic. An accepted one
-  becomes ``setpoint()`` at once and wakes the control loop; its ack waits for the first
-  ``report()`` that follows it, so it can say what power was applied and which limit bound;
-* ``report()`` never waits: it records the report, queues acks, events, status and telemetry in
-  the bounded outbox (``outbox.py``), and the link's sender task publishes them while connected.
-
-Store and forward: given a ``DurableOutbox`` (``durable_outbox.py``, in the ledger's SQLite
-file), telemetry (every record, no longer coalesced), events and the ledger's session
-records go through it instead: they survive an outage and a restart and are published oldest
-first, up to ``PUBLISH_WINDOW`` in flight, each deleted once the broker acknowledged it. Acks
-(meaningful only live) and the retained status (re-sent on every connect) stay in memory and go
-first. Telemetry is committed without an fsync; ``sync()`` every ``TELEMETRY_SYNC_S`` bounds
-what a power cut can take (policy in ``durable_outbox.py``). A database that fails is logged
-and the message goes through the in-memory outbox instead: live delivery never depends on the
-disk. Every payload of the three kinds carries a ``record_id``.
+* the receive loop hands every setpoint to the tracker; an accepted one becomes ``setpoint()``
+  at once and wakes the control loop; the acks and audit lines the tracker returns go to the
+  sender;
+* ``report()`` never waits: the tracker answers the setpoints the cycle followed, the sender
+  queues events, status and telemetry, and the publish loop sends them while connected (acks
+  first, then events, status and telemetry from memory, then stored records, a window at once).
 
 Audit: an optional ``AuditSink`` hears of every setpoint accepted, rejected (with the reason)
 and applied (the power of its ack and the binding limit); a failing sink is logged, never
 allowed to break the link.
 
-Bounded queues: incoming setpoints waiting to be validated (``INCOMING_QUEUE_MAX``; aiomqtt
-drops newer messages when full and logs it; they go unacknowledged, so the aggregator resends),
-the outbox (``OUTBOX_CAPACITY``, policy in ``outbox.py``), accepted setpoints awaiting their ack
-(``MAX_AWAITING_ACK``; the oldest is acked without an applied power when full), and the replay
+Bounded queues: incoming setpoints waiting to be validated (``INCOMING_QUEUE_MAX``,
+``client.py``; when full aiomqtt drops newer ones unacknowledged, so the aggregator resends),
+the outbox (``sender.py``, policy in ``outbox.py``), accepted setpoints awaiting their ack
+(``tracker.py``; the oldest is acked without an applied power when full), and the replay
 memory in the validator.
 
 Loss of the aggregator: ``setpoint()`` keeps returning the last accepted setpoint; once its
 validity runs out the core ignores it and its fallback policy takes over. Nothing here needs an
 operator: the link reconnects, republishes ``online`` and the status, and carries on.
-
-paho-mqtt leaves the socket open when a TLS handshake fails inside ``connect()`` (seen as
-"ResourceWarning: unclosed ssl.SSLSocket", e.g. HABApp#452), so before each TLS connect the link
-performs the handshake once itself with asyncio: a broker certificate the CA does not vouch for
-is then reported cleanly (``reason``) and nothing leaks.
 
 Every aiomqtt/paho exception is translated into ``AggregatorLinkError`` here.
 """
@@ -53,75 +51,41 @@ Every aiomqtt/paho exception is translated into ``AggregatorLinkError`` here.
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import datetime as dt
-import itertools
-import json
-import logging
 import random
-import secrets
-import socket
 import ssl
 import time
-from collections import OrderedDict
 from collections.abc import Callable
-from dataclasses import dataclass
-from pathlib import Path
-from typing import TypeVar
 
 import aiomqtt
 import structlog
 from aiomqtt.exceptions import MqttConnectError
-from paho.mqtt.client import MQTT_CLEAN_START_FIRST_ONLY
-from paho.mqtt.reasoncodes import ReasonCode
 from paho.mqtt.subscribeoptions import SubscribeOptions
 
 from controller.aggregator.backoff import backoff_delay_s
-from controller.aggregator.durable_outbox import TELEMETRY_SYNC_S, DurableOutbox, OutboxRecord
+from controller.aggregator.client import ClientLog, describe, new_client, reason_code
+from controller.aggregator.durable_outbox import DurableOutbox, OutboxRecord
 from controller.aggregator.messages import (
     AVAILABILITY_OFFLINE,
     AVAILABILITY_ONLINE,
-    AckMessage,
-    EventBody,
-    TelemetryBody,
-    with_record_id,
 )
-from controller.aggregator.outbox import Kind, Outbox, Outgoing
-from controller.aggregator.telemetry import (
-    TelemetryGate,
-    events_between,
-    status_key,
-    status_message,
-    telemetry_message,
-)
-from controller.aggregator.validation import (
-    Accepted,
-    Rejected,
-    SetpointLimits,
-    SetpointValidator,
-)
+from controller.aggregator.outbox import Outbox
+from controller.aggregator.sender import HOUSEKEEPING_S, Sender
+from controller.aggregator.tls import check_handshake, read_password, tls_context
+from controller.aggregator.topics import Topics
+from controller.aggregator.tracker import ACK_WAIT_S, SetpointTracker
+from controller.aggregator.validation import Rejected, SetpointLimits
 from controller.cancellation import cancel_requests, guarded, raise_if_cancelled_since
-from controller.config import AggregatorConfig, Config, MqttTlsConfig
-from controller.core.snapshots import Setpoint, SetpointMode
+from controller.config import AggregatorConfig, Config
+from controller.core.snapshots import Setpoint
 from controller.errors import AggregatorLinkError
-from controller.links import AuditSink, ControlReport, LinkStatus, SetpointAudit, Wake
-from controller.storage.db import LedgerError
+from controller.links import AuditSink, ControlReport, LinkStatus, Wake
 from controller.storage.writer import StorageThread
 
 log = structlog.get_logger(component="aggregator")
-_T = TypeVar("_T")
 
 CONNECT_TIMEOUT_S = 10.0  # TCP + TLS + CONNACK, and each SUBACK/PUBACK
-ACK_WAIT_S = 2.0  # an accepted setpoint no control cycle followed is acked after this anyway
 STABLE_SESSION_S = 30.0  # a connection up this long resets the reconnect backoff
-HOUSEKEEPING_S = 0.2  # periodic telemetry and overdue acks are looked at this often
-INCOMING_QUEUE_MAX = 32
-OUTBOX_CAPACITY = 256
-MAX_AWAITING_ACK = 64
-# Stored records in flight at once: within paho's inflight limit (20), and aiomqtt logs a
-# warning above 10 pending publishes.
-PUBLISH_WINDOW = 10
-PRUNE_EVERY_S = 60.0  # the durable outbox's age bound is applied this often
 _UNSUPPORTED_PROTOCOL_V5 = 0x84  # MQTT 5 CONNACK reason "Unsupported Protocol Version"
 _UNSUPPORTED_PROTOCOL_V311 = 0x01  # MQTT 3.1.1 CONNACK return code 1
 _SUBACK_FAILURE = 0x80
@@ -129,139 +93,6 @@ _SUBACK_FAILURE = 0x80
 
 def _utc_now() -> dt.datetime:
     return dt.datetime.now(dt.UTC)
-
-
-def _running_loop() -> asyncio.AbstractEventLoop | None:
-    try:
-        return asyncio.get_running_loop()
-    except RuntimeError:
-        return None
-
-
-@dataclass(frozen=True, slots=True)
-class Topics:
-    """Every topic the link uses, under the configured prefix."""
-
-    setpoint: str  # in: aggregator -> charger
-    ack: str
-    status: str  # retained
-    telemetry: str
-    availability: str  # retained; also the Last Will
-    event: str
-    session: str  # the ledger's session records
-
-    def for_record(self, kind: str) -> str:
-        """The topic of a stored record's kind."""
-        return {"telemetry": self.telemetry, "event": self.event, "session": self.session}[kind]
-
-    @classmethod
-    def under(cls, prefix: str) -> Topics:
-        base = prefix.rstrip("/")
-        return cls(
-            setpoint=f"{base}/setpoint",
-            ack=f"{base}/ack",
-            status=f"{base}/status",
-            telemetry=f"{base}/telemetry",
-            availability=f"{base}/availability",
-            event=f"{base}/event",
-            session=f"{base}/session",
-        )
-
-
-@dataclass(frozen=True, slots=True)
-class _AwaitingAck:
-    setpoint_id: str
-    requested_power_w: float
-    received_at_s: float  # monotonic
-    mode: SetpointMode
-    audit_seq: int = 0  # the storage job of its "accepted" audit line; its ack waits for it
-
-
-class _ClientLog(logging.Handler):
-    """paho-mqtt and aiomqtt log to a private logger: forward warnings and errors to structlog,
-    and keep the last one, which often explains a failed connect (e.g. a TLS alert)."""
-
-    def __init__(self) -> None:
-        super().__init__(logging.WARNING)
-        self.last: str | None = None
-
-    def emit(self, record: logging.LogRecord) -> None:
-        text = record.getMessage()
-        self.last = text
-        log.warning("mqtt client", detail=text)
-
-
-def read_password(path: str) -> str:
-    """The MQTT password from its file (one line; a trailing newline is not part of it)."""
-    where = f"password_file {path}"
-    try:
-        text = Path(path).read_text(encoding="utf-8")
-    except FileNotFoundError:
-        raise AggregatorLinkError(f"{where}: file not found") from None
-    except IsADirectoryError:
-        raise AggregatorLinkError(f"{where}: is a directory, not a file") from None
-    except PermissionError:
-        raise AggregatorLinkError(f"{where}: permission denied") from None
-    except UnicodeDecodeError:
-        raise AggregatorLinkError(f"{where}: not UTF-8 text") from None
-    except OSError as exc:
-        raise AggregatorLinkError(f"{where}: cannot read: {exc.strerror or exc}") from None
-    password = text.rstrip("\r\n")
-    if not password:
-        raise AggregatorLinkError(f"{where}: the file is empty")
-    return password
-
-
-def tls_context(tls: MqttTlsConfig) -> ssl.SSLContext:
-    """A client TLS context: the broker verified against the CA (and its host name), TLS 1.2 or
-    newer, and the client certificate when configured."""
-    for key, path in (
-        ("ca_file", tls.ca_file),
-        ("cert_file", tls.cert_file),
-        ("key_file", tls.key_file),
-    ):
-        if path is not None and not Path(path).is_file():
-            raise AggregatorLinkError(f"tls.{key} {path}: file not found")
-    try:
-        context = ssl.create_default_context(ssl.Purpose.SERVER_AUTH, cafile=tls.ca_file)
-    except ssl.SSLError as exc:
-        raise AggregatorLinkError(
-            f"tls.ca_file {tls.ca_file}: not a PEM CA certificate ({exc.reason or exc})"
-        ) from None
-    except OSError as exc:
-        raise AggregatorLinkError(
-            f"tls.ca_file {tls.ca_file}: cannot read: {exc.strerror or exc}"
-        ) from None
-    context.minimum_version = ssl.TLSVersion.TLSv1_2
-    if tls.cert_file is not None and tls.key_file is not None:
-        try:
-            context.load_cert_chain(tls.cert_file, tls.key_file)
-        except ssl.SSLError as exc:
-            raise AggregatorLinkError(
-                f"tls.cert_file {tls.cert_file} / tls.key_file {tls.key_file}: not a matching "
-                f"PEM certificate and key ({exc.reason or exc})"
-            ) from None
-        except OSError as exc:
-            raise AggregatorLinkError(
-                f"tls.cert_file {tls.cert_file}: cannot read: {exc.strerror or exc}"
-            ) from None
-    return context
-
-
-def _describe(exc: aiomqtt.MqttError) -> str:
-    text = str(exc) or type(exc).__name__
-    cause = exc.__cause__
-    if cause is not None and str(cause) and str(cause) not in text:
-        text = f"{text} ({cause})"
-    return text
-
-
-def _code(value: object) -> int:
-    if isinstance(value, ReasonCode):
-        return int(value.value)
-    if isinstance(value, int):
-        return value
-    return -1
 
 
 class MqttAggregatorLink:
@@ -294,24 +125,28 @@ class MqttAggregatorLink:
         self._wall = wall
         self._random01 = random01
         self._connect_timeout_s = connect_timeout_s
-        self._ack_wait_s = ack_wait_s
         self._protocol = (
             aiomqtt.ProtocolVersion.V5
             if self._broker.protocol == "5"
             else aiomqtt.ProtocolVersion.V311
         )
-        self._validator = SetpointValidator(
+        self._tracker = SetpointTracker(
             SetpointLimits(
                 max_abs_power_w=config.max_abs_power_w,
                 max_ttl_s=config.max_setpoint_ttl_s,
                 clock_skew_s=config.clock_skew_tolerance_s,
-            )
+            ),
+            ack_wait_s=ack_wait_s,
         )
-        self._outbox = Outbox(OUTBOX_CAPACITY)
-        self._gate = TelemetryGate(period_s=config.telemetry_period_s)
-        self._client_log = _ClientLog()
-        self._client_logger = logging.Logger("controller.aggregator.mqtt", logging.WARNING)
-        self._client_logger.addHandler(self._client_log)
+        self._sender = Sender(
+            self.topics,
+            telemetry_period_s=config.telemetry_period_s,
+            wall=wall,
+            durable=durable,
+            storage=storage,
+            audit=audit,
+        )
+        self._client_log = ClientLog()
         self._status = LinkStatus.STARTING
         self._reason: str | None = None
         self._wake: Wake = lambda: None
@@ -320,30 +155,7 @@ class MqttAggregatorLink:
         self._retry_now = False
         self._up_since_s: float | None = None
         self._down_since_s: float | None = None
-        self._setpoint: Setpoint | None = None
-        self._awaiting_ack: OrderedDict[str, _AwaitingAck] = OrderedDict()
-        self._latest_report: ControlReport | None = None
-        self._status_key: tuple[object, ...] | None = None
-        self._unreported_drops = 0
-        self._durable = durable
-        self._audit = audit
-        # Every use of the durable outbox runs on the storage thread (the app's, shared with the
-        # ledger; or one of the link's own), never on the event loop (issue 15).
-        self._owns_storage = storage is None and durable is not None
-        self._storage = StorageThread(name="outbox") if self._owns_storage else storage
-        self._loop: asyncio.AbstractEventLoop | None = None
-        self._kick = asyncio.Event()  # something was queued: wakes the sender
-        self._storage_error: str | None = None  # the storage failure last reported as an event
-        if durable is not None:
-            durable.add_listener(self._kick_from_storage)
-        # Published stored records whose delete failed: skipped, and deleted later.
-        self._published: list[OutboxRecord] = []
-        # Ids of records that never touch the database (no durable outbox, or it failed).
-        self._writer = secrets.token_hex(8)
-        self._record_seq = itertools.count(1)
         self.connects = 0
-        self.accepted = 0
-        self.rejected = 0
 
     @classmethod
     def from_config(
@@ -383,45 +195,34 @@ class MqttAggregatorLink:
 
     @property
     def outbox(self) -> Outbox:
-        return self._outbox
+        return self._sender.outbox
 
     @property
     def durable(self) -> DurableOutbox | None:
-        return self._durable
+        return self._sender.durable
 
     @property
     def storage(self) -> StorageThread | None:
         """The thread every durable outbox call runs on (None without a durable outbox)."""
-        return self._storage
+        return self._sender.storage
+
+    @property
+    def accepted(self) -> int:
+        """Setpoints accepted since start."""
+        return self._tracker.accepted
+
+    @property
+    def rejected(self) -> int:
+        """Setpoint payloads rejected since start."""
+        return self._tracker.rejected
 
     def setpoint(self) -> Setpoint | None:
-        return self._setpoint
+        return self._tracker.setpoint
 
     def report(self, report: ControlReport) -> None:
         """Record a control cycle's outcome; queues acks, events, status and telemetry."""
-        previous, self._latest_report = self._latest_report, report
-        if report.setpoint_id is not None:
-            awaiting = self._awaiting_ack.pop(report.setpoint_id, None)
-            if awaiting is not None:
-                self._ack_applied(awaiting, report)
-        for awaiting in list(self._awaiting_ack.values()):
-            # A release hands control to the local policy: the first cycle on it is the answer.
-            if (
-                awaiting.mode is SetpointMode.RELEASE
-                and report.source != "aggregator"
-                and report.monotonic_s >= awaiting.received_at_s
-            ):
-                del self._awaiting_ack[awaiting.setpoint_id]
-                self._ack_applied(awaiting, report)
-        self._ack_overdue(report.monotonic_s)
-        for event in events_between(previous, report):
-            self._record_event(event)
-        if self._gate.due(report, report.monotonic_s):
-            self._queue_telemetry(report, report.monotonic_s)
-        key = status_key(report)
-        if key != self._status_key:
-            self._status_key = key
-            self._queue_status(report)
+        self._sender.emit(self._tracker.report(report, wall_now=self._wall()))
+        self._sender.report(report)
 
     async def publish_offline(self) -> None:
         """Publish the retained "offline" (over the live connection, or a short one of its own)
@@ -432,48 +233,26 @@ class MqttAggregatorLink:
         cancels_before = cancel_requests()
         try:
             if client is not None:
-                await guarded(
-                    client.publish(
-                        topic,
-                        AVAILABILITY_OFFLINE,
-                        qos=1,
-                        retain=True,
-                        timeout=self._connect_timeout_s,
-                    )
-                )
+                await self._publish(client, topic, AVAILABILITY_OFFLINE, retain=True)
             else:
-                context = self._tls_context()
-                password = self._password()
-                if context is not None:
-                    await self._check_tls(context)
+                context, password = await self._credentials()
                 async with self._new_client(context, password, will=False) as one_shot:
                     raise_if_cancelled_since(cancels_before)
-                    await guarded(
-                        one_shot.publish(
-                            topic,
-                            AVAILABILITY_OFFLINE,
-                            qos=1,
-                            retain=True,
-                            timeout=self._connect_timeout_s,
-                        )
-                    )
+                    await self._publish(one_shot, topic, AVAILABILITY_OFFLINE, retain=True)
         except aiomqtt.MqttError as exc:
             raise_if_cancelled_since(cancels_before)
-            raise AggregatorLinkError(f"could not publish offline: {_describe(exc)}") from None
+            raise AggregatorLinkError(f"could not publish offline: {describe(exc)}") from None
         log.info("availability published", availability="offline")
 
     async def run(self, wake: Wake) -> None:
         self._wake = wake
-        self._loop = asyncio.get_running_loop()
+        self._sender.start(self._monotonic())
         try:
             async with asyncio.TaskGroup() as tasks:
                 tasks.create_task(self._connect_loop(), name="aggregator-connect")
                 tasks.create_task(self._housekeeping(), name="aggregator-housekeeping")
         finally:
-            # Stopping (or crashing): the telemetry committed without an fsync goes to disk.
-            self._durable_sync()
-            if self._owns_storage and self._storage is not None:
-                self._storage.close()
+            self._sender.close()
 
     # -- connection ---------------------------------------------------------------------------
 
@@ -506,84 +285,36 @@ class MqttAggregatorLink:
             log.info("reconnecting", in_s=round(delay_s, 2), attempt=attempt, broker=self._where)
             await asyncio.sleep(delay_s)
 
-    def _tls_context(self) -> ssl.SSLContext | None:
-        return tls_context(self._config.tls) if self._config.tls is not None else None
-
-    def _password(self) -> str | None:
-        path = self._config.password_file
-        return read_password(path) if path is not None else None
+    async def _credentials(self) -> tuple[ssl.SSLContext | None, str | None]:
+        """The TLS context and the password, built afresh for each connect (a rotated password
+        or certificate is picked up), with the TLS handshake checked first (``tls.py``)."""
+        tls, path = self._config.tls, self._config.password_file
+        context = tls_context(tls) if tls is not None else None
+        password = read_password(path) if path is not None else None
+        if context is not None:
+            await check_handshake(
+                self._broker.host, self._broker.port, context, timeout_s=self._connect_timeout_s
+            )
+        return context, password
 
     def _new_client(
         self, context: ssl.SSLContext | None, password: str | None, *, will: bool
     ) -> aiomqtt.Client:
-        v5 = self._protocol is aiomqtt.ProtocolVersion.V5
-        return aiomqtt.Client(
-            self._broker.host,
-            self._broker.port,
+        return new_client(
+            self._broker,
+            client_id=self.client_id,
+            protocol=self._protocol,
             username=self._config.username,
             password=password,
-            logger=self._client_logger,
-            identifier=self.client_id,
-            protocol=self._protocol,
-            will=(
-                aiomqtt.Will(self.topics.availability, AVAILABILITY_OFFLINE, qos=1, retain=True)
-                if will
-                else None
-            ),
-            # A clean session: setpoints queued by the broker while we were away are stale.
-            clean_session=None if v5 else True,
-            clean_start=True if v5 else MQTT_CLEAN_START_FIRST_ONLY,
-            timeout=self._connect_timeout_s,
-            keepalive=self._broker.keepalive_s,
-            max_queued_incoming_messages=INCOMING_QUEUE_MAX,
             tls_context=context,
-            # paho leaves Nagle's algorithm on: with the peer's delayed ACK an ack or a small
-            # publish can wait up to 40 ms in the kernel (measured by bench/latency.py).
-            socket_options=((socket.IPPROTO_TCP, socket.TCP_NODELAY, 1),),
+            will_topic=self.topics.availability if will else None,
+            client_log=self._client_log,
+            timeout_s=self._connect_timeout_s,
         )
-
-    async def _check_tls(self, context: ssl.SSLContext) -> None:
-        """Handshake once with asyncio, so a refused certificate is a clean error (see the
-        module docstring for why paho cannot be left to find out)."""
-        host, port = self._broker.host, self._broker.port
-        writer: asyncio.StreamWriter | None = None
-        try:
-            async with asyncio.timeout(self._connect_timeout_s):
-                _, writer = await asyncio.open_connection(
-                    host, port, ssl=context, server_hostname=host
-                )
-        except ssl.SSLCertVerificationError as exc:
-            raise AggregatorLinkError(
-                f"TLS to {self._where} refused: the broker's certificate is not trusted "
-                f"({exc.verify_message})"
-            ) from None
-        except ssl.SSLError as exc:
-            raise AggregatorLinkError(
-                f"TLS handshake with {self._where} failed: {exc.reason or exc}"
-            ) from None
-        except TimeoutError:
-            raise AggregatorLinkError(
-                f"cannot connect to {self._where}: no answer within {self._connect_timeout_s:g} s"
-            ) from None
-        except OSError as exc:
-            raise AggregatorLinkError(
-                f"cannot connect to {self._where}: {exc.strerror or exc}"
-            ) from None
-        finally:
-            if writer is not None:
-                writer.close()
-                try:
-                    async with asyncio.timeout(1.0):
-                        await writer.wait_closed()
-                except OSError:  # includes TimeoutError and ssl.SSLError
-                    writer.transport.abort()
 
     async def _session(self) -> None:
         """One connection, from connect to loss. Always ends by raising."""
-        context = self._tls_context()
-        password = self._password()
-        if context is not None:
-            await self._check_tls(context)
+        context, password = await self._credentials()
         protocol = self._protocol
         client = self._new_client(context, password, will=True)
         self._client_log.last = None
@@ -594,14 +325,8 @@ class MqttAggregatorLink:
                 # cancel that lands with the reply (controller/cancellation.py).
                 raise_if_cancelled_since(cancels_before)
                 await self._subscribe(client)
-                await guarded(
-                    client.publish(
-                        self.topics.availability,
-                        AVAILABILITY_ONLINE,
-                        qos=1,
-                        retain=True,
-                        timeout=self._connect_timeout_s,
-                    )
+                await self._publish(
+                    client, self.topics.availability, AVAILABILITY_ONLINE, retain=True
                 )
                 self._came_up(client)
                 try:
@@ -615,7 +340,7 @@ class MqttAggregatorLink:
             raise AggregatorLinkError(self._failure(exc)) from None
 
     def _refused(self, exc: MqttConnectError, protocol: aiomqtt.ProtocolVersion) -> Exception:
-        code = _code(exc.rc)
+        code = reason_code(exc.rc)
         if protocol is aiomqtt.ProtocolVersion.V5 and code in (
             _UNSUPPORTED_PROTOCOL_V5,
             _UNSUPPORTED_PROTOCOL_V311,
@@ -630,8 +355,8 @@ class MqttAggregatorLink:
 
     def _failure(self, exc: aiomqtt.MqttError) -> str:
         if self._up_since_s is not None:
-            return f"connection to {self._where} lost: {_describe(exc)}"
-        text = f"cannot connect to {self._where}: {_describe(exc)}"
+            return f"connection to {self._where} lost: {describe(exc)}"
+        text = f"cannot connect to {self._where}: {describe(exc)}"
         detail = self._client_log.last
         if detail and detail not in text:
             text = f"{text}; {detail}"
@@ -647,7 +372,7 @@ class MqttAggregatorLink:
             )
         else:
             granted = await guarded(client.subscribe(topic, qos=1, timeout=self._connect_timeout_s))
-        codes = [_code(code) for code in granted]
+        codes = [reason_code(code) for code in granted]
         if not codes or codes[0] >= _SUBACK_FAILURE:
             raise AggregatorLinkError(
                 f"{self._where} refused the subscription to {topic} (codes {codes})"
@@ -671,21 +396,11 @@ class MqttAggregatorLink:
             client_id=self.client_id,
             setpoint_topic=self.topics.setpoint,
         )
+        down_s = None
         if self._down_since_s is not None:
             down_s = max(0.0, now_s - self._down_since_s)
             self._down_since_s = None
-            self._record_event(
-                EventBody(
-                    at=self._wall(),
-                    kind="link_restored",
-                    message=f"link to the aggregator restored after {down_s:.1f} s",
-                    down_s=round(down_s, 3),
-                )
-            )
-        self._report_drops()
-        if self._latest_report is not None:
-            # The broker may have lost the retained status (a restart without persistence).
-            self._queue_status(self._latest_report)
+        self._sender.came_up(down_s)
         if previous is not LinkStatus.UP:
             self._wake()
 
@@ -726,91 +441,27 @@ class MqttAggregatorLink:
 
     async def _send(self, client: aiomqtt.Client) -> None:
         """Acks and status (in memory) first, then the stored records in order of creation."""
+        sender = self._sender
         while True:
-            item = self._outbox.peek()
+            item = sender.next_message()
             if item is not None:
-                if item.after_seq and self._storage is not None:
-                    # An ack that says "accepted" goes out once the setpoint's audit line was
-                    # written (or its write failed and was logged): docs/ledger.md, "Audit".
-                    await self._storage.processed(item.after_seq)
-                await guarded(
-                    client.publish(
-                        item.topic,
-                        item.payload,
-                        qos=1,
-                        retain=item.retain,
-                        timeout=self._connect_timeout_s,
-                    )
-                )
-                self._outbox.done(item)
-                if self._unreported_drops and not self._outbox.pending(Kind.ACK):
-                    dropped, self._unreported_drops = self._unreported_drops, 0
-                    self._record_event(
-                        EventBody(
-                            at=self._wall(),
-                            kind="messages_dropped",
-                            message=f"{dropped} acks or events dropped: the outbox was full",
-                            dropped=dropped,
-                        )
-                    )
+                await sender.ready(item)
+                await self._publish(client, item.topic, item.payload, retain=item.retain)
+                sender.sent(item)
                 continue
-            records = await self._stored_to_send()
+            records = await sender.stored_window()
             if records:
                 await self._publish_stored(client, records)
                 continue
-            self._kick.clear()
-            if self._durable is None:
-                await self._kick.wait()
-            else:
-                # Also polls: rows of a caller's open transaction become sendable on its commit.
-                with contextlib.suppress(TimeoutError):
-                    async with asyncio.timeout(HOUSEKEEPING_S):
-                        await self._kick.wait()
+            await sender.idle()
 
-    async def _with_durable(self, failed: str, call: Callable[[DurableOutbox], _T]) -> _T | None:
-        """``call`` on the durable outbox, on the storage thread; None when there is none, and
-        a database failure is logged as ``failed`` (each caller retries later): None."""
-        durable, storage = self._durable, self._storage
-        if durable is None or storage is None:
-            return None
-        try:
-            return await storage.call(failed, lambda: call(durable))
-        except LedgerError as exc:
-            log.error(failed, error=str(exc))
-            return None
-
-    def _post_durable(self, what: str, call: Callable[[DurableOutbox], object]) -> None:
-        """Hand ``call`` over to the storage thread without waiting; its failure is logged
-        there as ``what``."""
-        durable, storage = self._durable, self._storage
-        if durable is None or storage is None:
-            return
-
-        def run() -> None:
-            try:
-                call(durable)
-            except LedgerError as exc:
-                storage.record_failure(what, exc)
-                log.error(what, error=str(exc))
-
-        with contextlib.suppress(LedgerError):  # stopped: the stop sequence already synced
-            storage.post(what, run, droppable=True)
-
-    def _kick_from_storage(self) -> None:
-        # Called on the storage thread after a record was stored: wake the sender.
-        loop = self._loop
-        if loop is None:
-            return
-        with contextlib.suppress(RuntimeError):  # the loop is closed
-            loop.call_soon_threadsafe(self._kick.set)
-
-    async def _stored_to_send(self) -> list[OutboxRecord]:
-        after_seq = self._published[-1].seq if self._published else 0
-        records = await self._with_durable(
-            "stored records cannot be read; retrying",
-            lambda durable: durable.peek(PUBLISH_WINDOW, after_seq=after_seq),
+    async def _publish(
+        self, client: aiomqtt.Client, topic: str, payload: bytes, *, retain: bool = False
+    ) -> None:
+        """One QoS 1 publish, done once the broker acknowledged it."""
+        await guarded(
+            client.publish(topic, payload, qos=1, retain=retain, timeout=self._connect_timeout_s)
         )
-        return records or []
 
     async def _publish_stored(self, client: aiomqtt.Client, records: list[OutboxRecord]) -> None:
         """Publish a window of stored records at once (paho sends them in this order) and
@@ -818,14 +469,7 @@ class MqttAggregatorLink:
         ones that did arrive are sent again after the reconnect under the same id."""
         results = await asyncio.gather(
             *(
-                guarded(
-                    client.publish(
-                        self.topics.for_record(record.kind),
-                        record.payload(),
-                        qos=1,
-                        timeout=self._connect_timeout_s,
-                    )
-                )
+                self._publish(client, self.topics.for_record(record.kind), record.payload())
                 for record in records
             ),
             return_exceptions=True,
@@ -833,63 +477,23 @@ class MqttAggregatorLink:
         for result in results:
             if isinstance(result, BaseException):
                 raise result
-        self._published.extend(records)
-        await self._delete_published()
-
-    async def _delete_published(self) -> None:
-        published = list(self._published)
-
-        def delete(durable: DurableOutbox) -> bool:
-            durable.mark_published(published)
-            return True
-
-        if not published:
-            return
-        if await self._with_durable("published records not deleted; retrying", delete):
-            del self._published[: len(published)]
+        await self._sender.stored_sent(records)
 
     # -- setpoints and acks -------------------------------------------------------------------
 
     def _on_setpoint(self, payload: bytes, *, retained: bool) -> None:
-        outcome = self._validator.check(
+        received = self._tracker.receive(
             payload, retained=retained, wall_now=self._wall(), monotonic_now_s=self._monotonic()
         )
+        outcome = received.outcome
         if isinstance(outcome, Rejected):
-            self.rejected += 1
             log.warning("setpoint rejected", setpoint_id=outcome.setpoint_id, reason=outcome.reason)
-            ack = AckMessage(
-                id=outcome.setpoint_id, accepted=False, at=self._wall(), reason=outcome.reason
-            )
-            self._queue(Kind.ACK, self.topics.ack, ack.to_json())
-            self._audit_ack(ack, "rejected")
+            self._sender.emit(received.outputs)
             return
-        self._accept(outcome)
-
-    def _accept(self, outcome: Accepted) -> None:
+        self._sender.emit(received.outputs)
         setpoint = outcome.setpoint
-        self.accepted += 1
-        self._setpoint = setpoint
-        if len(self._awaiting_ack) >= MAX_AWAITING_ACK:
-            _, oldest = self._awaiting_ack.popitem(last=False)
-            self._ack_unknown(oldest, "superseded before any control cycle reported")
-        requested_w = None if setpoint.mode is SetpointMode.RELEASE else setpoint.power_w
-        self._audit_line(
-            SetpointAudit(
-                at=self._wall(),
-                setpoint_id=setpoint.setpoint_id,
-                action="accepted",
-                requested_w=requested_w,
-            )
-        )
-        # The audit sink hands its line to the storage thread: the ack will wait for it.
-        audit_seq = 0 if self._storage is None else self._storage.posted_seq
-        self._awaiting_ack[setpoint.setpoint_id] = _AwaitingAck(
-            setpoint.setpoint_id,
-            setpoint.power_w,
-            setpoint.received_at_s,
-            setpoint.mode,
-            audit_seq,
-        )
+        # The audit sink handed its line to the storage thread: the ack will wait for it.
+        self._tracker.audit_posted(setpoint.setpoint_id, self._sender.posted_seq)
         log.info(
             "setpoint accepted",
             setpoint_id=setpoint.setpoint_id,
@@ -900,220 +504,15 @@ class MqttAggregatorLink:
         )
         self._wake()
 
-    def _ack_applied(self, awaiting: _AwaitingAck, report: ControlReport) -> None:
-        applied_w = report.commanded_w
-        if awaiting.mode is SetpointMode.RELEASE:
-            # Nothing was requested: the local policy decides, within the same limits.
-            requested_w = None
-            binding = report.binding_limit
-        else:
-            requested_w = awaiting.requested_power_w
-            differs = abs(applied_w - requested_w) > 0.5
-            binding = report.binding_limit if differs else None
-        ack = AckMessage(
-            id=awaiting.setpoint_id,
-            accepted=True,
-            at=self._wall(),
-            requested_power_w=requested_w,
-            applied_power_w=applied_w,
-            binding_limit=binding,
-        )
-        self._queue(Kind.ACK, self.topics.ack, ack.to_json(), after_seq=awaiting.audit_seq)
-        self._audit_ack(ack, "applied")
-
-    def _ack_unknown(self, awaiting: _AwaitingAck, reason: str) -> None:
-        ack = AckMessage(
-            id=awaiting.setpoint_id,
-            accepted=True,
-            at=self._wall(),
-            requested_power_w=awaiting.requested_power_w,
-            reason=reason,
-        )
-        self._queue(Kind.ACK, self.topics.ack, ack.to_json(), after_seq=awaiting.audit_seq)
-        self._audit_ack(ack, "applied")
-
     def _ack_overdue(self, now_s: float) -> None:
         """Ack setpoints no control cycle followed within ``ack_wait_s``."""
-        while self._awaiting_ack:
-            setpoint_id, awaiting = next(iter(self._awaiting_ack.items()))
-            if now_s - awaiting.received_at_s < self._ack_wait_s:
-                return
-            del self._awaiting_ack[setpoint_id]
-            report = self._latest_report
-            if report is None or report.monotonic_s < awaiting.received_at_s:
-                self._ack_unknown(
-                    awaiting, f"no control cycle reported within {self._ack_wait_s:g} s"
-                )
-                continue
-            if report.source == "aggregator" and report.setpoint_id not in (None, setpoint_id):
-                binding = f"superseded by {report.setpoint_id}"
-            else:
-                binding = report.binding_limit or f"not followed: control source {report.source}"
-            ack = AckMessage(
-                id=setpoint_id,
-                accepted=True,
-                at=self._wall(),
-                requested_power_w=awaiting.requested_power_w,
-                applied_power_w=report.commanded_w,
-                binding_limit=binding,
-            )
-            self._queue(Kind.ACK, self.topics.ack, ack.to_json(), after_seq=awaiting.audit_seq)
-            self._audit_ack(ack, "applied")
+        self._sender.emit(self._tracker.overdue(now_s, wall_now=self._wall()))
 
-    def _audit_ack(self, ack: AckMessage, action: str) -> None:
-        """The audit line of an ack: for "applied", the reason is the binding limit (or why
-        the applied power is unknown)."""
-        self._audit_line(
-            SetpointAudit(
-                at=ack.at,
-                setpoint_id=ack.id,
-                action=action,
-                requested_w=ack.requested_power_w,
-                applied_w=ack.applied_power_w,
-                reason=ack.reason if ack.binding_limit is None else ack.binding_limit,
-            )
-        )
-
-    def _audit_line(self, line: SetpointAudit) -> None:
-        if self._audit is None:
-            return
-        try:
-            self._audit(line)
-        except Exception as exc:  # noqa: BLE001  the sink is the ledger's code: never ours to die of
-            log.error(
-                "setpoint audit not recorded",
-                setpoint_id=line.setpoint_id,
-                action=line.action,
-                error=f"{type(exc).__name__}: {exc}",
-            )
-
-    # -- outbound -----------------------------------------------------------------------------
-
-    def _queue(
-        self, kind: Kind, topic: str, payload: bytes, *, retain: bool = False, after_seq: int = 0
-    ) -> None:
-        dropped = self._outbox.put(Outgoing(kind, topic, payload, retain, after_seq))
-        self._kick.set()
-        if dropped is not None:
-            self._unreported_drops += 1
-            log.warning(
-                "outbox full; dropped the oldest message",
-                dropped=str(dropped.kind),
-                capacity=self._outbox.capacity,
-            )
-
-    def _new_record_id(self) -> str:
-        return f"{self._writer}-{next(self._record_seq)}"
-
-    def _record_event(self, event: EventBody) -> None:
-        self._record("event", event)
-
-    def _record(self, kind: str, body: EventBody | TelemetryBody) -> None:
-        """A telemetry or event record: stored when there is a durable outbox (events with an
-        fsync, telemetry without), else queued in memory with an id of the link's own."""
-        data = body.to_json()
-        durable, storage = self._durable, self._storage
-        if durable is not None and storage is not None:
-            loop = self._loop or _running_loop()
-
-            def store() -> None:
-                # On the storage thread. A record the disk refuses goes out from memory.
-                try:
-                    durable.put(kind, json.loads(data), sync=kind != "telemetry")
-                except LedgerError as exc:
-                    storage.record_failure(kind, exc)
-                    log.error(
-                        "record not stored; sending it from memory only", kind=kind, error=str(exc)
-                    )
-                    if loop is not None:
-                        with contextlib.suppress(RuntimeError):  # the loop is closed
-                            loop.call_soon_threadsafe(self._queue_in_memory, kind, data)
-
-            try:
-                # Telemetry may be dropped by a storage queue that a stalled disk filled.
-                storage.post(kind, store, droppable=kind == "telemetry")
-            except LedgerError:
-                pass  # the storage thread stopped (the daemon is stopping): send from memory
-            else:
-                return
-        self._queue_in_memory(kind, data)
-
-    def _queue_in_memory(self, kind: str, data: bytes) -> None:
-        memory_kind = Kind.TELEMETRY if kind == "telemetry" else Kind.EVENT
-        self._queue(
-            memory_kind,
-            self.topics.for_record(kind),
-            with_record_id(self._new_record_id(), data),
-        )
-
-    def _queue_telemetry(self, report: ControlReport, now_s: float) -> None:
-        self._record("telemetry", telemetry_message(report))
-        self._gate.sent(report, now_s)
-
-    def _durable_sync(self) -> None:
-        self._post_durable("stored telemetry not synced", lambda durable: durable.sync())
-
-    def _queue_status(self, report: ControlReport) -> None:
-        payload = status_message(report).to_json()
-        self._queue(Kind.STATUS, self.topics.status, payload, retain=True)
+    # -- housekeeping -------------------------------------------------------------------------
 
     async def _housekeeping(self) -> None:
-        synced_s = pruned_s = self._monotonic()
-        self._durable_prune()
         while True:
             await asyncio.sleep(HOUSEKEEPING_S)
             now_s = self._monotonic()
             self._ack_overdue(now_s)
-            report = self._latest_report
-            if report is not None and self._gate.periodic_due(now_s):
-                self._queue_telemetry(report, now_s)
-            await self._delete_published()
-            self._report_storage_health()
-            if now_s - synced_s >= TELEMETRY_SYNC_S:
-                synced_s = now_s
-                self._durable_sync()
-            if now_s - pruned_s >= PRUNE_EVERY_S:
-                pruned_s = now_s
-                self._durable_prune()
-                if self._status is LinkStatus.UP:
-                    self._report_drops()  # drops while a long backlog drains
-
-    def _report_drops(self) -> None:
-        at = self._wall()
-        self._post_durable(
-            "stored records dropped, but the count was not reported",
-            lambda durable: durable.report_drops(at),
-        )
-
-    def _durable_prune(self) -> None:
-        def prune(durable: DurableOutbox) -> None:
-            dropped = durable.prune()
-            if dropped:
-                log.warning(
-                    "stored records dropped by the outbox bounds",
-                    dropped=dropped,
-                    max_records=durable.max_records,
-                    max_age_s=durable.max_age_s,
-                )
-
-        self._post_durable("stored records not pruned", prune)
-
-    def _report_storage_health(self) -> None:
-        """One event when durable writes start failing (disk full, a read-only or dead card)
-        and one when they work again; each is sent from memory if the disk refuses it."""
-        storage = self._storage
-        if storage is None:
-            return
-        error = storage.failing
-        if (error is None) == (self._storage_error is None):
-            return  # no change (a new error while failing is in the log, not a new event)
-        previous, self._storage_error = self._storage_error, error
-        if error is not None:
-            message = f"durable writes fail; the charger keeps running on its safety logic: {error}"
-            self._record_event(EventBody(at=self._wall(), kind="storage_failed", message=message))
-        elif previous is not None:
-            self._record_event(
-                EventBody(
-                    at=self._wall(), kind="storage_restored", message="durable writes work again"
-                )
-            )
+            await self._sender.housekeeping(now_s, connected=self._status is LinkStatus.UP)

@@ -10,7 +10,7 @@ from pathlib import Path
 
 import pytest
 
-from controller.aggregator.link import read_password, tls_context
+from controller.aggregator.tls import read_password, tls_context
 from controller.config import MqttTlsConfig
 from controller.errors import AggregatorLinkError
 from controller.links import LinkStatus

@@ -1,0 +1,440 @@
+"""What the aggregator link publishes, and where it waits: the in-memory outbox or the durable one.
+
+The link's connection owns the MQTT client; the ``Sender`` owns the messages. ``report()``,
+events and the setpoint tracker's acks and audit lines (``emit``: each audit line goes to the
+audit sink, whose failure is logged and never breaks the link) are put here without waiting,
+and the link's publish loop, while connected, asks what to send next and says what the broker
+acknowledged::
+
+    item = sender.next_message()           # acks, then events, status, telemetry (memory)
+    await sender.ready(item)               # an ack waits for its audit line's storage job
+    ... publish item ...
+    sender.sent(item)
+    records = await sender.stored_window() # then up to PUBLISH_WINDOW stored records
+    ... publish them all ...
+    await sender.stored_sent(records)      # and delete them from the durable outbox
+    await sender.idle()                    # nothing left: until something is queued
+
+Without a durable outbox everything goes through the bounded in-memory ``Outbox``
+(``OUTBOX_CAPACITY``, overflow policy in ``outbox.py``); a drop is reported in a
+``messages_dropped`` event once the acks waiting behind it went out.
+
+Store and forward: given a ``DurableOutbox`` (``durable_outbox.py``, in the ledger's SQLite
+file), telemetry (every record, no longer coalesced), events and the ledger's session records
+go through it instead: they survive an outage and a restart and are published oldest first, up
+to ``PUBLISH_WINDOW`` in flight, each deleted once the broker acknowledged it. Acks (meaningful
+only live) and the retained status (re-sent on every connect) stay in memory and go first.
+Telemetry is committed without an fsync; ``sync()`` every ``TELEMETRY_SYNC_S`` bounds what a
+power cut can take (policy in ``durable_outbox.py``). A database that fails is logged and the
+message goes through the in-memory outbox instead: live delivery never depends on the disk.
+Every payload of the three kinds carries a ``record_id``. Every use of the durable outbox runs
+on the storage thread (the app's, shared with the ledger, or one of the sender's own), never on
+the event loop (issue 15).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import datetime as dt
+import itertools
+import json
+import secrets
+from collections.abc import Callable, Iterable
+from typing import TypeVar
+
+import structlog
+
+from controller.aggregator.durable_outbox import TELEMETRY_SYNC_S, DurableOutbox, OutboxRecord
+from controller.aggregator.messages import EventBody, TelemetryBody, with_record_id
+from controller.aggregator.outbox import Kind, Outbox, Outgoing
+from controller.aggregator.telemetry import (
+    TelemetryGate,
+    events_between,
+    status_key,
+    status_message,
+    telemetry_message,
+)
+from controller.aggregator.topics import Topics
+from controller.aggregator.tracker import AuditLine, Output
+from controller.links import AuditSink, ControlReport, SetpointAudit
+from controller.storage.db import LedgerError
+from controller.storage.writer import StorageThread
+
+log = structlog.get_logger(component="aggregator")
+_T = TypeVar("_T")
+
+HOUSEKEEPING_S = 0.2  # periodic telemetry and overdue acks are looked at this often
+OUTBOX_CAPACITY = 256
+# Stored records in flight at once: within paho's inflight limit (20), and aiomqtt logs a
+# warning above 10 pending publishes.
+PUBLISH_WINDOW = 10
+PRUNE_EVERY_S = 60.0  # the durable outbox's age bound is applied this often
+
+
+def _running_loop() -> asyncio.AbstractEventLoop | None:
+    try:
+        return asyncio.get_running_loop()
+    except RuntimeError:
+        return None
+
+
+class Sender:
+    """Routes the link's outgoing messages and keeps them until published; see the module
+    docstring."""
+
+    def __init__(
+        self,
+        topics: Topics,
+        *,
+        telemetry_period_s: float,
+        wall: Callable[[], dt.datetime],
+        durable: DurableOutbox | None = None,
+        storage: StorageThread | None = None,
+        audit: AuditSink | None = None,
+    ) -> None:
+        self._topics = topics
+        self._audit = audit
+        self._wall = wall
+        self._outbox = Outbox(OUTBOX_CAPACITY)
+        self._gate = TelemetryGate(period_s=telemetry_period_s)
+        self._latest_report: ControlReport | None = None
+        self._status_key: tuple[object, ...] | None = None
+        self._unreported_drops = 0
+        self._durable = durable
+        self._owns_storage = storage is None and durable is not None
+        self._storage = StorageThread(name="outbox") if self._owns_storage else storage
+        self._loop: asyncio.AbstractEventLoop | None = None
+        self._kick = asyncio.Event()  # something was queued: wakes the publish loop
+        self._storage_error: str | None = None  # the storage failure last reported as an event
+        if durable is not None:
+            durable.add_listener(self._kick_from_storage)
+        # Published stored records whose delete failed: skipped, and deleted later.
+        self._published: list[OutboxRecord] = []
+        # Ids of records that never touch the database (no durable outbox, or it failed).
+        self._writer = secrets.token_hex(8)
+        self._record_seq = itertools.count(1)
+        self._synced_s = self._pruned_s = 0.0
+
+    @property
+    def outbox(self) -> Outbox:
+        return self._outbox
+
+    @property
+    def durable(self) -> DurableOutbox | None:
+        return self._durable
+
+    @property
+    def storage(self) -> StorageThread | None:
+        """The thread every durable outbox call runs on (None without a durable outbox)."""
+        return self._storage
+
+    def start(self, now_s: float) -> None:
+        """Called by the link's ``run()`` on its event loop: the storage thread may now wake the
+        publish loop; the durable outbox is pruned once at once."""
+        self._loop = asyncio.get_running_loop()
+        self._synced_s = self._pruned_s = now_s
+        self._prune()
+
+    def close(self) -> None:
+        """Stopping (or crashing): the telemetry committed without an fsync goes to disk, and
+        a storage thread of the sender's own stops."""
+        self._sync()
+        if self._owns_storage and self._storage is not None:
+            self._storage.close()
+
+    # -- routing ------------------------------------------------------------------------------
+
+    @property
+    def posted_seq(self) -> int:
+        """The last storage job handed over (0 without a storage thread): an ack given this
+        as ``after_seq`` waits for everything posted so far, such as its audit line."""
+        return 0 if self._storage is None else self._storage.posted_seq
+
+    def emit(self, outputs: Iterable[Output]) -> None:
+        """The setpoint tracker's acks and audit lines, in order: each ack is queued to go
+        before anything else once storage job ``after_seq`` was processed, and each audit
+        line handed to the audit sink."""
+        for output in outputs:
+            if isinstance(output, AuditLine):
+                self._audit_line(output.line)
+                continue
+            payload = output.message.to_json()
+            self._queue(Kind.ACK, self._topics.ack, payload, after_seq=output.after_seq)
+            self._audit_line(output.audit)
+
+    def _audit_line(self, line: SetpointAudit) -> None:
+        if self._audit is None:
+            return
+        try:
+            self._audit(line)
+        except Exception as exc:  # noqa: BLE001  the sink is the ledger's code: never ours to die of
+            log.error(
+                "setpoint audit not recorded",
+                setpoint_id=line.setpoint_id,
+                action=line.action,
+                error=f"{type(exc).__name__}: {exc}",
+            )
+
+    def report(self, report: ControlReport) -> None:
+        """A control cycle: the events it brings, telemetry when due, status when it changed."""
+        previous, self._latest_report = self._latest_report, report
+        for event in events_between(previous, report):
+            self.record_event(event)
+        if self._gate.due(report, report.monotonic_s):
+            self._queue_telemetry(report, report.monotonic_s)
+        key = status_key(report)
+        if key != self._status_key:
+            self._status_key = key
+            self._queue_status(report)
+
+    def came_up(self, down_s: float | None) -> None:
+        """A connection came up (after ``down_s`` of outage, None for the first): a
+        ``link_restored`` event, the stored records the bounds dropped reported, and the status
+        again (the broker may have lost the retained one in a restart without persistence)."""
+        if down_s is not None:
+            self.record_event(
+                EventBody(
+                    at=self._wall(),
+                    kind="link_restored",
+                    message=f"link to the aggregator restored after {down_s:.1f} s",
+                    down_s=round(down_s, 3),
+                )
+            )
+        self.report_drops()
+        if self._latest_report is not None:
+            self._queue_status(self._latest_report)
+
+    def record_event(self, event: EventBody) -> None:
+        self._record("event", event)
+
+    def report_drops(self) -> None:
+        """Ask the durable outbox to report what its bounds dropped (in a ``records_dropped``
+        event)."""
+        at = self._wall()
+        self._post_durable(
+            "stored records dropped, but the count was not reported",
+            lambda durable: durable.report_drops(at),
+        )
+
+    def _queue(
+        self, kind: Kind, topic: str, payload: bytes, *, retain: bool = False, after_seq: int = 0
+    ) -> None:
+        dropped = self._outbox.put(Outgoing(kind, topic, payload, retain, after_seq))
+        self._kick.set()
+        if dropped is not None:
+            self._unreported_drops += 1
+            log.warning(
+                "outbox full; dropped the oldest message",
+                dropped=str(dropped.kind),
+                capacity=self._outbox.capacity,
+            )
+
+    def _new_record_id(self) -> str:
+        return f"{self._writer}-{next(self._record_seq)}"
+
+    def _record(self, kind: str, body: EventBody | TelemetryBody) -> None:
+        """A telemetry or event record: stored when there is a durable outbox (events with an
+        fsync, telemetry without), else queued in memory with an id of the sender's own."""
+        data = body.to_json()
+        durable, storage = self._durable, self._storage
+        if durable is not None and storage is not None:
+            loop = self._loop or _running_loop()
+
+            def store() -> None:
+                # On the storage thread. A record the disk refuses goes out from memory.
+                try:
+                    durable.put(kind, json.loads(data), sync=kind != "telemetry")
+                except LedgerError as exc:
+                    storage.record_failure(kind, exc)
+                    log.error(
+                        "record not stored; sending it from memory only", kind=kind, error=str(exc)
+                    )
+                    if loop is not None:
+                        with contextlib.suppress(RuntimeError):  # the loop is closed
+                            loop.call_soon_threadsafe(self._queue_in_memory, kind, data)
+
+            try:
+                # Telemetry may be dropped by a storage queue that a stalled disk filled.
+                storage.post(kind, store, droppable=kind == "telemetry")
+            except LedgerError:
+                pass  # the storage thread stopped (the daemon is stopping): send from memory
+            else:
+                return
+        self._queue_in_memory(kind, data)
+
+    def _queue_in_memory(self, kind: str, data: bytes) -> None:
+        memory_kind = Kind.TELEMETRY if kind == "telemetry" else Kind.EVENT
+        self._queue(
+            memory_kind,
+            self._topics.for_record(kind),
+            with_record_id(self._new_record_id(), data),
+        )
+
+    def _queue_telemetry(self, report: ControlReport, now_s: float) -> None:
+        self._record("telemetry", telemetry_message(report))
+        self._gate.sent(report, now_s)
+
+    def _queue_status(self, report: ControlReport) -> None:
+        payload = status_message(report).to_json()
+        self._queue(Kind.STATUS, self._topics.status, payload, retain=True)
+
+    # -- publishing ---------------------------------------------------------------------------
+
+    def next_message(self) -> Outgoing | None:
+        """The next message from memory (left in the outbox until ``sent``)."""
+        return self._outbox.peek()
+
+    async def ready(self, item: Outgoing) -> None:
+        """Wait until ``item`` may go out: an ack that says "accepted" goes out once the
+        setpoint's audit line was written (or its write failed and was logged): docs/ledger.md,
+        "Audit"."""
+        if item.after_seq and self._storage is not None:
+            await self._storage.processed(item.after_seq)
+
+    def sent(self, item: Outgoing) -> None:
+        """The broker acknowledged ``item``; once no ack waits, report what the outbox
+        dropped."""
+        self._outbox.done(item)
+        if self._unreported_drops and not self._outbox.pending(Kind.ACK):
+            dropped, self._unreported_drops = self._unreported_drops, 0
+            self.record_event(
+                EventBody(
+                    at=self._wall(),
+                    kind="messages_dropped",
+                    message=f"{dropped} acks or events dropped: the outbox was full",
+                    dropped=dropped,
+                )
+            )
+
+    async def stored_window(self) -> list[OutboxRecord]:
+        """The next stored records to publish, oldest first, at most ``PUBLISH_WINDOW``
+        (after those published but not deleted yet)."""
+        after_seq = self._published[-1].seq if self._published else 0
+        records = await self._with_durable(
+            "stored records cannot be read; retrying",
+            lambda durable: durable.peek(PUBLISH_WINDOW, after_seq=after_seq),
+        )
+        return records or []
+
+    async def stored_sent(self, records: list[OutboxRecord]) -> None:
+        """The broker acknowledged every one of ``records``: delete them."""
+        self._published.extend(records)
+        await self._delete_published()
+
+    async def idle(self) -> None:
+        """Nothing to send: wait until something is queued (or stored, or a poll period)."""
+        self._kick.clear()
+        if self._durable is None:
+            await self._kick.wait()
+        else:
+            # Also polls: rows of a caller's open transaction become sendable on its commit.
+            with contextlib.suppress(TimeoutError):
+                async with asyncio.timeout(HOUSEKEEPING_S):
+                    await self._kick.wait()
+
+    async def _delete_published(self) -> None:
+        published = list(self._published)
+
+        def delete(durable: DurableOutbox) -> bool:
+            durable.mark_published(published)
+            return True
+
+        if not published:
+            return
+        if await self._with_durable("published records not deleted; retrying", delete):
+            del self._published[: len(published)]
+
+    # -- housekeeping -------------------------------------------------------------------------
+
+    async def housekeeping(self, now_s: float, *, connected: bool) -> None:
+        """Every ``HOUSEKEEPING_S``: periodic telemetry, deletes that failed before, storage
+        health events, the telemetry sync and the outbox bounds."""
+        report = self._latest_report
+        if report is not None and self._gate.periodic_due(now_s):
+            self._queue_telemetry(report, now_s)
+        await self._delete_published()
+        self._report_storage_health()
+        if now_s - self._synced_s >= TELEMETRY_SYNC_S:
+            self._synced_s = now_s
+            self._sync()
+        if now_s - self._pruned_s >= PRUNE_EVERY_S:
+            self._pruned_s = now_s
+            self._prune()
+            if connected:
+                self.report_drops()  # drops while a long backlog drains
+
+    def _sync(self) -> None:
+        self._post_durable("stored telemetry not synced", lambda durable: durable.sync())
+
+    def _prune(self) -> None:
+        def prune(durable: DurableOutbox) -> None:
+            dropped = durable.prune()
+            if dropped:
+                log.warning(
+                    "stored records dropped by the outbox bounds",
+                    dropped=dropped,
+                    max_records=durable.max_records,
+                    max_age_s=durable.max_age_s,
+                )
+
+        self._post_durable("stored records not pruned", prune)
+
+    def _report_storage_health(self) -> None:
+        """One event when durable writes start failing (disk full, a read-only or dead card)
+        and one when they work again; each is sent from memory if the disk refuses it."""
+        storage = self._storage
+        if storage is None:
+            return
+        error = storage.failing
+        if (error is None) == (self._storage_error is None):
+            return  # no change (a new error while failing is in the log, not a new event)
+        previous, self._storage_error = self._storage_error, error
+        if error is not None:
+            message = f"durable writes fail; the charger keeps running on its safety logic: {error}"
+            self.record_event(EventBody(at=self._wall(), kind="storage_failed", message=message))
+        elif previous is not None:
+            self.record_event(
+                EventBody(
+                    at=self._wall(), kind="storage_restored", message="durable writes work again"
+                )
+            )
+
+    # -- the storage thread -------------------------------------------------------------------
+
+    async def _with_durable(self, failed: str, call: Callable[[DurableOutbox], _T]) -> _T | None:
+        """``call`` on the durable outbox, on the storage thread; None when there is none, and
+        a database failure is logged as ``failed`` (each caller retries later): None."""
+        durable, storage = self._durable, self._storage
+        if durable is None or storage is None:
+            return None
+        try:
+            return await storage.call(failed, lambda: call(durable))
+        except LedgerError as exc:
+            log.error(failed, error=str(exc))
+            return None
+
+    def _post_durable(self, what: str, call: Callable[[DurableOutbox], object]) -> None:
+        """Hand ``call`` over to the storage thread without waiting; its failure is logged
+        there as ``what``."""
+        durable, storage = self._durable, self._storage
+        if durable is None or storage is None:
+            return
+
+        def run() -> None:
+            try:
+                call(durable)
+            except LedgerError as exc:
+                storage.record_failure(what, exc)
+                log.error(what, error=str(exc))
+
+        with contextlib.suppress(LedgerError):  # stopped: the stop sequence already synced
+            storage.post(what, run, droppable=True)
+
+    def _kick_from_storage(self) -> None:
+        # Called on the storage thread after a record was stored: wake the publish loop.
+        loop = self._loop
+        if loop is None:
+            return
+        with contextlib.suppress(RuntimeError):  # the loop is closed
+            loop.call_soon_threadsafe(self._kick.set)
