@@ -19,8 +19,8 @@ from controller.aggregator.tracker import (
     SetpointTracker,
 )
 from controller.aggregator.validation import RETAINED_REASON, Accepted, Rejected, SetpointLimits
-from controller.core.snapshots import PowerState
-from controller.links import ControlReport
+from controller.core.snapshots import PowerCommand, PowerState
+from controller.links import ControlOutput, ControlReport
 
 WALL = dt.datetime(2025, 3, 14, 17, 30, tzinfo=dt.UTC)
 MONO_S = 1000.0
@@ -49,18 +49,20 @@ def cycle(
     return ControlReport(
         monotonic_s=at_s,
         wall=WALL + dt.timedelta(seconds=at_s - MONO_S),
-        state=PowerState.IDLE if commanded_w == 0 else PowerState.DISCHARGING,
-        commanded_w=commanded_w,
-        enabled=commanded_w != 0,
-        setpoint_id=setpoint_id,
-        source=source,
-        binding_limit=binding_limit,
-        limits=(binding_limit,) if binding_limit else (),
-        max_charge_w=7400.0,
-        max_discharge_w=7400.0,
-        soc_floor_pct=40.0,
-        energy_above_floor_wh=9000.0,
-        faults=(),
+        output=ControlOutput(
+            command=PowerCommand(power_w=commanded_w, enable=commanded_w != 0),
+            state=PowerState.IDLE if commanded_w == 0 else PowerState.DISCHARGING,
+            binding_limit=binding_limit,
+            reasons=(),
+            limits=(binding_limit,) if binding_limit else (),
+            source=source,
+            setpoint_id=setpoint_id,
+            max_charge_w=7400.0,
+            max_discharge_w=7400.0,
+            soc_floor_pct=40.0,
+            energy_above_floor_wh=9000.0,
+            faults=(),
+        ),
     )
 
 
