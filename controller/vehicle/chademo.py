@@ -67,30 +67,38 @@ from pathlib import Path
 from controller.core.snapshots import VehiclePhase, VehicleState
 from controller.vehicle.dbc import DbcCodec, SignalValues
 from controller.vehicle.frames import CanFrame, LineOutputs
+from controller.vehicle.protocols.chademo import (
+    BATTERY_LIMITS_ID,
+    CHARGING_TIME_ID,
+    CURRENT_REQUEST_TIMEOUT_S,
+    D2_AFTER_D1_S,
+    D2_TO_D1_S,
+    DISCHARGE_LIMITS_ID,
+    FIRST_REQUEST_S,
+    PERIOD_S,
+    STOP_CURRENT_S,
+    UNLOCK_VOLTAGE_V,
+    VEHICLE_CONTACTOR_S,
+    VEHICLE_IDS,
+    VEHICLE_RESPONSE_S,
+    VEHICLE_STATUS_ID,
+    WELDING_DETECTION_S,
+)
 from controller.vehicle.session import ChargerSession
 
-PERIOD_S = 0.1  # CHAdeMO: every ID every 100 ms
-CURRENT_REQUEST_TIMEOUT_S = 1.0  # CHAdeMO: stop if the 0x102 current request is older than 1 s
+# The protocol's facts (ids, the 100 ms period, the sequence's limits) are in
+# controller/vehicle/protocols/chademo.py; what follows are this charger's own rules and choices.
 OTHER_MESSAGE_TIMEOUT_S = 2.0  # project choice for 0x100/0x101/0x200 (sent every 100 ms)
-VEHICLE_RESPONSE_S = 8.0  # CHAdeMO: k and 0x102.5 bit0 within 8 s of d1
-D2_AFTER_D1_S = 20.0  # CHAdeMO: d2 on within 20 s (of d1)
-VEHICLE_CONTACTOR_S = 4.0  # CHAdeMO: 0x102.5 bit3 = 0 within 4 s of d2
-FIRST_REQUEST_S = 4.0  # CHAdeMO: first current request within 4 s more
-# CHAdeMO: "after k drops, current <= 5 A within 0.5 s": timed from the vehicle's stop (k released
-# or 0x102.5 bit0 cleared), never from the charger's own stop control. The recorded ZE1 charger
-# reached 0 A 0.6 s after its stop control but 0.33 s after the car cleared bit0.
-STOP_CURRENT_S = 0.5
+# CHAdeMO: "after k drops, current <= 5 A within 0.5 s" (STOP_CURRENT_S) is timed from the
+# vehicle's stop (k released or 0x102.5 bit0 cleared), never from the charger's own stop control.
+# The recorded ZE1 charger reached 0 A 0.6 s after its stop control but 0.33 s after the car
+# cleared bit0.
 # Project choice: without a fresh reading of <= 5 A this long after the stop, the charger opens its
 # own contactors and d2 (a charger fault) instead of waiting for the vehicle's contactor.
 STOP_CURRENT_GIVE_UP_S = 2.0
-# CHAdeMO: the vehicle opens its contactor and reports 0x102.5 bit3 = 1 (welding detection done)
-# within 4 s of the current falling to 5 A (the limit public charger code cites from the spec; the
-# recorded Leafs took 2.9 s (ZE0) and 2.1 s (ZE1)). Without it the session ends in a fault.
-WELDING_DETECTION_S = 4.0
-D2_TO_D1_S = 0.5  # CHAdeMO: wait 500 ms between d2 off and d1 off
-# CHAdeMO 0x109.5 bit2 "connector locked / energising (> 10 V)": the connector stays locked until
-# the output is at most 10 V (both recorded chargers unlock at 3 V, after the car's bit3).
-UNLOCK_VOLTAGE_V = 10.0
+# CHAdeMO: welding detection within 4 s (WELDING_DETECTION_S); the recorded Leafs took 2.9 s (ZE0)
+# and 2.1 s (ZE1). Without it the session ends in a fault. The connector stays locked until the
+# output is at most 10 V (UNLOCK_VOLTAGE_V; both recorded chargers unlock at 3 V, after bit3).
 # Project choice: how long after the contactors opened the output may take to fall to 10 V before
 # that is a fault (the connector then stays locked and d1 goes off).
 UNLOCK_TIMEOUT_S = 10.0
@@ -104,8 +112,6 @@ SOC_STABLE_S = 0.2
 # CHAdeMO 0x109 byte 3 is 1 A/bit: energy flows (the remaining time counts down) while the fresh
 # measured current would read at least 1 A there.
 FLOWING_CURRENT_A = 0.5
-
-VEHICLE_IDS = frozenset({0x100, 0x101, 0x102, 0x110, 0x200, 0x201, 0x700})
 
 # CHAdeMO 0x102 byte 4 fault flags: any of them stops the charger.
 _VEHICLE_FAULT_FLAGS = {
@@ -277,21 +283,21 @@ class ChademoSession(ChargerSession):
         fid = frame.arbitration_id
         self._last_seen[fid] = now
         self._seen(now)
-        if fid == 0x100:
+        if fid == BATTERY_LIMITS_ID:
             v.min_charge_current_a = s["MinChargeCurrent"]
             v.min_battery_voltage_v = s["MinBatteryVoltage"]
             v.max_battery_voltage_v = s["MaxBatteryVoltage"]
             v.charged_rate_reference = s["ChargedRateReference"]
-        elif fid == 0x101:
+        elif fid == CHARGING_TIME_ID:
             capacity = s["RatedBatteryCapacity"]
             v.capacity_kwh = capacity if capacity > 0 else None
             # CHAdeMO 0x101 byte 1: maximum charging time, 10 s/bit; 0xFF: byte 2, 1 min/bit.
             tens = round(s["MaxChargingTime10s"] / 10)
             v.max_charging_time_in_min = tens == 0xFF
             v.max_charging_time_s = 60.0 * s["MaxChargingTimeMin"] if tens == 0xFF else 10.0 * tens
-        elif fid == 0x102:
+        elif fid == VEHICLE_STATUS_ID:
             self._on_status(s, now)
-        elif fid == 0x200:
+        elif fid == DISCHARGE_LIMITS_ID:
             v.max_discharge_current_a = s["MaxDischargeCurrent"]
             v.min_discharge_voltage_v = s["MinDischargeVoltage"]
             v.min_discharge_level_pct = _min_discharge_level(
@@ -402,7 +408,7 @@ class ChademoSession(ChargerSession):
         return (
             self.config.discharge_offered
             and self._vehicle.discharge_compatible
-            and 0x200 in self._last_seen
+            and DISCHARGE_LIMITS_ID in self._last_seen
         )
 
     def _check_discharge_limits(self, now: float) -> None:
@@ -513,7 +519,7 @@ class ChademoSession(ChargerSession):
         if self._stopped_by_lines_or_charger(st, now):
             return
         if st is ChademoState.WAIT_VEHICLE:
-            if self._inputs.k and v.enabled and 0x100 in self._last_seen:
+            if self._inputs.k and v.enabled and BATTERY_LIMITS_ID in self._last_seen:
                 self._enter(ChademoState.WAIT_PERMISSION, now, "k and 0x102.5 bit0 set")
                 self._vehicle_permitted = True
                 self._settle_soc(now)
@@ -670,11 +676,14 @@ class ChademoSession(ChargerSession):
             self._outputs = LineOutputs()
 
     def _check_timeouts(self, now: float) -> None:
-        expected = {0x100: OTHER_MESSAGE_TIMEOUT_S, 0x101: OTHER_MESSAGE_TIMEOUT_S}
+        expected = {
+            BATTERY_LIMITS_ID: OTHER_MESSAGE_TIMEOUT_S,
+            CHARGING_TIME_ID: OTHER_MESSAGE_TIMEOUT_S,
+        }
         # CHAdeMO: stop if the 0x102 current request is not refreshed for > 1 s.
-        expected[0x102] = CURRENT_REQUEST_TIMEOUT_S
+        expected[VEHICLE_STATUS_ID] = CURRENT_REQUEST_TIMEOUT_S
         if self.config.discharge_offered:
-            expected[0x200] = OTHER_MESSAGE_TIMEOUT_S
+            expected[DISCHARGE_LIMITS_ID] = OTHER_MESSAGE_TIMEOUT_S
         for fid, limit in expected.items():
             seen = self._last_seen.get(fid)
             if seen is not None and now - seen > limit:

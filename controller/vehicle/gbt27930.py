@@ -54,45 +54,34 @@ from controller.errors import ProtocolError
 from controller.vehicle import j1939_tp as tp
 from controller.vehicle.dbc import DbcCodec, ImplausibleValueError, SignalValues
 from controller.vehicle.frames import CanFrame, EventKind, LineOutputs, SessionEvent
-from controller.vehicle.session import STOP_CURRENT_A, ChargerSession
+from controller.vehicle.protocols.gbt27930 import (
+    BCL_TIMEOUT_S,
+    BCS_TIMEOUT_S,
+    BMS_IDS,
+    BRM_TABLE_BYTES,
+    BRO_READY_S,
+    BSM_TIMEOUT_S,
+    DEFAULT_TIMEOUT_S,
+    MAX_RECONNECTS,
+    NOT_READY,
+    OPTIONAL_TP_PGNS,
+    PERIODS_S,
+    READY,
+    STATISTICS_TIMEOUT_S,
+    STOP_CURRENT_A,
+    STOP_CURRENT_S,
+    TP_CM_FROM_BMS,
+    TP_CM_FROM_CHARGER,
+    TP_DT_FROM_BMS,
+    TP_MESSAGES,
+)
+from controller.vehicle.session import ChargerSession
 
-CHARGER_ADDRESS = 0x56
-BMS_ADDRESS = 0xF4
-
-# PGNs of the messages the BMS sends over J1939 transport.
-PGN_BRM = 0x0200
-PGN_BCP = 0x0600
-PGN_BCS = 0x1100
-PGN_BMV = 0x1500
-PGN_BMT = 0x1600
-PGN_BSP = 0x1700
-_TP_MESSAGES = {PGN_BRM: "BRM", PGN_BCP: "BCP", PGN_BCS: "BCS"}
-
-TP_CM_FROM_BMS = tp.tp_id(tp.TP_CM_PF, CHARGER_ADDRESS, BMS_ADDRESS)
-TP_DT_FROM_BMS = tp.tp_id(tp.TP_DT_PF, CHARGER_ADDRESS, BMS_ADDRESS)
-TP_CM_FROM_CHARGER = tp.tp_id(tp.TP_CM_PF, BMS_ADDRESS, CHARGER_ADDRESS)
-
-# GB/T 27930 message periods (charger side).
-PERIODS_S = {
-    "CHM": 0.25,
-    "CRM": 0.25,
-    "CTS": 0.5,
-    "CML": 0.25,
-    "CRO": 0.25,
-    "CCS": 0.05,
-    "CST": 0.01,
-    "CSD": 0.25,
-    "CEM": 0.25,
-}
-DEFAULT_TIMEOUT_S = 5.0  # GB/T 27930: default timeout 5 s
-BCL_TIMEOUT_S = 1.0  # GB/T 27930 BCL timeout 1 s, then stop at once
-BCS_TIMEOUT_S = 5.0  # GB/T 27930 BCS timeout 5 s
-BSM_TIMEOUT_S = DEFAULT_TIMEOUT_S
-BRO_READY_S = 60.0  # GB/T 27930 BRO/CRO: 60 s
-STATISTICS_TIMEOUT_S = 10.0  # GB/T 27930: 10 s to receive BSD/CSD
-STOP_CURRENT_S = 0.1  # GB/T 27930: after CST, output <= 5 A within 100 ms
-# Project choice: after those 100 ms, how long the verdict waits for the stage's first report
-# since the CST when none has come yet (the daemon reports the stage every 100 ms cycle).
+# The protocol's facts (ids, PGNs, periods, timeouts) are in controller/vehicle/protocols/; what
+# follows are this charger's own rules and choices.
+# Project choice: after GB/T 27930's 100 ms (STOP_CURRENT_S), how long the verdict waits for the
+# stage's first report since the CST when none has come yet (the daemon reports the stage every
+# 100 ms cycle).
 STOP_REPORT_ALLOWANCE_S = 0.1
 STOP_CURRENT_GIVE_UP_S = 2.0  # project choice: open contactors even if the stage never reports it
 # GB/T 18487.1-2015 Annex B (B.3.4; tested as GB/T 34657.1 "charging ready"): K1/K2 close only
@@ -103,28 +92,10 @@ VOLTAGE_MATCH_FRACTION = 0.05
 UNLOCK_BELOW_V = 60.0
 UNLOCK_TIMEOUT_S = 10.0  # project choice: a fault if the output is not below 60 V by then
 CEM_AFTER_FAULT_S = 1.0  # project choice: CEM is repeated this long before auxiliary power goes off
-MAX_RECONNECTS = 3  # GB/T 27930: reconnect 3 times, then abort
 RECONNECT_WAIT_S = 1.0  # project choice: CEM repeated (or a quiet pause) this long before CHM again
 CST_MIN_S = 0.1  # project choice: CST for at least 100 ms (10 frames) before moving on
 CSD_REPEATS = 4  # project choice: CSD four times (1 s), as the recorded charger did
 TICK_S = 0.05  # longest sleep while a session is open
-# GB/T 27930 BRM: the standard's table has 41 bytes (up to the VIN); 49 on the wire, the last 8
-# the BMS software version. A 41-48 byte BRM is padded with 0xFF (unused bits are 1).
-BRM_TABLE_BYTES = 41
-
-_VEHICLE_IDS = frozenset(
-    {
-        0x182756F4,  # BHM
-        0x100956F4,  # BRO
-        0x181056F4,  # BCL
-        0x181356F4,  # BSM
-        0x101956F4,  # BST
-        0x181C56F4,  # BSD
-        0x081E56F4,  # BEM
-        TP_CM_FROM_BMS,
-        TP_DT_FROM_BMS,
-    }
-)
 
 # GB/T 27930-2015 BSM 2-bit status fields, 00 normal, and what "01" and "10" mean for each as
 # the standard's table names them; any "01"/"10" stops charging.
@@ -180,8 +151,6 @@ _CEM_FIELDS = (
     "TimeoutBst",
     "TimeoutBsd",
 )
-READY = 0xAA
-NOT_READY = 0x00
 
 
 class GbtState(enum.StrEnum):
@@ -300,7 +269,7 @@ class GbtSession(ChargerSession):
     def _reset_communication(self) -> None:
         """What a reconnect starts afresh: the BMS's values and the exchange's progress."""
         self._bms = _Bms()
-        self._tp = tp.TpReceiver(frozenset({PGN_BRM, PGN_BCP, PGN_BCS, PGN_BMV, PGN_BMT, PGN_BSP}))
+        self._tp = tp.TpReceiver(frozenset(TP_MESSAGES) | OPTIONAL_TP_PGNS)
         self._last_seen.clear()
         self._cem.clear()
         self._crm_result = NOT_READY
@@ -326,7 +295,7 @@ class GbtSession(ChargerSession):
     @property
     def accepted_ids(self) -> frozenset[int]:
         """The BMS's IDs, including its J1939 transport frames."""
-        return _VEHICLE_IDS
+        return BMS_IDS
 
     def set_output(self, voltage_v: float, current_a: float, now: float) -> None:
         """The power stage's measured output (see ``ChargerSession.set_output``), counted so the
@@ -381,7 +350,7 @@ class GbtSession(ChargerSession):
             self._events.append(SessionEvent(EventKind.TRANSPORT, problem))
         if result.completed is not None:
             pgn, payload = result.completed
-            name = _TP_MESSAGES.get(pgn)
+            name = TP_MESSAGES.get(pgn)
             if name is not None:  # BMV/BMT/BSP are optional and carry nothing the core uses
                 full = self._codec.length(name)
                 if name == "BRM" and BRM_TABLE_BYTES <= len(payload) < full:

@@ -27,26 +27,18 @@ import math
 from dataclasses import dataclass
 
 from controller.errors import ProtocolError
+from controller.vehicle.protocols.j1939 import (
+    BYTES_PER_PACKET,
+    MAX_RETRANSMIT_REQUESTS,
+    MAX_TP_SIZE,
+    T1_S,
+    T2_S,
+    T3_S,
+    T4_S,
+)
 
-TP_CM_PF = 0xEC
-TP_DT_PF = 0xEB
-TP_PRIORITY = 7
-
-# J1939-21 5.10.2.4 timeouts. (Tr, 200 ms, bounds a node's answer to a data or flow-control
-# message: this receiver answers at once, so no timer needs it.)
-TH_S = 0.50  # Th: a receiver holding with CTS(0) repeats it this often (this receiver never holds)
-T1_S = 0.75  # T1, receiver: longest time between two data packets
-T2_S = 1.25  # T2, receiver: after sending a CTS, until its first data packet
-T3_S = 1.25  # T3, sender: after the last data packet (or RTS), until CTS / EndOfMsgAck
-T4_S = 1.05  # T4, sender: after a CTS(0) hold, until the next CTS
-
-# J1939-21 5.10.3.2 (TP.CM_CTS): "recommended not to use more than 2 retransmit requests"; at the
-# limit the receiver aborts with reason 5. Counted per window (per CTS that cleared new packets).
-MAX_RETRANSMIT_REQUESTS = 2
-
-MAX_TP_SIZE = 1785  # 255 packets of 7 bytes
-BYTES_PER_PACKET = 7
-NO_LIMIT = 0xFF
+# The PDU formats, J1939-21 5.10.2.4 timeouts and 5.10.3.2's retransmit limit: protocols/j1939.py.
+NO_LIMIT = 0xFF  # J1939-21 TP.CM_RTS byte 5: no limit on the packets one CTS may clear
 
 
 class ControlByte(enum.IntEnum):
@@ -225,11 +217,6 @@ def split_payload(payload: bytes) -> tuple[DataPacket, ...]:
         DataPacket(i + 1, padded[i * BYTES_PER_PACKET : (i + 1) * BYTES_PER_PACKET])
         for i in range(count)
     )
-
-
-def tp_id(pf: int, destination: int, source: int) -> int:
-    """29-bit J1939 PDU1 identifier for TP.CM / TP.DT."""
-    return TP_PRIORITY << 26 | pf << 16 | destination << 8 | source
 
 
 @dataclass(frozen=True, slots=True)
