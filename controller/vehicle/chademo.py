@@ -61,6 +61,7 @@ from __future__ import annotations
 
 import enum
 import math
+from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -84,7 +85,7 @@ from controller.vehicle.protocols.chademo import (
     VEHICLE_STATUS_ID,
     WELDING_DETECTION_S,
 )
-from controller.vehicle.session import ChargerSession
+from controller.vehicle.session import ChargerSession, check_transition
 
 # The protocol's facts (ids, the 100 ms period, the sequence's limits) are in
 # controller/vehicle/protocols/chademo.py; what follows are this charger's own rules and choices.
@@ -137,6 +138,23 @@ class ChademoState(enum.StrEnum):
     STOP_D1 = "stop_d1"
     ENDED = "ended"
 
+
+# Every state change the session may make (the sequence at the top), checked on each one. Stops:
+# before d2 the contactors are open, so a stop goes straight to STOP_D1; from d2 on it waits for
+# the current (STOP_CURRENT). ENDED -> IDLE is the unplug (``_reset``).
+_S = ChademoState
+TRANSITIONS: Mapping[ChademoState, frozenset[ChademoState]] = {
+    _S.IDLE: frozenset({_S.WAIT_VEHICLE}),
+    _S.WAIT_VEHICLE: frozenset({_S.WAIT_PERMISSION, _S.STOP_D1}),
+    _S.WAIT_PERMISSION: frozenset({_S.INSULATION_TEST, _S.STOP_D1}),
+    _S.INSULATION_TEST: frozenset({_S.WAIT_VEHICLE_CONTACTOR, _S.STOP_D1}),
+    _S.WAIT_VEHICLE_CONTACTOR: frozenset({_S.ENERGY_TRANSFER, _S.STOP_CURRENT}),
+    _S.ENERGY_TRANSFER: frozenset({_S.STOP_CURRENT}),
+    _S.STOP_CURRENT: frozenset({_S.STOP_VEHICLE_CONTACTOR, _S.STOP_D1}),
+    _S.STOP_VEHICLE_CONTACTOR: frozenset({_S.STOP_D1}),
+    _S.STOP_D1: frozenset({_S.ENDED}),
+    _S.ENDED: frozenset({_S.IDLE}),
+}
 
 _PHASE = {
     ChademoState.IDLE: VehiclePhase.UNPLUGGED,
@@ -457,6 +475,7 @@ class ChademoSession(ChargerSession):
                 self._advance(now)  # a connector still locked is released only when dead
                 if self._outputs.lock:
                     return
+                check_transition(TRANSITIONS, self.state, ChademoState.IDLE, self.protocol)
                 self._reset()
                 self._set_phase(VehiclePhase.UNPLUGGED, now, "connector unplugged")
                 self._next_send_s = now + PERIOD_S
@@ -690,6 +709,7 @@ class ChademoSession(ChargerSession):
                 self._fault(f"CHAdeMO 0x{fid:X} not received for more than {limit:g} s", now)
 
     def _enter(self, state: ChademoState, now: float, why: str) -> None:
+        check_transition(TRANSITIONS, self.state, state, self.protocol)
         self.state = state
         self._since_s = now
         phase = _PHASE[state]

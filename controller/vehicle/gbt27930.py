@@ -46,6 +46,7 @@ honoured only when the charger offers discharge.
 from __future__ import annotations
 
 import enum
+from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -75,7 +76,7 @@ from controller.vehicle.protocols.gbt27930 import (
     TP_DT_FROM_BMS,
     TP_MESSAGES,
 )
-from controller.vehicle.session import ChargerSession
+from controller.vehicle.session import ChargerSession, check_transition
 
 # The protocol's facts (ids, PGNs, periods, timeouts) are in controller/vehicle/protocols/; what
 # follows are this charger's own rules and choices.
@@ -169,6 +170,27 @@ class GbtState(enum.StrEnum):
     RECONNECT = "reconnect"
     ENDED = "ended"
 
+
+# Every state change the session may make (the phases at the top), checked on each one. Before
+# CHARGING a stop ends the exchange at once (STOPPING, or ERROR_REPORT after a fault) and a
+# communication timeout reconnects (RECONNECT); in CHARGING both go through STOPPING first, for
+# the current to fall. ENDED -> IDLE is the unplug (``_reset``).
+_S = GbtState
+_BEFORE_CHARGING_EXITS = frozenset({_S.STOPPING, _S.ERROR_REPORT, _S.RECONNECT})
+TRANSITIONS: Mapping[GbtState, frozenset[GbtState]] = {
+    _S.IDLE: frozenset({_S.HANDSHAKE}),
+    _S.HANDSHAKE: _BEFORE_CHARGING_EXITS | {_S.INSULATION_TEST},
+    _S.INSULATION_TEST: _BEFORE_CHARGING_EXITS | {_S.RECOGNITION},
+    _S.RECOGNITION: _BEFORE_CHARGING_EXITS | {_S.PARAMETERS},
+    _S.PARAMETERS: _BEFORE_CHARGING_EXITS | {_S.CHARGER_READY},
+    _S.CHARGER_READY: _BEFORE_CHARGING_EXITS | {_S.CHARGING},
+    _S.CHARGING: frozenset({_S.STOPPING}),
+    _S.STOPPING: frozenset({_S.STATISTICS, _S.ERROR_REPORT, _S.RECONNECT}),
+    _S.STATISTICS: frozenset({_S.ENDED, _S.ERROR_REPORT}),
+    _S.ERROR_REPORT: frozenset({_S.ENDED}),
+    _S.RECONNECT: frozenset({_S.HANDSHAKE, _S.STOPPING, _S.ERROR_REPORT}),
+    _S.ENDED: frozenset({_S.IDLE}),
+}
 
 _PHASE = {
     GbtState.IDLE: VehiclePhase.UNPLUGGED,
@@ -511,6 +533,7 @@ class GbtSession(ChargerSession):
             return
         if not self._inputs.plugged:
             if self.state is GbtState.ENDED and self._unlock_from_s is None:
+                check_transition(TRANSITIONS, self.state, GbtState.IDLE, self.protocol)
                 self._reset()
                 self._set_phase(VehiclePhase.UNPLUGGED, now, "connector unplugged")
                 self._last_tick_s = now
@@ -802,6 +825,7 @@ class GbtSession(ChargerSession):
         self._schedule(now, "CHM")
 
     def _enter(self, state: GbtState, now: float, why: str) -> None:
+        check_transition(TRANSITIONS, self.state, state, self.protocol)
         self.state = state
         self._since_s = now
         phase = _PHASE[state]

@@ -26,9 +26,11 @@ GB/T 27930) and ``DbcProfileSession`` (a generic BMS described by a DBC file) pr
 
 from __future__ import annotations
 
+import enum
 import math
 from abc import ABC, abstractmethod
-from typing import Protocol
+from collections.abc import Mapping
+from typing import Protocol, TypeVar
 
 from controller.core.snapshots import VehiclePhase, VehicleState
 from controller.errors import ProtocolError
@@ -47,6 +49,28 @@ from controller.vehicle.frames import (
 OUTPUT_STALE_S = 1.0
 # CHAdeMO: 0x109.5 bit0 cleared once current is <= 5 A; GB/T 27930: <= 5 A within 100 ms of CST.
 STOP_CURRENT_A = 5.0
+
+_State = TypeVar("_State", bound=enum.Enum)
+
+
+class IllegalTransitionError(RuntimeError):
+    """A session tried a state change its transition table does not allow.
+
+    A programming error in the session (h11's ``LocalProtocolError`` for its own side), never the
+    vehicle's doing: what the vehicle sends is rejected with a reason, not raised. Deliberately
+    outside the ``ControllerError`` tree, so no handler of protocol or link errors swallows it.
+    """
+
+
+def check_transition(
+    transitions: Mapping[_State, frozenset[_State]], old: _State, new: _State, protocol: str
+) -> None:
+    """Raise ``IllegalTransitionError`` unless ``transitions`` allows ``old -> new``."""
+    if new not in transitions[old]:
+        allowed = ", ".join(sorted(str(state) for state in transitions[old])) or "none"
+        raise IllegalTransitionError(
+            f"{protocol}: {old} -> {new} is not an allowed transition (from {old}: {allowed})"
+        )
 
 
 def insulation_test_result(
