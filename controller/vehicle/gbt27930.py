@@ -175,6 +175,16 @@ class GbtState(enum.StrEnum):
 # CHARGING a stop ends the exchange at once (STOPPING, or ERROR_REPORT after a fault) and a
 # communication timeout reconnects (RECONNECT); in CHARGING both go through STOPPING first, for
 # the current to fall. ENDED -> IDLE is the unplug (``_reset``).
+class StopReason(enum.StrEnum):
+    """Why the charger stops: what CST byte 1 tells the BMS (GB/T 27930 CST)."""
+
+    NONE = ""  # not stopping (yet)
+    CONDITIONS = "conditions"  # CST byte 1 bits 1-2: the charging conditions are reached
+    MANUAL = "manual"  # bits 3-4: stopped by hand (the charger ends the session)
+    FAULT = "fault"  # bits 5-6: a fault
+    BMS = "bms"  # bits 7-8: the BMS stopped (BST)
+
+
 _S = GbtState
 _BEFORE_CHARGING_EXITS = frozenset({_S.STOPPING, _S.ERROR_REPORT, _S.RECONNECT})
 TRANSITIONS: Mapping[GbtState, frozenset[GbtState]] = {
@@ -296,7 +306,7 @@ class GbtSession(ChargerSession):
         self._cem.clear()
         self._crm_result = NOT_READY
         self._crm_ready_s = 0.0
-        self._stop_reason = ""  # "manual", "bms", "fault", "conditions"
+        self._stop_reason = StopReason.NONE
         self._paused_since_s: float | None = None
         self._bst_seen = False
         self._bsd_seen = False
@@ -516,7 +526,7 @@ class GbtSession(ChargerSession):
                 if s[field] == 1
             ]
             self._stop_requested(f"GB/T BST: BMS stops ({', '.join(reasons) or 'no reason'})")
-            self._stop_reason = "bms"
+            self._stop_reason = StopReason.BMS
             self._begin_stop(now, "BST received")
 
     # Time.
@@ -575,7 +585,7 @@ class GbtSession(ChargerSession):
             self._advance_ready(elapsed, now)
         elif st is GbtState.CHARGING:
             if not self._allowed:
-                self._stop_reason = "manual"
+                self._stop_reason = StopReason.MANUAL
                 self._begin_stop(now, "the charger no longer allows energy transfer")
             else:
                 self._check_pause(now)
@@ -743,7 +753,7 @@ class GbtSession(ChargerSession):
         if self._paused_since_s is None:
             self._paused_since_s = now
         elif now - self._paused_since_s > self.config.pause_limit_s:
-            self._stop_reason = "conditions"
+            self._stop_reason = StopReason.CONDITIONS
             self._begin_stop(
                 now, f"BSM: charging forbidden for more than {self.config.pause_limit_s:g} s"
             )
@@ -801,7 +811,7 @@ class GbtSession(ChargerSession):
         self._events.append(SessionEvent(EventKind.PHASE_CHANGED, self._reconnect_why))
         if self.state is GbtState.CHARGING:
             # GB/T 27930 BCL/CCS: stop at once. CST, 0 A, contactors open at <= 5 A; then RECONNECT.
-            self._stop_reason = "fault"
+            self._stop_reason = StopReason.FAULT
             self._begin_stop(now, f"{what}: energy transfer stopped before reconnecting")
             if self._cem:
                 self._schedule(now, "CEM")  # the BMS learns of the timeout at once
@@ -870,8 +880,8 @@ class GbtSession(ChargerSession):
                 self._schedule(now, "CST")
 
     def _on_fault(self, now: float) -> None:
-        if not self._stop_reason:
-            self._stop_reason = "fault"
+        if self._stop_reason is StopReason.NONE:
+            self._stop_reason = StopReason.FAULT
         if self.state in (GbtState.IDLE, GbtState.ENDED, GbtState.ERROR_REPORT):
             self._set_phase(VehiclePhase.FAULT, now, self._faults[-1])
             return
@@ -893,7 +903,7 @@ class GbtSession(ChargerSession):
         self._reconnect_why = ""  # the charger ends the session: no reconnect
         if self.state is GbtState.STOPPING:
             return
-        self._stop_reason = "manual"
+        self._stop_reason = StopReason.MANUAL
         self._begin_stop(now, "charger ends the session")
 
     # Charger frames.
@@ -955,10 +965,10 @@ class GbtSession(ChargerSession):
             self._send(
                 "CST",
                 {
-                    "StopConditionsReached": int(self._stop_reason == "conditions"),
-                    "StopManual": int(self._stop_reason == "manual"),
-                    "StopFault": int(self._stop_reason == "fault"),
-                    "StopByBms": int(self._stop_reason == "bms"),
+                    "StopConditionsReached": int(self._stop_reason is StopReason.CONDITIONS),
+                    "StopManual": int(self._stop_reason is StopReason.MANUAL),
+                    "StopFault": int(self._stop_reason is StopReason.FAULT),
+                    "StopByBms": int(self._stop_reason is StopReason.BMS),
                     "FaultChargerOverTemp": 0,
                     "FaultConnector": 0,
                     "FaultChargerInternalOverTemp": 0,
@@ -1041,7 +1051,7 @@ class GbtSession(ChargerSession):
             capacity_kwh=b.nominal_energy_kwh,
             charge_permitted=charge_permitted,
             discharge_permitted=discharge_permitted,
-            stop_requested=self._stop_reason == "bms",
+            stop_requested=self._stop_reason is StopReason.BMS,
             faults=self.faults,
             identity=b.vin,
         )
