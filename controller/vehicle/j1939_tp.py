@@ -261,11 +261,11 @@ class TpReceiver:
         """When ``tick`` next has something to do (T1 or T2 runs out), or None."""
         return None if self._transfer is None else self._transfer.deadline_s
 
-    def on_cm(self, message: ConnectionMessage, now: float) -> TpResult:
+    def on_cm(self, message: ConnectionMessage, now_s: float) -> TpResult:
         """A TP.CM from the sender."""
         match message:
             case Rts():
-                return self._on_rts(message, now)
+                return self._on_rts(message, now_s)
             case Abort(pgn=pgn, reason=reason):
                 if self._transfer is not None and self._transfer.rts.pgn == pgn:
                     self._transfer = None
@@ -277,7 +277,7 @@ class TpReceiver:
             case _:
                 return TpResult(problems=(f"{message} from the sender ignored",))
 
-    def _on_rts(self, rts: Rts, now: float) -> TpResult:
+    def _on_rts(self, rts: Rts, now_s: float) -> TpResult:
         t = self._transfer
         if t is not None and t.rts.pgn != rts.pgn:
             # J1939-21 5.10.3.4, Table 7 reason 1: the open transfer is not disturbed and goes on.
@@ -304,19 +304,19 @@ class TpReceiver:
             # J1939-21 5.10.3.1: of several RTSs for the same PGN the newest is acted on, the
             # older one is dropped without an abort.
             problems = (f"PGN 0x{rts.pgn:04X}: a new RTS restarts the open transfer",)
-        t = _Transfer(rts, {}, 1, 0, waiting_first=True, deadline_s=now, requests=0)
+        t = _Transfer(rts, {}, 1, 0, waiting_first=True, deadline_s=now_s, requests=0)
         self._transfer = t
-        return TpResult(send=(self._clear(t, 1, now),), problems=problems)
+        return TpResult(send=(self._clear(t, 1, now_s),), problems=problems)
 
     @staticmethod
-    def _clear(t: _Transfer, first: int, now: float) -> Cts:
+    def _clear(t: _Transfer, first: int, now_s: float) -> Cts:
         """Clear the next window from packet ``first``: at most the RTS's packets per CTS."""
         count = min(t.rts.packets - first + 1, t.rts.max_packets_per_cts)
         t.window_first, t.window_end = first, first + count - 1
-        t.waiting_first, t.deadline_s, t.requests = True, now + T2_S, 0  # J1939-21 5.10.2.4 T2
+        t.waiting_first, t.deadline_s, t.requests = True, now_s + T2_S, 0  # J1939-21 5.10.2.4 T2
         return Cts(count, first, t.rts.pgn)
 
-    def on_dt(self, packet: DataPacket, now: float) -> TpResult:
+    def on_dt(self, packet: DataPacket, now_s: float) -> TpResult:
         """A TP.DT from the sender."""
         t = self._transfer
         if t is None:
@@ -327,7 +327,7 @@ class TpReceiver:
             return refused
         seq = packet.sequence
         t.packets[seq] = packet.data  # a copy with the same data changes nothing
-        t.waiting_first, t.deadline_s = False, now + T1_S  # J1939-21 5.10.2.4 T1
+        t.waiting_first, t.deadline_s = False, now_s + T1_S  # J1939-21 5.10.2.4 T1
         if len(t.packets) == t.rts.packets:
             rts = t.rts
             payload = b"".join(t.packets[i] for i in range(1, rts.packets + 1))
@@ -337,7 +337,7 @@ class TpReceiver:
                 completed=(rts.pgn, payload[: rts.total_size]),
             )
         if all(i in t.packets for i in range(t.window_first, t.window_end + 1)):
-            return TpResult(send=(self._clear(t, t.window_end + 1, now),))
+            return TpResult(send=(self._clear(t, t.window_end + 1, now_s),))
         return TpResult()
 
     def _refuse(self, t: _Transfer, packet: DataPacket) -> TpResult | None:
@@ -364,10 +364,10 @@ class TpReceiver:
             )
         return None
 
-    def tick(self, now: float) -> TpResult:
+    def tick(self, now_s: float) -> TpResult:
         """T2 or T1 ran out: ask again for the missing packets, or abort the transfer."""
         t = self._transfer
-        if t is None or now < t.deadline_s:
+        if t is None or now_s < t.deadline_s:
             return TpResult()
         if t.waiting_first:
             # J1939-21 5.10.2.4: T2 is a timeout; the sender's T3 has run out by now as well.
@@ -392,7 +392,7 @@ class TpReceiver:
         for i in range(first, t.window_end + 1):
             t.packets.pop(i, None)
         t.requests += 1
-        t.waiting_first, t.deadline_s = True, now + T2_S
+        t.waiting_first, t.deadline_s = True, now_s + T2_S
         return TpResult(
             send=(Cts(t.window_end - first + 1, first, t.rts.pgn),),
             problems=(
@@ -442,27 +442,27 @@ class TpSender:
         """When ``tick`` next has something to do, or None."""
         return self._deadline_s if self._pgn is not None else None
 
-    def start(self, pgn: int, payload: bytes, now: float) -> TpSendResult:
+    def start(self, pgn: int, payload: bytes, now_s: float) -> TpSendResult:
         """Open a transfer of ``payload`` (9..1785 bytes); replaces an open one."""
         self._pgn = pgn
         self._size = len(payload)
         self._packets = split_payload(payload)
-        self._deadline_s = now + T3_S
+        self._deadline_s = now_s + T3_S
         return TpSendResult(send_cm=(Rts(len(payload), len(self._packets), pgn),))
 
-    def on_cm(self, message: ConnectionMessage, now: float) -> TpSendResult:
+    def on_cm(self, message: ConnectionMessage, now_s: float) -> TpSendResult:
         """A TP.CM from the receiver."""
         if self._pgn is None or message.pgn != self._pgn:
             return TpSendResult(problems=(f"{message} outside a transfer",))
         result = TpSendResult()
         match message:
             case Cts(packets=0):
-                self._deadline_s = now + T4_S  # J1939-21: CTS(0) holds the connection open
+                self._deadline_s = now_s + T4_S  # J1939-21: CTS(0) holds the connection open
             case Cts(packets=count, next_packet=first):
                 chosen = tuple(p for p in self._packets if first <= p.sequence < first + count)
                 if not chosen:
                     return self._abort(AbortReason.BAD_SEQUENCE, f"CTS asks for {first}+{count}")
-                self._deadline_s = now + T3_S
+                self._deadline_s = now_s + T3_S
                 result = TpSendResult(send_dt=chosen)
             case EndOfMsgAck():
                 self._pgn = None
@@ -474,9 +474,9 @@ class TpSender:
                 result = TpSendResult(problems=("RTS from the receiver",))
         return result
 
-    def tick(self, now: float) -> TpSendResult:
+    def tick(self, now_s: float) -> TpSendResult:
         """T3/T4: abort when the receiver went quiet."""
-        if self._pgn is not None and now >= self._deadline_s:
+        if self._pgn is not None and now_s >= self._deadline_s:
             return self._abort(AbortReason.TIMEOUT, "no CTS or EndOfMsgAck in time")
         return TpSendResult()
 
