@@ -403,7 +403,7 @@ def _accelerated_daemon(config_path: str, factor: float) -> int:
     from controller.config import Config, load_config  # noqa: PLC0415
     from controller.vehicle import chademo  # noqa: PLC0415
 
-    chademo.PERIOD_S /= factor
+    vars(chademo)["PERIOD_S"] /= factor  # the session's binding of the protocol's 100 ms
 
     def accelerated(path: str | Path) -> Config:
         cfg = load_config(path)
@@ -428,7 +428,7 @@ def _accelerated_plant(args: list[str], factor: float) -> int:
     from hil import plant  # noqa: PLC0415
     from hil.vehicle import chademo_ev  # noqa: PLC0415
 
-    chademo_ev.PERIOD_S /= factor
+    vars(chademo_ev)["PERIOD_S"] /= factor  # the simulator's binding of the protocol's 100 ms
     return plant.main(args)
 
 

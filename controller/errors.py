@@ -34,7 +34,9 @@ this tree at the edge of the module that calls the library, so callers never see
                                      (aggregator/durable_outbox.py)
 
 Each error is defined in the module that raises it (the path in brackets); this drawing is the
-map. Safety rules never raise: the core returns its reasons with 0 W.
+map. Safety rules never raise: the core returns its reasons with 0 W. A programming error stays
+outside the tree, so no handler of the errors above swallows it: ``IllegalTransitionError``
+(a ``RuntimeError``, vehicle/session.py), a session state change its transition table forbids.
 
 Bad input from outside is a value to reject with a reason, never a crash and never a command.
 """

@@ -13,6 +13,17 @@ functions (a lazy import is still a dependency). The rules:
   ``app`` calls) read YAML: no other module imports ``yaml`` or the config loader, uses
   ``yaml.``, or calls (or imports) ``load_config``, ``parse_config``, ``load_register_map``,
   ``load_bms_profile`` or ``bms_profile_error``. Links and sessions receive values, never paths.
+* the simulators (``hil``) never use a session's internals. From the charger's session modules
+  ``controller.vehicle.chademo``, ``.gbt27930`` and ``.j1939_tp`` they may import, by name
+  (``from <module> import <Name>``), only what ``SIMULATOR_MAY_USE`` lists: the sessions, their
+  configs and state enums (what a test needs to build a charger), and the sending half of the
+  J1939-21 transport (``TpSender`` and the TP.CM / TP.DT codec, which
+  ``tests/vehicle/test_j1939_tp.py`` checks against a recorded charger's and BMS's bytes: a
+  transport, not the session under test). Never a constant, a private name or the receiving half
+  (``TpReceiver``), and never the module itself (``import controller.vehicle.gbt27930``, ``from
+  controller.vehicle import chademo``): the protocol's ids, PGNs, periods and timeouts come from
+  ``controller.vehicle.protocols`` (checked against ``dbc/``), so a wrong constant in a session
+  cannot be wrong in its simulator too.
 """
 
 from __future__ import annotations
@@ -54,6 +65,17 @@ YAML_LOADERS = frozenset(
     {"load_config", "parse_config", "load_register_map", "load_bms_profile", "bms_profile_error"}
 )
 YAML_RULE = "only the config package and the wiring read YAML; links and sessions receive values"
+# Session modules -> the names a simulator may import from them (see the module docstring).
+SIMULATOR_MAY_USE: dict[str, frozenset[str]] = {
+    "controller.vehicle.chademo": frozenset(
+        {"ChademoChargerConfig", "ChademoSession", "ChademoState"}
+    ),
+    "controller.vehicle.gbt27930": frozenset({"GbtChargerConfig", "GbtSession", "GbtState"}),
+    "controller.vehicle.j1939_tp": frozenset(
+        {"TpSender", "TpSendResult", "DataPacket", "decode_cm", "encode_cm", "encode_dt"}
+    ),
+}
+SIMULATORS = "hil"
 
 
 def _within(module: str, prefix: str) -> bool:
@@ -145,8 +167,55 @@ def violations(root: Path) -> list[str]:
     return sorted(set(found))
 
 
+def _session_internals(node: ast.Import | ast.ImportFrom, module: str) -> Iterator[str]:
+    """What the import takes from a session module beyond ``SIMULATOR_MAY_USE``."""
+    if isinstance(node, ast.Import):
+        for alias in node.names:
+            for session in SIMULATOR_MAY_USE:
+                if _within(alias.name, session):
+                    yield alias.name
+        return
+    package = module.rpartition(".")[0]
+    if node.level:
+        base = package.split(".")
+        base = base[: len(base) - (node.level - 1)]
+        target = ".".join([*base, node.module] if node.module else base)
+    else:
+        target = node.module or ""
+    for alias in node.names:
+        whole = f"{target}.{alias.name}"
+        for session, allowed in SIMULATOR_MAY_USE.items():
+            if _within(target, session):
+                if target != session or alias.name not in allowed:
+                    yield whole
+            elif _within(whole, session):  # ``from controller.vehicle import chademo``
+                yield whole
+
+
+def simulator_violations(root: Path) -> list[str]:
+    """Every import under ``root/hil`` of a session's internals, as "file:line: why"."""
+    found: list[str] = []
+    for path in sorted((root / SIMULATORS).rglob("*.py")):
+        module = module_name(path, root)
+        tree = ast.parse(path.read_text(encoding="utf-8"), filename=str(path))
+        for node in ast.walk(tree):
+            if isinstance(node, ast.Import | ast.ImportFrom):
+                found.extend(
+                    f"{path.relative_to(root)}:{node.lineno}: {module} imports {what}: a "
+                    "simulator never uses a session's internals (controller.vehicle.protocols "
+                    "has the protocol's facts)"
+                    for what in _session_internals(node, module)
+                )
+    return sorted(set(found))
+
+
 def test_the_source_tree_keeps_the_layer_contract() -> None:
     assert violations(ROOT) == []
+
+
+def test_the_simulators_use_no_session_internals() -> None:
+    """hil/ takes protocol facts from controller.vehicle.protocols, never from a session."""
+    assert simulator_violations(ROOT) == []
 
 
 def _tree(tmp_path: Path, files: dict[str, str]) -> Path:
@@ -192,6 +261,49 @@ def test_a_forbidden_import_is_reported_with_its_place_and_rule(
 ) -> None:
     """The check fails on a deliberately added forbidden import (issue 18)."""
     assert expected in violations(_tree(tmp_path, files))
+
+
+@pytest.mark.parametrize(
+    ("text", "what"),
+    [
+        (
+            "from controller.vehicle.gbt27930 import PGN_BRM, GbtSession\n",
+            "controller.vehicle.gbt27930.PGN_BRM",
+        ),
+        ("from controller.vehicle import j1939_tp as tp\n", "controller.vehicle.j1939_tp"),
+        ("import controller.vehicle.chademo\n", "controller.vehicle.chademo"),
+        (
+            "def f():\n    from controller.vehicle.j1939_tp import TpReceiver\n",
+            "controller.vehicle.j1939_tp.TpReceiver",
+        ),
+    ],
+)
+def test_a_simulator_importing_a_session_internal_is_reported(
+    tmp_path: Path, text: str, what: str
+) -> None:
+    """A simulator taking a constant (or a whole module) from a session fails the check."""
+    root = _tree(tmp_path, {"hil/vehicle/sim.py": text})
+    line = text.count("\n", 0, text.index("import"))
+    assert simulator_violations(root) == [
+        f"hil/vehicle/sim.py:{line + 1}: hil.vehicle.sim imports {what}: a simulator never uses "
+        "a session's internals (controller.vehicle.protocols has the protocol's facts)"
+    ]
+
+
+def test_a_simulator_may_import_facts_and_public_session_classes(tmp_path: Path) -> None:
+    """Protocol facts and the listed public classes are not reported."""
+    root = _tree(
+        tmp_path,
+        {
+            "hil/vehicle/sim.py": (
+                "from controller.vehicle.protocols.gbt27930 import PGN_BRM\n"
+                "from controller.vehicle.gbt27930 import GbtChargerConfig\n"
+                "from controller.vehicle.j1939_tp import TpSender, encode_cm\n"
+                "from controller.vehicle import GbtSession\n"
+            ),
+        },
+    )
+    assert simulator_violations(root) == []
 
 
 def test_allowed_imports_are_not_reported(tmp_path: Path) -> None:

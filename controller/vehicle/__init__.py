@@ -1,8 +1,9 @@
 """The vehicle link: CHAdeMO, GB/T 27930 and generic-BMS sessions over CAN (python-can, cantools).
 
 * ``dbc`` — the DBC files as the only description of the wire, and where they are found;
+* ``protocols`` — the protocols' facts (ids, PGNs, periods, timeouts), shared with the simulators;
 * ``chademo``, ``gbt27930``, ``j1939_tp`` — pure session machines:
-  ``(frame or tick, now) -> Step(frames, events, VehicleState, line outputs)``;
+  ``(frame or tick, now_s) -> Step(frames, events, VehicleState, line outputs)``;
 * ``profile`` — the generic DBC profile (``vehicle.protocol: dbc``), the same shape, listen-only;
 * ``frames`` — the values they exchange and the ``ChargerLines`` protocol for d1, d2, k, contactors;
 * ``lines`` — ``ChargerLines`` on GPIO (libgpiod 2), on a file shared with the simulator, or none;

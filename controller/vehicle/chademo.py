@@ -61,36 +61,45 @@ from __future__ import annotations
 
 import enum
 import math
+from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
 
 from controller.core.snapshots import VehiclePhase, VehicleState
 from controller.vehicle.dbc import DbcCodec, SignalValues
 from controller.vehicle.frames import CanFrame, LineOutputs
-from controller.vehicle.session import ChargerSession
+from controller.vehicle.protocols.chademo import (
+    BATTERY_LIMITS_ID,
+    CHARGING_TIME_ID,
+    CURRENT_REQUEST_TIMEOUT_S,
+    D2_AFTER_D1_S,
+    D2_TO_D1_S,
+    DISCHARGE_LIMITS_ID,
+    FIRST_REQUEST_S,
+    PERIOD_S,
+    STOP_CURRENT_S,
+    UNLOCK_VOLTAGE_V,
+    VEHICLE_CONTACTOR_S,
+    VEHICLE_IDS,
+    VEHICLE_RESPONSE_S,
+    VEHICLE_STATUS_ID,
+    WELDING_DETECTION_S,
+)
+from controller.vehicle.session import ChargerSession, check_transition
 
-PERIOD_S = 0.1  # CHAdeMO: every ID every 100 ms
-CURRENT_REQUEST_TIMEOUT_S = 1.0  # CHAdeMO: stop if the 0x102 current request is older than 1 s
+# The protocol's facts (ids, the 100 ms period, the sequence's limits) are in
+# controller/vehicle/protocols/chademo.py; what follows are this charger's own rules and choices.
 OTHER_MESSAGE_TIMEOUT_S = 2.0  # project choice for 0x100/0x101/0x200 (sent every 100 ms)
-VEHICLE_RESPONSE_S = 8.0  # CHAdeMO: k and 0x102.5 bit0 within 8 s of d1
-D2_AFTER_D1_S = 20.0  # CHAdeMO: d2 on within 20 s (of d1)
-VEHICLE_CONTACTOR_S = 4.0  # CHAdeMO: 0x102.5 bit3 = 0 within 4 s of d2
-FIRST_REQUEST_S = 4.0  # CHAdeMO: first current request within 4 s more
-# CHAdeMO: "after k drops, current <= 5 A within 0.5 s": timed from the vehicle's stop (k released
-# or 0x102.5 bit0 cleared), never from the charger's own stop control. The recorded ZE1 charger
-# reached 0 A 0.6 s after its stop control but 0.33 s after the car cleared bit0.
-STOP_CURRENT_S = 0.5
+# CHAdeMO: "after k drops, current <= 5 A within 0.5 s" (STOP_CURRENT_S) is timed from the
+# vehicle's stop (k released or 0x102.5 bit0 cleared), never from the charger's own stop control.
+# The recorded ZE1 charger reached 0 A 0.6 s after its stop control but 0.33 s after the car
+# cleared bit0.
 # Project choice: without a fresh reading of <= 5 A this long after the stop, the charger opens its
 # own contactors and d2 (a charger fault) instead of waiting for the vehicle's contactor.
 STOP_CURRENT_GIVE_UP_S = 2.0
-# CHAdeMO: the vehicle opens its contactor and reports 0x102.5 bit3 = 1 (welding detection done)
-# within 4 s of the current falling to 5 A (the limit public charger code cites from the spec; the
-# recorded Leafs took 2.9 s (ZE0) and 2.1 s (ZE1)). Without it the session ends in a fault.
-WELDING_DETECTION_S = 4.0
-D2_TO_D1_S = 0.5  # CHAdeMO: wait 500 ms between d2 off and d1 off
-# CHAdeMO 0x109.5 bit2 "connector locked / energising (> 10 V)": the connector stays locked until
-# the output is at most 10 V (both recorded chargers unlock at 3 V, after the car's bit3).
-UNLOCK_VOLTAGE_V = 10.0
+# CHAdeMO: welding detection within 4 s (WELDING_DETECTION_S); the recorded Leafs took 2.9 s (ZE0)
+# and 2.1 s (ZE1). Without it the session ends in a fault. The connector stays locked until the
+# output is at most 10 V (UNLOCK_VOLTAGE_V; both recorded chargers unlock at 3 V, after bit3).
 # Project choice: how long after the contactors opened the output may take to fall to 10 V before
 # that is a fault (the connector then stays locked and d1 goes off).
 UNLOCK_TIMEOUT_S = 10.0
@@ -104,8 +113,6 @@ SOC_STABLE_S = 0.2
 # CHAdeMO 0x109 byte 3 is 1 A/bit: energy flows (the remaining time counts down) while the fresh
 # measured current would read at least 1 A there.
 FLOWING_CURRENT_A = 0.5
-
-VEHICLE_IDS = frozenset({0x100, 0x101, 0x102, 0x110, 0x200, 0x201, 0x700})
 
 # CHAdeMO 0x102 byte 4 fault flags: any of them stops the charger.
 _VEHICLE_FAULT_FLAGS = {
@@ -131,6 +138,23 @@ class ChademoState(enum.StrEnum):
     STOP_D1 = "stop_d1"
     ENDED = "ended"
 
+
+# Every state change the session may make (the sequence at the top), checked on each one. Stops:
+# before d2 the contactors are open, so a stop goes straight to STOP_D1; from d2 on it waits for
+# the current (STOP_CURRENT). ENDED -> IDLE is the unplug (``_reset``).
+_S = ChademoState
+TRANSITIONS: Mapping[ChademoState, frozenset[ChademoState]] = {
+    _S.IDLE: frozenset({_S.WAIT_VEHICLE}),
+    _S.WAIT_VEHICLE: frozenset({_S.WAIT_PERMISSION, _S.STOP_D1}),
+    _S.WAIT_PERMISSION: frozenset({_S.INSULATION_TEST, _S.STOP_D1}),
+    _S.INSULATION_TEST: frozenset({_S.WAIT_VEHICLE_CONTACTOR, _S.STOP_D1}),
+    _S.WAIT_VEHICLE_CONTACTOR: frozenset({_S.ENERGY_TRANSFER, _S.STOP_CURRENT}),
+    _S.ENERGY_TRANSFER: frozenset({_S.STOP_CURRENT}),
+    _S.STOP_CURRENT: frozenset({_S.STOP_VEHICLE_CONTACTOR, _S.STOP_D1}),
+    _S.STOP_VEHICLE_CONTACTOR: frozenset({_S.STOP_D1}),
+    _S.STOP_D1: frozenset({_S.ENDED}),
+    _S.ENDED: frozenset({_S.IDLE}),
+}
 
 _PHASE = {
     ChademoState.IDLE: VehiclePhase.UNPLUGGED,
@@ -269,37 +293,37 @@ class ChademoSession(ChargerSession):
 
     # Vehicle frames.
 
-    def _on_frame(self, frame: CanFrame, now: float) -> None:
+    def _on_frame(self, frame: CanFrame, now_s: float) -> None:
         if self.state in (ChademoState.IDLE, ChademoState.ENDED):
             return  # no session: frames from a vehicle we did not wake are not state
         s = self._decode(frame).signals
         v = self._vehicle
         fid = frame.arbitration_id
-        self._last_seen[fid] = now
-        self._seen(now)
-        if fid == 0x100:
+        self._last_seen[fid] = now_s
+        self._seen(now_s)
+        if fid == BATTERY_LIMITS_ID:
             v.min_charge_current_a = s["MinChargeCurrent"]
             v.min_battery_voltage_v = s["MinBatteryVoltage"]
             v.max_battery_voltage_v = s["MaxBatteryVoltage"]
             v.charged_rate_reference = s["ChargedRateReference"]
-        elif fid == 0x101:
+        elif fid == CHARGING_TIME_ID:
             capacity = s["RatedBatteryCapacity"]
             v.capacity_kwh = capacity if capacity > 0 else None
             # CHAdeMO 0x101 byte 1: maximum charging time, 10 s/bit; 0xFF: byte 2, 1 min/bit.
             tens = round(s["MaxChargingTime10s"] / 10)
             v.max_charging_time_in_min = tens == 0xFF
             v.max_charging_time_s = 60.0 * s["MaxChargingTimeMin"] if tens == 0xFF else 10.0 * tens
-        elif fid == 0x102:
-            self._on_status(s, now)
-        elif fid == 0x200:
+        elif fid == VEHICLE_STATUS_ID:
+            self._on_status(s, now_s)
+        elif fid == DISCHARGE_LIMITS_ID:
             v.max_discharge_current_a = s["MaxDischargeCurrent"]
             v.min_discharge_voltage_v = s["MinDischargeVoltage"]
             v.min_discharge_level_pct = _min_discharge_level(
                 s["MinDischargeLevel"], s["MaxRemainingCapacityForCharging"]
             )
-        self._check_plausible(now)
+        self._check_plausible(now_s)
 
-    def _on_status(self, s: SignalValues, now: float) -> None:
+    def _on_status(self, s: SignalValues, now_s: float) -> None:
         v = self._vehicle
         v.protocol_number = int(s["ProtocolNumber"])
         v.target_voltage_v = s["TargetBatteryVoltage"]
@@ -309,35 +333,35 @@ class ChademoSession(ChargerSession):
         v.enabled = bool(s["StatusChargingEnabled"])
         v.contactor_open = bool(s["StatusContactorOpen"])
         v.discharge_compatible = bool(s["StatusDischargeCompatible"])
-        self._follow_soc(now)
+        self._follow_soc(now_s)
         # CHAdeMO 0x102 byte 4 fault flags and byte 5 bit 2: the charger must stop (the vehicle
         # stops: the reference of the 0.5 s current check).
         for signal, text in _VEHICLE_FAULT_FLAGS.items():
             if s[signal]:
-                self._note_vehicle_stop(now)
-                self._fault(f"CHAdeMO 0x102 byte 4: vehicle reports {text}", now)
+                self._note_vehicle_stop(now_s)
+                self._fault(f"CHAdeMO 0x102 byte 4: vehicle reports {text}", now_s)
         if s["StatusChargingSystemFault"]:
-            self._note_vehicle_stop(now)
-            self._fault("CHAdeMO 0x102 byte 5 bit 2: vehicle charging-system fault", now)
+            self._note_vehicle_stop(now_s)
+            self._fault("CHAdeMO 0x102 byte 5 bit 2: vehicle charging-system fault", now_s)
         if s["StatusStopBeforeCharging"] and self.state in _BEFORE_TRANSFER:
-            self._vehicle_stop("CHAdeMO 0x102 byte 5 bit 4: vehicle stop before charging", now)
+            self._vehicle_stop("CHAdeMO 0x102 byte 5 bit 4: vehicle stop before charging", now_s)
         elif s["StatusNotInPark"] and self.state in _RUNNING:
-            self._vehicle_stop("CHAdeMO 0x102 byte 5 bit 1: vehicle not in Park", now)
+            self._vehicle_stop("CHAdeMO 0x102 byte 5 bit 1: vehicle not in Park", now_s)
         elif not v.enabled and self.state in _PERMITTED:
             # CHAdeMO: "the charger must stop if ... 0x102 byte5 bit0 is 0": a level, checked
             # from the vehicle's first permission to the end of transfer, never only an edge.
             why = (
                 "cleared: vehicle stop request" if was_enabled else "0: vehicle withdrew permission"
             )
-            self._vehicle_stop(f"CHAdeMO 0x102 byte 5 bit 0 {why}", now)
+            self._vehicle_stop(f"CHAdeMO 0x102 byte 5 bit 0 {why}", now_s)
         elif v.contactor_open and self.state is ChademoState.ENERGY_TRANSFER:
             # CHAdeMO 0x102 byte 5 bit 3 back to 1: the vehicle contactor opened under transfer.
-            self._vehicle_stop("CHAdeMO 0x102 byte 5 bit 3: vehicle contactor opened", now)
+            self._vehicle_stop("CHAdeMO 0x102 byte 5 bit 3: vehicle contactor opened", now_s)
         elif not v.enabled and self.state in _STOPPING:
             # The vehicle answers the charger's stop: 0x102.5 bit0 cleared.
-            self._note_vehicle_stop(now)
+            self._note_vehicle_stop(now_s)
 
-    def _follow_soc(self, now: float) -> None:
+    def _follow_soc(self, now_s: float) -> None:
         """Track the run of 0x102 SoC readings that agree within SOC_STABLE_PCT (see top)."""
         reading = self._raw_soc_pct()
         previous = self._soc_reading
@@ -352,60 +376,60 @@ class ChademoSession(ChargerSession):
             self._soc_run_frames += 1
         else:
             self._soc_run_frames = 1
-            self._soc_run_since_s = now
-        self._settle_soc(now)
+            self._soc_run_since_s = now_s
+        self._settle_soc(now_s)
 
-    def _settle_soc(self, now: float) -> None:
+    def _settle_soc(self, now_s: float) -> None:
         if (
             not self._soc_settled
             and self._vehicle_permitted
             and self._soc_run_frames >= SOC_STABLE_FRAMES
-            and now - self._soc_run_since_s >= SOC_STABLE_S - 1e-9
+            and now_s - self._soc_run_since_s >= SOC_STABLE_S - 1e-9
         ):
             self._soc_settled = True
 
-    def _check_plausible(self, now: float) -> None:
+    def _check_plausible(self, now_s: float) -> None:
         """Values that cannot be true, or contradict each other, are faults (and never widen a
         reported limit: an impossible SoC reads None, limits are capped by the charger's)."""
         v = self._vehicle
         soc = self._raw_soc_pct()
         if soc is not None and soc > 100:
-            self._fault(f"implausible SoC {soc:.1f} % (0x102 byte 6 over 0x100 byte 6)", now)
+            self._fault(f"implausible SoC {soc:.1f} % (0x102 byte 6 over 0x100 byte 6)", now_s)
         low, high = v.min_battery_voltage_v, v.max_battery_voltage_v
         if low is not None and high is not None and low >= high:
             self._fault(
                 f"implausible minimum battery voltage {low:g} V not below the maximum battery "
                 f"voltage {high:g} V (0x100 bytes 2-3 vs 4-5)",
-                now,
+                now_s,
             )
         target = v.target_voltage_v
         if target is not None:
             if target == 0:
-                self._fault("implausible target voltage 0 V (0x102 bytes 1-2)", now)
+                self._fault("implausible target voltage 0 V (0x102 bytes 1-2)", now_s)
             elif high and target > high:
                 self._fault(
                     f"implausible target voltage {target:g} V above the maximum battery voltage "
                     f"{high:g} V (0x102 vs 0x100)",
-                    now,
+                    now_s,
                 )
             elif low is not None and target < low:
                 self._fault(
                     f"implausible target voltage {target:g} V below the minimum battery voltage "
                     f"{low:g} V (0x102 vs 0x100)",
-                    now,
+                    now_s,
                 )
         if self._discharge_in_play():
-            self._check_discharge_limits(now)
+            self._check_discharge_limits(now_s)
 
     def _discharge_in_play(self) -> bool:
         """Discharge is offered, the vehicle says it can, and its 0x200 has arrived."""
         return (
             self.config.discharge_offered
             and self._vehicle.discharge_compatible
-            and 0x200 in self._last_seen
+            and DISCHARGE_LIMITS_ID in self._last_seen
         )
 
-    def _check_discharge_limits(self, now: float) -> None:
+    def _check_discharge_limits(self, now_s: float) -> None:
         # An all-zero 0x200 would read 255 A (inverted byte 0), 0 V and 0 %: the most permissive
         # limits there are. The vehicle answers the charger's 0x208 (the recorded ZE0 ramps 0x200
         # byte 0 from 0 A up to the charger's 15 A and no further).
@@ -415,16 +439,16 @@ class ChademoSession(ChargerSession):
             self._fault(
                 f"implausible maximum discharge current {v.max_discharge_current_a:g} A above the "
                 f"charger's available input current {offered} A (0x200 byte 0 vs 0x208 byte 3)",
-                now,
+                now_s,
             )
         low, high = v.min_discharge_voltage_v, v.max_battery_voltage_v
         if low is not None and low == 0:
-            self._fault("implausible minimum discharge voltage 0 V (0x200 bytes 4-5)", now)
+            self._fault("implausible minimum discharge voltage 0 V (0x200 bytes 4-5)", now_s)
         elif low is not None and high is not None and low >= high:
             self._fault(
                 f"implausible minimum discharge voltage {low:g} V not below the maximum battery "
                 f"voltage {high:g} V (0x200 vs 0x100)",
-                now,
+                now_s,
             )
 
     def _raw_soc_pct(self) -> float | None:
@@ -444,132 +468,135 @@ class ChademoSession(ChargerSession):
 
     # Time.
 
-    def _on_tick(self, now: float) -> None:
-        self._count_energy_flow(now)
+    def _on_tick(self, now_s: float) -> None:
+        self._count_energy_flow(now_s)
         if not self._inputs.plugged and self.state is not ChademoState.IDLE:
             if self.state is ChademoState.ENDED:
-                self._advance(now)  # a connector still locked is released only when dead
+                self._advance(now_s)  # a connector still locked is released only when dead
                 if self._outputs.lock:
                     return
+                check_transition(TRANSITIONS, self.state, ChademoState.IDLE, self.protocol)
                 self._reset()
-                self._set_phase(VehiclePhase.UNPLUGGED, now, "connector unplugged")
-                self._next_send_s = now + PERIOD_S
+                self._set_phase(VehiclePhase.UNPLUGGED, now_s, "connector unplugged")
+                self._next_send_s = now_s + PERIOD_S
                 return
             if self.state is not ChademoState.STOP_D1:
-                self._fault("connector unplugged during the session", now)
-        self._advance(now)
-        if now >= self._next_send_s:
+                self._fault("connector unplugged during the session", now_s)
+        self._advance(now_s)
+        if now_s >= self._next_send_s:
             if self._outputs.d1:
                 self._send_periodic()
             # Catch up without bursts after a late tick.
-            self._next_send_s = max(self._next_send_s + PERIOD_S, now + PERIOD_S / 2)
+            self._next_send_s = max(self._next_send_s + PERIOD_S, now_s + PERIOD_S / 2)
 
-    def _advance(self, now: float) -> None:
+    def _advance(self, now_s: float) -> None:
         st = self.state
         if st is ChademoState.IDLE:
             if self._inputs.plugged:
-                self._d1_on_s = now
-                self._enter(ChademoState.WAIT_VEHICLE, now, "plugged in, d1 on")
+                self._d1_on_s = now_s
+                self._enter(ChademoState.WAIT_VEHICLE, now_s, "plugged in, d1 on")
                 self._outputs = LineOutputs(d1=True)
-                self._next_send_s = now
+                self._next_send_s = now_s
             return
         if st in _INSULATION_WATCHED and (alarm := self._insulation_alarm()) is not None:
-            self._fault(f"CHAdeMO: {alarm}", now)  # latched once; the stop goes on below
+            self._fault(f"CHAdeMO: {alarm}", now_s)  # latched once; the stop goes on below
             st = self.state
         if st in _RUNNING:
-            self._check_timeouts(now)
+            self._check_timeouts(now_s)
             if self.state is not st:
                 return
-            self._advance_start(st, now - self._since_s, now)
+            self._advance_start(st, now_s - self._since_s, now_s)
         else:
-            self._advance_stop(st, now - self._since_s, now)
+            self._advance_stop(st, now_s - self._since_s, now_s)
 
-    def _count_energy_flow(self, now: float) -> None:
+    def _count_energy_flow(self, now_s: float) -> None:
         """Time in energy transfer with current flowing (0x109 bytes 6-7 count down by it)."""
-        last, self._last_tick_s = self._last_tick_s, now
+        last, self._last_tick_s = self._last_tick_s, now_s
         if last is None or self.state is not ChademoState.ENERGY_TRANSFER:
             return
         current = self._measured_current_a()
         if current is not None and abs(current) >= FLOWING_CURRENT_A:
-            self._energy_flow_s += max(0.0, now - last)
+            self._energy_flow_s += max(0.0, now_s - last)
 
-    def _stopped_by_lines_or_charger(self, st: ChademoState, now: float) -> bool:
+    def _stopped_by_lines_or_charger(self, st: ChademoState, now_s: float) -> bool:
         """k released, or the charger side no longer willing: stop; True if it did."""
         if st in _AFTER_D2 and not self._inputs.k:
-            self._note_vehicle_stop(now)
-            self._fault(f"CHAdeMO: k line dropped after d2 ({st})", now)
+            self._note_vehicle_stop(now_s)
+            self._fault(f"CHAdeMO: k line dropped after d2 ({st})", now_s)
         elif st in _BEFORE_D2 and not self._inputs.k:
             self._vehicle_stop(
-                "CHAdeMO: k line released before d2: vehicle withdrew permission", now
+                "CHAdeMO: k line released before d2: vehicle withdrew permission", now_s
             )
         elif st in _NEED_ALLOWED and not self._allowed:
-            self._begin_stop(now, "the charger no longer allows energy transfer")
+            self._begin_stop(now_s, "the charger no longer allows energy transfer")
         else:
             return False
         return True
 
-    def _advance_start(self, st: ChademoState, elapsed: float, now: float) -> None:
+    def _advance_start(self, st: ChademoState, elapsed: float, now_s: float) -> None:
         v = self._vehicle
-        if self._stopped_by_lines_or_charger(st, now):
+        if self._stopped_by_lines_or_charger(st, now_s):
             return
         if st is ChademoState.WAIT_VEHICLE:
-            if self._inputs.k and v.enabled and 0x100 in self._last_seen:
-                self._enter(ChademoState.WAIT_PERMISSION, now, "k and 0x102.5 bit0 set")
+            if self._inputs.k and v.enabled and BATTERY_LIMITS_ID in self._last_seen:
+                self._enter(ChademoState.WAIT_PERMISSION, now_s, "k and 0x102.5 bit0 set")
                 self._vehicle_permitted = True
-                self._settle_soc(now)
+                self._settle_soc(now_s)
             elif elapsed > VEHICLE_RESPONSE_S:
-                self._fault("CHAdeMO: no k / 0x102.5 bit0 within 8 s of d1", now)
+                self._fault("CHAdeMO: no k / 0x102.5 bit0 within 8 s of d1", now_s)
         elif st is ChademoState.WAIT_PERMISSION:
-            self._advance_permission(now)
+            self._advance_permission(now_s)
         elif st is ChademoState.INSULATION_TEST:
-            self._advance_insulation(now)
+            self._advance_insulation(now_s)
         elif st is ChademoState.WAIT_VEHICLE_CONTACTOR:
             if not v.contactor_open:
-                self._enter(ChademoState.ENERGY_TRANSFER, now, "vehicle contactor closed")
+                self._enter(ChademoState.ENERGY_TRANSFER, now_s, "vehicle contactor closed")
                 self._charging_flag = True
             elif elapsed > VEHICLE_CONTACTOR_S:
-                self._fault("CHAdeMO: 0x102.5 bit3 not cleared within 4 s of d2", now)
+                self._fault("CHAdeMO: 0x102.5 bit3 not cleared within 4 s of d2", now_s)
         elif st is ChademoState.ENERGY_TRANSFER:
             self._had_request = self._had_request or bool(v.current_request_a)
             if not (self._had_request or self._discharge_possible()) and elapsed > FIRST_REQUEST_S:
-                self._fault("CHAdeMO: no current request within 4 s of the vehicle contactor", now)
+                self._fault(
+                    "CHAdeMO: no current request within 4 s of the vehicle contactor", now_s
+                )
 
-    def _advance_insulation(self, now: float) -> None:
+    def _advance_insulation(self, now_s: float) -> None:
         # CHAdeMO's insulation test step, judged on the insulation monitor's OK (IEC 61851-23);
         # it must end in time for d2 within 20 s of d1.
         timeout_s = min(
             self.config.insulation_timeout_s, self._d1_on_s + D2_AFTER_D1_S - self._since_s
         )
         verdict = self._insulation_test(
-            self._since_s, now, self.config.insulation_test_s, timeout_s
+            self._since_s, now_s, self.config.insulation_test_s, timeout_s
         )
         if verdict is True:
-            self._enter(ChademoState.WAIT_VEHICLE_CONTACTOR, now, "insulation test passed, d2 on")
+            self._enter(ChademoState.WAIT_VEHICLE_CONTACTOR, now_s, "insulation test passed, d2 on")
             self._outputs = LineOutputs(d1=True, d2=True, contactors=True, lock=True)
         elif isinstance(verdict, str):
-            self._fault(f"CHAdeMO: {verdict}", now)
+            self._fault(f"CHAdeMO: {verdict}", now_s)
 
-    def _advance_permission(self, now: float) -> None:
+    def _advance_permission(self, now_s: float) -> None:
         if self._target_incompatible():
             self._fault(
                 f"CHAdeMO 0x109.5 bit3: target {self._vehicle.target_voltage_v} V above available "
                 f"{self.config.available_output_voltage_v} V",
-                now,
+                now_s,
             )
         elif self._allowed:
-            self._enter(ChademoState.INSULATION_TEST, now, "energy transfer allowed")
+            self._enter(ChademoState.INSULATION_TEST, now_s, "energy transfer allowed")
             self._outputs = LineOutputs(d1=True, lock=True)
-        elif now - self._d1_on_s > D2_AFTER_D1_S:
-            self._fault("CHAdeMO: d2 not on within 20 s of d1 (transfer not allowed)", now)
+        elif now_s - self._d1_on_s > D2_AFTER_D1_S:
+            self._fault("CHAdeMO: d2 not on within 20 s of d1 (transfer not allowed)", now_s)
 
-    def _advance_stop(self, st: ChademoState, elapsed: float, now: float) -> None:
+    def _advance_stop(self, st: ChademoState, elapsed: float, now_s: float) -> None:
         if st is ChademoState.STOP_CURRENT:
             if not self._inputs.k:
-                self._note_vehicle_stop(now)  # CHAdeMO: k released, the vehicle's stop
-            self._advance_stop_current(elapsed, now)
+                self._note_vehicle_stop(now_s)  # CHAdeMO: k released, the vehicle's stop
+            self._advance_stop_current(elapsed, now_s)
         elif st is ChademoState.STOP_VEHICLE_CONTACTOR:
             if self._vehicle.contactor_open or not self._inputs.plugged:
-                self._open_contactors(now, "vehicle contactor open (0x102.5 bit3)")
+                self._open_contactors(now_s, "vehicle contactor open (0x102.5 bit3)")
             elif elapsed > WELDING_DETECTION_S:
                 # CHAdeMO 0x102.5 bit3: welding detection is a result; without it the vehicle's
                 # contactor may be closed (welded): fault, d2 off, the connector stays locked
@@ -577,26 +604,26 @@ class ChademoSession(ChargerSession):
                 self._fault(
                     "CHAdeMO 0x102 byte 5 bit 3: vehicle contactor not confirmed open (welding "
                     f"detection) within {WELDING_DETECTION_S:g} s of the output at or below 5 A",
-                    now,
+                    now_s,
                 )
-                self._open_contactors(now, "no welding detection result: contactors and d2 off")
+                self._open_contactors(now_s, "no welding detection result: contactors and d2 off")
         elif st is ChademoState.STOP_D1:
-            self._advance_unlock(elapsed, now)
+            self._advance_unlock(elapsed, now_s)
         elif st is ChademoState.ENDED and self._outputs.lock and self._output_dead():
             self._outputs = LineOutputs()  # output measured dead at last: the lock lets go
 
-    def _advance_stop_current(self, elapsed: float, now: float) -> None:
+    def _advance_stop_current(self, elapsed: float, now_s: float) -> None:
         if self._current_low_since(self._stop_started_s):
             # CHAdeMO: 0x109.5 bit0 is cleared once current is <= 5 A (measured, fresh, and
             # taken after the stop began).
             self._charging_flag = False
-            self._enter(ChademoState.STOP_VEHICLE_CONTACTOR, now, "output at or below 5 A")
+            self._enter(ChademoState.STOP_VEHICLE_CONTACTOR, now_s, "output at or below 5 A")
         elif elapsed > STOP_CURRENT_GIVE_UP_S:
             self._charger_fault = True
-            self._fault("CHAdeMO: output not confirmed at or below 5 A 2 s after stop", now)
+            self._fault("CHAdeMO: output not confirmed at or below 5 A 2 s after stop", now_s)
             self._charging_flag = False
-            self._open_contactors(now, "2 s without <= 5 A: contactors and d2 off")
-        elif (stopped_s := self._vehicle_stop_s) is not None and now - stopped_s > STOP_CURRENT_S:
+            self._open_contactors(now_s, "2 s without <= 5 A: contactors and d2 off")
+        elif (stopped_s := self._vehicle_stop_s) is not None and now_s - stopped_s > STOP_CURRENT_S:
             # CHAdeMO: after k drops (the vehicle's stop), current <= 5 A within 0.5 s; only a
             # measurement taken after that stop counts (an older one may predate the 0 W).
             self._charger_fault = True
@@ -605,13 +632,13 @@ class ChademoSession(ChargerSession):
                 self._fault(
                     "CHAdeMO: output above 5 A 0.5 s after stop (timed from the vehicle's k / "
                     "0x102.5 bit0)",
-                    now,
+                    now_s,
                 )
             else:
                 self._fault(
                     "CHAdeMO: output current not confirmed at or below 5 A 0.5 s after stop "
                     "(no fresh measurement since the vehicle's k / 0x102.5 bit0)",
-                    now,
+                    now_s,
                 )
 
     def _current_low_since(self, since_s: float) -> bool:
@@ -622,11 +649,11 @@ class ChademoSession(ChargerSession):
         at = self._output_at_s
         return at is not None and at > since_s and self._output_current_low()
 
-    def _open_contactors(self, now: float, why: str) -> None:
+    def _open_contactors(self, now_s: float, why: str) -> None:
         """STOP_D1: contactors and d2 off, d1 and the lock as they are."""
-        self._enter(ChademoState.STOP_D1, now, why)
+        self._enter(ChademoState.STOP_D1, now_s, why)
         self._outputs = LineOutputs(d1=self._outputs.d1, lock=self._outputs.lock)
-        self._contactors_opened_s = now
+        self._contactors_opened_s = now_s
         self._unlocked_reported = False
 
     def _output_dead(self) -> bool:
@@ -641,7 +668,7 @@ class ChademoSession(ChargerSession):
             and abs(volts) <= UNLOCK_VOLTAGE_V
         )
 
-    def _advance_unlock(self, elapsed: float, now: float) -> None:
+    def _advance_unlock(self, elapsed: float, now_s: float) -> None:
         """STOP_D1: unlock once the output is dead, d1 off 500 ms after d2 (and after a 0x109
         has told the vehicle the connector is unlocked)."""
         if self._outputs.lock:
@@ -660,65 +687,69 @@ class ChademoSession(ChargerSession):
                     f"CHAdeMO: output not confirmed at or below {UNLOCK_VOLTAGE_V:g} V "
                     f"{UNLOCK_TIMEOUT_S:g} s after the contactors opened ({seen}); the "
                     "connector stays locked",
-                    now,
+                    now_s,
                 )
-                self._enter(ChademoState.ENDED, now, "d1 off, connector stays locked")
+                self._enter(ChademoState.ENDED, now_s, "d1 off, connector stays locked")
                 self._outputs = LineOutputs(lock=True)
             return
         if elapsed >= D2_TO_D1_S and (self._unlocked_reported or not self._outputs.d1):
-            self._enter(ChademoState.ENDED, now, "d1 off, connector unlocked")
+            self._enter(ChademoState.ENDED, now_s, "d1 off, connector unlocked")
             self._outputs = LineOutputs()
 
-    def _check_timeouts(self, now: float) -> None:
-        expected = {0x100: OTHER_MESSAGE_TIMEOUT_S, 0x101: OTHER_MESSAGE_TIMEOUT_S}
+    def _check_timeouts(self, now_s: float) -> None:
+        expected = {
+            BATTERY_LIMITS_ID: OTHER_MESSAGE_TIMEOUT_S,
+            CHARGING_TIME_ID: OTHER_MESSAGE_TIMEOUT_S,
+        }
         # CHAdeMO: stop if the 0x102 current request is not refreshed for > 1 s.
-        expected[0x102] = CURRENT_REQUEST_TIMEOUT_S
+        expected[VEHICLE_STATUS_ID] = CURRENT_REQUEST_TIMEOUT_S
         if self.config.discharge_offered:
-            expected[0x200] = OTHER_MESSAGE_TIMEOUT_S
+            expected[DISCHARGE_LIMITS_ID] = OTHER_MESSAGE_TIMEOUT_S
         for fid, limit in expected.items():
             seen = self._last_seen.get(fid)
-            if seen is not None and now - seen > limit:
-                self._fault(f"CHAdeMO 0x{fid:X} not received for more than {limit:g} s", now)
+            if seen is not None and now_s - seen > limit:
+                self._fault(f"CHAdeMO 0x{fid:X} not received for more than {limit:g} s", now_s)
 
-    def _enter(self, state: ChademoState, now: float, why: str) -> None:
+    def _enter(self, state: ChademoState, now_s: float, why: str) -> None:
+        check_transition(TRANSITIONS, self.state, state, self.protocol)
         self.state = state
-        self._since_s = now
+        self._since_s = now_s
         phase = _PHASE[state]
         if self._faults and phase in (VehiclePhase.STOPPING, VehiclePhase.ENDED):
             phase = VehiclePhase.FAULT
-        self._set_phase(phase, now, why)
+        self._set_phase(phase, now_s, why)
 
-    def _note_vehicle_stop(self, now: float) -> None:
+    def _note_vehicle_stop(self, now_s: float) -> None:
         """The vehicle stopped (the reference of the 0.5 s current check): the first time."""
         if self._vehicle_stop_s is None:
-            self._vehicle_stop_s = now
+            self._vehicle_stop_s = now_s
 
-    def _vehicle_stop(self, reason: str, now: float) -> None:
-        self._note_vehicle_stop(now)
+    def _vehicle_stop(self, reason: str, now_s: float) -> None:
+        self._note_vehicle_stop(now_s)
         self._stop_requested_by_vehicle = True
         self._stop_requested(reason)
-        self._begin_stop(now, reason)
+        self._begin_stop(now_s, reason)
 
-    def _begin_stop(self, now: float, why: str) -> None:
+    def _begin_stop(self, now_s: float, why: str) -> None:
         if self.state in _BEFORE_ENERGISED:
-            self._open_contactors(now, why)
+            self._open_contactors(now_s, why)
         elif self.state in (ChademoState.WAIT_VEHICLE_CONTACTOR, ChademoState.ENERGY_TRANSFER):
-            self._enter(ChademoState.STOP_CURRENT, now, why)
-            self._stop_started_s = now
+            self._enter(ChademoState.STOP_CURRENT, now_s, why)
+            self._stop_started_s = now_s
 
-    def _on_fault(self, now: float) -> None:
+    def _on_fault(self, now_s: float) -> None:
         if self.state in _STOPPING or self.state in (ChademoState.IDLE, ChademoState.ENDED):
-            self._set_phase(VehiclePhase.FAULT, now, self._faults[-1])
+            self._set_phase(VehiclePhase.FAULT, now_s, self._faults[-1])
             return
-        self._begin_stop(now, self._faults[-1])
-        self._set_phase(VehiclePhase.FAULT, now, self._faults[-1])
+        self._begin_stop(now_s, self._faults[-1])
+        self._set_phase(VehiclePhase.FAULT, now_s, self._faults[-1])
 
-    def _on_end(self, now: float) -> None:
+    def _on_end(self, now_s: float) -> None:
         if self.state not in _STOPPING and self.state not in (
             ChademoState.IDLE,
             ChademoState.ENDED,
         ):
-            self._begin_stop(now, "charger ends the session")
+            self._begin_stop(now_s, "charger ends the session")
 
     # Charger frames.
 

@@ -46,6 +46,7 @@ honoured only when the charger offers discharge.
 from __future__ import annotations
 
 import enum
+from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -54,45 +55,34 @@ from controller.errors import ProtocolError
 from controller.vehicle import j1939_tp as tp
 from controller.vehicle.dbc import DbcCodec, ImplausibleValueError, SignalValues
 from controller.vehicle.frames import CanFrame, EventKind, LineOutputs, SessionEvent
-from controller.vehicle.session import STOP_CURRENT_A, ChargerSession
+from controller.vehicle.protocols.gbt27930 import (
+    BCL_TIMEOUT_S,
+    BCS_TIMEOUT_S,
+    BMS_IDS,
+    BRM_TABLE_BYTES,
+    BRO_READY_S,
+    BSM_TIMEOUT_S,
+    DEFAULT_TIMEOUT_S,
+    MAX_RECONNECTS,
+    NOT_READY,
+    OPTIONAL_TP_PGNS,
+    PERIODS_S,
+    READY,
+    STATISTICS_TIMEOUT_S,
+    STOP_CURRENT_A,
+    STOP_CURRENT_S,
+    TP_CM_FROM_BMS,
+    TP_CM_FROM_CHARGER,
+    TP_DT_FROM_BMS,
+    TP_MESSAGES,
+)
+from controller.vehicle.session import ChargerSession, check_transition
 
-CHARGER_ADDRESS = 0x56
-BMS_ADDRESS = 0xF4
-
-# PGNs of the messages the BMS sends over J1939 transport.
-PGN_BRM = 0x0200
-PGN_BCP = 0x0600
-PGN_BCS = 0x1100
-PGN_BMV = 0x1500
-PGN_BMT = 0x1600
-PGN_BSP = 0x1700
-_TP_MESSAGES = {PGN_BRM: "BRM", PGN_BCP: "BCP", PGN_BCS: "BCS"}
-
-TP_CM_FROM_BMS = tp.tp_id(tp.TP_CM_PF, CHARGER_ADDRESS, BMS_ADDRESS)
-TP_DT_FROM_BMS = tp.tp_id(tp.TP_DT_PF, CHARGER_ADDRESS, BMS_ADDRESS)
-TP_CM_FROM_CHARGER = tp.tp_id(tp.TP_CM_PF, BMS_ADDRESS, CHARGER_ADDRESS)
-
-# GB/T 27930 message periods (charger side).
-PERIODS_S = {
-    "CHM": 0.25,
-    "CRM": 0.25,
-    "CTS": 0.5,
-    "CML": 0.25,
-    "CRO": 0.25,
-    "CCS": 0.05,
-    "CST": 0.01,
-    "CSD": 0.25,
-    "CEM": 0.25,
-}
-DEFAULT_TIMEOUT_S = 5.0  # GB/T 27930: default timeout 5 s
-BCL_TIMEOUT_S = 1.0  # GB/T 27930 BCL timeout 1 s, then stop at once
-BCS_TIMEOUT_S = 5.0  # GB/T 27930 BCS timeout 5 s
-BSM_TIMEOUT_S = DEFAULT_TIMEOUT_S
-BRO_READY_S = 60.0  # GB/T 27930 BRO/CRO: 60 s
-STATISTICS_TIMEOUT_S = 10.0  # GB/T 27930: 10 s to receive BSD/CSD
-STOP_CURRENT_S = 0.1  # GB/T 27930: after CST, output <= 5 A within 100 ms
-# Project choice: after those 100 ms, how long the verdict waits for the stage's first report
-# since the CST when none has come yet (the daemon reports the stage every 100 ms cycle).
+# The protocol's facts (ids, PGNs, periods, timeouts) are in controller/vehicle/protocols/; what
+# follows are this charger's own rules and choices.
+# Project choice: after GB/T 27930's 100 ms (STOP_CURRENT_S), how long the verdict waits for the
+# stage's first report since the CST when none has come yet (the daemon reports the stage every
+# 100 ms cycle).
 STOP_REPORT_ALLOWANCE_S = 0.1
 STOP_CURRENT_GIVE_UP_S = 2.0  # project choice: open contactors even if the stage never reports it
 # GB/T 18487.1-2015 Annex B (B.3.4; tested as GB/T 34657.1 "charging ready"): K1/K2 close only
@@ -103,28 +93,10 @@ VOLTAGE_MATCH_FRACTION = 0.05
 UNLOCK_BELOW_V = 60.0
 UNLOCK_TIMEOUT_S = 10.0  # project choice: a fault if the output is not below 60 V by then
 CEM_AFTER_FAULT_S = 1.0  # project choice: CEM is repeated this long before auxiliary power goes off
-MAX_RECONNECTS = 3  # GB/T 27930: reconnect 3 times, then abort
 RECONNECT_WAIT_S = 1.0  # project choice: CEM repeated (or a quiet pause) this long before CHM again
 CST_MIN_S = 0.1  # project choice: CST for at least 100 ms (10 frames) before moving on
 CSD_REPEATS = 4  # project choice: CSD four times (1 s), as the recorded charger did
 TICK_S = 0.05  # longest sleep while a session is open
-# GB/T 27930 BRM: the standard's table has 41 bytes (up to the VIN); 49 on the wire, the last 8
-# the BMS software version. A 41-48 byte BRM is padded with 0xFF (unused bits are 1).
-BRM_TABLE_BYTES = 41
-
-_VEHICLE_IDS = frozenset(
-    {
-        0x182756F4,  # BHM
-        0x100956F4,  # BRO
-        0x181056F4,  # BCL
-        0x181356F4,  # BSM
-        0x101956F4,  # BST
-        0x181C56F4,  # BSD
-        0x081E56F4,  # BEM
-        TP_CM_FROM_BMS,
-        TP_DT_FROM_BMS,
-    }
-)
 
 # GB/T 27930-2015 BSM 2-bit status fields, 00 normal, and what "01" and "10" mean for each as
 # the standard's table names them; any "01"/"10" stops charging.
@@ -180,8 +152,6 @@ _CEM_FIELDS = (
     "TimeoutBst",
     "TimeoutBsd",
 )
-READY = 0xAA
-NOT_READY = 0x00
 
 
 class GbtState(enum.StrEnum):
@@ -200,6 +170,37 @@ class GbtState(enum.StrEnum):
     RECONNECT = "reconnect"
     ENDED = "ended"
 
+
+# Every state change the session may make (the phases at the top), checked on each one. Before
+# CHARGING a stop ends the exchange at once (STOPPING, or ERROR_REPORT after a fault) and a
+# communication timeout reconnects (RECONNECT); in CHARGING both go through STOPPING first, for
+# the current to fall. ENDED -> IDLE is the unplug (``_reset``).
+class StopReason(enum.StrEnum):
+    """Why the charger stops: what CST byte 1 tells the BMS (GB/T 27930 CST)."""
+
+    NONE = ""  # not stopping (yet)
+    CONDITIONS = "conditions"  # CST byte 1 bits 1-2: the charging conditions are reached
+    MANUAL = "manual"  # bits 3-4: stopped by hand (the charger ends the session)
+    FAULT = "fault"  # bits 5-6: a fault
+    BMS = "bms"  # bits 7-8: the BMS stopped (BST)
+
+
+_S = GbtState
+_BEFORE_CHARGING_EXITS = frozenset({_S.STOPPING, _S.ERROR_REPORT, _S.RECONNECT})
+TRANSITIONS: Mapping[GbtState, frozenset[GbtState]] = {
+    _S.IDLE: frozenset({_S.HANDSHAKE}),
+    _S.HANDSHAKE: _BEFORE_CHARGING_EXITS | {_S.INSULATION_TEST},
+    _S.INSULATION_TEST: _BEFORE_CHARGING_EXITS | {_S.RECOGNITION},
+    _S.RECOGNITION: _BEFORE_CHARGING_EXITS | {_S.PARAMETERS},
+    _S.PARAMETERS: _BEFORE_CHARGING_EXITS | {_S.CHARGER_READY},
+    _S.CHARGER_READY: _BEFORE_CHARGING_EXITS | {_S.CHARGING},
+    _S.CHARGING: frozenset({_S.STOPPING}),
+    _S.STOPPING: frozenset({_S.STATISTICS, _S.ERROR_REPORT, _S.RECONNECT}),
+    _S.STATISTICS: frozenset({_S.ENDED, _S.ERROR_REPORT}),
+    _S.ERROR_REPORT: frozenset({_S.ENDED}),
+    _S.RECONNECT: frozenset({_S.HANDSHAKE, _S.STOPPING, _S.ERROR_REPORT}),
+    _S.ENDED: frozenset({_S.IDLE}),
+}
 
 _PHASE = {
     GbtState.IDLE: VehiclePhase.UNPLUGGED,
@@ -300,12 +301,12 @@ class GbtSession(ChargerSession):
     def _reset_communication(self) -> None:
         """What a reconnect starts afresh: the BMS's values and the exchange's progress."""
         self._bms = _Bms()
-        self._tp = tp.TpReceiver(frozenset({PGN_BRM, PGN_BCP, PGN_BCS, PGN_BMV, PGN_BMT, PGN_BSP}))
+        self._tp = tp.TpReceiver(frozenset(TP_MESSAGES) | OPTIONAL_TP_PGNS)
         self._last_seen.clear()
         self._cem.clear()
         self._crm_result = NOT_READY
         self._crm_ready_s = 0.0
-        self._stop_reason = ""  # "manual", "bms", "fault", "conditions"
+        self._stop_reason = StopReason.NONE
         self._paused_since_s: float | None = None
         self._bst_seen = False
         self._bsd_seen = False
@@ -326,12 +327,12 @@ class GbtSession(ChargerSession):
     @property
     def accepted_ids(self) -> frozenset[int]:
         """The BMS's IDs, including its J1939 transport frames."""
-        return _VEHICLE_IDS
+        return BMS_IDS
 
-    def set_output(self, voltage_v: float, current_a: float, now: float) -> None:
+    def set_output(self, voltage_v: float, current_a: float, now_s: float) -> None:
         """The power stage's measured output (see ``ChargerSession.set_output``), counted so the
         stop and the unlock can tell a report made after their event from one made before."""
-        super().set_output(voltage_v, current_a, now)
+        super().set_output(voltage_v, current_a, now_s)
         self._output_reports += 1
 
     @property
@@ -345,21 +346,21 @@ class GbtSession(ChargerSession):
 
     # Vehicle frames.
 
-    def _on_frame(self, frame: CanFrame, now: float) -> None:
+    def _on_frame(self, frame: CanFrame, now_s: float) -> None:
         if self.state in (GbtState.IDLE, GbtState.ENDED):
             return
         fid = frame.arbitration_id
         if fid == TP_CM_FROM_BMS:
-            self._handle_tp(self._tp.on_cm(tp.decode_cm(frame.data), now), now)
+            self._handle_tp(self._tp.on_cm(tp.decode_cm(frame.data), now_s), now_s)
             return
         if fid == TP_DT_FROM_BMS:
-            self._handle_tp(self._tp.on_dt(tp.decode_dt(frame.data), now), now)
+            self._handle_tp(self._tp.on_dt(tp.decode_dt(frame.data), now_s), now_s)
             return
         name = self._codec.name_of(fid)
         if name is None:
             raise ProtocolError(f"unknown ID 0x{fid:X}")
         data = _unpadded(frame.data, self._codec.length(name), limit=8)
-        self._on_message(name, self._checked(name, fid, data), now)
+        self._on_message(name, self._checked(name, fid, data), now_s)
 
     def _checked(self, name: str, frame_id: int, data: bytes) -> SignalValues:
         """The message's values; out of range, a signal the charger acts on raises
@@ -374,43 +375,43 @@ class GbtSession(ChargerSession):
             raise ImplausibleValueError("; ".join(bad))
         return decoded.signals
 
-    def _handle_tp(self, result: tp.TpResult, now: float) -> None:
+    def _handle_tp(self, result: tp.TpResult, now_s: float) -> None:
         for message in result.send:
             self._send_raw(TP_CM_FROM_CHARGER, tp.encode_cm(message))
         for problem in result.problems:
             self._events.append(SessionEvent(EventKind.TRANSPORT, problem))
         if result.completed is not None:
             pgn, payload = result.completed
-            name = _TP_MESSAGES.get(pgn)
+            name = TP_MESSAGES.get(pgn)
             if name is not None:  # BMV/BMT/BSP are optional and carry nothing the core uses
                 full = self._codec.length(name)
                 if name == "BRM" and BRM_TABLE_BYTES <= len(payload) < full:
                     payload += b"\xff" * (full - len(payload))
                 payload = _unpadded(payload, full, limit=None)
                 signals = self._checked(name, self._codec.frame_id(name), payload)
-                self._on_message(name, signals, now)
+                self._on_message(name, signals, now_s)
 
-    def _on_message(self, name: str, s: SignalValues, now: float) -> None:  # noqa: PLR0912  one branch per message
+    def _on_message(self, name: str, s: SignalValues, now_s: float) -> None:  # noqa: PLR0912  one branch per message
         b = self._bms
-        self._last_seen[name] = now
-        self._seen(now)
+        self._last_seen[name] = now_s
+        self._seen(now_s)
         if name == "BHM":
             b.bhm_max_voltage_v = s["MaxChargeVoltage"]
         elif name == "BRM":
-            self._on_brm(s, now)
+            self._on_brm(s, now_s)
         elif name == "BCP":
-            self._on_bcp(s, now)
+            self._on_bcp(s, now_s)
         elif name == "BRO":
             b.bro_ready = s["BmsReady"] == READY
             if b.bro_ready and self.state is GbtState.PARAMETERS:
-                self._enter(GbtState.CHARGER_READY, now, "BRO 0xAA: BMS ready, CRO 0x00")
+                self._enter(GbtState.CHARGER_READY, now_s, "BRO 0xAA: BMS ready, CRO 0x00")
                 self._unschedule("CTS", "CML")
                 # GB/T 27930 CRO: 0x00 (not ready) at once and every 250 ms while the charger
                 # prepares; 0xAA only once the output matches the battery (_advance).
                 self._send_cro(NOT_READY)
-                self._due["CRO"] = now + PERIODS_S["CRO"]
+                self._due["CRO"] = now_s + PERIODS_S["CRO"]
         elif name == "BCL":
-            self._on_bcl(s, now)
+            self._on_bcl(s, now_s)
         elif name == "BCS":
             # GB/T 27930 BCS: informational; a value out of range (0xFFFF: not available, a
             # remaining time over 600 min) is unknown, not a fault.
@@ -421,9 +422,9 @@ class GbtSession(ChargerSession):
             b.cell_voltage_max_v = s.get("MaxCellVoltage")
             b.soc_pct = s.get("StateOfCharge")
         elif name == "BSM":
-            self._on_bsm(s, now)
+            self._on_bsm(s, now_s)
         elif name == "BST":
-            self._on_bst(s, now)
+            self._on_bst(s, now_s)
         elif name == "BSD":
             self._bsd_seen = True
             # The final figures where available; the last BCS values stand otherwise.
@@ -435,13 +436,13 @@ class GbtSession(ChargerSession):
             missed = [text for field, text in _BEM_TIMEOUTS.items() if s[field] == 1]
             if missed:
                 # A charger timeout: reconnect (no CEM: the charger saw no timeout itself).
-                self._lost(f"GB/T BEM: BMS timed out waiting for {', '.join(missed)}", now)
+                self._lost(f"GB/T BEM: BMS timed out waiting for {', '.join(missed)}", now_s)
             # "10": the BMS cannot vouch for the flag; a BEM is an error report, so a fault.
             untrusted = [text for field, text in _BEM_TIMEOUTS.items() if s[field] == 2]
             if untrusted:
-                self._fault(f"GB/T BEM: untrusted timeout flag for {', '.join(untrusted)}", now)
+                self._fault(f"GB/T BEM: untrusted timeout flag for {', '.join(untrusted)}", now_s)
 
-    def _on_bcl(self, s: SignalValues, now: float) -> None:
+    def _on_bcl(self, s: SignalValues, now_s: float) -> None:
         b = self._bms
         b.voltage_demand_v = s["VoltageDemand"]
         b.current_demand_a = _controller_sign(s["CurrentDemand"])
@@ -450,7 +451,7 @@ class GbtSession(ChargerSession):
             self._fault(
                 f"implausible BCL voltage demand {b.voltage_demand_v} V above the BMS's "
                 f"maximum {limit} V",
-                now,
+                now_s,
             )
             return
         if self.state is GbtState.CHARGING and "CCS" not in self._due:
@@ -458,18 +459,18 @@ class GbtSession(ChargerSession):
             # until now) gives way to CCS from the first BCL on, as the recorded charger did.
             self._unschedule("CRO")
             self._send_message("CCS")
-            self._due["CCS"] = now + PERIODS_S["CCS"]
+            self._due["CCS"] = now_s + PERIODS_S["CCS"]
 
-    def _on_brm(self, s: SignalValues, now: float) -> None:
+    def _on_brm(self, s: SignalValues, now_s: float) -> None:
         self._bms.vin = _vin(s)
         if self.state is GbtState.RECOGNITION and self._crm_result != READY:
             self._crm_result = READY
-            self._crm_ready_s = now
+            self._crm_ready_s = now_s
             # CRM 0xAA at once: the BMS repeats BRM until it arrives (within 5 s).
             self._send_message("CRM")
-            self._due["CRM"] = now + PERIODS_S["CRM"]
+            self._due["CRM"] = now_s + PERIODS_S["CRM"]
 
-    def _on_bcp(self, s: SignalValues, now: float) -> None:
+    def _on_bcp(self, s: SignalValues, now_s: float) -> None:
         b = self._bms
         b.max_cell_voltage_v = s.get("MaxCellVoltage")
         b.max_charge_current_a = max(0.0, -s["MaxChargeCurrent"])  # GB/T sign: - = charging
@@ -478,11 +479,11 @@ class GbtSession(ChargerSession):
         b.bcp_soc_pct = s.get("StateOfCharge")
         b.bcp_voltage_v = s["PresentVoltage"]  # bytes 12-13, checked before K1/K2 close
         if self.state is GbtState.RECOGNITION and self._crm_result == READY:
-            self._enter(GbtState.PARAMETERS, now, "BCP received")
-            self._schedule(now, "CTS", "CML")
+            self._enter(GbtState.PARAMETERS, now_s, "BCP received")
+            self._schedule(now_s, "CTS", "CML")
             self._unschedule("CRM")
 
-    def _on_bsm(self, s: SignalValues, now: float) -> None:
+    def _on_bsm(self, s: SignalValues, now_s: float) -> None:
         b = self._bms
         # Bytes 2 and 4, 1 degC/bit, -50 degC, -50..+200 degC: 0xFF (not available) is unknown.
         b.temp_max_c = s.get("MaxTemperature")
@@ -498,11 +499,11 @@ class GbtSession(ChargerSession):
                 bad.append(_BSM_NOT_AVAILABLE[field])
         if bad:
             # GB/T 27930 BSM: any fault status stops the charger.
-            self._fault(f"GB/T BSM: {', '.join(bad)}", now)
+            self._fault(f"GB/T BSM: {', '.join(bad)}", now_s)
         # All normal with "forbidden" pauses the charger (for at most ``pause_limit_s``).
         b.charging_allowed = s.get("ChargingAllowed") == 1
 
-    def _on_bst(self, s: SignalValues, now: float) -> None:
+    def _on_bst(self, s: SignalValues, now_s: float) -> None:
         self._bst_seen = True
         # GB/T 27930 BST bytes 2-4: "01" fault; "10" untrusted, which is no assurance either.
         faults = [
@@ -511,7 +512,7 @@ class GbtSession(ChargerSession):
             if s[field] in (1, 2)
         ]
         if faults:
-            self._fault(f"GB/T BST: BMS stopped for {', '.join(faults)}", now)
+            self._fault(f"GB/T BST: BMS stopped for {', '.join(faults)}", now_s)
             return
         if self.state in _BEFORE_STOP:
             reasons = [
@@ -525,84 +526,88 @@ class GbtSession(ChargerSession):
                 if s[field] == 1
             ]
             self._stop_requested(f"GB/T BST: BMS stops ({', '.join(reasons) or 'no reason'})")
-            self._stop_reason = "bms"
-            self._begin_stop(now, "BST received")
+            self._stop_reason = StopReason.BMS
+            self._begin_stop(now_s, "BST received")
 
     # Time.
 
-    def _on_tick(self, now: float) -> None:
-        dt = max(0.0, now - self._last_tick_s) if self._last_tick_s else 0.0
-        self._last_tick_s = now
+    def _on_tick(self, now_s: float) -> None:
+        dt = max(0.0, now_s - self._last_tick_s) if self._last_tick_s else 0.0
+        self._last_tick_s = now_s
         if self.state is GbtState.IDLE:
             if self._inputs.plugged:
-                self._enter(GbtState.HANDSHAKE, now, "plugged in, auxiliary power on")
+                self._enter(GbtState.HANDSHAKE, now_s, "plugged in, auxiliary power on")
                 self._outputs = LineOutputs(d1=True, lock=True)
-                self._schedule(now, "CHM")
-                self._send_due(now)
+                self._schedule(now_s, "CHM")
+                self._send_due(now_s)
             return
         if not self._inputs.plugged:
             if self.state is GbtState.ENDED and self._unlock_from_s is None:
+                check_transition(TRANSITIONS, self.state, GbtState.IDLE, self.protocol)
                 self._reset()
-                self._set_phase(VehiclePhase.UNPLUGGED, now, "connector unplugged")
-                self._last_tick_s = now
+                self._set_phase(VehiclePhase.UNPLUGGED, now_s, "connector unplugged")
+                self._last_tick_s = now_s
                 return
             if self.state is not GbtState.ENDED:
-                self._fault("connector unplugged during the session", now)
+                self._fault("connector unplugged during the session", now_s)
             # ENDED with the lock still held: the plug input (CC1) may read "unplugged" with the
             # plug's latch button pressed; the lock waits for the output to fall below 60 V.
         volts, amps = self._measured_voltage_v(), self._measured_current_a()
         if self.state is GbtState.CHARGING and volts is not None and amps is not None and amps > 0:
             self._energy_wh += volts * amps * dt / 3600.0
-        self._handle_tp(self._tp.tick(now), now)
-        self._check_timeouts(now)
-        self._advance(now)
-        self._send_due(now)
+        self._handle_tp(self._tp.tick(now_s), now_s)
+        self._check_timeouts(now_s)
+        self._advance(now_s)
+        self._send_due(now_s)
 
-    def _advance(self, now: float) -> None:  # noqa: PLR0912  one branch per state reads best
+    def _advance(self, now_s: float) -> None:  # noqa: PLR0912  one branch per state reads best
         st = self.state
-        elapsed = now - self._since_s
+        elapsed = now_s - self._since_s
         if st is GbtState.HANDSHAKE:
             if "BHM" in self._last_seen or elapsed > DEFAULT_TIMEOUT_S:
                 # A 2011-edition BMS sends no BHM: go on after the default timeout.
-                self._enter(GbtState.INSULATION_TEST, now, "BHM received, insulation test")
+                self._enter(GbtState.INSULATION_TEST, now_s, "BHM received, insulation test")
                 self._unschedule("CHM")
         elif st is GbtState.INSULATION_TEST:
             # GB/T 18487.1 B.3.2: the insulation check before recognition, judged on the
             # insulation monitor's OK. (The standard then separates the IMD from the DC circuit:
             # during charging the BMS reports insulation in BSM, so the OK is not watched after.)
             verdict = self._insulation_test(
-                self._since_s, now, self.config.insulation_test_s, self.config.insulation_timeout_s
+                self._since_s,
+                now_s,
+                self.config.insulation_test_s,
+                self.config.insulation_timeout_s,
             )
             if verdict is True:
-                self._enter(GbtState.RECOGNITION, now, "insulation test passed, CRM 0x00")
+                self._enter(GbtState.RECOGNITION, now_s, "insulation test passed, CRM 0x00")
                 self._crm_result = NOT_READY
-                self._schedule(now, "CRM")
+                self._schedule(now_s, "CRM")
             elif isinstance(verdict, str):
-                self._fault(f"GB/T: {verdict}", now)
+                self._fault(f"GB/T: {verdict}", now_s)
         elif st is GbtState.CHARGER_READY:
-            self._advance_ready(elapsed, now)
+            self._advance_ready(elapsed, now_s)
         elif st is GbtState.CHARGING:
             if not self._allowed:
-                self._stop_reason = "manual"
-                self._begin_stop(now, "the charger no longer allows energy transfer")
+                self._stop_reason = StopReason.MANUAL
+                self._begin_stop(now_s, "the charger no longer allows energy transfer")
             else:
-                self._check_pause(now)
+                self._check_pause(now_s)
         elif st is GbtState.STOPPING:
-            self._advance_stopping(elapsed, now)
+            self._advance_stopping(elapsed, now_s)
         elif st is GbtState.STATISTICS:
             if self._bsd_seen and "CSD" not in self._due and self._csd_sent == 0:
-                self._schedule(now, "CSD")
+                self._schedule(now_s, "CSD")
             if self._csd_sent >= CSD_REPEATS:
-                self._end(now, "statistics exchanged")
+                self._end(now_s, "statistics exchanged")
             elif elapsed > STATISTICS_TIMEOUT_S and not self._bsd_seen:
                 self._cem["TimeoutBsd"] = 1
-                self._fault("GB/T BSD not received within 10 s", now)
+                self._fault("GB/T BSD not received within 10 s", now_s)
         elif st is GbtState.ERROR_REPORT and elapsed >= CEM_AFTER_FAULT_S:
-            self._end(now, "error reported")
+            self._end(now_s, "error reported")
         elif st is GbtState.RECONNECT and elapsed >= RECONNECT_WAIT_S:
-            self._restart(now)
+            self._restart(now_s)
         elif st is GbtState.ENDED:
-            self._advance_unlock(now)
+            self._advance_unlock(now_s)
 
     def _voltage_mismatch(self) -> str | None:
         """Why K1/K2 may not close yet, or None: GB/T 18487.1 B.3.4, the measured output (the
@@ -632,7 +637,7 @@ class GbtSession(ChargerSession):
             )
         return None
 
-    def _advance_ready(self, elapsed: float, now: float) -> None:
+    def _advance_ready(self, elapsed: float, now_s: float) -> None:
         """CRO 0x00 until energy transfer is allowed, the BMS still says BRO 0xAA and the output
         matches the battery; then K1/K2 close with CRO 0xAA. GB/T 27930 BRO/CRO: 60 s."""
         mismatch = self._voltage_mismatch()
@@ -641,17 +646,17 @@ class GbtSession(ChargerSession):
             self._outputs = LineOutputs(d1=True, contactors=True, lock=True)
             self._enter(
                 GbtState.CHARGING,
-                now,
+                now_s,
                 f"CRO 0xAA: output {volts:.1f} V matches the BCP battery voltage "
                 f"{self._bms.bcp_voltage_v or 0.0:.1f} V, K1/K2 closed",
             )
-            self._charging_started_s = now
+            self._charging_started_s = now_s
             self._last_seen.pop("BCL", None)
             self._last_seen.pop("BCS", None)
             self._last_seen.pop("BSM", None)
             self._send_cro(READY)
             # CRO 0xAA is repeated until the first BCL, which starts CCS (_on_bcl).
-            self._due["CRO"] = now + PERIODS_S["CRO"]
+            self._due["CRO"] = now_s + PERIODS_S["CRO"]
         elif elapsed > BRO_READY_S:
             if not self._allowed:
                 why = "the charger did not allow energy transfer"
@@ -659,9 +664,9 @@ class GbtSession(ChargerSession):
                 why = "the BMS withdrew BRO 0xAA"
             else:
                 why = mismatch or ""
-            self._fault(f"GB/T CRO: not ready within 60 s of BRO 0xAA: {why}", now)
+            self._fault(f"GB/T CRO: not ready within 60 s of BRO 0xAA: {why}", now_s)
 
-    def _advance_stopping(self, elapsed: float, now: float) -> None:
+    def _advance_stopping(self, elapsed: float, now_s: float) -> None:
         current_low = self._stop_current_low()
         if not current_low and not self._stop_current_faulted:
             # GB/T 27930: after CST, output <= 5 A within 100 ms. Only a measurement reported
@@ -677,27 +682,27 @@ class GbtSession(ChargerSession):
                     self._fault(
                         "GB/T CST: output current not confirmed at or below 5 A 100 ms after "
                         "stop (no current measured since the stop)",
-                        now,
+                        now_s,
                     )
                 else:
                     self._fault(
                         f"GB/T CST: output {abs(amps):.1f} A, above 5 A, "
                         f"{(at_s - self._stop_at_s) * 1000.0:.0f} ms after stop",
-                        now,
+                        now_s,
                     )
         if (current_low and elapsed >= CST_MIN_S) or elapsed > STOP_CURRENT_GIVE_UP_S:
             self._outputs = LineOutputs(d1=True, lock=True)
             if self._faults:
-                self._enter(GbtState.ERROR_REPORT, now, "contactors open after a fault")
+                self._enter(GbtState.ERROR_REPORT, now_s, "contactors open after a fault")
                 self._unschedule("CST")
             elif self._reconnect_why:
-                self._start_reconnect(now)
+                self._start_reconnect(now_s)
             elif self._bst_seen:
-                self._enter(GbtState.STATISTICS, now, "BST and CST exchanged")
+                self._enter(GbtState.STATISTICS, now_s, "BST and CST exchanged")
                 self._unschedule("CST")
             elif elapsed > DEFAULT_TIMEOUT_S:
                 self._cem["TimeoutBst"] = 1
-                self._fault("GB/T BST not received within 5 s of CST", now)
+                self._fault("GB/T BST not received within 5 s of CST", now_s)
 
     def _current_since_stop_a(self) -> float | None:
         """The stage's current (+ charges), fresh and reported after the stop began; else None."""
@@ -715,7 +720,7 @@ class GbtSession(ChargerSession):
         amps = self._current_since_stop_a()
         return amps is not None and abs(amps) <= STOP_CURRENT_A
 
-    def _advance_unlock(self, now: float) -> None:
+    def _advance_unlock(self, now_s: float) -> None:
         """ENDED: the lock is released once a fresh measurement reported since the end shows
         the output below 60 V (GB/T 18487.1); never on a voltage present or unknown. Not within
         ``UNLOCK_TIMEOUT_S``: a fault, and the lock stays (until such a measurement comes)."""
@@ -734,132 +739,133 @@ class GbtSession(ChargerSession):
                 )
             )
             return
-        if not self._unlock_faulted and now - since_s > UNLOCK_TIMEOUT_S:
+        if not self._unlock_faulted and now_s - since_s > UNLOCK_TIMEOUT_S:
             self._unlock_faulted = True
             what = "not measured" if volts is None or not reported else f"still {volts:.1f} V"
             self._fault(
                 f"GB/T 18487.1: output {what} {UNLOCK_TIMEOUT_S:g} s after the session ended; "
                 f"connector kept locked until it is below {UNLOCK_BELOW_V:g} V",
-                now,
+                now_s,
             )
 
-    def _check_pause(self, now: float) -> None:
+    def _check_pause(self, now_s: float) -> None:
         """GB/T 27930 BSM: all normal with "charging forbidden" pauses, for ``pause_limit_s``."""
         if "BSM" not in self._last_seen or self._bms.charging_allowed:
             self._paused_since_s = None
             return
         if self._paused_since_s is None:
-            self._paused_since_s = now
-        elif now - self._paused_since_s > self.config.pause_limit_s:
-            self._stop_reason = "conditions"
+            self._paused_since_s = now_s
+        elif now_s - self._paused_since_s > self.config.pause_limit_s:
+            self._stop_reason = StopReason.CONDITIONS
             self._begin_stop(
-                now, f"BSM: charging forbidden for more than {self.config.pause_limit_s:g} s"
+                now_s, f"BSM: charging forbidden for more than {self.config.pause_limit_s:g} s"
             )
 
-    def _check_timeouts(self, now: float) -> None:
+    def _check_timeouts(self, now_s: float) -> None:
         st = self.state
-        elapsed = now - self._since_s
+        elapsed = now_s - self._since_s
         if (
             st is GbtState.RECOGNITION
             and "BRM" not in self._last_seen
             and elapsed > DEFAULT_TIMEOUT_S
         ):
-            self._timeout("TimeoutBrm", "BRM", now)
+            self._timeout("TimeoutBrm", "BRM", now_s)
         elif (
             st is GbtState.RECOGNITION
             and self._crm_result == READY
-            and now - self._crm_ready_s > DEFAULT_TIMEOUT_S
+            and now_s - self._crm_ready_s > DEFAULT_TIMEOUT_S
         ):
-            self._timeout("TimeoutBcp", "BCP", now)
+            self._timeout("TimeoutBcp", "BCP", now_s)
         elif st is GbtState.PARAMETERS:
             bro = self._last_seen.get("BRO")
             if elapsed > BRO_READY_S or (bro is None and elapsed > DEFAULT_TIMEOUT_S):
-                self._timeout("TimeoutBro", "BRO 0xAA", now)
+                self._timeout("TimeoutBro", "BRO 0xAA", now_s)
         elif st is GbtState.CHARGING:
-            started = self._charging_started_s or now
+            started = self._charging_started_s or now_s
             for name, field, limit in (
                 ("BCL", "TimeoutBcl", BCL_TIMEOUT_S),  # GB/T 27930 BCL timeout 1 s
                 ("BCS", "TimeoutBcs", BCS_TIMEOUT_S),  # GB/T 27930 BCS timeout 5 s
                 ("BSM", None, BSM_TIMEOUT_S),  # GB/T 27930 default timeout 5 s
             ):
                 last = self._last_seen.get(name, started)
-                if now - last > limit:
+                if now_s - last > limit:
                     if field is not None:
                         self._cem[field] = 1
-                    self._lost(f"GB/T {name} not received for more than {limit:g} s", now)
+                    self._lost(f"GB/T {name} not received for more than {limit:g} s", now_s)
                     break
 
-    def _timeout(self, field: str, what: str, now: float) -> None:
+    def _timeout(self, field: str, what: str, now_s: float) -> None:
         self._cem[field] = 1
-        self._lost(f"GB/T {what} not received in time", now)
+        self._lost(f"GB/T {what} not received in time", now_s)
 
-    def _lost(self, what: str, now: float) -> None:
+    def _lost(self, what: str, now_s: float) -> None:
         """A communication timeout: stop any transfer at once, then reconnect, or abort."""
         if self._reconnect_why:
             return  # one restart per timeout; a BEM repeated meanwhile is the same timeout
         if self.state not in _BEFORE_STOP:
-            self._fault(what, now)  # the session is ending anyway: report, no reconnect
+            self._fault(what, now_s)  # the session is ending anyway: report, no reconnect
             return
         if self._reconnects >= MAX_RECONNECTS:
             # GB/T 27930: reconnect 3 times, then abort
-            self._fault(f"{what}; no communication after {MAX_RECONNECTS} reconnects, abort", now)
+            self._fault(f"{what}; no communication after {MAX_RECONNECTS} reconnects, abort", now_s)
             return
         self._reconnects += 1
         self._reconnect_why = f"{what}; reconnect {self._reconnects} of {MAX_RECONNECTS}"
         self._events.append(SessionEvent(EventKind.PHASE_CHANGED, self._reconnect_why))
         if self.state is GbtState.CHARGING:
             # GB/T 27930 BCL/CCS: stop at once. CST, 0 A, contactors open at <= 5 A; then RECONNECT.
-            self._stop_reason = "fault"
-            self._begin_stop(now, f"{what}: energy transfer stopped before reconnecting")
+            self._stop_reason = StopReason.FAULT
+            self._begin_stop(now_s, f"{what}: energy transfer stopped before reconnecting")
             if self._cem:
-                self._schedule(now, "CEM")  # the BMS learns of the timeout at once
+                self._schedule(now_s, "CEM")  # the BMS learns of the timeout at once
         else:
-            self._start_reconnect(now)
+            self._start_reconnect(now_s)
 
-    def _start_reconnect(self, now: float) -> None:
+    def _start_reconnect(self, now_s: float) -> None:
         """No energy transfer, contactors open; CEM (if the charger saw the timeout) for 1 s."""
         self._due.clear()
         self._outputs = LineOutputs(d1=True, lock=True)
-        self._enter(GbtState.RECONNECT, now, self._reconnect_why)
+        self._enter(GbtState.RECONNECT, now_s, self._reconnect_why)
         if self._cem:
-            self._schedule(now, "CEM")
+            self._schedule(now_s, "CEM")
 
-    def _restart(self, now: float) -> None:
+    def _restart(self, now_s: float) -> None:
         """GB/T 27930: communication again from the handshake (CHM, then CRM 0x00)."""
         self._due.clear()
         self._reset_communication()
         self._outputs = LineOutputs(d1=True, lock=True)
-        self._enter(GbtState.HANDSHAKE, now, f"reconnect {self._reconnects}: CHM again")
-        self._schedule(now, "CHM")
+        self._enter(GbtState.HANDSHAKE, now_s, f"reconnect {self._reconnects}: CHM again")
+        self._schedule(now_s, "CHM")
 
-    def _enter(self, state: GbtState, now: float, why: str) -> None:
+    def _enter(self, state: GbtState, now_s: float, why: str) -> None:
+        check_transition(TRANSITIONS, self.state, state, self.protocol)
         self.state = state
-        self._since_s = now
+        self._since_s = now_s
         phase = _PHASE[state]
         if self._faults and phase in (VehiclePhase.STOPPING, VehiclePhase.ENDED):
             phase = VehiclePhase.FAULT
-        self._set_phase(phase, now, why)
+        self._set_phase(phase, now_s, why)
 
-    def _end(self, now: float, why: str) -> None:
+    def _end(self, now_s: float, why: str) -> None:
         if not self._faults:
             self._reconnects = 0  # a completed session: a new one may reconnect 3 times again
         self._due.clear()
         # Auxiliary power off; the lock is held until the output is below 60 V (_advance_unlock).
         self._outputs = LineOutputs(lock=True)
-        self._unlock_from_s = now
+        self._unlock_from_s = now_s
         self._unlock_from_report = self._output_reports
-        self._enter(GbtState.ENDED, now, f"{why}; auxiliary power off")
-        self._advance_unlock(now)
+        self._enter(GbtState.ENDED, now_s, f"{why}; auxiliary power off")
+        self._advance_unlock(now_s)
 
-    def _begin_stop(self, now: float, why: str) -> None:
+    def _begin_stop(self, now_s: float, why: str) -> None:
         # GB/T 27930: the stop's reference event is the first CST (sent now): the <= 5 A within
         # 100 ms rule counts from here, on measurements reported after it.
-        self._stop_at_s = now
+        self._stop_at_s = now_s
         self._stop_report = self._output_reports
         if self.state is GbtState.CHARGING:
             self._unschedule("CCS", "CRO")
-            self._enter(GbtState.STOPPING, now, why)
-            self._schedule(now, "CST")
+            self._enter(GbtState.STOPPING, now_s, why)
+            self._schedule(now_s, "CST")
         elif self.state in (
             GbtState.HANDSHAKE,
             GbtState.INSULATION_TEST,
@@ -871,28 +877,28 @@ class GbtSession(ChargerSession):
             self._due.clear()
             self._outputs = LineOutputs(d1=True, lock=True)
             if self._faults:
-                self._enter(GbtState.ERROR_REPORT, now, why)
+                self._enter(GbtState.ERROR_REPORT, now_s, why)
             else:
-                self._enter(GbtState.STOPPING, now, why)
-                self._schedule(now, "CST")
+                self._enter(GbtState.STOPPING, now_s, why)
+                self._schedule(now_s, "CST")
 
-    def _on_fault(self, now: float) -> None:
-        if not self._stop_reason:
-            self._stop_reason = "fault"
+    def _on_fault(self, now_s: float) -> None:
+        if self._stop_reason is StopReason.NONE:
+            self._stop_reason = StopReason.FAULT
         if self.state in (GbtState.IDLE, GbtState.ENDED, GbtState.ERROR_REPORT):
-            self._set_phase(VehiclePhase.FAULT, now, self._faults[-1])
+            self._set_phase(VehiclePhase.FAULT, now_s, self._faults[-1])
             return
         if self.state is GbtState.STATISTICS:
             self._due.clear()
-            self._enter(GbtState.ERROR_REPORT, now, self._faults[-1])
+            self._enter(GbtState.ERROR_REPORT, now_s, self._faults[-1])
             return
         if self.state is not GbtState.STOPPING:
-            self._begin_stop(now, self._faults[-1])
-        self._set_phase(VehiclePhase.FAULT, now, self._faults[-1])
+            self._begin_stop(now_s, self._faults[-1])
+        self._set_phase(VehiclePhase.FAULT, now_s, self._faults[-1])
         if self._cem:
-            self._schedule(now, "CEM")
+            self._schedule(now_s, "CEM")
 
-    def _on_end(self, now: float) -> None:
+    def _on_end(self, now_s: float) -> None:
         if self.state in (GbtState.IDLE, GbtState.ENDED, GbtState.STATISTICS):
             return
         if self.state is GbtState.ERROR_REPORT:
@@ -900,25 +906,25 @@ class GbtSession(ChargerSession):
         self._reconnect_why = ""  # the charger ends the session: no reconnect
         if self.state is GbtState.STOPPING:
             return
-        self._stop_reason = "manual"
-        self._begin_stop(now, "charger ends the session")
+        self._stop_reason = StopReason.MANUAL
+        self._begin_stop(now_s, "charger ends the session")
 
     # Charger frames.
 
-    def _schedule(self, now: float, *names: str) -> None:
+    def _schedule(self, now_s: float, *names: str) -> None:
         for name in names:
-            self._due[name] = now
+            self._due[name] = now_s
 
     def _unschedule(self, *names: str) -> None:
         for name in names:
             self._due.pop(name, None)
 
-    def _send_due(self, now: float) -> None:
+    def _send_due(self, now_s: float) -> None:
         for name, due in sorted(self._due.items(), key=lambda item: item[1]):
-            if now >= due:
+            if now_s >= due:
                 self._send_message(name)
                 period = PERIODS_S[name]
-                self._due[name] = max(due + period, now + period / 2)
+                self._due[name] = max(due + period, now_s + period / 2)
 
     def _send_message(self, name: str) -> None:
         cfg = self.config
@@ -962,10 +968,10 @@ class GbtSession(ChargerSession):
             self._send(
                 "CST",
                 {
-                    "StopConditionsReached": int(self._stop_reason == "conditions"),
-                    "StopManual": int(self._stop_reason == "manual"),
-                    "StopFault": int(self._stop_reason == "fault"),
-                    "StopByBms": int(self._stop_reason == "bms"),
+                    "StopConditionsReached": int(self._stop_reason is StopReason.CONDITIONS),
+                    "StopManual": int(self._stop_reason is StopReason.MANUAL),
+                    "StopFault": int(self._stop_reason is StopReason.FAULT),
+                    "StopByBms": int(self._stop_reason is StopReason.BMS),
                     "FaultChargerOverTemp": 0,
                     "FaultConnector": 0,
                     "FaultChargerInternalOverTemp": 0,
@@ -1048,7 +1054,7 @@ class GbtSession(ChargerSession):
             capacity_kwh=b.nominal_energy_kwh,
             charge_permitted=charge_permitted,
             discharge_permitted=discharge_permitted,
-            stop_requested=self._stop_reason == "bms",
+            stop_requested=self._stop_reason is StopReason.BMS,
             faults=self.faults,
             identity=b.vin,
         )

@@ -27,26 +27,18 @@ import math
 from dataclasses import dataclass
 
 from controller.errors import ProtocolError
+from controller.vehicle.protocols.j1939 import (
+    BYTES_PER_PACKET,
+    MAX_RETRANSMIT_REQUESTS,
+    MAX_TP_SIZE,
+    T1_S,
+    T2_S,
+    T3_S,
+    T4_S,
+)
 
-TP_CM_PF = 0xEC
-TP_DT_PF = 0xEB
-TP_PRIORITY = 7
-
-# J1939-21 5.10.2.4 timeouts. (Tr, 200 ms, bounds a node's answer to a data or flow-control
-# message: this receiver answers at once, so no timer needs it.)
-TH_S = 0.50  # Th: a receiver holding with CTS(0) repeats it this often (this receiver never holds)
-T1_S = 0.75  # T1, receiver: longest time between two data packets
-T2_S = 1.25  # T2, receiver: after sending a CTS, until its first data packet
-T3_S = 1.25  # T3, sender: after the last data packet (or RTS), until CTS / EndOfMsgAck
-T4_S = 1.05  # T4, sender: after a CTS(0) hold, until the next CTS
-
-# J1939-21 5.10.3.2 (TP.CM_CTS): "recommended not to use more than 2 retransmit requests"; at the
-# limit the receiver aborts with reason 5. Counted per window (per CTS that cleared new packets).
-MAX_RETRANSMIT_REQUESTS = 2
-
-MAX_TP_SIZE = 1785  # 255 packets of 7 bytes
-BYTES_PER_PACKET = 7
-NO_LIMIT = 0xFF
+# The PDU formats, J1939-21 5.10.2.4 timeouts and 5.10.3.2's retransmit limit: protocols/j1939.py.
+NO_LIMIT = 0xFF  # J1939-21 TP.CM_RTS byte 5: no limit on the packets one CTS may clear
 
 
 class ControlByte(enum.IntEnum):
@@ -227,11 +219,6 @@ def split_payload(payload: bytes) -> tuple[DataPacket, ...]:
     )
 
 
-def tp_id(pf: int, destination: int, source: int) -> int:
-    """29-bit J1939 PDU1 identifier for TP.CM / TP.DT."""
-    return TP_PRIORITY << 26 | pf << 16 | destination << 8 | source
-
-
 @dataclass(frozen=True, slots=True)
 class TpResult:
     """What one input made a transport endpoint do."""
@@ -274,11 +261,11 @@ class TpReceiver:
         """When ``tick`` next has something to do (T1 or T2 runs out), or None."""
         return None if self._transfer is None else self._transfer.deadline_s
 
-    def on_cm(self, message: ConnectionMessage, now: float) -> TpResult:
+    def on_cm(self, message: ConnectionMessage, now_s: float) -> TpResult:
         """A TP.CM from the sender."""
         match message:
             case Rts():
-                return self._on_rts(message, now)
+                return self._on_rts(message, now_s)
             case Abort(pgn=pgn, reason=reason):
                 if self._transfer is not None and self._transfer.rts.pgn == pgn:
                     self._transfer = None
@@ -290,7 +277,7 @@ class TpReceiver:
             case _:
                 return TpResult(problems=(f"{message} from the sender ignored",))
 
-    def _on_rts(self, rts: Rts, now: float) -> TpResult:
+    def _on_rts(self, rts: Rts, now_s: float) -> TpResult:
         t = self._transfer
         if t is not None and t.rts.pgn != rts.pgn:
             # J1939-21 5.10.3.4, Table 7 reason 1: the open transfer is not disturbed and goes on.
@@ -317,19 +304,19 @@ class TpReceiver:
             # J1939-21 5.10.3.1: of several RTSs for the same PGN the newest is acted on, the
             # older one is dropped without an abort.
             problems = (f"PGN 0x{rts.pgn:04X}: a new RTS restarts the open transfer",)
-        t = _Transfer(rts, {}, 1, 0, waiting_first=True, deadline_s=now, requests=0)
+        t = _Transfer(rts, {}, 1, 0, waiting_first=True, deadline_s=now_s, requests=0)
         self._transfer = t
-        return TpResult(send=(self._clear(t, 1, now),), problems=problems)
+        return TpResult(send=(self._clear(t, 1, now_s),), problems=problems)
 
     @staticmethod
-    def _clear(t: _Transfer, first: int, now: float) -> Cts:
+    def _clear(t: _Transfer, first: int, now_s: float) -> Cts:
         """Clear the next window from packet ``first``: at most the RTS's packets per CTS."""
         count = min(t.rts.packets - first + 1, t.rts.max_packets_per_cts)
         t.window_first, t.window_end = first, first + count - 1
-        t.waiting_first, t.deadline_s, t.requests = True, now + T2_S, 0  # J1939-21 5.10.2.4 T2
+        t.waiting_first, t.deadline_s, t.requests = True, now_s + T2_S, 0  # J1939-21 5.10.2.4 T2
         return Cts(count, first, t.rts.pgn)
 
-    def on_dt(self, packet: DataPacket, now: float) -> TpResult:
+    def on_dt(self, packet: DataPacket, now_s: float) -> TpResult:
         """A TP.DT from the sender."""
         t = self._transfer
         if t is None:
@@ -340,7 +327,7 @@ class TpReceiver:
             return refused
         seq = packet.sequence
         t.packets[seq] = packet.data  # a copy with the same data changes nothing
-        t.waiting_first, t.deadline_s = False, now + T1_S  # J1939-21 5.10.2.4 T1
+        t.waiting_first, t.deadline_s = False, now_s + T1_S  # J1939-21 5.10.2.4 T1
         if len(t.packets) == t.rts.packets:
             rts = t.rts
             payload = b"".join(t.packets[i] for i in range(1, rts.packets + 1))
@@ -350,7 +337,7 @@ class TpReceiver:
                 completed=(rts.pgn, payload[: rts.total_size]),
             )
         if all(i in t.packets for i in range(t.window_first, t.window_end + 1)):
-            return TpResult(send=(self._clear(t, t.window_end + 1, now),))
+            return TpResult(send=(self._clear(t, t.window_end + 1, now_s),))
         return TpResult()
 
     def _refuse(self, t: _Transfer, packet: DataPacket) -> TpResult | None:
@@ -377,10 +364,10 @@ class TpReceiver:
             )
         return None
 
-    def tick(self, now: float) -> TpResult:
+    def tick(self, now_s: float) -> TpResult:
         """T2 or T1 ran out: ask again for the missing packets, or abort the transfer."""
         t = self._transfer
-        if t is None or now < t.deadline_s:
+        if t is None or now_s < t.deadline_s:
             return TpResult()
         if t.waiting_first:
             # J1939-21 5.10.2.4: T2 is a timeout; the sender's T3 has run out by now as well.
@@ -405,7 +392,7 @@ class TpReceiver:
         for i in range(first, t.window_end + 1):
             t.packets.pop(i, None)
         t.requests += 1
-        t.waiting_first, t.deadline_s = True, now + T2_S
+        t.waiting_first, t.deadline_s = True, now_s + T2_S
         return TpResult(
             send=(Cts(t.window_end - first + 1, first, t.rts.pgn),),
             problems=(
@@ -455,27 +442,27 @@ class TpSender:
         """When ``tick`` next has something to do, or None."""
         return self._deadline_s if self._pgn is not None else None
 
-    def start(self, pgn: int, payload: bytes, now: float) -> TpSendResult:
+    def start(self, pgn: int, payload: bytes, now_s: float) -> TpSendResult:
         """Open a transfer of ``payload`` (9..1785 bytes); replaces an open one."""
         self._pgn = pgn
         self._size = len(payload)
         self._packets = split_payload(payload)
-        self._deadline_s = now + T3_S
+        self._deadline_s = now_s + T3_S
         return TpSendResult(send_cm=(Rts(len(payload), len(self._packets), pgn),))
 
-    def on_cm(self, message: ConnectionMessage, now: float) -> TpSendResult:
+    def on_cm(self, message: ConnectionMessage, now_s: float) -> TpSendResult:
         """A TP.CM from the receiver."""
         if self._pgn is None or message.pgn != self._pgn:
             return TpSendResult(problems=(f"{message} outside a transfer",))
         result = TpSendResult()
         match message:
             case Cts(packets=0):
-                self._deadline_s = now + T4_S  # J1939-21: CTS(0) holds the connection open
+                self._deadline_s = now_s + T4_S  # J1939-21: CTS(0) holds the connection open
             case Cts(packets=count, next_packet=first):
                 chosen = tuple(p for p in self._packets if first <= p.sequence < first + count)
                 if not chosen:
                     return self._abort(AbortReason.BAD_SEQUENCE, f"CTS asks for {first}+{count}")
-                self._deadline_s = now + T3_S
+                self._deadline_s = now_s + T3_S
                 result = TpSendResult(send_dt=chosen)
             case EndOfMsgAck():
                 self._pgn = None
@@ -487,9 +474,9 @@ class TpSender:
                 result = TpSendResult(problems=("RTS from the receiver",))
         return result
 
-    def tick(self, now: float) -> TpSendResult:
+    def tick(self, now_s: float) -> TpSendResult:
         """T3/T4: abort when the receiver went quiet."""
-        if self._pgn is not None and now >= self._deadline_s:
+        if self._pgn is not None and now_s >= self._deadline_s:
             return self._abort(AbortReason.TIMEOUT, "no CTS or EndOfMsgAck in time")
         return TpSendResult()
 

@@ -2,8 +2,8 @@
 
 A session is driven by two calls, both pure::
 
-    step = session.receive(frame, now)     # a frame from the vehicle
-    step = session.tick(now, inputs)       # time passing, with the board's digital inputs
+    step = session.receive(frame, now_s)     # a frame from the vehicle
+    step = session.tick(now_s, inputs)       # time passing, with the board's digital inputs
 
 and returns a ``Step``: frames to send, events, the ``VehicleState`` and the digital outputs it
 wants. ``next_deadline_s`` says when the next tick has work (a periodic frame or a timeout), so a
@@ -16,9 +16,9 @@ Two plain calls tell a session about the charger side:
   only once the session reports ENERGY_TRANSFER), so a session goes on to energy transfer with
   ``True`` while the commanded power is still 0 W. ``False`` holds a session before transfer and
   stops one that is transferring with the protocol's normal charger stop.
-* ``set_output(voltage_v, current_a, now)``: the power stage's measured output at monotonic time
-  ``now``. A measurement older than ``OUTPUT_STALE_S``, or never made, is unknown: unknown current
-  is never taken as "at or below 5 A" when contactors are to open.
+* ``set_output(voltage_v, current_a, now_s)``: the power stage's measured output at monotonic
+  time ``now_s``. A measurement older than ``OUTPUT_STALE_S``, or never made, is unknown: unknown
+  current is never taken as "at or below 5 A" when contactors are to open.
 
 ``VehicleSession`` is what ``CanVehicleLink`` needs of a session; ``ChargerSession`` (CHAdeMO,
 GB/T 27930) and ``DbcProfileSession`` (a generic BMS described by a DBC file) provide it.
@@ -26,9 +26,11 @@ GB/T 27930) and ``DbcProfileSession`` (a generic BMS described by a DBC file) pr
 
 from __future__ import annotations
 
+import enum
 import math
 from abc import ABC, abstractmethod
-from typing import Protocol
+from collections.abc import Mapping
+from typing import Protocol, TypeVar
 
 from controller.core.snapshots import VehiclePhase, VehicleState
 from controller.errors import ProtocolError
@@ -48,12 +50,34 @@ OUTPUT_STALE_S = 1.0
 # CHAdeMO: 0x109.5 bit0 cleared once current is <= 5 A; GB/T 27930: <= 5 A within 100 ms of CST.
 STOP_CURRENT_A = 5.0
 
+_State = TypeVar("_State", bound=enum.Enum)
+
+
+class IllegalTransitionError(RuntimeError):
+    """A session tried a state change its transition table does not allow.
+
+    A programming error in the session (h11's ``LocalProtocolError`` for its own side), never the
+    vehicle's doing: what the vehicle sends is rejected with a reason, not raised. Deliberately
+    outside the ``ControllerError`` tree, so no handler of protocol or link errors swallows it.
+    """
+
+
+def check_transition(
+    transitions: Mapping[_State, frozenset[_State]], old: _State, new: _State, protocol: str
+) -> None:
+    """Raise ``IllegalTransitionError`` unless ``transitions`` allows ``old -> new``."""
+    if new not in transitions[old]:
+        allowed = ", ".join(sorted(str(state) for state in transitions[old])) or "none"
+        raise IllegalTransitionError(
+            f"{protocol}: {old} -> {new} is not an allowed transition (from {old}: {allowed})"
+        )
+
 
 def insulation_test_result(
     started_s: float,
     ok_since_s: float | None,
     lost_s: float | None,
-    now: float,
+    now_s: float,
     *,
     hold_s: float,
     timeout_s: float,
@@ -68,14 +92,14 @@ def insulation_test_result(
     ``ok_since_s`` is when the OK last rose (None while it is not asserted), ``lost_s`` when it
     last fell.
     """
-    if ok_since_s is not None and now - max(ok_since_s, started_s) >= hold_s:
+    if ok_since_s is not None and now_s - max(ok_since_s, started_s) >= hold_s:
         return True
     if lost_s is not None and lost_s >= started_s:
         return (
             "insulation test failed: the insulation monitor reported an insulation fault "
             f"(OK input released {lost_s - started_s:.1f} s into the test)"
         )
-    if now - started_s >= timeout_s:
+    if now_s - started_s >= timeout_s:
         return (
             f"insulation test failed: the insulation monitor did not report OK for {hold_s:g} s "
             f"within {timeout_s:g} s (IMD alarm, not measuring, or its OK line not wired)"
@@ -104,17 +128,17 @@ class VehicleSession(Protocol):
         """The charger side is healthy and willing to move energy (see the module docstring)."""
         ...
 
-    def set_output(self, voltage_v: float, current_a: float, now: float) -> None:
-        """The power stage's measured output at ``now``; ``current_a`` + charges the vehicle."""
+    def set_output(self, voltage_v: float, current_a: float, now_s: float) -> None:
+        """The power stage's measured output at ``now_s``; ``current_a`` + charges the vehicle."""
         ...
 
-    def receive(self, frame: CanFrame, now: float) -> Step: ...
+    def receive(self, frame: CanFrame, now_s: float) -> Step: ...
 
-    def tick(self, now: float, inputs: LineInputs) -> Step: ...
+    def tick(self, now_s: float, inputs: LineInputs) -> Step: ...
 
-    def end(self, now: float) -> Step: ...
+    def end(self, now_s: float) -> Step: ...
 
-    def charger_fault(self, reason: str, now: float) -> Step: ...
+    def charger_fault(self, reason: str, now_s: float) -> Step: ...
 
 
 class ChargerSession(ABC):
@@ -188,8 +212,8 @@ class ChargerSession(ABC):
         self._seal()
         self._allowed = allowed
 
-    def set_output(self, voltage_v: float, current_a: float, now: float) -> None:
-        """The power stage's measured output at ``now``; ``current_a`` + charges the vehicle.
+    def set_output(self, voltage_v: float, current_a: float, now_s: float) -> None:
+        """The power stage's measured output at ``now_s``; ``current_a`` + charges the vehicle.
 
         A value that is not a finite number is "not measured" (a driver that does not know the
         current passes ``math.nan``, never 0).
@@ -197,60 +221,60 @@ class ChargerSession(ABC):
         self._seal()
         self._output_voltage_v = voltage_v if math.isfinite(voltage_v) else None
         self._output_current_a = current_a if math.isfinite(current_a) else None
-        self._output_at_s = now
-        self._now_s = max(self._now_s, now)
+        self._output_at_s = now_s
+        self._now_s = max(self._now_s, now_s)
 
-    def receive(self, frame: CanFrame, now: float) -> Step:
+    def receive(self, frame: CanFrame, now_s: float) -> Step:
         """Handle one received frame."""
         self._seal()
-        self._now_s = max(self._now_s, now)
+        self._now_s = max(self._now_s, now_s)
         if frame.is_extended_id != self._extended or frame.arbitration_id not in self.accepted_ids:
             self.unknown_frames += 1  # dropped cheaply, no event
             return self._step()
         try:
-            self._on_frame(frame, now)
+            self._on_frame(frame, now_s)
         except ImplausibleValueError as exc:
-            self._fault(f"implausible value: {exc}", now)
+            self._fault(f"implausible value: {exc}", now_s)
         except ProtocolError as exc:
             self._malformed(str(exc))
         return self._step()
 
-    def tick(self, now: float, inputs: LineInputs) -> Step:
+    def tick(self, now_s: float, inputs: LineInputs) -> Step:
         """Advance time: periodic frames, timeouts, digital inputs."""
         self._seal()
         if inputs.insulation_ok and self._insulation_ok_since_s is None:
-            self._insulation_ok_since_s = now
+            self._insulation_ok_since_s = now_s
         elif not inputs.insulation_ok and self._insulation_ok_since_s is not None:
             self._insulation_ok_since_s = None
-            self._insulation_lost_s = now
+            self._insulation_lost_s = now_s
         self._inputs = inputs
-        self._now_s = max(self._now_s, now)
-        self._on_tick(now)
+        self._now_s = max(self._now_s, now_s)
+        self._on_tick(now_s)
         return self._step()
 
-    def end(self, now: float) -> Step:
+    def end(self, now_s: float) -> Step:
         """Ask for a normal stop (charger side)."""
         self._seal()
-        self._now_s = max(self._now_s, now)
-        self._on_end(now)
+        self._now_s = max(self._now_s, now_s)
+        self._on_end(now_s)
         return self._step()
 
-    def charger_fault(self, reason: str, now: float) -> Step:
+    def charger_fault(self, reason: str, now_s: float) -> Step:
         """The charger itself failed (power stage, emergency stop): stop with a fault."""
         self._seal()
-        self._now_s = max(self._now_s, now)
+        self._now_s = max(self._now_s, now_s)
         self._charger_fault = True
-        self._fault(reason, now)
+        self._fault(reason, now_s)
         return self._step()
 
     @abstractmethod
-    def _on_frame(self, frame: CanFrame, now: float) -> None: ...
+    def _on_frame(self, frame: CanFrame, now_s: float) -> None: ...
 
     @abstractmethod
-    def _on_tick(self, now: float) -> None: ...
+    def _on_tick(self, now_s: float) -> None: ...
 
     @abstractmethod
-    def _on_end(self, now: float) -> None: ...
+    def _on_end(self, now_s: float) -> None: ...
 
     @abstractmethod
     def _state(self) -> VehicleState: ...
@@ -264,14 +288,14 @@ class ChargerSession(ABC):
     # Helpers for subclasses.
 
     def _insulation_test(
-        self, started_s: float, now: float, hold_s: float, timeout_s: float
+        self, started_s: float, now_s: float, hold_s: float, timeout_s: float
     ) -> bool | str | None:
         """The insulation test begun at ``started_s``: see ``insulation_test_result``."""
         return insulation_test_result(
             started_s,
             self._insulation_ok_since_s,
             self._insulation_lost_s,
-            now,
+            now_s,
             hold_s=hold_s,
             timeout_s=timeout_s,
         )
@@ -322,21 +346,21 @@ class ChargerSession(ABC):
     def _send_raw(self, arbitration_id: int, data: bytes) -> None:
         self._frames.append(CanFrame(arbitration_id, data, self._extended))
 
-    def _set_phase(self, phase: VehiclePhase, now: float, why: str) -> None:
+    def _set_phase(self, phase: VehiclePhase, now_s: float, why: str) -> None:
         if phase is not self._phase:
             self._phase = phase
-            self._observed_s = max(self._observed_s, now)
+            self._observed_s = max(self._observed_s, now_s)
             self._events.append(SessionEvent(EventKind.PHASE_CHANGED, f"{phase}: {why}"))
 
-    def _fault(self, reason: str, now: float) -> None:
+    def _fault(self, reason: str, now_s: float) -> None:
         """Latch a fault; the subclass's ``_on_fault`` starts the fault stop."""
         if reason not in self._faults:
             self._faults.append(reason)
             self._events.append(SessionEvent(EventKind.FAULT, reason))
-            self._on_fault(now)
+            self._on_fault(now_s)
 
     @abstractmethod
-    def _on_fault(self, now: float) -> None: ...
+    def _on_fault(self, now_s: float) -> None: ...
 
     def _malformed(self, reason: str) -> None:
         self.malformed_frames += 1
@@ -346,9 +370,9 @@ class ChargerSession(ABC):
     def _stop_requested(self, reason: str) -> None:
         self._events.append(SessionEvent(EventKind.STOP_REQUESTED, reason))
 
-    def _seen(self, now: float) -> None:
+    def _seen(self, now_s: float) -> None:
         self.valid_frames += 1
-        self._observed_s = max(self._observed_s, now)
+        self._observed_s = max(self._observed_s, now_s)
 
     def _reset_common(self) -> None:
         self._insulation_lost_s = None

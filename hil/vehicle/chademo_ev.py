@@ -25,15 +25,22 @@ from dataclasses import dataclass, field
 from controller.errors import ProtocolError
 from controller.vehicle.dbc import DbcCodec
 from controller.vehicle.frames import CanFrame
+from controller.vehicle.protocols.chademo import (
+    CHARGER_CAPABILITY_ID,
+    CHARGER_IDS,
+    CHARGER_STATUS_ID,
+    DISCHARGE_STATUS_ID,
+    PERIOD_S,
+    STOP_CURRENT_A,
+    VEHICLE_STATUS_ID,
+)
 from hil.vehicle.battery import BatteryModel
 from hil.vehicle.faults import FaultInjection
 from hil.vehicle.lines import VehicleSideLines
 
-PERIOD_S = 0.1  # CHAdeMO: every ID every 100 ms
 CONTACTOR_DELAY_S = 0.2  # how long the simulated contactor takes to close after d2
 STANDALONE_D2_DELAY_S = 1.5  # without lines: assume d2 this long after the charger locks
 CHARGER_SILENT_S = 1.0  # the vehicle stops when 0x109 is this old
-STOP_CURRENT_A = 5.0  # CHAdeMO: current <= 5 A before the contactor opens
 HIGH_TEMPERATURE_C = 50.0
 
 
@@ -142,7 +149,7 @@ class ChademoVehicle:
 
     def receive(self, frame: CanFrame, now: float) -> None:
         """A frame from the charger; anything the DBC rejects is ignored."""
-        if frame.is_extended_id or frame.arbitration_id not in (0x108, 0x109, 0x208, 0x209):
+        if frame.is_extended_id or frame.arbitration_id not in CHARGER_IDS:
             return
         try:
             s = self._codec.decode_frame(frame.arbitration_id, frame.data).signals
@@ -150,9 +157,9 @@ class ChademoVehicle:
             return
         c = self._charger
         c.seen.add(frame.arbitration_id)
-        if frame.arbitration_id == 0x108:
+        if frame.arbitration_id == CHARGER_CAPABILITY_ID:
             c.available_current_a = s["AvailableOutputCurrent"]
-        elif frame.arbitration_id == 0x109:
+        elif frame.arbitration_id == CHARGER_STATUS_ID:
             c.output_current_a = s["PresentOutputCurrent"]
             c.charging = bool(s["StatusCharging"])
             c.was_charging = c.was_charging or c.charging
@@ -162,7 +169,7 @@ class ChademoVehicle:
             c.last_109_s = now
             if c.locked and c.locked_since_s is None:
                 c.locked_since_s = now
-        elif frame.arbitration_id == 0x208:
+        elif frame.arbitration_id == DISCHARGE_STATUS_ID:
             c.discharge_current_a = s["PresentDischargeCurrent"]
             c.input_current_a = s["AvailableInputCurrent"]
 
@@ -359,7 +366,7 @@ class ChademoVehicle:
         if self.faults.silence_demand:
             return None
         if self.faults.garbage:
-            return CanFrame(0x102, b"\xff" * 8, is_extended_id=False)
+            return CanFrame(VEHICLE_STATUS_ID, b"\xff" * 8, is_extended_id=False)
         enabled = self._enabled and not self.faults.stop_request
         bits = self._fault_bits()
         data = self._codec.encode(
@@ -385,7 +392,7 @@ class ChademoVehicle:
         )
         if self.faults.wrong_dlc:
             data = data[:7]
-        return CanFrame(0x102, data, is_extended_id=False)
+        return CanFrame(VEHICLE_STATUS_ID, data, is_extended_id=False)
 
     def _reports_contactor_open(self) -> bool:
         """0x102.5 bit3: the contactor is open (and, after it was closed, the welding detection

@@ -18,13 +18,17 @@ import enum
 from dataclasses import dataclass
 
 from controller.errors import ProtocolError
-from controller.vehicle import j1939_tp as tp
 from controller.vehicle.dbc import DbcCodec
 from controller.vehicle.frames import CanFrame
-from controller.vehicle.gbt27930 import (
+from controller.vehicle.j1939_tp import TpSender, TpSendResult, decode_cm, encode_cm, encode_dt
+from controller.vehicle.protocols.gbt27930 import (
+    CCS_TIMEOUT_S,
+    DEFAULT_TIMEOUT_S,
+    PERIODS_S,
     PGN_BCP,
     PGN_BCS,
     PGN_BRM,
+    READY,
     TP_CM_FROM_BMS,
     TP_CM_FROM_CHARGER,
     TP_DT_FROM_BMS,
@@ -33,14 +37,11 @@ from hil.vehicle.battery import BatteryModel
 from hil.vehicle.faults import FaultInjection
 from hil.vehicle.lines import VehicleSideLines
 
-PERIODS_S = {"BHM": 0.25, "BRM": 0.25, "BCP": 0.5, "BRO": 0.25, "BCL": 0.05, "BCS": 0.25}
-PERIODS_S |= {"BSM": 0.25, "BST": 0.01, "BSD": 0.25, "BEM": 0.25}
 BRO_DELAY_S = 0.2  # the simulated BMS says "not ready" this long before "ready"
 BST_AFTER_CST_S = 0.1  # BST repeated this long in answer to CST (the recorded BMS: 10 x 10 ms)
-CHARGER_SILENT_S = 1.0  # GB/T 27930 CCS timeout 1 s
-CHARGER_WAIT_S = 5.0  # GB/T 27930 timeout for CRM 0xAA, CML and CRO
+CHARGER_SILENT_S = CCS_TIMEOUT_S  # GB/T 27930 CCS timeout 1 s
+CHARGER_WAIT_S = DEFAULT_TIMEOUT_S  # GB/T 27930 timeout for CRM 0xAA, CML and CRO: 5 s
 CELLS_IN_SERIES = 108
-READY = 0xAA
 VIN = "LSIMULATEDV2G0001"
 
 
@@ -93,7 +94,7 @@ class GbtVehicle:
         self.lines = lines
         self.state = GbtVehicleState.ASLEEP
         self._codec = DbcCodec.gbt27930()
-        self._tp = tp.TpSender()
+        self._tp = TpSender()
         self._tp_first = False
         self._due: dict[str, float] = {}
         self._since_s = 0.0
@@ -138,7 +139,7 @@ class GbtVehicle:
             return ()
         try:
             if frame.arbitration_id == TP_CM_FROM_CHARGER:
-                self._on_tp(self._tp.on_cm(tp.decode_cm(frame.data), now))
+                self._on_tp(self._tp.on_cm(decode_cm(frame.data), now))
             else:
                 name = self._codec.name_of(frame.arbitration_id)
                 if name in ("CHM", "CRM", "CML", "CTS", "CRO", "CCS", "CST", "CSD", "CEM"):
@@ -187,9 +188,9 @@ class GbtVehicle:
             self._stop_first = ""
             self._enter(GbtVehicleState.AWAKE, now)
 
-    def _on_tp(self, result: tp.TpSendResult) -> None:
+    def _on_tp(self, result: TpSendResult) -> None:
         for message in result.send_cm:
-            self._out.append(CanFrame(TP_CM_FROM_BMS, tp.encode_cm(message), True))
+            self._out.append(CanFrame(TP_CM_FROM_BMS, encode_cm(message), True))
         packets = list(result.send_dt)
         if self._tp_first and packets:
             self._tp_first = False
@@ -197,7 +198,7 @@ class GbtVehicle:
             if self.faults.tp_reorder:
                 packets.reverse()
         for packet in packets:
-            self._out.append(CanFrame(TP_DT_FROM_BMS, tp.encode_dt(packet), True))
+            self._out.append(CanFrame(TP_DT_FROM_BMS, encode_dt(packet), True))
         if result.done:
             self.transfers_done += 1
 
@@ -271,7 +272,7 @@ class GbtVehicle:
 
     def _enter(self, state: GbtVehicleState, now: float, *messages: str) -> None:
         if state in (GbtVehicleState.AWAKE, GbtVehicleState.HANDSHAKE):
-            self._tp = tp.TpSender()  # a new handshake: a transfer to the old charger is dead
+            self._tp = TpSender()  # a new handshake: a transfer to the old charger is dead
         self.state = state
         self._since_s = now
         self._due = dict.fromkeys(messages, now)

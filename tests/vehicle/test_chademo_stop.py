@@ -5,13 +5,9 @@ from __future__ import annotations
 import math
 
 from controller.core.snapshots import VehiclePhase
-from controller.vehicle.chademo import (
-    UNLOCK_TIMEOUT_S,
-    WELDING_DETECTION_S,
-    ChademoSession,
-    ChademoState,
-)
+from controller.vehicle.chademo import UNLOCK_TIMEOUT_S, ChademoSession, ChademoState
 from controller.vehicle.frames import LineOutputs
+from controller.vehicle.protocols.chademo import WELDING_DETECTION_S
 from hil.vehicle.chademo_ev import ChademoVehicleConfig
 
 from .test_chademo_session import (
