@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass
+from typing import Any
 
 from controller.aggregator.messages import (
     EventBody,
@@ -46,21 +47,28 @@ def _finite(value: float | None) -> float | None:
     return value if value is not None and math.isfinite(value) else None
 
 
+def _common(report: ControlReport) -> dict[str, Any]:
+    """The fields telemetry and the retained status share."""
+    return {
+        "at": report.wall,
+        "state": _state(report),
+        "source": _source(report),
+        "setpoint_id": report.setpoint_id,
+        "enabled": report.enabled,
+        "faults": list(report.faults),
+    }
+
+
 def telemetry_message(report: ControlReport) -> TelemetryBody:
     """The telemetry payload for one report."""
     return TelemetryBody(
-        at=report.wall,
-        state=_state(report),
-        source=_source(report),
-        setpoint_id=report.setpoint_id,
-        enabled=report.enabled,
+        **_common(report),
         commanded_power_w=_finite(report.commanded_w) or 0.0,
         measured_power_w=_finite(report.measured_power_w),
         soc_pct=_finite(report.soc_pct),
         voltage_v=_finite(report.voltage_v),
         binding_limit=report.binding_limit,
         limits=list(report.limits),
-        faults=list(report.faults),
         flexibility=Flexibility(
             max_charge_power_w=max(0.0, _finite(report.max_charge_w) or 0.0),
             max_discharge_power_w=max(0.0, abs(_finite(report.max_discharge_w) or 0.0)),
@@ -83,14 +91,7 @@ def status_key(report: ControlReport) -> tuple[object, ...]:
 
 def status_message(report: ControlReport) -> StatusMessage:
     """The retained status payload for one report."""
-    return StatusMessage(
-        at=report.wall,
-        state=_state(report),
-        source=_source(report),
-        setpoint_id=report.setpoint_id,
-        enabled=report.enabled,
-        faults=list(report.faults),
-    )
+    return StatusMessage(**_common(report))
 
 
 def events_between(previous: ControlReport | None, current: ControlReport) -> list[EventBody]:

@@ -448,22 +448,19 @@ class Ledger:
     def _credit(self, channel: str, energy_wh: float) -> None:
         self._meters[channel].total_wh += energy_wh
         assert self._day is not None  # noqa: S101  set by _enter_day before any credit
-        day = self._days[self._day]
-        session = self._session
+        totals: list[_Day | _Session] = [self._days[self._day]]
+        if self._session is not None:
+            totals.append(self._session)
         if channel == "charged":
             cost = self._tariff.import_cost(energy_wh)
-            day.charged_wh += energy_wh
-            day.import_cost += cost
-            if session is not None:
-                session.charged_wh += energy_wh
-                session.import_cost += cost
+            for total in totals:
+                total.charged_wh += energy_wh
+                total.import_cost += cost
         else:
             value = self._tariff.export_value(energy_wh)
-            day.discharged_wh += energy_wh
-            day.export_value += value
-            if session is not None:
-                session.discharged_wh += energy_wh
-                session.export_value += value
+            for total in totals:
+                total.discharged_wh += energy_wh
+                total.export_value += value
         self._pending.days.add(self._day)
         self._dirty = True
 

@@ -137,9 +137,21 @@ def _within(day: str, since: dt.date | None, until: dt.date | None) -> bool:
     )
 
 
-def _session(row: sqlite3.Row) -> SessionRow:
+def _totals(row: sqlite3.Row) -> dict[str, Any]:
+    """The energy and money columns a session row and a day row share, in report units."""
     import_cost = round(float(row["import_cost"]), 6)
     export_value = round(float(row["export_value"]), 6)
+    return {
+        "charged_kwh": round(float(row["charged_wh"]) / 1000, 6),
+        "discharged_kwh": round(float(row["discharged_wh"]) / 1000, 6),
+        "import_cost": import_cost,
+        "export_value": export_value,
+        "net_value": round(export_value - import_cost, 6),
+        "currency": str(row["currency"]),
+    }
+
+
+def _session(row: sqlite3.Row) -> SessionRow:
     return SessionRow(
         session_id=str(row["session_id"]),
         protocol=str(row["protocol"]),
@@ -148,29 +160,14 @@ def _session(row: sqlite3.Row) -> SessionRow:
         ended_at=row["ended_at"],
         soc_start_pct=row["soc_start_pct"],
         soc_end_pct=row["soc_end_pct"],
-        charged_kwh=round(float(row["charged_wh"]) / 1000, 6),
-        discharged_kwh=round(float(row["discharged_wh"]) / 1000, 6),
-        import_cost=import_cost,
-        export_value=export_value,
-        net_value=round(export_value - import_cost, 6),
-        currency=str(row["currency"]),
         energy_source=str(row["energy_source"]),
         end_reason=row["end_reason"],
+        **_totals(row),
     )
 
 
 def _day(row: sqlite3.Row) -> DayRow:
-    import_cost = round(float(row["import_cost"]), 6)
-    export_value = round(float(row["export_value"]), 6)
-    return DayRow(
-        day=str(row["day"]),
-        charged_kwh=round(float(row["charged_wh"]) / 1000, 6),
-        discharged_kwh=round(float(row["discharged_wh"]) / 1000, 6),
-        import_cost=import_cost,
-        export_value=export_value,
-        net_value=round(export_value - import_cost, 6),
-        currency=str(row["currency"]),
-    )
+    return DayRow(day=str(row["day"]), **_totals(row))
 
 
 # -- the readable table --------------------------------------------------------------------------
