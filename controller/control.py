@@ -357,6 +357,7 @@ class CoreControlStep:
             state=decision.power_state,
             binding_limit=None if decision.binding is None else str(decision.binding),
             reasons=tuple(str(r) for r in decision.reasons),
+            rules=tuple(r.rule for r in decision.reasons),
             limits=tuple(str(limit) for limit in decision.limits),
             source="aggregator" if following else "fallback",
             setpoint_id=setpoint.setpoint_id if following and setpoint is not None else None,

@@ -24,6 +24,7 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Protocol
 
+from controller.core.rules import Rule
 from controller.core.snapshots import (
     InverterState,
     PowerCommand,
@@ -127,17 +128,18 @@ class ControlOutput:
     # Whether the vehicle session may proceed to (or stay in) energy transfer: the charger side
     # is healthy. Power itself follows ``command`` once the session is transferring.
     session_allowed: bool = False
+    # The rule behind each of ``reasons``, in the same order (typed: never parsed from the text).
+    rules: tuple[Rule, ...] = ()
 
     def summary_key(self) -> tuple[object, ...]:
         """What must change for the decision to be logged again (not every ramp step)."""
-        rules = tuple(reason.split(":", 1)[0] for reason in self.reasons)
         return (
             self.state,
             self.binding_limit,
             self.source,
             self.setpoint_id,
             self.command.enable,
-            rules,
+            self.rules,
             self.faults,
         )
 
