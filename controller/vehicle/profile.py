@@ -6,7 +6,7 @@ For stationary packs and fleet vehicles that speak neither CHAdeMO nor GB/T 2793
 
 ``DbcProfileSession`` takes the profile and its DBC as values (``controller.vehicle.factory``
 reads the files and reports a wrong profile at its line). It has the shape of the protocol
-sessions (``receive(frame, now)`` and ``tick(now, inputs)`` return a ``Step``), so
+sessions (``receive(frame, now_s)`` and ``tick(now_s, inputs)`` return a ``Step``), so
 ``CanVehicleLink`` drives it the same way. It only listens: it sends no frame. Issue item 6:
 nothing stale or implausible reaches the core as valid.
 
@@ -192,48 +192,48 @@ class DbcProfileSession:
             self._ended = False
         self._allowed = allowed
 
-    def set_output(self, voltage_v: float, current_a: float, now: float) -> None:
+    def set_output(self, voltage_v: float, current_a: float, now_s: float) -> None:
         """A generic BMS is only listened to: the charger's output is not reported to it."""
 
-    def receive(self, frame: CanFrame, now: float) -> Step:
+    def receive(self, frame: CanFrame, now_s: float) -> Step:
         """Decode a frame of the profile; anything else is dropped and counted."""
         name = self._by_id.get((frame.arbitration_id, frame.is_extended_id))
         if name is None:
             self.unknown_frames += 1
-            return self._step(now)
+            return self._step(now_s)
         try:
             decoded, rejected = self._codec.decode_checked(frame.arbitration_id, frame.data)
         except ProtocolError as exc:
             self.malformed_frames += 1
             self.last_malformed_reason = str(exc)
             self._events.append(SessionEvent(EventKind.MALFORMED_FRAME, str(exc)))
-            return self._step(now)
+            return self._step(now_s)
         self.valid_frames += 1
-        self._last_seen[name] = now
-        self._observed_s = max(self._observed_s, now)
+        self._last_seen[name] = now_s
+        self._observed_s = max(self._observed_s, now_s)
         if self._started_s is None:
-            self._started_s = now
+            self._started_s = now_s
         self._take(name, decoded.signals, rejected)
-        return self._step(now)
+        return self._step(now_s)
 
-    def tick(self, now: float, inputs: LineInputs) -> Step:
+    def tick(self, now_s: float, inputs: LineInputs) -> Step:
         """Time passing: staleness. The board's inputs are not used by a generic BMS."""
-        self._last_tick_s = now
+        self._last_tick_s = now_s
         if self._started_s is None:
-            self._started_s = now
-        return self._step(now)
+            self._started_s = now_s
+        return self._step(now_s)
 
-    def end(self, now: float) -> Step:
+    def end(self, now_s: float) -> Step:
         """The charger ends the session: contactors open, nothing permitted until allowed again."""
         self._ended = True
         self._allowed = False
-        return self._step(now)
+        return self._step(now_s)
 
-    def charger_fault(self, reason: str, now: float) -> Step:
+    def charger_fault(self, reason: str, now_s: float) -> Step:
         """The charger itself failed: a fault for the rest of this session's life."""
         if reason not in self._charger_faults:
             self._charger_faults.append(reason)
-        return self._step(now)
+        return self._step(now_s)
 
     # Decoding.
 
@@ -297,28 +297,28 @@ class DbcProfileSession:
 
     # State.
 
-    def _stale(self, now: float) -> dict[str, str]:
+    def _stale(self, now_s: float) -> dict[str, str]:
         stale: dict[str, str] = {}
         if self._started_s is None:
             return stale
         for name, msg in self.profile.messages.items():
             seen = self._last_seen.get(name)
             since = self._started_s if seen is None else seen
-            if now - since > msg.deadline_s:
+            if now_s - since > msg.deadline_s:
                 stale[name] = f"{name} not received for more than {msg.deadline_s:g} s"
         return stale
 
-    def _fault_reasons(self, now: float) -> tuple[str, ...]:
+    def _fault_reasons(self, now_s: float) -> tuple[str, ...]:
         return (
             *self._charger_faults,
-            *self._stale(now).values(),
+            *self._stale(now_s).values(),
             *self._implausible.values(),
             *self._bms_faults.values(),
         )
 
-    def _step(self, now: float) -> Step:
-        faults = self._fault_reasons(now)
-        stale = self._stale(now)
+    def _step(self, now_s: float) -> Step:
+        faults = self._fault_reasons(now_s)
+        stale = self._stale(now_s)
         for reason in faults:
             if reason not in self._reported:
                 self._events.append(SessionEvent(EventKind.FAULT, reason))
