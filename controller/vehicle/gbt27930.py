@@ -684,6 +684,15 @@ class GbtSession(ChargerSession):
                         "stop (no current measured since the stop)",
                         now_s,
                     )
+                elif not late:
+                    # The last reading predates the 100 ms: no evidence of a violation, and
+                    # none that the current fell in time.
+                    self._fault(
+                        "GB/T CST: output current not confirmed at or below 5 A 100 ms after "
+                        f"stop (last reading {abs(amps):.1f} A, "
+                        f"{(at_s - self._stop_at_s) * 1000.0:.0f} ms after stop)",
+                        now_s,
+                    )
                 else:
                     self._fault(
                         f"GB/T CST: output {abs(amps):.1f} A, above 5 A, "

@@ -288,6 +288,29 @@ def test_a_reading_from_before_the_stop_does_not_open_k1_k2() -> None:
     assert 2.0 <= opened - stop <= 2.1
 
 
+def test_a_high_reading_from_before_the_100_ms_is_not_called_a_violation() -> None:
+    """The stage at 50 A in a report 20 ms after the stop, then silent: at the verdict there is
+    no evidence that the current fell in time, nor that it did not; the fault says the current
+    was not confirmed, with the last reading, never "above 5 A" at 20 ms."""
+    b = bench()
+    charging(b)
+    b.report_output = False
+    b.session.end(b.now)
+    stop = b.now
+    b.run(0.02)
+    reported = b.now
+    b.session.set_output(390.0, 50.0, reported)  # + charges the vehicle
+    b.run(0.3)
+    faults = b.trace.last.faults
+    assert faults == (
+        "GB/T CST: output current not confirmed at or below 5 A 100 ms after stop (last "
+        f"reading 50.0 A, {(reported - stop) * 1000:.0f} ms after stop)",
+    )
+    assert not any("above 5 A" in f for f in faults)
+    at = next(t for t, e in b.trace.events if e.kind is EventKind.FAULT)
+    assert 0.2 <= at - stop <= 0.22
+
+
 def test_current_still_high_after_100_ms_is_a_fault() -> None:
     """A stage still at 50 A when it reports 150 ms after the stop: a fault with the figures."""
     b = bench()
