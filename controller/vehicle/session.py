@@ -92,13 +92,13 @@ def insulation_test_result(
     ``ok_since_s`` is when the OK last rose (None while it is not asserted), ``lost_s`` when it
     last fell.
     """
-    if ok_since_s is not None and now_s - max(ok_since_s, started_s) >= hold_s:
-        return True
     if lost_s is not None and lost_s >= started_s:
         return (
             "insulation test failed: the insulation monitor reported an insulation fault "
             f"(OK input released {lost_s - started_s:.1f} s into the test)"
         )
+    if ok_since_s is not None and now_s - max(ok_since_s, started_s) >= hold_s:
+        return True
     if now_s - started_s >= timeout_s:
         return (
             f"insulation test failed: the insulation monitor did not report OK for {hold_s:g} s "

@@ -29,7 +29,9 @@ from .harness import Bench
 from .test_chademo_session import ChademoBench
 from .test_gbt_session import ConnectorBench
 
-CHADEMO = ChademoChargerConfig(insulation_test_s=0.5, insulation_timeout_s=3.0)
+CHADEMO = ChademoChargerConfig(
+    insulation_test_s=0.5, insulation_timeout_s=3.0, discharge_offered=True
+)
 GBT = GbtChargerConfig(insulation_test_s=0.5, insulation_timeout_s=3.0)
 
 
@@ -80,6 +82,14 @@ def test_an_ok_that_fell_during_the_test_fails_it_at_once() -> None:
     assert "insulation fault" in verdict
 
 
+def test_a_fall_during_the_test_fails_it_even_after_a_new_hold() -> None:
+    """Fell at 10.2, rose again at 10.3 and held 0.5 s: the test still failed (judged by a caller
+    that looks less often than every tick)."""
+    verdict = insulation_test_result(10.0, 10.3, 10.2, 10.8, hold_s=0.5, timeout_s=3.0)
+    assert isinstance(verdict, str)
+    assert "insulation fault" in verdict
+
+
 def test_no_ok_within_the_timeout_fails_with_the_reason() -> None:
     assert insulation_test_result(10.0, None, None, 12.9, hold_s=0.5, timeout_s=3.0) is None
     verdict = insulation_test_result(10.0, None, None, 13.0, hold_s=0.5, timeout_s=3.0)
@@ -102,6 +112,7 @@ def test_a_pass_always_rests_on_a_hold_inside_the_test(
     if verdict is True:
         assert rose_s is not None
         assert now_s - max(rose_s, 10.0) >= 0.5
+        assert fell_s is None or fell_s < 10.0  # no fall during the test
 
 
 # --- CHAdeMO -----------------------------------------------------------------------------------
@@ -150,12 +161,14 @@ def test_chademo_alarm_during_the_test_fails_it_at_once() -> None:
     assert not contactors_ever_closed(b)
 
 
-def test_chademo_alarm_during_transfer_stops_with_a_fault() -> None:
+@pytest.mark.parametrize("mode", ["charge", "discharge"])
+def test_chademo_alarm_during_transfer_stops_with_a_fault(mode: str) -> None:
     """IEC 61851-23 insulation monitoring: the OK falling while energy flows is a fault stop;
     the contactors open once the current is down, never under load."""
-    b = chademo_bench(insulation_ok=True, mode="discharge")
+    b = chademo_bench(insulation_ok=True, mode=mode)
     b.run(6.0, until=lambda s: s.phase is VehiclePhase.ENERGY_TRANSFER)
     b.run(0.5)
+    assert abs(b._stage_current_a()) > 5.0  # energy flows when the alarm comes
     b.lines.insulation_ok = False
     b.run(0.05)
     assert faults(b) == [
@@ -163,8 +176,36 @@ def test_chademo_alarm_during_transfer_stops_with_a_fault() -> None:
     ]
     assert not b.trace.last.charge_permitted
     assert not b.trace.last.discharge_permitted
-    b.run(8.0)
-    assert b.lines.outputs.contactors is False
+    while b.lines.outputs.contactors and b.now < 20.0:
+        b.run(0.01)
+    assert not b.lines.outputs.contactors
+    assert abs(b._stage_current_a()) <= 5.0
+
+
+def test_chademo_alarm_is_not_inferred_from_unread_lines() -> None:
+    """Lines that cannot be read tick the session with every input off: that is an unplugged
+    connector (its own fault), not an insulation fault."""
+    b = chademo_bench(insulation_ok=True)
+    b.run(6.0, until=lambda s: s.phase is VehiclePhase.ENERGY_TRANSFER)
+    step = b.session.tick(b.now + 0.01, LineInputs())
+    assert "connector unplugged during the session" in step.state.faults
+    assert not any("insulation" in reason for reason in step.state.faults)
+
+
+def test_chademo_blames_the_20_s_limit_not_the_monitor_when_time_runs_out() -> None:
+    """Energy transfer allowed 19.95 s after d1: the test cannot hold 0.5 s before d2 is due; the
+    fault names the d1-d2 limit, never an IMD that reported OK throughout."""
+    lines = SimulatedLines(plugged=True, insulation_ok=True)
+    vehicle = ChademoVehicle(BatteryModel(soc_pct=50.0), config=ChademoVehicleConfig(), lines=lines)
+    session = ChademoSession(CHADEMO)
+    b = ChademoBench(session, vehicle, lines)
+    b.run(19.95)
+    assert session.state is ChademoState.WAIT_PERMISSION
+    session.allow_energy_transfer(True)
+    b.run(1.0)
+    assert b.trace.last.faults == (
+        "CHAdeMO: d2 not on within 20 s of d1 (insulation test not passed)",
+    )
 
 
 # --- GB/T 27930 --------------------------------------------------------------------------------
