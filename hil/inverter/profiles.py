@@ -21,6 +21,7 @@ that ignores setpoint writes altogether is ``PowerStage.ignore_setpoints``.
 
 from __future__ import annotations
 
+from abc import ABC, abstractmethod
 from typing import Protocol
 
 from controller.config import MapRegister, RegisterMap
@@ -66,7 +67,7 @@ class Profile(Protocol):
         ...
 
 
-class RevertMemory:
+class RevertMemory(ABC):
     """How a device keeps its revert timer: forever (the default), or it forgets it (on demand,
     or a while after each arming), or it will not keep it at all. A profile says which
     registers hold the timer and the controls (``_forget_timer``, ``_forget_controls``,
@@ -88,22 +89,25 @@ class RevertMemory:
         """Forget the timer (and, with ``forget_controls``, the controls) at the next request."""
         self._forget_pending = True
 
+    @abstractmethod
     def timer_register_s(self) -> float:
         """What the revert timer's register holds, in seconds."""
-        raise NotImplementedError
 
+    @abstractmethod
     def _forget_timer(self, stage: PowerStage, now_s: float, spared: tuple[int, int]) -> None:
-        raise NotImplementedError
+        """Lose the revert timer's registers (except the ``spared`` span being written)."""
 
+    @abstractmethod
     def _forget_controls(self, stage: PowerStage, now_s: float, spared: tuple[int, int]) -> None:
-        raise NotImplementedError
+        """Lose the power controls too (except the ``spared`` span being written)."""
 
+    @abstractmethod
     def _spans_timer(self, address: int, count: int) -> bool:
-        raise NotImplementedError
+        """Whether a write of ``count`` registers at ``address`` covers the timer."""
 
+    @abstractmethod
     def _refuse_timer(self) -> None:
         """Put the timer register back to 0 after a write of it."""
-        raise NotImplementedError
 
     def _write_begins(self, stage: PowerStage, now_s: float, address: int, count: int) -> None:
         """A write request: what is due happens before it (it spares what the write holds)."""
