@@ -30,7 +30,8 @@ this tree at the edge of the module that calls the library, so callers never see
     └── LedgerError              the SQLite file cannot be opened, read or written (storage/db.py)
         ├── StorageFullError         the storage thread's queue is full (storage/writer.py)
         ├── StorageStoppedError      the storage thread has stopped (storage/writer.py)
-        └── OutboxRecordError        a stored outbox record that no longer parses
+        └── OutboxRecordError        a record the outbox cannot store: an unknown kind, or a
+                                     body that is not JSON or fails its model
                                      (aggregator/durable_outbox.py)
 
 Each error is defined in the module that raises it (the path in brackets); this drawing is the

@@ -574,17 +574,17 @@ def ceiling_blocks(
 
 def soc_ceiling(
     r: Readings, policy: Policy, high_next_pct: float, was_blocked: bool
-) -> tuple[bool, list[Finding]]:
+) -> list[Finding]:
     """The owner's SoC ceiling for charging, with hysteresis (SoC estimates sag once charging
     stops), judged on ``high_next_pct``, the highest SoC the battery may hold by the next
-    decision. Returns whether charging is blocked, and the findings."""
+    decision. Charging is blocked while this returns findings."""
     owner, safety = policy.owner, policy.safety
     blocked = ceiling_blocks(
         high_next_pct, owner.soc_ceiling_pct, safety.ceiling_hysteresis_pct, was_blocked
     )
     if not blocked:
-        return False, []
-    return True, list(
+        return []
+    return list(
         zero(
             Rule.SOC_CEILING,
             Direction.CHARGE,
@@ -598,16 +598,17 @@ def soc_ceiling(
 
 def soc_floor(
     r: Readings, policy: Policy, top: FloorPart, low_next_pct: float, was_blocked: bool
-) -> tuple[bool, list[Finding]]:
+) -> list[Finding]:
     """The effective floor ``top`` (the highest of ``floor_parts``) for discharge, judged on
     ``low_next_pct``, the lowest SoC the battery may hold by the next decision: the floor holds
     on the true SoC, not the reported one. Hysteresis: once stopped, discharge resumes only
-    floor + hysteresis above it (SoC estimates recover once discharge stops)."""
+    floor + hysteresis above it (SoC estimates recover once discharge stops). Discharge is
+    blocked while this returns findings."""
     hysteresis_pct = policy.safety.floor_hysteresis_pct
     blocked = floor_blocks(low_next_pct, top.soc_pct, hysteresis_pct, was_blocked)
     if not blocked:
-        return False, []
-    return True, list(
+        return []
+    return list(
         zero(
             top.rule,
             Direction.DISCHARGE,

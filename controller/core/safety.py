@@ -708,12 +708,14 @@ def _directional(
         *cell_voltage(r, safety),
     ]
     bounds = _soc_bounds(r, state, policy, interval_s)
-    ceiling_blocked, ceiling = soc_ceiling(r, policy, bounds.high_next_pct, state.ceiling_blocked)
+    ceiling = soc_ceiling(r, policy, bounds.high_next_pct, state.ceiling_blocked)
+    ceiling_blocked = bool(ceiling)
     findings.extend(ceiling)
     # Effective floor: owner floor, CHAdeMO 0x200 byte 6, departure reserve; the highest binds.
     left_s = _departure_left_s(departure_at, now, clock_trusted)
     top = max(floor_parts(r, policy, left_s, state.last_command_w), key=lambda part: part.soc_pct)
-    floor_blocked, floor = soc_floor(r, policy, top, bounds.low_next_pct, state.floor_blocked)
+    floor = soc_floor(r, policy, top, bounds.low_next_pct, state.floor_blocked)
+    floor_blocked = bool(floor)
     findings.extend(floor)
     guarantee = _departure_guarantee(r, policy, state, bounds, left_s)
     if guarantee is not None:

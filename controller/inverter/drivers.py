@@ -178,7 +178,7 @@ def _vehicle_dc_voltage_point(values: ModelValues) -> str | None:
 def _symbol(values: ModelValues, name: str) -> str | None:
     """An enum point's symbol name; None when not implemented or not named by the definition."""
     raw = values.integer(name)
-    return None if raw is None else values.definition.point(name).symbols.get(raw)
+    return None if raw is None else _symbols(values, name).get(raw)
 
 
 def _no_dc_voltage(reason: str) -> None:

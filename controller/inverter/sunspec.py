@@ -116,9 +116,10 @@ class ModelValues:
         Its L must hold the fixed part and whole repeats, and where the definition names a
         count point (714 NPrt, which must have been read) it must say the same number: a device
         whose L and count disagree is a GroupLayoutError, never a guess at which one is right."""
-        count = self.definition.repeats_in(self.block.length)
+        count = self.definition.repeats_in(self.block.length)  # raises without a group
         group = self.definition.repeating
-        if group is not None and group.count_point is not None:
+        assert group is not None  # noqa: S101  repeats_in raised otherwise
+        if group.count_point is not None:
             declared = self.integer(group.count_point)
             if declared != count:
                 raise GroupLayoutError(

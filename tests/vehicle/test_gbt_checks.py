@@ -466,8 +466,8 @@ def test_bsm_status_fields_are_named_per_field(
     assert state.faults == ((fault,) if fault else ())
 
 
-def test_bcp_energy_not_available_is_unknown() -> None:
-    """BCP nominal energy 0xFFFF: capacity unknown, no fault; the session goes on to CML."""
+def with_bcp(replacement: bytes, *, at: slice) -> GbtSession:
+    """A recognising session given the recorded BRM, then the recorded BCP with ``at`` replaced."""
     session = recognising()
     send_transfer(
         session,
@@ -478,8 +478,14 @@ def test_bcp_energy_not_available_is_unknown() -> None:
     bcp = bytearray(
         b"".join(f.data[1:] for f in rec.GBT_BCP_TRANSFER if f.arbitration_id == 0x1CEB56F4)[:13]
     )
-    bcp[4:6] = b"\xff\xff"
+    bcp[at] = replacement
     send_transfer(session, 0x0600, bytes(bcp), 1.3)
+    return session
+
+
+def test_bcp_energy_not_available_is_unknown() -> None:
+    """BCP nominal energy 0xFFFF: capacity unknown, no fault; the session goes on to CML."""
+    session = with_bcp(b"\xff\xff", at=slice(4, 6))
     state = session.tick(1.4, LineInputs(plugged=True, insulation_ok=True)).state
     assert state.faults == ()
     assert state.capacity_kwh is None
@@ -506,16 +512,5 @@ def test_not_available_in_a_signal_the_charger_acts_on_is_a_fault(
 
 def test_bcp_battery_voltage_not_available_is_a_fault() -> None:
     """BCP's battery voltage (bytes 12-13) is what the output is checked against: 0xFFFF faults."""
-    session = recognising()
-    send_transfer(
-        session,
-        0x0200,
-        b"".join(f.data[1:] for f in rec.GBT_BRM_TRANSFER if f.arbitration_id == 0x1CEB56F4)[:49],
-        1.1,
-    )
-    bcp = bytearray(
-        b"".join(f.data[1:] for f in rec.GBT_BCP_TRANSFER if f.arbitration_id == 0x1CEB56F4)[:13]
-    )
-    bcp[11:13] = b"\xff\xff"
-    send_transfer(session, 0x0600, bytes(bcp), 1.3)
+    session = with_bcp(b"\xff\xff", at=slice(11, 13))
     assert session.faults == ("implausible value: BCP.PresentVoltage = 6553.5 above 1000",)

@@ -5,6 +5,7 @@ otherwise (IEC 61851-23; GB/T 18487.1 B.3.2)."""
 from __future__ import annotations
 
 import sys
+from collections.abc import Callable
 from pathlib import Path
 
 import pytest
@@ -51,6 +52,14 @@ def gbt_bench(*, insulation_ok: bool) -> Bench:
     session = GbtSession(GBT)
     session.allow_energy_transfer(True)
     return ConnectorBench(session, vehicle, lines)
+
+
+def time_in_test(b: Bench, testing: Callable[[], bool]) -> float:
+    """Run until the session is in its insulation test, then until it leaves it: how long."""
+    b.run(6.0, until=lambda _s: testing())
+    started_s = b.now
+    b.run(2.0, until=lambda _s: not testing())
+    return b.now - started_s
 
 
 def contactors_ever_closed(b: Bench) -> bool:
@@ -123,11 +132,9 @@ def test_chademo_passes_only_after_the_monitor_reports_ok() -> None:
     b = chademo_bench(insulation_ok=True)
     session = b.session
     assert isinstance(session, ChademoSession)
-    b.run(6.0, until=lambda _s: session.state is ChademoState.INSULATION_TEST)
-    test_start = b.now
-    b.run(2.0, until=lambda _s: session.state is not ChademoState.INSULATION_TEST)
+    in_test_s = time_in_test(b, lambda: session.state is ChademoState.INSULATION_TEST)
     assert session.state is ChademoState.WAIT_VEHICLE_CONTACTOR
-    assert b.now - test_start == pytest.approx(CHADEMO.insulation_test_s, abs=0.015)
+    assert in_test_s == pytest.approx(CHADEMO.insulation_test_s, abs=0.015)
     b.run(6.0, until=lambda s: s.phase is VehiclePhase.ENERGY_TRANSFER)
     assert b.trace.last.phase is VehiclePhase.ENERGY_TRANSFER
     assert not faults(b)
@@ -215,11 +222,9 @@ def test_gbt_recognition_starts_only_after_the_monitor_reports_ok() -> None:
     b = gbt_bench(insulation_ok=True)
     session = b.session
     assert isinstance(session, GbtSession)
-    b.run(6.0, until=lambda _s: session.state is GbtState.INSULATION_TEST)
-    test_start = b.now
-    b.run(2.0, until=lambda _s: session.state is not GbtState.INSULATION_TEST)
+    in_test_s = time_in_test(b, lambda: session.state is GbtState.INSULATION_TEST)
     assert session.state is GbtState.RECOGNITION
-    assert b.now - test_start == pytest.approx(GBT.insulation_test_s, abs=0.015)
+    assert in_test_s == pytest.approx(GBT.insulation_test_s, abs=0.015)
     b.run(8.0, until=lambda s: s.phase is VehiclePhase.ENERGY_TRANSFER)
     assert b.trace.last.phase is VehiclePhase.ENERGY_TRANSFER
 
