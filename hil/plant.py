@@ -77,7 +77,7 @@ import can
 from controller.errors import VehicleLinkError
 from controller.vehicle.canbus import only_own_group
 from controller.vehicle.lines import SharedFileLines
-from hil.insulation import HEALTHY_OHM, InsulationMonitor
+from hil.insulation import HEALTHY_OHM, OHM_PER_V_FAULT, InsulationMonitor
 from hil.inverter.field import (
     FieldBehaviour,
     add_field_arguments,
@@ -682,7 +682,8 @@ def parse_args(argv: list[str] | None = None) -> PlantConfig:
         "--insulation-ohm",
         type=float,
         default=HEALTHY_OHM,
-        help="the insulation resistance the charger's IMD measures (alarm at or below 50000)",
+        help="the insulation resistance the charger's IMD measures, ohm (alarm at or below "
+        f"{OHM_PER_V_FAULT * 500:g}: 100 ohm/V of 500 V)",
     )
     add_field_arguments(parser)
     args = parser.parse_args(argv)

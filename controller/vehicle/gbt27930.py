@@ -69,7 +69,6 @@ from controller.vehicle.protocols.gbt27930 import (
     PERIODS_S,
     READY,
     STATISTICS_TIMEOUT_S,
-    STOP_CURRENT_A,
     STOP_CURRENT_S,
     TP_CM_FROM_BMS,
     TP_CM_FROM_CHARGER,
@@ -171,10 +170,6 @@ class GbtState(enum.StrEnum):
     ENDED = "ended"
 
 
-# Every state change the session may make (the phases at the top), checked on each one. Before
-# CHARGING a stop ends the exchange at once (STOPPING, or ERROR_REPORT after a fault) and a
-# communication timeout reconnects (RECONNECT); in CHARGING both go through STOPPING first, for
-# the current to fall. ENDED -> IDLE is the unplug (``_reset``).
 class StopReason(enum.StrEnum):
     """Why the charger stops: what CST byte 1 tells the BMS (GB/T 27930 CST)."""
 
@@ -185,6 +180,10 @@ class StopReason(enum.StrEnum):
     BMS = "bms"  # bits 7-8: the BMS stopped (BST)
 
 
+# Every state change the session may make (the phases at the top), checked on each one. Before
+# CHARGING a stop ends the exchange at once (STOPPING, or ERROR_REPORT after a fault) and a
+# communication timeout reconnects (RECONNECT); in CHARGING both go through STOPPING first, for
+# the current to fall. ENDED -> IDLE is the unplug (``_reset``).
 _S = GbtState
 _BEFORE_CHARGING_EXITS = frozenset({_S.STOPPING, _S.ERROR_REPORT, _S.RECONNECT})
 TRANSITIONS: Mapping[GbtState, frozenset[GbtState]] = {
@@ -726,8 +725,7 @@ class GbtSession(ChargerSession):
         stop shows at most 5 A. Unknown, or known only from before the stop, is never low."""
         if not self._outputs.contactors:
             return True
-        amps = self._current_since_stop_a()
-        return amps is not None and abs(amps) <= STOP_CURRENT_A
+        return self._current_since_stop_a() is not None and self._output_current_low()
 
     def _advance_unlock(self, now_s: float) -> None:
         """ENDED: the lock is released once a fresh measurement reported since the end shows

@@ -110,7 +110,6 @@ BSM_TIMEOUT_S = DEFAULT_TIMEOUT_S  # GB/T 27930: BSM has the default timeout
 BRO_READY_S = 60.0  # GB/T 27930 BRO/CRO: 60 s
 STATISTICS_TIMEOUT_S = 10.0  # GB/T 27930: 10 s to receive BSD/CSD
 STOP_CURRENT_S = 0.1  # GB/T 27930: after CST, output <= 5 A within 100 ms
-STOP_CURRENT_A = 5.0  # GB/T 27930: after CST, output <= 5 A within 100 ms
 MAX_RECONNECTS = 3  # GB/T 27930: reconnect 3 times, then abort
 
 # GB/T 27930 CRM byte 1, BRO and CRO: 0x00 not recognised / not ready, 0xAA recognised / ready.

@@ -10,8 +10,8 @@ TP_DT_PF = 0xEB  # J1939-21 5.10: TP.DT (data transfer), PGN 0xEB00
 TP_PRIORITY = 7  # J1939-21: default priority of TP.CM and TP.DT
 
 # J1939-21 5.10.2.4 timeouts. (Tr, 200 ms, bounds a node's answer to a data or flow-control
-# message: the charger's receiver answers at once, so no timer needs it.)
-TH_S = 0.50  # Th: a receiver holding with CTS(0) repeats it this often
+# message, and Th, 500 ms, is how often a receiver holding with CTS(0) repeats it: the charger's
+# receiver answers at once and never holds, so no timer needs either.)
 T1_S = 0.75  # T1, receiver: longest time between two data packets
 T2_S = 1.25  # T2, receiver: after sending a CTS, until its first data packet
 T3_S = 1.25  # T3, sender: after the last data packet (or RTS), until CTS / EndOfMsgAck
