@@ -407,8 +407,7 @@ class GbtSession(ChargerSession):
                 self._unschedule("CTS", "CML")
                 # GB/T 27930 CRO: 0x00 (not ready) at once and every 250 ms while the charger
                 # prepares; 0xAA only once the output matches the battery (_advance).
-                self._send_cro(NOT_READY)
-                self._due["CRO"] = now_s + PERIODS_S["CRO"]
+                self._send_now("CRO", now_s)
         elif name == "BCL":
             self._on_bcl(s, now_s)
         elif name == "BCS":
@@ -457,8 +456,7 @@ class GbtSession(ChargerSession):
             # GB/T 27930 charging phase: the charger answers the BMS's demand; CRO 0xAA (sent
             # until now) gives way to CCS from the first BCL on, as the recorded charger did.
             self._unschedule("CRO")
-            self._send_message("CCS")
-            self._due["CCS"] = now_s + PERIODS_S["CCS"]
+            self._send_now("CCS", now_s)
 
     def _on_brm(self, s: SignalValues, now_s: float) -> None:
         self._bms.vin = _vin(s)
@@ -466,8 +464,7 @@ class GbtSession(ChargerSession):
             self._crm_result = READY
             self._crm_ready_s = now_s
             # CRM 0xAA at once: the BMS repeats BRM until it arrives (within 5 s).
-            self._send_message("CRM")
-            self._due["CRM"] = now_s + PERIODS_S["CRM"]
+            self._send_now("CRM", now_s)
 
     def _on_bcp(self, s: SignalValues, now_s: float) -> None:
         b = self._bms
@@ -653,9 +650,9 @@ class GbtSession(ChargerSession):
             self._last_seen.pop("BCL", None)
             self._last_seen.pop("BCS", None)
             self._last_seen.pop("BSM", None)
-            self._send_cro(READY)
-            # CRO 0xAA is repeated until the first BCL, which starts CCS (_on_bcl).
-            self._due["CRO"] = now_s + PERIODS_S["CRO"]
+            # CRO 0xAA (the state is CHARGING now) is repeated until the first BCL, which starts
+            # CCS (_on_bcl).
+            self._send_now("CRO", now_s)
         elif elapsed > BRO_READY_S:
             if not self._allowed:
                 why = "the charger did not allow energy transfer"
@@ -933,6 +930,11 @@ class GbtSession(ChargerSession):
                 period = PERIODS_S[name]
                 self._due[name] = max(due + period, now_s + period / 2)
 
+    def _send_now(self, name: str, now_s: float) -> None:
+        """Send ``name`` at once; its next period counts from now."""
+        self._send_message(name)
+        self._due[name] = now_s + PERIODS_S[name]
+
     def _send_message(self, name: str) -> None:
         cfg = self.config
         if name == "CHM":
@@ -960,7 +962,9 @@ class GbtSession(ChargerSession):
                 },
             )
         elif name == "CRO":
-            self._send_cro(READY if self.state is GbtState.CHARGING else NOT_READY)
+            self._send(
+                "CRO", {"ChargerReady": READY if self.state is GbtState.CHARGING else NOT_READY}
+            )
         elif name == "CCS":
             self._send(
                 "CCS",
@@ -1001,9 +1005,6 @@ class GbtSession(ChargerSession):
             )
         elif name == "CEM":
             self._send("CEM", {field: self._cem.get(field, 0) for field in _CEM_FIELDS})
-
-    def _send_cro(self, value: int) -> None:
-        self._send("CRO", {"ChargerReady": value})
 
     def _charging_minutes(self) -> float:
         if self._charging_started_s is None:
