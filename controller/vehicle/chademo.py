@@ -633,8 +633,7 @@ class ChademoSession(ChargerSession):
             # CHAdeMO: after k drops (the vehicle's stop), current <= 5 A within 0.5 s; only a
             # measurement taken after that stop counts (an older one may predate the 0 W).
             self._charger_fault = True
-            at = self._output_at_s
-            if self._measured_current_a() is not None and at is not None and at > stopped_s:
+            if self._current_since_a(stopped_s) is not None:
                 self._fault(
                     "CHAdeMO: output above 5 A 0.5 s after stop (timed from the vehicle's k / "
                     "0x102.5 bit0)",
@@ -652,8 +651,7 @@ class ChademoSession(ChargerSession):
         most 5 A (unknown, stale or older is never low)."""
         if not self._outputs.contactors:
             return True
-        at = self._output_at_s
-        return at is not None and at > since_s and self._output_current_low()
+        return self._reported_since(since_s) and self._output_current_low()
 
     def _open_contactors(self, now_s: float, why: str) -> None:
         """STOP_D1: contactors and d2 off, d1 and the lock as they are."""
@@ -665,14 +663,8 @@ class ChademoSession(ChargerSession):
     def _output_dead(self) -> bool:
         """CHAdeMO 0x109.5 bit2: a fresh measurement taken since the contactors opened reads at
         most 10 V. Unknown, stale or older is never dead."""
-        at = self._output_at_s
-        volts = self._measured_voltage_v()
-        return (
-            at is not None
-            and at > self._contactors_opened_s
-            and volts is not None
-            and abs(volts) <= UNLOCK_VOLTAGE_V
-        )
+        volts = self._voltage_since_v(self._contactors_opened_s)
+        return volts is not None and abs(volts) <= UNLOCK_VOLTAGE_V
 
     def _advance_unlock(self, elapsed: float, now_s: float) -> None:
         """STOP_D1: unlock once the output is dead, d1 off 500 ms after d2 (and after a 0x109
@@ -682,13 +674,8 @@ class ChademoSession(ChargerSession):
                 self._outputs = LineOutputs(d1=self._outputs.d1)
             elif elapsed > UNLOCK_TIMEOUT_S:
                 self._charger_fault = True
-                volts = self._measured_voltage_v()
-                at = self._output_at_s
-                seen = (
-                    f"{volts:g} V measured"
-                    if volts is not None and at is not None and at > self._contactors_opened_s
-                    else "no fresh measurement"
-                )
+                volts = self._voltage_since_v(self._contactors_opened_s)
+                seen = f"{volts:g} V measured" if volts is not None else "no fresh measurement"
                 self._fault(
                     f"CHAdeMO: output not confirmed at or below {UNLOCK_VOLTAGE_V:g} V "
                     f"{UNLOCK_TIMEOUT_S:g} s after the contactors opened ({seen}); the "

@@ -320,6 +320,19 @@ class ChargerSession(ABC):
         """The stage's output current (+ charges) if freshly measured, else None."""
         return self._output_current_a if self._output_fresh() else None
 
+    def _reported_since(self, since_s: float) -> bool:
+        """The last measurement was reported after ``since_s``."""
+        at = self._output_at_s
+        return at is not None and at > since_s
+
+    def _voltage_since_v(self, since_s: float) -> float | None:
+        """The output voltage if freshly measured and reported after ``since_s``, else None."""
+        return self._measured_voltage_v() if self._reported_since(since_s) else None
+
+    def _current_since_a(self, since_s: float) -> float | None:
+        """The output current (+ charges) if freshly measured and reported after ``since_s``."""
+        return self._measured_current_a() if self._reported_since(since_s) else None
+
     def _output_current_low(self) -> bool:
         """Safe to open the contactors: they are open already, or a fresh measurement says
         <= 5 A (CHAdeMO 0x109.5 bit0 rule; GB/T 27930 after CST). Unknown is never low."""
