@@ -3,7 +3,8 @@
 Every ``import`` and ``from ... import`` is read from the syntax tree, including those inside
 functions (a lazy import is still a dependency). The rules:
 
-* ``controller.core`` imports nothing of the project but itself;
+* ``controller.core`` imports nothing of the project but itself, and neither does the economics
+  room ``controller.economics`` (tariffs, wear, the planner, receipts): pure rooms, fed values;
 * no link (``vehicle``, ``inverter``, ``aggregator``) imports another link, and the ledger and the
   aggregator link do not import each other (both use ``controller.storage``);
 * links, the ledger and the storage never import the wiring (``app``, ``daemon``, ``control``,
@@ -57,6 +58,9 @@ FORBIDDEN: tuple[tuple[str, str, str], ...] = (
     *(("controller", outside, "controller never imports the simulators") for outside in OUTSIDE),
 )
 
+
+# Pure rooms: they import nothing of the project but themselves.
+PURE_ROOMS = {"controller.core": "the core", "controller.economics": "the economics room"}
 
 # Only these read YAML (a module named ``factory`` is wiring too: ``app`` builds links with it).
 YAML_READERS = ("controller.config", "controller.app", "controller.cli")
@@ -150,12 +154,13 @@ def violations(root: Path) -> list[str]:
                 f"{path.relative_to(root)}:{line}: {module} {what}: {YAML_RULE}"
                 for line, what in yaml_reads_of(path, module)
             )
+        room = next((r for r in PURE_ROOMS if _within(module, r)), None)
         for line, target in imports_of(path, module):
-            if _within(module, "controller.core") and _within(target, "controller"):
-                if not _within(target, "controller.core"):
+            if room is not None and _within(target, "controller"):
+                if not _within(target, room):
                     found.append(
-                        f"{path.relative_to(root)}:{line}: {module} imports {target}: the core "
-                        "imports nothing of the project but itself"
+                        f"{path.relative_to(root)}:{line}: {module} imports {target}: "
+                        f"{PURE_ROOMS[room]} imports nothing of the project but itself"
                     )
                 continue
             for importer, imported, why in FORBIDDEN:
