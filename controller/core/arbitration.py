@@ -12,7 +12,7 @@ import math
 from dataclasses import dataclass
 
 from controller.core.policy import FallbackMode, Policy
-from controller.core.snapshots import Setpoint, SetpointMode
+from controller.core.snapshots import PlannedPower, Setpoint, SetpointMode
 
 
 class RequestSource(enum.StrEnum):
@@ -24,6 +24,7 @@ class RequestSource(enum.StrEnum):
     FALLBACK_CHEAP_CHARGE = "fallback_cheap_charge"  # local time-of-use: cheap window
     FALLBACK_PEAK_DISCHARGE = "fallback_peak_discharge"  # local time-of-use: peak window
     FALLBACK_OFF_WINDOW = "fallback_off_window"  # local time-of-use: outside both windows
+    FALLBACK_PLAN = "fallback_plan"  # local optimize: the planner's power for this slot
 
 
 @dataclass(frozen=True, slots=True)
@@ -54,11 +55,13 @@ def arbitrate(
     soc_pct: float | None,
     *,
     clock_trusted: bool = True,
+    plan: PlannedPower | None = None,
 ) -> Request:
     """Choose the request: valid setpoint (RELEASE hands over) -> fallback policy -> 0 W.
 
     ``soc_pct`` is the lowest SoC the battery may hold (the cheap-window charge stops once that
-    reaches the target). With an untrusted wall clock the windows give no discharge.
+    reaches the target). With an untrusted wall clock the windows and the plan give no
+    discharge. ``plan`` is the planner's power for now (fallback ``optimize``).
     """
     valid, why = setpoint_in_force(setpoint, now_s)
     if valid is not None:
@@ -67,7 +70,32 @@ def arbitrate(
         if valid.mode is SetpointMode.IDLE:
             return Request(0.0, RequestSource.SETPOINT_IDLE, f"{why}: idle")
         why = f"{why}: released to the local policy"
+    if policy.fallback.mode is FallbackMode.OPTIMIZE:
+        return _planned(plan, now_wall, why, clock_trusted=clock_trusted)
     return _fallback(policy, now_wall, soc_pct, why, clock_trusted=clock_trusted)
+
+
+def _planned(
+    plan: PlannedPower | None, now_wall: dt.datetime, why: str, *, clock_trusted: bool
+) -> Request:
+    """The plan's power for the slot in force. The plan only proposes: every interlock (floor,
+    ceiling, departure reserve, wear budget, ratings) still applies to it afterwards."""
+    if plan is None:
+        return Request(0.0, RequestSource.FALLBACK_PLAN, f"{why}; optimize: no plan")
+    if not plan.in_force(now_wall):
+        return Request(
+            0.0,
+            RequestSource.FALLBACK_PLAN,
+            f"{why}; optimize: the plan's slot {plan.slot_start:%H:%M}-{plan.slot_end:%H:%M} "
+            "is not in force",
+        )
+    if plan.power_w < 0 and not clock_trusted:
+        return Request(
+            0.0,
+            RequestSource.FALLBACK_PLAN,
+            f"{why}; optimize: a planned discharge by a wall clock not synchronised: no discharge",
+        )
+    return Request(plan.power_w, RequestSource.FALLBACK_PLAN, f"{why}; {plan.note}")
 
 
 def _fallback(

@@ -231,6 +231,9 @@ class FallbackMode(enum.StrEnum):
 
     IDLE = "idle"  # hold 0 W
     TIME_OF_USE = "time_of_use"  # charge in cheap windows, discharge in peak windows
+    # Follow the economics planner's plan (controller/economics/planner.py): it proposes the
+    # power of the current slot, the core caps it like any other request.
+    OPTIMIZE = "optimize"
 
 
 @dataclass(frozen=True, slots=True)

@@ -56,6 +56,7 @@ from controller.core.rules import (
 )
 from controller.core.snapshots import (
     InverterState,
+    PlannedPower,
     PowerCommand,
     PowerState,
     Setpoint,
@@ -119,6 +120,8 @@ class Inputs:
     # The wall clock is synchronised (NTP) and not before the build: windows, departure plans and
     # the wear day can be trusted. False makes time-based policy conservative.
     clock_trusted: bool = True
+    # The local plan's power for now (fallback ``optimize``); None: no plan (the wiring logs why).
+    plan: PlannedPower | None = None
 
 
 @dataclass(frozen=True, slots=True)
@@ -249,7 +252,13 @@ def decide(
     soc_pct = _soc(inputs.vehicle)
     soc_low_pct = None if soc_pct is None else soc_pct - safety.soc_resolution_pct
     request = arbitrate(
-        inputs.setpoint, policy, now_s, now.wall, soc_low_pct, clock_trusted=inputs.clock_trusted
+        inputs.setpoint,
+        policy,
+        now_s,
+        now.wall,
+        soc_low_pct,
+        clock_trusted=inputs.clock_trusted,
+        plan=inputs.plan,
     )
     reasons.append(Reason(Rule.ARBITRATION, request.note))
 

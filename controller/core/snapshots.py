@@ -14,7 +14,9 @@ the core must treat an absent limit as "no limit reported by this source", never
 
 from __future__ import annotations
 
+import datetime as dt
 import enum
+import math
 from dataclasses import dataclass
 
 
@@ -114,6 +116,28 @@ class Setpoint:
     valid_until_s: float  # monotonic; past it the setpoint is ignored
     mode: SetpointMode
     power_w: float = 0.0  # + charges the vehicle, - discharges it
+
+
+@dataclass(frozen=True, slots=True)
+class PlannedPower:
+    """The local plan's power for the slot in force (the ``optimize`` fallback's request)."""
+
+    power_w: float  # + charges the vehicle, - discharges it
+    # The slot, in wall time (aware): outside it the plan is not followed. Plans are made on
+    # the wall clock (tariffs, departure), so an untrusted clock allows no planned discharge.
+    slot_start: dt.datetime
+    slot_end: dt.datetime
+    note: str  # why, for the log: e.g. "plan 21:00-21:15: discharge at the peak price"
+
+    def __post_init__(self) -> None:
+        if not math.isfinite(self.power_w):
+            raise ValueError("PlannedPower.power_w: expected a finite value")
+        if self.slot_start.utcoffset() is None or self.slot_end.utcoffset() is None:
+            raise ValueError("PlannedPower: expected aware slot times")
+
+    def in_force(self, at: dt.datetime) -> bool:
+        """Whether the wall time ``at`` (aware) is inside the slot."""
+        return self.slot_start <= at < self.slot_end
 
 
 @dataclass(frozen=True, slots=True)

@@ -26,6 +26,7 @@ from controller.core.rules import Direction, Rule
 from controller.core.safety import CoreState, Decision, Inputs, Now, decide, reset_faults
 from controller.core.snapshots import (
     InverterState,
+    PlannedPower,
     PowerState,
     Setpoint,
     SetpointMode,
@@ -67,6 +68,7 @@ class Rig:
         self.setpoint: Setpoint | None = None
         self.emergency_stop = False
         self.clock_trusted = True
+        self.plan: PlannedPower | None = None  # the optimize fallback's planned power
 
     def request(self, power_w: float, mode: SetpointMode = SetpointMode.POWER) -> None:
         """An aggregator setpoint valid for the next 15 minutes."""
@@ -84,7 +86,9 @@ class Rig:
             vehicle = replace(self.vehicle, observed_at_s=self.now_s - self.vehicle_age_s)
         if self.inverter is not None:
             inverter = replace(self.inverter, observed_at_s=self.now_s - self.inverter_age_s)
-        inputs = Inputs(vehicle, inverter, self.setpoint, self.emergency_stop, self.clock_trusted)
+        inputs = Inputs(
+            vehicle, inverter, self.setpoint, self.emergency_stop, self.clock_trusted, self.plan
+        )
         decision, self.state = decide(inputs, self.state, Now(self.now_s, self.wall), self.policy)
         return decision
 
