@@ -204,9 +204,6 @@ def _nmc_fade_coefficient(depth: float, mean_soc: float, c_rate: float, temp_k: 
     b1t = _arrhenius(temp_k, _NMC_B1T_EA) * (
         b0 + b1 * s + b2 * s**2 + b3 * s**3 + b4 * s * temp_k + b5 * max(0.0, temp_k - 328.15)
     )
-    # The polynomial dips below zero for a mean SoC under about 2 % (b1t_0 < 0); a cycle there
-    # does not heal the pack, so we floor it at zero (our guard, not the source's).
-    b1t = max(0.0, b1t)
     n0, n1, n2, n3, n4 = _NMC_B1N
     stress = math.sqrt(depth * c_rate)
     b1n = max(0.0, n0 * _arrhenius(temp_k, _NMC_B1N_EA[0]) * stress * (1.0 + n1 * s) + n2)
@@ -319,6 +316,8 @@ class WearModel:
             k = _lfp_fade_coefficient(depth_frac, mean_soc_frac, c_rate, temp_k)
             power = _LFP_POWER
         if k <= 0.0:
+            # NMC's calendar polynomial dips below zero for a mean SoC under about 2 % (b1t_0 < 0);
+            # a cycle there does not heal the pack: no fade (our guard, not the source's).
             return math.inf
         # Solve end_of_life = k * EFC**power for EFC.
         return float((self.end_of_life_fade_pct / 100.0 / k) ** (1.0 / power))
