@@ -109,31 +109,36 @@ class WearCost:
 
 
 def check_soc_trace(soc_pct: Sequence[float]) -> list[str]:
-    """Reasons a SoC trace (percent) cannot be counted; empty when it can."""
+    """Reasons a SoC trace (percent) cannot be counted; empty when it can. Names the first few
+    bad samples by index (a long bad trace need not list them all)."""
+    values = np.asarray(soc_pct, dtype=float)
+    with np.errstate(invalid="ignore"):  # NaN compares False; it is caught by isfinite
+        bad = np.flatnonzero(~np.isfinite(values) | (values < 0.0) | (values > 100.0))
     reasons: list[str] = []
-    for index, value in enumerate(soc_pct):
-        if not math.isfinite(value):
-            reasons.append(f"soc_pct[{index}] is {value}: not a number")
-        elif not 0.0 <= value <= 100.0:
+    for index in bad[:5]:
+        value = float(values[index])
+        if math.isfinite(value):
             reasons.append(f"soc_pct[{index}] = {value:g} is outside 0..100 %")
-        if len(reasons) >= 5:  # enough to find the fault; a long bad trace need not list all
-            reasons.append("(further values not checked)")
-            break
+        else:
+            reasons.append(f"soc_pct[{index}] is {value}: not a number")
+    if len(bad) > 5:
+        reasons.append(f"({len(bad) - 5} more bad samples)")
     return reasons
 
 
 def turning_points(soc_pct: Sequence[float]) -> list[float]:
     """The trace's peaks and valleys, with its first and last points (ASTM E1049-85, 3.2.14: a
     reversal is where the slope changes sign; a flat run is one point)."""
-    points: list[float] = []
-    for value in soc_pct:
-        if points and value == points[-1]:
-            continue
-        if len(points) >= 2 and (points[-1] - points[-2]) * (value - points[-1]) > 0:
-            points[-1] = value  # still rising (or falling): the run's end moves on
-        else:
-            points.append(value)
-    return points
+    values = np.asarray(soc_pct, dtype=float)
+    if values.size == 0:
+        return []
+    # Drop repeats, then keep the ends and every point where the direction turns.
+    moved = values[np.concatenate(([True], np.diff(values) != 0.0))]
+    rising = np.diff(moved) > 0.0
+    turns = np.concatenate(([True], rising[1:] != rising[:-1], [True]))
+    if moved.size == 1:
+        turns = turns[:1]
+    return [float(v) for v in moved[turns]]
 
 
 def rainflow(soc_pct: Sequence[float]) -> list[Cycle]:
