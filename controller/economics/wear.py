@@ -2,7 +2,7 @@
 
 The chain, each step a pure function of its arguments:
 
-1. ``rainflow(soc_pct)``: a SoC trace becomes half and full cycles (ASTM E1049-85, 5.4.4), each
+1. ``rainflow(soc_pct)``: a SoC trace becomes half and full cycles (ASTM E1049-85 rainflow), each
    with its depth and mean SoC.
 2. ``WearModel.life_efc(depth, mean_soc, c_rate, temp_c)``: the equivalent full cycles (EFC, NREL
    BLAST-Lite's unit: the sum of ``|dSoC|`` over 2) after which cycling alone would take the pack to
@@ -34,8 +34,8 @@ import numpy as np
 # Bounds for the owner's configuration (issue 19): a car or van pack, a pack price, a fade limit.
 CAPACITY_MIN_KWH = 5.0
 CAPACITY_MAX_KWH = 250.0
-# The fade at which the owner would replace the pack; 20 % is the usual automotive end of life
-# (and the figure car warranties use as 70-80 % remaining). Above 50 % the models mean nothing.
+# The fade at which the owner would replace the pack (default 20 %, issue 19's figure); the fits'
+# data stop far below 50 %, so a larger figure would price nothing real.
 END_OF_LIFE_FADE_MAX_PCT = 50.0
 # The temperatures the fits below were cycled at are 10-45 degC (LFP) and 10-60 degC (NMC),
 # BLAST-Lite ``experimental_range``; outside this wider band we refuse rather than extrapolate far.
@@ -127,8 +127,8 @@ def check_soc_trace(soc_pct: Sequence[float]) -> list[str]:
 
 
 def turning_points(soc_pct: Sequence[float]) -> list[float]:
-    """The trace's peaks and valleys, with its first and last points (ASTM E1049-85, 3.2.14: a
-    reversal is where the slope changes sign; a flat run is one point)."""
+    """The trace's peaks and valleys, with its first and last points (ASTM E1049-85's
+    reversals: where the slope changes sign; a flat run is one point)."""
     values = np.asarray(soc_pct, dtype=float)
     if values.size == 0:
         return []
@@ -142,7 +142,7 @@ def turning_points(soc_pct: Sequence[float]) -> list[float]:
 
 
 def rainflow(soc_pct: Sequence[float]) -> list[Cycle]:
-    """Half and full cycles of a SoC trace (percent), by ASTM E1049-85 5.4.4 rainflow counting.
+    """Half and full cycles of a SoC trace (percent), by ASTM E1049-85 rainflow counting.
 
     The standard's steps, on the turning points: read the next point; with X the newest range and
     Y the one before it, while ``X >= Y``: if Y holds the starting point, count Y as a half cycle

@@ -52,8 +52,8 @@ def strictly_increasing(values: Sequence[float]) -> bool:
 
 
 def test_rainflow_counts_the_astm_e1049_example() -> None:
-    """ASTM E1049-85 Fig. 6 (-2, 1, -3, 5, -1, 3, -4, 4, -2): ranges 3: 0.5, 4: 1.5, 6: 0.5,
-    8: 1.0, 9: 0.5 cycles (shifted by 50 to be a SoC)."""
+    """ASTM E1049-85's rainflow example (-2, 1, -3, 5, -1, 3, -4, 4, -2), hand-counted by its
+    rules: ranges 3: 0.5, 4: 1.5, 6: 0.5, 8: 1.0, 9: 0.5 cycles (shifted by 50 to be a SoC)."""
     trace = [50 + v for v in (-2, 1, -3, 5, -1, 3, -4, 4, -2)]
     cycles = rainflow(trace)
     assert ranges(cycles) == {3: 0.5, 4: 1.5, 6: 0.5, 8: 1.0, 9: 0.5}
