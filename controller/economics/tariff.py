@@ -447,8 +447,8 @@ def _blend(
     if n_slots == 0:
         return [], [], []
     slot_s = edges[1] - edges[0]
-    start = start.astimezone(dt.UTC)  # real time: a wall-clock sum is wrong across DST
-    end = start + dt.timedelta(seconds=edges[-1] - edges[0])
+    # A real-time sum (a wall-clock one is wrong across DST); the tariff keeps start's zone.
+    end = start.astimezone(dt.UTC) + dt.timedelta(seconds=edges[-1] - edges[0])
     tariff_slots = tariff.slots(start, end)
     covering = sorted((s for s in pushed if s.end > start and s.start < end), key=lambda s: s.start)
     cuts = set(edges)
