@@ -13,7 +13,7 @@ import zoneinfo
 from pathlib import Path
 from typing import Annotated, Any, Literal, Self
 
-from pydantic import AwareDatetime, Field, model_validator
+from pydantic import Field, field_validator, model_validator
 
 from controller.config.loader import Loc, Section, load_file, validate_text
 from controller.config.register_map import load_register_map
@@ -734,8 +734,10 @@ class FallbackConfig(Section):
 
 
 class TariffConfig(Section):
-    """The older flat tariff: one price each way. Used only when there is no top-level
-    `tariff:` (then it is that tariff, all day, every day); giving both is an error."""
+    """The older flat tariff, one price each way: used only without a top-level `tariff:`.
+
+    It is then the tariff all day, every day; giving both is an error.
+    """
 
     currency: str = Field(default="EUR", pattern=r"^[A-Z]{3}$")
     import_price_per_kwh: float = Field(default=0.25, ge=-10, le=10)
@@ -778,7 +780,7 @@ def _all_day_types() -> list[_DAY_TYPES]:
 class TariffPeriodConfig(Section):
     """The bands that apply on some day types in some months (a season)."""
 
-    months: list[Annotated[int, Field(ge=1, le=12)]] = Field(
+    months: list[int] = Field(
         default_factory=_all_months,
         min_length=1,
         description="Months 1-12 this period applies in (a season); default: all.",
@@ -794,15 +796,23 @@ class TariffPeriodConfig(Section):
         description="Bands that cover the 24 hours exactly once, without gaps or overlaps.",
     )
 
+    @field_validator("months")
+    @classmethod
+    def _calendar_months(cls, months: list[int]) -> list[int]:
+        wrong = [month for month in months if not 1 <= month <= 12]
+        if wrong:
+            raise ValueError(f"expected months 1-12, found {', '.join(map(str, wrong))}")
+        return months
+
 
 class PeakEventConfig(Section):
     """A demand-response event known in advance: a bonus on the export price while it runs."""
 
     id: str = Field(pattern=_IDENT, description="Names the event in receipts.")
-    start: AwareDatetime = Field(
+    start: dt.datetime = Field(
         description="When it starts, with the UTC offset: 2026-07-15T19:00:00+08:00."
     )
-    end: AwareDatetime = Field(description="When it ends, with the UTC offset.")
+    end: dt.datetime = Field(description="When it ends, with the UTC offset.")
     bonus_per_kwh: float = Field(
         ge=-100,
         le=100,
@@ -816,6 +826,16 @@ class PeakEventConfig(Section):
         allow_inf_nan=False,
         description="The bonus is paid for export up to this power; empty: all export.",
     )
+
+    @field_validator("start", "end")
+    @classmethod
+    def _with_offset(cls, value: dt.datetime) -> dt.datetime:
+        if value.tzinfo is None or value.utcoffset() is None:
+            raise ValueError(
+                "expected a date and time with its UTC offset, e.g. 2026-07-15T19:00:00+08:00, "
+                f"found {value.isoformat()} without one"
+            )
+        return value
 
     @model_validator(mode="after")
     def _ordered(self) -> Self:
@@ -831,8 +851,10 @@ class PeakEventConfig(Section):
 
 
 class SiteTariffConfig(Section):
-    """The site's tariff: import and export prices per time band, by season and day type
-    (docs/economics.md, "Tariffs and prices"). Local times are in site.timezone."""
+    """Import and export prices per time band, by season and day type, in site.timezone.
+
+    docs/economics.md, "Tariffs and prices", shows how to write one.
+    """
 
     currency: str = Field(
         pattern=r"^[A-Z]{3}$", description="ISO 4217 code of every price: EUR, CNY, GBP..."
