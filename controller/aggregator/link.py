@@ -105,8 +105,10 @@ def _utc_now() -> dt.datetime:
 
 
 class PriceStore(Protocol):
-    """Where accepted price messages are kept (the ledger's ``record_price_message``); called
-    on the storage thread, so it may block on the disk; raises only ``LedgerError``."""
+    """Where accepted price messages are kept (the ledger's ``record_price_message``). Called
+    on the link's storage thread (the ``storage`` given to the link, which must be the one
+    that owns the ledger's connection), so it may block on the disk; raises only
+    ``LedgerError``. Without a storage thread it is not called."""
 
     def __call__(
         self, *, received_at: dt.datetime, topic: str, message_id: str, body: bytes, ack: bytes

@@ -23,8 +23,9 @@ from pydantic import AwareDatetime, BaseModel, ConfigDict, Field, model_validato
 # Ids end up in acks and logs: a safe alphabet, long enough for a UUID or a ULID with a prefix.
 ID_PATTERN = r"^[A-Za-z0-9][A-Za-z0-9_.:-]{0,63}$"
 MAX_SETPOINT_PAYLOAD_BYTES = 4096
-# A week of 15-minute slots (672) at about 130 bytes each, with room for whitespace.
-MAX_PRICE_SCHEDULE_PAYLOAD_BYTES = 128 * 1024
+# A week of 15-minute slots (672): about 87 KB compact, 132 KB indented by 4; room for both.
+# The incoming queue (32 messages, client.py) then holds at most 8 MiB.
+MAX_PRICE_SCHEDULE_PAYLOAD_BYTES = 256 * 1024
 MAX_PRICE_EVENT_PAYLOAD_BYTES = 4096
 MAX_PRICE_SLOTS = 7 * 96  # economics/schedule.py MAX_SLOTS, stated in the schema
 # No physical charger is anywhere near this; the config's max_abs_power_w is the real bound.

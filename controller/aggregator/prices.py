@@ -7,7 +7,7 @@ accepted message in the ledger, and wakes the control loop; the daemon reads ``P
 
 Checks, in order (the first that fails is the reason; docs/mqtt.md, "Prices"):
 
-1. size (128 KiB for a schedule, 4 KiB for an event), UTF-8, well-formed JSON without
+1. size (256 KiB for a schedule, 4 KiB for an event), UTF-8, well-formed JSON without
    duplicate keys or NaN/Infinity (shared with setpoints: ``validation.load_json``);
 2. the MQTT retain flag: a retained message is stale by nature and never acted on;
 3. shape (``messages.py``): known fields only, strict types (a price is a number, never a

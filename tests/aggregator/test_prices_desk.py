@@ -12,7 +12,8 @@ from typing import Any
 from hypothesis import given
 from hypothesis import strategies as st
 
-from controller.aggregator.messages import PriceAckMessage
+from controller.aggregator.disabled import DisabledAggregator
+from controller.aggregator.messages import MAX_PRICE_SCHEDULE_PAYLOAD_BYTES, PriceAckMessage
 from controller.aggregator.prices import PriceDesk, PriceLimits, PriceOutcome, PriceTopic
 from controller.economics.tariff import PeakEvent, PriceSlot
 
@@ -198,8 +199,8 @@ def test_each_bad_schedule_is_rejected_with_its_reason_and_changes_nothing() -> 
         ),
         "too many slots": (schedule_body("s-2", count=673), "slots: list should have at most 672"),
         "oversize": (
-            b'{"id": "s-2", "pad": "' + b"x" * 140_000 + b'"}',
-            "payload too large: 140024 bytes, at most 131072",
+            b'{"id": "s-2", "pad": "' + b"x" * 270_000 + b'"}',
+            "payload too large: 270024 bytes, at most 262144",
         ),
         "malformed": (b'{"id": "s-2", "slots": [', "malformed JSON: Expecting value at offset 24"),
         "not UTF-8": (b"\xff\xfe", "payload is not UTF-8 text (byte 0)"),
@@ -391,3 +392,18 @@ def test_any_slot_list_is_accepted_only_when_sound(raw: list[dict[str, Any]]) ->
     assert outcome.accepted == sound, outcome.reason
     if sound:
         assert len(desk.book.current_slots(NOW - dt.timedelta(hours=2))) == len(raw)
+
+
+def test_a_site_without_an_aggregator_has_an_empty_book() -> None:
+    """The disabled link offers the same ``prices``: empty, version 0."""
+    book = DisabledAggregator().prices
+    assert (book.version, book.current_slots(NOW), book.events(NOW)) == (0, (), ())
+
+
+def test_a_week_schedule_fits_the_size_cap_and_is_accepted() -> None:
+    """672 slots with long prices fit in the 256 KiB cap, even indented by 4, and are accepted."""
+    body = schedule_body("week", count=672, price=0.123456789)
+    payload = json.dumps(body, indent=4).encode()
+    assert len(payload) < MAX_PRICE_SCHEDULE_PAYLOAD_BYTES
+    outcome = send(new_desk(), payload)
+    assert outcome.accepted, outcome.reason

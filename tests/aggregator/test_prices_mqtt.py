@@ -149,7 +149,7 @@ def test_every_bad_message_is_acked_with_its_reason_and_changes_nothing(broker: 
                         "s-cny",
                         "currency 'CNY', but this site uses 'EUR'",
                     ),
-                    (b'{"id": "s-x", "pad": "' + b"x" * 140_000 + b'"}', None, "payload too large"),
+                    (b'{"id": "s-x", "pad": "' + b"x" * 270_000 + b'"}', None, "payload too large"),
                     (b'{"id": "s-broken", "slots": [', None, "malformed JSON: Expecting value"),
                 ]
                 for body, ack_id, reason in cases:
