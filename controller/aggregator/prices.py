@@ -34,6 +34,7 @@ schedules' worth once ended ones are pruned, ``max_events`` events, ``remembered
 
 from __future__ import annotations
 
+import bisect
 import datetime as dt
 from collections import OrderedDict
 from collections.abc import Iterable
@@ -83,7 +84,8 @@ class PriceBook:
     """
 
     def __init__(self) -> None:
-        self._slots: tuple[PriceSlot, ...] = ()
+        self._slots: tuple[PriceSlot, ...] = ()  # in time order, none overlapping
+        self._ends: list[dt.datetime] = []  # each slot's end, ascending: for bisect
         self._events: dict[str, PeakEvent] = {}
         self._version = 0
         self._schedule_id: str | None = None
@@ -111,7 +113,8 @@ class PriceBook:
     def current_slots(self, now: dt.datetime) -> tuple[PriceSlot, ...]:
         """The pushed slots not ended by ``now``, in time order (they may start later than now,
         and there may be gaps between schedules: no pushed price there)."""
-        return tuple(slot for slot in self._slots if slot.end > now)
+        # Read every control cycle: a bisection, not a scan (672 slots: ~1 ms scanned).
+        return self._slots[bisect.bisect_right(self._ends, now) :]
 
     def events(self, now: dt.datetime) -> tuple[PeakEvent, ...]:
         """The peak events not ended by ``now``, by start time."""
@@ -134,6 +137,7 @@ class PriceBook:
             kept.append(slot)
         # Bounded: earlier schedules keep at most one schedule's worth of slots (the nearest).
         self._slots = (*kept[:MAX_SLOTS], *schedule.slots)
+        self._ends = [slot.end for slot in self._slots]
         self._schedule_id = schedule.schedule_id
         self._schedule_issued_at = schedule.issued_at
         self._changed(now)
