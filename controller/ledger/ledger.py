@@ -270,6 +270,7 @@ class Ledger:
         self._last_wall: dt.datetime | None = None
         try:
             self._create_schema()
+            self._create_price_table()
             self._restore()
         except sqlite3.Error as exc:
             raise LedgerError(f"ledger: cannot read or create its tables: {exc}") from exc
@@ -788,3 +789,78 @@ class Ledger:
             self._trips[row["cause"]] = _Trip(
                 row["at"], row["cause"], row["session_id"], row_id=int(row["id"])
             )
+
+    # -- prices pushed by the aggregator (issue 19) -----------------------------------------------
+
+    def _create_price_table(self) -> None:
+        # Not in _SCHEMA: that runs only for a database below SCHEMA_VERSION, and this table
+        # must also appear in ledgers created before it (IF NOT EXISTS makes it idempotent).
+        self._conn.execute(_PRICE_TABLE)
+
+    def record_price_message(
+        self, *, received_at: dt.datetime, topic: str, message_id: str, body: bytes, ack: bytes
+    ) -> None:
+        """Keep one accepted price message (its body as received and the ack it got), committed
+        at once (the aggregator link's ``PriceStore``; on the storage thread)."""
+        try:
+            with db.transaction(self._conn) as conn:
+                conn.execute(
+                    "INSERT INTO ledger_price_messages (received_at, topic, message_id, body, ack)"
+                    " VALUES (?, ?, ?, ?, ?)",
+                    (
+                        rfc3339(received_at),
+                        topic,
+                        message_id,
+                        body.decode("utf-8", errors="replace"),
+                        ack.decode("utf-8", errors="replace"),
+                    ),
+                )
+        except sqlite3.Error as exc:
+            raise LedgerError(f"ledger: price message {message_id!r} not written: {exc}") from exc
+
+    def price_messages(self, limit: int = 1000) -> list[PriceMessageRow]:
+        """The last ``limit`` accepted price messages, oldest first (audit, and the price book
+        rebuilt on start)."""
+        try:
+            rows = self._conn.execute(
+                "SELECT id, received_at, topic, message_id, body, ack FROM ledger_price_messages"
+                " ORDER BY id DESC LIMIT ?",
+                (limit,),
+            ).fetchall()
+        except sqlite3.Error as exc:
+            raise LedgerError(f"ledger: cannot read the price messages: {exc}") from exc
+        return [
+            PriceMessageRow(
+                row_id=int(row["id"]),
+                received_at=row["received_at"],
+                topic=row["topic"],
+                message_id=row["message_id"],
+                body=row["body"],
+                ack=row["ack"],
+            )
+            for row in reversed(rows)
+        ]
+
+
+_PRICE_TABLE = """
+CREATE TABLE IF NOT EXISTS ledger_price_messages (
+    id INTEGER PRIMARY KEY,
+    received_at TEXT NOT NULL,         -- RFC 3339, the charger's clock
+    topic TEXT NOT NULL,               -- 'price_schedule' or 'price_event'
+    message_id TEXT NOT NULL,
+    body TEXT NOT NULL,                -- the payload as received (JSON)
+    ack TEXT NOT NULL                  -- the ack published for it (JSON)
+)
+"""
+
+
+@dataclass(frozen=True, slots=True)
+class PriceMessageRow:
+    """One accepted price message as the ledger keeps it."""
+
+    row_id: int
+    received_at: str  # RFC 3339
+    topic: str
+    message_id: str
+    body: str  # JSON, as received
+    ack: str  # JSON, as published
