@@ -15,7 +15,7 @@ import datetime as dt
 import math
 import re
 from dataclasses import dataclass
-from typing import Any, NamedTuple
+from typing import Any
 
 # Symbols written before the amount; any other currency is written as its code after it.
 CURRENCY_SYMBOLS: dict[str, str] = {"CNY": "¥", "EUR": "€", "USD": "$", "GBP": "£"}
@@ -25,7 +25,8 @@ TARGET_TOLERANCE_PCT = 0.5
 _CURRENCY = re.compile(r"^[A-Z]{3}$")
 
 
-class Refusal(NamedTuple):
+@dataclass(frozen=True, slots=True)
+class Refusal:
     """Discharges the core refused or reduced for one reason during a session.
 
     ``reason`` is the rule of the binding limit (``soc_floor``, ``departure_reserve``, ...),
@@ -64,7 +65,17 @@ class Receipt:
     peak_event_kwh: float = 0.0  # exported while a peak event ran
 
     def __post_init__(self) -> None:
-        problems: list[str] = []
+        problems = [*self._time_problems(), *self._figure_problems()]
+        problems += [
+            f"refusals: expected a reason and a count >= 1, found {r}"
+            for r in self.refusals
+            if not r.reason or r.count < 1
+        ]
+        if problems:
+            raise ValueError("receipt: " + "; ".join(problems))
+
+    def _time_problems(self) -> list[str]:
+        problems = []
         if not self.session_id:
             problems.append("session_id: expected a non-empty id")
         if not _CURRENCY.match(self.currency):
@@ -74,7 +85,13 @@ class Receipt:
             if moment is not None and moment.utcoffset() is None:
                 problems.append(f"{name}: expected a time with a UTC offset, found {moment}")
         if not problems and self.ended_at < self.plugged_in_at:
-            problems.append(f"ended_at {self.ended_at} is before plugged_in_at {self.plugged_in_at}")
+            problems.append(
+                f"ended_at {self.ended_at} is before plugged_in_at {self.plugged_in_at}"
+            )
+        return problems
+
+    def _figure_problems(self) -> list[str]:
+        problems = []
         # Money may be negative (negative prices exist); energy and wear may not.
         for name in ("import_cost", "export_revenue"):
             value = getattr(self, name)
@@ -93,11 +110,7 @@ class Receipt:
             value = getattr(self, name)
             if value is not None and not (math.isfinite(value) and 0 <= value <= 100):
                 problems.append(f"{name}: expected 0..100 % or none, found {value!r}")
-        for refusal in self.refusals:
-            if not refusal.reason or refusal.count < 1:
-                problems.append(f"refusals: expected a reason and a count >= 1, found {refusal}")
-        if problems:
-            raise ValueError("receipt: " + "; ".join(problems))
+        return problems
 
     @property
     def net(self) -> float:
@@ -148,8 +161,7 @@ class Receipt:
             "departure_at": None if self.departure_at is None else _time(self.departure_at),
             "target_met": self.target_met,
             "refusals": [
-                {"reason": r.reason, "count": r.count, "example": r.example}
-                for r in self.refusals
+                {"reason": r.reason, "count": r.count, "example": r.example} for r in self.refusals
             ],
             "peak_event_kwh": round(self.peak_event_kwh, 6),
             "owner_message": owner_message(self),
@@ -160,7 +172,9 @@ class Receipt:
         """The receipt ``to_json`` wrote; ValueError saying what is wrong otherwise. ``net``,
         ``target_met`` and ``owner_message`` are derived, so they are not read back."""
         if not isinstance(data, dict):
-            raise ValueError(f"receipt: expected a JSON object, found {type(data).__name__}")
+            found = type(data).__name__
+            # One error type for every bad stored receipt, whatever is wrong with it.
+            raise ValueError(f"receipt: expected a JSON object, found {found}")  # noqa: TRY004
         try:
             refusals = tuple(
                 Refusal(str(r["reason"]), _int(r["count"]), str(r.get("example", "")))

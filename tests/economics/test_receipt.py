@@ -156,6 +156,7 @@ def test_json_round_trip() -> None:
     soc=st.none() | st.floats(0, 100),
 )
 def test_any_valid_receipt_round_trips(
+    *,
     charged: float,
     discharged: float,
     import_cost: float,
@@ -189,7 +190,7 @@ def test_any_valid_receipt_round_trips(
         ({"import_cost": math.inf}, "import_cost"),
         ({"soc_at_end_pct": 101.0}, "soc_at_end_pct"),
         ({"ended_at": PLUG_IN - dt.timedelta(minutes=1)}, "before plugged_in_at"),
-        ({"plugged_in_at": dt.datetime(2026, 11, 23, 18, 0)}, "UTC offset"),  # noqa: DTZ001
+        ({"plugged_in_at": dt.datetime(2026, 11, 23, 18, 0)}, "UTC offset"),
         ({"refusals": (Refusal("soc_floor", 0),)}, "refusals"),
     ],
 )
