@@ -23,9 +23,12 @@ be lost or counted twice across power cuts, restarts and SIGKILL (issue 9). How:
   during peak events, its departure target and the discharges the core refused or reduced; at its
   close it becomes a ``Receipt`` (controller/economics/receipt.py), stored in its row and sent in
   its outbox body, and the owner's one-line message is logged.
-* Simulation (``V2G_SIMULATED_CLOCK``): the plant's battery and meters run ``time_factor`` times
-  real time while its inverter's counters count real time, so credited energy is scaled by
-  ``time_factor`` (1 on a charger: unchanged).
+* Simulation (``V2G_SIMULATED_CLOCK`` faster than real time, ``make demo``): the plant's battery
+  and meters run ``time_factor`` times real time, but its inverter's counters count real time in
+  whole Wh, so one count would be ``time_factor`` Wh of the simulated night (720 Wh at 720x) and
+  a short discharge would vanish in the rounding. So the ledger integrates the measured power
+  instead, times ``time_factor``: the energy the simulated plant moved. On a charger
+  (``time_factor`` 1) nothing changes: counters, and integration only where there are none.
 
 The session rule (one plug-in; it survives restarts) is in ``accounting.vehicle_present``;
 the details for technicians are in docs/ledger.md.
@@ -453,7 +456,9 @@ class Ledger:
         due = self._dirty and (
             self._last_commit_s is None or now_s - self._last_commit_s >= self._commit_interval_s
         )
-        if pending.now or due or pending.integrated_wh >= INTEGRATED_COMMIT_WH:
+        # Scaled so that a crash loses the same real time of integration as on a charger.
+        integrated_due = pending.integrated_wh >= INTEGRATED_COMMIT_WH * self._time_factor
+        if pending.now or due or integrated_due:
             self._commit(wall, now_s)
 
     def audit(self, entry: SetpointAudit) -> None:
@@ -500,11 +505,13 @@ class Ledger:
             "charged": inverter.energy_charged_wh,
             "discharged": inverter.energy_discharged_wh,
         }
+        # Simulation faster than real time: the counters are too coarse (module docstring).
+        simulated = self._time_factor != 1.0
         for channel, raw_wh in counters.items():
             meter = self._meters[channel]
-            if raw_wh is not None:
+            if raw_wh is not None and not simulated:
                 self._account_counter(channel, meter, raw_wh, now_s, wall)
-            elif not meter.counter_seen:
+            elif simulated or not meter.counter_seen:
                 self._account_integrated(channel, inverter, now_s, wall)
             # A counter that was seen and is missing now: nothing; its next value covers the gap.
 
@@ -547,8 +554,7 @@ class Ledger:
             meter.base_wh = step.base_wh
             self._dirty = True
         if step.credited_wh > 0:
-            # The counter counts real time; the simulated plant's energy is time_factor times it.
-            self._credit(channel, step.credited_wh * self._time_factor, wall)
+            self._credit(channel, step.credited_wh, wall)
 
     def _account_integrated(
         self, channel: str, inverter: InverterState, now_s: float, wall: dt.datetime
@@ -666,7 +672,6 @@ class Ledger:
         if (
             session.departure_at is not None
             and session.soc_departure_pct is None
-            and rfc3339(wall) >= session.departure_at
             and dt.datetime.fromisoformat(session.departure_at) <= wall
         ):
             # The departure came with the car still here: its SoC then is the one promised.
