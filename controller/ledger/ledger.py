@@ -741,12 +741,19 @@ class Ledger:
         line is logged. Figures that cannot make a receipt (a wall clock stepped back past the
         plug-in) leave it out, logged: the session row and its body are kept without it."""
         assert session.ended_at is not None  # noqa: S101  set by the caller
-        wear = float(self._wear_cost(tuple(session.soc_trace)))
+        try:
+            # A wear model refuses a trace it cannot price with a ValueError
+            # (economics/wear.py WearParameterError); the receipt is still made.
+            wear = float(self._wear_cost(tuple(session.soc_trace)))
+        except ValueError as exc:
+            wear, problem = math.nan, str(exc)
+        else:
+            problem = f"{wear!r}, not a cost >= 0"
         if not (math.isfinite(wear) and wear >= 0):
             log.error(
                 "ledger wear model gave no cost; the receipt counts no wear",
                 session_id=session.session_id,
-                wear_cost=str(wear),
+                problem=problem,
             )
             wear = 0.0
         session.wear_cost = wear

@@ -14,6 +14,8 @@ from pathlib import Path
 
 import pytest
 
+from controller.aggregator.durable_outbox import DurableOutbox
+from controller.aggregator.messages import SessionMessage
 from controller.core.policy import Departure
 from controller.core.snapshots import PowerCommand, VehiclePhase
 from controller.economics.receipt import Receipt, Refusal
@@ -197,6 +199,25 @@ def test_the_receipt_is_in_the_row_the_body_and_the_log(
         "battery wear; 63 % at 18:10"
     )
     assert "ledger session receipt" in capsys.readouterr().out
+
+
+@pytest.mark.parametrize("answer", [math.nan, -1.0, ValueError("SoC 120 % outside 0..100")])
+def test_a_wear_model_that_gives_no_cost_counts_no_wear(
+    tmp_path: Path, answer: float | ValueError, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """NaN, a negative cost or a refused trace: the receipt is made with no wear, logged."""
+
+    def wear(_trace: Sequence[float]) -> float:
+        if isinstance(answer, ValueError):
+            raise answer
+        return answer
+
+    path = tmp_path / "ledger.sqlite"
+    ledger, _ = ledger_on(path, wear=wear)
+    ledger.record(vehicle(soc_pct=50), inverter(0, 0), report(0))
+    ledger.record(vehicle(VehiclePhase.UNPLUGGED), inverter(0, 0), report(1))
+    assert stored_receipt(path).wear_cost == 0.0
+    assert "ledger wear model gave no cost" in capsys.readouterr().out
 
 
 def test_the_departure_soc_is_taken_when_the_departure_comes(tmp_path: Path) -> None:
@@ -439,3 +460,55 @@ def test_an_old_file_reads_without_migration(tmp_path: Path) -> None:
         conn.close()
     assert [s.session_id for s in report_.sessions] == ["old", "open"]
     assert all(s.receipt is None for s in report_.sessions)
+
+
+# -- the aggregator's session topic ---------------------------------------------------------------
+
+
+def test_the_session_payload_carries_the_receipt_and_fits_its_schema(tmp_path: Path) -> None:
+    """Through the real store-and-forward outbox: the published 'session' payload has the receipt
+    with the owner's line, and is a valid session message (the model the schema is made from)."""
+    path = tmp_path / "ledger.sqlite"
+    conn = open_database(path)
+    durable = DurableOutbox(conn)
+    ledger = Ledger(
+        conn,
+        tariff=TARIFF,
+        max_power_w=7400.0,
+        outbox=durable,
+        departure=Departure(dt.time(18, 30), 55.0),
+        wear_cost=lambda trace: 0.02 * len(trace),
+    )
+    ledger.record(vehicle(soc_pct=50), inverter(0, 0), cycle(0))
+    ledger.record(
+        vehicle(soc_pct=50), inverter(0, 0), cycle(1, requested_w=-3000, command_w=0, binding=FLOOR)
+    )
+    ledger.record(vehicle(soc_pct=56), inverter(2000, 0), cycle(1200))
+    ledger.record(vehicle(soc_pct=56), inverter(2000, 0), cycle(1900))
+    ledger.record(vehicle(VehiclePhase.UNPLUGGED), inverter(2000, 0), cycle(2000))
+    records = [r for r in durable if r.kind == "session"]
+    assert len(records) == 1
+    payload = json.loads(records[0].payload())
+    receipt = payload["receipt"]
+    assert receipt["target_met"] is True
+    assert receipt["refusals"] == [{"reason": "soc_floor", "count": 1, "example": FLOOR}]
+    assert receipt["owner_message"] == (
+        "Charged for €0.54 tonight including €0.04 battery wear; 56 % at 18:30"
+    )
+    assert SessionMessage.model_validate_json(records[0].payload()).receipt is not None
+
+
+def test_a_clock_stepped_back_past_the_plug_in_leaves_the_receipt_out(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """An end before the start cannot be a receipt: the row and body go without one, logged."""
+    path = tmp_path / "ledger.sqlite"
+    ledger, _ = ledger_on(path)
+    ledger.record(vehicle(), inverter(0, 0), report(0))
+    earlier = START - dt.timedelta(hours=1)
+    ledger.record(vehicle(VehiclePhase.UNPLUGGED), inverter(0, 0), report(1, start=earlier))
+    row = read(path, "SELECT ended_at, receipt FROM ledger_sessions")[0]
+    assert row["ended_at"] is not None
+    assert row["receipt"] is None
+    assert "receipt" not in sent_body(path)
+    assert "ledger session receipt not made" in capsys.readouterr().out
