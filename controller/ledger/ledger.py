@@ -361,6 +361,7 @@ class Ledger:
         self._wear_cost = wear_cost
         self._departure = departure
         self._time_factor = time_factor
+        self._price_problem: str | None = None  # the provider's last failure, logged once
         self._max_power_w = max_power_w
         self._commit_interval_s = commit_interval_s
         self._outbox = outbox
@@ -603,18 +604,26 @@ class Ledger:
         self._dirty = True
 
     def _prices_at(self, wall: dt.datetime) -> tuple[float, float]:
-        """(import, export) per kWh at ``wall``; a provider's non-finite price falls back to the
-        flat tariff's, logged (money must never become NaN in the ledger)."""
-        prices = self._prices(wall)
-        if all(math.isfinite(p) for p in prices):
+        """(import, export) per kWh at ``wall``. A provider that fails or answers a price that is
+        not a finite number gets the flat tariff's, logged once per spell: the energy is credited
+        (its counter base has moved on already) and money never becomes NaN."""
+        try:
+            prices = self._prices(wall)
+            problem = "" if all(math.isfinite(p) for p in prices) else f"answered {prices}"
+        except (ArithmeticError, LookupError, TypeError, ValueError) as exc:
+            prices, problem = (math.nan, math.nan), f"failed: {exc!r}"
+        if not problem:
+            self._price_problem = None
             return prices
         flat = self._flat_prices(wall)
-        log.error(
-            "ledger price provider gave a non-finite price; the flat tariff's used",
-            at=rfc3339(wall),
-            prices=str(prices),
-            used=str(flat),
-        )
+        if self._price_problem is None:
+            log.error(
+                "ledger price provider gave no price; the flat tariff's used until it does",
+                at=rfc3339(wall),
+                problem=problem,
+                used=str(flat),
+            )
+        self._price_problem = problem
         return flat
 
     def _enter_day(self, wall: dt.datetime) -> None:

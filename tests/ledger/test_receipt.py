@@ -116,14 +116,25 @@ def test_each_increment_is_priced_at_the_price_in_force_when_it_moved(tmp_path: 
     assert math.isclose(day["export_value"], 1.30)
 
 
-def test_a_non_finite_price_falls_back_to_the_flat_tariff(tmp_path: Path) -> None:
-    """A provider that answers NaN never makes the ledger's money NaN."""
+def no_price(_wall: dt.datetime) -> tuple[float, float]:
+    raise LookupError("no price schedule covers this moment")
+
+
+@pytest.mark.parametrize("prices", [lambda _wall: (math.nan, 0.3), no_price])
+def test_a_provider_without_a_price_falls_back_to_the_flat_tariff(
+    tmp_path: Path, prices: object, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """NaN or a failure: the energy is still credited, at the flat tariff, logged once."""
     path = tmp_path / "ledger.sqlite"
-    ledger, _ = ledger_on(path, prices=lambda _wall: (math.nan, 0.3))
+    ledger, _ = ledger_on(path, prices=prices)
     ledger.record(vehicle(), inverter(0, 0), report(0))
+    ledger.record(vehicle(), inverter(500, 0), report(300))
     ledger.record(vehicle(), inverter(1000, 0), report(600))
     ledger.record(vehicle(VehiclePhase.UNPLUGGED), inverter(1000, 0), report(601))
-    assert math.isclose(stored_receipt(path).import_cost, TARIFF.import_price_per_kwh)
+    receipt = stored_receipt(path)
+    assert math.isclose(receipt.charged_kwh, 1.0)
+    assert math.isclose(receipt.import_cost, TARIFF.import_price_per_kwh)
+    assert capsys.readouterr().out.count("ledger price provider gave no price") == 1
 
 
 def test_refusals_count_once_per_episode_and_rule(tmp_path: Path) -> None:
