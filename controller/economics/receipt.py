@@ -130,10 +130,16 @@ class Receipt:
         return self.soc_at_end_pct, self.ended_at
 
     @property
+    def left_early(self) -> bool:
+        """The car was unplugged before its planned departure: the target was not yet due."""
+        return self.departure_at is not None and self.ended_at < self.departure_at
+
+    @property
     def target_met(self) -> bool | None:
-        """Whether the car had its departure target; None without a target or a known SoC."""
+        """Whether the car had its departure target; None without a target or a known SoC, and
+        when the car left before the departure (the target was not due)."""
         soc, _at = self.judged_soc
-        if self.target_soc_pct is None or soc is None:
+        if self.target_soc_pct is None or soc is None or self.left_early:
             return None
         return soc >= self.target_soc_pct - TARGET_TOLERANCE_PCT
 
@@ -217,8 +223,9 @@ def money(amount: float, currency: str) -> str:
 
 def owner_message(receipt: Receipt) -> str:
     """One line for the owner, e.g. "Earned ¥23.40 tonight after ¥1.10 battery wear; 81 % at
-    07:30". A session that cost money says so ("Charged for ¥12.30 ..."), and a missed departure
-    target is named ("74 % at 07:30, short of the 80 % target")."""
+    07:30". A session that cost money says so ("Charged for ¥12.30 ..."), a missed departure
+    target is named ("74 % at 07:30, short of the 80 % target"), and so is a car that left before
+    its departure ("70 % at 06:10, before the 07:30 departure")."""
     currency = receipt.currency
     when = _period(receipt.plugged_in_at, receipt.ended_at)
     net = round(receipt.net, 2)
@@ -236,6 +243,8 @@ def owner_message(receipt: Receipt) -> str:
     tail = f"SoC not reported at {clock}" if soc is None else f"{soc:.0f} % at {clock}"
     if receipt.target_met is False and receipt.target_soc_pct is not None:
         tail += f", short of the {receipt.target_soc_pct:.0f} % target"
+    elif receipt.left_early and receipt.departure_at is not None:
+        tail += f", before the {receipt.departure_at:%H:%M} departure"
     return f"{head}; {tail}"
 
 

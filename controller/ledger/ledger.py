@@ -49,7 +49,7 @@ import structlog
 
 from controller.config import Config
 from controller.core.policy import Departure
-from controller.core.snapshots import InverterState, VehicleState
+from controller.core.snapshots import InverterState, VehiclePhase, VehicleState
 from controller.economics.receipt import Receipt, Refusal, owner_message
 from controller.ledger.accounting import (
     CounterEvent,
@@ -449,7 +449,7 @@ class Ledger:
         # Energy first: what moved since the last reading belongs to the session open until now.
         self._account_energy(inverter, now_s, wall)
         self._track_session(vehicle, now_s, wall)
-        self._track_refusals(report)
+        self._track_refusals(vehicle, report)
         self._track_trips(report.faults, wall)
         self._last_record_s = now_s
         self._last_wall = wall
@@ -805,12 +805,16 @@ class Ledger:
             refusals=session.receipt.refusal_count,
         )
 
-    def _track_refusals(self, report: ControlReport) -> None:
-        """Count the discharges the core refused or reduced, once per episode and rule."""
+    def _track_refusals(self, vehicle: VehicleState | None, report: ControlReport) -> None:
+        """Count the discharges the core refused or reduced, once per episode and rule.
+
+        Only while the car is in energy transfer: before it (handshake, contactors) and after it
+        no power can flow whatever is asked, and every session would report its start-up."""
         session = self._session
         if session is None or not session.confirmed:
             return
-        refused = refused_discharge(report.output)
+        transferring = vehicle is not None and vehicle.phase is VehiclePhase.ENERGY_TRANSFER
+        refused = refused_discharge(report.output) if transferring else None
         if refused is None:
             session.refusing = None
             return

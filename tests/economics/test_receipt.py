@@ -78,13 +78,15 @@ def test_half_a_percent_below_target_reads_as_met() -> None:
     assert receipt(soc_at_departure_pct=79.4).target_met is False
 
 
-def test_a_car_that_left_before_departure_is_judged_at_unplugging() -> None:
-    """Unplugged at 06:10, before the 07:30 departure: the SoC and time are those at unplugging."""
+def test_a_car_that_left_before_departure_is_not_judged() -> None:
+    """Unplugged at 06:10, before the 07:30 departure: the SoC at unplugging is shown, and the
+    target, not yet due, is neither met nor missed."""
     left = dt.datetime(2026, 11, 24, 6, 10, tzinfo=SHANGHAI)
     r = receipt(ended_at=left, soc_at_departure_pct=None, soc_at_end_pct=70.0)
     assert r.judged_soc == (70.0, left)
-    assert r.target_met is False
-    assert owner_message(r).endswith("; 70 % at 06:10, short of the 80 % target")
+    assert r.left_early
+    assert r.target_met is None
+    assert owner_message(r).endswith("; 70 % at 06:10, before the 07:30 departure")
 
 
 def test_without_a_target_nothing_is_met_or_missed() -> None:

@@ -138,7 +138,8 @@ def test_a_provider_without_a_price_falls_back_to_the_flat_tariff(
 
 
 def test_refusals_count_once_per_episode_and_rule(tmp_path: Path) -> None:
-    """Five floor cycles are one episode; a free cycle ends it; ramps and charges are not."""
+    """Five floor cycles are one episode; a free cycle ends it; ramps, charges and cycles
+    outside energy transfer are not refusals."""
     path = tmp_path / "ledger.sqlite"
     ledger, _ = ledger_on(path)
     ledger.record(vehicle(), inverter(0, 0), cycle(0))
@@ -155,6 +156,12 @@ def test_refusals_count_once_per_episode_and_rule(tmp_path: Path) -> None:
     for step in plan:
         t += 0.1
         ledger.record(vehicle(), inverter(0, 0), cycle(t, **step))  # type: ignore[arg-type]
+    # Before and after energy transfer no power can flow: a handshake is not a refusal.
+    no_session = "no_session discharge <= 0 W (vehicle session handshake)"
+    for phase in (VehiclePhase.HANDSHAKE, VehiclePhase.ENDED):
+        t += 0.1
+        refused = cycle(t, requested_w=-5000, command_w=0, binding=no_session)
+        ledger.record(vehicle(phase), inverter(0, 0), refused)
     ledger.record(vehicle(VehiclePhase.UNPLUGGED), inverter(0, 0), cycle(t + 0.1))
     receipt = stored_receipt(path)
     assert receipt.refusals == (
@@ -258,6 +265,7 @@ def test_a_departure_before_the_plug_in_means_the_next_day(tmp_path: Path) -> No
     assert receipt.departure_at == dt.datetime(2026, 11, 24, 7, 30, tzinfo=START.tzinfo)
     assert receipt.soc_at_departure_pct is None  # left before it
     assert receipt.judged_soc == (50.0, START + dt.timedelta(seconds=60))
+    assert receipt.target_met is None
 
 
 def test_peak_event_export_is_counted(tmp_path: Path) -> None:
