@@ -19,8 +19,8 @@ from typing import Any
 
 # Symbols written before the amount; any other currency is written as its code after it.
 CURRENCY_SYMBOLS: dict[str, str] = {"CNY": "¥", "EUR": "€", "USD": "$", "GBP": "£"}
-# Vehicles report SoC in whole percent (CHAdeMO 0x102 byte 6, GB/T 27930 BCS): a target within
-# half a percent reads as met on the car's own display, so it is met here too.
+# Vehicles report SoC in whole percent (CHAdeMO 0x102 byte 6; GB/T 27930 BCS byte 7, 1 %/bit;
+# dbc/): a target within half a percent reads as met on the car's own display, so it is here too.
 TARGET_TOLERANCE_PCT = 0.5
 _CURRENCY = re.compile(r"^[A-Z]{3}$")
 

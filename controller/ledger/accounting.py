@@ -156,7 +156,7 @@ class Tariff:
 # built from the owner's time-of-use tariff and the aggregator's pushed prices.
 PriceProvider = Callable[[dt.datetime], tuple[float, float]]
 # The money a session's SoC swings cost the battery (turning points in %, oldest first).
-WearCost = Callable[[Sequence[float]], float]
+TraceWearCost = Callable[[Sequence[float]], float]
 
 
 def flat_prices(tariff: Tariff) -> PriceProvider:

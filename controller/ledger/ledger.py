@@ -55,7 +55,7 @@ from controller.ledger.accounting import (
     CounterEvent,
     PriceProvider,
     Tariff,
-    WearCost,
+    TraceWearCost,
     counter_step,
     departure_after,
     extend_trace,
@@ -347,7 +347,7 @@ class Ledger:
         outbox: OutboxWriter | None = None,
         prices: PriceProvider | None = None,
         in_peak_event: PeakEvent | None = None,
-        wear_cost: WearCost = no_wear,
+        wear_cost: TraceWearCost = no_wear,
         departure: Departure | None = None,
         time_factor: float = 1.0,
     ) -> None:
@@ -391,7 +391,7 @@ class Ledger:
         *,
         prices: PriceProvider | None = None,
         in_peak_event: PeakEvent | None = None,
-        wear_cost: WearCost = no_wear,
+        wear_cost: TraceWearCost = no_wear,
         time_factor: float = 1.0,
     ) -> Ledger:
         tariff = config.ledger.tariff
