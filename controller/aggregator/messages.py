@@ -402,6 +402,48 @@ class EventMessage(EventBody):
 Money = Annotated[float, Field(description="In 'currency' units.")]
 
 
+class ReceiptRefusal(_Message):
+    """Discharges the core refused or reduced for one reason during the session."""
+
+    model_config = ConfigDict(title="refusal")
+
+    reason: str = Field(
+        min_length=1, max_length=64, description="The binding limit's rule, e.g. 'soc_floor'."
+    )
+    count: int = Field(
+        ge=1, description="Episodes: a run of control cycles cut by this rule counts once."
+    )
+    example: str = Field(max_length=256, description="One binding limit, as the core wrote it.")
+
+
+class SessionReceipt(_Message):
+    """The owner's receipt for the session (controller/economics/receipt.py, docs/ledger.md)."""
+
+    model_config = ConfigDict(title="receipt")
+
+    session_id: str = Field(min_length=1, max_length=64)
+    currency: str = Field(pattern=r"^[A-Z]{3}$", description="ISO 4217, e.g. 'CNY'.")
+    plugged_in_at: AwareDatetime
+    ended_at: AwareDatetime
+    charged_kwh: float = Field(ge=0, description="Energy into the vehicle.")
+    discharged_kwh: float = Field(ge=0, description="Energy out of the vehicle.")
+    import_cost: Money = Field(description="Each kWh at the import price in force then.")
+    export_revenue: Money = Field(description="Each kWh at the export price then, bonuses in.")
+    wear_cost: float = Field(ge=0, description="What the session's cycles cost the battery.")
+    net: Money = Field(description="export_revenue - import_cost - wear_cost.")
+    soc_at_plug_in_pct: float | None = Field(ge=0, le=100)
+    soc_at_end_pct: float | None = Field(ge=0, le=100, description="At unplugging.")
+    soc_at_departure_pct: float | None = Field(
+        ge=0, le=100, description="At the planned departure; null: the car left before it."
+    )
+    target_soc_pct: float | None = Field(ge=0, le=100, description="null: no departure target.")
+    departure_at: AwareDatetime | None = Field(description="The planned departure.")
+    target_met: bool | None = Field(description="null: no target, or no SoC reported.")
+    refusals: list[ReceiptRefusal] = Field(max_length=64)
+    peak_event_kwh: float = Field(ge=0, description="Exported while a peak event ran.")
+    owner_message: str = Field(min_length=1, max_length=256, description="One line for the owner.")
+
+
 class SessionBody(_Message):
     """One finished charging or discharging session from the energy ledger (topic 'session',
     QoS 1, not retained). The body as stored; the payload adds 'record_id'."""
@@ -428,6 +470,11 @@ class SessionBody(_Message):
     currency: str = Field(pattern=r"^[A-Z]{3}$", description="ISO 4217, e.g. 'EUR'.")
     end_reason: str | None = Field(
         min_length=1, max_length=256, description="Why the session ended; null: not known."
+    )
+    receipt: SessionReceipt | None = Field(
+        default=None,
+        description="The owner's receipt; absent when it could not be made (a wall clock that "
+        "stepped back past the plug-in) or from a controller without receipts.",
     )
 
 
