@@ -1,0 +1,747 @@
+"""The planner: the power per 15-minute slot from now to departure that earns the owner the most.
+
+Objective: export revenue (with a peak event's bonus) − import cost − battery wear cost, over the
+slots of the plan. Constraints, on the plan's own SoC trajectory at every slot end: the floor and
+ceiling, the departure reserve and target (as the core's departure rule computes them, so the
+core's guarantee never has to take over from the plan), the power limits per slot and the
+discharge budget (grid-side kWh the plan may export in all).
+
+Method: dynamic programming backwards over a grid of SoC values, one numpy pass per slot over
+states x actions, with the value between grid points interpolated linearly. The actions from a
+state are the grid points in reach plus the "kinks" where the optimum of a piecewise-linear
+problem sits: full charge, full discharge, the bonus's power edge, and the exact edges of the
+feasible SoC range. A forward pass then follows the best action from the true (off-grid) SoC.
+The discharge budget would make the state two-dimensional; instead a price per exported kWh is
+added to the wear cost and bisected until the plan fits (Lagrangian relaxation), and the
+forward pass never exceeds what is left of the budget. docs/economics.md, "The planner".
+
+Sign: ``power_w`` is grid side, + charges the vehicle (imports), − discharges (exports).
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import math
+from dataclasses import dataclass, field
+from typing import Any
+
+import numpy as np
+import numpy.typing as npt
+from numpy.lib.stride_tricks import sliding_window_view
+
+from controller.economics.wear import WearRate
+
+Array = npt.NDArray[np.float64]
+
+# Two SoC values closer than this (percent) are the same: the bounds are computed forwards and
+# backwards, and their float rounding must not make an exact plan infeasible.
+SOC_TOLERANCE_PCT = 1e-7
+# A week of 15-minute slots: a plan longer than that is a caller's mistake, and bounds the work.
+MAX_SLOTS = 7 * 96
+# The grid resolution may not be finer than this (memory and time grow as 1 / step).
+MIN_SOC_STEP_PCT = 0.01
+# Among plans of equal value (within float noise), prefer the higher SoC: the owner's car is
+# ready sooner and a later re-plan has more room. Money per percent of SoC: far below a cent.
+TIE_BREAK_PER_PCT = 1e-9
+# Lagrangian bisection on the discharge budget: at most this many extra passes, and stop once
+# the plan uses this share of the budget (what is left is worth less than the next pass).
+BUDGET_PASSES = 12
+BUDGET_USE_ENOUGH = 0.995
+
+
+@dataclass(frozen=True, slots=True)
+class PlanProblem:
+    """Everything the planner needs, as values (no clock, no IO). Slot k covers
+    ``[start + k * slot_s, start + (k + 1) * slot_s)``; the last slot ends at departure."""
+
+    start: dt.datetime  # aware
+    import_per_kwh: tuple[float, ...]  # per slot, money per kWh taken from the grid
+    export_per_kwh: tuple[float, ...]  # per slot, money per kWh given to the grid
+    capacity_kwh: float
+    soc_pct: float  # SoC now (the caller passes the lowest the battery may hold)
+    soc_floor_pct: float  # never plan a discharge below this
+    soc_ceiling_pct: float  # never plan a charge above this
+    max_charge_w: tuple[float, ...]  # per slot, >= 0, grid side
+    max_discharge_w: tuple[float, ...]  # per slot, >= 0, grid side, magnitude
+    target_soc_pct: float | None = None  # at the end of the last slot (departure); None: none
+    # The core's rule: a charge needing T must fit in T * (1 + margin / 100).
+    departure_margin_pct: float = 20.0
+    charge_efficiency: float = 0.92  # the battery gains P * eta_c * dt
+    discharge_efficiency: float = 0.92  # the battery loses |P| / eta_d * dt
+    wear: WearRate = WearRate(0.0)
+    bonus_per_kwh: tuple[float, ...] = ()  # per slot, a peak event's bonus on the export price
+    bonus_power_w: tuple[float, ...] = ()  # per slot, the bonus applies up to this export power
+    discharge_budget_kwh: float | None = None  # grid-side kWh the plan may export; None: no cap
+    slot_s: float = 900.0
+    soc_step_pct: float = 0.25  # the DP grid's resolution (docs/economics.md: accuracy, speed)
+    # Seconds the core deducts from the time left before computing its departure reserve (ramp,
+    # decision horizon): the plan's reserve deducts them too, so it stays above the core's.
+    reserve_lost_s: float = 0.0
+
+    @property
+    def slot_count(self) -> int:
+        return len(self.import_per_kwh)
+
+    @property
+    def end(self) -> dt.datetime:
+        return self.start + dt.timedelta(seconds=self.slot_s * self.slot_count)
+
+
+@dataclass(frozen=True, slots=True)
+class PlanSlot:
+    start: dt.datetime
+    end: dt.datetime
+    power_w: float  # grid side: + charge, − discharge
+    soc_end_pct: float
+    import_per_kwh: float
+    export_per_kwh: float
+    bonus_per_kwh: float = 0.0
+
+
+@dataclass(frozen=True, slots=True)
+class Plan:
+    slots: tuple[PlanSlot, ...]
+    value: float  # export_revenue − import_cost − wear_cost
+    import_cost: float
+    export_revenue: float  # bonus included
+    wear_cost: float
+    target_reachable: bool  # False: the target cannot be met even charging flat out from now
+    notes: tuple[str, ...]  # plain-language reasons
+    exported_kwh: float = 0.0  # grid side
+    imported_kwh: float = 0.0  # grid side
+
+    def power_at(self, at: dt.datetime) -> float | None:
+        """The power planned for the slot holding ``at``; None outside the plan."""
+        if not self.slots:
+            return None
+        first = self.slots[0]
+        slot_s = (first.end - first.start).total_seconds()
+        index = math.floor((at - first.start).total_seconds() / slot_s)
+        if 0 <= index < len(self.slots):
+            return self.slots[index].power_w
+        return None
+
+    def to_json(self) -> dict[str, Any]:
+        """A compact summary for telemetry: the power per slot and the SoC at each slot end."""
+        if not self.slots:
+            return {"start": None, "slot_s": None, "power_w": [], "soc_pct": []}
+        first = self.slots[0]
+        return {
+            "start": first.start.isoformat(),
+            "slot_s": (first.end - first.start).total_seconds(),
+            "power_w": [round(s.power_w) for s in self.slots],
+            "soc_pct": [round(s.soc_end_pct, 1) for s in self.slots],
+            "value": round(self.value, 4),
+            "target_reachable": self.target_reachable,
+        }
+
+
+def _finite(value: float) -> bool:
+    return isinstance(value, int | float) and math.isfinite(value)
+
+
+def _check_series(
+    name: str, values: tuple[float, ...], *, non_negative: bool, allow_inf: bool = False
+) -> list[str]:
+    for index, value in enumerate(values):
+        if not isinstance(value, int | float) or math.isnan(value):
+            return [f"{name}[{index}] is {value!r}: expected a number"]
+        if math.isinf(value) and not (allow_inf and value > 0):
+            return [f"{name}[{index}] is {value!r}: expected a finite number"]
+        if non_negative and value < 0:
+            return [f"{name}[{index}] is {value:g}: expected >= 0"]
+    return []
+
+
+def _check_pct(name: str, value: float) -> list[str]:
+    if not _finite(value) or not 0.0 <= value <= 100.0:
+        return [f"{name} is {value!r}: expected a percentage in [0, 100]"]
+    return []
+
+
+def check_problem(problem: PlanProblem) -> list[str]:
+    """Every reason ``problem`` is malformed; empty when the planner can take it."""
+    p = problem
+    errors: list[str] = []
+    if p.start.tzinfo is None or p.start.utcoffset() is None:
+        errors.append(f"start {p.start.isoformat()} is naive: expected an aware datetime")
+    count = len(p.import_per_kwh)
+    if count == 0:
+        errors.append("no slots: import_per_kwh is empty (departure must be after start)")
+    if count > MAX_SLOTS:
+        errors.append(f"{count} slots: at most {MAX_SLOTS} (a week of 15-minute slots)")
+    series: tuple[tuple[str, tuple[float, ...], bool, bool, bool], ...] = (
+        # name, values, required, non_negative, allow_inf
+        ("import_per_kwh", p.import_per_kwh, True, False, False),
+        ("export_per_kwh", p.export_per_kwh, True, False, False),
+        ("max_charge_w", p.max_charge_w, True, True, False),
+        ("max_discharge_w", p.max_discharge_w, True, True, False),
+        ("bonus_per_kwh", p.bonus_per_kwh, False, True, False),
+        ("bonus_power_w", p.bonus_power_w, False, True, True),
+    )
+    for name, values, required, non_negative, allow_inf in series:
+        if len(values) != count and (required or values):
+            what = "one per slot" if required else "one per slot or none"
+            errors.append(f"{name} has {len(values)} values, import_per_kwh {count}: {what}")
+        errors += _check_series(name, values, non_negative=non_negative, allow_inf=allow_inf)
+    if p.bonus_power_w and not p.bonus_per_kwh:
+        errors.append("bonus_power_w without bonus_per_kwh: give both or neither")
+    if not _finite(p.capacity_kwh) or p.capacity_kwh <= 0:
+        errors.append(f"capacity_kwh is {p.capacity_kwh!r}: expected a number > 0")
+    for name, value in (
+        ("soc_pct", p.soc_pct),
+        ("soc_floor_pct", p.soc_floor_pct),
+        ("soc_ceiling_pct", p.soc_ceiling_pct),
+    ):
+        errors += _check_pct(name, value)
+    if _finite(p.soc_floor_pct) and _finite(p.soc_ceiling_pct):
+        if p.soc_floor_pct > p.soc_ceiling_pct:
+            errors.append(
+                f"soc_floor_pct {p.soc_floor_pct:g} is above soc_ceiling_pct {p.soc_ceiling_pct:g}"
+            )
+    if p.target_soc_pct is not None:
+        errors += _check_pct("target_soc_pct", p.target_soc_pct)
+        if _finite(p.target_soc_pct) and p.target_soc_pct > p.soc_ceiling_pct:
+            errors.append(
+                f"target_soc_pct {p.target_soc_pct:g} is above soc_ceiling_pct "
+                f"{p.soc_ceiling_pct:g}: the plan could never reach it"
+            )
+    if not _finite(p.departure_margin_pct) or p.departure_margin_pct < 0:
+        errors.append(f"departure_margin_pct is {p.departure_margin_pct!r}: expected >= 0")
+    for name, eta in (
+        ("charge_efficiency", p.charge_efficiency),
+        ("discharge_efficiency", p.discharge_efficiency),
+    ):
+        if not _finite(eta) or not 0.0 < eta <= 1.0:
+            errors.append(f"{name} is {eta!r}: expected a fraction in (0, 1]")
+    for name, rate in (
+        ("wear.base_per_kwh", p.wear.base_per_kwh),
+        ("wear.per_c_rate_per_kwh", p.wear.per_c_rate_per_kwh),
+    ):
+        if not _finite(rate) or rate < 0:
+            errors.append(f"{name} is {rate!r}: expected a finite number >= 0")
+    budget = p.discharge_budget_kwh
+    if budget is not None and (not _finite(budget) or budget < 0):
+        errors.append(f"discharge_budget_kwh is {budget!r}: expected >= 0 or None")
+    if not _finite(p.slot_s) or p.slot_s <= 0:
+        errors.append(f"slot_s is {p.slot_s!r}: expected a number of seconds > 0")
+    if not _finite(p.soc_step_pct) or not MIN_SOC_STEP_PCT <= p.soc_step_pct <= 10.0:
+        errors.append(f"soc_step_pct is {p.soc_step_pct!r}: expected {MIN_SOC_STEP_PCT} to 10")
+    if not _finite(p.reserve_lost_s) or p.reserve_lost_s < 0:
+        errors.append(f"reserve_lost_s is {p.reserve_lost_s!r}: expected seconds >= 0")
+    return errors
+
+
+@dataclass(slots=True)
+class _Model:
+    """The problem in the DP's units: SoC in percent, energy per slot in kWh."""
+
+    p: PlanProblem
+    n: int
+    dt_h: float
+    cap: float
+    eta_c: float
+    eta_d: float
+    imp: Array
+    exp: Array
+    bonus: Array
+    bonus_kwh: Array  # grid-side export per slot that earns the bonus (inf: all)
+    charge_pct: Array  # the most SoC one slot can gain (max charge power)
+    discharge_pct: Array  # the most SoC one slot can lose (max discharge power)
+    bonus_pct: Array  # the SoC lost by exporting exactly bonus_kwh (nan: no such kink)
+    lo: Array  # per slot end k = 0..n: the lowest SoC from which the plan stays feasible
+    hi: Array  # the highest reachable SoC within the ceiling
+    floor_strict: bool  # starts below the floor: a discharge may never end below it
+    ceiling_strict: bool  # starts above the ceiling: a charge may never end above it
+    greedy_end_pct: float
+    target_pct: float | None  # the target the plan holds to at the end (clipped if unreachable)
+    _in: list[float] = field(init=False)
+    _out: list[float] = field(init=False)
+    _out_price: float = field(init=False)
+    _bonus: list[float] = field(init=False)
+    _bonus_pct: list[float] = field(init=False)
+    _quad: float = field(init=False)
+
+    def __post_init__(self) -> None:
+        # Money per percent of SoC moved in slot j, as plain floats (indexing numpy arrays
+        # element by element is slow): the DP calls reward() hundreds of times per plan.
+        per_pct_kwh = self.cap / 100.0
+        wear = self.p.wear
+        self._in = [float(x) * per_pct_kwh / self.eta_c for x in self.imp]
+        self._out = [(float(x) * self.eta_d - wear.base_per_kwh) * per_pct_kwh for x in self.exp]
+        self._out_price = self.eta_d * per_pct_kwh  # per unit of the budget's price
+        self._bonus = [float(x) * self.eta_d * per_pct_kwh for x in self.bonus]
+        self._bonus_pct = [float(x) / self.eta_d / per_pct_kwh for x in self.bonus_kwh]
+        self._quad = wear.per_c_rate_per_kwh * per_pct_kwh**2 / (self.dt_h * self.cap)
+
+    def reward(self, j: int, delta_pct: Array, price_per_kwh: float) -> Array:
+        """Money earned in slot ``j`` moving SoC by ``delta_pct``; ``price_per_kwh`` is added to
+        the wear cost of each grid-side kWh exported (the budget's Lagrange multiplier)."""
+        out = np.maximum(-delta_pct, 0.0)
+        result: Array = (self._out[j] - price_per_kwh * self._out_price) * out
+        result -= self._in[j] * np.maximum(delta_pct, 0.0)
+        if self._bonus[j]:
+            result += self._bonus[j] * np.minimum(out, self._bonus_pct[j])
+        if self._quad:
+            result -= self._quad * out * out
+        return result
+
+
+def _model(p: PlanProblem) -> tuple[_Model, list[str]]:
+    n = p.slot_count
+    dt_h = p.slot_s / 3600.0
+    cap = p.capacity_kwh
+    eta_c, eta_d = p.charge_efficiency, p.discharge_efficiency
+    max_c = np.asarray(p.max_charge_w, dtype=np.float64)
+    max_d = np.asarray(p.max_discharge_w, dtype=np.float64)
+    bonus = np.asarray(p.bonus_per_kwh or (0.0,) * n, dtype=np.float64)
+    bonus_w = np.asarray(p.bonus_power_w or (math.inf,) * n, dtype=np.float64)
+    bonus_w = np.minimum(bonus_w, max_d)
+    charge_pct = max_c / 1000.0 * dt_h * eta_c / cap * 100.0
+    discharge_pct = max_d / 1000.0 * dt_h / eta_d / cap * 100.0
+    bonus_kwh = np.where(bonus > 0, bonus_w / 1000.0 * dt_h, 0.0)
+    bonus_pct = np.where(
+        (bonus > 0) & (bonus_w < max_d), bonus_w / 1000.0 * dt_h / eta_d / cap * 100.0, np.nan
+    )
+    notes: list[str] = []
+    s0 = p.soc_pct
+    floor, ceiling = p.soc_floor_pct, p.soc_ceiling_pct
+    floor_strict = s0 < floor
+    ceiling_strict = s0 > ceiling
+    if floor_strict:
+        notes.append(f"SoC {s0:.1f} % is below the floor {floor:g} %: no discharge until above it")
+    if ceiling_strict:
+        notes.append(f"SoC {s0:.1f} % is above the ceiling {ceiling:g} %: no charge")
+    floor_lb = s0 if floor_strict else floor
+    ceiling_ub = s0 if ceiling_strict else ceiling
+    # The highest SoC at each slot end (charging flat out from now) and the lowest (discharging
+    # flat out; never from below the floor).
+    high = np.empty(n + 1)
+    low = np.empty(n + 1)
+    high[0] = low[0] = s0
+    for j in range(n):
+        high[j + 1] = high[j] if high[j] >= ceiling else min(high[j] + charge_pct[j], ceiling)
+        low[j + 1] = low[j] if low[j] <= floor else max(low[j] - discharge_pct[j], floor)
+    lower = np.full(n + 1, floor_lb)
+    target = p.target_soc_pct
+    target_pct: float | None = None
+    if target is not None:
+        target_pct = min(target, float(high[n]))
+        lower = np.maximum(lower, np.minimum(_reserve_pct(p, charge_pct, target), high))
+        lower[n] = max(lower[n], target_pct)
+    # Backwards: the lowest SoC from which every later lower bound can still be met.
+    need = lower.copy()
+    for k in range(n - 1, -1, -1):
+        need[k] = max(lower[k], need[k + 1] - charge_pct[k])
+    lo = np.maximum(need, low)
+    hi = np.minimum(high, max(ceiling_ub, s0))
+    # Rounding: the bounds come from sums taken in different orders.
+    lo = np.minimum(lo, hi)
+    model = _Model(
+        p=p,
+        n=n,
+        dt_h=dt_h,
+        cap=cap,
+        eta_c=eta_c,
+        eta_d=eta_d,
+        imp=np.asarray(p.import_per_kwh, dtype=np.float64),
+        exp=np.asarray(p.export_per_kwh, dtype=np.float64),
+        bonus=bonus,
+        bonus_kwh=np.where(np.isfinite(bonus_kwh), bonus_kwh, np.inf),
+        charge_pct=charge_pct,
+        discharge_pct=discharge_pct,
+        bonus_pct=bonus_pct,
+        lo=lo,
+        hi=hi,
+        floor_strict=floor_strict,
+        ceiling_strict=ceiling_strict,
+        greedy_end_pct=float(high[n]),
+        target_pct=target_pct,
+    )
+    return model, notes
+
+
+def _reserve_pct(p: PlanProblem, charge_pct: Array, target_pct: float) -> Array:
+    """The departure reserve at each slot end k = 0..n, as the core computes it
+    (controller/core/rules.py departure_reserve_pct), never below it.
+
+    The core allows target − (time left − lost) / (1 + margin) × power / capacity, at the power
+    available at that moment. Here the energy chargeable in the slots left counts the charge
+    efficiency (the core's figure does not, so this reserve is the higher one) and the lower of
+    "the rest of the slots at their own limits" and "all of them at the next slot's limit".
+    """
+    n = len(charge_pct)
+    reserve = np.full(n + 1, target_pct)
+    left_pct = np.cumsum(charge_pct[::-1])[::-1]  # chargeable from slot k to the end
+    for k in range(n):
+        slots_left = n - k
+        chargeable = min(float(left_pct[k]), float(charge_pct[k]) * slots_left)
+        time_left_s = slots_left * p.slot_s
+        usable = max(0.0, time_left_s - p.reserve_lost_s) / time_left_s
+        reserve[k] = target_pct - chargeable * usable / (1.0 + p.departure_margin_pct / 100.0)
+    return reserve
+
+
+@dataclass(slots=True)
+class _Values:
+    """V_k: the best value from slot end k to departure, on the SoC points ``x`` (the range's
+    edges and the grid points inside it), and on the whole grid (−inf outside the range)."""
+
+    x: Array
+    v: Array
+    grid_v: Array
+    first: int  # index of the first grid point inside the range (grid_v[first] is finite)
+    last: int
+
+
+class _Solver:
+    def __init__(self, model: _Model) -> None:
+        self.m = model
+        self.step = model.p.soc_step_pct
+        self.grid = np.arange(0, round(100.0 / self.step) + 1, dtype=np.float64) * self.step
+        self.size = len(self.grid)
+        self.ranges = [self._range(k) for k in range(model.n + 1)]
+        self.lo = [float(x) for x in model.lo]
+        self.hi = [float(x) for x in model.hi]
+        self.up = [float(x) for x in model.charge_pct]
+        self.down = [float(x) for x in model.discharge_pct]
+        self.bonus = [float(x) for x in model.bonus_pct]
+
+    def _range(self, k: int) -> tuple[int, int]:
+        """The grid indices strictly inside [lo_k, hi_k] (first > last when none)."""
+        lo, hi = self.m.lo[k], self.m.hi[k]
+        gap = 10 * SOC_TOLERANCE_PCT
+        first = math.floor(lo / self.step + 1e-9) + 1
+        if first * self.step - lo < gap:
+            first += 1
+        last = math.ceil(hi / self.step - 1e-9) - 1
+        if hi - last * self.step < gap:
+            last -= 1
+        return max(first, 0), min(last, self.size - 1)
+
+    def _values(self, k: int, inner: Array, edges: Array) -> _Values:
+        first, last = self.ranges[k]
+        lo, hi = self.lo[k], self.hi[k]
+        if hi - lo < SOC_TOLERANCE_PCT or last < first:
+            x = np.array([lo, hi])
+            best = float(edges.max()) if hi - lo < SOC_TOLERANCE_PCT else None
+            v = np.array([best, best]) if best is not None else edges
+        else:
+            x = np.concatenate(([lo], self.grid[first : last + 1], [hi]))
+            v = np.concatenate((edges[:1], inner, edges[1:]))
+        grid_v = np.full(self.size, -np.inf)
+        if last >= first:
+            grid_v[first : last + 1] = inner
+        return _Values(x=x, v=v, grid_v=grid_v, first=first, last=last)
+
+    def _offsets(self, j: int) -> list[float]:
+        """The SoC moves that are kinks of slot j's reward: full charge, full discharge, idle
+        and the bonus's power edge."""
+        kinks = [self.up[j], -self.down[j], 0.0]
+        if not math.isnan(self.bonus[j]):
+            kinks.append(-self.bonus[j])
+        return kinks
+
+    def _reach(self, j: int, s: Array) -> Array:
+        """Per state in ``s``: every kink, both edges of the range after, and every grid point
+        within the power limits (some beyond them; _allowed drops those)."""
+        lo, hi = self.lo[j + 1], self.hi[j + 1]
+        up, down = self.up[j], self.down[j]
+        kinks = np.asarray(self._offsets(j) + [math.nan, math.nan])
+        y_kinks = s[:, None] + kinks[None, :]
+        y_kinks[:, -2] = lo
+        y_kinks[:, -1] = hi
+        base = np.floor((s - down) / self.step - 1e-9) + 1
+        count = math.floor((up + down) / self.step) + 2
+        y_grid = (base[:, None] + np.arange(count)[None, :]) * self.step
+        return np.concatenate((y_kinks, y_grid), axis=1)
+
+    def _allowed(self, j: int, s: Array, y: Array) -> Array:
+        """``y`` clipped into the range after, nan where the move is not allowed."""
+        m = self.m
+        lo, hi = self.lo[j + 1], self.hi[j + 1]
+        tol = SOC_TOLERANCE_PCT
+        delta = y - s
+        ok = (y >= lo - tol) & (y <= hi + tol)
+        ok &= (delta <= self.up[j] + tol) & (delta >= -self.down[j] - tol)
+        if m.floor_strict:
+            ok &= (delta >= 0) | (y >= m.p.soc_floor_pct - tol)
+        if m.ceiling_strict:
+            ok &= (delta <= 0) | (y <= m.p.soc_ceiling_pct + tol)
+        return np.where(ok, np.clip(y, lo, hi), np.nan)
+
+    def _evaluate(self, j: int, s: Array, y: Array, after: _Values, price: float) -> Array:
+        """Reward plus the interpolated value after, for allowed next SoCs ``y`` (nan: not)."""
+        valid = ~np.isnan(y)
+        y0 = np.where(valid, y, after.x[0])
+        q = self.m.reward(j, y0 - s, price) + np.interp(y0, after.x, after.v)
+        return np.where(valid, q, -np.inf)
+
+    def backward(self, price: float) -> list[_Values]:
+        m = self.m
+        n = m.n
+        empty = np.zeros(0)
+        first, last = self.ranges[n]
+        values: list[_Values] = [None] * (n + 1)  # type: ignore[list-item]
+        values[n] = self._values(n, np.zeros(max(0, last - first + 1)), np.zeros(2))
+        for j in range(n - 1, 0, -1):
+            after = values[j + 1]
+            first, last = self.ranges[j]
+            edges = np.array([self.lo[j], self.hi[j]])
+            y_edges = self._reach(j, edges)
+            width = y_edges.shape[1]
+            if last < first:
+                y = self._allowed(j, edges[:, None], y_edges)
+                q = self._evaluate(j, edges[:, None], y, after, price)
+                values[j] = self._values(j, empty, q.max(axis=1))
+                continue
+            inner_s = self.grid[first : last + 1]
+            # Grid moves from grid points: the value after at grid point i + d for d from
+            # -down to +up steps, read from a sliding window (no interpolation needed).
+            up = math.floor(self.up[j] / self.step + 1e-9)
+            down = math.floor(self.down[j] / self.step + 1e-9)
+            windows = self._windows(after, first, last, down, up)
+            moves = np.arange(-down, up + 1, dtype=np.float64) * self.step
+            q_grid = windows + m.reward(j, moves, price)
+            if m.floor_strict or m.ceiling_strict:
+                q_grid = np.where(self._strict_bad(inner_s, moves), -np.inf, q_grid)
+            # Kinks from grid points and everything from the two edges, in one evaluation.
+            kinks = np.asarray(self._offsets(j))
+            y_inner = np.concatenate(
+                (
+                    inner_s[:, None] + kinks[None, :],
+                    np.broadcast_to(np.array([self.lo[j + 1], self.hi[j + 1]]), (len(inner_s), 2)),
+                ),
+                axis=1,
+            ).ravel()
+            per_state = len(kinks) + 2
+            s_inner = np.repeat(inner_s, per_state)
+            s_all = np.concatenate((s_inner, np.repeat(edges, width)))
+            y_all = self._allowed(j, s_all, np.concatenate((y_inner, y_edges.ravel())))
+            q_all = self._evaluate(j, s_all, y_all, after, price)
+            split = len(y_inner)
+            inner = np.maximum(
+                q_grid.max(axis=1), q_all[:split].reshape(len(inner_s), per_state).max(axis=1)
+            )
+            values[j] = self._values(j, inner, q_all[split:].reshape(2, width).max(axis=1))
+        # Slot 0 starts from the one SoC there is.
+        s = np.array([self.lo[0]])
+        y = self._allowed(0, s[:, None], self._reach(0, s))
+        best = float(self._evaluate(0, s[:, None], y, values[1], price).max())
+        values[0] = _Values(
+            x=np.array([self.lo[0], self.hi[0]]),
+            v=np.array([best, best]),
+            grid_v=empty,
+            first=0,
+            last=-1,
+        )
+        return values
+
+    def _windows(self, after: _Values, first: int, last: int, down: int, up: int) -> Array:
+        """Row i - first: the value after at grid points i - down .. i + up (−inf off range)."""
+        # Pad so every row's window lies inside the array, then view it with strides (a
+        # hand-made sliding window: numpy's helper costs more than the whole slot otherwise).
+        low = first - down
+        high = last + up + 1
+        source = after.grid_v
+        if low < 0 or high > self.size:
+            pad_low, pad_high = max(0, -low), max(0, high - self.size)
+            source = np.concatenate((np.full(pad_low, -np.inf), source, np.full(pad_high, -np.inf)))
+            low += pad_low
+        item = source.itemsize
+        return np.ndarray(
+            (last - first + 1, up + down + 1),
+            dtype=np.float64,
+            buffer=source,
+            offset=low * item,
+            strides=(item, item),
+        )
+
+    def _strict_bad(self, s: Array, moves: Array) -> npt.NDArray[np.bool_]:
+        """Grid moves that break the start-outside-the-band rules: no discharge ending below
+        the floor, no charge ending above the ceiling."""
+        m = self.m
+        y = s[:, None] + moves[None, :]
+        bad = np.zeros(y.shape, dtype=bool)
+        if m.floor_strict:
+            bad |= (moves[None, :] < 0) & (y < m.p.soc_floor_pct - SOC_TOLERANCE_PCT)
+        if m.ceiling_strict:
+            bad |= (moves[None, :] > 0) & (y > m.p.soc_ceiling_pct + SOC_TOLERANCE_PCT)
+        return bad
+
+    def forward(self, values: list[_Values], price: float) -> Array:
+        """The SoC at each slot end, following the best action from the SoC reached."""
+        m = self.m
+        soc = np.empty(m.n + 1)
+        soc[0] = m.p.soc_pct
+        for j in range(m.n):
+            now = float(soc[j])
+            s = np.array([now])
+            y = self._allowed(j, s, self._reach(j, s)[0])
+            y = y[~np.isnan(y)]
+            after = values[j + 1]
+            q = m.reward(j, y - now, price) + np.interp(y, after.x, after.v)
+            q += TIE_BREAK_PER_PCT * y
+            soc[j + 1] = y[int(np.argmax(q))]
+        return soc
+
+
+@dataclass(frozen=True, slots=True)
+class _Totals:
+    value: float
+    import_cost: float
+    export_revenue: float
+    wear_cost: float
+    imported_kwh: float
+    exported_kwh: float
+
+
+def _totals(m: _Model, soc: Array) -> tuple[_Totals, Array]:
+    """What the trajectory ``soc`` earns and costs, and its grid-side power per slot."""
+    energy_kwh = np.diff(soc) * (m.cap / 100.0)
+    grid_in = np.maximum(energy_kwh, 0.0) / m.eta_c
+    out = np.maximum(-energy_kwh, 0.0)
+    grid_out = out * m.eta_d
+    wear = m.p.wear
+    wear_cost = (wear.base_per_kwh + wear.per_c_rate_per_kwh * out / (m.dt_h * m.cap)) * out
+    revenue = m.exp * grid_out + m.bonus * np.minimum(grid_out, m.bonus_kwh)
+    cost = m.imp * grid_in
+    power_w = (grid_in - grid_out) / m.dt_h * 1000.0
+    totals = _Totals(
+        value=float(revenue.sum() - cost.sum() - wear_cost.sum()),
+        import_cost=float(cost.sum()),
+        export_revenue=float(revenue.sum()),
+        wear_cost=float(wear_cost.sum()),
+        imported_kwh=float(grid_in.sum()),
+        exported_kwh=float(grid_out.sum()),
+    )
+    return totals, power_w
+
+
+@dataclass(frozen=True, slots=True)
+class _Trial:
+    """One DP pass at a price per exported kWh: its trajectory, true value and export."""
+
+    price: float
+    soc: Array
+    value: float
+    exported_kwh: float
+
+    def lagrangian(self, price: float) -> float:
+        return self.value - price * self.exported_kwh
+
+
+def _keeps_start_rules(m: _Model, soc: Array) -> bool:
+    """A start below the floor (above the ceiling): no discharge (charge) ending outside."""
+    delta = np.diff(soc)
+    ends = soc[1:]
+    tol = SOC_TOLERANCE_PCT
+    if m.floor_strict and np.any((delta < -tol) & (ends < m.p.soc_floor_pct - tol)):
+        return False
+    return not (m.ceiling_strict and np.any((delta > tol) & (ends > m.p.soc_ceiling_pct + tol)))
+
+
+def _without_export(m: _Model) -> Array:
+    """A plan that never discharges: idle, charging only as the lower bounds demand."""
+    soc = np.empty(m.n + 1)
+    soc[0] = m.p.soc_pct
+    for k in range(m.n):  # hi never falls, so holding never needs a discharge
+        soc[k + 1] = min(max(soc[k], m.lo[k + 1]), m.hi[k + 1])
+    return soc
+
+
+def _solve(m: _Model, notes: list[str]) -> Array:
+    solver = _Solver(m)
+
+    def trial(price: float) -> _Trial:
+        soc = solver.forward(solver.backward(price), price)
+        totals = _totals(m, soc)[0]
+        return _Trial(price, soc, totals.value, totals.exported_kwh)
+
+    budget = m.p.discharge_budget_kwh
+    first = trial(0.0)
+    if budget is None or first.exported_kwh <= budget + 1e-9:
+        return first.soc
+    # The budget binds. Lagrangian relaxation: charge a price per exported kWh; the higher the
+    # price, the less the plan exports. ``over`` exports more than the budget, ``under`` fits.
+    # At this price no export pays, not even to make room for a charge that is paid for.
+    high_price = (
+        float(np.max(np.abs(m.exp + m.bonus)))
+        + float(np.max(np.abs(m.imp))) / (m.eta_c * m.eta_d)
+        + 1.0
+    )
+    over, under = first, trial(high_price)
+    if under.exported_kwh > budget + 1e-9:  # never expected: then export nothing at all
+        soc = _without_export(m)
+        under = _Trial(high_price, soc, _totals(m, soc)[0].value, 0.0)
+    for _ in range(BUDGET_PASSES):
+        # The price at which both plans earn the same net of it (Kelley's cutting plane on
+        # the dual): a plan better than both there is a new breakpoint; none means the two
+        # are adjacent and a blend of them is the optimum.
+        price = (over.value - under.value) / (over.exported_kwh - under.exported_kwh)
+        candidate = trial(price)
+        tol = 1e-7 * (1.0 + abs(over.value) + abs(under.value))
+        if candidate.lagrangian(price) <= under.lagrangian(price) + tol:
+            break
+        if candidate.exported_kwh > budget + 1e-9:
+            over = candidate
+        else:
+            under = candidate
+            if candidate.exported_kwh >= BUDGET_USE_ENOUGH * budget:
+                break
+    best = under
+    share = (budget - under.exported_kwh) / (over.exported_kwh - under.exported_kwh)
+    blend = share * over.soc + (1.0 - share) * under.soc
+    if _keeps_start_rules(m, blend):
+        totals = _totals(m, blend)[0]
+        if totals.exported_kwh <= budget + 1e-6 and totals.value > best.value:
+            best = _Trial(over.price, blend, totals.value, totals.exported_kwh)
+    notes.append(
+        f"discharge budget {budget:.1f} kWh binds: the plan exports {best.exported_kwh:.1f} kWh"
+    )
+    return best.soc
+
+
+def make_plan(problem: PlanProblem) -> Plan:
+    """The plan that maximises the owner's net value; raises ValueError if ``problem`` is
+    malformed (check_problem's reasons). An unreachable target is not an error: the plan
+    charges as fast as it can and says so."""
+    errors = check_problem(problem)
+    if errors:
+        raise ValueError("; ".join(errors))
+    model, notes = _model(problem)
+    target = problem.target_soc_pct
+    reachable = target is None or model.greedy_end_pct >= target - SOC_TOLERANCE_PCT
+    if not reachable:
+        by = problem.end.astimezone(problem.start.tzinfo)
+        notes.append(
+            f"target {target:g} % unreachable by {by:%H:%M}: "
+            f"{model.greedy_end_pct:.1f} % at most; charging as fast as possible"
+        )
+    soc = _solve(model, notes)
+    totals, power_w = _totals(model, soc)
+    step = dt.timedelta(seconds=problem.slot_s)
+    bonus = problem.bonus_per_kwh or (0.0,) * model.n
+    slots = tuple(
+        PlanSlot(
+            start=problem.start + j * step,
+            end=problem.start + (j + 1) * step,
+            power_w=float(power_w[j]),
+            soc_end_pct=float(soc[j + 1]),
+            import_per_kwh=problem.import_per_kwh[j],
+            export_per_kwh=problem.export_per_kwh[j],
+            bonus_per_kwh=bonus[j],
+        )
+        for j in range(model.n)
+    )
+    return Plan(
+        slots=slots,
+        value=totals.value,
+        import_cost=totals.import_cost,
+        export_revenue=totals.export_revenue,
+        wear_cost=totals.wear_cost,
+        target_reachable=reachable,
+        notes=tuple(notes),
+        exported_kwh=totals.exported_kwh,
+        imported_kwh=totals.imported_kwh,
+    )
