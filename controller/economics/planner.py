@@ -1,6 +1,6 @@
 """The planner: the power per 15-minute slot from now to departure that earns the owner the most.
 
-Objective: export revenue (with a peak event's bonus) − import cost − battery wear cost, over the
+Objective: export revenue (with a peak event's bonus) - import cost - battery wear cost, over the
 slots of the plan. Constraints, on the plan's own SoC trajectory at every slot end: the floor and
 ceiling, the departure reserve and target (as the core's departure rule computes them, so the
 core's guarantee never has to take over from the plan), the power limits per slot and the
@@ -15,7 +15,7 @@ The discharge budget would make the state two-dimensional; instead a price per e
 added to the wear cost and bisected until the plan fits (Lagrangian relaxation), and the
 forward pass never exceeds what is left of the budget. docs/economics.md, "The planner".
 
-Sign: ``power_w`` is grid side, + charges the vehicle (imports), − discharges (exports).
+Sign: ``power_w`` is grid side, + charges the vehicle (imports), - discharges (exports).
 """
 
 from __future__ import annotations
@@ -27,7 +27,6 @@ from typing import Any
 
 import numpy as np
 import numpy.typing as npt
-from numpy.lib.stride_tricks import sliding_window_view
 
 from controller.economics.wear import WearRate
 
@@ -43,10 +42,10 @@ MIN_SOC_STEP_PCT = 0.01
 # Among plans of equal value (within float noise), prefer the higher SoC: the owner's car is
 # ready sooner and a later re-plan has more room. Money per percent of SoC: far below a cent.
 TIE_BREAK_PER_PCT = 1e-9
-# Lagrangian bisection on the discharge budget: at most this many extra passes, and stop once
-# the plan uses this share of the budget (what is left is worth less than the next pass).
-BUDGET_PASSES = 12
-BUDGET_USE_ENOUGH = 0.995
+# The discharge budget's Lagrangian search: at most this many passes after the first two, and
+# stop once the plan is provably within this share of its gross cash flow of the best.
+BUDGET_PASSES = 8
+BUDGET_GAP = 0.002
 
 
 @dataclass(frozen=True, slots=True)
@@ -68,12 +67,12 @@ class PlanProblem:
     departure_margin_pct: float = 20.0
     charge_efficiency: float = 0.92  # the battery gains P * eta_c * dt
     discharge_efficiency: float = 0.92  # the battery loses |P| / eta_d * dt
-    wear: WearRate = WearRate(0.0)
+    wear: WearRate = WearRate(0.0)  # noqa: RUF009  frozen, so one shared default is safe
     bonus_per_kwh: tuple[float, ...] = ()  # per slot, a peak event's bonus on the export price
     bonus_power_w: tuple[float, ...] = ()  # per slot, the bonus applies up to this export power
     discharge_budget_kwh: float | None = None  # grid-side kWh the plan may export; None: no cap
     slot_s: float = 900.0
-    soc_step_pct: float = 0.25  # the DP grid's resolution (docs/economics.md: accuracy, speed)
+    soc_step_pct: float = 0.5  # the DP grid resolution (docs/economics.md: accuracy, speed)
     # Seconds the core deducts from the time left before computing its departure reserve (ramp,
     # decision horizon): the plan's reserve deducts them too, so it stays above the core's.
     reserve_lost_s: float = 0.0
@@ -91,7 +90,7 @@ class PlanProblem:
 class PlanSlot:
     start: dt.datetime
     end: dt.datetime
-    power_w: float  # grid side: + charge, − discharge
+    power_w: float  # grid side: + charge, - discharge
     soc_end_pct: float
     import_per_kwh: float
     export_per_kwh: float
@@ -101,7 +100,7 @@ class PlanSlot:
 @dataclass(frozen=True, slots=True)
 class Plan:
     slots: tuple[PlanSlot, ...]
-    value: float  # export_revenue − import_cost − wear_cost
+    value: float  # export_revenue - import_cost - wear_cost
     import_cost: float
     export_revenue: float  # bonus included
     wear_cost: float
@@ -165,47 +164,10 @@ def check_problem(problem: PlanProblem) -> list[str]:
     errors: list[str] = []
     if p.start.tzinfo is None or p.start.utcoffset() is None:
         errors.append(f"start {p.start.isoformat()} is naive: expected an aware datetime")
-    count = len(p.import_per_kwh)
-    if count == 0:
-        errors.append("no slots: import_per_kwh is empty (departure must be after start)")
-    if count > MAX_SLOTS:
-        errors.append(f"{count} slots: at most {MAX_SLOTS} (a week of 15-minute slots)")
-    series: tuple[tuple[str, tuple[float, ...], bool, bool, bool], ...] = (
-        # name, values, required, non_negative, allow_inf
-        ("import_per_kwh", p.import_per_kwh, True, False, False),
-        ("export_per_kwh", p.export_per_kwh, True, False, False),
-        ("max_charge_w", p.max_charge_w, True, True, False),
-        ("max_discharge_w", p.max_discharge_w, True, True, False),
-        ("bonus_per_kwh", p.bonus_per_kwh, False, True, False),
-        ("bonus_power_w", p.bonus_power_w, False, True, True),
-    )
-    for name, values, required, non_negative, allow_inf in series:
-        if len(values) != count and (required or values):
-            what = "one per slot" if required else "one per slot or none"
-            errors.append(f"{name} has {len(values)} values, import_per_kwh {count}: {what}")
-        errors += _check_series(name, values, non_negative=non_negative, allow_inf=allow_inf)
-    if p.bonus_power_w and not p.bonus_per_kwh:
-        errors.append("bonus_power_w without bonus_per_kwh: give both or neither")
+    errors += _check_slots(p)
     if not _finite(p.capacity_kwh) or p.capacity_kwh <= 0:
         errors.append(f"capacity_kwh is {p.capacity_kwh!r}: expected a number > 0")
-    for name, value in (
-        ("soc_pct", p.soc_pct),
-        ("soc_floor_pct", p.soc_floor_pct),
-        ("soc_ceiling_pct", p.soc_ceiling_pct),
-    ):
-        errors += _check_pct(name, value)
-    if _finite(p.soc_floor_pct) and _finite(p.soc_ceiling_pct):
-        if p.soc_floor_pct > p.soc_ceiling_pct:
-            errors.append(
-                f"soc_floor_pct {p.soc_floor_pct:g} is above soc_ceiling_pct {p.soc_ceiling_pct:g}"
-            )
-    if p.target_soc_pct is not None:
-        errors += _check_pct("target_soc_pct", p.target_soc_pct)
-        if _finite(p.target_soc_pct) and p.target_soc_pct > p.soc_ceiling_pct:
-            errors.append(
-                f"target_soc_pct {p.target_soc_pct:g} is above soc_ceiling_pct "
-                f"{p.soc_ceiling_pct:g}: the plan could never reach it"
-            )
+    errors += _check_socs(p)
     if not _finite(p.departure_margin_pct) or p.departure_margin_pct < 0:
         errors.append(f"departure_margin_pct is {p.departure_margin_pct!r}: expected >= 0")
     for name, eta in (
@@ -229,6 +191,58 @@ def check_problem(problem: PlanProblem) -> list[str]:
         errors.append(f"soc_step_pct is {p.soc_step_pct!r}: expected {MIN_SOC_STEP_PCT} to 10")
     if not _finite(p.reserve_lost_s) or p.reserve_lost_s < 0:
         errors.append(f"reserve_lost_s is {p.reserve_lost_s!r}: expected seconds >= 0")
+    return errors
+
+
+def _check_slots(p: PlanProblem) -> list[str]:
+    """The per-slot series: one value per slot, numbers, in range."""
+    errors: list[str] = []
+    count = len(p.import_per_kwh)
+    if count == 0:
+        errors.append("no slots: import_per_kwh is empty (departure must be after start)")
+    if count > MAX_SLOTS:
+        errors.append(f"{count} slots: at most {MAX_SLOTS} (a week of 15-minute slots)")
+    series: tuple[tuple[str, tuple[float, ...], bool, bool, bool], ...] = (
+        # name, values, required, non_negative, allow_inf
+        ("import_per_kwh", p.import_per_kwh, True, False, False),
+        ("export_per_kwh", p.export_per_kwh, True, False, False),
+        ("max_charge_w", p.max_charge_w, True, True, False),
+        ("max_discharge_w", p.max_discharge_w, True, True, False),
+        ("bonus_per_kwh", p.bonus_per_kwh, False, True, False),
+        ("bonus_power_w", p.bonus_power_w, False, True, True),
+    )
+    for name, values, required, non_negative, allow_inf in series:
+        if len(values) != count and (required or values):
+            what = "one per slot" if required else "one per slot or none"
+            errors.append(f"{name} has {len(values)} values, import_per_kwh {count}: {what}")
+        errors += _check_series(name, values, non_negative=non_negative, allow_inf=allow_inf)
+    if p.bonus_power_w and not p.bonus_per_kwh:
+        errors.append("bonus_power_w without bonus_per_kwh: give both or neither")
+    return errors
+
+
+def _check_socs(p: PlanProblem) -> list[str]:
+    """The SoC now, the floor, the ceiling and the target: percentages in a sane order."""
+    errors: list[str] = []
+    for name, value in (
+        ("soc_pct", p.soc_pct),
+        ("soc_floor_pct", p.soc_floor_pct),
+        ("soc_ceiling_pct", p.soc_ceiling_pct),
+    ):
+        errors += _check_pct(name, value)
+    if errors:
+        return errors
+    if p.soc_floor_pct > p.soc_ceiling_pct:
+        errors.append(
+            f"soc_floor_pct {p.soc_floor_pct:g} is above soc_ceiling_pct {p.soc_ceiling_pct:g}"
+        )
+    if p.target_soc_pct is not None:
+        errors += _check_pct("target_soc_pct", p.target_soc_pct)
+        if _finite(p.target_soc_pct) and p.target_soc_pct > p.soc_ceiling_pct:
+            errors.append(
+                f"target_soc_pct {p.target_soc_pct:g} is above soc_ceiling_pct "
+                f"{p.soc_ceiling_pct:g}: the plan could never reach it"
+            )
     return errors
 
 
@@ -282,6 +296,18 @@ class _Model:
         result -= self._in[j] * np.maximum(delta_pct, 0.0)
         if self._bonus[j]:
             result += self._bonus[j] * np.minimum(out, self._bonus_pct[j])
+        if self._quad:
+            result -= self._quad * out * out
+        return result
+
+    def reward_rows(self, slots: npt.NDArray[np.intp], delta_pct: Array) -> Array:
+        """reward() at no budget price for rows of moves, row i in slot ``slots[i]``."""
+        out = np.maximum(-delta_pct, 0.0)
+        result: Array = np.take(self._out, slots)[:, None] * out
+        result -= np.take(self._in, slots)[:, None] * np.maximum(delta_pct, 0.0)
+        bonus = np.take(self._bonus, slots)
+        if bonus.any():
+            result += bonus[:, None] * np.minimum(out, np.take(self._bonus_pct, slots)[:, None])
         if self._quad:
             result -= self._quad * out * out
         return result
@@ -365,7 +391,7 @@ def _reserve_pct(p: PlanProblem, charge_pct: Array, target_pct: float) -> Array:
     """The departure reserve at each slot end k = 0..n, as the core computes it
     (controller/core/rules.py departure_reserve_pct), never below it.
 
-    The core allows target − (time left − lost) / (1 + margin) × power / capacity, at the power
+    The core allows target - (time left - lost) / (1 + margin) * power / capacity, at the power
     available at that moment. Here the energy chargeable in the slots left counts the charge
     efficiency (the core's figure does not, so this reserve is the higher one) and the lower of
     "the rest of the slots at their own limits" and "all of them at the next slot's limit".
@@ -385,7 +411,7 @@ def _reserve_pct(p: PlanProblem, charge_pct: Array, target_pct: float) -> Array:
 @dataclass(slots=True)
 class _Values:
     """V_k: the best value from slot end k to departure, on the SoC points ``x`` (the range's
-    edges and the grid points inside it), and on the whole grid (−inf outside the range)."""
+    edges and the grid points inside it), and on the whole grid (-inf outside the range)."""
 
     x: Array
     v: Array
@@ -394,22 +420,48 @@ class _Values:
     last: int
 
 
+@dataclass(slots=True)
+class _Slot:
+    """What one backward step needs that no budget price or value changes: the candidate next
+    SoCs of its states, their reward at no price and their export, built once per problem."""
+
+    first: int  # the grid points first..last are the states inside the range
+    last: int
+    y: Array  # flat: per inner state its kinks and edges, then per edge every candidate
+    reward: Array  # at no budget price; -inf where the move is not allowed
+    out_pct: Array  # the SoC exported by each move (for the budget price)
+    kinks: int  # candidates per inner state
+    width: int  # candidates per edge state
+    down: int  # grid moves: from -down to +up steps
+    up: int
+    grid_reward: Array  # per grid move, at no budget price (-inf where not allowed)
+    grid_out_pct: Array
+    strict_bad: npt.NDArray[np.bool_] | None  # grid moves the start-outside rules forbid
+
+
 class _Solver:
     def __init__(self, model: _Model) -> None:
         self.m = model
         self.step = model.p.soc_step_pct
         self.grid = np.arange(0, round(100.0 / self.step) + 1, dtype=np.float64) * self.step
         self.size = len(self.grid)
-        self.ranges = [self._range(k) for k in range(model.n + 1)]
         self.lo = [float(x) for x in model.lo]
         self.hi = [float(x) for x in model.hi]
         self.up = [float(x) for x in model.charge_pct]
         self.down = [float(x) for x in model.discharge_pct]
         self.bonus = [float(x) for x in model.bonus_pct]
+        self.ranges = [self._range(k) for k in range(model.n + 1)]
+        self.points = [self._points(k) for k in range(model.n + 1)]
+        self.slots = self._build_slots()
+        # For the forward pass: per slot the kinks (nan: none) and the range's edges after.
+        self.kinks = [
+            np.array([self.up[j], -self.down[j], 0.0, -self.bonus[j]]) for j in range(model.n)
+        ]
+        self.edges = [np.array([self.lo[j + 1], self.hi[j + 1]]) for j in range(model.n)]
 
     def _range(self, k: int) -> tuple[int, int]:
         """The grid indices strictly inside [lo_k, hi_k] (first > last when none)."""
-        lo, hi = self.m.lo[k], self.m.hi[k]
+        lo, hi = self.lo[k], self.hi[k]
         gap = 10 * SOC_TOLERANCE_PCT
         first = math.floor(lo / self.step + 1e-9) + 1
         if first * self.step - lo < gap:
@@ -419,131 +471,130 @@ class _Solver:
             last -= 1
         return max(first, 0), min(last, self.size - 1)
 
-    def _values(self, k: int, inner: Array, edges: Array) -> _Values:
+    def _points(self, k: int) -> Array:
+        """The SoC points V_k is held on: the range's edges and the grid points inside."""
         first, last = self.ranges[k]
-        lo, hi = self.lo[k], self.hi[k]
-        if hi - lo < SOC_TOLERANCE_PCT or last < first:
-            x = np.array([lo, hi])
-            best = float(edges.max()) if hi - lo < SOC_TOLERANCE_PCT else None
-            v = np.array([best, best]) if best is not None else edges
-        else:
-            x = np.concatenate(([lo], self.grid[first : last + 1], [hi]))
-            v = np.concatenate((edges[:1], inner, edges[1:]))
-        grid_v = np.full(self.size, -np.inf)
-        if last >= first:
-            grid_v[first : last + 1] = inner
-        return _Values(x=x, v=v, grid_v=grid_v, first=first, last=last)
+        return np.concatenate(([self.lo[k]], self.grid[first : last + 1], [self.hi[k]]))
 
-    def _offsets(self, j: int) -> list[float]:
-        """The SoC moves that are kinks of slot j's reward: full charge, full discharge, idle
-        and the bonus's power edge."""
-        kinks = [self.up[j], -self.down[j], 0.0]
-        if not math.isnan(self.bonus[j]):
-            kinks.append(-self.bonus[j])
-        return kinks
-
-    def _reach(self, j: int, s: Array) -> Array:
-        """Per state in ``s``: every kink, both edges of the range after, and every grid point
-        within the power limits (some beyond them; _allowed drops those)."""
-        lo, hi = self.lo[j + 1], self.hi[j + 1]
-        up, down = self.up[j], self.down[j]
-        kinks = np.asarray(self._offsets(j) + [math.nan, math.nan])
-        y_kinks = s[:, None] + kinks[None, :]
-        y_kinks[:, -2] = lo
-        y_kinks[:, -1] = hi
-        base = np.floor((s - down) / self.step - 1e-9) + 1
-        count = math.floor((up + down) / self.step) + 2
-        y_grid = (base[:, None] + np.arange(count)[None, :]) * self.step
-        return np.concatenate((y_kinks, y_grid), axis=1)
-
-    def _allowed(self, j: int, s: Array, y: Array) -> Array:
-        """``y`` clipped into the range after, nan where the move is not allowed."""
+    def _build_slots(self) -> list[_Slot]:
+        """Every slot's candidates, rewards and exports at once (vectorised over the slots)."""
         m = self.m
-        lo, hi = self.lo[j + 1], self.hi[j + 1]
+        n = m.n
+        step = self.step
+        up = m.charge_pct
+        down = m.discharge_pct
+        lo_next, hi_next = m.lo[1:], m.hi[1:]
+        # Per slot the reward's kinks (full charge, full discharge, idle, the bonus's power
+        # edge; nan: none) and the two edges of the range after.
+        columns = [up, -down, np.zeros(n), lo_next, hi_next]
+        if not np.isnan(m.bonus_pct).all():
+            columns.append(-m.bonus_pct)
+        kinks = np.stack(columns, axis=1)
+        is_offset = np.array([True, True, True, False, False, True][: len(columns)])
+        # Inner states: the grid points strictly inside each slot's range (none at slot 0).
+        firsts = np.array([self.ranges[j][0] if j else 0 for j in range(n)])
+        lasts = np.array([self.ranges[j][1] if j else -1 for j in range(n)])
+        counts = np.maximum(lasts - firsts + 1, 0)
+        row_slot = np.repeat(np.arange(n), counts)
+        starts = np.cumsum(counts) - counts
+        row_index = np.arange(len(row_slot)) - np.repeat(starts - firsts, counts)
+        inner_s = self.grid[row_index]
+        inner_y = np.where(is_offset, inner_s[:, None] + kinks[row_slot], kinks[row_slot])
+        # Edge states (two per slot; slot 0's are both the start): kinks and every grid point
+        # in reach (a common width; the power limits below drop the extra ones).
+        edge_slot = np.repeat(np.arange(n), 2)
+        edge_s = np.stack((m.lo[:-1], m.hi[:-1]), axis=1).ravel()
+        edge_s[1] = edge_s[0]
+        width = int(np.max(np.floor((up + down) / step))) + 2
+        base = np.floor((edge_s - down[edge_slot]) / step - 1e-9) + 1
+        edge_grid = (base[:, None] + np.arange(width)[None, :]) * step
+        edge_kinks = np.where(is_offset, edge_s[:, None] + kinks[edge_slot], kinks[edge_slot])
+        edge_y = np.concatenate((edge_kinks, edge_grid), axis=1)
+
+        inner_y, inner_r = self._allowed_rows(row_slot, inner_s, inner_y)
+        inner_out = np.maximum(inner_s[:, None] - inner_y, 0.0)
+        edge_y, edge_r = self._allowed_rows(edge_slot, edge_s, edge_y)
+        edge_out = np.maximum(edge_s[:, None] - edge_y, 0.0)
+        # Grid moves from grid points, -most_down .. +most_up steps, per slot.
+        steps_up = np.floor(up / step + 1e-9).astype(np.intp)
+        steps_down = np.floor(down / step + 1e-9).astype(np.intp)
+        most_down = int(steps_down.max())
+        moves = np.arange(-most_down, int(steps_up.max()) + 1, dtype=np.float64) * step
+        move_r = m.reward_rows(np.arange(n), np.broadcast_to(moves, (n, len(moves))))
+        move_out = np.maximum(-moves, 0.0)
+        slots = []
+        for j in range(n):
+            rows = slice(int(starts[j]), int(starts[j] + counts[j]))
+            edges = slice(2 * j, 2 * j + 2)
+            cut = slice(most_down - int(steps_down[j]), most_down + int(steps_up[j]) + 1)
+            slot_moves = moves[cut]
+            strict_bad = self._strict_bad(inner_s[rows], slot_moves) if counts[j] else None
+            slots.append(
+                _Slot(
+                    first=int(firsts[j]),
+                    last=int(lasts[j]),
+                    y=np.concatenate((inner_y[rows].ravel(), edge_y[edges].ravel())),
+                    reward=np.concatenate((inner_r[rows].ravel(), edge_r[edges].ravel())),
+                    out_pct=np.concatenate((inner_out[rows].ravel(), edge_out[edges].ravel())),
+                    kinks=kinks.shape[1],
+                    width=edge_y.shape[1],
+                    down=int(steps_down[j]),
+                    up=int(steps_up[j]),
+                    grid_reward=move_r[j, cut],
+                    grid_out_pct=move_out[cut],
+                    strict_bad=strict_bad,
+                )
+            )
+        return slots
+
+    def _allowed_rows(self, slot: npt.NDArray[np.intp], s: Array, y: Array) -> tuple[Array, Array]:
+        """Candidates ``y`` (row i: from SoC s[i] in slot[i]) clipped into the range after,
+        and their reward at no budget price (-inf where the move is not allowed)."""
+        m = self.m
         tol = SOC_TOLERANCE_PCT
-        delta = y - s
+        lo, hi = m.lo[1:][slot][:, None], m.hi[1:][slot][:, None]
+        delta = y - s[:, None]
         ok = (y >= lo - tol) & (y <= hi + tol)
-        ok &= (delta <= self.up[j] + tol) & (delta >= -self.down[j] - tol)
+        ok &= delta <= m.charge_pct[slot][:, None] + tol
+        ok &= delta >= -m.discharge_pct[slot][:, None] - tol
         if m.floor_strict:
             ok &= (delta >= 0) | (y >= m.p.soc_floor_pct - tol)
         if m.ceiling_strict:
             ok &= (delta <= 0) | (y <= m.p.soc_ceiling_pct + tol)
-        return np.where(ok, np.clip(y, lo, hi), np.nan)
+        y = np.where(ok, np.clip(y, lo, hi), lo)
+        reward = np.where(ok, m.reward_rows(slot, y - s[:, None]), -np.inf)
+        return y, reward
 
-    def _evaluate(self, j: int, s: Array, y: Array, after: _Values, price: float) -> Array:
-        """Reward plus the interpolated value after, for allowed next SoCs ``y`` (nan: not)."""
-        valid = ~np.isnan(y)
-        y0 = np.where(valid, y, after.x[0])
-        q = self.m.reward(j, y0 - s, price) + np.interp(y0, after.x, after.v)
-        return np.where(valid, q, -np.inf)
-
-    def backward(self, price: float) -> list[_Values]:
+    def _strict_bad(self, states: Array, moves: Array) -> npt.NDArray[np.bool_] | None:
+        """The grid moves the start-outside rules forbid: a discharge ending below the floor
+        (the start was below it), a charge ending above the ceiling (the start was above)."""
         m = self.m
-        n = m.n
-        empty = np.zeros(0)
-        first, last = self.ranges[n]
-        values: list[_Values] = [None] * (n + 1)  # type: ignore[list-item]
-        values[n] = self._values(n, np.zeros(max(0, last - first + 1)), np.zeros(2))
-        for j in range(n - 1, 0, -1):
-            after = values[j + 1]
-            first, last = self.ranges[j]
-            edges = np.array([self.lo[j], self.hi[j]])
-            y_edges = self._reach(j, edges)
-            width = y_edges.shape[1]
-            if last < first:
-                y = self._allowed(j, edges[:, None], y_edges)
-                q = self._evaluate(j, edges[:, None], y, after, price)
-                values[j] = self._values(j, empty, q.max(axis=1))
-                continue
-            inner_s = self.grid[first : last + 1]
-            # Grid moves from grid points: the value after at grid point i + d for d from
-            # -down to +up steps, read from a sliding window (no interpolation needed).
-            up = math.floor(self.up[j] / self.step + 1e-9)
-            down = math.floor(self.down[j] / self.step + 1e-9)
-            windows = self._windows(after, first, last, down, up)
-            moves = np.arange(-down, up + 1, dtype=np.float64) * self.step
-            q_grid = windows + m.reward(j, moves, price)
-            if m.floor_strict or m.ceiling_strict:
-                q_grid = np.where(self._strict_bad(inner_s, moves), -np.inf, q_grid)
-            # Kinks from grid points and everything from the two edges, in one evaluation.
-            kinks = np.asarray(self._offsets(j))
-            y_inner = np.concatenate(
-                (
-                    inner_s[:, None] + kinks[None, :],
-                    np.broadcast_to(np.array([self.lo[j + 1], self.hi[j + 1]]), (len(inner_s), 2)),
-                ),
-                axis=1,
-            ).ravel()
-            per_state = len(kinks) + 2
-            s_inner = np.repeat(inner_s, per_state)
-            s_all = np.concatenate((s_inner, np.repeat(edges, width)))
-            y_all = self._allowed(j, s_all, np.concatenate((y_inner, y_edges.ravel())))
-            q_all = self._evaluate(j, s_all, y_all, after, price)
-            split = len(y_inner)
-            inner = np.maximum(
-                q_grid.max(axis=1), q_all[:split].reshape(len(inner_s), per_state).max(axis=1)
-            )
-            values[j] = self._values(j, inner, q_all[split:].reshape(2, width).max(axis=1))
-        # Slot 0 starts from the one SoC there is.
-        s = np.array([self.lo[0]])
-        y = self._allowed(0, s[:, None], self._reach(0, s))
-        best = float(self._evaluate(0, s[:, None], y, values[1], price).max())
-        values[0] = _Values(
-            x=np.array([self.lo[0], self.hi[0]]),
-            v=np.array([best, best]),
-            grid_v=empty,
-            first=0,
-            last=-1,
-        )
-        return values
+        if not (m.floor_strict or m.ceiling_strict):
+            return None
+        tol = SOC_TOLERANCE_PCT
+        after = states[:, None] + moves[None, :]
+        bad = np.zeros(after.shape, dtype=bool)
+        if m.floor_strict:
+            bad |= (moves < 0) & (after < m.p.soc_floor_pct - tol)
+        if m.ceiling_strict:
+            bad |= (moves > 0) & (after > m.p.soc_ceiling_pct + tol)
+        return bad
 
-    def _windows(self, after: _Values, first: int, last: int, down: int, up: int) -> Array:
-        """Row i - first: the value after at grid points i - down .. i + up (−inf off range)."""
+    def _grid_values(self, k: int, inner: Array) -> Array:
+        """V_k on the whole grid: the inner values, -inf outside the range."""
+        first, last = self.ranges[k]
+        grid_v = np.full(self.size, -np.inf)
+        if last >= first:
+            grid_v[first : last + 1] = inner
+        return grid_v
+
+    def _windows(self, grid_v: Array, first: int, last: int, down: int, up: int) -> Array:
+        """Row i - first: V after at grid points i - down .. i + up (-inf off its range)."""
         # Pad so every row's window lies inside the array, then view it with strides (a
         # hand-made sliding window: numpy's helper costs more than the whole slot otherwise).
         low = first - down
         high = last + up + 1
-        source = after.grid_v
+        source = grid_v
         if low < 0 or high > self.size:
             pad_low, pad_high = max(0, -low), max(0, high - self.size)
             source = np.concatenate((np.full(pad_low, -np.inf), source, np.full(pad_high, -np.inf)))
@@ -557,30 +608,62 @@ class _Solver:
             strides=(item, item),
         )
 
-    def _strict_bad(self, s: Array, moves: Array) -> npt.NDArray[np.bool_]:
-        """Grid moves that break the start-outside-the-band rules: no discharge ending below
-        the floor, no charge ending above the ceiling."""
+    def backward(self, price: float) -> list[Array]:
+        """V_k on self.points[k] for every slot end k, with ``price`` per exported kWh."""
         m = self.m
-        y = s[:, None] + moves[None, :]
-        bad = np.zeros(y.shape, dtype=bool)
-        if m.floor_strict:
-            bad |= (moves[None, :] < 0) & (y < m.p.soc_floor_pct - SOC_TOLERANCE_PCT)
-        if m.ceiling_strict:
-            bad |= (moves[None, :] > 0) & (y > m.p.soc_ceiling_pct + SOC_TOLERANCE_PCT)
-        return bad
+        n = m.n
+        per_pct = price * m._out_price
+        values: list[Array] = [np.zeros(0)] * (n + 1)
+        values[n] = np.zeros(len(self.points[n]))
+        grid_v = self._grid_values(n, values[n][1:-1])
+        for j in range(n - 1, -1, -1):
+            slot = self.slots[j]
+            q = slot.reward + np.interp(slot.y, self.points[j + 1], values[j + 1])
+            if per_pct:
+                q -= per_pct * slot.out_pct
+            split = (slot.last - slot.first + 1) * slot.kinks if slot.last >= slot.first else 0
+            edges = q[split:].reshape(-1, slot.width).max(axis=1)
+            if j == 0:
+                values[0] = np.array([edges[0], edges[0]])
+                break
+            if split == 0:
+                values[j] = edges
+                grid_v = self._grid_values(j, np.zeros(0))
+                continue
+            # Grid moves from grid points: V after at grid point i + d for d from -down to +up
+            # steps, read through a sliding window (no interpolation needed).
+            windows = self._windows(grid_v, slot.first, slot.last, slot.down, slot.up)
+            moves = slot.grid_reward - per_pct * slot.grid_out_pct if per_pct else slot.grid_reward
+            q_grid = windows + moves
+            if slot.strict_bad is not None:
+                q_grid[slot.strict_bad] = -np.inf
+            inner = np.maximum(q_grid.max(axis=1), q[:split].reshape(-1, slot.kinks).max(axis=1))
+            values[j] = np.concatenate((edges[:1], inner, edges[1:]))
+            grid_v = self._grid_values(j, inner)
+        return values
 
-    def forward(self, values: list[_Values], price: float) -> Array:
+    def forward(self, values: list[Array], price: float) -> Array:
         """The SoC at each slot end, following the best action from the SoC reached."""
         m = self.m
         soc = np.empty(m.n + 1)
         soc[0] = m.p.soc_pct
+        tol = SOC_TOLERANCE_PCT
+        step = self.step
         for j in range(m.n):
             now = float(soc[j])
-            s = np.array([now])
-            y = self._allowed(j, s, self._reach(j, s)[0])
-            y = y[~np.isnan(y)]
-            after = values[j + 1]
-            q = m.reward(j, y - now, price) + np.interp(y, after.x, after.v)
+            up, down = self.up[j], self.down[j]
+            lo, hi = self.lo[j + 1], self.hi[j + 1]
+            first = max(0, math.floor((now - down) / step - 1e-9) + 1)
+            last = min(self.size, math.floor((now + up) / step + 1e-9) + 1)
+            y = np.concatenate((now + self.kinks[j], self.edges[j], self.grid[first:last]))
+            delta = y - now
+            ok = (y >= lo - tol) & (y <= hi + tol) & (delta <= up + tol) & (delta >= -down - tol)
+            if m.floor_strict:
+                ok &= (delta >= 0) | (y >= m.p.soc_floor_pct - tol)
+            if m.ceiling_strict:
+                ok &= (delta <= 0) | (y <= m.p.soc_ceiling_pct + tol)
+            y = np.clip(y[ok], lo, hi)
+            q = m.reward(j, y - now, price) + np.interp(y, self.points[j + 1], values[j + 1])
             q += TIE_BREAK_PER_PCT * y
             soc[j + 1] = y[int(np.argmax(q))]
         return soc
@@ -626,6 +709,7 @@ class _Trial:
     soc: Array
     value: float
     exported_kwh: float
+    gross: float  # import cost + export revenue + wear, in magnitude
 
     def lagrangian(self, price: float) -> float:
         return self.value - price * self.exported_kwh
@@ -650,13 +734,33 @@ def _without_export(m: _Model) -> Array:
     return soc
 
 
+def _trial(m: _Model, price: float, soc: Array) -> _Trial:
+    totals = _totals(m, soc)[0]
+    gross = abs(totals.import_cost) + abs(totals.export_revenue) + abs(totals.wear_cost)
+    return _Trial(price, soc, totals.value, totals.exported_kwh, gross)
+
+
+def _blend(m: _Model, over: _Trial, under: _Trial, budget_kwh: float) -> _Trial:
+    """The better of ``under`` and the blend of the two plans that exports the budget.
+
+    Every rule but the start-outside ones is convex in the trajectory, and a slot's earnings
+    are concave in its SoC move wherever exporting and charging at once does not pay, so the
+    blend fits the budget and earns at least the blend of the two values."""
+    share = (budget_kwh - under.exported_kwh) / (over.exported_kwh - under.exported_kwh)
+    soc = share * over.soc + (1.0 - share) * under.soc
+    if not _keeps_start_rules(m, soc):
+        return under
+    blend = _trial(m, over.price, soc)
+    if blend.exported_kwh <= budget_kwh + 1e-6 and blend.value > under.value:
+        return blend
+    return under
+
+
 def _solve(m: _Model, notes: list[str]) -> Array:
     solver = _Solver(m)
 
     def trial(price: float) -> _Trial:
-        soc = solver.forward(solver.backward(price), price)
-        totals = _totals(m, soc)[0]
-        return _Trial(price, soc, totals.value, totals.exported_kwh)
+        return _trial(m, price, solver.forward(solver.backward(price), price))
 
     budget = m.p.discharge_budget_kwh
     first = trial(0.0)
@@ -672,30 +776,26 @@ def _solve(m: _Model, notes: list[str]) -> Array:
     )
     over, under = first, trial(high_price)
     if under.exported_kwh > budget + 1e-9:  # never expected: then export nothing at all
-        soc = _without_export(m)
-        under = _Trial(high_price, soc, _totals(m, soc)[0].value, 0.0)
+        under = _trial(m, high_price, _without_export(m))
+    best = _blend(m, over, under, budget)
     for _ in range(BUDGET_PASSES):
         # The price at which both plans earn the same net of it (Kelley's cutting plane on
         # the dual): a plan better than both there is a new breakpoint; none means the two
-        # are adjacent and a blend of them is the optimum.
+        # are adjacent and their blend is the optimum.
         price = (over.value - under.value) / (over.exported_kwh - under.exported_kwh)
         candidate = trial(price)
-        tol = 1e-7 * (1.0 + abs(over.value) + abs(under.value))
-        if candidate.lagrangian(price) <= under.lagrangian(price) + tol:
+        # No plan earns more than the candidate's value net of the price, plus the price of
+        # the budget (weak duality): stop once the best blend is that close.
+        bound = candidate.lagrangian(price) + price * budget
+        if bound - best.value <= BUDGET_GAP * max(best.gross, candidate.gross):
+            break
+        if candidate.lagrangian(price) <= under.lagrangian(price) + 1e-9 * (1.0 + bound):
             break
         if candidate.exported_kwh > budget + 1e-9:
             over = candidate
         else:
             under = candidate
-            if candidate.exported_kwh >= BUDGET_USE_ENOUGH * budget:
-                break
-    best = under
-    share = (budget - under.exported_kwh) / (over.exported_kwh - under.exported_kwh)
-    blend = share * over.soc + (1.0 - share) * under.soc
-    if _keeps_start_rules(m, blend):
-        totals = _totals(m, blend)[0]
-        if totals.exported_kwh <= budget + 1e-6 and totals.value > best.value:
-            best = _Trial(over.price, blend, totals.value, totals.exported_kwh)
+        best = max(best, _blend(m, over, under, budget), key=lambda t: t.value)
     notes.append(
         f"discharge budget {budget:.1f} kWh binds: the plan exports {best.exported_kwh:.1f} kWh"
     )

@@ -15,7 +15,7 @@ must be 0), written independently from the problem's definition, not from the pl
   rule, capped by what charging flat out from now reaches), at least the target at the end
   (or the most reachable), and total export within the discharge budget.
 
-It maximises export revenue + bonus − import cost − wear (base rate per kWh out of the battery).
+It maximises export revenue + bonus - import cost - wear (base rate per kWh out of the battery).
 ``random_problem`` makes the random instances the tests and bench/planner.py compare on.
 """
 
@@ -91,7 +91,7 @@ def _time_sharing_pays(p: PlanProblem, j: int, bonus: float) -> bool:
     return per_kwh_charged > p.import_per_kwh[j] - 1e-9
 
 
-def solve_lp(problem: PlanProblem) -> LpResult:
+def solve_lp(problem: PlanProblem) -> LpResult:  # noqa: PLR0912, PLR0915  the LP's rows in order
     """The optimum of ``problem`` (linear wear only).
 
     A pure LP, except where the planner's rules are not convex: a slot where charging and
@@ -120,14 +120,12 @@ def solve_lp(problem: PlanProblem) -> LpResult:
         cost[ci + j] = p.import_per_kwh[j]
         cost[bi + j] = -(p.export_per_kwh[j] + bonus[j] - wear_per_out)
         cost[pi + j] = -(p.export_per_kwh[j] - wear_per_out)
-    bounds: list[tuple[float, float]] = []
-    for j in range(n):
-        bounds.append((0.0, p.max_charge_w[j] / 1000.0 * hours))
-    for j in range(n):
-        window = min(window_w[j], p.max_discharge_w[j]) if bonus[j] > 0 else 0.0
-        bounds.append((0.0, window / 1000.0 * hours))
-    for j in range(n):
-        bounds.append((0.0, p.max_discharge_w[j] / 1000.0 * hours))
+    bounds = [(0.0, w / 1000.0 * hours) for w in p.max_charge_w]
+    bounds += [
+        (0.0, min(window_w[j], p.max_discharge_w[j]) / 1000.0 * hours if bonus[j] > 0 else 0.0)
+        for j in range(n)
+    ]
+    bounds += [(0.0, w / 1000.0 * hours) for w in p.max_discharge_w]
     integrality = np.zeros(size)
     rows: list[np.ndarray] = []
     limits: list[float] = []
