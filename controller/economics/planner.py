@@ -37,6 +37,9 @@ Array = npt.NDArray[np.float64]
 SOC_TOLERANCE_PCT = 1e-7
 # A week of 15-minute slots: a plan longer than that is a caller's mistake, and bounds the work.
 MAX_SLOTS = 7 * 96
+# The default end value is this share below the cost of buying the energy back, so that buying
+# at the cheapest price only to hold the energy never ties with doing nothing.
+END_VALUE_DISCOUNT = 1e-6
 # The grid resolution may not be finer than this (memory and time grow as 1 / step).
 MIN_SOC_STEP_PCT = 0.01
 # Among plans of equal value (within float noise), prefer the higher SoC: the owner's car is
@@ -76,6 +79,18 @@ class PlanProblem:
     # Seconds the core deducts from the time left before computing its departure reserve (ramp,
     # decision horizon): the plan's reserve deducts them too, so it stays above the core's.
     reserve_lost_s: float = 0.0
+    # What a kWh held in the battery at departure is worth (money per kWh of battery energy,
+    # above the SoC now; below it, the loss). None: the cheapest import price of the plan
+    # through the charge losses, a hair less: what putting it back would cost, so the plan
+    # never sells what it would have to buy back, nor buys only to hold (end_value_per_kwh()).
+    end_value_per_kwh: float | None = None
+
+    def end_value(self) -> float:
+        """``end_value_per_kwh``, or its default (see the field)."""
+        if self.end_value_per_kwh is not None:
+            return self.end_value_per_kwh
+        cheapest = max(0.0, min(self.import_per_kwh, default=0.0))
+        return cheapest / self.charge_efficiency * (1.0 - END_VALUE_DISCOUNT)
 
     @property
     def slot_count(self) -> int:
@@ -108,6 +123,9 @@ class Plan:
     notes: tuple[str, ...]  # plain-language reasons
     exported_kwh: float = 0.0  # grid side
     imported_kwh: float = 0.0  # grid side
+    # The worth the plan gave the energy held at departure against the SoC now (the problem's
+    # end value): it maximised value + end_value. Not money paid or earned.
+    end_value: float = 0.0
 
     def power_at(self, at: dt.datetime) -> float | None:
         """The power planned for the slot holding ``at``; None outside the plan."""
@@ -614,7 +632,8 @@ class _Solver:
         n = m.n
         per_pct = price * m._out_price
         values: list[Array] = [np.zeros(0)] * (n + 1)
-        values[n] = np.zeros(len(self.points[n]))
+        # At departure: the energy held, valued against the SoC now.
+        values[n] = (self.points[n] - m.p.soc_pct) * (m.cap / 100.0 * m.p.end_value())
         grid_v = self._grid_values(n, values[n][1:-1])
         for j in range(n - 1, -1, -1):
             slot = self.slots[j]
@@ -656,12 +675,14 @@ class _Solver:
             first = max(0, math.floor((now - down) / step - 1e-9) + 1)
             last = min(self.size, math.floor((now + up) / step + 1e-9) + 1)
             y = np.concatenate((now + self.kinks[j], self.edges[j], self.grid[first:last]))
-            delta = y - now
-            ok = (y >= lo - tol) & (y <= hi + tol) & (delta <= up + tol) & (delta >= -down - tol)
+            # Within the range after and the power limits (nan kinks fail both tests).
+            low = max(lo, now - down) - tol
+            high = min(hi, now + up) + tol
+            ok = (y >= low) & (y <= high)
             if m.floor_strict:
-                ok &= (delta >= 0) | (y >= m.p.soc_floor_pct - tol)
+                ok &= (y >= now) | (y >= m.p.soc_floor_pct - tol)
             if m.ceiling_strict:
-                ok &= (delta <= 0) | (y <= m.p.soc_ceiling_pct + tol)
+                ok &= (y <= now) | (y <= m.p.soc_ceiling_pct + tol)
             y = np.clip(y[ok], lo, hi)
             q = m.reward(j, y - now, price) + np.interp(y, self.points[j + 1], values[j + 1])
             q += TIE_BREAK_PER_PCT * y
@@ -677,6 +698,7 @@ class _Totals:
     wear_cost: float
     imported_kwh: float
     exported_kwh: float
+    end_value: float
 
 
 def _totals(m: _Model, soc: Array) -> tuple[_Totals, Array]:
@@ -697,6 +719,7 @@ def _totals(m: _Model, soc: Array) -> tuple[_Totals, Array]:
         wear_cost=float(wear_cost.sum()),
         imported_kwh=float(grid_in.sum()),
         exported_kwh=float(grid_out.sum()),
+        end_value=float((soc[-1] - soc[0]) * (m.cap / 100.0) * m.p.end_value()),
     )
     return totals, power_w
 
@@ -737,7 +760,7 @@ def _without_export(m: _Model) -> Array:
 def _trial(m: _Model, price: float, soc: Array) -> _Trial:
     totals = _totals(m, soc)[0]
     gross = abs(totals.import_cost) + abs(totals.export_revenue) + abs(totals.wear_cost)
-    return _Trial(price, soc, totals.value, totals.exported_kwh, gross)
+    return _Trial(price, soc, totals.value + totals.end_value, totals.exported_kwh, gross)
 
 
 def _blend(m: _Model, over: _Trial, under: _Trial, budget_kwh: float) -> _Trial:
@@ -774,9 +797,9 @@ def _solve(m: _Model, notes: list[str]) -> Array:
         + float(np.max(np.abs(m.imp))) / (m.eta_c * m.eta_d)
         + 1.0
     )
-    over, under = first, trial(high_price)
-    if under.exported_kwh > budget + 1e-9:  # never expected: then export nothing at all
-        under = _trial(m, high_price, _without_export(m))
+    # To start from below, a plan that exports nothing: no DP pass needed (the search's first
+    # price then comes out a little high, and the next plans correct it).
+    over, under = first, _trial(m, high_price, _without_export(m))
     best = _blend(m, over, under, budget)
     for _ in range(BUDGET_PASSES):
         # The price at which both plans earn the same net of it (Kelley's cutting plane on
@@ -837,6 +860,7 @@ def make_plan(problem: PlanProblem) -> Plan:
     return Plan(
         slots=slots,
         value=totals.value,
+        end_value=totals.end_value,
         import_cost=totals.import_cost,
         export_revenue=totals.export_revenue,
         wear_cost=totals.wear_cost,

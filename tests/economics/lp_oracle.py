@@ -29,13 +29,14 @@ from dataclasses import dataclass
 import numpy as np
 from scipy.optimize import linprog  # type: ignore[import-untyped]
 
-from controller.economics.planner import PlanProblem
+from controller.economics.planner import Plan, PlanProblem
 from controller.economics.wear import WearRate
 
 
 @dataclass(frozen=True, slots=True)
 class LpResult:
-    value: float
+    value: float  # cash: export revenue + bonus - import cost - wear
+    end_value: float  # the worth of the energy held at departure against the start
     import_cost: float
     export_revenue: float
     wear_cost: float
@@ -46,6 +47,14 @@ class LpResult:
     def gross(self) -> float:
         """The plan's gross cash flow: everything paid, earned or worn, in magnitude."""
         return abs(self.import_cost) + abs(self.export_revenue) + abs(self.wear_cost)
+
+
+def end_value_per_kwh(p: PlanProblem) -> float:
+    """Per kWh of battery energy held at departure: as given, else the cheapest import price
+    (not below 0) through the charge losses, a millionth less (the planner's documented rule)."""
+    if p.end_value_per_kwh is not None:
+        return p.end_value_per_kwh
+    return max(0.0, min(p.import_per_kwh)) / p.charge_efficiency * (1.0 - 1e-6)
 
 
 def soc_bounds(problem: PlanProblem) -> tuple[list[float], list[float]]:
@@ -91,7 +100,7 @@ def _time_sharing_pays(p: PlanProblem, j: int, bonus: float) -> bool:
     return per_kwh_charged > p.import_per_kwh[j] - 1e-9
 
 
-def solve_lp(problem: PlanProblem) -> LpResult:  # noqa: PLR0912, PLR0915  the LP's rows in order
+def solve_lp(problem: PlanProblem) -> LpResult:  # noqa: PLR0915  the LP's rows in order
     """The optimum of ``problem`` (linear wear only).
 
     A pure LP, except where the planner's rules are not convex: a slot where charging and
@@ -110,22 +119,26 @@ def solve_lp(problem: PlanProblem) -> LpResult:  # noqa: PLR0912, PLR0915  the L
     window_w = p.bonus_power_w or (math.inf,) * n
     floor_strict = p.soc_pct < p.soc_floor_pct
     ceiling_strict = p.soc_pct > p.soc_ceiling_pct
-    # Variables: charge[0..n), bonus_out[0..n), plain_out[0..n), then binaries: one direction
-    # per slot (1: export) and one "may discharge/charge" per slot when the start is outside.
-    ci, bi, pi, zi = 0, n, 2 * n, 3 * n
-    size = 4 * n
+    # Variables: charge[0..n), bonus_out[0..n), plain_out[0..n), then binaries: z, the direction
+    # (1: export) where time-sharing would pay; w, "may export" ("may charge") per slot when the
+    # start is below the floor (above the ceiling).
+    ci, bi, pi, zi, wi = 0, n, 2 * n, 3 * n, 4 * n
+    size = 5 * n
     cost = np.zeros(size)  # linprog minimises
     wear_per_out = p.wear.base_per_kwh / eta_d  # per grid-side kWh exported
+    # The energy held at departure is worth end_value per battery kWh (against the start).
+    held = end_value_per_kwh(p)
     for j in range(n):
-        cost[ci + j] = p.import_per_kwh[j]
-        cost[bi + j] = -(p.export_per_kwh[j] + bonus[j] - wear_per_out)
-        cost[pi + j] = -(p.export_per_kwh[j] - wear_per_out)
+        cost[ci + j] = p.import_per_kwh[j] - held * eta_c
+        cost[bi + j] = -(p.export_per_kwh[j] + bonus[j] - wear_per_out - held / eta_d)
+        cost[pi + j] = -(p.export_per_kwh[j] - wear_per_out - held / eta_d)
     bounds = [(0.0, w / 1000.0 * hours) for w in p.max_charge_w]
     bounds += [
         (0.0, min(window_w[j], p.max_discharge_w[j]) / 1000.0 * hours if bonus[j] > 0 else 0.0)
         for j in range(n)
     ]
     bounds += [(0.0, w / 1000.0 * hours) for w in p.max_discharge_w]
+    bounds += [(0.0, 0.0)] * (2 * n)  # the binaries, where used, get (0, 1) below
     integrality = np.zeros(size)
     rows: list[np.ndarray] = []
     limits: list[float] = []
@@ -145,42 +158,54 @@ def solve_lp(problem: PlanProblem) -> LpResult:  # noqa: PLR0912, PLR0915  the L
         row[bi + j] = row[pi + j] = 1.0
         rows.append(row)  # the export's own limit
         limits.append(out_kwh)
-        binary = _time_sharing_pays(p, j, bonus[j]) or floor_strict or ceiling_strict
-        if binary and charge_kwh > 0 and out_kwh > 0:
+        if _time_sharing_pays(p, j, bonus[j]) and charge_kwh > 0 and out_kwh > 0:
+            # One direction per slot: export only when z = 1, charge only when z = 0.
             integrality[zi + j] = 1
-            bounds.append((0.0, 1.0))
-            row = np.zeros(size)  # export only when z = 1
+            bounds[zi + j] = (0.0, 1.0)
+            row = np.zeros(size)
             row[bi + j] = row[pi + j] = 1.0
             row[zi + j] = -out_kwh
             rows.append(row)
             limits.append(0.0)
-            row = np.zeros(size)  # charge only when z = 0
+            row = np.zeros(size)
             row[ci + j] = 1.0
             row[zi + j] = charge_kwh
             rows.append(row)
             limits.append(charge_kwh)
-            if floor_strict:  # exporting: the slot ends at or above the floor
-                row = -soc_row(j + 1)
-                row[zi + j] = 100.0
-                rows.append(row)
-                limits.append(p.soc_pct - p.soc_floor_pct + 100.0)
-            if ceiling_strict:  # charging: the slot ends at or below the ceiling
-                row = soc_row(j + 1)
-                row[zi + j] = 100.0
-                rows.append(row)
-                limits.append(p.soc_ceiling_pct - p.soc_pct + 100.0)
-        else:
-            bounds.append((0.0, 0.0))
-            if charge_kwh > 0 and out_kwh > 0:  # one direction at a time, as a combination
-                row = np.zeros(size)
-                row[ci + j] = 1.0 / charge_kwh
-                row[bi + j] = row[pi + j] = 1.0 / out_kwh
-                rows.append(row)
-                limits.append(1.0)
-            if floor_strict and out_kwh > 0:  # only charging (ceiling_strict: symmetric)
-                bounds[bi + j] = bounds[pi + j] = (0.0, 0.0)
-            if ceiling_strict and charge_kwh > 0:
-                bounds[ci + j] = (0.0, 0.0)
+        elif charge_kwh > 0 and out_kwh > 0:  # one direction at a time, as a combination
+            row = np.zeros(size)
+            row[ci + j] = 1.0 / charge_kwh
+            row[bi + j] = row[pi + j] = 1.0 / out_kwh
+            rows.append(row)
+            limits.append(1.0)
+        if floor_strict and out_kwh > 0:
+            # Export only when w = 1, and then the slot ends at or above the floor (the SoC is
+            # never more than floor - start below it: big-M with that M).
+            big_m = p.soc_floor_pct - p.soc_pct
+            integrality[wi + j] = 1
+            bounds[wi + j] = (0.0, 1.0)
+            row = np.zeros(size)
+            row[bi + j] = row[pi + j] = 1.0
+            row[wi + j] = -out_kwh
+            rows.append(row)
+            limits.append(0.0)
+            row = -soc_row(j + 1)
+            row[wi + j] = big_m
+            rows.append(row)
+            limits.append(p.soc_pct - p.soc_floor_pct + big_m)
+        if ceiling_strict and charge_kwh > 0:  # the mirror image: charge only ending below
+            big_m = p.soc_pct - p.soc_ceiling_pct
+            integrality[wi + j] = 1
+            bounds[wi + j] = (0.0, 1.0)
+            row = np.zeros(size)
+            row[ci + j] = 1.0
+            row[wi + j] = -charge_kwh
+            rows.append(row)
+            limits.append(0.0)
+            row = soc_row(j + 1)
+            row[wi + j] = big_m
+            rows.append(row)
+            limits.append(p.soc_ceiling_pct - p.soc_pct + big_m)
     lower, upper = soc_bounds(p)
     for k in range(1, n + 1):
         row = soc_row(k)
@@ -215,6 +240,7 @@ def solve_lp(problem: PlanProblem) -> LpResult:  # noqa: PLR0912, PLR0915  the L
     soc = p.soc_pct + np.cumsum(eta_c * charge - out / eta_d) * per_kwh_pct
     return LpResult(
         value=revenue - import_cost - wear,
+        end_value=float(held * np.sum(eta_c * charge - out / eta_d)),
         import_cost=import_cost,
         export_revenue=revenue,
         wear_cost=wear,
@@ -299,9 +325,9 @@ def random_problem(rng: random.Random, slots: int | None = None) -> PlanProblem:
     )
 
 
-def gap(lp: LpResult, dp_value: float) -> float:
-    """How far the planner's value falls short of the LP optimum, as a share of the LP plan's
-    gross cash flow (import cost + export revenue + wear, in magnitude); 0 when both are 0."""
-    if lp.gross < 1e-9:
-        return max(0.0, lp.value - dp_value)
-    return (lp.value - dp_value) / lp.gross
+def gap(lp: LpResult, plan: Plan) -> float:
+    """How far the planner's objective (cash value + end value) falls short of the LP's, as a
+    share of the LP plan's gross cash flow (import cost + export revenue + wear, in magnitude;
+    when that is below one money unit, of one unit: a plan that hardly moves has no scale)."""
+    shortfall = (lp.value + lp.end_value) - (plan.value + plan.end_value)
+    return shortfall / max(lp.gross, 1.0)
