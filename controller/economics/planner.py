@@ -661,13 +661,16 @@ class _Solver:
             grid_v = self._grid_values(j, inner)
         return values
 
-    def forward(self, values: list[Array], price: float) -> Array:
-        """The SoC at each slot end, following the best action from the SoC reached."""
+    def forward(self, values: list[Array], price: float, budget_kwh: float | None = None) -> Array:
+        """The SoC at each slot end, following the best action from the SoC reached; with
+        ``budget_kwh``, never exporting more than is left of it."""
         m = self.m
         soc = np.empty(m.n + 1)
         soc[0] = m.p.soc_pct
         tol = SOC_TOLERANCE_PCT
         step = self.step
+        out_kwh_per_pct = m.cap / 100.0 * m.eta_d
+        left_kwh = math.inf if budget_kwh is None else budget_kwh
         for j in range(m.n):
             now = float(soc[j])
             up, down = self.up[j], self.down[j]
@@ -675,6 +678,10 @@ class _Solver:
             first = max(0, math.floor((now - down) / step - 1e-9) + 1)
             last = min(self.size, math.floor((now + up) / step + 1e-9) + 1)
             y = np.concatenate((now + self.kinks[j], self.edges[j], self.grid[first:last]))
+            if budget_kwh is not None:
+                # Exporting exactly what is left is a kink too; more is not allowed.
+                down = max(0.0, min(down, left_kwh / out_kwh_per_pct))
+                y = np.append(y, now - down)
             # Within the range after and the power limits (nan kinks fail both tests).
             low = max(lo, now - down) - tol
             high = min(hi, now + up) + tol
@@ -687,6 +694,7 @@ class _Solver:
             q = m.reward(j, y - now, price) + np.interp(y, self.points[j + 1], values[j + 1])
             q += TIE_BREAK_PER_PCT * y
             soc[j + 1] = y[int(np.argmax(q))]
+            left_kwh -= max(0.0, now - float(soc[j + 1])) * out_kwh_per_pct
         return soc
 
 
@@ -799,8 +807,10 @@ def _solve(m: _Model, notes: list[str]) -> Array:
     )
     # To start from below, a plan that exports nothing: no DP pass needed (the search's first
     # price then comes out a little high, and the next plans correct it).
-    over, under = first, _trial(m, high_price, _without_export(m))
+    idle = _trial(m, high_price, _without_export(m))
+    over, under = first, idle
     best = _blend(m, over, under, budget)
+    proven = False
     for _ in range(BUDGET_PASSES):
         # The price at which both plans earn the same net of it (Kelley's cutting plane on
         # the dual): a plan better than both there is a new breakpoint; none means the two
@@ -811,14 +821,23 @@ def _solve(m: _Model, notes: list[str]) -> Array:
         # the budget (weak duality): stop once the best blend is that close.
         bound = candidate.lagrangian(price) + price * budget
         if bound - best.value <= BUDGET_GAP * max(best.gross, candidate.gross):
+            proven = True
             break
-        if candidate.lagrangian(price) <= under.lagrangian(price) + 1e-9 * (1.0 + bound):
-            break
+        adjacent = candidate.lagrangian(price) <= under.lagrangian(price) + 1e-9 * (1.0 + bound)
         if candidate.exported_kwh > budget + 1e-9:
             over = candidate
         else:
             under = candidate
         best = max(best, _blend(m, over, under, budget), key=lambda t: t.value)
+        if adjacent:  # no new breakpoint: the search cannot get closer
+            break
+    if not proven:
+        # The blend was not allowed (a start outside the band) or the search stopped short:
+        # follow the values at the over plan's price, never exporting more than is left.
+        values = solver.backward(over.price)
+        capped = _trial(m, over.price, solver.forward(values, over.price, budget))
+        if capped.exported_kwh <= budget + 1e-6 and capped.value > best.value:
+            best = capped
     notes.append(
         f"discharge budget {budget:.1f} kWh binds: the plan exports {best.exported_kwh:.1f} kWh"
     )

@@ -163,6 +163,28 @@ def test_discharge_budget_caps_the_export() -> None:
     assert all(k < 12 for k, w in enumerate(powers(capped)) if w < 0)
 
 
+def test_budget_from_below_the_floor_still_uses_the_budget() -> None:
+    # A blend of two plans could discharge below the floor here, so the budget search has to
+    # find a plan that fits on its own: charge above the floor, sell exactly the budget.
+    n = 16
+    imports = tuple(0.1 if k < 8 else 2.0 for k in range(n))
+    plan = make_plan(
+        problem(
+            n=n,
+            import_per_kwh=imports,
+            export_per_kwh=imports,
+            soc_pct=10.0,
+            soc_floor_pct=20.0,
+            discharge_budget_kwh=3.0,
+        )
+    )
+    assert plan.exported_kwh == pytest.approx(3.0, abs=1e-6)
+    trajectory = socs(plan, 10.0)
+    for k, power_w in enumerate(powers(plan)):
+        if power_w < 0:
+            assert trajectory[k + 1] >= 20.0 - EPS_PCT
+
+
 # --- the departure promise ------------------------------------------------------------------------
 
 
