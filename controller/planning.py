@@ -21,12 +21,16 @@ import math
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass, replace
 
+import structlog
+
 from controller.core.policy import Policy
 from controller.core.snapshots import PlannedPower
 from controller.economics.planner import Plan, PlanProblem, make_plan
 from controller.economics.tariff import PeakEvent, PriceSlot, Tariff, slot_prices
 from controller.economics.wear import WearModel, WearRate
 from controller.links import PlanOutline, PriceSource
+
+log = structlog.get_logger(component="planner")
 
 # Without a departure the plan looks this far ahead (a day: one valley and one peak).
 DEFAULT_HORIZON_S = 24 * 3600.0
@@ -172,6 +176,21 @@ class PlanKeeper:
         self._key = key
         self.replans += 1
         self.last_reason = why
+        first = plan.slots[0] if plan.slots else None
+        log.info(
+            "plan made",
+            reason=why,
+            plan_number=self.replans,
+            value=round(plan.value, 2),
+            slots=len(plan.slots),
+            ends_at=None if not plan.slots else plan.slots[-1].end.isoformat(),
+            target_reachable=plan.target_reachable,
+            next_power_w=[round(slot.power_w) for slot in plan.slots[:4]],
+            next_prices=None
+            if first is None
+            else [first.import_per_kwh, first.export_per_kwh, first.bonus_per_kwh],
+            notes=list(plan.notes),
+        )
 
     # --- when to plan ---------------------------------------------------------------------------
 

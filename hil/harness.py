@@ -85,6 +85,8 @@ class Setup:
     inverter_behaviour: tuple[str, ...] = ()
     # More of the plant's command line (e.g. ``--insulation-ohm``).
     plant_extra: tuple[str, ...] = ()
+    # More top-level config sections, as YAML (e.g. a ``tariff:`` for the optimize fallback).
+    extra_yaml: str = ""
 
     @property
     def lines_path(self) -> Path:
@@ -134,7 +136,7 @@ safety: {json.dumps(safety)}
 fallback: {self.fallback}
 ledger: {{path: {self.directory / "ledger.sqlite"}}}
 logging: {{format: json}}
-"""
+{self.extra_yaml}"""
 
 
 class PlantProcess:
