@@ -26,7 +26,7 @@ import structlog
 from controller.core.policy import Policy
 from controller.core.snapshots import PlannedPower
 from controller.economics.planner import Plan, PlanProblem, make_plan
-from controller.economics.tariff import PeakEvent, PriceSlot, Tariff, slot_prices
+from controller.economics.tariff import PeakEvent, PriceSlot, SlotPrices, Tariff, slot_prices
 from controller.economics.wear import WearModel, WearRate
 from controller.links import PlanOutline, PriceSource
 
@@ -262,14 +262,17 @@ class PlanKeeper:
             target = owner.departure.target_soc_pct
         # Whole slots that end by the departure: the plan finishes early rather than late.
         n_slots = max(1, math.floor((end - start).total_seconds() / slot_s))
+        every_event = (*settings.events, *events)
         prices = slot_prices(
-            settings.tariff,
-            start,
-            n_slots,
-            slot_s,
-            pushed=pushed,
-            events=(*settings.events, *events),
+            settings.tariff, start, n_slots, slot_s, pushed=pushed, events=every_event
         )
+        left_s = (start + dt.timedelta(seconds=slot_s) - wall).total_seconds()
+        if 0 < left_s < slot_s:
+            # The slot in force is priced on what is left of it: its past is spent.
+            now_prices = slot_prices(
+                settings.tariff, wall, 1, left_s, pushed=pushed, events=every_event
+            )
+            prices = _first_slot_from(now_prices, prices)
         # Without a trusted clock the slots may be anywhere in the day: plan no discharge.
         discharge_w = key.max_discharge_w if key.clock_trusted else 0.0
         budget_kwh = max(0.0, self.policy.wear.max_discharge_kwh_per_day - discharged_today_kwh)
@@ -362,6 +365,17 @@ def _changed(key: _Key, before: _Key) -> str | None:
         if abs(now_w - then_w) > RATING_CHANGE_FRACTION * max(then_w, 1.0):
             return "a rating changed"
     return None
+
+
+def _first_slot_from(now: SlotPrices, later: SlotPrices) -> SlotPrices:
+    """``later`` with its first slot's prices taken from ``now`` (one slot)."""
+    return SlotPrices(
+        import_per_kwh=(now.import_per_kwh[0], *later.import_per_kwh[1:]),
+        export_per_kwh=(now.export_per_kwh[0], *later.export_per_kwh[1:]),
+        bonus_per_kwh=(now.bonus_per_kwh[0], *later.bonus_per_kwh[1:]),
+        bonus_power_w=(now.bonus_power_w[0], *later.bonus_power_w[1:]),
+        event_ids=(now.event_ids[0], *later.event_ids[1:]),
+    )
 
 
 def _with_wear(problem: PlanProblem, rate: WearRate) -> PlanProblem:

@@ -215,3 +215,17 @@ def test_the_control_step_follows_the_plan_in_optimize() -> None:
     assert any("optimize: plan 20:00-20:15 discharge" in reason for reason in output.reasons)
     unplugged = VehicleState(observed_at_s=100.1, phase=VehiclePhase.UNPLUGGED, protocol="gbt27930")
     assert step(unplugged, inverter, None, 100.1, at).plan is None
+
+
+def test_the_slot_in_force_is_priced_on_what_is_left_of_it() -> None:
+    """At 21:52 the 21:45-22:00 slot's past (a pushed 5.00 export price until 21:50) is spent:
+    the plan prices the slot at the 0.85 in force from now on."""
+    k, _ = keeper()
+    at = dt.datetime(2026, 12, 3, 21, 52, tzinfo=TZ)
+    pushed = (PriceSlot(at.replace(minute=30), at.replace(minute=50), 0.617, 5.0),)
+    update(k, at, pushed=pushed)
+    assert k.plan is not None
+    first, second = k.plan.slots[:2]
+    assert first.start == at.replace(minute=45)
+    assert first.export_per_kwh == pytest.approx(0.85)
+    assert second.import_per_kwh == pytest.approx(0.307)  # 22:00: the valley
