@@ -790,8 +790,12 @@ def _blend(m: _Model, over: _Trial, under: _Trial, budget_kwh: float) -> _Trial:
 def _solve(m: _Model, notes: list[str]) -> Array:
     solver = _Solver(m)
 
+    values_at: dict[float, list[Array]] = {}  # the last pass's values, for the capped pass
+
     def trial(price: float) -> _Trial:
-        return _trial(m, price, solver.forward(solver.backward(price), price))
+        values_at.clear()
+        values_at[price] = solver.backward(price)
+        return _trial(m, price, solver.forward(values_at[price], price))
 
     budget = m.p.discharge_budget_kwh
     first = trial(0.0)
@@ -834,7 +838,7 @@ def _solve(m: _Model, notes: list[str]) -> Array:
     if not proven:
         # The blend was not allowed (a start outside the band) or the search stopped short:
         # follow the values at the over plan's price, never exporting more than is left.
-        values = solver.backward(over.price)
+        values = values_at.get(over.price) or solver.backward(over.price)
         capped = _trial(m, over.price, solver.forward(values, over.price, budget))
         if capped.exported_kwh <= budget + 1e-6 and capped.value > best.value:
             best = capped
