@@ -690,7 +690,8 @@ class _Solver:
                 ok &= (y >= now) | (y >= m.p.soc_floor_pct - tol)
             if m.ceiling_strict:
                 ok &= (y <= now) | (y <= m.p.soc_ceiling_pct + tol)
-            y = np.clip(y[ok], lo, hi)
+            # Into the range, and then (what the tolerance let through) into the power limits.
+            y = np.minimum(np.clip(y[ok], max(lo, now - down), hi), now + up)
             q = m.reward(j, y - now, price) + np.interp(y, self.points[j + 1], values[j + 1])
             q += TIE_BREAK_PER_PCT * y
             soc[j + 1] = y[int(np.argmax(q))]
@@ -756,6 +757,29 @@ def _keeps_start_rules(m: _Model, soc: Array) -> bool:
     return not (m.ceiling_strict and np.any((delta > tol) & (ends > m.p.soc_ceiling_pct + tol)))
 
 
+def _follow(m: _Model, wanted: Array, budget_kwh: float) -> Array:
+    """The trajectory closest to ``wanted`` slot by slot that keeps every rule: each slot moves
+    toward the wanted SoC as far as the power limits, the range, the start-outside rules and
+    the budget left allow (a blend of two plans can break the start-outside rules)."""
+    soc = np.empty(m.n + 1)
+    soc[0] = m.p.soc_pct
+    out_kwh_per_pct = m.cap / 100.0 * m.eta_d
+    left_kwh = budget_kwh
+    floor, ceiling = m.p.soc_floor_pct, m.p.soc_ceiling_pct
+    for j in range(m.n):
+        now = float(soc[j])
+        low = now - min(float(m.discharge_pct[j]), max(0.0, left_kwh) / out_kwh_per_pct)
+        high = now + float(m.charge_pct[j])
+        if m.floor_strict:  # a discharge may not end below the floor
+            low = max(low, min(now, floor))
+        if m.ceiling_strict:  # a charge may not end above the ceiling
+            high = min(high, max(now, ceiling))
+        low, high = max(low, float(m.lo[j + 1])), min(high, float(m.hi[j + 1]))
+        soc[j + 1] = min(max(float(wanted[j + 1]), low), high) if low <= high else now
+        left_kwh -= max(0.0, now - float(soc[j + 1])) * out_kwh_per_pct
+    return soc
+
+
 def _without_export(m: _Model) -> Array:
     """A plan that never discharges: idle, charging only as the lower bounds demand."""
     soc = np.empty(m.n + 1)
@@ -780,7 +804,7 @@ def _blend(m: _Model, over: _Trial, under: _Trial, budget_kwh: float) -> _Trial:
     share = (budget_kwh - under.exported_kwh) / (over.exported_kwh - under.exported_kwh)
     soc = share * over.soc + (1.0 - share) * under.soc
     if not _keeps_start_rules(m, soc):
-        return under
+        soc = _follow(m, soc, budget_kwh)
     blend = _trial(m, over.price, soc)
     if blend.exported_kwh <= budget_kwh + 1e-6 and blend.value > under.value:
         return blend
