@@ -774,7 +774,7 @@ def _follow(m: _Model, wanted: Array, budget_kwh: float) -> Array:
 def _trim(m: _Model, soc: Array, budget_kwh: float) -> Array:
     """``soc`` with its least valuable export cut until it fits the budget: each cut keeps
     the energy in the battery from that slot on (within the range), and then buys that much
-    less in the dearest later charging slots. A repair for plans a blend cannot fix."""
+    less in the dearest charging slots. A repair for plans a blend cannot fix."""
     soc = soc.copy()
     n = m.n
     per_pct_kwh = m.cap / 100.0
@@ -802,15 +802,17 @@ def _trim(m: _Model, soc: Array, budget_kwh: float) -> Array:
             continue
         soc[j + 1 :] += cut
         excess_pct -= cut
-        # The energy kept need not be bought later: charge less in the dearest slots after.
+        # The energy kept need not be bought: charge less in the dearest slots, before or
+        # after, as far as the lower bounds allow (the SoC from that slot on drops).
         charges = sorted(
-            (k for k in range(j + 1, n) if soc[k + 1] > soc[k]), key=lambda k: -m.imp[k]
+            (k for k in range(n) if soc[k + 1] > soc[k] and k != j), key=lambda k: -m.imp[k]
         )
         kept = cut
         for k in charges:
             if kept <= 0.0:
                 break
-            less = min(kept, float(soc[k + 1] - soc[k]))
+            room = float(np.min(soc[k + 1 :] - m.lo[k + 1 :]))
+            less = min(kept, float(soc[k + 1] - soc[k]), max(0.0, room))
             soc[k + 1 :] -= less
             kept -= less
     return soc
@@ -895,6 +897,7 @@ def _solve(m: _Model, notes: list[str]) -> Array:
     # price then comes out a little high, and the next plans correct it).
     idle = _trial(m, high_price, _without_export(m))
     over, under = first, idle
+    overs = [first]  # every plan over the budget: each can be trimmed to fit
     best = _blend(m, over, under, budget)
     proven = False
     for _ in range(BUDGET_PASSES):
@@ -912,6 +915,7 @@ def _solve(m: _Model, notes: list[str]) -> Array:
         adjacent = candidate.lagrangian(price) <= under.lagrangian(price) + 1e-9 * (1.0 + bound)
         if candidate.exported_kwh > budget + 1e-9:
             over = candidate
+            overs.append(candidate)
         else:
             under = candidate
         best = max(best, _blend(m, over, under, budget), key=lambda t: t.value)
@@ -920,9 +924,11 @@ def _solve(m: _Model, notes: list[str]) -> Array:
     if not proven:
         # The blend was not allowed (a start above the ceiling) or the search stopped short:
         # follow the values at the over plan's price, never exporting more than is left; or
-        # cut the over plan's least valuable export.
+        # cut the least valuable export of each plan that was over the budget.
         values = values_at.get(over.price) or solver.backward(over.price)
-        for soc in (solver.forward(values, over.price, budget), _trim(m, over.soc, budget)):
+        repairs = [solver.forward(values, over.price, budget)]
+        repairs += [_trim(m, plan.soc, budget) for plan in overs]
+        for soc in repairs:
             repaired = _trial(m, over.price, soc)
             if (
                 repaired.exported_kwh <= budget + 1e-6
