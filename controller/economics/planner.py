@@ -1,10 +1,11 @@
 """The planner: the power per 15-minute slot from now to departure that earns the owner the most.
 
 Objective: export revenue (with a peak event's bonus) - import cost - battery wear cost, over the
-slots of the plan. Constraints, on the plan's own SoC trajectory at every slot end: the floor and
-ceiling, the departure reserve and target (as the core's departure rule computes them, so the
-core's guarantee never has to take over from the plan), the power limits per slot and the
-discharge budget (grid-side kWh the plan may export in all).
+slots of the plan, plus the worth of the energy held at departure. Constraints, on the plan's own
+SoC trajectory at every slot end: the floor (below it: charge flat out to it first) and ceiling,
+the departure reserve and target (as the core's departure rule computes them, so the core's
+guarantee never has to take over from the plan), the power limits per slot and the discharge
+budget (grid-side kWh the plan may export in all).
 
 Method: dynamic programming backwards over a grid of SoC values, one numpy pass per slot over
 states x actions, with the value between grid points interpolated linearly. The actions from a
@@ -12,8 +13,9 @@ state are the grid points in reach plus the "kinks" where the optimum of a piece
 problem sits: full charge, full discharge, the bonus's power edge, and the exact edges of the
 feasible SoC range. A forward pass then follows the best action from the true (off-grid) SoC.
 The discharge budget would make the state two-dimensional; instead a price per exported kWh is
-added to the wear cost and bisected until the plan fits (Lagrangian relaxation), and the
-forward pass never exceeds what is left of the budget. docs/economics.md, "The planner".
+added to the wear cost and searched (Lagrangian relaxation, Kelley's cutting plane) until the
+plan fits, and the two plans that bracket the budget are blended. docs/economics.md, "The
+planner".
 
 Sign: ``power_w`` is grid side, + charges the vehicle (imports), - discharges (exports).
 """
@@ -49,6 +51,8 @@ TIE_BREAK_PER_PCT = 1e-9
 # stop once the plan is provably within this share of its gross cash flow of the best.
 BUDGET_PASSES = 8
 BUDGET_GAP = 0.002
+# Bisection steps on a blend's share where netting leaves part of the budget unused.
+BLEND_STEPS = 8
 
 
 @dataclass(frozen=True, slots=True)
@@ -283,7 +287,6 @@ class _Model:
     bonus_pct: Array  # the SoC lost by exporting exactly bonus_kwh (nan: no such kink)
     lo: Array  # per slot end k = 0..n: the lowest SoC from which the plan stays feasible
     hi: Array  # the highest reachable SoC within the ceiling
-    floor_strict: bool  # starts below the floor: a discharge may never end below it
     ceiling_strict: bool  # starts above the ceiling: a charge may never end above it
     greedy_end_pct: float
     target_pct: float | None  # the target the plan holds to at the end (clipped if unreachable)
@@ -350,13 +353,13 @@ def _model(p: PlanProblem) -> tuple[_Model, list[str]]:
     notes: list[str] = []
     s0 = p.soc_pct
     floor, ceiling = p.soc_floor_pct, p.soc_ceiling_pct
-    floor_strict = s0 < floor
     ceiling_strict = s0 > ceiling
-    if floor_strict:
-        notes.append(f"SoC {s0:.1f} % is below the floor {floor:g} %: no discharge until above it")
+    if s0 < floor:
+        notes.append(
+            f"SoC {s0:.1f} % is below the floor {floor:g} %: charging flat out to it first"
+        )
     if ceiling_strict:
         notes.append(f"SoC {s0:.1f} % is above the ceiling {ceiling:g} %: no charge")
-    floor_lb = s0 if floor_strict else floor
     ceiling_ub = s0 if ceiling_strict else ceiling
     # The highest SoC at each slot end (charging flat out from now) and the lowest (discharging
     # flat out; never from below the floor).
@@ -366,7 +369,10 @@ def _model(p: PlanProblem) -> tuple[_Model, list[str]]:
     for j in range(n):
         high[j + 1] = high[j] if high[j] >= ceiling else min(high[j] + charge_pct[j], ceiling)
         low[j + 1] = low[j] if low[j] <= floor else max(low[j] - discharge_pct[j], floor)
-    lower = np.full(n + 1, floor_lb)
+    # Below the floor the car charges flat out until it reaches it, like below the departure
+    # reserve: the floor is the owner's minimum, and the rule stays convex (no discharge can
+    # start below the floor, and a plan can never be below a flat-out charge).
+    lower = np.minimum(floor, high)
     target = p.target_soc_pct
     target_pct: float | None = None
     if target is not None:
@@ -397,7 +403,6 @@ def _model(p: PlanProblem) -> tuple[_Model, list[str]]:
         bonus_pct=bonus_pct,
         lo=lo,
         hi=hi,
-        floor_strict=floor_strict,
         ceiling_strict=ceiling_strict,
         greedy_end_pct=float(high[n]),
         target_pct=target_pct,
@@ -454,7 +459,7 @@ class _Slot:
     up: int
     grid_reward: Array  # per grid move, at no budget price (-inf where not allowed)
     grid_out_pct: Array
-    strict_bad: npt.NDArray[np.bool_] | None  # grid moves the start-outside rules forbid
+    strict_bad: npt.NDArray[np.bool_] | None  # grid moves the start-above-ceiling rule forbids
 
 
 class _Solver:
@@ -575,8 +580,6 @@ class _Solver:
         ok = (y >= lo - tol) & (y <= hi + tol)
         ok &= delta <= m.charge_pct[slot][:, None] + tol
         ok &= delta >= -m.discharge_pct[slot][:, None] - tol
-        if m.floor_strict:
-            ok &= (delta >= 0) | (y >= m.p.soc_floor_pct - tol)
         if m.ceiling_strict:
             ok &= (delta <= 0) | (y <= m.p.soc_ceiling_pct + tol)
         y = np.where(ok, np.clip(y, lo, hi), lo)
@@ -584,19 +587,13 @@ class _Solver:
         return y, reward
 
     def _strict_bad(self, states: Array, moves: Array) -> npt.NDArray[np.bool_] | None:
-        """The grid moves the start-outside rules forbid: a discharge ending below the floor
-        (the start was below it), a charge ending above the ceiling (the start was above)."""
+        """The grid moves the start-above-the-ceiling rule forbids: a charge ending above it."""
         m = self.m
-        if not (m.floor_strict or m.ceiling_strict):
+        if not m.ceiling_strict:
             return None
         tol = SOC_TOLERANCE_PCT
         after = states[:, None] + moves[None, :]
-        bad = np.zeros(after.shape, dtype=bool)
-        if m.floor_strict:
-            bad |= (moves < 0) & (after < m.p.soc_floor_pct - tol)
-        if m.ceiling_strict:
-            bad |= (moves > 0) & (after > m.p.soc_ceiling_pct + tol)
-        return bad
+        return (moves > 0) & (after > m.p.soc_ceiling_pct + tol)
 
     def _grid_values(self, k: int, inner: Array) -> Array:
         """V_k on the whole grid: the inner values, -inf outside the range."""
@@ -686,11 +683,10 @@ class _Solver:
             low = max(lo, now - down) - tol
             high = min(hi, now + up) + tol
             ok = (y >= low) & (y <= high)
-            if m.floor_strict:
-                ok &= (y >= now) | (y >= m.p.soc_floor_pct - tol)
             if m.ceiling_strict:
                 ok &= (y <= now) | (y <= m.p.soc_ceiling_pct + tol)
-            y = np.clip(y[ok], lo, hi)
+            # Into the range, and then (what the tolerance let through) into the power limits.
+            y = np.minimum(np.clip(y[ok], max(lo, now - down), hi), now + up)
             q = m.reward(j, y - now, price) + np.interp(y, self.points[j + 1], values[j + 1])
             q += TIE_BREAK_PER_PCT * y
             soc[j + 1] = y[int(np.argmax(q))]
@@ -747,13 +743,79 @@ class _Trial:
 
 
 def _keeps_start_rules(m: _Model, soc: Array) -> bool:
-    """A start below the floor (above the ceiling): no discharge (charge) ending outside."""
+    """A start above the ceiling: no charge ending above it."""
     delta = np.diff(soc)
     ends = soc[1:]
     tol = SOC_TOLERANCE_PCT
-    if m.floor_strict and np.any((delta < -tol) & (ends < m.p.soc_floor_pct - tol)):
-        return False
     return not (m.ceiling_strict and np.any((delta > tol) & (ends > m.p.soc_ceiling_pct + tol)))
+
+
+def _follow(m: _Model, wanted: Array, budget_kwh: float) -> Array:
+    """The trajectory closest to ``wanted`` slot by slot that keeps every rule: each slot moves
+    toward the wanted SoC as far as the power limits, the range, the start-above-the-ceiling
+    rule and the budget left allow (a blend of two plans can break that rule)."""
+    soc = np.empty(m.n + 1)
+    soc[0] = m.p.soc_pct
+    out_kwh_per_pct = m.cap / 100.0 * m.eta_d
+    left_kwh = budget_kwh
+    ceiling = m.p.soc_ceiling_pct
+    for j in range(m.n):
+        now = float(soc[j])
+        low = now - min(float(m.discharge_pct[j]), max(0.0, left_kwh) / out_kwh_per_pct)
+        high = now + float(m.charge_pct[j])
+        if m.ceiling_strict:  # a charge may not end above the ceiling
+            high = min(high, max(now, ceiling))
+        low, high = max(low, float(m.lo[j + 1])), min(high, float(m.hi[j + 1]))
+        soc[j + 1] = min(max(float(wanted[j + 1]), low), high) if low <= high else now
+        left_kwh -= max(0.0, now - float(soc[j + 1])) * out_kwh_per_pct
+    return soc
+
+
+def _trim(m: _Model, soc: Array, budget_kwh: float) -> Array:
+    """``soc`` with its least valuable export cut until it fits the budget: each cut keeps
+    the energy in the battery from that slot on (within the range), and then buys that much
+    less in the dearest charging slots. A repair for plans a blend cannot fix."""
+    soc = soc.copy()
+    n = m.n
+    per_pct_kwh = m.cap / 100.0
+    excess_pct = (_totals(m, soc)[0].exported_kwh - budget_kwh) / (per_pct_kwh * m.eta_d)
+    wear = m.p.wear.base_per_kwh * per_pct_kwh
+    # The discharges as segments: first the part above the event's power window (earning the
+    # export price), then the part inside it (earning the bonus too); cheapest cut first.
+    segments: list[tuple[float, int, float]] = []  # (value per %, slot, SoC %)
+    for j in range(n):
+        out_pct = max(0.0, float(soc[j] - soc[j + 1]))
+        if out_pct <= 0.0:
+            continue
+        window_pct = min(out_pct, float(m.bonus_kwh[j]) / m.eta_d / per_pct_kwh)
+        plain_value = float(m.exp[j]) * m.eta_d * per_pct_kwh - wear
+        segments.append((plain_value, j, out_pct - window_pct))
+        bonus_value = plain_value + float(m.bonus[j]) * m.eta_d * per_pct_kwh
+        segments.append((bonus_value, j, window_pct))
+    segments.sort()
+    for _, j, amount_pct in segments:
+        if excess_pct <= SOC_TOLERANCE_PCT:
+            break
+        headroom = float(np.min(m.hi[j + 1 :] - soc[j + 1 :]))
+        cut = min(amount_pct, excess_pct, max(0.0, headroom))
+        if cut <= 0.0:
+            continue
+        soc[j + 1 :] += cut
+        excess_pct -= cut
+        # The energy kept need not be bought: charge less in the dearest slots, before or
+        # after, as far as the lower bounds allow (the SoC from that slot on drops).
+        charges = sorted(
+            (k for k in range(n) if soc[k + 1] > soc[k] and k != j), key=lambda k: -m.imp[k]
+        )
+        kept = cut
+        for k in charges:
+            if kept <= 0.0:
+                break
+            room = float(np.min(soc[k + 1 :] - m.lo[k + 1 :]))
+            less = min(kept, float(soc[k + 1] - soc[k]), max(0.0, room))
+            soc[k + 1 :] -= less
+            kept -= less
+    return soc
 
 
 def _without_export(m: _Model) -> Array:
@@ -772,26 +834,52 @@ def _trial(m: _Model, price: float, soc: Array) -> _Trial:
 
 
 def _blend(m: _Model, over: _Trial, under: _Trial, budget_kwh: float) -> _Trial:
-    """The better of ``under`` and the blend of the two plans that exports the budget.
+    """The best of ``under`` and blends of the two plans that fit the budget.
 
-    Every rule but the start-outside ones is convex in the trajectory, and a slot's earnings
-    are concave in its SoC move wherever exporting and charging at once does not pay, so the
-    blend fits the budget and earns at least the blend of the two values."""
-    share = (budget_kwh - under.exported_kwh) / (over.exported_kwh - under.exported_kwh)
-    soc = share * over.soc + (1.0 - share) * under.soc
-    if not _keeps_start_rules(m, soc):
-        return under
-    blend = _trial(m, over.price, soc)
-    if blend.exported_kwh <= budget_kwh + 1e-6 and blend.value > under.value:
-        return blend
-    return under
+    Every rule but the start-above-the-ceiling one is convex in the trajectory, and a slot's
+    earnings are concave in its SoC move wherever exporting and charging at once does not pay,
+    so the blend in proportion to the exports fits the budget and earns at least the blend of
+    the two values. Where a slot's charge and export net out (an event bonus above the import
+    price) the blend exports less than the budget: a few bisection steps toward ``over`` use
+    the rest."""
+
+    def blend(share: float) -> _Trial:
+        soc = share * over.soc + (1.0 - share) * under.soc
+        if not _keeps_start_rules(m, soc):
+            soc = _follow(m, soc, budget_kwh)
+        return _trial(m, over.price, soc)
+
+    low = (budget_kwh - under.exported_kwh) / (over.exported_kwh - under.exported_kwh)
+    best = under
+    trial = blend(low)
+    if trial.exported_kwh > budget_kwh + 1e-6:
+        return best
+    if trial.value > best.value:
+        best = trial
+    high = 1.0
+    for _ in range(BLEND_STEPS):
+        if trial.exported_kwh >= budget_kwh - 1e-6:
+            break
+        share = 0.5 * (low + high)
+        trial = blend(share)
+        if trial.exported_kwh <= budget_kwh + 1e-6:
+            low = share
+            if trial.value > best.value:
+                best = trial
+        else:
+            high = share
+    return best
 
 
 def _solve(m: _Model, notes: list[str]) -> Array:
     solver = _Solver(m)
 
+    values_at: dict[float, list[Array]] = {}  # the last pass's values, for the capped pass
+
     def trial(price: float) -> _Trial:
-        return _trial(m, price, solver.forward(solver.backward(price), price))
+        values_at.clear()
+        values_at[price] = solver.backward(price)
+        return _trial(m, price, solver.forward(values_at[price], price))
 
     budget = m.p.discharge_budget_kwh
     first = trial(0.0)
@@ -809,6 +897,7 @@ def _solve(m: _Model, notes: list[str]) -> Array:
     # price then comes out a little high, and the next plans correct it).
     idle = _trial(m, high_price, _without_export(m))
     over, under = first, idle
+    overs = [first]  # every plan over the budget: each can be trimmed to fit
     best = _blend(m, over, under, budget)
     proven = False
     for _ in range(BUDGET_PASSES):
@@ -826,18 +915,27 @@ def _solve(m: _Model, notes: list[str]) -> Array:
         adjacent = candidate.lagrangian(price) <= under.lagrangian(price) + 1e-9 * (1.0 + bound)
         if candidate.exported_kwh > budget + 1e-9:
             over = candidate
+            overs.append(candidate)
         else:
             under = candidate
         best = max(best, _blend(m, over, under, budget), key=lambda t: t.value)
         if adjacent:  # no new breakpoint: the search cannot get closer
             break
     if not proven:
-        # The blend was not allowed (a start outside the band) or the search stopped short:
-        # follow the values at the over plan's price, never exporting more than is left.
-        values = solver.backward(over.price)
-        capped = _trial(m, over.price, solver.forward(values, over.price, budget))
-        if capped.exported_kwh <= budget + 1e-6 and capped.value > best.value:
-            best = capped
+        # The blend was not allowed (a start above the ceiling) or the search stopped short:
+        # follow the values at the over plan's price, never exporting more than is left; or
+        # cut the least valuable export of each plan that was over the budget.
+        values = values_at.get(over.price) or solver.backward(over.price)
+        repairs = [solver.forward(values, over.price, budget)]
+        repairs += [_trim(m, plan.soc, budget) for plan in overs]
+        for soc in repairs:
+            repaired = _trial(m, over.price, soc)
+            if (
+                repaired.exported_kwh <= budget + 1e-6
+                and repaired.value > best.value
+                and _keeps_start_rules(m, soc)
+            ):
+                best = repaired
     notes.append(
         f"discharge budget {budget:.1f} kWh binds: the plan exports {best.exported_kwh:.1f} kWh"
     )

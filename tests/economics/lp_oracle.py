@@ -10,10 +10,10 @@ must be 0), written independently from the problem's definition, not from the pl
   direction at a time as a convex combination: ``charge / (P_c dt) + out / (P_d dt) <= 1`` (the
   LP may still share a slot between the two; the planner cannot);
 * SoC after slot k: ``s0 + 100 / capacity * sum(eta_c charge - out / eta_d)``, between the
-  floor and the ceiling (a start outside them widens that bound to the start: a relaxation of
-  the planner's "no discharge while below the floor"), above the departure reserve (the core's
-  rule, capped by what charging flat out from now reaches), at least the target at the end
-  (or the most reachable), and total export within the discharge budget.
+  floor and the ceiling (below the floor: at least a flat-out charge from now; above the
+  ceiling: at most the start, and no charge ending above it), above the departure reserve
+  (the core's rule, capped by what charging flat out from now reaches), at least the target
+  at the end (or the most reachable), and total export within the discharge budget.
 
 It maximises export revenue + bonus - import cost - wear (base rate per kWh out of the battery).
 ``random_problem`` makes the random instances the tests and bench/planner.py compare on.
@@ -65,18 +65,17 @@ def soc_bounds(problem: PlanProblem) -> tuple[list[float], list[float]]:
     gain = [
         w / 1000.0 * hours * p.charge_efficiency / p.capacity_kwh * 100.0 for w in p.max_charge_w
     ]
-    floor = min(p.soc_floor_pct, p.soc_pct)
-    ceiling = max(p.soc_ceiling_pct, p.soc_pct)
-    lower = [floor] * n
-    upper = [ceiling] * n
+    # Charging flat out from now, stopping at the ceiling.
+    most = []
+    soc = p.soc_pct
+    for k in range(n):
+        if soc < p.soc_ceiling_pct:
+            soc = min(soc + gain[k], p.soc_ceiling_pct)
+        most.append(soc)
+    # Below the floor: charge flat out to it first.
+    lower = [min(p.soc_floor_pct, reach) for reach in most]
+    upper = [max(p.soc_ceiling_pct, p.soc_pct)] * n
     if p.target_soc_pct is not None:
-        # Charging flat out from now, stopping at the ceiling.
-        most = []
-        soc = p.soc_pct
-        for k in range(n):
-            if soc < p.soc_ceiling_pct:
-                soc = min(soc + gain[k], p.soc_ceiling_pct)
-            most.append(soc)
         for k in range(1, n + 1):  # slot end k; slots k .. n-1 are left
             left = n - k
             if left == 0:
@@ -104,10 +103,10 @@ def solve_lp(problem: PlanProblem) -> LpResult:  # noqa: PLR0915  the LP's rows 
     """The optimum of ``problem`` (linear wear only).
 
     A pure LP, except where the planner's rules are not convex: a slot where charging and
-    exporting at once would pay gets a binary direction (one power per slot), and a start below
-    the floor (above the ceiling) gets a binary per slot saying whether it may discharge
-    (charge), which it may only if the slot ends at or above the floor (at or below the
-    ceiling). Those few binaries make it a small MILP for HiGHS; it stays exact.
+    exporting at once would pay gets a binary direction (one power per slot), and a start above
+    the ceiling gets a binary per slot saying whether it may charge, which it may only if the
+    slot ends at or below the ceiling. Those few binaries make it a small MILP for HiGHS; it
+    stays exact.
     """
     p = problem
     if p.wear.per_c_rate_per_kwh != 0:
@@ -117,11 +116,10 @@ def solve_lp(problem: PlanProblem) -> LpResult:  # noqa: PLR0915  the LP's rows 
     eta_c, eta_d = p.charge_efficiency, p.discharge_efficiency
     bonus = p.bonus_per_kwh or (0.0,) * n
     window_w = p.bonus_power_w or (math.inf,) * n
-    floor_strict = p.soc_pct < p.soc_floor_pct
     ceiling_strict = p.soc_pct > p.soc_ceiling_pct
     # Variables: charge[0..n), bonus_out[0..n), plain_out[0..n), then binaries: z, the direction
-    # (1: export) where time-sharing would pay; w, "may export" ("may charge") per slot when the
-    # start is below the floor (above the ceiling).
+    # (1: export) where time-sharing would pay; w, "may charge" per slot when the start is above
+    # the ceiling.
     ci, bi, pi, zi, wi = 0, n, 2 * n, 3 * n, 4 * n
     size = 5 * n
     cost = np.zeros(size)  # linprog minimises
@@ -178,21 +176,6 @@ def solve_lp(problem: PlanProblem) -> LpResult:  # noqa: PLR0915  the LP's rows 
             row[bi + j] = row[pi + j] = 1.0 / out_kwh
             rows.append(row)
             limits.append(1.0)
-        if floor_strict and out_kwh > 0:
-            # Export only when w = 1, and then the slot ends at or above the floor (the SoC is
-            # never more than floor - start below it: big-M with that M).
-            big_m = p.soc_floor_pct - p.soc_pct
-            integrality[wi + j] = 1
-            bounds[wi + j] = (0.0, 1.0)
-            row = np.zeros(size)
-            row[bi + j] = row[pi + j] = 1.0
-            row[wi + j] = -out_kwh
-            rows.append(row)
-            limits.append(0.0)
-            row = -soc_row(j + 1)
-            row[wi + j] = big_m
-            rows.append(row)
-            limits.append(p.soc_pct - p.soc_floor_pct + big_m)
         if ceiling_strict and charge_kwh > 0:  # the mirror image: charge only ending below
             big_m = p.soc_pct - p.soc_ceiling_pct
             integrality[wi + j] = 1

@@ -254,15 +254,20 @@ def test_below_the_reserve_at_the_start_charges_until_back_above_it() -> None:
 # --- starts outside the band ----------------------------------------------------------------------
 
 
-def test_start_below_the_floor_never_discharges_below_it() -> None:
+def test_start_below_the_floor_charges_flat_out_to_it_first() -> None:
+    # Even at the peak price: the floor is the owner's minimum. Then it may sell down to it.
     prices = night_prices(54, peak=3.0, valley=0.1)
     plan = make_plan(problem(**prices, soc_pct=10.0, soc_floor_pct=20.0, target_soc_pct=60.0))
     trajectory = socs(plan, 10.0)
+    step_pct = 7.4 * SLOT_H * 0.92 / 0.6
+    flat_out = math.ceil((20.0 - 10.0) / step_pct)  # slots to reach the floor
+    assert all(w == pytest.approx(7400.0) for w in powers(plan)[: flat_out - 1])
+    assert trajectory[flat_out] >= 20.0 - EPS_PCT
     for k, power_w in enumerate(powers(plan)):
         if power_w < 0:
-            assert trajectory[k] >= 20.0 - EPS_PCT
             assert trajectory[k + 1] >= 20.0 - EPS_PCT
-    assert any("below the floor" in note for note in plan.notes)
+    assert min(powers(plan)) < 0  # the peak still pays once above the floor
+    assert any("below the floor 20 %: charging flat out to it first" in n for n in plan.notes)
 
 
 def test_start_above_the_ceiling_never_charges_above_it() -> None:
@@ -444,6 +449,8 @@ def test_plan_keeps_every_rule(p: PlanProblem) -> None:
         assert min(p.soc_floor_pct, p.soc_pct) - tol <= after
         assert after <= max(p.soc_ceiling_pct, p.soc_pct) + tol
     most = most_reachable(p)
+    for k in range(1, n + 1):  # below the floor: a flat-out charge to it first
+        assert trajectory[k] >= min(p.soc_floor_pct, most[k]) - tol
     if p.target_soc_pct is not None:
         target = p.target_soc_pct
         assert plan.target_reachable == (most[-1] >= target - 1e-7)
