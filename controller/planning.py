@@ -38,6 +38,8 @@ DEFAULT_HORIZON_S = 24 * 3600.0
 RATING_CHANGE_FRACTION = 0.1
 # The depth of cycle the first plan prices wear at; the plan's own depth prices the second.
 FIRST_GUESS_DEPTH_FRAC = 0.3
+# A plan that cycles within this of the first guess keeps its price of wear (no second pass).
+DEPTH_TOLERANCE = 0.1
 
 
 @dataclass(frozen=True, slots=True)
@@ -298,10 +300,21 @@ class PlanKeeper:
             bonus_power_w=prices.bonus_power_w,
             discharge_budget_kwh=budget_kwh,
             slot_s=slot_s,
+            # The core's reserve (rules.py departure_part) deducts the ramp from a full
+            # discharge to a full charge and its horizon: the plan keeps the same reserve.
+            reserve_lost_s=(
+                (key.max_charge_w + key.max_discharge_w) / safety.ramp_w_per_s
+                + safety.floor_horizon_s
+            )
+            * safety.battery_time_factor,
         )
         plan = make_plan(problem)
         depth_frac = _discharge_depth_frac(plan, soc_pct)
-        if settings.wear is not None and depth_frac > 0:
+        if (
+            settings.wear is not None
+            and depth_frac > 0  # no discharge at the first price: none at a lower one either
+            and abs(depth_frac - FIRST_GUESS_DEPTH_FRAC) > DEPTH_TOLERANCE
+        ):
             # Wear per kWh depends on the cycle's depth: price it at the depth this plan cycles.
             plan = make_plan(_with_wear(problem, self._wear_rate(capacity_kwh, depth_frac)))
         return plan
