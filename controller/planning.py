@@ -312,7 +312,7 @@ class PlanKeeper:
         depth_frac = _discharge_depth_frac(plan, soc_pct)
         if (
             settings.wear is not None
-            and depth_frac > 0  # no discharge at the first price: none at a lower one either
+            and depth_frac > 0  # no discharge planned: no cycle to price again
             and abs(depth_frac - FIRST_GUESS_DEPTH_FRAC) > DEPTH_TOLERANCE
         ):
             # Wear per kWh depends on the cycle's depth: price it at the depth this plan cycles.
