@@ -3,7 +3,9 @@
 Everything is drawn from one seeded ``random.Random``, so a seed names a year exactly:
 
 * a plug-in every evening from ``FIRST_DAY``, in Asia/Shanghai: arrival uniform 17:00-21:00,
-  departure uniform 06:30-08:30 the next morning (whole minutes), arrival SoC uniform 25-75 %;
+  departure uniform 06:30-08:30 the next morning, arrival SoC uniform 25-75 %. Times fall on a
+  ``GRID_MIN`` grid from midnight, like the tariff's bands and the events' quarter hours, so a
+  simulation stepping a divisor of it sees every price change at a step;
 * about ``EVENTS_PER_YEAR`` peak events on random evenings: start 17:00-20:00 on a quarter
   hour, 1-2 h long, a bonus of 2-4 CNY per kWh exported on top of the export price, half of
   them only up to a requested power. Each is announced 1-4 h before it starts (the
@@ -24,6 +26,7 @@ FIRST_DAY = dt.date(2026, 1, 1)
 EVENTS_PER_YEAR = 60
 DAYS_PER_YEAR = 365
 
+GRID_MIN = 3
 ARRIVAL_EARLIEST = dt.time(17, 0)
 ARRIVAL_SPAN_MIN = 4 * 60  # 17:00-21:00
 DEPARTURE_EARLIEST = dt.time(6, 30)
@@ -57,7 +60,7 @@ class Night:
     arrival: dt.datetime
     departure: dt.datetime
     arrival_soc_pct: float
-    events: tuple[Event, ...]  # events that overlap the session
+    events: tuple[Event, ...]  # the peak events of this evening (some end before arrival)
 
     @property
     def hours(self) -> float:
@@ -106,13 +109,13 @@ def make_nights(nights: int, seed: int) -> list[Night]:
     out: list[Night] = []
     for index in range(nights):
         day = FIRST_DAY + dt.timedelta(days=index)
-        arrival = _local(day, ARRIVAL_EARLIEST, rng.randrange(ARRIVAL_SPAN_MIN + 1))
-        departure = _local(
-            day + dt.timedelta(days=1), DEPARTURE_EARLIEST, rng.randrange(DEPARTURE_SPAN_MIN + 1)
-        )
+        arrival_min = GRID_MIN * rng.randrange(ARRIVAL_SPAN_MIN // GRID_MIN + 1)
+        departure_min = GRID_MIN * rng.randrange(DEPARTURE_SPAN_MIN // GRID_MIN + 1)
+        arrival = _local(day, ARRIVAL_EARLIEST, arrival_min)
+        departure = _local(day + dt.timedelta(days=1), DEPARTURE_EARLIEST, departure_min)
         soc_pct = round(rng.uniform(*ARRIVAL_SOC_RANGE_PCT), 1)
-        overlapping = tuple(e for e in events if e.end > arrival and e.start < departure)
-        out.append(Night(index, arrival, departure, soc_pct, overlapping))
+        evening = tuple(e for e in events if e.start.date() == day)
+        out.append(Night(index, arrival, departure, soc_pct, evening))
     return out
 
 

@@ -1,0 +1,226 @@
+"""The simulated year (issue 19): its plant, its scenarios, its accounting, and a short year that
+keeps every promise."""
+
+from __future__ import annotations
+
+import datetime as dt
+import json
+import math
+import random
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from bench import year
+from bench.yearnights import EVENTS_PER_YEAR, SITE_ZONE, Event, Night, make_nights
+from bench.yearplant import Plant, PlantConfig
+
+SHORT_NIGHTS = 7
+SHORT_SEED = 5
+
+
+@pytest.fixture(scope="module")
+def short_year() -> dict[str, Any]:
+    return year.run(SHORT_NIGHTS, SHORT_SEED)
+
+
+# --- the plant ----------------------------------------------------------------------------------
+
+
+def test_plant_follows_a_command_one_step_late_within_the_noise() -> None:
+    """The inverter delivers the previous step's command, within +-1 %."""
+    plant = Plant(PlantConfig(), 50.0, random.Random(1))  # noqa: S311
+    first = plant.step(5_000.0, 60.0)
+    assert first.power_w == 0.0
+    for _ in range(50):
+        flow = plant.step(5_000.0, 60.0)
+        assert 4_950.0 <= flow.power_w <= 5_050.0
+
+
+def test_plant_charges_and_discharges_through_its_true_efficiency() -> None:
+    """Charging stores power x 0.91; discharging takes power / 0.91 from the battery."""
+    config = PlantConfig(noise_frac=0.0)
+    plant = Plant(config, 50.0, random.Random(1))  # noqa: S311
+    plant.step(3_600.0, 3600.0)
+    flow = plant.step(-3_600.0, 3600.0)
+    assert flow.battery_delta_kwh == pytest.approx(3.6 * 0.91)
+    flow = plant.step(0.0, 3600.0)
+    assert flow.battery_delta_kwh == pytest.approx(-3.6 / 0.91)
+    assert plant.soc_pct == pytest.approx(50.0 + 100 * (3.6 * 0.91 - 3.6 / 0.91) / 60.0)
+
+
+def test_plant_reports_the_soc_truncated_and_one_step_old() -> None:
+    """The car reports whole percent, rounded down, as it was a step ago."""
+    plant = Plant(PlantConfig(noise_frac=0.0), 50.7, random.Random(1))  # noqa: S311
+    assert plant.reported_soc_pct == 50.0
+    plant.step(7_000.0, 600.0)
+    plant.step(7_000.0, 600.0)  # 1.17 kWh in: true SoC 52.64 %
+    assert plant.soc_pct == pytest.approx(50.7 + 100 * 7.0 * 0.91 / 6 / 60)
+    assert plant.reported_soc_pct == 50.0  # the SoC before this step
+    plant.step(0.0, 600.0)
+    assert plant.reported_soc_pct == math.floor(50.7 + 100 * 7.0 * 0.91 / 6 / 60)
+
+
+def test_plant_battery_stops_at_empty_and_full() -> None:
+    """The BMS takes nothing beyond full: the grid power shrinks to what it took."""
+    plant = Plant(PlantConfig(noise_frac=0.0), 99.9, random.Random(1))  # noqa: S311
+    plant.step(7_000.0, 3600.0)
+    flow = plant.step(0.0, 3600.0)
+    assert plant.soc_pct == pytest.approx(100.0)
+    assert flow.power_w == pytest.approx(0.06 / 0.91 * 1000.0)
+
+
+def test_plant_refuses_a_bad_configuration() -> None:
+    """A bad efficiency is a clear error, not a strange year."""
+    with pytest.raises(ValueError, match="charge_efficiency"):
+        PlantConfig(charge_efficiency=1.2)
+
+
+# --- the scenarios ------------------------------------------------------------------------------
+
+
+def test_a_seed_names_one_year() -> None:
+    """The same seed gives the same nights; another seed other nights."""
+    assert make_nights(30, 4) == make_nights(30, 4)
+    assert make_nights(30, 4) != make_nights(30, 5)
+
+
+def test_nights_are_drawn_in_the_promised_ranges() -> None:
+    """Arrival 17:00-21:00, departure 06:30-08:30 the next day, arrival SoC 25-75 %."""
+    for night in make_nights(365, 19):
+        arrival = night.arrival.astimezone(SITE_ZONE)
+        departure = night.departure.astimezone(SITE_ZONE)
+        assert dt.time(17) <= arrival.time() <= dt.time(21)
+        assert dt.time(6, 30) <= departure.time() <= dt.time(8, 30)
+        assert departure.date() == arrival.date() + dt.timedelta(days=1)
+        assert 25.0 <= night.arrival_soc_pct <= 75.0
+
+
+def test_the_year_has_its_peak_events_announced_hours_ahead() -> None:
+    """About 60 events a year, evenings, 1-2 h, announced 1-4 h before they start."""
+    nights = make_nights(365, 19)
+    events = [e for night in nights for e in night.events]
+    assert len(events) == EVENTS_PER_YEAR
+    for event in events:
+        assert dt.time(17) <= event.start.astimezone(SITE_ZONE).time() <= dt.time(20)
+        assert dt.timedelta(hours=1) <= event.end - event.start <= dt.timedelta(hours=2)
+        assert dt.timedelta(hours=1) <= event.start - event.announced_at <= dt.timedelta(hours=4)
+        assert 2.0 <= event.bonus_per_kwh <= 4.0
+
+
+def test_a_short_run_is_the_start_of_the_year() -> None:
+    """The first nights of a short run are the year's first nights, events included."""
+    assert make_nights(20, 19) == make_nights(365, 19)[:20]
+
+
+def test_bad_night_counts_are_refused() -> None:
+    """0 or 400 nights is an error that says what is allowed."""
+    for nights in (0, 400):
+        with pytest.raises(ValueError, match=r"nights: expected 1\.\.365"):
+            make_nights(nights, 1)
+
+
+# --- the accounting -----------------------------------------------------------------------------
+
+
+def _evening(event_power_w: float | None) -> Night:
+    start = dt.datetime(2026, 3, 2, 19, 0, tzinfo=SITE_ZONE)
+    event = Event(
+        "e1",
+        start,
+        start + dt.timedelta(hours=1),
+        3.0,
+        event_power_w,
+        start - dt.timedelta(hours=2),
+    )
+    return Night(0, start - dt.timedelta(hours=1), start + dt.timedelta(hours=12), 50.0, (event,))
+
+
+def test_export_in_an_event_earns_the_bonus_up_to_its_power_window() -> None:
+    """6 kW out for an hour in a 5 kW event at 3 CNY: 1.22 x 6 kWh + 3 x 5 kWh."""
+    night = _evening(5_000.0)
+    prices = year.NightPrices(night)
+    result = year.NightResult(0, "test")
+    t0_s = night.events[0].start.timestamp()
+    for minute in range(60):
+        year._account(result, prices, t0_s + 60 * minute, -6_000.0, 1 / 60)
+    assert result.export_kwh == pytest.approx(6.0)
+    assert result.export_revenue == pytest.approx(6.0 * 1.22)
+    assert result.bonus_revenue == pytest.approx(5.0 * 3.0)
+    assert result.peak_export_kwh == pytest.approx(6.0)
+    assert result.event_export_kwh == pytest.approx(6.0)
+
+
+def test_import_is_charged_at_the_band_in_force() -> None:
+    """An hour at 2 kW from 21:30: half peak (1.00), half valley (0.30)."""
+    night = _evening(None)
+    prices = year.NightPrices(night)
+    result = year.NightResult(0, "test")
+    t0_s = dt.datetime(2026, 3, 2, 21, 30, tzinfo=SITE_ZONE).timestamp()
+    for minute in range(60):
+        year._account(result, prices, t0_s + 60 * minute, 2_000.0, 1 / 60)
+    assert result.import_cost == pytest.approx(1.0 * 1.00 + 1.0 * 0.30)
+    assert result.peak_import_kwh == pytest.approx(1.0)
+    assert result.bonus_revenue == 0.0
+
+
+# --- a short year -------------------------------------------------------------------------------
+
+
+def test_short_year_keeps_the_departure_promise_every_night(short_year: dict[str, Any]) -> None:
+    """Every policy leaves the car at the target or above, every night (true SoC)."""
+    for name, figures in short_year["strategies"].items():
+        assert figures["target_met_pct"] == 100.0, name
+        assert figures["nights_target_missed"] == [], name
+        assert figures["departure_soc_pct_min"] >= 80.0, name
+
+
+def test_short_year_never_discharges_below_the_floor(short_year: dict[str, Any]) -> None:
+    """The true SoC never ends a discharging step below the 30 % floor."""
+    for name, figures in short_year["strategies"].items():
+        assert figures["nights_below_floor"] == [], name
+        assert figures["steps_below_floor"] == 0, name
+        lowest = figures["lowest_soc_discharging_pct"]
+        assert lowest is None or lowest >= 30.0, name
+
+
+def test_short_year_fixed_windows_discharge_at_the_peak(short_year: dict[str, Any]) -> None:
+    """The fixed-window policy exports in the evening peak; charging at once never exports."""
+    assert short_year["strategies"]["fixed_windows"]["peak_export_kwh_per_year"] > 0
+    assert short_year["strategies"]["at_once"]["export_kwh_per_year"] == 0
+
+
+def test_short_year_report_has_its_stable_shape(short_year: dict[str, Any]) -> None:
+    """The JSON keys the docs and the lead read, for every strategy."""
+    assert short_year["nights"] == SHORT_NIGHTS
+    assert short_year["seed"] == SHORT_SEED
+    assert set(short_year["strategies"]) == set(year.STRATEGY_NAMES)
+    for figures in short_year["strategies"].values():
+        for key in (
+            "net_value_per_year",
+            "wear_cost_per_year",
+            "battery_throughput_kwh_per_year",
+            "peak_export_kwh_per_year",
+            "event_export_kwh_per_year",
+            "target_met_pct",
+            "nights_below_floor",
+        ):
+            assert key in figures
+    assert len(short_year["net_per_night"]["fixed_windows"]) == SHORT_NIGHTS
+    assert short_year["comparison"]["run_time_s"]["value"] > 0
+    json.dumps(short_year)  # plain data only
+
+
+def test_cli_writes_the_json_and_the_plot(tmp_path: Path) -> None:
+    """`python -m bench.year --nights 1` writes year.json and a PNG."""
+    assert year.main(["--nights", "1", "--out", str(tmp_path), "--workers", "1"]) == 0
+    report = json.loads((tmp_path / "year.json").read_text(encoding="utf-8"))
+    assert report["nights"] == 1
+    assert (tmp_path / "year.png").read_bytes()[:4] == b"\x89PNG"
+
+
+def test_cli_refuses_bad_input_with_a_reason(capsys: pytest.CaptureFixture[str]) -> None:
+    """A night count outside 1..365 is refused with the allowed range, no traceback."""
+    assert year.main(["--nights", "0", "--workers", "1"]) == 2
+    assert "nights: expected 1..365" in capsys.readouterr().err
