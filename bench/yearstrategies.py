@@ -21,7 +21,8 @@ import datetime as dt
 from dataclasses import dataclass, replace
 from typing import Protocol
 
-from bench.yearnights import SITE_ZONE, Night
+from bench.yearnights import SITE_ZONE, TARIFF_BANDS, Event, Night
+from bench.yearplant import PlantConfig
 from controller.core.policy import (
     Departure,
     FallbackMode,
@@ -33,7 +34,18 @@ from controller.core.policy import (
     TimeWindow,
     WearPolicy,
 )
+from controller.core.rules import next_local_instant
 from controller.core.snapshots import PlannedPower
+from controller.economics.tariff import (
+    ALL_DAY_TYPES,
+    ALL_MONTHS,
+    Band,
+    PeakEvent,
+    Tariff,
+    TariffPeriod,
+)
+from controller.economics.wear import Chemistry, WearModel
+from controller.planning import PlanKeeper, PlanSettings
 
 # The owner's promises and the installation (config/example.yaml's limits, a 30 % floor).
 SOC_FLOOR_PCT = 30.0
@@ -55,6 +67,7 @@ class Observation:
     true_soc_pct: float
     capacity_kwh: float
     discharged_today_kwh: float  # the core's wear count for the local day
+    departure_at: dt.datetime | None  # the session's departure as the core fixed it
 
 
 class Session(Protocol):
@@ -143,3 +156,116 @@ class FixedWindows:
 
     def session(self, night: Night, policy: Policy) -> Session:
         return _NoPlan()
+
+
+# --- the planning strategies ----------------------------------------------------------------------
+
+# The planner's configured efficiency (config economics; PlanSettings' default); the plant's
+# true one is PlantConfig's 0.91: the plan drifts and is re-made from the reported SoC.
+ASSUMED_EFFICIENCY = 0.92
+# An NMC pack of 60 kWh that costs CNY 60,000 to replace (about CNY 1,000 per kWh, pack level).
+CHEMISTRY = Chemistry.NMC
+REPLACEMENT_COST = 60_000.0
+
+
+def tariff() -> Tariff:
+    """``TARIFF_BANDS`` as the planner's ``Tariff``: every day of the year alike."""
+    bands = tuple(
+        Band(start, end, import_price, export_price, name)
+        for start, end, import_price, export_price, name in TARIFF_BANDS
+    )
+    return Tariff("CNY", (TariffPeriod(ALL_MONTHS, ALL_DAY_TYPES, bands),))
+
+
+def wear_model(plant: PlantConfig) -> WearModel:
+    return WearModel(CHEMISTRY, capacity_kwh=plant.capacity_kwh, replacement_cost=REPLACEMENT_COST)
+
+
+def _peak_event(event: Event) -> PeakEvent:
+    return PeakEvent(event.event_id, event.start, event.end, event.bonus_per_kwh, event.power_w)
+
+
+class _Planned:
+    """A plug-in under the ``optimize`` fallback: the plan keeper, fed as the daemon feeds it
+    (controller/control.py) or, for the foresight bound, with the truth."""
+
+    def __init__(self, keeper: PlanKeeper, night: Night, *, foresight: bool) -> None:
+        self.keeper = keeper
+        self._night = night
+        self._foresight = foresight
+        self._events = [(e.announced_at, _peak_event(e)) for e in night.events]
+        self._resolution_pct = keeper.policy.safety.soc_resolution_pct
+        self._departure_local = night.departure.astimezone(SITE_ZONE).time()
+
+    def plan(self, seen: Observation) -> PlannedPower | None:
+        if self._foresight:
+            return self.keeper.update(
+                wall=seen.wall,
+                soc_pct=seen.true_soc_pct,
+                capacity_kwh=seen.capacity_kwh,
+                departure_at=self._night.departure,
+                discharged_today_kwh=seen.discharged_today_kwh,
+                clock_trusted=True,
+                events=tuple(event for _, event in self._events),
+            )
+        # Events the aggregator has announced by now; each new one is a new price version.
+        known = tuple(event for announced_at, event in self._events if announced_at <= seen.wall)
+        # The departure the core fixes at its first decision of the session (the wiring passes
+        # the core's, which is None before that decision: a first plan without a departure
+        # would be made only to be replaced a step later).
+        departure_at = seen.departure_at or next_local_instant(seen.wall, self._departure_local)
+        return self.keeper.update(
+            wall=seen.wall,
+            soc_pct=seen.reported_soc_pct - self._resolution_pct,
+            capacity_kwh=seen.capacity_kwh,
+            departure_at=departure_at,
+            discharged_today_kwh=seen.discharged_today_kwh,
+            clock_trusted=True,
+            events=known,
+            prices_version=len(known),
+        )
+
+
+@dataclass(frozen=True, slots=True)
+class Optimize:
+    """The product: fallback ``optimize``, the planner re-planning as it learns."""
+
+    step_s: float
+    plant: PlantConfig
+    name: str = "optimize"
+
+    def policy(self, night: Night) -> Policy:
+        fallback = FallbackPolicy(mode=FallbackMode.OPTIMIZE)
+        return replace(base_policy(night, self.step_s), fallback=fallback)
+
+    def session(self, night: Night, policy: Policy) -> Session:
+        settings = PlanSettings(
+            tariff=tariff(),
+            wear=wear_model(self.plant),
+            charge_efficiency=ASSUMED_EFFICIENCY,
+            discharge_efficiency=ASSUMED_EFFICIENCY,
+        )
+        return _Planned(PlanKeeper(settings, policy), night, foresight=False)
+
+
+@dataclass(frozen=True, slots=True)
+class Foresight:
+    """(c) The bound: the same planner knowing the true SoC, the true efficiency and every
+    event of the night at plug-in, its plan followed through the same core and plant."""
+
+    step_s: float
+    plant: PlantConfig
+    name: str = "foresight"
+
+    def policy(self, night: Night) -> Policy:
+        fallback = FallbackPolicy(mode=FallbackMode.OPTIMIZE)
+        return replace(base_policy(night, self.step_s), fallback=fallback)
+
+    def session(self, night: Night, policy: Policy) -> Session:
+        settings = PlanSettings(
+            tariff=tariff(),
+            wear=wear_model(self.plant),
+            charge_efficiency=self.plant.charge_efficiency,
+            discharge_efficiency=self.plant.discharge_efficiency,
+        )
+        return _Planned(PlanKeeper(settings, policy), night, foresight=True)
