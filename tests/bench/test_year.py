@@ -12,7 +12,7 @@ from typing import Any
 
 import pytest
 
-from bench import year
+from bench import year, yearstrategies
 from bench.yearnights import EVENTS_PER_YEAR, SITE_ZONE, Event, Night, make_nights
 from bench.yearplant import Plant, PlantConfig
 
@@ -94,6 +94,9 @@ def test_nights_are_drawn_in_the_promised_ranges() -> None:
         assert dt.time(17) <= arrival.time() <= dt.time(21)
         assert dt.time(6, 30) <= departure.time() <= dt.time(8, 30)
         assert departure.date() == arrival.date() + dt.timedelta(days=1)
+        # On the 3-minute grid, so a step that divides it meets every price edge.
+        assert arrival.minute % 3 == 0
+        assert departure.minute % 3 == 0
         assert 25.0 <= night.arrival_soc_pct <= 75.0
 
 
@@ -150,6 +153,19 @@ def test_export_in_an_event_earns_the_bonus_up_to_its_power_window() -> None:
     assert result.bonus_revenue == pytest.approx(5.0 * 3.0)
     assert result.peak_export_kwh == pytest.approx(6.0)
     assert result.event_export_kwh == pytest.approx(6.0)
+
+
+def test_the_accounting_prices_are_the_planners_tariff() -> None:
+    """The bench charges the owner what the planner's Tariff says, at every quarter hour."""
+    night = _evening(None)
+    prices = year.NightPrices(night)
+    tariff = yearstrategies.tariff()
+    at = night.arrival
+    while at < night.departure:
+        import_price, export_price, _ = prices.at(at.timestamp())
+        slot = tariff.price_at(at)
+        assert (import_price, export_price) == (slot.import_per_kwh, slot.export_per_kwh), at
+        at += dt.timedelta(minutes=15)
 
 
 def test_import_is_charged_at_the_band_in_force() -> None:
@@ -239,6 +255,12 @@ def test_cli_writes_the_json_and_the_plot(tmp_path: Path) -> None:
     report = json.loads((tmp_path / "year.json").read_text(encoding="utf-8"))
     assert report["nights"] == 1
     assert (tmp_path / "year.png").read_bytes()[:4] == b"\x89PNG"
+
+
+def test_a_step_off_the_scenario_grid_is_refused() -> None:
+    """A step that does not divide the 3-minute grid would miss price edges: refused."""
+    with pytest.raises(ValueError, match="step_s: expected a divisor"):
+        year.run(1, 1, step_s=100.0)
 
 
 def test_cli_refuses_bad_input_with_a_reason(capsys: pytest.CaptureFixture[str]) -> None:
