@@ -7,6 +7,7 @@ import datetime as dt
 import json
 import math
 import random
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
 
@@ -15,6 +16,7 @@ import pytest
 from bench import year, yearstrategies
 from bench.yearnights import EVENTS_PER_YEAR, SITE_ZONE, Event, Night, make_nights
 from bench.yearplant import Plant, PlantConfig
+from controller.core.policy import FallbackMode, FallbackPolicy, OwnerPolicy, Policy
 
 SHORT_NIGHTS = 7
 SHORT_SEED = 25  # two peak events start while the car is plugged in (nights 3 and 5)
@@ -267,3 +269,60 @@ def test_cli_refuses_bad_input_with_a_reason(capsys: pytest.CaptureFixture[str])
     """A night count outside 1..365 is refused with the allowed range, no traceback."""
     assert year.main(["--nights", "0", "--workers", "1"]) == 2
     assert "nights: expected 1..365" in capsys.readouterr().err
+
+
+# --- the judges ---------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True, slots=True)
+class _Reckless:
+    """A policy that breaks both promises: discharge all night down to a 5 % floor."""
+
+    name: str = "reckless"
+
+    def policy(self, night: Night) -> Policy:
+        base = yearstrategies.base_policy(night, year.STEP_S)
+        return replace(
+            base,
+            owner=OwnerPolicy(soc_floor_pct=5.0, departure=None),
+            fallback=FallbackPolicy(
+                mode=FallbackMode.TIME_OF_USE,
+                peak_windows=yearstrategies.WHOLE_DAY,
+                discharge_power_w=7_400.0,
+            ),
+        )
+
+    def session(self, night: Night, policy: Policy) -> yearstrategies.Session:
+        return yearstrategies.AtOnce(year.STEP_S).session(night, policy)
+
+
+def _simulate(
+    strategy: yearstrategies.Strategy, trace: year.Trace | None = None
+) -> year.NightResult:
+    night = make_nights(1, 3)[0]
+    return year.simulate_night(
+        night,
+        strategy,
+        plant_config=PlantConfig(),
+        step_s=year.STEP_S,
+        noise_seed="3-0",
+        wear_cost=lambda soc: 0.0,
+        trace=trace,
+    )
+
+
+def test_the_judges_see_a_broken_promise() -> None:
+    """A policy that drains the car is caught: below the floor, and short at departure."""
+    result = _simulate(_Reckless())
+    assert result.floor_breach_steps > 0
+    assert result.min_soc_discharging_pct < yearstrategies.SOC_FLOOR_PCT
+    assert not result.target_met
+
+
+def test_the_ramp_does_not_stall_at_the_simulated_step() -> None:
+    """Charging at once runs at full power from the third step (the first decision has no
+    interval to ramp over, the inverter follows a step late), not 2 kW more per step."""
+    trace = year.Trace()
+    _simulate(yearstrategies.AtOnce(year.STEP_S), trace)
+    assert trace.power_w[:2] == [0.0, 0.0]
+    assert trace.power_w[2] == pytest.approx(7_400.0, rel=0.011)
