@@ -60,7 +60,7 @@ from controller.core.snapshots import InverterState, VehiclePhase, VehicleState
 
 ROOT = Path(__file__).resolve().parent.parent
 OUT_DIR = ROOT / "bench"
-STEP_S = 60.0
+STEP_S = 90.0
 DEFAULT_SEED = 19
 CURRENCY = "CNY"
 # Generous vehicle limits: the charger's 7.4 kW binds, not the car (CHAdeMO cars ask 100+ A).
@@ -550,6 +550,64 @@ def write_plot(report: dict[str, Any], path: Path) -> None:
     fig.tight_layout()
     fig.savefig(path, dpi=100)
     plt.close(fig)
+
+
+def markdown(report: dict[str, Any]) -> str:
+    """The year's figures as a Markdown section (for docs/performance.md)."""
+    currency = report["currency"]
+    comparison = report["comparison"]
+    lines = [
+        "## A simulated year (issue 19)",
+        "",
+        f"`python -m bench.year --nights {report['nights']} --seed {report['seed']}`: "
+        f"{report['nights']} plug-ins from {report['first_night']} ({report['zone']}), "
+        f"{report['peak_events']} peak events ({report['peak_events_while_plugged_in']} while "
+        f"plugged in), a decision every {report['step_s']:g} s of simulated time, "
+        f"{report['run_time_s']} s on {report['workers']} process(es). Money in {currency} per "
+        "year; value is the net value over charging at once.",
+        "",
+        "| policy | net value | value | wear cost | event bonus | throughput | peak export "
+        "| event export | target met | nights below floor |",
+        "|---|---|---|---|---|---|---|---|---|---|",
+    ]
+    base = report["strategies"].get("at_once", {}).get("net_value_per_year")
+    for f in report["strategies"].values():
+        value = "" if base is None else f"{f['net_value_per_year'] - base:,.0f}"
+        lines.append(
+            f"| {f['label']} | {f['net_value_per_year']:,.0f} | {value} "
+            f"| {f['wear_cost_per_year']:,.0f} | {f['event_bonus_per_year']:,.0f} "
+            f"| {f['battery_throughput_kwh_per_year']:,.0f} kWh "
+            f"({f['equivalent_full_cycles_per_year']:g} cycles) "
+            f"| {f['peak_export_kwh_per_year']:,.0f} kWh "
+            f"| {f['event_export_kwh_per_year']:,.0f} kWh "
+            f"| {f['target_met_pct']:g} % | {len(f['nights_below_floor'])} |"
+        )
+    lines += ["", "| goal | measured | met |", "|---|---|---|"]
+    goals = (
+        ("optimize_target_met_pct", "optimize: departure target met (goal 100 %)", "%"),
+        (
+            "optimize_nights_below_floor",
+            "optimize: nights with the true SoC below the floor (goal 0)",
+            "",
+        ),
+        (
+            "optimize_pct_of_foresight",
+            "optimize's value as a share of perfect foresight's (goal >= 95 %)",
+            "%",
+        ),
+        (
+            "optimize_over_fixed_windows_per_year",
+            "optimize over the fixed windows (goal >= 0)",
+            f" {currency}",
+        ),
+        ("run_time_s", "run time (goal <= 120 s)", " s"),
+    )
+    for key, label, unit in goals:
+        item = comparison.get(key)
+        if item is not None:
+            met = {True: "met", False: "NOT met", None: ""}[item["met"]]
+            lines.append(f"| {label} | {item['value']}{unit} | {met} |")
+    return "\n".join(lines) + "\n"
 
 
 def _print_summary(report: dict[str, Any]) -> None:

@@ -251,6 +251,16 @@ def test_short_year_report_has_its_stable_shape(short_year: dict[str, Any]) -> N
     json.dumps(short_year)  # plain data only
 
 
+def test_short_year_renders_its_section_for_the_docs(short_year: dict[str, Any]) -> None:
+    """The Markdown section names the command, every policy and every goal."""
+    text = year.markdown(short_year)
+    assert f"python -m bench.year --nights {SHORT_NIGHTS} --seed {SHORT_SEED}" in text
+    for name in year.STRATEGY_NAMES:
+        assert f"| {year.LABELS[name]} |" in text
+    assert "share of perfect foresight" in text
+    assert "run time" in text
+
+
 def test_cli_writes_the_json_and_the_plot(tmp_path: Path) -> None:
     """`python -m bench.year --nights 1` writes year.json and a PNG."""
     assert year.main(["--nights", "1", "--out", str(tmp_path), "--workers", "1"]) == 0
