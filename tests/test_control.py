@@ -35,7 +35,7 @@ def test_example_config_becomes_the_policy_it_says() -> None:
     assert policy.safety.vehicle_stale_after_s == config.vehicle.stale_after_s
     assert policy.safety.fault_reset is FaultResetMode.AUTO
     assert policy.wear.max_discharge_kwh_per_day == config.safety.max_discharge_kwh_per_day
-    assert policy.fallback.mode is FallbackMode.TIME_OF_USE
+    assert policy.fallback.mode is FallbackMode.OPTIMIZE
     assert config.fallback.peak_window is not None
     assert [w.start_local for w in policy.fallback.peak_windows] == [
         config.fallback.peak_window.start

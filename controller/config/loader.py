@@ -129,6 +129,8 @@ def _fields_at(root: type[BaseModel], loc: Loc) -> list[str]:
     """Field names of the section at ``loc``, for 'did you mean' hints."""
     model: Any = root
     for part in loc:
+        if isinstance(part, int):
+            continue  # an item of a list of sections: the section is the list's item type
         if not (isinstance(model, type) and issubclass(model, BaseModel)):
             return []
         fields = {f.alias or name: f for name, f in model.model_fields.items()}

@@ -13,10 +13,12 @@ import zoneinfo
 from pathlib import Path
 from typing import Annotated, Any, Literal, Self
 
-from pydantic import Field, model_validator
+from pydantic import Field, field_validator, model_validator
 
-from controller.config.loader import Section, load_file, validate_text
+from controller.config.loader import Loc, Section, load_file, validate_text
 from controller.config.register_map import load_register_map
+from controller.economics.tariff import Band, DayType, PeakEvent, Tariff, TariffPeriod
+from controller.economics.tariff import tariff_problems as _tariff_problems
 from controller.errors import ConfigError, ConfigProblem
 
 # Identifiers end up in MQTT topics and file names: keep them to a safe alphabet.
@@ -704,12 +706,20 @@ class TimeWindow(Section):
 class FallbackConfig(Section):
     """What the charger does on its own when no valid aggregator setpoint is in force."""
 
-    policy: Literal["idle", "time_of_use"] = "idle"
+    policy: Literal["idle", "time_of_use", "optimize"] = Field(
+        default="idle",
+        description="idle: hold 0 W. time_of_use: charge in cheap_window, discharge in "
+        "peak_window. optimize: plan charging and discharging against the tariff (`tariff:`), "
+        "battery wear (`economics:`) and the departure promise, re-planned on every change; the "
+        "default in the examples (docs/economics.md).",
+    )
     cheap_window: TimeWindow | None = Field(
-        default=None, description="Charge toward the departure target in this window."
+        default=None,
+        description="policy time_of_use only: charge toward the departure target in this window.",
     )
     peak_window: TimeWindow | None = Field(
-        default=None, description="Discharge above the floor in this window."
+        default=None,
+        description="policy time_of_use only: discharge above the floor in this window.",
     )
     charge_power_w: float = Field(default=3700.0, ge=0, le=400_000)
     discharge_power_w: float = Field(default=3700.0, ge=0, le=400_000)
@@ -724,9 +734,209 @@ class FallbackConfig(Section):
 
 
 class TariffConfig(Section):
+    """The older flat tariff, one price each way: used only without a top-level `tariff:`.
+
+    It is then the tariff all day, every day; giving both is an error.
+    """
+
     currency: str = Field(default="EUR", pattern=r"^[A-Z]{3}$")
     import_price_per_kwh: float = Field(default=0.25, ge=-10, le=10)
     export_price_per_kwh: float = Field(default=0.30, ge=-10, le=10)
+
+
+# --- tariff and economics ---------------------------------------------------------------------
+
+_DAY_TYPES = Literal["weekday", "weekend", "holiday"]
+
+
+class TariffBandConfig(Section):
+    """One band of a period: prices from start to end, local time."""
+
+    start: dt.time = Field(description="Local time the band begins, e.g. '07:00' (quote it).")
+    end: dt.time = Field(
+        description="Local time it ends; '00:00' is midnight. A band may cross midnight "
+        "('23:00' to '07:00'); '00:00' to '00:00' is the whole day."
+    )
+    import_per_kwh: float = Field(
+        description="What the owner pays per kWh taken from the grid, in the tariff's currency "
+        "(all taxes and network charges included: what the bill says)."
+    )
+    export_per_kwh: float = Field(
+        description="What the owner is paid per kWh sent to the grid (feed-in or V2G price)."
+    )
+    name: str = Field(
+        default="", max_length=40, description="e.g. peak, valley, flat: shown in receipts."
+    )
+
+
+def _all_months() -> list[int]:
+    return list(range(1, 13))
+
+
+def _all_day_types() -> list[_DAY_TYPES]:
+    return ["weekday", "weekend", "holiday"]
+
+
+class TariffPeriodConfig(Section):
+    """The bands that apply on some day types in some months (a season)."""
+
+    months: list[int] = Field(
+        default_factory=_all_months,
+        min_length=1,
+        description="Months 1-12 this period applies in (a season); default: all.",
+    )
+    day_types: list[_DAY_TYPES] = Field(
+        default_factory=_all_day_types,
+        min_length=1,
+        description="weekday (Mon-Fri), weekend (Sat, Sun), holiday (the dates in "
+        "tariff.holidays, whatever day of the week); default: all.",
+    )
+    bands: list[TariffBandConfig] = Field(
+        min_length=1,
+        description="Bands that cover the 24 hours exactly once, without gaps or overlaps.",
+    )
+
+    @field_validator("months")
+    @classmethod
+    def _calendar_months(cls, months: list[int]) -> list[int]:
+        wrong = [month for month in months if not 1 <= month <= 12]
+        if wrong:
+            raise ValueError(f"expected months 1-12, found {', '.join(map(str, wrong))}")
+        return months
+
+
+class PeakEventConfig(Section):
+    """A demand-response event known in advance: a bonus on the export price while it runs."""
+
+    id: str = Field(pattern=_IDENT, description="Names the event in receipts.")
+    start: dt.datetime = Field(
+        description="When it starts, with the UTC offset: 2026-07-15T19:00:00+08:00."
+    )
+    end: dt.datetime = Field(description="When it ends, with the UTC offset.")
+    bonus_per_kwh: float = Field(
+        ge=-100,
+        le=100,
+        allow_inf_nan=False,
+        description="Added to the export price for energy exported during the event.",
+    )
+    power_w: float | None = Field(
+        default=None,
+        gt=0,
+        le=400_000,
+        allow_inf_nan=False,
+        description="The bonus is paid for export up to this power; empty: all export.",
+    )
+
+    @field_validator("start", "end")
+    @classmethod
+    def _with_offset(cls, value: dt.datetime) -> dt.datetime:
+        if value.tzinfo is None or value.utcoffset() is None:
+            raise ValueError(
+                "expected a date and time with its UTC offset, e.g. 2026-07-15T19:00:00+08:00, "
+                f"found {value.isoformat()} without one"
+            )
+        return value
+
+    @model_validator(mode="after")
+    def _ordered(self) -> Self:
+        if self.end <= self.start:
+            raise ValueError(
+                f"expected end after start, found start {self.start.isoformat()} and end "
+                f"{self.end.isoformat()}"
+            )
+        return self
+
+    def event(self) -> PeakEvent:
+        return PeakEvent(self.id, self.start, self.end, self.bonus_per_kwh, self.power_w)
+
+
+class SiteTariffConfig(Section):
+    """Import and export prices per time band, by season and day type, in site.timezone.
+
+    docs/economics.md, "Tariffs and prices", shows how to write one.
+    """
+
+    currency: str = Field(
+        pattern=r"^[A-Z]{3}$", description="ISO 4217 code of every price: EUR, CNY, GBP..."
+    )
+    periods: list[TariffPeriodConfig] = Field(
+        min_length=1,
+        description="Each month and day type must be covered by exactly one period.",
+    )
+    holidays: list[dt.date] = Field(
+        default_factory=list,
+        description="Dates priced as day type holiday, e.g. 2026-10-01 (public holidays).",
+    )
+    events: list[PeakEventConfig] = Field(
+        default_factory=list,
+        description="Peak events known in advance (the aggregator can also push them).",
+    )
+
+    def problems(self) -> list[tuple[Loc, str]]:
+        """Gaps, overlaps and coverage problems, each at its key (relative to this section)."""
+        return list(_tariff_problems(self.currency, self._periods()))
+
+    def build(self) -> Tariff:
+        """The economics room's tariff (call only on a config without problems())."""
+        return Tariff(self.currency, self._periods(), frozenset(self.holidays))
+
+    def peak_events(self) -> tuple[PeakEvent, ...]:
+        return tuple(event.event() for event in self.events)
+
+    def _periods(self) -> tuple[TariffPeriod, ...]:
+        return tuple(
+            TariffPeriod(
+                frozenset(period.months),
+                frozenset(DayType(kind) for kind in period.day_types),
+                tuple(
+                    Band(b.start, b.end, b.import_per_kwh, b.export_per_kwh, b.name)
+                    for b in period.bands
+                ),
+            )
+            for period in self.periods
+        )
+
+
+class EconomicsConfig(Section):
+    """What the optimize policy weighs against the tariff: the battery's wear and the losses."""
+
+    battery_chemistry: Literal["nmc", "lfp"] = Field(
+        default="nmc",
+        description="Cell chemistry of the car's battery: it sets the wear model's parameters "
+        "(docs/economics.md). Most European cars are NMC; many Chinese ones LFP.",
+    )
+    battery_replacement_cost: float = Field(
+        default=8000.0,
+        gt=0,
+        le=1_000_000,
+        allow_inf_nan=False,
+        description="What a new battery for this car costs, in the tariff's currency. Set it "
+        "per site: the default (8000) is a placeholder, and wear cost scales with it.",
+    )
+    charge_efficiency_pct: float = Field(
+        default=92.0,
+        ge=50,
+        le=100,
+        description="Energy stored in the battery per energy taken from the grid, in %.",
+    )
+    discharge_efficiency_pct: float = Field(
+        default=92.0,
+        ge=50,
+        le=100,
+        description="Energy delivered to the grid per energy taken from the battery, in %.",
+    )
+    plan_slots_published: int = Field(
+        default=16,
+        ge=0,
+        le=192,
+        description="How many of the next 15-minute slots of the plan the telemetry carries.",
+    )
+    replan_soc_deviation_pct: float = Field(
+        default=2.0,
+        gt=0,
+        le=50,
+        description="Re-plan when the car's SoC is this far from the plan's SoC for now.",
+    )
 
 
 class LedgerConfig(Section):
@@ -788,6 +998,11 @@ class Config(Section):
     owner: OwnerConfig = OwnerConfig()
     safety: SafetyConfig = SafetyConfig()
     fallback: FallbackConfig = FallbackConfig()
+    tariff: SiteTariffConfig | None = Field(
+        default=None,
+        description="Prices by band, day type and season. Empty: the flat ledger.tariff.",
+    )
+    economics: EconomicsConfig = EconomicsConfig()
     ledger: LedgerConfig = LedgerConfig()
     logging: LoggingConfig = LoggingConfig()
     control: ControlConfig = ControlConfig()
@@ -797,6 +1012,33 @@ class Config(Section):
         return self.aggregator.topic_prefix.format(
             site_id=self.site.site_id, charger_id=self.site.charger_id
         )
+
+    def economic_tariff(self) -> Tariff:
+        """The tariff the economics use: the top-level ``tariff:``, else the flat
+        ``ledger.tariff`` all day, every day."""
+        if self.tariff is not None:
+            return self.tariff.build()
+        flat = self.ledger.tariff
+        return Tariff.flat(flat.currency, flat.import_price_per_kwh, flat.export_price_per_kwh)
+
+    def peak_events(self) -> tuple[PeakEvent, ...]:
+        """The peak events written in the config (none without a top-level ``tariff:``)."""
+        return () if self.tariff is None else self.tariff.peak_events()
+
+    def cross_problems(self) -> list[tuple[Loc, str]]:
+        """Checks across keys, each at the key it concerns (run by the loader after the schema)."""
+        if self.tariff is None:
+            return []
+        found = [(("tariff", *where), message) for where, message in self.tariff.problems()]
+        if "tariff" in self.ledger.model_fields_set:
+            found.append(
+                (
+                    ("ledger", "tariff"),
+                    "found both the top-level 'tariff:' and 'ledger.tariff:'; expected one: keep "
+                    "'tariff:' and delete 'ledger.tariff:' (the older flat tariff)",
+                )
+            )
+        return found
 
 
 def json_schema() -> dict[str, Any]:
