@@ -66,7 +66,10 @@ CURRENCY = "CNY"
 # Generous vehicle limits: the charger's 7.4 kW binds, not the car (CHAdeMO cars ask 100+ A).
 VEHICLE_CURRENT_LIMIT_A = 125.0
 
-WearCost = Callable[[Sequence[float]], float]
+# The wear cost of a night: its true SoC trace (%) and the C-rate the battery moved at.
+# The C-rate priced when nothing moved (the trace then has no cycles: any value gives 0).
+IDLE_C_RATE = 0.1
+WearCost = Callable[[Sequence[float], float], float]
 
 
 # --- prices of a night ----------------------------------------------------------------------------
@@ -159,6 +162,7 @@ def simulate_night(
     result = NightResult(night.index, strategy.name, arrival_soc_pct=night.arrival_soc_pct)
     state = CoreState()
     soc_trace = [plant.soc_pct]
+    moving_steps = 0
     steps = round((night.departure - night.arrival).total_seconds() / step_s)
     hours_per_step = step_s / 3600.0
     capacity_kwh = plant_config.capacity_kwh
@@ -209,6 +213,7 @@ def simulate_night(
             if plant.soc_pct < SOC_FLOOR_PCT:
                 result.floor_breach_steps += 1
         soc_trace.append(plant.soc_pct)
+        moving_steps += flow.battery_delta_kwh != 0.0
         if trace is not None:
             import_price, export_price, _ = prices.at(start_s + now_s)
             event = prices.event_at(start_s + now_s)
@@ -220,7 +225,11 @@ def simulate_night(
     result.decisions = steps
     result.departure_soc_pct = plant.soc_pct
     result.target_met = plant.soc_pct >= TARGET_SOC_PCT
-    result.wear_cost = wear_cost(soc_trace)
+    # The mean C-rate while energy moved (the wear model prices a trace at one C-rate).
+    moved_h = moving_steps * hours_per_step
+    throughput_kwh = result.battery_in_kwh + result.battery_out_kwh
+    c_rate = throughput_kwh / moved_h / capacity_kwh if moved_h > 0 else IDLE_C_RATE
+    result.wear_cost = wear_cost(soc_trace, c_rate)
     return result
 
 
@@ -287,7 +296,7 @@ def make_strategy(name: str, step_s: float, plant: PlantConfig) -> Strategy:
 def wear_cost_fn(plant_config: PlantConfig) -> WearCost:
     """The battery's wear cost of a night from its true SoC trace."""
     model = wear_model(plant_config)
-    return lambda trace: model.trace_cost(trace).cost
+    return lambda trace, c_rate: model.trace_cost(trace, c_rate=c_rate).cost
 
 
 def _noise_seed(seed: int, night: Night) -> str:

@@ -7,8 +7,9 @@ Everything is drawn from one seeded ``random.Random``, so a seed names a year ex
   ``GRID_MIN`` grid from midnight, like the tariff's bands and the events' quarter hours, so a
   simulation stepping a divisor of it sees every price change at a step;
 * about ``EVENTS_PER_YEAR`` peak events on random evenings: start 17:00-20:00 on a quarter
-  hour, 1-2 h long, a bonus of 2-4 CNY per kWh exported on top of the export price, half of
-  them only up to a requested power. Each is announced 1-4 h before it starts (the
+  hour, 1-2 h long, a bonus of CNY 2.15-3.15 per kWh exported on top of the peak export price
+  of 0.85 (3-4 in all; Shenzhen's May 2024 event paid 4, config/example-cn.yaml), half of
+  them only up to a requested power of 3.5 kW. Each is announced 1-4 h before it starts (the
   ``optimize`` strategy sees it from then on; the perfect-foresight optimum sees it at arrival).
 """
 
@@ -35,8 +36,8 @@ ARRIVAL_SOC_RANGE_PCT = (25.0, 75.0)
 EVENT_EARLIEST = dt.time(17, 0)
 EVENT_START_QUARTERS = 12  # starts 17:00, 17:15, ... 20:00
 EVENT_QUARTERS_RANGE = (4, 8)  # 1-2 h
-EVENT_BONUS_RANGE_PER_KWH = (2.0, 4.0)
-EVENT_POWER_W = 5_000.0  # the power window of the events that have one
+EVENT_BONUS_RANGE_PER_KWH = (2.15, 3.15)
+EVENT_POWER_W = 3_500.0  # the power window of the events that have one: half the charger
 ANNOUNCE_LEAD_RANGE_MIN = (60, 240)
 
 
@@ -121,17 +122,14 @@ def make_nights(nights: int, seed: int) -> list[Night]:
 
 # --- the tariff -----------------------------------------------------------------------------------
 
-# An illustrative Chinese residential peak/valley (峰谷) tariff in CNY per kWh; ``TARIFF_BANDS``
-# is (start, end, import, export, name), local time, every day. Export: V2G discharge is paid
-# 1.22 at the peak (the issue's Jiangsu figure: peak discharge above CNY 1.22/kWh), elsewhere
-# the coal benchmark feed-in price (about 0.39 in Jiangsu), so only the peak pays for a cycle.
+# config/example-cn.yaml's tariff (sources named there), in CNY per kWh: (start, end, import,
+# export, name), local time, every day of the year. Import: Shanghai's residential peak/valley
+# price (first tier); export: CNY 0.85 in the peak (State Grid Jiangsu's residential V2G pilot),
+# nothing in the valley. tests/bench/test_year.py checks these against the example config.
 TARIFF_BANDS: tuple[tuple[dt.time, dt.time, float, float, str], ...] = (
-    (dt.time(0, 0), dt.time(6, 0), 0.30, 0.39, "valley"),
-    (dt.time(6, 0), dt.time(8, 0), 0.60, 0.39, "flat"),
-    (dt.time(8, 0), dt.time(11, 0), 1.00, 1.22, "peak"),
-    (dt.time(11, 0), dt.time(18, 0), 0.60, 0.39, "flat"),
-    (dt.time(18, 0), dt.time(22, 0), 1.00, 1.22, "peak"),
-    (dt.time(22, 0), dt.time(0, 0), 0.30, 0.39, "valley"),
+    (dt.time(6, 0), dt.time(22, 0), 0.617, 0.85, "peak"),
+    (dt.time(22, 0), dt.time(0, 0), 0.307, 0.0, "valley"),
+    (dt.time(0, 0), dt.time(6, 0), 0.307, 0.0, "valley"),
 )
 PEAK_BAND = "peak"
 
@@ -140,7 +138,7 @@ def _band_slots(start: dt.datetime, end: dt.datetime) -> list[tuple[PriceSlot, s
     """The tariff's bands over [start, end), each with its name (no DST in Asia/Shanghai)."""
     out: list[tuple[PriceSlot, str]] = []
     day = start.astimezone(SITE_ZONE).date() - dt.timedelta(days=1)
-    while True:
+    while dt.datetime.combine(day, dt.time(0, 0), tzinfo=SITE_ZONE) < end:
         for band_start, band_end, import_per_kwh, export_per_kwh, name in TARIFF_BANDS:
             edge0 = dt.datetime.combine(day, band_start, tzinfo=SITE_ZONE)
             edge1 = dt.datetime.combine(day, band_end, tzinfo=SITE_ZONE)
@@ -150,6 +148,5 @@ def _band_slots(start: dt.datetime, end: dt.datetime) -> list[tuple[PriceSlot, s
                 continue
             slot = PriceSlot(max(edge0, start), min(edge1, end), import_per_kwh, export_per_kwh)
             out.append((slot, name))
-        if dt.datetime.combine(day, dt.time(0, 0), tzinfo=SITE_ZONE) >= end:
-            return out
         day += dt.timedelta(days=1)
+    return sorted(out, key=lambda pair: pair[0].start)

@@ -7,8 +7,8 @@ does. The core caps every request the same way for all of them.
 * ``at_once`` (a): charge at full power from plug-in until the departure target, then idle.
   Built as the ``time_of_use`` fallback with a cheap window covering the whole day and no peak
   window: the core's own cheap-window charge stops at the target.
-* ``fixed_windows`` (b): the ``time_of_use`` fallback with its windows on the tariff's valley
-  (charge) and evening peak (discharge), at the example config's 3.7 kW.
+* ``fixed_windows`` (b): the ``time_of_use`` fallback of config/example-cn.yaml: charge in the
+  valley (22:00-06:00), discharge 18:00-21:00, both at 7 kW.
 * ``optimize``: the planner (``controller.planning.PlanKeeper``) from the reported SoC, with the
   efficiency it is configured with, learning of each peak event when it is announced.
 * ``foresight`` (c): the same planner told the truth: the true SoC, the plant's efficiency and
@@ -47,14 +47,19 @@ from controller.economics.tariff import (
 from controller.economics.wear import Chemistry, WearModel
 from controller.planning import PlanKeeper, PlanSettings
 
-# The owner's promises and the installation (config/example.yaml's limits, a 30 % floor).
-SOC_FLOOR_PCT = 30.0
+# The owner's promises, the installation and the fallback windows of config/example-cn.yaml
+# (tests/bench/test_year.py checks them against it): a 7 kW home charger in Shanghai.
+SOC_FLOOR_PCT = 40.0
 SOC_CEILING_PCT = 90.0
 TARGET_SOC_PCT = 80.0
-MAX_POWER_W = 7_400.0
-FIXED_WINDOW_POWER_W = 3_700.0
+DEPARTURE_MARGIN_PCT = 20.0
+MAX_POWER_W = 7_000.0
+GRID_IMPORT_LIMIT_W = 10_000.0
+GRID_EXPORT_LIMIT_W = 7_000.0
+WEAR_BUDGET_KWH_PER_DAY = 20.0
+FIXED_WINDOW_POWER_W = 7_000.0
 VALLEY_WINDOW = TimeWindow(dt.time(22, 0), dt.time(6, 0))
-EVENING_PEAK_WINDOW = TimeWindow(dt.time(18, 0), dt.time(22, 0))
+EVENING_PEAK_WINDOW = TimeWindow(dt.time(18, 0), dt.time(21, 0))
 WHOLE_DAY = (TimeWindow(dt.time(0, 0), dt.time(12, 0)), TimeWindow(dt.time(12, 0), dt.time(0, 0)))
 
 
@@ -98,8 +103,11 @@ def base_policy(night: Night, step_s: float) -> Policy:
             soc_floor_pct=SOC_FLOOR_PCT,
             soc_ceiling_pct=SOC_CEILING_PCT,
             departure=Departure(time_local=departure_local, target_soc_pct=TARGET_SOC_PCT),
+            departure_margin_pct=DEPARTURE_MARGIN_PCT,
         ),
-        site=SitePolicy(grid_import_limit_w=11_000.0, grid_export_limit_w=MAX_POWER_W),
+        site=SitePolicy(
+            grid_import_limit_w=GRID_IMPORT_LIMIT_W, grid_export_limit_w=GRID_EXPORT_LIMIT_W
+        ),
         safety=SafetyPolicy(
             max_charge_power_w=MAX_POWER_W,
             max_discharge_power_w=MAX_POWER_W,
@@ -111,7 +119,8 @@ def base_policy(night: Night, step_s: float) -> Policy:
             floor_horizon_s=2.0 * step_s,
             # Snapshots are taken at each step (observed now); keep the daemon's deadlines.
         ),
-        wear=WearPolicy(max_discharge_kwh_per_day=20.0),
+        wear=WearPolicy(max_discharge_kwh_per_day=WEAR_BUDGET_KWH_PER_DAY),
+        battery_capacity_default_kwh=60.0,
     )
 
 
@@ -160,12 +169,12 @@ class FixedWindows:
 
 # --- the planning strategies ----------------------------------------------------------------------
 
-# The planner's configured efficiency (config economics; PlanSettings' default); the plant's
-# true one is PlantConfig's 0.91: the plan drifts and is re-made from the reported SoC.
+# The planner's configured efficiency (config/example-cn.yaml economics); the plant's true one
+# is PlantConfig's 0.91: the plan drifts and is re-made from the reported SoC.
 ASSUMED_EFFICIENCY = 0.92
-# An NMC pack of 60 kWh that costs CNY 60,000 to replace (about CNY 1,000 per kWh, pack level).
-CHEMISTRY = Chemistry.NMC
-REPLACEMENT_COST = 60_000.0
+# The example's pack: LFP (most Chinese cars'), CNY 50,000 to replace (its placeholder).
+CHEMISTRY = Chemistry.LFP
+REPLACEMENT_COST = 50_000.0
 
 
 def tariff() -> Tariff:

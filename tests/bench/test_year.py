@@ -16,6 +16,8 @@ import pytest
 from bench import year, yearstrategies
 from bench.yearnights import EVENTS_PER_YEAR, SITE_ZONE, Event, Night, make_nights
 from bench.yearplant import Plant, PlantConfig
+from controller.config import load_config
+from controller.control import policy_from_config
 from controller.core.policy import FallbackMode, FallbackPolicy, OwnerPolicy, Policy
 
 SHORT_NIGHTS = 7
@@ -143,7 +145,7 @@ def _evening(event_power_w: float | None) -> Night:
 
 
 def test_export_in_an_event_earns_the_bonus_up_to_its_power_window() -> None:
-    """6 kW out for an hour in a 5 kW event at 3 CNY: 1.22 x 6 kWh + 3 x 5 kWh."""
+    """6 kW out for an hour in a 5 kW event at 3 CNY: 0.85 x 6 kWh + 3 x 5 kWh."""
     night = _evening(5_000.0)
     prices = year.NightPrices(night)
     result = year.NightResult(0, "test")
@@ -151,7 +153,7 @@ def test_export_in_an_event_earns_the_bonus_up_to_its_power_window() -> None:
     for minute in range(60):
         year._account(result, prices, t0_s + 60 * minute, -6_000.0, 1 / 60)
     assert result.export_kwh == pytest.approx(6.0)
-    assert result.export_revenue == pytest.approx(6.0 * 1.22)
+    assert result.export_revenue == pytest.approx(6.0 * 0.85)
     assert result.bonus_revenue == pytest.approx(5.0 * 3.0)
     assert result.peak_export_kwh == pytest.approx(6.0)
     assert result.event_export_kwh == pytest.approx(6.0)
@@ -171,14 +173,14 @@ def test_the_accounting_prices_are_the_planners_tariff() -> None:
 
 
 def test_import_is_charged_at_the_band_in_force() -> None:
-    """An hour at 2 kW from 21:30: half peak (1.00), half valley (0.30)."""
+    """An hour at 2 kW from 21:30: half peak (0.617), half valley (0.307)."""
     night = _evening(None)
     prices = year.NightPrices(night)
     result = year.NightResult(0, "test")
     t0_s = dt.datetime(2026, 3, 2, 21, 30, tzinfo=SITE_ZONE).timestamp()
     for minute in range(60):
         year._account(result, prices, t0_s + 60 * minute, 2_000.0, 1 / 60)
-    assert result.import_cost == pytest.approx(1.0 * 1.00 + 1.0 * 0.30)
+    assert result.import_cost == pytest.approx(1.0 * 0.617 + 1.0 * 0.307)
     assert result.peak_import_kwh == pytest.approx(1.0)
     assert result.bonus_revenue == 0.0
 
@@ -316,7 +318,7 @@ def _simulate(
         plant_config=PlantConfig(),
         step_s=year.STEP_S,
         noise_seed="3-0",
-        wear_cost=lambda soc: 0.0,
+        wear_cost=lambda soc, c_rate: 0.0,
         trace=trace,
     )
 
@@ -335,4 +337,49 @@ def test_the_ramp_does_not_stall_at_the_simulated_step() -> None:
     trace = year.Trace()
     _simulate(yearstrategies.AtOnce(year.STEP_S), trace)
     assert trace.power_w[:2] == [0.0, 0.0]
-    assert trace.power_w[2] == pytest.approx(7_400.0, rel=0.011)
+    assert trace.power_w[2] == pytest.approx(yearstrategies.MAX_POWER_W, rel=0.011)
+
+
+# --- the example config -------------------------------------------------------------------------
+
+EXAMPLE_CN = Path(__file__).resolve().parents[2] / "config" / "example-cn.yaml"
+
+
+def test_the_year_is_the_shanghai_example_configs() -> None:
+    """The year's promises, limits, fixed windows, tariff and battery are those of
+    config/example-cn.yaml (the bench reads no file; this catches a drift)."""
+    config = load_config(EXAMPLE_CN)
+    theirs = policy_from_config(config)
+    night = make_nights(1, 1)[0]
+    ours = yearstrategies.base_policy(night, year.STEP_S)
+    for section, names in (
+        ("owner", ("soc_floor_pct", "soc_ceiling_pct", "departure_margin_pct")),
+        ("site", ("grid_import_limit_w", "grid_export_limit_w")),
+        ("safety", ("max_charge_power_w", "max_discharge_power_w", "soc_resolution_pct")),
+        ("wear", ("max_discharge_kwh_per_day", "max_cycles_per_day")),
+    ):
+        for name in names:
+            mine = getattr(getattr(ours, section), name)
+            assert mine == getattr(getattr(theirs, section), name), f"{section}.{name}"
+    assert theirs.owner.departure is not None
+    assert theirs.owner.departure.target_soc_pct == yearstrategies.TARGET_SOC_PCT
+    assert ours.battery_capacity_default_kwh == theirs.battery_capacity_default_kwh
+    assert PlantConfig().capacity_kwh == theirs.battery_capacity_default_kwh
+    fixed = yearstrategies.FixedWindows(year.STEP_S).policy(night).fallback
+    assert fixed.cheap_windows == theirs.fallback.cheap_windows
+    assert fixed.peak_windows == theirs.fallback.peak_windows
+    assert fixed.charge_power_w == theirs.fallback.charge_power_w
+    assert fixed.discharge_power_w == theirs.fallback.discharge_power_w
+    economics = config.economics
+    assert economics.battery_chemistry == yearstrategies.CHEMISTRY
+    assert economics.battery_replacement_cost == yearstrategies.REPLACEMENT_COST
+    assert economics.charge_efficiency_pct == yearstrategies.ASSUMED_EFFICIENCY * 100
+    assert economics.discharge_efficiency_pct == yearstrategies.ASSUMED_EFFICIENCY * 100
+    tariff, example = yearstrategies.tariff(), config.economic_tariff()
+    assert tariff.currency == example.currency == year.CURRENCY
+    at = dt.datetime(2026, 7, 15, 0, 0, tzinfo=SITE_ZONE)
+    for _ in range(96):
+        mine_slot, their_slot = tariff.price_at(at), example.price_at(at)
+        assert mine_slot.import_per_kwh == their_slot.import_per_kwh, at
+        assert mine_slot.export_per_kwh == their_slot.export_per_kwh, at
+        at += dt.timedelta(minutes=15)
