@@ -40,7 +40,7 @@ from bench.yearnights import (
     SITE_ZONE,
     TARIFF_BANDS,
     Night,
-    _band_slots,
+    band_slots,
     make_nights,
 )
 from bench.yearplant import Plant, PlantConfig
@@ -60,16 +60,16 @@ from controller.core.snapshots import InverterState, VehiclePhase, VehicleState
 
 ROOT = Path(__file__).resolve().parent.parent
 OUT_DIR = ROOT / "bench"
-STEP_S = 90.0
+STEP_S = 180.0
 DEFAULT_SEED = 19
 CURRENCY = "CNY"
-# Generous vehicle limits: the charger's 7.4 kW binds, not the car (CHAdeMO cars ask 100+ A).
+# Generous vehicle limits: the charger's 7 kW binds, not the car (GB/T cars ask 100+ A).
 VEHICLE_CURRENT_LIMIT_A = 125.0
 
 # The wear cost of a night: its true SoC trace (%) and the C-rate the battery moved at.
+WearCost = Callable[[Sequence[float], float], float]
 # The C-rate priced when nothing moved (the trace then has no cycles: any value gives 0).
 IDLE_C_RATE = 0.1
-WearCost = Callable[[Sequence[float], float], float]
 
 
 # --- prices of a night ----------------------------------------------------------------------------
@@ -79,7 +79,7 @@ class NightPrices:
     """The tariff's bands and the night's events, looked up by time (seconds since the epoch)."""
 
     def __init__(self, night: Night) -> None:
-        bands = _band_slots(night.arrival, night.departure)
+        bands = band_slots(night.arrival, night.departure)
         self._starts_s = [slot.start.timestamp() for slot, _ in bands]
         self._bands = bands
         self._events = [
@@ -174,7 +174,7 @@ def simulate_night(
         vehicle = VehicleState(
             observed_at_s=now_s,
             phase=VehiclePhase.ENERGY_TRANSFER,
-            protocol="chademo",
+            protocol="gbt27930",
             soc_pct=reported_pct,
             pack_voltage_v=plant_config.pack_voltage_v,
             charge_current_limit_a=VEHICLE_CURRENT_LIMIT_A,

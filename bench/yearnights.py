@@ -134,7 +134,7 @@ TARIFF_BANDS: tuple[tuple[dt.time, dt.time, float, float, str], ...] = (
 PEAK_BAND = "peak"
 
 
-def _band_slots(start: dt.datetime, end: dt.datetime) -> list[tuple[PriceSlot, str]]:
+def band_slots(start: dt.datetime, end: dt.datetime) -> list[tuple[PriceSlot, str]]:
     """The tariff's bands over [start, end), each with its name (no DST in Asia/Shanghai)."""
     out: list[tuple[PriceSlot, str]] = []
     day = start.astimezone(SITE_ZONE).date() - dt.timedelta(days=1)
