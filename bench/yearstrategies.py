@@ -194,7 +194,7 @@ def _peak_event(event: Event) -> PeakEvent:
     return PeakEvent(event.event_id, event.start, event.end, event.bonus_per_kwh, event.power_w)
 
 
-class _Planned:
+class PlannedSession:
     """A plug-in under the ``optimize`` fallback: the plan keeper, fed as the daemon feeds it
     (controller/control.py) or, for the foresight bound, with the truth."""
 
@@ -254,7 +254,7 @@ class Optimize:
             charge_efficiency=ASSUMED_EFFICIENCY,
             discharge_efficiency=ASSUMED_EFFICIENCY,
         )
-        return _Planned(PlanKeeper(settings, policy), night, foresight=False)
+        return PlannedSession(PlanKeeper(settings, policy), night, foresight=False)
 
 
 @dataclass(frozen=True, slots=True)
@@ -277,4 +277,4 @@ class Foresight:
             charge_efficiency=self.plant.charge_efficiency,
             discharge_efficiency=self.plant.discharge_efficiency,
         )
-        return _Planned(PlanKeeper(settings, policy), night, foresight=True)
+        return PlannedSession(PlanKeeper(settings, policy), night, foresight=True)

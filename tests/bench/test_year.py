@@ -185,6 +185,55 @@ def test_import_is_charged_at_the_band_in_force() -> None:
     assert result.bonus_revenue == 0.0
 
 
+# --- what the planning strategies know -----------------------------------------------------------
+
+
+def _seen(night: Night, at: dt.datetime) -> yearstrategies.Observation:
+    return yearstrategies.Observation(
+        wall=at,
+        reported_soc_pct=60.0,
+        true_soc_pct=60.7,
+        capacity_kwh=60.0,
+        discharged_today_kwh=0.0,
+        departure_at=None,
+    )
+
+
+def _bonus_slots(session: yearstrategies.Session) -> int:
+    assert isinstance(session, yearstrategies.PlannedSession)
+    plan = session.keeper.plan
+    assert plan is not None
+    return sum(1 for slot in plan.slots if slot.bonus_per_kwh > 0)
+
+
+def test_optimize_learns_of_an_event_when_it_is_announced() -> None:
+    """Before the announcement the plan has no bonus; from it on, the event's slots do."""
+    night = _evening(5_000.0)  # arrival 18:00, event 19:00-20:00 announced at 17:00
+    night = replace(
+        night,
+        events=(replace(night.events[0], announced_at=night.arrival + dt.timedelta(minutes=30)),),
+    )
+    strategy = yearstrategies.Optimize(year.STEP_S, PlantConfig())
+    session = strategy.session(night, strategy.policy(night))
+    session.plan(_seen(night, night.arrival))
+    assert _bonus_slots(session) == 0
+    session.plan(_seen(night, night.arrival + dt.timedelta(minutes=30)))
+    assert _bonus_slots(session) == 4
+
+
+def test_foresight_knows_every_event_at_plug_in() -> None:
+    """The bound plans with the night's events from the first step."""
+    night = _evening(5_000.0)
+    night = replace(
+        night,
+        events=(replace(night.events[0], announced_at=night.arrival + dt.timedelta(minutes=30)),),
+    )
+    strategy = yearstrategies.Foresight(year.STEP_S, PlantConfig())
+    session = strategy.session(night, strategy.policy(night))
+    session.plan(_seen(night, night.arrival))
+    assert _bonus_slots(session) == 4
+
+
 # --- a short year -------------------------------------------------------------------------------
 
 
