@@ -152,7 +152,9 @@ def wall_clock_from_env() -> WallClock:
     return clock
 
 
-def open_ledger(config: Config) -> tuple[sqlite3.Connection, Ledger] | None:
+def open_ledger(
+    config: Config, *, time_factor: float = 1.0
+) -> tuple[sqlite3.Connection, Ledger] | None:
     """The ledger database (``ledger.path``) and the ledger on it, or None if it cannot be used.
 
     A ledger that cannot be opened (unwritable directory, corrupt file, a newer schema) must not
@@ -162,7 +164,7 @@ def open_ledger(config: Config) -> tuple[sqlite3.Connection, Ledger] | None:
     conn: sqlite3.Connection | None = None
     try:
         conn = open_database(config.ledger.path)
-        return conn, Ledger.from_config(conn, config)
+        return conn, Ledger.from_config(conn, config, time_factor=time_factor)
     except (LedgerError, OSError) as exc:  # db.open_database's mkdir raises OSError as is
         if conn is not None:
             conn.close()
@@ -181,7 +183,10 @@ def run(config: Config) -> ExitCode:
     except ValueError as exc:
         log.error("nothing started", error=str(exc))
         return ExitCode.CONFIG
-    opened = open_ledger(config)
+    # Simulation only: the plant's energy runs at the simulated clock's rate (ledger.py).
+    opened = open_ledger(
+        config, time_factor=wall_clock.rate if isinstance(wall_clock, SimulatedClock) else 1.0
+    )
     # Store and forward: one outbox on the ledger's connection, shared by the ledger (closed
     # sessions, in the ledger's own transaction) and the MQTT link (telemetry and events).
     durable: DurableOutbox | None = None

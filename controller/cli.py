@@ -46,7 +46,9 @@ def _parser() -> argparse.ArgumentParser:
     commands.add_parser("schema", help="print the config's JSON Schema (for editors)")
 
     ledger = commands.add_parser(
-        "ledger", help="print the energy ledger: sessions, daily totals, earnings (read-only)"
+        "ledger",
+        help="print the energy ledger: sessions with their receipts, daily totals, earnings "
+        "(read-only)",
     )
     source = ledger.add_mutually_exclusive_group(required=True)
     source.add_argument("-c", "--config", metavar="FILE", help="the ledger at ledger.path")

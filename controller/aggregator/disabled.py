@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from controller.aggregator.prices import PriceBook
 from controller.core.snapshots import Setpoint
 from controller.links import ControlReport, LinkStatus, Wake
 
@@ -10,6 +11,14 @@ class DisabledAggregator:
     """No broker: never a setpoint, so the core follows the local fallback policy."""
 
     name = "aggregator"
+
+    def __init__(self) -> None:
+        self._prices = PriceBook()
+
+    @property
+    def prices(self) -> PriceBook:
+        """Always empty (version 0): the configured tariff is the only price."""
+        return self._prices
 
     @property
     def status(self) -> LinkStatus:

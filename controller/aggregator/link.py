@@ -6,6 +6,8 @@ its parts:
 * ``tracker.py``, ``SetpointTracker`` (sans-IO): validates each setpoint payload
   (``validation.py``), keeps the one accepted last and those awaiting their ack, and decides
   every ack and audit line from the ``report()`` calls that follow;
+* ``prices.py``, ``PriceDesk`` (sans-IO): validates each price schedule and peak event, keeps
+  the ``PriceBook`` the daemon reads (``prices``), and answers each message on ``price_ack``;
 * ``sender.py``, ``Sender``: routes acks, events, status and telemetry into the in-memory
   outbox (``outbox.py``) or the durable one (``durable_outbox.py``, store and forward) and
   keeps them until the broker acknowledged them; hands audit lines to the audit sink;
@@ -19,14 +21,18 @@ One connection at a time, owned by ``run()``:
   the configured keepalive, TLS (CA, optional client certificate and key) and username and
   password (read from ``password_file`` on every connect, so a rotated password is picked up);
 * Last Will: ``offline``, retained, QoS 1, on the availability topic; on connect the link
-  subscribes to the setpoint topic at QoS 1 (MQTT 5: "retain as published", so a retained
-  setpoint is recognisable even when it arrives live), then publishes ``online``, retained;
+  subscribes to the setpoint, price schedule and price event topics at QoS 1 (MQTT 5: "retain
+  as published", so a retained message is recognisable even when it arrives live), then
+  publishes ``online``, retained;
 * a lost or refused connection makes the link ``DOWN`` (with ``reason``), and it reconnects by
   itself after a capped exponential backoff with jitter (``backoff.py``); a connection that
   stayed up for ``STABLE_SESSION_S`` resets the backoff;
 * the receive loop hands every setpoint to the tracker; an accepted one becomes ``setpoint()``
   at once and wakes the control loop; the acks and audit lines the tracker returns go to the
   sender;
+* each price message gets its ack at once (an accepted one once its ledger row was handed to
+  the storage thread and written, like a setpoint's audit line); an accepted one changes
+  ``prices`` (its ``version`` goes up) and wakes the control loop;
 * ``report()`` never waits: the tracker answers the setpoints the cycle followed, the sender
   queues events, status and telemetry, and the publish loop sends them while connected (acks
   first, then events, status and telemetry from memory, then stored records, a window at once).
@@ -55,7 +61,8 @@ import datetime as dt
 import random
 import ssl
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterable
+from typing import Protocol
 
 import aiomqtt
 import structlog
@@ -70,6 +77,7 @@ from controller.aggregator.messages import (
     AVAILABILITY_ONLINE,
 )
 from controller.aggregator.outbox import Outbox
+from controller.aggregator.prices import PriceBook, PriceDesk, PriceLimits, PriceTopic
 from controller.aggregator.sender import HOUSEKEEPING_S, Sender
 from controller.aggregator.tls import check_handshake, read_password, tls_context
 from controller.aggregator.topics import Topics
@@ -80,6 +88,7 @@ from controller.config import AggregatorConfig, Config
 from controller.core.snapshots import Setpoint
 from controller.errors import AggregatorLinkError
 from controller.links import AuditSink, ControlReport, LinkStatus, Wake
+from controller.storage.db import LedgerError
 from controller.storage.writer import StorageThread
 
 log = structlog.get_logger(component="aggregator")
@@ -93,6 +102,17 @@ _SUBACK_FAILURE = 0x80
 
 def _utc_now() -> dt.datetime:
     return dt.datetime.now(dt.UTC)
+
+
+class PriceStore(Protocol):
+    """Where accepted price messages are kept (the ledger's ``record_price_message``). Called
+    on the link's storage thread (the ``storage`` given to the link, which must be the one
+    that owns the ledger's connection), so it may block on the disk; raises only
+    ``LedgerError``. Without a storage thread it is not called."""
+
+    def __call__(
+        self, *, received_at: dt.datetime, topic: str, message_id: str, body: bytes, ack: bytes
+    ) -> None: ...
 
 
 class MqttAggregatorLink:
@@ -114,6 +134,8 @@ class MqttAggregatorLink:
         durable: DurableOutbox | None = None,
         audit: AuditSink | None = None,
         storage: StorageThread | None = None,
+        currency: str = "EUR",
+        price_store: PriceStore | None = None,
     ) -> None:
         if config.broker is None:
             raise ValueError("the aggregator config has no broker section")
@@ -138,6 +160,10 @@ class MqttAggregatorLink:
             ),
             ack_wait_s=ack_wait_s,
         )
+        self._prices = PriceDesk(
+            PriceLimits(currency=currency, clock_skew_s=config.clock_skew_tolerance_s)
+        )
+        self._price_store = price_store
         self._sender = Sender(
             self.topics,
             telemetry_period_s=config.telemetry_period_s,
@@ -165,6 +191,7 @@ class MqttAggregatorLink:
         durable: DurableOutbox | None = None,
         audit: AuditSink | None = None,
         storage: StorageThread | None = None,
+        price_store: PriceStore | None = None,
     ) -> MqttAggregatorLink:
         broker = config.aggregator.broker
         client_id = broker.client_id if broker is not None and broker.client_id else None
@@ -175,6 +202,8 @@ class MqttAggregatorLink:
             durable=durable,
             audit=audit,
             storage=storage,
+            currency=config.ledger.tariff.currency,
+            price_store=price_store,
         )
 
     # -- AggregatorLink -----------------------------------------------------------------------
@@ -218,6 +247,21 @@ class MqttAggregatorLink:
 
     def setpoint(self) -> Setpoint | None:
         return self._tracker.setpoint
+
+    @property
+    def prices(self) -> PriceBook:
+        """The prices the aggregator pushed and the charger accepted (read each cycle; its
+        ``version`` goes up with every change)."""
+        return self._prices.book
+
+    @property
+    def price_desk(self) -> PriceDesk:
+        return self._prices
+
+    def restore_prices(self, records: Iterable[tuple[str, bytes]]) -> int:
+        """Before ``run``: rebuild the price book and its replay memory from the accepted price
+        messages the ledger kept, oldest first, as (topic, body). Returns how many changed it."""
+        return self._prices.restore(records, self._wall())
 
     def report(self, report: ControlReport) -> None:
         """Record a control cycle's outcome; queues acks, events, status and telemetry."""
@@ -363,9 +407,14 @@ class MqttAggregatorLink:
         return text
 
     async def _subscribe(self, client: aiomqtt.Client) -> None:
-        topic = self.topics.setpoint
+        # One SUBSCRIBE per topic: setpoints first, so that a broker refusing the price topics
+        # is reported by name.
+        for topic in (self.topics.setpoint, self.topics.price_schedule, self.topics.price_event):
+            await self._subscribe_one(client, topic)
+
+    async def _subscribe_one(self, client: aiomqtt.Client, topic: str) -> None:
         if self._protocol is aiomqtt.ProtocolVersion.V5:
-            # Retain-as-published: a retained setpoint keeps its flag even when it arrives live.
+            # Retain-as-published: a retained message keeps its flag even when it arrives live.
             options = SubscribeOptions(qos=1, retainAsPublished=True)
             granted = await guarded(
                 client.subscribe(topic, options=options, timeout=self._connect_timeout_s)
@@ -378,7 +427,7 @@ class MqttAggregatorLink:
                 f"{self._where} refused the subscription to {topic} (codes {codes})"
             )
         if codes[0] < 1:
-            log.warning("broker granted only QoS 0 for setpoints", topic=topic)
+            log.warning("broker granted only QoS 0", topic=topic)
 
     def _came_up(self, client: aiomqtt.Client) -> None:
         self._client = client
@@ -433,11 +482,17 @@ class MqttAggregatorLink:
         raise AggregatorLinkError(f"connection to {self._where} ended")
 
     async def _receive(self, client: aiomqtt.Client) -> None:
+        topics = self.topics
         async for message in client.messages:
-            if message.topic.value != self.topics.setpoint:
-                log.debug("message on an unexpected topic ignored", topic=message.topic.value)
-                continue
-            self._on_setpoint(message.payload, retained=bool(message.retain))
+            topic = message.topic.value
+            if topic == topics.setpoint:
+                self._on_setpoint(message.payload, retained=bool(message.retain))
+            elif topic == topics.price_schedule:
+                self._on_price("price_schedule", message.payload, retained=bool(message.retain))
+            elif topic == topics.price_event:
+                self._on_price("price_event", message.payload, retained=bool(message.retain))
+            else:
+                log.debug("message on an unexpected topic ignored", topic=topic)
 
     async def _send(self, client: aiomqtt.Client) -> None:
         """Acks and status (in memory) first, then the stored records in order of creation."""
@@ -503,6 +558,58 @@ class MqttAggregatorLink:
             valid_for_s=round(setpoint.valid_until_s - setpoint.received_at_s, 3),
         )
         self._wake()
+
+    # -- prices -------------------------------------------------------------------------------
+
+    def _on_price(self, topic: PriceTopic, payload: bytes, *, retained: bool) -> None:
+        wall_now = self._wall()
+        outcome = self._prices.receive(topic, payload, retained=retained, wall_now=wall_now)
+        ack = outcome.ack.to_json()
+        if not outcome.accepted:
+            log.warning(
+                "price message rejected", topic=topic, id=outcome.message_id, reason=outcome.reason
+            )
+            self._sender.queue_ack(self.topics.price_ack, ack)
+            return
+        assert outcome.message_id is not None  # noqa: S101  an accepted message has an id
+        after_seq = self._store_price(topic, outcome.message_id, payload, ack, wall_now)
+        self._sender.queue_ack(self.topics.price_ack, ack, after_seq=after_seq)
+        book = self._prices.book
+        log.info(
+            "price message accepted",
+            topic=topic,
+            id=outcome.message_id,
+            version=book.version,
+            slots=len(book.current_slots(wall_now)),
+            events=len(book.events(wall_now)),
+        )
+        self._wake()
+
+    def _store_price(
+        self, topic: str, message_id: str, body: bytes, ack: bytes, received_at: dt.datetime
+    ) -> int:
+        """Hand an accepted message to the price store on the storage thread; returns the job
+        its ack waits for (0: nothing to wait for)."""
+        store, storage = self._price_store, self._sender.storage
+        if store is None or storage is None:
+            return 0
+
+        def run() -> None:
+            try:
+                store(
+                    received_at=received_at, topic=topic, message_id=message_id, body=body, ack=ack
+                )
+            except LedgerError as exc:
+                storage.record_failure("price", exc)
+                log.error(
+                    "accepted price message not kept in the ledger", id=message_id, error=str(exc)
+                )
+
+        try:
+            return storage.post("price", run)
+        except LedgerError:
+            log.error("accepted price message not kept: storage stopped", id=message_id)
+            return 0
 
     def _ack_overdue(self, now_s: float) -> None:
         """Ack setpoints no control cycle followed within ``ack_wait_s``."""

@@ -23,6 +23,11 @@ from pydantic import AwareDatetime, BaseModel, ConfigDict, Field, model_validato
 # Ids end up in acks and logs: a safe alphabet, long enough for a UUID or a ULID with a prefix.
 ID_PATTERN = r"^[A-Za-z0-9][A-Za-z0-9_.:-]{0,63}$"
 MAX_SETPOINT_PAYLOAD_BYTES = 4096
+# A week of 15-minute slots (672): about 87 KB compact, 132 KB indented by 4; room for both.
+# The incoming queue (32 messages, client.py) then holds at most 8 MiB.
+MAX_PRICE_SCHEDULE_PAYLOAD_BYTES = 256 * 1024
+MAX_PRICE_EVENT_PAYLOAD_BYTES = 4096
+MAX_PRICE_SLOTS = 7 * 96  # economics/schedule.py MAX_SLOTS, stated in the schema
 # No physical charger is anywhere near this; the config's max_abs_power_w is the real bound.
 ABSOLUTE_POWER_LIMIT_W = 1_000_000.0
 
@@ -141,6 +146,107 @@ class SetpointMessage(_Message):
         return self
 
 
+class PriceSlotMessage(_Message):
+    """One slot of a price schedule: constant prices over [start, end)."""
+
+    model_config = ConfigDict(title="price_slot")
+
+    start: AwareDatetime = Field(description="RFC 3339 with a UTC offset; inclusive.")
+    end: AwareDatetime = Field(description="RFC 3339 with a UTC offset; exclusive.")
+    import_per_kwh: float = Field(description="What the owner pays per kWh taken from the grid.")
+    export_per_kwh: float = Field(description="What the owner is paid per kWh given back.")
+
+
+class PriceScheduleMessage(_Message):
+    """Import and export prices per slot from the aggregator (topic 'price_schedule', QoS 1,
+    never retained). Slots in time order, each starting where the one before ended."""
+
+    model_config = ConfigDict(title="price_schedule")
+
+    id: str = Field(
+        pattern=ID_PATTERN,
+        description="Unique per schedule; echoed in the ack. A repeated id is rejected.",
+    )
+    issued_at: AwareDatetime = Field(
+        description="When the aggregator issued it: RFC 3339 with a UTC offset. Older than "
+        "the schedule accepted last: rejected as stale."
+    )
+    currency: str = Field(pattern=r"^[A-Z]{3}$", description="ISO 4217; the site's currency.")
+    slots: list[PriceSlotMessage] = Field(min_length=1, max_length=MAX_PRICE_SLOTS)
+
+
+def _price_event_schema(schema: dict[str, Any], model: type[BaseModel]) -> None:
+    _strip_null_from_optional(schema, model)
+    # The model validator's rule: an announcement or a cancellation, never both.
+    schema["oneOf"] = [
+        {
+            "required": ["start", "end", "bonus_per_kwh"],
+            "not": {"required": ["cancels"]},
+        },
+        {
+            "required": ["cancels"],
+            "not": {
+                "anyOf": [
+                    {"required": ["start"]},
+                    {"required": ["end"]},
+                    {"required": ["bonus_per_kwh"]},
+                    {"required": ["power_w"]},
+                ]
+            },
+        },
+    ]
+
+
+class PriceEventMessage(_Message):
+    """A peak event, or the cancellation of one (topic 'price_event', QoS 1, never retained).
+
+    An event gives 'start', 'end' and 'bonus_per_kwh' (and optionally 'power_w'); its 'id' is
+    the event's id. A cancellation gives only 'cancels', the id of the event it withdraws, and
+    an 'id' of its own.
+    """
+
+    model_config = ConfigDict(title="price_event", json_schema_extra=_price_event_schema)
+
+    id: str = Field(
+        pattern=ID_PATTERN,
+        description="Unique per message; echoed in the ack; an event's id. A repeated id is "
+        "rejected.",
+    )
+    issued_at: AwareDatetime = Field(description="RFC 3339 with a UTC offset.")
+    start: AwareDatetime | None = Field(default=None, description="Event start (inclusive).")
+    end: AwareDatetime | None = Field(default=None, description="Event end (exclusive).")
+    bonus_per_kwh: float | None = Field(
+        default=None, ge=0, description="Added to the export price for export inside the event."
+    )
+    power_w: float | None = Field(
+        default=None,
+        gt=0,
+        le=ABSOLUTE_POWER_LIMIT_W,
+        description="Requested discharge power (a magnitude): the bonus applies to export up to "
+        "it. Absent: to all export.",
+    )
+    cancels: str | None = Field(
+        default=None, pattern=ID_PATTERN, description="The id of the event this cancels."
+    )
+
+    @model_validator(mode="after")
+    def _announce_or_cancel(self) -> Self:
+        for name in sorted(self.model_fields_set):
+            if getattr(self, name) is None:
+                raise ValueError(f"{name}: expected a value or the field left out, found null")
+        announced = [
+            n for n in ("start", "end", "bonus_per_kwh", "power_w") if n in self.model_fields_set
+        ]
+        if self.cancels is not None:
+            if announced:
+                raise ValueError(f"a cancellation gives only 'cancels', found {announced}")
+            return self
+        missing = [n for n in ("start", "end", "bonus_per_kwh") if getattr(self, n) is None]
+        if missing:
+            raise ValueError(f"an event needs start, end and bonus_per_kwh; missing {missing}")
+        return self
+
+
 # --- out: charger -> aggregator ---------------------------------------------------------------
 
 
@@ -166,6 +272,26 @@ class AckMessage(_Message):
     )
     binding_limit: str | None = Field(
         default=None, description="The limit that made applied differ from requested."
+    )
+
+
+class PriceAckMessage(_Message):
+    """The answer to every price schedule and price event (topic 'price_ack', QoS 1, not
+    retained): accepted, or rejected with a reason; nothing changes on a rejection."""
+
+    model_config = ConfigDict(title="price_ack")
+
+    id: str | None = Field(description="The message's id; null if it could not be read.")
+    topic: Literal["price_schedule", "price_event"] = Field(
+        description="The topic of the message answered."
+    )
+    accepted: bool
+    at: AwareDatetime = Field(description="When the charger decided.")
+    reason: str | None = Field(default=None, description="Why it was rejected.")
+    version: int | None = Field(
+        default=None,
+        ge=1,
+        description="On an accepted ack: the charger's price book version after the change.",
     )
 
 
@@ -276,6 +402,48 @@ class EventMessage(EventBody):
 Money = Annotated[float, Field(description="In 'currency' units.")]
 
 
+class ReceiptRefusal(_Message):
+    """Discharges the core refused or reduced for one reason during the session."""
+
+    model_config = ConfigDict(title="refusal")
+
+    reason: str = Field(
+        min_length=1, max_length=64, description="The binding limit's rule, e.g. 'soc_floor'."
+    )
+    count: int = Field(
+        ge=1, description="Episodes: a run of control cycles cut by this rule counts once."
+    )
+    example: str = Field(max_length=256, description="One binding limit, as the core wrote it.")
+
+
+class SessionReceipt(_Message):
+    """The owner's receipt for the session (controller/economics/receipt.py, docs/ledger.md)."""
+
+    model_config = ConfigDict(title="receipt")
+
+    session_id: str = Field(min_length=1, max_length=64)
+    currency: str = Field(pattern=r"^[A-Z]{3}$", description="ISO 4217, e.g. 'CNY'.")
+    plugged_in_at: AwareDatetime
+    ended_at: AwareDatetime
+    charged_kwh: float = Field(ge=0, description="Energy into the vehicle.")
+    discharged_kwh: float = Field(ge=0, description="Energy out of the vehicle.")
+    import_cost: Money = Field(description="Each kWh at the import price in force then.")
+    export_revenue: Money = Field(description="Each kWh at the export price then, bonuses in.")
+    wear_cost: float = Field(ge=0, description="What the session's cycles cost the battery.")
+    net: Money = Field(description="export_revenue - import_cost - wear_cost.")
+    soc_at_plug_in_pct: float | None = Field(ge=0, le=100)
+    soc_at_end_pct: float | None = Field(ge=0, le=100, description="At unplugging.")
+    soc_at_departure_pct: float | None = Field(
+        ge=0, le=100, description="At the planned departure; null: the car left before it."
+    )
+    target_soc_pct: float | None = Field(ge=0, le=100, description="null: no departure target.")
+    departure_at: AwareDatetime | None = Field(description="The planned departure.")
+    target_met: bool | None = Field(description="null: no target, or no SoC reported.")
+    refusals: list[ReceiptRefusal] = Field(max_length=64)
+    peak_event_kwh: float = Field(ge=0, description="Exported while a peak event ran.")
+    owner_message: str = Field(min_length=1, max_length=256, description="One line for the owner.")
+
+
 class SessionBody(_Message):
     """One finished charging or discharging session from the energy ledger (topic 'session',
     QoS 1, not retained). The body as stored; the payload adds 'record_id'."""
@@ -303,6 +471,11 @@ class SessionBody(_Message):
     end_reason: str | None = Field(
         min_length=1, max_length=256, description="Why the session ended; null: not known."
     )
+    receipt: SessionReceipt | None = Field(
+        default=None,
+        description="The owner's receipt; absent when it could not be made (a wall clock that "
+        "stepped back past the plug-in) or from a controller without receipts.",
+    )
 
 
 class SessionMessage(SessionBody):
@@ -327,6 +500,9 @@ AVAILABILITY_OFFLINE = b"offline"
 TOPIC_MODELS: dict[str, type[_Message]] = {
     "setpoint": SetpointMessage,
     "ack": AckMessage,
+    "price_schedule": PriceScheduleMessage,
+    "price_event": PriceEventMessage,
+    "price_ack": PriceAckMessage,
     "telemetry": TelemetryMessage,
     "status": StatusMessage,
     "event": EventMessage,

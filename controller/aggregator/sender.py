@@ -163,6 +163,11 @@ class Sender:
             self._queue(Kind.ACK, self._topics.ack, payload, after_seq=output.after_seq)
             self._audit_line(output.audit)
 
+    def queue_ack(self, topic: str, payload: bytes, *, after_seq: int = 0) -> None:
+        """An ack of another kind than a setpoint's (a price message's): queued with the acks,
+        sent once storage job ``after_seq`` was processed."""
+        self._queue(Kind.ACK, topic, payload, after_seq=after_seq)
+
     def _audit_line(self, line: SetpointAudit) -> None:
         if self._audit is None:
             return

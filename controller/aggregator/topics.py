@@ -16,6 +16,9 @@ class Topics:
     availability: str  # retained; also the Last Will
     event: str
     session: str  # the ledger's session records
+    price_schedule: str  # in: aggregator -> charger
+    price_event: str  # in: peak events and their cancellations
+    price_ack: str
 
     def for_record(self, kind: str) -> str:
         """The topic of a stored record's kind."""
@@ -32,4 +35,7 @@ class Topics:
             availability=f"{base}/availability",
             event=f"{base}/event",
             session=f"{base}/session",
+            price_schedule=f"{base}/price_schedule",
+            price_event=f"{base}/price_event",
+            price_ack=f"{base}/price_ack",
         )

@@ -95,11 +95,13 @@ def _no_constants(name: str) -> Any:
     raise ValueError(f"{name} is not a number JSON allows")
 
 
-def _clip(text: str) -> str:
+def clip_reason(text: str) -> str:
+    """A reason cut to a length an ack and a log line can carry."""
     return text if len(text) <= _MAX_REASON_CHARS else text[: _MAX_REASON_CHARS - 1] + "…"
 
 
-def _describe(exc: pydantic.ValidationError) -> str:
+def describe_error(exc: pydantic.ValidationError) -> str:
+    """A payload model's validation errors as one readable reason (the first three)."""
     parts: list[str] = []
     for err in exc.errors(include_url=False)[:3]:
         where = ".".join(str(part) for part in err["loc"])
@@ -120,10 +122,10 @@ def _describe(exc: pydantic.ValidationError) -> str:
     more = len(exc.errors()) - len(parts)
     if more > 0:
         parts.append(f"and {more} more")
-    return _clip("; ".join(parts))
+    return clip_reason("; ".join(parts))
 
 
-def _readable_id(data: Any) -> str | None:
+def readable_id(data: Any) -> str | None:
     """The id to echo in the ack, if the payload has a well-formed one."""
     if isinstance(data, dict):
         candidate = data.get("id")
@@ -132,7 +134,9 @@ def _readable_id(data: Any) -> str | None:
     return None
 
 
-def _load_json(payload: bytes, max_payload_bytes: int) -> tuple[Any, Rejected | None]:
+def load_json(payload: bytes, max_payload_bytes: int) -> tuple[Any, Rejected | None]:
+    """The payload as JSON data, or why not: too large, not UTF-8, malformed, a duplicate key,
+    or NaN/Infinity (which Python's json module would otherwise accept)."""
     if len(payload) > max_payload_bytes:
         return None, Rejected(
             None, f"payload too large: {len(payload)} bytes, at most {max_payload_bytes}"
@@ -146,9 +150,9 @@ def _load_json(payload: bytes, max_payload_bytes: int) -> tuple[Any, Rejected | 
             text, object_pairs_hook=_object_without_duplicates, parse_constant=_no_constants
         )
     except json.JSONDecodeError as exc:
-        return None, Rejected(None, _clip(f"malformed JSON: {exc.msg} at offset {exc.pos}"))
+        return None, Rejected(None, clip_reason(f"malformed JSON: {exc.msg} at offset {exc.pos}"))
     except (ValueError, RecursionError) as exc:
-        return None, Rejected(None, _clip(f"malformed JSON: {exc or 'nested too deeply'}"))
+        return None, Rejected(None, clip_reason(f"malformed JSON: {exc or 'nested too deeply'}"))
     return data, None
 
 
@@ -156,7 +160,7 @@ def parse_setpoint(
     payload: bytes, max_payload_bytes: int = MAX_SETPOINT_PAYLOAD_BYTES
 ) -> SetpointMessage | Rejected:
     """The payload's shape checked, with no clock and no memory involved."""
-    data, problem = _load_json(payload, max_payload_bytes)
+    data, problem = load_json(payload, max_payload_bytes)
     if problem is not None:
         return problem
     if not isinstance(data, dict):
@@ -164,7 +168,7 @@ def parse_setpoint(
     try:
         return SetpointMessage.model_validate_json(payload)
     except pydantic.ValidationError as exc:
-        return Rejected(_readable_id(data), _describe(exc))
+        return Rejected(readable_id(data), describe_error(exc))
 
 
 def to_monotonic_s(wall_time: dt.datetime, wall_now: dt.datetime, monotonic_now_s: float) -> float:
@@ -199,8 +203,8 @@ class SetpointValidator:
         if wall_now.tzinfo is None:
             raise ValueError("wall_now must be timezone-aware")  # a caller bug, not bad input
         if retained:
-            data, _ = _load_json(payload, self.limits.max_payload_bytes)
-            return Rejected(_readable_id(data), RETAINED_REASON)
+            data, _ = load_json(payload, self.limits.max_payload_bytes)
+            return Rejected(readable_id(data), RETAINED_REASON)
         parsed = parse_setpoint(payload, self.limits.max_payload_bytes)
         if isinstance(parsed, Rejected):
             return parsed
@@ -215,7 +219,7 @@ class SetpointValidator:
         limits = self.limits
 
         def reject(reason: str) -> Rejected:
-            return Rejected(msg.id, _clip(reason))
+            return Rejected(msg.id, clip_reason(reason))
 
         if msg.id in self._accepted_ids:
             return reject(f"replayed id: {msg.id!r} was already accepted")

@@ -18,11 +18,14 @@ Counter rules (docs/ledger.md, "Counter resets"):
 
 from __future__ import annotations
 
+import datetime as dt
 import enum
 import math
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 
 from controller.core.snapshots import VehiclePhase, VehicleState
+from controller.links import ControlOutput
 
 # Accumulator ranges a lifetime counter can wrap at, in Wh: SunSpec acc32 at scale factors
 # 10**-3 .. 10**3 (SunSpec model 103 WH with WH_SF), and acc64 (model 701 TotWhInj/TotWhAbs).
@@ -146,3 +149,87 @@ class Tariff:
 
     def export_value(self, discharged_wh: float) -> float:
         return discharged_wh / 1000 * self.export_price_per_kwh
+
+
+# What the energy that moved at a moment is worth: (import, export) money per kWh at ``wall``,
+# event bonuses included. The ledger's default is the flat ``Tariff``; the wiring passes one
+# built from the owner's time-of-use tariff and the aggregator's pushed prices.
+PriceProvider = Callable[[dt.datetime], tuple[float, float]]
+# The money a session's SoC swings cost the battery (turning points in %, oldest first).
+TraceWearCost = Callable[[Sequence[float]], float]
+
+
+def flat_prices(tariff: Tariff) -> PriceProvider:
+    """The flat tariff as a price provider: the same prices at every moment."""
+    prices = (tariff.import_price_per_kwh, tariff.export_price_per_kwh)
+    return lambda _wall: prices
+
+
+def no_wear(_soc_trace_pct: Sequence[float]) -> float:
+    """No wear model wired: wear costs nothing on the receipt."""
+    return 0.0
+
+
+# -- receipts -----------------------------------------------------------------------------------
+
+# A SoC swing smaller than this is measurement noise, not a cycle the battery felt; it keeps the
+# trace small (one point per real reversal) on a board that stores it at every commit.
+TURNING_POINT_MIN_SWING_PCT = 0.5
+# A command this close to the request was not cut (the aggregator link's "differs" threshold).
+REFUSAL_TOLERANCE_W = 0.5
+
+
+def extend_trace(trace: list[float], soc_pct: float) -> bool:  # noqa: PLR0911  one per case
+    """Add a SoC reading to a trace of turning points; True if the trace changed.
+
+    The last point follows the SoC while it keeps moving the same way; a move back by more
+    than ``TURNING_POINT_MIN_SWING_PCT`` starts a new point. So the trace holds the reversals
+    a cycle counter (rainflow) needs, and nothing else.
+    """
+    if not math.isfinite(soc_pct):
+        return False
+    if not trace:
+        trace.append(soc_pct)
+        return True
+    last = trace[-1]
+    if len(trace) == 1:
+        if abs(soc_pct - last) < TURNING_POINT_MIN_SWING_PCT:
+            return False
+        trace.append(soc_pct)
+        return True
+    rising = last > trace[-2]
+    if (soc_pct > last) == rising and soc_pct != last:
+        trace[-1] = soc_pct  # further the same way: the extreme moves
+        return True
+    if abs(soc_pct - last) >= TURNING_POINT_MIN_SWING_PCT:
+        trace.append(soc_pct)  # a reversal beyond noise
+        return True
+    return False
+
+
+def refused_discharge(output: ControlOutput) -> tuple[str, str] | None:
+    """(rule, binding limit) when the cycle refused or reduced a discharge that was asked for.
+
+    A discharge was asked (``requested_w`` < 0) and the command is less negative, or 0 W, with a
+    limit binding. A command cut only by the ramp (no binding limit) is not a refusal. The rule
+    is the binding limit's first word: ``Limit.__str__`` writes ``"<rule> <direction> <= ..."``.
+    """
+    requested_w = output.requested_w
+    commanded_w = output.command.power_w if output.command.enable else 0.0
+    binding = output.binding_limit
+    if binding is None or not requested_w < -REFUSAL_TOLERANCE_W:
+        return None
+    if commanded_w <= requested_w + REFUSAL_TOLERANCE_W:
+        return None
+    # Bounded: the receipt goes to the aggregator, whose schema caps these lengths.
+    return (binding.split(" ", 1)[0] or binding)[:64], binding[:256]
+
+
+def departure_after(plugged_in: dt.datetime, time_local: dt.time) -> dt.datetime:
+    """The first departure at ``time_local`` (site time) after a plug-in at ``plugged_in``."""
+    departure = dt.datetime.combine(plugged_in.date(), time_local, tzinfo=plugged_in.tzinfo)
+    if departure <= plugged_in:
+        departure = dt.datetime.combine(
+            plugged_in.date() + dt.timedelta(days=1), time_local, tzinfo=plugged_in.tzinfo
+        )
+    return departure

@@ -17,6 +17,18 @@ be lost or counted twice across power cuts, restarts and SIGKILL (issue 9). How:
 * Everything is kept in memory as absolute values and written as absolute values, so a failed
   commit (disk full, file locked) is simply retried by the next one.
 * A session closing writes its row and the aggregator's outbox row in one transaction.
+* Money: each increment of energy is priced at the prices in force when it was read (a
+  ``PriceProvider``: the flat tariff, or the owner's time-of-use tariff with pushed prices).
+* Receipts: a session also keeps its SoC turning points (for the wear cost), the energy exported
+  during peak events, its departure target and the discharges the core refused or reduced; at its
+  close it becomes a ``Receipt`` (controller/economics/receipt.py), stored in its row and sent in
+  its outbox body, and the owner's one-line message is logged.
+* Simulation (``V2G_SIMULATED_CLOCK`` faster than real time, ``make demo``): the plant's battery
+  and meters run ``time_factor`` times real time, but its inverter's counters count real time in
+  whole Wh, so one count would be ``time_factor`` Wh of the simulated night (720 Wh at 720x) and
+  a short discharge would vanish in the rounding. So the ledger integrates the measured power
+  instead, times ``time_factor``: the energy the simulated plant moved. On a charger
+  (``time_factor`` 1) nothing changes: counters, and integration only where there are none.
 
 The session rule (one plug-in; it survives restarts) is in ``accounting.vehicle_present``;
 the details for technicians are in docs/ledger.md.
@@ -25,20 +37,32 @@ the details for technicians are in docs/ledger.md.
 from __future__ import annotations
 
 import datetime as dt
+import json
+import math
 import sqlite3
 import uuid
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any, Protocol
 
 import structlog
 
 from controller.config import Config
-from controller.core.snapshots import InverterState, VehicleState
+from controller.core.policy import Departure
+from controller.core.snapshots import InverterState, VehiclePhase, VehicleState
+from controller.economics.receipt import Receipt, Refusal, owner_message
 from controller.ledger.accounting import (
     CounterEvent,
+    PriceProvider,
     Tariff,
+    TraceWearCost,
     counter_step,
+    departure_after,
+    extend_trace,
+    flat_prices,
     integrated_wh,
+    no_wear,
+    refused_discharge,
     same_vehicle,
     vehicle_present,
 )
@@ -49,7 +73,8 @@ from controller.storage.db import LedgerError
 log = structlog.get_logger(component="ledger")
 
 COMPONENT = "ledger"
-SCHEMA_VERSION = 1
+# 2: the receipt's columns in ledger_sessions (issue 19); a version 1 file gains them on open.
+SCHEMA_VERSION = 2
 CHANNELS = ("charged", "discharged")
 # Integration fallback: a snapshot older than this gives no energy (the core's inverter
 # staleness default, safety.inverter_stale_after_s); a longer gap counts at most this long.
@@ -85,7 +110,11 @@ CREATE TABLE IF NOT EXISTS ledger_sessions (
     currency TEXT NOT NULL,
     energy_source TEXT NOT NULL,       -- 'inverter_counters' or 'integrated_power'
     end_reason TEXT,
-    outbox_id TEXT                     -- the aggregator outbox row written with the close
+    outbox_id TEXT,                    -- the aggregator outbox row written with the close
+    peak_event_wh REAL NOT NULL DEFAULT 0,  -- discharged while a peak event ran
+    wear_cost REAL,                    -- set at the close
+    progress TEXT,                     -- JSON: SoC turning points, refusals, departure target
+    receipt TEXT                       -- JSON: the Receipt, set at the close
 );
 CREATE INDEX IF NOT EXISTS ledger_sessions_open ON ledger_sessions (ended_at);
 CREATE TABLE IF NOT EXISTS ledger_days (
@@ -123,6 +152,15 @@ CREATE TABLE IF NOT EXISTS ledger_counter_events (
     reason TEXT NOT NULL
 );
 """
+# Columns added to ledger_sessions after version 1: a ledger written by an older controller (a
+# field charger's file) gains them on open, with ALTER TABLE, before anything reads them.
+_SESSION_COLUMNS_SINCE_V1 = (
+    ("peak_event_wh", "REAL NOT NULL DEFAULT 0"),
+    ("wear_cost", "REAL"),
+    ("progress", "TEXT"),
+    ("receipt", "TEXT"),
+)
+PeakEvent = Callable[[dt.datetime], bool]
 
 
 class OutboxWriter(Protocol):
@@ -178,12 +216,60 @@ class _Session:
     end_reason: str | None = None
     confirmed: bool = True  # seen connected in this run (False: resumed, not yet confirmed)
     unplugged_since_s: float | None = None
+    # For the receipt (issue 19), written as ``progress`` while open.
+    peak_event_wh: float = 0.0
+    soc_trace: list[float] = field(default_factory=list)  # turning points, % (accounting.py)
+    refusals: dict[str, tuple[int, str]] = field(default_factory=dict)  # rule: episodes, example
+    refusing: str | None = None  # the rule of the refusal episode running now (not stored)
+    departure_at: str | None = None  # the planned departure after the plug-in, RFC 3339
+    target_soc_pct: float | None = None
+    soc_departure_pct: float | None = None  # the SoC when the departure came, if plugged in
+    wear_cost: float | None = None
+    receipt: Receipt | None = None
+
+    def progress(self) -> str:
+        return json.dumps(
+            {
+                "soc_trace": [round(v, 3) for v in self.soc_trace],
+                "refusals": self.refusals,
+                "departure_at": self.departure_at,
+                "target_soc_pct": self.target_soc_pct,
+                "soc_departure_pct": self.soc_departure_pct,
+            },
+            allow_nan=False,
+        )
+
+    def restore_progress(self, text: str | None) -> None:
+        """The ``progress`` column of a resumed session; unreadable: start afresh (logged)."""
+        if not text:
+            return
+        try:
+            data = json.loads(text)
+            trace = [float(v) for v in data.get("soc_trace", [])]
+            refusals = {
+                str(rule): (int(v[0]), str(v[1])) for rule, v in data.get("refusals", {}).items()
+            }
+            target = data.get("target_soc_pct")
+            soc_departure = data.get("soc_departure_pct")
+            departure = data.get("departure_at")
+            self.target_soc_pct = None if target is None else float(target)
+            self.soc_departure_pct = None if soc_departure is None else float(soc_departure)
+            self.departure_at = None if departure is None else str(departure)
+        except (ValueError, TypeError, KeyError, IndexError, AttributeError) as exc:
+            log.warning(
+                "ledger session progress unreadable; the receipt starts afresh",
+                session_id=self.session_id,
+                error=str(exc),
+            )
+            return
+        self.soc_trace = trace
+        self.refusals = refusals
 
     def body(self) -> dict[str, Any]:
-        """The outbox body for the aggregator (issue 9: exactly these keys)."""
+        """The outbox body for the aggregator (issue 9's keys, and the receipt once built)."""
         import_cost = round(self.import_cost, 6)
         export_value = round(self.export_value, 6)
-        return {
+        body: dict[str, Any] = {
             "session_id": self.session_id,
             "protocol": self.protocol,
             "vehicle_id": self.vehicle_id,
@@ -200,6 +286,9 @@ class _Session:
             "currency": self.currency,
             "end_reason": self.end_reason,
         }
+        if self.receipt is not None:
+            body["receipt"] = self.receipt.to_json()
+        return body
 
 
 @dataclass(slots=True)
@@ -241,6 +330,11 @@ class Ledger:
     ``record`` is called at the end of every control cycle; ``audit`` is the ``AuditSink`` of the
     aggregator link; ``flush`` commits what is pending (the daemon's stop sequence). Methods
     raise only ``LedgerError``, and ``audit`` never raises.
+
+    ``tariff`` gives the currency, and the prices unless ``prices`` is given; ``prices``,
+    ``in_peak_event`` and ``wear_cost`` are pure functions (no IO: they run on the storage thread
+    at every credit). ``departure`` is the owner's daily departure for the receipt's target.
+    ``time_factor`` is the simulated clock's rate (1 on a charger): see the module docstring.
     """
 
     def __init__(
@@ -251,9 +345,23 @@ class Ledger:
         max_power_w: float,
         commit_interval_s: float = 30.0,
         outbox: OutboxWriter | None = None,
+        prices: PriceProvider | None = None,
+        in_peak_event: PeakEvent | None = None,
+        wear_cost: TraceWearCost = no_wear,
+        departure: Departure | None = None,
+        time_factor: float = 1.0,
     ) -> None:
+        if not (math.isfinite(time_factor) and time_factor > 0):
+            raise ValueError(f"ledger: time_factor must be finite and > 0, found {time_factor}")
         self._conn = conn
         self._tariff = tariff
+        self._flat_prices = flat_prices(tariff)
+        self._prices = prices or self._flat_prices
+        self._in_peak_event = in_peak_event
+        self._wear_cost = wear_cost
+        self._departure = departure
+        self._time_factor = time_factor
+        self._price_problem: str | None = None  # the provider's last failure, logged once
         self._max_power_w = max_power_w
         self._commit_interval_s = commit_interval_s
         self._outbox = outbox
@@ -270,15 +378,25 @@ class Ledger:
         self._last_wall: dt.datetime | None = None
         try:
             self._create_schema()
+            self._create_price_table()
             self._restore()
         except sqlite3.Error as exc:
             raise LedgerError(f"ledger: cannot read or create its tables: {exc}") from exc
 
     @classmethod
     def from_config(
-        cls, conn: sqlite3.Connection, config: Config, outbox: OutboxWriter | None = None
+        cls,
+        conn: sqlite3.Connection,
+        config: Config,
+        outbox: OutboxWriter | None = None,
+        *,
+        prices: PriceProvider | None = None,
+        in_peak_event: PeakEvent | None = None,
+        wear_cost: TraceWearCost = no_wear,
+        time_factor: float = 1.0,
     ) -> Ledger:
         tariff = config.ledger.tariff
+        departure = config.owner.departure
         return cls(
             conn,
             tariff=Tariff(
@@ -287,6 +405,13 @@ class Ledger:
             max_power_w=max(config.safety.max_charge_power_w, config.safety.max_discharge_power_w),
             commit_interval_s=config.ledger.commit_interval_s,
             outbox=outbox,
+            prices=prices,
+            in_peak_event=in_peak_event,
+            wear_cost=wear_cost,
+            departure=None
+            if departure is None
+            else Departure(departure.time, departure.target_soc_pct),
+            time_factor=time_factor,
         )
 
     # -- public ---------------------------------------------------------------------------------
@@ -325,6 +450,7 @@ class Ledger:
         # Energy first: what moved since the last reading belongs to the session open until now.
         self._account_energy(inverter, now_s, wall)
         self._track_session(vehicle, now_s, wall)
+        self._track_refusals(vehicle, report)
         self._track_trips(report.faults, wall)
         self._last_record_s = now_s
         self._last_wall = wall
@@ -332,7 +458,9 @@ class Ledger:
         due = self._dirty and (
             self._last_commit_s is None or now_s - self._last_commit_s >= self._commit_interval_s
         )
-        if pending.now or due or pending.integrated_wh >= INTEGRATED_COMMIT_WH:
+        # Scaled so that a crash loses the same real time of integration as on a charger.
+        integrated_due = pending.integrated_wh >= INTEGRATED_COMMIT_WH * self._time_factor
+        if pending.now or due or integrated_due:
             self._commit(wall, now_s)
 
     def audit(self, entry: SetpointAudit) -> None:
@@ -379,12 +507,14 @@ class Ledger:
             "charged": inverter.energy_charged_wh,
             "discharged": inverter.energy_discharged_wh,
         }
+        # Simulation faster than real time: the counters are too coarse (module docstring).
+        simulated = self._time_factor != 1.0
         for channel, raw_wh in counters.items():
             meter = self._meters[channel]
-            if raw_wh is not None:
+            if raw_wh is not None and not simulated:
                 self._account_counter(channel, meter, raw_wh, now_s, wall)
-            elif not meter.counter_seen:
-                self._account_integrated(channel, inverter, now_s)
+            elif simulated or not meter.counter_seen:
+                self._account_integrated(channel, inverter, now_s, wall)
             # A counter that was seen and is missing now: nothing; its next value covers the gap.
 
     def _account_counter(
@@ -426,15 +556,19 @@ class Ledger:
             meter.base_wh = step.base_wh
             self._dirty = True
         if step.credited_wh > 0:
-            self._credit(channel, step.credited_wh)
+            self._credit(channel, step.credited_wh, wall)
 
-    def _account_integrated(self, channel: str, inverter: InverterState, now_s: float) -> None:
+    def _account_integrated(
+        self, channel: str, inverter: InverterState, now_s: float, wall: dt.datetime
+    ) -> None:
         last_s = self._last_record_s
         if last_s is None or not inverter.reachable:
             return
         if now_s - inverter.observed_at_s > INTEGRATION_FRESH_S:
             return
-        energy_wh = integrated_wh(
+        # Monotonic seconds are real ones; under a simulated clock the plant's battery moves
+        # time_factor times as much energy in them.
+        energy_wh = self._time_factor * integrated_wh(
             inverter.measured_power_w, min(now_s - last_s, INTEGRATION_FRESH_S)
         )
         # + charges the vehicle: the charged channel takes the positive part, discharged the rest.
@@ -443,26 +577,55 @@ class Ledger:
             self._session.energy_source = "integrated_power"
         if energy_wh > 0:
             self._pending.integrated_wh += energy_wh
-            self._credit(channel, energy_wh)
+            self._credit(channel, energy_wh, wall)
 
-    def _credit(self, channel: str, energy_wh: float) -> None:
+    def _credit(self, channel: str, energy_wh: float, wall: dt.datetime) -> None:
         self._meters[channel].total_wh += energy_wh
         assert self._day is not None  # noqa: S101  set by _enter_day before any credit
         totals: list[_Day | _Session] = [self._days[self._day]]
         if self._session is not None:
             totals.append(self._session)
+        # Priced at the prices in force when the energy was read: a counter moves at every
+        # poll, so that is within a poll interval of when it flowed.
+        import_per_kwh, export_per_kwh = self._prices_at(wall)
         if channel == "charged":
-            cost = self._tariff.import_cost(energy_wh)
+            cost = energy_wh / 1000 * import_per_kwh
             for total in totals:
                 total.charged_wh += energy_wh
                 total.import_cost += cost
         else:
-            value = self._tariff.export_value(energy_wh)
+            value = energy_wh / 1000 * export_per_kwh
             for total in totals:
                 total.discharged_wh += energy_wh
                 total.export_value += value
+            in_event = self._in_peak_event
+            if self._session is not None and in_event is not None and in_event(wall):
+                self._session.peak_event_wh += energy_wh
         self._pending.days.add(self._day)
         self._dirty = True
+
+    def _prices_at(self, wall: dt.datetime) -> tuple[float, float]:
+        """(import, export) per kWh at ``wall``. A provider that fails or answers a price that is
+        not a finite number gets the flat tariff's, logged once per spell: the energy is credited
+        (its counter base has moved on already) and money never becomes NaN."""
+        try:
+            prices = self._prices(wall)
+            problem = "" if all(math.isfinite(p) for p in prices) else f"answered {prices}"
+        except (ArithmeticError, LookupError, TypeError, ValueError) as exc:
+            prices, problem = (math.nan, math.nan), f"failed: {exc!r}"
+        if not problem:
+            self._price_problem = None
+            return prices
+        flat = self._flat_prices(wall)
+        if self._price_problem is None:
+            log.error(
+                "ledger price provider gave no price; the flat tariff's used until it does",
+                at=rfc3339(wall),
+                problem=problem,
+                used=str(flat),
+            )
+        self._price_problem = problem
+        return flat
 
     def _enter_day(self, wall: dt.datetime) -> None:
         key = wall.date().isoformat()  # ``wall`` is in the site's time zone: the local day
@@ -493,7 +656,7 @@ class Ledger:
         session = self._session
         if session is not None and vehicle is not None and present:
             if same_vehicle(session.vehicle_id, vehicle.identity):
-                self._follow(session, vehicle)
+                self._follow(session, vehicle, wall)
             else:
                 self._close(session, rfc3339(wall), f"another vehicle ({vehicle.identity})")
         elif session is not None and present is False:
@@ -511,15 +674,26 @@ class Ledger:
         if self._session is None and vehicle is not None and present:
             self._open(vehicle, wall)
 
-    def _follow(self, session: _Session, vehicle: VehicleState) -> None:
+    def _follow(self, session: _Session, vehicle: VehicleState, wall: dt.datetime) -> None:
         """The open session's vehicle is (still) connected: keep its identity and SoC."""
         if session.vehicle_id is None and vehicle.identity is not None:
             session.vehicle_id = vehicle.identity
             self._pending.now = True
+        if (
+            session.departure_at is not None
+            and session.soc_departure_pct is None
+            and dt.datetime.fromisoformat(session.departure_at) <= wall
+        ):
+            # The departure came with the car still here: its SoC then is the one promised.
+            session.soc_departure_pct = (
+                session.soc_end_pct if session.soc_end_pct is not None else vehicle.soc_pct
+            )
+            self._dirty = True
         if vehicle.soc_pct is not None and session.soc_end_pct != vehicle.soc_pct:
             session.soc_end_pct = vehicle.soc_pct
             if session.soc_start_pct is None:
                 session.soc_start_pct = vehicle.soc_pct
+            extend_trace(session.soc_trace, vehicle.soc_pct)
             self._dirty = True
         if not session.confirmed:
             log.info("ledger session resumed", session_id=session.session_id)
@@ -529,6 +703,7 @@ class Ledger:
 
     def _open(self, vehicle: VehicleState, wall: dt.datetime) -> None:
         at = rfc3339(wall)
+        departure = self._departure
         self._session = _Session(
             session_id=str(uuid.uuid4()),
             protocol=vehicle.protocol,
@@ -541,6 +716,11 @@ class Ledger:
             if all(m.counter_seen for m in self._meters.values())
             else "integrated_power",
             updated_at=at,
+            soc_trace=[] if vehicle.soc_pct is None else [vehicle.soc_pct],
+            departure_at=None
+            if departure is None
+            else rfc3339(departure_after(wall, departure.time_local)),
+            target_soc_pct=None if departure is None else departure.target_soc_pct,
         )
         self._pending.now = True
         self._dirty = True
@@ -564,6 +744,88 @@ class Ledger:
             charged_kwh=round(session.charged_wh / 1000, 3),
             discharged_kwh=round(session.discharged_wh / 1000, 3),
         )
+        self._make_receipt(session)
+
+    def _make_receipt(self, session: _Session) -> None:
+        """The closed session's receipt, its wear cost from the SoC turning points; the owner's
+        line is logged. Figures that cannot make a receipt (a wall clock stepped back past the
+        plug-in) leave it out, logged: the session row and its body are kept without it."""
+        assert session.ended_at is not None  # noqa: S101  set by the caller
+        try:
+            # A wear model refuses a trace it cannot price with a ValueError
+            # (economics/wear.py WearParameterError); the receipt is still made.
+            wear = float(self._wear_cost(tuple(session.soc_trace)))
+        except ValueError as exc:
+            wear, problem = math.nan, str(exc)
+        else:
+            problem = f"{wear!r}, not a cost >= 0"
+        if not (math.isfinite(wear) and wear >= 0):
+            log.error(
+                "ledger wear model gave no cost; the receipt counts no wear",
+                session_id=session.session_id,
+                problem=problem,
+            )
+            wear = 0.0
+        session.wear_cost = wear
+        try:
+            departure = session.departure_at
+            session.receipt = Receipt(
+                session_id=session.session_id,
+                currency=session.currency,
+                plugged_in_at=dt.datetime.fromisoformat(session.started_at),
+                ended_at=dt.datetime.fromisoformat(session.ended_at),
+                charged_kwh=session.charged_wh / 1000,
+                discharged_kwh=session.discharged_wh / 1000,
+                import_cost=session.import_cost,
+                export_revenue=session.export_value,
+                wear_cost=wear,
+                soc_at_plug_in_pct=session.soc_start_pct,
+                soc_at_end_pct=session.soc_end_pct,
+                soc_at_departure_pct=session.soc_departure_pct,
+                target_soc_pct=session.target_soc_pct,
+                departure_at=None if departure is None else dt.datetime.fromisoformat(departure),
+                refusals=tuple(
+                    Refusal(rule, count, example)
+                    for rule, (count, example) in sorted(session.refusals.items())
+                ),
+                peak_event_kwh=session.peak_event_wh / 1000,
+            )
+        except ValueError as exc:
+            log.error(
+                "ledger session receipt not made", session_id=session.session_id, error=str(exc)
+            )
+            return
+        log.info(
+            "ledger session receipt",
+            session_id=session.session_id,
+            owner_message=owner_message(session.receipt),
+            net=round(session.receipt.net, 2),
+            wear_cost=round(wear, 2),
+            currency=session.currency,
+            target_met=session.receipt.target_met,
+            refusals=session.receipt.refusal_count,
+        )
+
+    def _track_refusals(self, vehicle: VehicleState | None, report: ControlReport) -> None:
+        """Count the discharges the core refused or reduced, once per episode and rule.
+
+        Only while the car is in energy transfer: before it (handshake, contactors) and after it
+        no power can flow whatever is asked, and every session would report its start-up."""
+        session = self._session
+        if session is None or not session.confirmed:
+            return
+        transferring = vehicle is not None and vehicle.phase is VehiclePhase.ENERGY_TRANSFER
+        refused = refused_discharge(report.output) if transferring else None
+        if refused is None:
+            session.refusing = None
+            return
+        rule, binding = refused
+        if rule == session.refusing:
+            return  # the same episode goes on
+        session.refusing = rule
+        count, example = session.refusals.get(rule, (0, binding))
+        session.refusals[rule] = (count + 1, example)
+        self._dirty = True
 
     def _track_trips(self, faults: tuple[str, ...], wall: dt.datetime) -> None:
         causes = set(faults)
@@ -662,14 +924,17 @@ class Ledger:
         conn.execute(
             "INSERT INTO ledger_sessions (session_id, protocol, vehicle_id, started_at, ended_at,"
             " updated_at, soc_start_pct, soc_end_pct, charged_wh, discharged_wh, import_cost,"
-            " export_value, currency, energy_source, end_reason)"
-            " VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)"
+            " export_value, currency, energy_source, end_reason, peak_event_wh, wear_cost,"
+            " progress, receipt)"
+            " VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)"
             " ON CONFLICT (session_id) DO UPDATE SET vehicle_id = excluded.vehicle_id,"
             " ended_at = excluded.ended_at, updated_at = excluded.updated_at,"
             " soc_start_pct = excluded.soc_start_pct, soc_end_pct = excluded.soc_end_pct,"
             " charged_wh = excluded.charged_wh, discharged_wh = excluded.discharged_wh,"
             " import_cost = excluded.import_cost, export_value = excluded.export_value,"
-            " energy_source = excluded.energy_source, end_reason = excluded.end_reason",
+            " energy_source = excluded.energy_source, end_reason = excluded.end_reason,"
+            " peak_event_wh = excluded.peak_event_wh, wear_cost = excluded.wear_cost,"
+            " progress = excluded.progress, receipt = excluded.receipt",
             (
                 s.session_id,
                 s.protocol,
@@ -686,6 +951,10 @@ class Ledger:
                 s.currency,
                 s.energy_source,
                 s.end_reason,
+                s.peak_event_wh,
+                s.wear_cost,
+                s.progress(),
+                None if s.receipt is None else json.dumps(s.receipt.to_json(), allow_nan=False),
             ),
         )
 
@@ -733,6 +1002,11 @@ class Ledger:
             for statement in _SCHEMA.split(";"):
                 if statement.strip():
                     conn.execute(statement)
+            # An older file's table was kept by CREATE TABLE IF NOT EXISTS: add what it lacks.
+            present = {row[1] for row in conn.execute("PRAGMA table_info(ledger_sessions)")}
+            for name, declaration in _SESSION_COLUMNS_SINCE_V1:
+                if name not in present:
+                    conn.execute(f"ALTER TABLE ledger_sessions ADD COLUMN {name} {declaration}")
             db.set_schema_version(conn, COMPONENT, SCHEMA_VERSION)
 
     def _restore(self) -> None:
@@ -770,7 +1044,9 @@ class Ledger:
                 energy_source=row["energy_source"],
                 updated_at=row["updated_at"],
                 confirmed=False,
+                peak_event_wh=float(row["peak_event_wh"]),
             )
+            session.restore_progress(row["progress"])
             if index == 0:
                 self._session = session
                 log.info(
@@ -782,9 +1058,85 @@ class Ledger:
                 session.end_reason = "superseded by a newer open session"
                 self._pending.closed.append(session)
                 self._pending.now = True
+                self._make_receipt(session)
         for row in conn.execute(
             "SELECT id, at, cause, session_id FROM ledger_trips WHERE cleared_at IS NULL"
         ):
             self._trips[row["cause"]] = _Trip(
                 row["at"], row["cause"], row["session_id"], row_id=int(row["id"])
             )
+
+    # -- prices pushed by the aggregator (issue 19) -----------------------------------------------
+
+    def _create_price_table(self) -> None:
+        # Not in _SCHEMA: that runs only for a database below SCHEMA_VERSION, and this table
+        # must also appear in ledgers created before it (IF NOT EXISTS makes it idempotent).
+        self._conn.execute(_PRICE_TABLE)
+
+    def record_price_message(
+        self, *, received_at: dt.datetime, topic: str, message_id: str, body: bytes, ack: bytes
+    ) -> None:
+        """Keep one accepted price message (its body as received and the ack it got), committed
+        at once (the aggregator link's ``PriceStore``; on the storage thread)."""
+        try:
+            with db.transaction(self._conn) as conn:
+                conn.execute(
+                    "INSERT INTO ledger_price_messages (received_at, topic, message_id, body, ack)"
+                    " VALUES (?, ?, ?, ?, ?)",
+                    (
+                        rfc3339(received_at),
+                        topic,
+                        message_id,
+                        body.decode("utf-8", errors="replace"),
+                        ack.decode("utf-8", errors="replace"),
+                    ),
+                )
+        except sqlite3.Error as exc:
+            raise LedgerError(f"ledger: price message {message_id!r} not written: {exc}") from exc
+
+    def price_messages(self, limit: int = 1000) -> list[PriceMessageRow]:
+        """The last ``limit`` accepted price messages, oldest first (audit, and the price book
+        rebuilt on start)."""
+        try:
+            rows = self._conn.execute(
+                "SELECT id, received_at, topic, message_id, body, ack FROM ledger_price_messages"
+                " ORDER BY id DESC LIMIT ?",
+                (limit,),
+            ).fetchall()
+        except sqlite3.Error as exc:
+            raise LedgerError(f"ledger: cannot read the price messages: {exc}") from exc
+        return [
+            PriceMessageRow(
+                row_id=int(row["id"]),
+                received_at=row["received_at"],
+                topic=row["topic"],
+                message_id=row["message_id"],
+                body=row["body"],
+                ack=row["ack"],
+            )
+            for row in reversed(rows)
+        ]
+
+
+_PRICE_TABLE = """
+CREATE TABLE IF NOT EXISTS ledger_price_messages (
+    id INTEGER PRIMARY KEY,
+    received_at TEXT NOT NULL,         -- RFC 3339, the charger's clock
+    topic TEXT NOT NULL,               -- 'price_schedule' or 'price_event'
+    message_id TEXT NOT NULL,
+    body TEXT NOT NULL,                -- the payload as received (JSON)
+    ack TEXT NOT NULL                  -- the ack published for it (JSON)
+)
+"""
+
+
+@dataclass(frozen=True, slots=True)
+class PriceMessageRow:
+    """One accepted price message as the ledger keeps it."""
+
+    row_id: int
+    received_at: str  # RFC 3339
+    topic: str
+    message_id: str
+    body: str  # JSON, as received
+    ack: str  # JSON, as published

@@ -1,4 +1,5 @@
-"""Reading the ledger for ``v2g-controller ledger``: sessions, daily totals, lifetime counters.
+"""Reading the ledger for ``v2g-controller ledger``: sessions with their receipts, daily totals,
+lifetime counters.
 
 Read-only (``db.open_database(readonly=True)``), so a technician's query never changes a ledger,
 and safe while the daemon runs (WAL readers never block the writer).
@@ -7,10 +8,12 @@ and safe while the daemon runs (WAL readers never block the writer).
 from __future__ import annotations
 
 import datetime as dt
+import json
 import sqlite3
 from dataclasses import asdict, dataclass
 from typing import Any
 
+from controller.economics.receipt import Receipt, owner_message
 from controller.storage.db import LedgerError
 
 _TABLES = ("ledger_sessions", "ledger_days", "ledger_meters")
@@ -33,6 +36,14 @@ class SessionRow:
     currency: str
     energy_source: str
     end_reason: str | None
+    # The owner's receipt, written at the close; None while open and for sessions closed by a
+    # controller before receipts (issue 19).
+    receipt: Receipt | None = None
+
+    def as_json(self) -> dict[str, Any]:
+        fields = {name: getattr(self, name) for name in self.__dataclass_fields__}
+        fields["receipt"] = None if self.receipt is None else self.receipt.to_json()
+        return fields
 
 
 @dataclass(frozen=True, slots=True)
@@ -78,7 +89,7 @@ class LedgerReport:
 
     def as_json(self) -> dict[str, Any]:
         return {
-            "sessions": [asdict(s) for s in self.sessions],
+            "sessions": [s.as_json() for s in self.sessions],
             "days": [asdict(d) for d in self.days],
             "totals": self.totals(),
             "lifetime": {
@@ -152,6 +163,8 @@ def _totals(row: sqlite3.Row) -> dict[str, Any]:
 
 
 def _session(row: sqlite3.Row) -> SessionRow:
+    # A file written before receipts has no such column (read-only: not migrated).
+    text = row["receipt"] if "receipt" in row.keys() else None  # noqa: SIM118  sqlite3.Row
     return SessionRow(
         session_id=str(row["session_id"]),
         protocol=str(row["protocol"]),
@@ -162,6 +175,7 @@ def _session(row: sqlite3.Row) -> SessionRow:
         soc_end_pct=row["soc_end_pct"],
         energy_source=str(row["energy_source"]),
         end_reason=row["end_reason"],
+        receipt=None if text is None else Receipt.from_json(json.loads(text)),
         **_totals(row),
     )
 
@@ -189,6 +203,62 @@ def _table(headers: list[str], rows: list[list[str]], right: set[int]) -> list[s
 
 def _soc(value: float | None) -> str:
     return "?" if value is None else f"{value:.0f}"
+
+
+def _target(receipt: Receipt) -> str:
+    if receipt.target_soc_pct is None:
+        return "-"
+    soc, at = receipt.judged_soc
+    verdict = {True: "met", False: "MISSED", None: "unknown"}[receipt.target_met]
+    return f"{receipt.target_soc_pct:.0f} % by {at:%H:%M}: {verdict} ({_soc(soc)} %)"
+
+
+def _receipts(sessions: tuple[SessionRow, ...]) -> list[str]:
+    """The receipts of the closed sessions: a table, then each owner's line and refusals."""
+    closed = [s for s in sessions if s.receipt is not None]
+    if not closed:
+        return []
+    rows = []
+    details = []
+    for s in closed:
+        r = s.receipt
+        assert r is not None  # noqa: S101  filtered above
+        start = s.started_at[:16].replace("T", " ")
+        rows.append(
+            [
+                start,
+                f"{r.import_cost:.2f}",
+                f"{r.export_revenue:.2f}",
+                f"{r.wear_cost:.2f}",
+                f"{r.net:+.2f} {r.currency}",
+                f"{_soc(r.soc_at_plug_in_pct)}->{_soc(r.soc_at_end_pct)}",
+                _target(r),
+                f"{r.peak_event_kwh:.3f}",
+                str(r.refusal_count),
+            ]
+        )
+        details.append(f"  {start}  {owner_message(r)}")
+        details += [
+            f"    discharge refused or reduced: {f.reason} x{f.count} (e.g. {f.example})"
+            for f in r.refusals
+        ]
+    headers = [
+        "start",
+        "import cost",
+        "export revenue",
+        "wear",
+        "net for owner",
+        "SoC %",
+        "departure target",
+        "peak event kWh",
+        "refusals",
+    ]
+    return [
+        "",
+        f"Receipts ({len(closed)})",
+        *_table(headers, rows, right={1, 2, 3, 4, 7, 8}),
+        *details,
+    ]
 
 
 def format_report(report: LedgerReport) -> str:
@@ -221,6 +291,7 @@ def format_report(report: LedgerReport) -> str:
             "end reason",
         ]
         out += _table(headers, rows, right={4, 5, 6})
+    out += _receipts(report.sessions)
     out += ["", f"Daily totals ({len(report.days)})"]
     if report.days:
         rows = [

@@ -33,7 +33,7 @@ from tests.ledger.support import (
 SESSION_KEYS = {
     "session_id", "protocol", "vehicle_id", "started_at", "ended_at", "soc_start_pct",
     "soc_end_pct", "charged_kwh", "discharged_kwh", "energy_source", "import_cost",
-    "export_value", "net_value", "currency", "end_reason",
+    "export_value", "net_value", "currency", "end_reason", "receipt",
 }  # fmt: skip
 
 

@@ -1,0 +1,890 @@
+"""The planner: the power per 15-minute slot from now to departure that earns the owner the most.
+
+Objective: export revenue (with a peak event's bonus) - import cost - battery wear cost, over the
+slots of the plan. Constraints, on the plan's own SoC trajectory at every slot end: the floor and
+ceiling, the departure reserve and target (as the core's departure rule computes them, so the
+core's guarantee never has to take over from the plan), the power limits per slot and the
+discharge budget (grid-side kWh the plan may export in all).
+
+Method: dynamic programming backwards over a grid of SoC values, one numpy pass per slot over
+states x actions, with the value between grid points interpolated linearly. The actions from a
+state are the grid points in reach plus the "kinks" where the optimum of a piecewise-linear
+problem sits: full charge, full discharge, the bonus's power edge, and the exact edges of the
+feasible SoC range. A forward pass then follows the best action from the true (off-grid) SoC.
+The discharge budget would make the state two-dimensional; instead a price per exported kWh is
+added to the wear cost and bisected until the plan fits (Lagrangian relaxation), and the
+forward pass never exceeds what is left of the budget. docs/economics.md, "The planner".
+
+Sign: ``power_w`` is grid side, + charges the vehicle (imports), - discharges (exports).
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import math
+from dataclasses import dataclass, field
+from typing import Any
+
+import numpy as np
+import numpy.typing as npt
+
+from controller.economics.wear import WearRate
+
+Array = npt.NDArray[np.float64]
+
+# Two SoC values closer than this (percent) are the same: the bounds are computed forwards and
+# backwards, and their float rounding must not make an exact plan infeasible.
+SOC_TOLERANCE_PCT = 1e-7
+# A week of 15-minute slots: a plan longer than that is a caller's mistake, and bounds the work.
+MAX_SLOTS = 7 * 96
+# The default end value is this share below the cost of buying the energy back, so that buying
+# at the cheapest price only to hold the energy never ties with doing nothing.
+END_VALUE_DISCOUNT = 1e-6
+# The grid resolution may not be finer than this (memory and time grow as 1 / step).
+MIN_SOC_STEP_PCT = 0.01
+# Among plans of equal value (within float noise), prefer the higher SoC: the owner's car is
+# ready sooner and a later re-plan has more room. Money per percent of SoC: far below a cent.
+TIE_BREAK_PER_PCT = 1e-9
+# The discharge budget's Lagrangian search: at most this many passes after the first two, and
+# stop once the plan is provably within this share of its gross cash flow of the best.
+BUDGET_PASSES = 8
+BUDGET_GAP = 0.002
+
+
+@dataclass(frozen=True, slots=True)
+class PlanProblem:
+    """Everything the planner needs, as values (no clock, no IO). Slot k covers
+    ``[start + k * slot_s, start + (k + 1) * slot_s)``; the last slot ends at departure."""
+
+    start: dt.datetime  # aware
+    import_per_kwh: tuple[float, ...]  # per slot, money per kWh taken from the grid
+    export_per_kwh: tuple[float, ...]  # per slot, money per kWh given to the grid
+    capacity_kwh: float
+    soc_pct: float  # SoC now (the caller passes the lowest the battery may hold)
+    soc_floor_pct: float  # never plan a discharge below this
+    soc_ceiling_pct: float  # never plan a charge above this
+    max_charge_w: tuple[float, ...]  # per slot, >= 0, grid side
+    max_discharge_w: tuple[float, ...]  # per slot, >= 0, grid side, magnitude
+    target_soc_pct: float | None = None  # at the end of the last slot (departure); None: none
+    # The core's rule: a charge needing T must fit in T * (1 + margin / 100).
+    departure_margin_pct: float = 20.0
+    charge_efficiency: float = 0.92  # the battery gains P * eta_c * dt
+    discharge_efficiency: float = 0.92  # the battery loses |P| / eta_d * dt
+    wear: WearRate = WearRate(0.0)  # noqa: RUF009  frozen, so one shared default is safe
+    bonus_per_kwh: tuple[float, ...] = ()  # per slot, a peak event's bonus on the export price
+    bonus_power_w: tuple[float, ...] = ()  # per slot, the bonus applies up to this export power
+    discharge_budget_kwh: float | None = None  # grid-side kWh the plan may export; None: no cap
+    slot_s: float = 900.0
+    soc_step_pct: float = 0.5  # the DP grid resolution (docs/economics.md: accuracy, speed)
+    # Seconds the core deducts from the time left before computing its departure reserve (ramp,
+    # decision horizon): the plan's reserve deducts them too, so it stays above the core's.
+    reserve_lost_s: float = 0.0
+    # What a kWh held in the battery at departure is worth (money per kWh of battery energy,
+    # above the SoC now; below it, the loss). None: the cheapest import price of the plan
+    # through the charge losses, a hair less: what putting it back would cost, so the plan
+    # never sells what it would have to buy back, nor buys only to hold (end_value_per_kwh()).
+    end_value_per_kwh: float | None = None
+
+    def end_value(self) -> float:
+        """``end_value_per_kwh``, or its default (see the field)."""
+        if self.end_value_per_kwh is not None:
+            return self.end_value_per_kwh
+        cheapest = max(0.0, min(self.import_per_kwh, default=0.0))
+        return cheapest / self.charge_efficiency * (1.0 - END_VALUE_DISCOUNT)
+
+    @property
+    def slot_count(self) -> int:
+        return len(self.import_per_kwh)
+
+    @property
+    def end(self) -> dt.datetime:
+        return self.start + dt.timedelta(seconds=self.slot_s * self.slot_count)
+
+
+@dataclass(frozen=True, slots=True)
+class PlanSlot:
+    start: dt.datetime
+    end: dt.datetime
+    power_w: float  # grid side: + charge, - discharge
+    soc_end_pct: float
+    import_per_kwh: float
+    export_per_kwh: float
+    bonus_per_kwh: float = 0.0
+
+
+@dataclass(frozen=True, slots=True)
+class Plan:
+    slots: tuple[PlanSlot, ...]
+    value: float  # export_revenue - import_cost - wear_cost
+    import_cost: float
+    export_revenue: float  # bonus included
+    wear_cost: float
+    target_reachable: bool  # False: the target cannot be met even charging flat out from now
+    notes: tuple[str, ...]  # plain-language reasons
+    exported_kwh: float = 0.0  # grid side
+    imported_kwh: float = 0.0  # grid side
+    # The worth the plan gave the energy held at departure against the SoC now (the problem's
+    # end value): it maximised value + end_value. Not money paid or earned.
+    end_value: float = 0.0
+
+    def power_at(self, at: dt.datetime) -> float | None:
+        """The power planned for the slot holding ``at``; None outside the plan."""
+        if not self.slots:
+            return None
+        first = self.slots[0]
+        slot_s = (first.end - first.start).total_seconds()
+        index = math.floor((at - first.start).total_seconds() / slot_s)
+        if 0 <= index < len(self.slots):
+            return self.slots[index].power_w
+        return None
+
+    def to_json(self) -> dict[str, Any]:
+        """A compact summary for telemetry: the power per slot and the SoC at each slot end."""
+        if not self.slots:
+            return {"start": None, "slot_s": None, "power_w": [], "soc_pct": []}
+        first = self.slots[0]
+        return {
+            "start": first.start.isoformat(),
+            "slot_s": (first.end - first.start).total_seconds(),
+            "power_w": [round(s.power_w) for s in self.slots],
+            "soc_pct": [round(s.soc_end_pct, 1) for s in self.slots],
+            "value": round(self.value, 4),
+            "target_reachable": self.target_reachable,
+        }
+
+
+def _finite(value: float) -> bool:
+    return isinstance(value, int | float) and math.isfinite(value)
+
+
+def _check_series(
+    name: str, values: tuple[float, ...], *, non_negative: bool, allow_inf: bool = False
+) -> list[str]:
+    for index, value in enumerate(values):
+        if not isinstance(value, int | float) or math.isnan(value):
+            return [f"{name}[{index}] is {value!r}: expected a number"]
+        if math.isinf(value) and not (allow_inf and value > 0):
+            return [f"{name}[{index}] is {value!r}: expected a finite number"]
+        if non_negative and value < 0:
+            return [f"{name}[{index}] is {value:g}: expected >= 0"]
+    return []
+
+
+def _check_pct(name: str, value: float) -> list[str]:
+    if not _finite(value) or not 0.0 <= value <= 100.0:
+        return [f"{name} is {value!r}: expected a percentage in [0, 100]"]
+    return []
+
+
+def check_problem(problem: PlanProblem) -> list[str]:
+    """Every reason ``problem`` is malformed; empty when the planner can take it."""
+    p = problem
+    errors: list[str] = []
+    if p.start.tzinfo is None or p.start.utcoffset() is None:
+        errors.append(f"start {p.start.isoformat()} is naive: expected an aware datetime")
+    errors += _check_slots(p)
+    if not _finite(p.capacity_kwh) or p.capacity_kwh <= 0:
+        errors.append(f"capacity_kwh is {p.capacity_kwh!r}: expected a number > 0")
+    errors += _check_socs(p)
+    if not _finite(p.departure_margin_pct) or p.departure_margin_pct < 0:
+        errors.append(f"departure_margin_pct is {p.departure_margin_pct!r}: expected >= 0")
+    for name, eta in (
+        ("charge_efficiency", p.charge_efficiency),
+        ("discharge_efficiency", p.discharge_efficiency),
+    ):
+        if not _finite(eta) or not 0.0 < eta <= 1.0:
+            errors.append(f"{name} is {eta!r}: expected a fraction in (0, 1]")
+    for name, rate in (
+        ("wear.base_per_kwh", p.wear.base_per_kwh),
+        ("wear.per_c_rate_per_kwh", p.wear.per_c_rate_per_kwh),
+    ):
+        if not _finite(rate) or rate < 0:
+            errors.append(f"{name} is {rate!r}: expected a finite number >= 0")
+    budget = p.discharge_budget_kwh
+    if budget is not None and (not _finite(budget) or budget < 0):
+        errors.append(f"discharge_budget_kwh is {budget!r}: expected >= 0 or None")
+    if not _finite(p.slot_s) or p.slot_s <= 0:
+        errors.append(f"slot_s is {p.slot_s!r}: expected a number of seconds > 0")
+    if not _finite(p.soc_step_pct) or not MIN_SOC_STEP_PCT <= p.soc_step_pct <= 10.0:
+        errors.append(f"soc_step_pct is {p.soc_step_pct!r}: expected {MIN_SOC_STEP_PCT} to 10")
+    if not _finite(p.reserve_lost_s) or p.reserve_lost_s < 0:
+        errors.append(f"reserve_lost_s is {p.reserve_lost_s!r}: expected seconds >= 0")
+    return errors
+
+
+def _check_slots(p: PlanProblem) -> list[str]:
+    """The per-slot series: one value per slot, numbers, in range."""
+    errors: list[str] = []
+    count = len(p.import_per_kwh)
+    if count == 0:
+        errors.append("no slots: import_per_kwh is empty (departure must be after start)")
+    if count > MAX_SLOTS:
+        errors.append(f"{count} slots: at most {MAX_SLOTS} (a week of 15-minute slots)")
+    series: tuple[tuple[str, tuple[float, ...], bool, bool, bool], ...] = (
+        # name, values, required, non_negative, allow_inf
+        ("import_per_kwh", p.import_per_kwh, True, False, False),
+        ("export_per_kwh", p.export_per_kwh, True, False, False),
+        ("max_charge_w", p.max_charge_w, True, True, False),
+        ("max_discharge_w", p.max_discharge_w, True, True, False),
+        ("bonus_per_kwh", p.bonus_per_kwh, False, True, False),
+        ("bonus_power_w", p.bonus_power_w, False, True, True),
+    )
+    for name, values, required, non_negative, allow_inf in series:
+        if len(values) != count and (required or values):
+            what = "one per slot" if required else "one per slot or none"
+            errors.append(f"{name} has {len(values)} values, import_per_kwh {count}: {what}")
+        errors += _check_series(name, values, non_negative=non_negative, allow_inf=allow_inf)
+    if p.bonus_power_w and not p.bonus_per_kwh:
+        errors.append("bonus_power_w without bonus_per_kwh: give both or neither")
+    return errors
+
+
+def _check_socs(p: PlanProblem) -> list[str]:
+    """The SoC now, the floor, the ceiling and the target: percentages in a sane order."""
+    errors: list[str] = []
+    for name, value in (
+        ("soc_pct", p.soc_pct),
+        ("soc_floor_pct", p.soc_floor_pct),
+        ("soc_ceiling_pct", p.soc_ceiling_pct),
+    ):
+        errors += _check_pct(name, value)
+    if errors:
+        return errors
+    if p.soc_floor_pct > p.soc_ceiling_pct:
+        errors.append(
+            f"soc_floor_pct {p.soc_floor_pct:g} is above soc_ceiling_pct {p.soc_ceiling_pct:g}"
+        )
+    if p.target_soc_pct is not None:
+        errors += _check_pct("target_soc_pct", p.target_soc_pct)
+        if _finite(p.target_soc_pct) and p.target_soc_pct > p.soc_ceiling_pct:
+            errors.append(
+                f"target_soc_pct {p.target_soc_pct:g} is above soc_ceiling_pct "
+                f"{p.soc_ceiling_pct:g}: the plan could never reach it"
+            )
+    return errors
+
+
+@dataclass(slots=True)
+class _Model:
+    """The problem in the DP's units: SoC in percent, energy per slot in kWh."""
+
+    p: PlanProblem
+    n: int
+    dt_h: float
+    cap: float
+    eta_c: float
+    eta_d: float
+    imp: Array
+    exp: Array
+    bonus: Array
+    bonus_kwh: Array  # grid-side export per slot that earns the bonus (inf: all)
+    charge_pct: Array  # the most SoC one slot can gain (max charge power)
+    discharge_pct: Array  # the most SoC one slot can lose (max discharge power)
+    bonus_pct: Array  # the SoC lost by exporting exactly bonus_kwh (nan: no such kink)
+    lo: Array  # per slot end k = 0..n: the lowest SoC from which the plan stays feasible
+    hi: Array  # the highest reachable SoC within the ceiling
+    floor_strict: bool  # starts below the floor: a discharge may never end below it
+    ceiling_strict: bool  # starts above the ceiling: a charge may never end above it
+    greedy_end_pct: float
+    target_pct: float | None  # the target the plan holds to at the end (clipped if unreachable)
+    _in: list[float] = field(init=False)
+    _out: list[float] = field(init=False)
+    _out_price: float = field(init=False)
+    _bonus: list[float] = field(init=False)
+    _bonus_pct: list[float] = field(init=False)
+    _quad: float = field(init=False)
+
+    def __post_init__(self) -> None:
+        # Money per percent of SoC moved in slot j, as plain floats (indexing numpy arrays
+        # element by element is slow): the DP calls reward() hundreds of times per plan.
+        per_pct_kwh = self.cap / 100.0
+        wear = self.p.wear
+        self._in = [float(x) * per_pct_kwh / self.eta_c for x in self.imp]
+        self._out = [(float(x) * self.eta_d - wear.base_per_kwh) * per_pct_kwh for x in self.exp]
+        self._out_price = self.eta_d * per_pct_kwh  # per unit of the budget's price
+        self._bonus = [float(x) * self.eta_d * per_pct_kwh for x in self.bonus]
+        self._bonus_pct = [float(x) / self.eta_d / per_pct_kwh for x in self.bonus_kwh]
+        self._quad = wear.per_c_rate_per_kwh * per_pct_kwh**2 / (self.dt_h * self.cap)
+
+    def reward(self, j: int, delta_pct: Array, price_per_kwh: float) -> Array:
+        """Money earned in slot ``j`` moving SoC by ``delta_pct``; ``price_per_kwh`` is added to
+        the wear cost of each grid-side kWh exported (the budget's Lagrange multiplier)."""
+        out = np.maximum(-delta_pct, 0.0)
+        result: Array = (self._out[j] - price_per_kwh * self._out_price) * out
+        result -= self._in[j] * np.maximum(delta_pct, 0.0)
+        if self._bonus[j]:
+            result += self._bonus[j] * np.minimum(out, self._bonus_pct[j])
+        if self._quad:
+            result -= self._quad * out * out
+        return result
+
+    def reward_rows(self, slots: npt.NDArray[np.intp], delta_pct: Array) -> Array:
+        """reward() at no budget price for rows of moves, row i in slot ``slots[i]``."""
+        out = np.maximum(-delta_pct, 0.0)
+        result: Array = np.take(self._out, slots)[:, None] * out
+        result -= np.take(self._in, slots)[:, None] * np.maximum(delta_pct, 0.0)
+        bonus = np.take(self._bonus, slots)
+        if bonus.any():
+            result += bonus[:, None] * np.minimum(out, np.take(self._bonus_pct, slots)[:, None])
+        if self._quad:
+            result -= self._quad * out * out
+        return result
+
+
+def _model(p: PlanProblem) -> tuple[_Model, list[str]]:
+    n = p.slot_count
+    dt_h = p.slot_s / 3600.0
+    cap = p.capacity_kwh
+    eta_c, eta_d = p.charge_efficiency, p.discharge_efficiency
+    max_c = np.asarray(p.max_charge_w, dtype=np.float64)
+    max_d = np.asarray(p.max_discharge_w, dtype=np.float64)
+    bonus = np.asarray(p.bonus_per_kwh or (0.0,) * n, dtype=np.float64)
+    bonus_w = np.asarray(p.bonus_power_w or (math.inf,) * n, dtype=np.float64)
+    bonus_w = np.minimum(bonus_w, max_d)
+    charge_pct = max_c / 1000.0 * dt_h * eta_c / cap * 100.0
+    discharge_pct = max_d / 1000.0 * dt_h / eta_d / cap * 100.0
+    bonus_kwh = np.where(bonus > 0, bonus_w / 1000.0 * dt_h, 0.0)
+    bonus_pct = np.where(
+        (bonus > 0) & (bonus_w < max_d), bonus_w / 1000.0 * dt_h / eta_d / cap * 100.0, np.nan
+    )
+    notes: list[str] = []
+    s0 = p.soc_pct
+    floor, ceiling = p.soc_floor_pct, p.soc_ceiling_pct
+    floor_strict = s0 < floor
+    ceiling_strict = s0 > ceiling
+    if floor_strict:
+        notes.append(f"SoC {s0:.1f} % is below the floor {floor:g} %: no discharge until above it")
+    if ceiling_strict:
+        notes.append(f"SoC {s0:.1f} % is above the ceiling {ceiling:g} %: no charge")
+    floor_lb = s0 if floor_strict else floor
+    ceiling_ub = s0 if ceiling_strict else ceiling
+    # The highest SoC at each slot end (charging flat out from now) and the lowest (discharging
+    # flat out; never from below the floor).
+    high = np.empty(n + 1)
+    low = np.empty(n + 1)
+    high[0] = low[0] = s0
+    for j in range(n):
+        high[j + 1] = high[j] if high[j] >= ceiling else min(high[j] + charge_pct[j], ceiling)
+        low[j + 1] = low[j] if low[j] <= floor else max(low[j] - discharge_pct[j], floor)
+    lower = np.full(n + 1, floor_lb)
+    target = p.target_soc_pct
+    target_pct: float | None = None
+    if target is not None:
+        target_pct = min(target, float(high[n]))
+        lower = np.maximum(lower, np.minimum(_reserve_pct(p, charge_pct, target), high))
+        lower[n] = max(lower[n], target_pct)
+    # Backwards: the lowest SoC from which every later lower bound can still be met.
+    need = lower.copy()
+    for k in range(n - 1, -1, -1):
+        need[k] = max(lower[k], need[k + 1] - charge_pct[k])
+    lo = np.maximum(need, low)
+    hi = np.minimum(high, max(ceiling_ub, s0))
+    # Rounding: the bounds come from sums taken in different orders.
+    lo = np.minimum(lo, hi)
+    model = _Model(
+        p=p,
+        n=n,
+        dt_h=dt_h,
+        cap=cap,
+        eta_c=eta_c,
+        eta_d=eta_d,
+        imp=np.asarray(p.import_per_kwh, dtype=np.float64),
+        exp=np.asarray(p.export_per_kwh, dtype=np.float64),
+        bonus=bonus,
+        bonus_kwh=np.where(np.isfinite(bonus_kwh), bonus_kwh, np.inf),
+        charge_pct=charge_pct,
+        discharge_pct=discharge_pct,
+        bonus_pct=bonus_pct,
+        lo=lo,
+        hi=hi,
+        floor_strict=floor_strict,
+        ceiling_strict=ceiling_strict,
+        greedy_end_pct=float(high[n]),
+        target_pct=target_pct,
+    )
+    return model, notes
+
+
+def _reserve_pct(p: PlanProblem, charge_pct: Array, target_pct: float) -> Array:
+    """The departure reserve at each slot end k = 0..n, as the core computes it
+    (controller/core/rules.py departure_reserve_pct), never below it.
+
+    The core allows target - (time left - lost) / (1 + margin) * power / capacity, at the power
+    available at that moment. Here the energy chargeable in the slots left counts the charge
+    efficiency (the core's figure does not, so this reserve is the higher one) and the lower of
+    "the rest of the slots at their own limits" and "all of them at the next slot's limit".
+    """
+    n = len(charge_pct)
+    reserve = np.full(n + 1, target_pct)
+    left_pct = np.cumsum(charge_pct[::-1])[::-1]  # chargeable from slot k to the end
+    for k in range(n):
+        slots_left = n - k
+        chargeable = min(float(left_pct[k]), float(charge_pct[k]) * slots_left)
+        time_left_s = slots_left * p.slot_s
+        usable = max(0.0, time_left_s - p.reserve_lost_s) / time_left_s
+        reserve[k] = target_pct - chargeable * usable / (1.0 + p.departure_margin_pct / 100.0)
+    return reserve
+
+
+@dataclass(slots=True)
+class _Values:
+    """V_k: the best value from slot end k to departure, on the SoC points ``x`` (the range's
+    edges and the grid points inside it), and on the whole grid (-inf outside the range)."""
+
+    x: Array
+    v: Array
+    grid_v: Array
+    first: int  # index of the first grid point inside the range (grid_v[first] is finite)
+    last: int
+
+
+@dataclass(slots=True)
+class _Slot:
+    """What one backward step needs that no budget price or value changes: the candidate next
+    SoCs of its states, their reward at no price and their export, built once per problem."""
+
+    first: int  # the grid points first..last are the states inside the range
+    last: int
+    y: Array  # flat: per inner state its kinks and edges, then per edge every candidate
+    reward: Array  # at no budget price; -inf where the move is not allowed
+    out_pct: Array  # the SoC exported by each move (for the budget price)
+    kinks: int  # candidates per inner state
+    width: int  # candidates per edge state
+    down: int  # grid moves: from -down to +up steps
+    up: int
+    grid_reward: Array  # per grid move, at no budget price (-inf where not allowed)
+    grid_out_pct: Array
+    strict_bad: npt.NDArray[np.bool_] | None  # grid moves the start-outside rules forbid
+
+
+class _Solver:
+    def __init__(self, model: _Model) -> None:
+        self.m = model
+        self.step = model.p.soc_step_pct
+        self.grid = np.arange(0, round(100.0 / self.step) + 1, dtype=np.float64) * self.step
+        self.size = len(self.grid)
+        self.lo = [float(x) for x in model.lo]
+        self.hi = [float(x) for x in model.hi]
+        self.up = [float(x) for x in model.charge_pct]
+        self.down = [float(x) for x in model.discharge_pct]
+        self.bonus = [float(x) for x in model.bonus_pct]
+        self.ranges = [self._range(k) for k in range(model.n + 1)]
+        self.points = [self._points(k) for k in range(model.n + 1)]
+        self.slots = self._build_slots()
+        # For the forward pass: per slot the kinks (nan: none) and the range's edges after.
+        self.kinks = [
+            np.array([self.up[j], -self.down[j], 0.0, -self.bonus[j]]) for j in range(model.n)
+        ]
+        self.edges = [np.array([self.lo[j + 1], self.hi[j + 1]]) for j in range(model.n)]
+
+    def _range(self, k: int) -> tuple[int, int]:
+        """The grid indices strictly inside [lo_k, hi_k] (first > last when none)."""
+        lo, hi = self.lo[k], self.hi[k]
+        gap = 10 * SOC_TOLERANCE_PCT
+        first = math.floor(lo / self.step + 1e-9) + 1
+        if first * self.step - lo < gap:
+            first += 1
+        last = math.ceil(hi / self.step - 1e-9) - 1
+        if hi - last * self.step < gap:
+            last -= 1
+        return max(first, 0), min(last, self.size - 1)
+
+    def _points(self, k: int) -> Array:
+        """The SoC points V_k is held on: the range's edges and the grid points inside."""
+        first, last = self.ranges[k]
+        return np.concatenate(([self.lo[k]], self.grid[first : last + 1], [self.hi[k]]))
+
+    def _build_slots(self) -> list[_Slot]:
+        """Every slot's candidates, rewards and exports at once (vectorised over the slots)."""
+        m = self.m
+        n = m.n
+        step = self.step
+        up = m.charge_pct
+        down = m.discharge_pct
+        lo_next, hi_next = m.lo[1:], m.hi[1:]
+        # Per slot the reward's kinks (full charge, full discharge, idle, the bonus's power
+        # edge; nan: none) and the two edges of the range after.
+        columns = [up, -down, np.zeros(n), lo_next, hi_next]
+        if not np.isnan(m.bonus_pct).all():
+            columns.append(-m.bonus_pct)
+        kinks = np.stack(columns, axis=1)
+        is_offset = np.array([True, True, True, False, False, True][: len(columns)])
+        # Inner states: the grid points strictly inside each slot's range (none at slot 0).
+        firsts = np.array([self.ranges[j][0] if j else 0 for j in range(n)])
+        lasts = np.array([self.ranges[j][1] if j else -1 for j in range(n)])
+        counts = np.maximum(lasts - firsts + 1, 0)
+        row_slot = np.repeat(np.arange(n), counts)
+        starts = np.cumsum(counts) - counts
+        row_index = np.arange(len(row_slot)) - np.repeat(starts - firsts, counts)
+        inner_s = self.grid[row_index]
+        inner_y = np.where(is_offset, inner_s[:, None] + kinks[row_slot], kinks[row_slot])
+        # Edge states (two per slot; slot 0's are both the start): kinks and every grid point
+        # in reach (a common width; the power limits below drop the extra ones).
+        edge_slot = np.repeat(np.arange(n), 2)
+        edge_s = np.stack((m.lo[:-1], m.hi[:-1]), axis=1).ravel()
+        edge_s[1] = edge_s[0]
+        width = int(np.max(np.floor((up + down) / step))) + 2
+        base = np.floor((edge_s - down[edge_slot]) / step - 1e-9) + 1
+        edge_grid = (base[:, None] + np.arange(width)[None, :]) * step
+        edge_kinks = np.where(is_offset, edge_s[:, None] + kinks[edge_slot], kinks[edge_slot])
+        edge_y = np.concatenate((edge_kinks, edge_grid), axis=1)
+
+        inner_y, inner_r = self._allowed_rows(row_slot, inner_s, inner_y)
+        inner_out = np.maximum(inner_s[:, None] - inner_y, 0.0)
+        edge_y, edge_r = self._allowed_rows(edge_slot, edge_s, edge_y)
+        edge_out = np.maximum(edge_s[:, None] - edge_y, 0.0)
+        # Grid moves from grid points, -most_down .. +most_up steps, per slot.
+        steps_up = np.floor(up / step + 1e-9).astype(np.intp)
+        steps_down = np.floor(down / step + 1e-9).astype(np.intp)
+        most_down = int(steps_down.max())
+        moves = np.arange(-most_down, int(steps_up.max()) + 1, dtype=np.float64) * step
+        move_r = m.reward_rows(np.arange(n), np.broadcast_to(moves, (n, len(moves))))
+        move_out = np.maximum(-moves, 0.0)
+        slots = []
+        for j in range(n):
+            rows = slice(int(starts[j]), int(starts[j] + counts[j]))
+            edges = slice(2 * j, 2 * j + 2)
+            cut = slice(most_down - int(steps_down[j]), most_down + int(steps_up[j]) + 1)
+            slot_moves = moves[cut]
+            strict_bad = self._strict_bad(inner_s[rows], slot_moves) if counts[j] else None
+            slots.append(
+                _Slot(
+                    first=int(firsts[j]),
+                    last=int(lasts[j]),
+                    y=np.concatenate((inner_y[rows].ravel(), edge_y[edges].ravel())),
+                    reward=np.concatenate((inner_r[rows].ravel(), edge_r[edges].ravel())),
+                    out_pct=np.concatenate((inner_out[rows].ravel(), edge_out[edges].ravel())),
+                    kinks=kinks.shape[1],
+                    width=edge_y.shape[1],
+                    down=int(steps_down[j]),
+                    up=int(steps_up[j]),
+                    grid_reward=move_r[j, cut],
+                    grid_out_pct=move_out[cut],
+                    strict_bad=strict_bad,
+                )
+            )
+        return slots
+
+    def _allowed_rows(self, slot: npt.NDArray[np.intp], s: Array, y: Array) -> tuple[Array, Array]:
+        """Candidates ``y`` (row i: from SoC s[i] in slot[i]) clipped into the range after,
+        and their reward at no budget price (-inf where the move is not allowed)."""
+        m = self.m
+        tol = SOC_TOLERANCE_PCT
+        lo, hi = m.lo[1:][slot][:, None], m.hi[1:][slot][:, None]
+        delta = y - s[:, None]
+        ok = (y >= lo - tol) & (y <= hi + tol)
+        ok &= delta <= m.charge_pct[slot][:, None] + tol
+        ok &= delta >= -m.discharge_pct[slot][:, None] - tol
+        if m.floor_strict:
+            ok &= (delta >= 0) | (y >= m.p.soc_floor_pct - tol)
+        if m.ceiling_strict:
+            ok &= (delta <= 0) | (y <= m.p.soc_ceiling_pct + tol)
+        y = np.where(ok, np.clip(y, lo, hi), lo)
+        reward = np.where(ok, m.reward_rows(slot, y - s[:, None]), -np.inf)
+        return y, reward
+
+    def _strict_bad(self, states: Array, moves: Array) -> npt.NDArray[np.bool_] | None:
+        """The grid moves the start-outside rules forbid: a discharge ending below the floor
+        (the start was below it), a charge ending above the ceiling (the start was above)."""
+        m = self.m
+        if not (m.floor_strict or m.ceiling_strict):
+            return None
+        tol = SOC_TOLERANCE_PCT
+        after = states[:, None] + moves[None, :]
+        bad = np.zeros(after.shape, dtype=bool)
+        if m.floor_strict:
+            bad |= (moves < 0) & (after < m.p.soc_floor_pct - tol)
+        if m.ceiling_strict:
+            bad |= (moves > 0) & (after > m.p.soc_ceiling_pct + tol)
+        return bad
+
+    def _grid_values(self, k: int, inner: Array) -> Array:
+        """V_k on the whole grid: the inner values, -inf outside the range."""
+        first, last = self.ranges[k]
+        grid_v = np.full(self.size, -np.inf)
+        if last >= first:
+            grid_v[first : last + 1] = inner
+        return grid_v
+
+    def _windows(self, grid_v: Array, first: int, last: int, down: int, up: int) -> Array:
+        """Row i - first: V after at grid points i - down .. i + up (-inf off its range)."""
+        # Pad so every row's window lies inside the array, then view it with strides (a
+        # hand-made sliding window: numpy's helper costs more than the whole slot otherwise).
+        low = first - down
+        high = last + up + 1
+        source = grid_v
+        if low < 0 or high > self.size:
+            pad_low, pad_high = max(0, -low), max(0, high - self.size)
+            source = np.concatenate((np.full(pad_low, -np.inf), source, np.full(pad_high, -np.inf)))
+            low += pad_low
+        item = source.itemsize
+        return np.ndarray(
+            (last - first + 1, up + down + 1),
+            dtype=np.float64,
+            buffer=source,
+            offset=low * item,
+            strides=(item, item),
+        )
+
+    def backward(self, price: float) -> list[Array]:
+        """V_k on self.points[k] for every slot end k, with ``price`` per exported kWh."""
+        m = self.m
+        n = m.n
+        per_pct = price * m._out_price
+        values: list[Array] = [np.zeros(0)] * (n + 1)
+        # At departure: the energy held, valued against the SoC now.
+        values[n] = (self.points[n] - m.p.soc_pct) * (m.cap / 100.0 * m.p.end_value())
+        grid_v = self._grid_values(n, values[n][1:-1])
+        for j in range(n - 1, -1, -1):
+            slot = self.slots[j]
+            q = slot.reward + np.interp(slot.y, self.points[j + 1], values[j + 1])
+            if per_pct:
+                q -= per_pct * slot.out_pct
+            split = (slot.last - slot.first + 1) * slot.kinks if slot.last >= slot.first else 0
+            edges = q[split:].reshape(-1, slot.width).max(axis=1)
+            if j == 0:
+                values[0] = np.array([edges[0], edges[0]])
+                break
+            if split == 0:
+                values[j] = edges
+                grid_v = self._grid_values(j, np.zeros(0))
+                continue
+            # Grid moves from grid points: V after at grid point i + d for d from -down to +up
+            # steps, read through a sliding window (no interpolation needed).
+            windows = self._windows(grid_v, slot.first, slot.last, slot.down, slot.up)
+            moves = slot.grid_reward - per_pct * slot.grid_out_pct if per_pct else slot.grid_reward
+            q_grid = windows + moves
+            if slot.strict_bad is not None:
+                q_grid[slot.strict_bad] = -np.inf
+            inner = np.maximum(q_grid.max(axis=1), q[:split].reshape(-1, slot.kinks).max(axis=1))
+            values[j] = np.concatenate((edges[:1], inner, edges[1:]))
+            grid_v = self._grid_values(j, inner)
+        return values
+
+    def forward(self, values: list[Array], price: float, budget_kwh: float | None = None) -> Array:
+        """The SoC at each slot end, following the best action from the SoC reached; with
+        ``budget_kwh``, never exporting more than is left of it."""
+        m = self.m
+        soc = np.empty(m.n + 1)
+        soc[0] = m.p.soc_pct
+        tol = SOC_TOLERANCE_PCT
+        step = self.step
+        out_kwh_per_pct = m.cap / 100.0 * m.eta_d
+        left_kwh = math.inf if budget_kwh is None else budget_kwh
+        for j in range(m.n):
+            now = float(soc[j])
+            up, down = self.up[j], self.down[j]
+            lo, hi = self.lo[j + 1], self.hi[j + 1]
+            first = max(0, math.floor((now - down) / step - 1e-9) + 1)
+            last = min(self.size, math.floor((now + up) / step + 1e-9) + 1)
+            y = np.concatenate((now + self.kinks[j], self.edges[j], self.grid[first:last]))
+            if budget_kwh is not None:
+                # Exporting exactly what is left is a kink too; more is not allowed.
+                down = max(0.0, min(down, left_kwh / out_kwh_per_pct))
+                y = np.append(y, now - down)
+            # Within the range after and the power limits (nan kinks fail both tests).
+            low = max(lo, now - down) - tol
+            high = min(hi, now + up) + tol
+            ok = (y >= low) & (y <= high)
+            if m.floor_strict:
+                ok &= (y >= now) | (y >= m.p.soc_floor_pct - tol)
+            if m.ceiling_strict:
+                ok &= (y <= now) | (y <= m.p.soc_ceiling_pct + tol)
+            y = np.clip(y[ok], lo, hi)
+            q = m.reward(j, y - now, price) + np.interp(y, self.points[j + 1], values[j + 1])
+            q += TIE_BREAK_PER_PCT * y
+            soc[j + 1] = y[int(np.argmax(q))]
+            left_kwh -= max(0.0, now - float(soc[j + 1])) * out_kwh_per_pct
+        return soc
+
+
+@dataclass(frozen=True, slots=True)
+class _Totals:
+    value: float
+    import_cost: float
+    export_revenue: float
+    wear_cost: float
+    imported_kwh: float
+    exported_kwh: float
+    end_value: float
+
+
+def _totals(m: _Model, soc: Array) -> tuple[_Totals, Array]:
+    """What the trajectory ``soc`` earns and costs, and its grid-side power per slot."""
+    energy_kwh = np.diff(soc) * (m.cap / 100.0)
+    grid_in = np.maximum(energy_kwh, 0.0) / m.eta_c
+    out = np.maximum(-energy_kwh, 0.0)
+    grid_out = out * m.eta_d
+    wear = m.p.wear
+    wear_cost = (wear.base_per_kwh + wear.per_c_rate_per_kwh * out / (m.dt_h * m.cap)) * out
+    revenue = m.exp * grid_out + m.bonus * np.minimum(grid_out, m.bonus_kwh)
+    cost = m.imp * grid_in
+    power_w = (grid_in - grid_out) / m.dt_h * 1000.0
+    totals = _Totals(
+        value=float(revenue.sum() - cost.sum() - wear_cost.sum()),
+        import_cost=float(cost.sum()),
+        export_revenue=float(revenue.sum()),
+        wear_cost=float(wear_cost.sum()),
+        imported_kwh=float(grid_in.sum()),
+        exported_kwh=float(grid_out.sum()),
+        end_value=float((soc[-1] - soc[0]) * (m.cap / 100.0) * m.p.end_value()),
+    )
+    return totals, power_w
+
+
+@dataclass(frozen=True, slots=True)
+class _Trial:
+    """One DP pass at a price per exported kWh: its trajectory, true value and export."""
+
+    price: float
+    soc: Array
+    value: float
+    exported_kwh: float
+    gross: float  # import cost + export revenue + wear, in magnitude
+
+    def lagrangian(self, price: float) -> float:
+        return self.value - price * self.exported_kwh
+
+
+def _keeps_start_rules(m: _Model, soc: Array) -> bool:
+    """A start below the floor (above the ceiling): no discharge (charge) ending outside."""
+    delta = np.diff(soc)
+    ends = soc[1:]
+    tol = SOC_TOLERANCE_PCT
+    if m.floor_strict and np.any((delta < -tol) & (ends < m.p.soc_floor_pct - tol)):
+        return False
+    return not (m.ceiling_strict and np.any((delta > tol) & (ends > m.p.soc_ceiling_pct + tol)))
+
+
+def _without_export(m: _Model) -> Array:
+    """A plan that never discharges: idle, charging only as the lower bounds demand."""
+    soc = np.empty(m.n + 1)
+    soc[0] = m.p.soc_pct
+    for k in range(m.n):  # hi never falls, so holding never needs a discharge
+        soc[k + 1] = min(max(soc[k], m.lo[k + 1]), m.hi[k + 1])
+    return soc
+
+
+def _trial(m: _Model, price: float, soc: Array) -> _Trial:
+    totals = _totals(m, soc)[0]
+    gross = abs(totals.import_cost) + abs(totals.export_revenue) + abs(totals.wear_cost)
+    return _Trial(price, soc, totals.value + totals.end_value, totals.exported_kwh, gross)
+
+
+def _blend(m: _Model, over: _Trial, under: _Trial, budget_kwh: float) -> _Trial:
+    """The better of ``under`` and the blend of the two plans that exports the budget.
+
+    Every rule but the start-outside ones is convex in the trajectory, and a slot's earnings
+    are concave in its SoC move wherever exporting and charging at once does not pay, so the
+    blend fits the budget and earns at least the blend of the two values."""
+    share = (budget_kwh - under.exported_kwh) / (over.exported_kwh - under.exported_kwh)
+    soc = share * over.soc + (1.0 - share) * under.soc
+    if not _keeps_start_rules(m, soc):
+        return under
+    blend = _trial(m, over.price, soc)
+    if blend.exported_kwh <= budget_kwh + 1e-6 and blend.value > under.value:
+        return blend
+    return under
+
+
+def _solve(m: _Model, notes: list[str]) -> Array:
+    solver = _Solver(m)
+
+    def trial(price: float) -> _Trial:
+        return _trial(m, price, solver.forward(solver.backward(price), price))
+
+    budget = m.p.discharge_budget_kwh
+    first = trial(0.0)
+    if budget is None or first.exported_kwh <= budget + 1e-9:
+        return first.soc
+    # The budget binds. Lagrangian relaxation: charge a price per exported kWh; the higher the
+    # price, the less the plan exports. ``over`` exports more than the budget, ``under`` fits.
+    # At this price no export pays, not even to make room for a charge that is paid for.
+    high_price = (
+        float(np.max(np.abs(m.exp + m.bonus)))
+        + float(np.max(np.abs(m.imp))) / (m.eta_c * m.eta_d)
+        + 1.0
+    )
+    # To start from below, a plan that exports nothing: no DP pass needed (the search's first
+    # price then comes out a little high, and the next plans correct it).
+    idle = _trial(m, high_price, _without_export(m))
+    over, under = first, idle
+    best = _blend(m, over, under, budget)
+    proven = False
+    for _ in range(BUDGET_PASSES):
+        # The price at which both plans earn the same net of it (Kelley's cutting plane on
+        # the dual): a plan better than both there is a new breakpoint; none means the two
+        # are adjacent and their blend is the optimum.
+        price = (over.value - under.value) / (over.exported_kwh - under.exported_kwh)
+        candidate = trial(price)
+        # No plan earns more than the candidate's value net of the price, plus the price of
+        # the budget (weak duality): stop once the best blend is that close.
+        bound = candidate.lagrangian(price) + price * budget
+        if bound - best.value <= BUDGET_GAP * max(best.gross, candidate.gross):
+            proven = True
+            break
+        adjacent = candidate.lagrangian(price) <= under.lagrangian(price) + 1e-9 * (1.0 + bound)
+        if candidate.exported_kwh > budget + 1e-9:
+            over = candidate
+        else:
+            under = candidate
+        best = max(best, _blend(m, over, under, budget), key=lambda t: t.value)
+        if adjacent:  # no new breakpoint: the search cannot get closer
+            break
+    if not proven:
+        # The blend was not allowed (a start outside the band) or the search stopped short:
+        # follow the values at the over plan's price, never exporting more than is left.
+        values = solver.backward(over.price)
+        capped = _trial(m, over.price, solver.forward(values, over.price, budget))
+        if capped.exported_kwh <= budget + 1e-6 and capped.value > best.value:
+            best = capped
+    notes.append(
+        f"discharge budget {budget:.1f} kWh binds: the plan exports {best.exported_kwh:.1f} kWh"
+    )
+    return best.soc
+
+
+def make_plan(problem: PlanProblem) -> Plan:
+    """The plan that maximises the owner's net value; raises ValueError if ``problem`` is
+    malformed (check_problem's reasons). An unreachable target is not an error: the plan
+    charges as fast as it can and says so."""
+    errors = check_problem(problem)
+    if errors:
+        raise ValueError("; ".join(errors))
+    model, notes = _model(problem)
+    target = problem.target_soc_pct
+    reachable = target is None or model.greedy_end_pct >= target - SOC_TOLERANCE_PCT
+    if not reachable:
+        by = problem.end.astimezone(problem.start.tzinfo)
+        notes.append(
+            f"target {target:g} % unreachable by {by:%H:%M}: "
+            f"{model.greedy_end_pct:.1f} % at most; charging as fast as possible"
+        )
+    soc = _solve(model, notes)
+    totals, power_w = _totals(model, soc)
+    step = dt.timedelta(seconds=problem.slot_s)
+    bonus = problem.bonus_per_kwh or (0.0,) * model.n
+    slots = tuple(
+        PlanSlot(
+            start=problem.start + j * step,
+            end=problem.start + (j + 1) * step,
+            power_w=float(power_w[j]),
+            soc_end_pct=float(soc[j + 1]),
+            import_per_kwh=problem.import_per_kwh[j],
+            export_per_kwh=problem.export_per_kwh[j],
+            bonus_per_kwh=bonus[j],
+        )
+        for j in range(model.n)
+    )
+    return Plan(
+        slots=slots,
+        value=totals.value,
+        end_value=totals.end_value,
+        import_cost=totals.import_cost,
+        export_revenue=totals.export_revenue,
+        wear_cost=totals.wear_cost,
+        target_reachable=reachable,
+        notes=tuple(notes),
+        exported_kwh=totals.exported_kwh,
+        imported_kwh=totals.imported_kwh,
+    )
