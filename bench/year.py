@@ -45,8 +45,13 @@ from bench.yearnights import (
 )
 from bench.yearplant import Plant, PlantConfig
 from bench.yearstrategies import (
+    ASSUMED_EFFICIENCY,
+    CHEMISTRY,
+    MAX_POWER_W,
+    REPLACEMENT_COST,
     SOC_FLOOR_PCT,
     TARGET_SOC_PCT,
+    WEAR_BUDGET_KWH_PER_DAY,
     AtOnce,
     FixedWindows,
     Foresight,
@@ -127,6 +132,7 @@ class NightResult:
     floor_breach_steps: int = 0  # steps that discharged with the true SoC ending below the floor
     min_soc_discharging_pct: float = math.inf  # lowest true SoC after a discharging step
     decisions: int = 0
+    plans: int = 0  # plans the strategy made (planning strategies)
 
     @property
     def net(self) -> float:
@@ -223,6 +229,7 @@ def simulate_night(
             trace.import_per_kwh.append(import_price)
             trace.export_per_kwh.append(export_price + (event[0] if event else 0.0))
     result.decisions = steps
+    result.plans = session.replans
     result.departure_soc_pct = plant.soc_pct
     result.target_met = plant.soc_pct >= TARGET_SOC_PCT
     # The mean C-rate while energy moved (the wear model prices a trace at one C-rate).
@@ -370,6 +377,7 @@ def summarise(results: Sequence[NightResult], nights: int) -> dict[str, Any]:
         "steps_below_floor": sum(r.floor_breach_steps for r in results),
         "lowest_soc_discharging_pct": None if math.isinf(lowest) else round(lowest, 2),
         "decisions": sum(r.decisions for r in results),
+        "plans_per_night": round(sum(r.plans for r in results) / nights, 2),
     }
 
 
@@ -413,6 +421,17 @@ def run(
         "workers": workers,
         "run_time_s": round(run_time_s, 1),
         "plant": asdict(plant),
+        "owner": {
+            "soc_floor_pct": SOC_FLOOR_PCT,
+            "target_soc_pct": TARGET_SOC_PCT,
+            "max_power_w": MAX_POWER_W,
+            "wear_budget_kwh_per_day": WEAR_BUDGET_KWH_PER_DAY,
+        },
+        "battery": {
+            "chemistry": str(CHEMISTRY),
+            "replacement_cost": REPLACEMENT_COST,
+            "planner_efficiency": ASSUMED_EFFICIENCY,
+        },
         "tariff": [
             {
                 "start": f"{start:%H:%M}",

@@ -78,6 +78,10 @@ class Observation:
 class Session(Protocol):
     """A strategy's state for one plug-in."""
 
+    @property
+    def replans(self) -> int:
+        """How many plans the session made (0: it does not plan)."""
+
     def plan(self, seen: Observation) -> PlannedPower | None:
         """The plan's power for now (None: the strategy does not plan)."""
 
@@ -125,6 +129,8 @@ def base_policy(night: Night, step_s: float) -> Policy:
 
 
 class _NoPlan:
+    replans = 0
+
     def plan(self, seen: Observation) -> PlannedPower | None:
         return None
 
@@ -205,6 +211,10 @@ class PlannedSession:
         self._events = [(e.announced_at, _peak_event(e)) for e in night.events]
         self._resolution_pct = keeper.policy.safety.soc_resolution_pct
         self._departure_local = night.departure.astimezone(SITE_ZONE).time()
+
+    @property
+    def replans(self) -> int:
+        return self.keeper.replans
 
     def plan(self, seen: Observation) -> PlannedPower | None:
         if self._foresight:

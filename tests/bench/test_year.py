@@ -298,6 +298,10 @@ def test_short_year_report_has_its_stable_shape(short_year: dict[str, Any]) -> N
         ):
             assert key in figures
     assert len(short_year["net_per_night"]["fixed_windows"]) == SHORT_NIGHTS
+    plans = {name: f["plans_per_night"] for name, f in short_year["strategies"].items()}
+    assert plans["optimize"] >= 1
+    assert plans["foresight"] >= 1
+    assert plans["at_once"] == plans["fixed_windows"] == 0
     assert short_year["comparison"]["run_time_s"]["value"] > 0
     json.dumps(short_year)  # plain data only
 
