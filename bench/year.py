@@ -538,7 +538,8 @@ def write_plot(report: dict[str, Any], path: Path) -> None:
     import matplotlib.pyplot as plt  # noqa: PLC0415
 
     night, traces = example_traces(report)
-    fig, (year_ax, price_ax, soc_ax) = plt.subplots(3, 1, figsize=(10, 11))
+    fig, (year_ax, price_ax, soc_ax) = plt.subplots(3, 1, figsize=(12, 11))
+    outside = {"fontsize": "small", "loc": "upper left", "bbox_to_anchor": (1.08, 1.0)}
     for name, values in report["net_per_night"].items():
         running, total = [], 0.0
         for value in values:
@@ -549,7 +550,7 @@ def write_plot(report: dict[str, Any], path: Path) -> None:
     year_ax.set_ylabel(f"cumulative net value ({report['currency']})")
     year_ax.set_title(f"{report['nights']} nights, seed {report['seed']}")
     year_ax.axhline(0.0, color="grey", linewidth=0.5)
-    year_ax.legend(fontsize="small")
+    year_ax.legend(**outside)
 
     first = next(iter(traces.values()))
     local = night.arrival.astimezone(SITE_ZONE)
@@ -568,13 +569,13 @@ def write_plot(report: dict[str, Any], path: Path) -> None:
         power_ax.plot(hours, [p / 1000.0 for p in trace.power_w], label=LABELS[name])
         soc_ax.plot(hours, trace.soc_pct, label=LABELS[name])
     power_ax.set_ylabel("power at the grid (kW, + charges)")
-    power_ax.legend(fontsize="small", loc="lower right")
-    price_ax.legend(fontsize="small", loc="upper right")
+    power_ax.legend(**outside)
+    price_ax.legend(fontsize="small", loc="upper left", bbox_to_anchor=(1.08, 0.35))
     soc_ax.axhline(SOC_FLOOR_PCT, color="red", linestyle="--", label="floor")
     soc_ax.axhline(TARGET_SOC_PCT, color="green", linestyle="--", label="departure target")
     soc_ax.set_xlabel(f"hours since arrival ({local:%H:%M})")
     soc_ax.set_ylabel("true SoC (%)")
-    soc_ax.legend(fontsize="small")
+    soc_ax.legend(**outside)
     fig.tight_layout()
     fig.savefig(path, dpi=100)
     plt.close(fig)
