@@ -246,12 +246,12 @@ def test_short_year_keeps_the_departure_promise_every_night(short_year: dict[str
 
 
 def test_short_year_never_discharges_below_the_floor(short_year: dict[str, Any]) -> None:
-    """The true SoC never ends a discharging step below the 30 % floor."""
+    """The true SoC never ends a discharging step below the 40 % floor."""
     for name, figures in short_year["strategies"].items():
         assert figures["nights_below_floor"] == [], name
         assert figures["steps_below_floor"] == 0, name
         lowest = figures["lowest_soc_discharging_pct"]
-        assert lowest is None or lowest >= 30.0, name
+        assert lowest is None or lowest >= yearstrategies.SOC_FLOOR_PCT, name
 
 
 def test_short_year_optimize_beats_the_fixed_windows(short_year: dict[str, Any]) -> None:
@@ -353,7 +353,7 @@ class _Reckless:
             fallback=FallbackPolicy(
                 mode=FallbackMode.TIME_OF_USE,
                 peak_windows=yearstrategies.WHOLE_DAY,
-                discharge_power_w=7_400.0,
+                discharge_power_w=yearstrategies.MAX_POWER_W,
             ),
         )
 
