@@ -96,7 +96,7 @@ bench: $(STAMP) system-packages
 	$(BIN)/python -m bench $(BENCH_ARGS)
 
 demo: $(STAMP) system-packages
-	$(BIN)/python -m hil.demo --config config/example.yaml
+	$(BIN)/python -m hil.demo --config config/example-cn.yaml
 
 clean:
 	rm -rf $(VENV) .mypy_cache .ruff_cache .pytest_cache .hypothesis mutants

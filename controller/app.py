@@ -7,6 +7,7 @@ with the protocols in ``controller.links``.
 from __future__ import annotations
 
 import asyncio
+import datetime as dt
 import os
 import sqlite3
 import time
@@ -22,15 +23,19 @@ from controller.aggregator.link import MqttAggregatorLink
 from controller.clocksync import ClockTrust, simulated_kernel_clock
 from controller.config import Config, load_register_map
 from controller.control import CoreControlStep, CoreStateFile, policy_from_config
+from controller.core.policy import FallbackMode
 from controller.daemon import Daemon, ExitCode, Links
+from controller.economics.wear import Chemistry, WearModel
 from controller.errors import ConfigError, ProtocolError, VehicleLinkError
 from controller.inverter.drivers import InverterDriver, SunSpecDriver
 from controller.inverter.link import ModbusInverterLink
 from controller.inverter.regmap import RegisterMapDriver
 from controller.inverter.transport import Endpoint, ModbusTransport, SerialEndpoint, TcpEndpoint
+from controller.ledger.accounting import no_wear
 from controller.ledger.ledger import Ledger
 from controller.ledger.recorder import ThreadedLedger
 from controller.links import AggregatorLink, AuditSink, InverterLink, VehicleLink
+from controller.planning import MomentPrices, PlanKeeper, PlanSettings
 from controller.simclock import SimulatedClock, WallClock, real_wall_clock
 from controller.storage.db import LedgerError, open_database
 from controller.storage.writer import StorageThread
@@ -46,6 +51,8 @@ def build_links(
     durable: DurableOutbox | None = None,
     audit: AuditSink | None = None,
     storage: StorageThread | None = None,
+    ledger: Ledger | None = None,
+    wall_clock: WallClock = real_wall_clock,
 ) -> Links:
     """The three links the config describes; the aggregator link stores its records in
     ``durable`` (the ledger's store-and-forward outbox, used on ``storage``'s thread) and
@@ -53,7 +60,14 @@ def build_links(
     return Links(
         vehicle=_build_vehicle(config),
         inverter=_build_inverter(config),
-        aggregator=_build_aggregator(config, durable=durable, audit=audit, storage=storage),
+        aggregator=_build_aggregator(
+            config,
+            durable=durable,
+            audit=audit,
+            storage=storage,
+            ledger=ledger,
+            price_wall=lambda: wall_clock(dt.UTC),
+        ),
     )
 
 
@@ -104,10 +118,28 @@ def _build_aggregator(
     durable: DurableOutbox | None = None,
     audit: AuditSink | None = None,
     storage: StorageThread | None = None,
+    ledger: Ledger | None = None,
+    price_wall: Callable[[], dt.datetime] | None = None,
 ) -> AggregatorLink:
     if not config.aggregator.enabled:
         return DisabledAggregator()
-    return MqttAggregatorLink.from_config(config, durable=durable, audit=audit, storage=storage)
+    link = MqttAggregatorLink.from_config(
+        config,
+        durable=durable,
+        audit=audit,
+        storage=storage,
+        price_store=None if ledger is None else ledger.record_price_message,
+        price_wall=price_wall,
+    )
+    if ledger is not None:
+        # The prices accepted before a restart, and their ids (a replay stays a replay).
+        try:
+            kept = ledger.price_messages()
+        except LedgerError as exc:
+            log.error("pushed prices not restored from the ledger", error=str(exc))
+        else:
+            link.restore_prices((row.topic, row.body.encode()) for row in kept)
+    return link
 
 
 def build_control_step(
@@ -126,10 +158,32 @@ def build_control_step(
         policy = replace(policy, safety=replace(policy.safety, battery_time_factor=wall_clock.rate))
     return CoreControlStep(
         policy,
+        planner=PlanKeeper(plan_settings(config), policy, in_background=True)
+        if policy.fallback.mode is FallbackMode.OPTIMIZE
+        else None,
+        prices=None if links is None else links.aggregator.prices,
         emergency_stop=(lambda: False) if links is None else links.vehicle.emergency_stop_pressed,
         clock_trusted=(lambda _now_s: True) if clock_trusted is None else clock_trusted,
         state_file=CoreStateFile(config.control.state_file(config.ledger.path)),
         save_in_background=True,
+    )
+
+
+def plan_settings(config: Config) -> PlanSettings:
+    """What the planner needs from the config: the tariff, its peak events, the pack's wear."""
+    economics = config.economics
+    return PlanSettings(
+        tariff=config.economic_tariff(),
+        wear=WearModel(
+            Chemistry(economics.battery_chemistry),
+            config.owner.battery_capacity_kwh,
+            economics.battery_replacement_cost,
+        ),
+        events=config.peak_events(),
+        charge_efficiency=economics.charge_efficiency_pct / 100,
+        discharge_efficiency=economics.discharge_efficiency_pct / 100,
+        replan_soc_deviation_pct=economics.replan_soc_deviation_pct,
+        published_slots=economics.plan_slots_published,
     )
 
 
@@ -153,7 +207,7 @@ def wall_clock_from_env() -> WallClock:
 
 
 def open_ledger(
-    config: Config, *, time_factor: float = 1.0
+    config: Config, *, time_factor: float = 1.0, prices: MomentPrices | None = None
 ) -> tuple[sqlite3.Connection, Ledger] | None:
     """The ledger database (``ledger.path``) and the ledger on it, or None if it cannot be used.
 
@@ -164,7 +218,15 @@ def open_ledger(
     conn: sqlite3.Connection | None = None
     try:
         conn = open_database(config.ledger.path)
-        return conn, Ledger.from_config(conn, config, time_factor=time_factor)
+        wear = plan_settings(config).wear
+        return conn, Ledger.from_config(
+            conn,
+            config,
+            time_factor=time_factor,
+            prices=prices,
+            in_peak_event=None if prices is None else prices.in_peak_event,
+            wear_cost=no_wear if wear is None else lambda trace: wear.trace_cost(trace).cost,
+        )
     except (LedgerError, OSError) as exc:  # db.open_database's mkdir raises OSError as is
         if conn is not None:
             conn.close()
@@ -183,9 +245,13 @@ def run(config: Config) -> ExitCode:
     except ValueError as exc:
         log.error("nothing started", error=str(exc))
         return ExitCode.CONFIG
+    # Receipts price energy at the tariff, the aggregator's pushed prices and peak events.
+    prices = MomentPrices(config.economic_tariff(), config.peak_events())
     # Simulation only: the plant's energy runs at the simulated clock's rate (ledger.py).
     opened = open_ledger(
-        config, time_factor=wall_clock.rate if isinstance(wall_clock, SimulatedClock) else 1.0
+        config,
+        time_factor=wall_clock.rate if isinstance(wall_clock, SimulatedClock) else 1.0,
+        prices=prices,
     )
     # Store and forward: one outbox on the ledger's connection, shared by the ledger (closed
     # sessions, in the ledger's own transaction) and the MQTT link (telemetry and events).
@@ -210,7 +276,10 @@ def run(config: Config) -> ExitCode:
         durable=durable,
         audit=None if recorder is None else recorder.audit,
         storage=storage,
+        ledger=None if opened is None else opened[1],
+        wall_clock=wall_clock,
     )
+    prices.source = links.aggregator.prices
     # Simulation runs on machines whose own clock need not be synchronised; its time is the
     # simulated one, trusted by construction (logged loudly as simulation above).
     trust = (
@@ -246,6 +315,8 @@ def _stop_writers(
     opened: tuple[sqlite3.Connection, Ledger] | None,
 ) -> None:
     deadline_s = time.monotonic() + WRITERS_EXIT_TIMEOUT_S
+    if step.planner is not None:
+        step.planner.close()
     if step.saver is not None and not step.saver.stop(WRITERS_EXIT_TIMEOUT_S):
         log.error("safety state still being written at exit", timeout_s=WRITERS_EXIT_TIMEOUT_S)
     left_s = max(0.0, deadline_s - time.monotonic())

@@ -48,8 +48,15 @@ from controller.core.safety import (
     reset_faults,
     restore_state,
 )
-from controller.core.snapshots import InverterState, Setpoint, VehicleState
-from controller.links import ControlOutput
+from controller.core.snapshots import (
+    InverterState,
+    PlannedPower,
+    Setpoint,
+    VehiclePhase,
+    VehicleState,
+)
+from controller.links import ControlOutput, PriceSource
+from controller.planning import PlanKeeper
 
 log = structlog.get_logger(component="control")
 
@@ -247,8 +254,13 @@ class CoreControlStep:
         clock_trusted: Callable[[float], bool] = lambda _now_s: True,
         state_file: CoreStateFile | None = None,
         save_in_background: bool = False,
+        planner: PlanKeeper | None = None,
+        prices: PriceSource | None = None,
     ) -> None:
         self.policy = policy
+        # Fallback ``optimize``: the plan's power for now goes to the core as a request.
+        self.planner = planner
+        self._prices = prices
         self.state = CoreState()
         self.last: Decision | None = None
         self._emergency_stop = emergency_stop  # the board's E-stop input, read every decision
@@ -339,12 +351,14 @@ class CoreControlStep:
         monotonic_s: float,
         wall: dt.datetime,
     ) -> ControlOutput:
+        clock_trusted = self._clock_trusted(monotonic_s)
         inputs = Inputs(
             vehicle=vehicle,
             inverter=inverter,
             setpoint=setpoint,
             emergency_stop=self._emergency_stop(),
-            clock_trusted=self._clock_trusted(monotonic_s),
+            clock_trusted=clock_trusted,
+            plan=self._planned(vehicle, inverter, wall, clock_trusted),
         )
         decision, self.state = decide(inputs, self.state, Now(monotonic_s, wall), self.policy)
         self._save_if_changed()
@@ -368,6 +382,39 @@ class CoreControlStep:
             energy_above_floor_wh=self._energy_above_floor_wh(vehicle, decision),
             faults=self.state.fault_latch.causes + self.state.stop_latch.causes,
             session_allowed=self._session_allowed(inverter, monotonic_s),
+            plan=None if self.planner is None else self.planner.outline(wall),
+        )
+
+    def _planned(
+        self,
+        vehicle: VehicleState | None,
+        inverter: InverterState | None,
+        wall: dt.datetime,
+        clock_trusted: bool,
+    ) -> PlannedPower | None:
+        """The plan's power for now, re-planned first when the night changed (planning.py)."""
+        planner = self.planner
+        if planner is None:
+            return None
+        if vehicle is None or vehicle.phase is VehiclePhase.UNPLUGGED:
+            planner.forget()
+            return None
+        state, safety = self.state, self.policy.safety
+        soc_pct = None if vehicle.soc_pct is None else vehicle.soc_pct - safety.soc_resolution_pct
+        today = state.discharged_today_wh if state.wear_day == wall.date() else 0.0
+        prices = self._prices
+        return planner.update(
+            wall=wall,
+            soc_pct=soc_pct,
+            capacity_kwh=vehicle.capacity_kwh,
+            departure_at=state.departure_at,
+            discharged_today_kwh=today / 1000.0,
+            clock_trusted=clock_trusted,
+            max_charge_w=None if inverter is None else inverter.max_charge_power_w,
+            max_discharge_w=None if inverter is None else inverter.max_discharge_power_w,
+            pushed=() if prices is None else prices.current_slots(wall),
+            events=() if prices is None else prices.events(wall),
+            prices_version=0 if prices is None else prices.version,
         )
 
     def _session_allowed(self, inverter: InverterState | None, now_s: float) -> bool:

@@ -32,6 +32,7 @@ from controller.core.snapshots import (
     Setpoint,
     VehicleState,
 )
+from controller.economics.tariff import PeakEvent, PriceSlot
 
 Wake = Callable[[], None]
 
@@ -109,6 +110,22 @@ class InverterLink(Link, Protocol):
 
 
 @dataclass(frozen=True, slots=True)
+class PlanOutline:
+    """The local plan's next slots, published so the aggregator sees the flexibility until
+    departure (fallback ``optimize``)."""
+
+    plan_number: int  # goes up with every new plan (a new plan is published at once)
+    start: dt.datetime  # the first published slot's start (the slot in force)
+    slot_s: float
+    power_w: tuple[float, ...]  # per slot: + charge, - discharge
+    soc_end_pct: tuple[float, ...]  # the plan's SoC at each slot's end
+    ends_at: dt.datetime  # the plan's last slot's end (departure, or the horizon)
+    value: float  # the whole plan's net value for the owner (tariff currency)
+    target_reachable: bool
+    reason: str  # why it was made
+
+
+@dataclass(frozen=True, slots=True)
 class ControlOutput:
     """What one control cycle decided, in the form the daemon acts on and reports."""
 
@@ -130,6 +147,7 @@ class ControlOutput:
     session_allowed: bool = False
     # The rule behind each of ``reasons``, in the same order (typed: never parsed from the text).
     rules: tuple[Rule, ...] = ()
+    plan: PlanOutline | None = None  # fallback optimize: the plan's next slots
 
     def summary_key(self) -> tuple[object, ...]:
         """What must change for the decision to be logged again (not every ramp step)."""
@@ -237,8 +255,25 @@ class SetpointAudit:
 AuditSink = Callable[[SetpointAudit], None]
 
 
+class PriceSource(Protocol):
+    """Prices the aggregator pushed (the link's price book): what is in force at ``now``, and a
+    version that goes up whenever they change (the planner re-plans on it)."""
+
+    @property
+    def version(self) -> int: ...
+
+    def current_slots(self, now: dt.datetime) -> tuple[PriceSlot, ...]: ...
+
+    def events(self, now: dt.datetime) -> tuple[PeakEvent, ...]: ...
+
+
 class AggregatorLink(Link, Protocol):
     """The aggregator over MQTT."""
+
+    @property
+    def prices(self) -> PriceSource:
+        """Price schedules and peak events pushed by the aggregator, accepted so far."""
+        ...
 
     def setpoint(self) -> Setpoint | None:
         """The latest accepted setpoint (the core checks its expiry), or None."""

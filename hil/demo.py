@@ -1,15 +1,17 @@
 """``make demo``: a V2G evening and night, compressed, with the real daemon, plant and broker.
 
 What it plays (simulated local time, one hour every ``3600 / --rate`` real seconds, 5 s at the
-default 720x): the car plugs in at 18:00 at 45 %; until 19:00 the aggregator holds it idle (the
-charger's own peak-window fallback would start at once), at the 19:00 peak it asks for full
-discharge, and the controller stops at the owner's SoC floor; at 21:00 the aggregator hands
-control back to the charger, whose fallback charges in the cheap night window; the car must have
-the departure target by 07:30. Then everything is stopped and a summary is printed (energy,
-the owner's earnings at the configured tariff, the interlocks that acted), then each of the
-owner's promises judged on the plant's true state (floor, ceiling, departure, power limits), and
-a PNG of power, SoC and price over the night is written next to the ledger. The exit status is 0
-only if every promise held.
+default 720x), on ``config/example-cn.yaml`` (a Shanghai home, a GB/T car, a peak/valley tariff
+in CNY): the car plugs in at 18:00 at 55 %; at 18:10 the aggregator announces a demand-response
+event over MQTT (20:00-21:00, a bonus on every kWh sent back up to 7 kW), and the charger's
+planner (fallback ``optimize``) re-plans: it sells in the event and the evening peak above the
+owner's floor, buys back in the valley after 22:00, and has the departure target by 07:30, when
+the car is unplugged and the ledger closes the session with its receipt. Then everything is
+stopped and a summary is printed: the energy as the plant metered it beside the ledger's
+receipt (one story: the same kWh and money), the interlocks that acted, each of the owner's
+promises judged on the plant's true state (floor, ceiling, departure, power limits), and the
+owner's one-line message. A PNG of power, SoC and the price steps over the night is written next
+to the ledger. The exit status is 0 only if every promise held and the figures agree.
 
 Processes, as on a charger: mosquitto on the config's broker port, ``python -m hil.plant`` (the
 car on the config's CAN bus and board lines, the inverter on its Modbus address, rated above the
@@ -26,6 +28,7 @@ import contextlib
 import datetime as dt
 import json
 import shutil
+import sqlite3
 import sys
 import tempfile
 import time
@@ -37,13 +40,14 @@ from pathlib import Path
 from typing import Any
 
 from controller.config import Config, load_config
+from controller.economics.receipt import Receipt, money, owner_message
 from controller.errors import ConfigError
+from controller.ledger.report import read_report
 from hil.harness import (
     ROOT,
     AggregatorClient,
     DaemonProcess,
     PlantProcess,
-    setpoint,
     simulated_clock_env,
     until,
 )
@@ -51,9 +55,17 @@ from hil.mosquitto import Mosquitto, find_mosquitto
 from hil.plant import PlantError
 
 START = dt.time(18, 0)
-PEAK = dt.time(19, 0)
-RELEASE = dt.time(21, 0)
-PLUG_IN_SOC_PCT = 45.0
+ANNOUNCE = dt.time(18, 10)  # the aggregator announces the event
+EVENT_START = dt.time(20, 0)
+EVENT_END = dt.time(21, 0)
+# Shenzhen paid CNY 4 per kWh discharged in its May 2024 event (config/example-cn.yaml); on top
+# of the peak export price of 0.85 that is a bonus of 3.15.
+EVENT_BONUS_PER_KWH = 3.15
+PLUG_IN_SOC_PCT = 55.0
+# The ledger integrates measured power between readings while the plant meters every step of
+# its own: at 720x one reading is minutes of the night, so the two agree to a few percent.
+AGREEMENT_FRACTION = 0.05
+AGREEMENT_KWH = 0.3
 SAMPLE_S = 0.25  # real seconds between samples
 # The plant's stage is rated this far above the configured maxima, so a command over a limit
 # shows as delivered power instead of being clipped by the stage's own rating.
@@ -145,41 +157,43 @@ def plant_args(config: Config, rate: float) -> list[str]:
     return args
 
 
+def prices_at(config: Config, clock: SimClock, at: dt.datetime) -> tuple[float, float]:
+    """(import, export) per kWh at ``at``: the tariff's band, plus the event's bonus on export
+    inside the event (up to its power: the demo's discharge never exceeds it)."""
+    slot = config.economic_tariff().price_at(at)
+    bonus = EVENT_BONUS_PER_KWH if clock.at(EVENT_START) <= at < clock.at(EVENT_END) else 0.0
+    return slot.import_per_kwh, slot.export_per_kwh + bonus
+
+
 def _rule(binding_limit: str) -> str:
     return binding_limit.split(" ", 1)[0].split(":", 1)[0]
 
 
 class AggregatorScript:
-    """The aggregator's evening: hold idle until the peak, discharge in it, then release."""
+    """The aggregator's evening: it announces a demand-response event and leaves the power to
+    the charger's planner (no setpoints: the plan decides, the core caps it)."""
 
     def __init__(self, config: Config, clock: SimClock, aggregator: AggregatorClient) -> None:
         self.config = config
         self.clock = clock
         self.aggregator = aggregator
-        self.phase = ""
-        self.counter = 0
-        self.next_s = 0.0
-        # Each setpoint is valid 45 simulated minutes and renewed every 15.
-        self.ttl_s = max(2.0, clock.real_s(45 * 60))
+        self.announced = False
+
+    def event(self, now: dt.datetime) -> dict[str, Any]:
+        """The price_event message (docs/mqtt.md, "Prices"); times on the site's timeline."""
+        return {
+            "id": "dr-demo-1",
+            "issued_at": now.isoformat(),
+            "start": self.clock.at(EVENT_START).isoformat(),
+            "end": self.clock.at(EVENT_END).isoformat(),
+            "bonus_per_kwh": EVENT_BONUS_PER_KWH,
+            "power_w": self.config.safety.max_discharge_power_w,
+        }
 
     async def step(self, now: dt.datetime) -> None:
-        if now < self.clock.at(PEAK):
-            # Hold the car for the peak: the charger's own fallback would discharge at once.
-            await self._send("hold", setpoint("", 0.0, ttl_s=self.ttl_s, mode="idle"))
-        elif now < self.clock.at(RELEASE):
-            power = -self.config.safety.max_discharge_power_w
-            await self._send("peak", setpoint("", power, ttl_s=self.ttl_s))
-        elif self.phase != "release":
-            await self._send("release", setpoint("", 0.0, ttl_s=60, mode="release"))
-
-    async def _send(self, phase: str, payload: dict[str, Any]) -> None:
-        mono = time.monotonic()
-        if phase == self.phase and mono < self.next_s:
-            return
-        self.phase = phase
-        self.counter += 1
-        self.next_s = mono + self.ttl_s / 3
-        await self.aggregator.publish("setpoint", payload | {"id": f"{phase}-{self.counter}"})
+        if not self.announced and now >= self.clock.at(ANNOUNCE):
+            self.announced = True
+            await self.aggregator.publish("price_event", self.event(now))
 
 
 def _take_telemetry(night: Night, aggregator: AggregatorClient, seen: int, at: str) -> int:
@@ -206,7 +220,7 @@ async def play_night(
         raise RuntimeError("the daemon never came online on the broker")
     script = AggregatorScript(config, clock, aggregator)
     seen = 0
-    tariff = config.ledger.tariff
+    currency = config.economic_tariff().currency
     before_pct: float | None = None  # the last true SoC sampled before departure
     while (now := clock.now()) < leave_at:
         await script.step(now)
@@ -218,12 +232,11 @@ async def play_night(
         source = str(night.last_status.get("source", "-"))
         state = str(night.last_status.get("state", "-"))
         night.samples.append(Sample(now, status["actual_w"], status["soc_pct"], state, source))
-        price = (
-            tariff.export_price_per_kwh if status["actual_w"] < 0 else tariff.import_price_per_kwh
-        )
+        import_price, export_price = prices_at(config, clock, now)
         sys.stdout.write(
             f"\r{now:%a %H:%M}  SoC {status['soc_pct']:5.1f} %  power {status['actual_w']:+7.0f} W"
-            f"  {state:<11} source {source:<10} price {price:.2f} {tariff.currency}/kWh   "
+            f"  {state:<11} source {source:<10} buy {import_price:.2f} sell {export_price:.2f} "
+            f"{currency}/kWh   "
         )
         sys.stdout.flush()
         before_pct = status["soc_pct"]
@@ -235,6 +248,9 @@ async def play_night(
     # Between two samples a quarter of a real second apart the pack moves one way, so the true SoC
     # at departure lies between them: the lower one never overstates it.
     night.departure_soc_pct = after_pct if before_pct is None else min(before_pct, after_pct)
+    # The owner drives off: the ledger closes the session and writes its receipt.
+    plant.client.request({"cmd": "lines", "set": {"plugged": False}})
+    await asyncio.sleep(2.0)
     return night
 
 
@@ -247,7 +263,7 @@ def plot(night: Night, config: Config, clock: SimClock, path: Path) -> None:
     import matplotlib.pyplot as plt  # noqa: PLC0415
 
     times = [s.at.replace(tzinfo=None) for s in night.samples]
-    tariff = config.ledger.tariff
+    currency = config.economic_tariff().currency
     fig, (ax_p, ax_s, ax_c) = plt.subplots(3, 1, figsize=(10, 8), sharex=True)
     ax_p.fill_between(times, [s.power_w / 1000 for s in night.samples], step="post", alpha=0.4)
     ax_p.plot(times, [s.power_w / 1000 for s in night.samples], drawstyle="steps-post")
@@ -264,29 +280,23 @@ def plot(night: Night, config: Config, clock: SimClock, path: Path) -> None:
         )
     ax_s.set_ylabel("SoC, %")
     ax_s.legend(loc="lower right")
-    ax_c.plot(times, [tariff.import_price_per_kwh] * len(times), label="import price")
-    ax_c.plot(times, [tariff.export_price_per_kwh] * len(times), label="export price")
-    ax_c.set_ylabel(f"price, {tariff.currency}/kWh")
-    ax_c.set_ylim(0, max(tariff.import_price_per_kwh, tariff.export_price_per_kwh) * 1.4)
-    ax_c.legend(loc="lower right")
-    fallback = config.fallback
+    prices = [prices_at(config, clock, s.at) for s in night.samples]
+    ax_c.plot(times, [p[0] for p in prices], drawstyle="steps-post", label="import (buy)")
+    ax_c.plot(times, [p[1] for p in prices], drawstyle="steps-post", label="export (sell)")
+    ax_c.set_ylabel(f"price, {currency}/kWh")
+    ax_c.set_ylim(0, max((max(p) for p in prices), default=1.0) * 1.15)
+    ax_c.legend(loc="upper right")
+    start, end = clock.at(EVENT_START), clock.at(EVENT_END)
     for ax in (ax_p, ax_s, ax_c):
-        for window, colour in ((fallback.peak_window, "tab:orange"), (fallback.cheap_window, "c")):
-            if window is None:
-                continue
-            for day in (0, 1):
-                start = clock.at(window.start, next_day=bool(day)).replace(tzinfo=None)
-                end = clock.at(window.end, next_day=bool(day)).replace(tzinfo=None)
-                if end < start:
-                    end += dt.timedelta(days=1)
-                if times and end > times[0] and start < times[-1]:
-                    ax.axvspan(max(start, times[0]), min(end, times[-1]), color=colour, alpha=0.1)
+        ax.axvspan(
+            start.replace(tzinfo=None), end.replace(tzinfo=None), color="tab:orange", alpha=0.1
+        )
     ax_c.xaxis.set_major_formatter(
         mdates.DateFormatter("%H:%M")  # type: ignore[no-untyped-call]  # matplotlib
     )
     fig.suptitle(
-        f"V2G night at {config.site.site_id}/{config.site.charger_id} "
-        "(orange: peak window, cyan: cheap window)"
+        f"V2G night at {config.site.site_id}/{config.site.charger_id}: the planner against the "
+        "tariff (orange: the demand-response event)"
     )
     fig.tight_layout()
     fig.savefig(path, dpi=100)
@@ -400,23 +410,42 @@ def verdict(judged: Sequence[Promise]) -> str:
     return "result: " + ("PROMISES BROKEN: " + ", ".join(broken) if broken else "promises kept")
 
 
-def summary(night: Night, status: dict[str, Any], config: Config) -> tuple[str, bool]:
-    """The summary text, and whether the night kept the owner's promises."""
-    tariff = config.ledger.tariff
+def _agree(plant_kwh: float, ledger_kwh: float) -> bool:
+    return abs(plant_kwh - ledger_kwh) <= max(AGREEMENT_KWH, AGREEMENT_FRACTION * plant_kwh)
+
+
+def summary(
+    night: Night, status: dict[str, Any], config: Config, receipt: Receipt | None
+) -> tuple[str, bool]:
+    """The summary text, and whether the night kept the owner's promises with a receipt that
+    tells the same story as the plant's meters."""
     exported_kwh = status["exported_wh"] / 1000
     imported_kwh = status["imported_wh"] / 1000
-    earnings = (
-        exported_kwh * tariff.export_price_per_kwh - imported_kwh * tariff.import_price_per_kwh
-    )
     interlocks = ", ".join(f"{rule} (from {at})" for rule, at in night.interlocks.items()) or "none"
     judged = promises(status, config, night.departure_soc_pct)
-    lines = [
-        "demo summary",
-        f"  exported to the grid    {exported_kwh:6.2f} kWh  (+{exported_kwh * tariff.export_price_per_kwh:.2f} {tariff.currency} at {tariff.export_price_per_kwh:.2f}/kWh)",  # noqa: E501
-        f"  imported from the grid  {imported_kwh:6.2f} kWh  (-{imported_kwh * tariff.import_price_per_kwh:.2f} {tariff.currency} at {tariff.import_price_per_kwh:.2f}/kWh)",  # noqa: E501
-        f"  owner's earnings        {earnings:+6.2f} {tariff.currency}  (of which V2G margin "
-        f"{exported_kwh * (tariff.export_price_per_kwh - tariff.import_price_per_kwh):+.2f}: "
-        "the exported energy bought back at the import price)",
+    lines = ["demo summary"]
+    one_story = receipt is not None
+    if receipt is None:
+        lines.append("  receipt                 NONE: the ledger closed no session")
+    else:
+        currency = receipt.currency
+        one_story = _agree(exported_kwh, receipt.discharged_kwh) and _agree(
+            imported_kwh, receipt.charged_kwh
+        )
+        lines += [
+            f"  exported to the grid    {exported_kwh:6.2f} kWh metered by the plant, "
+            f"{receipt.discharged_kwh:6.2f} kWh on the receipt "
+            f"({receipt.peak_event_kwh:.2f} kWh in the event)",
+            f"  imported from the grid  {imported_kwh:6.2f} kWh metered by the plant, "
+            f"{receipt.charged_kwh:6.2f} kWh on the receipt",
+            f"  export revenue          {money(receipt.export_revenue, currency)}",
+            f"  import cost             {money(receipt.import_cost, currency)}",
+            f"  battery wear            {money(receipt.wear_cost, currency)}",
+            f"  net for the owner       {money(receipt.net, currency)}",
+            f"  one story               {'yes' if one_story else 'NO'} (plant and ledger agree "
+            f"within {AGREEMENT_FRACTION:.0%} or {AGREEMENT_KWH:g} kWh)",
+        ]
+    lines += [
         f"  interlocks that acted   {interlocks}",
         f"  the car's session       {status['vehicle_state']}"
         + (f" (car: {status['vehicle_stop_reason']})" if status["vehicle_stop_reason"] else ""),
@@ -426,7 +455,20 @@ def summary(night: Night, status: dict[str, Any], config: Config) -> tuple[str, 
         *(f"    {p.name:<10} {'kept' if p.kept else 'BROKEN':<6}  {p.figures}" for p in judged),
         "  " + verdict(judged),
     ]
-    return "\n".join(lines), all(p.kept for p in judged)
+    if receipt is not None:
+        lines.append(f"  the owner reads         {owner_message(receipt)}")
+    return "\n".join(lines), all(p.kept for p in judged) and one_story
+
+
+def last_receipt(ledger_path: Path) -> Receipt | None:
+    """The receipt of the last closed session in the daemon's ledger."""
+    if not ledger_path.exists():
+        return None
+    with contextlib.closing(sqlite3.connect(ledger_path)) as conn:
+        conn.row_factory = sqlite3.Row
+        report = read_report(conn)
+    closed = [s.receipt for s in report.sessions if s.receipt is not None]
+    return closed[-1] if closed else None
 
 
 async def run_async(config_path: Path, config: Config, rate: float, out: Path) -> int:
@@ -455,7 +497,8 @@ async def run_async(config_path: Path, config: Config, rate: float, out: Path) -
             async with AggregatorClient(broker.port, prefix) as aggregator:
                 night = await play_night(config, clock, plant, aggregator)
             status = plant.status()
-    text, ok = summary(night, status, config)
+    receipt = last_receipt(_ledger_path(config_path, config))
+    text, ok = summary(night, status, config, receipt)
     _say(text)
     png = out / "v2g-night.png"
     plot(night, config, clock, png)
@@ -472,6 +515,12 @@ async def run_async(config_path: Path, config: Config, rate: float, out: Path) -
     return 0 if ok else 1
 
 
+def _ledger_path(config_path: Path, config: Config) -> Path:
+    """The ledger the daemon writes (a relative path is relative to its working directory)."""
+    path = Path(config.ledger.path)
+    return path if path.is_absolute() else ROOT / path
+
+
 def run_demo(config_path: Path, rate: float = 720.0) -> int:
     """Play the night; 0 when the owner's promises were kept."""
     if find_mosquitto() is None:
@@ -486,6 +535,12 @@ def run_demo(config_path: Path, rate: float = 720.0) -> int:
     if config.ledger.path:
         out = (ROOT / config.ledger.path).parent
     out.mkdir(parents=True, exist_ok=True)
+    # One fresh night: the ledger (and its receipt) and the safety state start empty, so the
+    # receipt read at the end is this night's.
+    ledger = _ledger_path(config_path, config)
+    for path in (ledger, Path(config.control.state_file(str(ledger)))):
+        for stale in (path, path.with_name(path.name + "-wal"), path.with_name(path.name + "-shm")):
+            stale.unlink(missing_ok=True)
     try:
         return asyncio.run(run_async(config_path.resolve(), config, rate, out))
     except (RuntimeError, PlantError, OSError) as exc:
@@ -498,7 +553,7 @@ def run_demo(config_path: Path, rate: float = 720.0) -> int:
 
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0] if __doc__ else None)
-    parser.add_argument("--config", type=Path, default=Path("config/example.yaml"))
+    parser.add_argument("--config", type=Path, default=Path("config/example-cn.yaml"))
     parser.add_argument(
         "--rate", type=float, default=720.0, help="simulated seconds per real second (720)"
     )

@@ -12,7 +12,8 @@ from typing import Any
 import pytest
 
 from controller.config import Config, load_config
-from hil.demo import Night, Sample, SimClock, plot, promises, summary, verdict
+from controller.economics.receipt import Receipt
+from hil.demo import Night, Sample, SimClock, plot, prices_at, promises, summary, verdict
 from hil.plant import Plant, PlantConfig
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -53,6 +54,25 @@ STATUS: dict[str, Any] = {
 }
 
 
+# The ledger's receipt for the same night: its kWh agree with the plant's meters (STATUS).
+RECEIPT = Receipt(
+    session_id="s-1",
+    currency="EUR",
+    plugged_in_at=dt.datetime(2026, 11, 23, 18, 0, tzinfo=TZ),
+    ended_at=dt.datetime(2026, 11, 24, 7, 30, tzinfo=TZ),
+    charged_kwh=16.1,
+    discharged_kwh=1.95,
+    import_cost=3.52,
+    export_revenue=0.62,
+    wear_cost=0.40,
+    soc_at_plug_in_pct=45.0,
+    soc_at_end_pct=80.0,
+    soc_at_departure_pct=80.0,
+    target_soc_pct=80.0,
+    departure_at=dt.datetime(2026, 11, 24, 7, 30, tzinfo=TZ),
+)
+
+
 def lines_of(text: str) -> dict[str, str]:
     """The promise lines of a summary, by promise name."""
     names = ("floor", "ceiling", "departure", "limits")
@@ -63,21 +83,36 @@ def lines_of(text: str) -> dict[str, str]:
     }
 
 
-def test_summary_counts_energy_and_earnings_at_the_tariff() -> None:
-    """Exported 2 kWh at 0.31 and imported 16 kWh at 0.22 nets -2.90; the promises were kept."""
-    text, ok = summary(night(), STATUS, example())
+def test_summary_tells_the_plants_energy_and_the_receipts_money_as_one_story() -> None:
+    """The plant metered 2 and 16 kWh, the receipt says 1.95 and 16.1: they agree; the money and
+    the owner's line come from the receipt (net 0.62 - 3.52 - 0.40 = -3.30)."""
+    text, ok = summary(night(), STATUS, example(), RECEIPT)
     assert ok
-    assert "2.00 kWh" in text
-    assert "16.00 kWh" in text
-    assert "-2.90 EUR" in text
+    assert "2.00 kWh metered by the plant,   1.95 kWh on the receipt" in text
+    assert "16.00 kWh metered by the plant,  16.10 kWh on the receipt" in text
+    assert "net for the owner       €-3.30" in text
+    assert "one story               yes" in text
     assert "soc_floor (from 19:40)" in text
-    assert text.splitlines()[-1].strip() == "result: promises kept"
+    assert "result: promises kept" in text
+    assert "the owner reads         Charged for €3.30" in text
     assert "BROKEN" not in text
+
+
+def test_a_receipt_that_disagrees_with_the_plant_or_none_fails_the_demo() -> None:
+    """The ledger counting another night's energy (the 1/720 of issue 19) is not one story."""
+    from dataclasses import replace  # noqa: PLC0415
+
+    text, ok = summary(night(), STATUS, example(), replace(RECEIPT, charged_kwh=0.046))
+    assert not ok
+    assert "one story               NO" in text
+    text, ok = summary(night(), STATUS, example(), None)
+    assert not ok
+    assert "receipt                 NONE" in text
 
 
 def test_summary_names_each_promise_with_its_true_figures() -> None:
     """One line per promise, kept, with the plant's figures and the limit beside each."""
-    by_name = lines_of(summary(night(), STATUS, example())[0])
+    by_name = lines_of(summary(night(), STATUS, example(), RECEIPT)[0])
     assert set(by_name) == {"floor", "ceiling", "departure", "limits"}
     assert all(line.split()[1] == "kept" for line in by_name.values())
     assert "lowest true SoC 40.00 % (floor 40 %)" in by_name["floor"]
@@ -102,12 +137,12 @@ BROKEN_ALONE: dict[str, tuple[str, dict[str, float], float]] = {
 def test_a_promise_broken_alone_is_named(case: str) -> None:
     """The broken promise is the only one marked BROKEN and the only one the verdict names."""
     name, changes, departure_pct = BROKEN_ALONE[case]
-    text, ok = summary(night(departure_pct), STATUS | changes, example())
+    text, ok = summary(night(departure_pct), STATUS | changes, example(), RECEIPT)
     assert not ok
     by_name = lines_of(text)
     assert by_name[name].split()[1] == "BROKEN"
     assert all(line.split()[1] == "kept" for other, line in by_name.items() if other != name)
-    assert text.splitlines()[-1].strip() == f"result: PROMISES BROKEN: {name}"
+    assert f"result: PROMISES BROKEN: {name}" in text.splitlines()[-2]
 
 
 def test_every_broken_promise_is_named_in_order() -> None:
@@ -118,7 +153,9 @@ def test_every_broken_promise_is_named_in_order() -> None:
 
 def test_a_soc_just_below_its_limit_is_never_shown_rounded_onto_it() -> None:
     """39.999 % is shown as 39.99 % beside BROKEN, not as 40.00 % (the floor)."""
-    by_name = lines_of(summary(night(79.999), STATUS | {"lowest_soc_pct": 39.999}, example())[0])
+    by_name = lines_of(
+        summary(night(79.999), STATUS | {"lowest_soc_pct": 39.999}, example(), RECEIPT)[0]
+    )
     assert "lowest true SoC 39.99 %" in by_name["floor"]
     assert "true SoC at 07:30 79.99 %" in by_name["departure"]
 
@@ -218,3 +255,15 @@ def test_plot_writes_a_png(tmp_path: Path) -> None:
     path = tmp_path / "night.png"
     plot(night(), example(), clock, path)
     assert path.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+
+
+def test_the_demo_prices_follow_the_chinese_tariff_and_the_event() -> None:
+    """config/example-cn.yaml: peak 06-22 buys at 0.617 and sells at 0.85; the 20:00-21:00 event
+    adds 3.15 (4 yuan in all); the valley buys at 0.307 and sells at nothing."""
+    config = load_config(ROOT / "config/example-cn.yaml")
+    shanghai = zoneinfo.ZoneInfo("Asia/Shanghai")
+    clock = SimClock(dt.datetime(2026, 12, 3, 18, 0, tzinfo=shanghai), 720.0)
+    assert prices_at(config, clock, clock.at(dt.time(19, 0))) == pytest.approx((0.617, 0.85))
+    assert prices_at(config, clock, clock.at(dt.time(20, 30))) == pytest.approx((0.617, 4.0))
+    assert prices_at(config, clock, clock.at(dt.time(23, 0))) == pytest.approx((0.307, 0.0))
+    assert config.economic_tariff().currency == "CNY"

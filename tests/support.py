@@ -8,6 +8,7 @@ import socket
 import time
 from pathlib import Path
 
+from controller.aggregator.prices import PriceBook
 from controller.config import Config, parse_config
 from controller.core.snapshots import (
     InverterState,
@@ -122,6 +123,11 @@ class FakeAggregator(FakeLink):
     def __init__(self, journal: Journal) -> None:
         super().__init__("aggregator", journal)
         self.reports: list[ControlReport] = []
+        self._prices = PriceBook()
+
+    @property
+    def prices(self) -> PriceBook:
+        return self._prices
 
     def setpoint(self) -> Setpoint | None:
         return None

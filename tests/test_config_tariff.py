@@ -84,9 +84,10 @@ def test_example_has_the_dutch_double_tariff_and_optimizes() -> None:
 
 
 def test_chinese_example_has_peak_valley_prices_and_a_peak_event() -> None:
-    """config/example-cn.yaml: GB/T car, Shanghai time, 峰谷 prices in CNY, a 4 yuan/kWh event."""
+    """config/example-cn.yaml: a V2H (CHAdeMO) car, Shanghai time, 峰谷 prices in CNY, a 4 yuan/kWh
+    event."""
     config = load_config(EXAMPLE_CN)
-    assert config.vehicle.protocol == "gbt27930"
+    assert config.vehicle.protocol == "chademo"  # both directions in one session
     assert config.site.timezone == "Asia/Shanghai"
     assert config.fallback.policy == "optimize"
     assert config.economics.battery_chemistry == "lfp"

@@ -136,6 +136,7 @@ class MqttAggregatorLink:
         storage: StorageThread | None = None,
         currency: str = "EUR",
         price_store: PriceStore | None = None,
+        price_wall: Callable[[], dt.datetime] | None = None,
     ) -> None:
         if config.broker is None:
             raise ValueError("the aggregator config has no broker section")
@@ -145,6 +146,9 @@ class MqttAggregatorLink:
         self.client_id = client_id
         self._monotonic = monotonic
         self._wall = wall
+        # Prices live on the site's timeline (tariff bands, departure): the daemon's wall clock,
+        # which is the simulated one in simulation; setpoints stay on the real clock.
+        self._price_wall = wall if price_wall is None else price_wall
         self._random01 = random01
         self._connect_timeout_s = connect_timeout_s
         self._protocol = (
@@ -192,6 +196,7 @@ class MqttAggregatorLink:
         audit: AuditSink | None = None,
         storage: StorageThread | None = None,
         price_store: PriceStore | None = None,
+        price_wall: Callable[[], dt.datetime] | None = None,
     ) -> MqttAggregatorLink:
         broker = config.aggregator.broker
         client_id = broker.client_id if broker is not None and broker.client_id else None
@@ -202,8 +207,9 @@ class MqttAggregatorLink:
             durable=durable,
             audit=audit,
             storage=storage,
-            currency=config.ledger.tariff.currency,
+            currency=config.economic_tariff().currency,
             price_store=price_store,
+            price_wall=price_wall,
         )
 
     # -- AggregatorLink -----------------------------------------------------------------------
@@ -261,7 +267,7 @@ class MqttAggregatorLink:
     def restore_prices(self, records: Iterable[tuple[str, bytes]]) -> int:
         """Before ``run``: rebuild the price book and its replay memory from the accepted price
         messages the ledger kept, oldest first, as (topic, body). Returns how many changed it."""
-        return self._prices.restore(records, self._wall())
+        return self._prices.restore(records, self._price_wall())
 
     def report(self, report: ControlReport) -> None:
         """Record a control cycle's outcome; queues acks, events, status and telemetry."""
@@ -562,7 +568,7 @@ class MqttAggregatorLink:
     # -- prices -------------------------------------------------------------------------------
 
     def _on_price(self, topic: PriceTopic, payload: bytes, *, retained: bool) -> None:
-        wall_now = self._wall()
+        wall_now = self._price_wall()
         outcome = self._prices.receive(topic, payload, retained=retained, wall_now=wall_now)
         ack = outcome.ack.to_json()
         if not outcome.accepted:

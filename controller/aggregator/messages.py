@@ -306,6 +306,22 @@ class Flexibility(_Message):
     energy_above_floor_wh: float | None = Field(description="What could be discharged now.")
 
 
+class PlanBody(_Message):
+    """The local plan's next slots (fallback 'optimize'): the flexibility until departure."""
+
+    model_config = ConfigDict(title="plan")
+
+    plan_number: int = Field(description="Goes up with every new plan.")
+    start: AwareDatetime = Field(description="Start of the first slot (the one in force).")
+    slot_s: float = Field(gt=0)
+    power_w: list[float] = Field(description="Planned power per slot: + charge, - discharge.")
+    soc_end_pct: list[float] = Field(description="The plan's SoC at each slot's end.")
+    ends_at: AwareDatetime = Field(description="End of the plan (departure, or the horizon).")
+    value: float = Field(description="The whole plan's net value for the owner.")
+    target_reachable: bool
+    reason: str = Field(description="Why this plan was made.")
+
+
 class TelemetryBody(_Message):
     """Measurements and flexibility (topic 'telemetry', QoS 1, not retained), on change and
     every 'telemetry_period_s'. The body as stored; the payload adds 'record_id'."""
@@ -325,6 +341,9 @@ class TelemetryBody(_Message):
     limits: list[str] = Field(description="Every limit in force, readable.")
     faults: list[str]
     flexibility: Flexibility
+    plan: PlanBody | None = Field(
+        default=None, description="The local plan's next slots, when it plans."
+    )
 
 
 def _record_id_field() -> Any:

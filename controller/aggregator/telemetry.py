@@ -18,6 +18,7 @@ from typing import Any
 from controller.aggregator.messages import (
     EventBody,
     Flexibility,
+    PlanBody,
     Source,
     State,
     StatusMessage,
@@ -75,6 +76,24 @@ def telemetry_message(report: ControlReport) -> TelemetryBody:
             soc_floor_pct=_finite(report.soc_floor_pct),
             energy_above_floor_wh=_finite(report.energy_above_floor_wh),
         ),
+        plan=_plan(report),
+    )
+
+
+def _plan(report: ControlReport) -> PlanBody | None:
+    plan = report.output.plan
+    if plan is None:
+        return None
+    return PlanBody(
+        plan_number=plan.plan_number,
+        start=plan.start,
+        slot_s=plan.slot_s,
+        power_w=list(plan.power_w),
+        soc_end_pct=list(plan.soc_end_pct),
+        ends_at=plan.ends_at,
+        value=round(plan.value, 2),
+        target_reachable=plan.target_reachable,
+        reason=plan.reason,
     )
 
 
@@ -150,6 +169,8 @@ def _discrete(report: ControlReport) -> tuple[object, ...]:
         report.binding_limit,
         report.limits,
         report.faults,
+        # A new plan is published at once (the slots only move on with the periodic report).
+        None if report.output.plan is None else report.output.plan.plan_number,
     )
 
 

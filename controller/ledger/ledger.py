@@ -51,6 +51,7 @@ from controller.config import Config
 from controller.core.policy import Departure
 from controller.core.snapshots import InverterState, VehiclePhase, VehicleState
 from controller.economics.receipt import Receipt, Refusal, owner_message
+from controller.economics.tariff import Tariff as EconomicTariff
 from controller.ledger.accounting import (
     CounterEvent,
     PriceProvider,
@@ -395,13 +396,16 @@ class Ledger:
         wear_cost: TraceWearCost = no_wear,
         time_factor: float = 1.0,
     ) -> Ledger:
-        tariff = config.ledger.tariff
+        tariff = config.economic_tariff()
+        # The flat fallback prices energy only when ``prices`` fails; without a provider the
+        # tariff in force at each moment prices it.
+        first = tariff.periods[0].bands[0]
+        if prices is None:
+            prices = _tariff_prices(tariff)
         departure = config.owner.departure
         return cls(
             conn,
-            tariff=Tariff(
-                tariff.currency, tariff.import_price_per_kwh, tariff.export_price_per_kwh
-            ),
+            tariff=Tariff(tariff.currency, first.import_per_kwh, first.export_per_kwh),
             max_power_w=max(config.safety.max_charge_power_w, config.safety.max_discharge_power_w),
             commit_interval_s=config.ledger.commit_interval_s,
             outbox=outbox,
@@ -1140,3 +1144,13 @@ class PriceMessageRow:
     message_id: str
     body: str  # JSON, as received
     ack: str  # JSON, as published
+
+
+def _tariff_prices(tariff: EconomicTariff) -> PriceProvider:
+    """The owner's tariff as a price provider: the band in force at each moment."""
+
+    def prices(wall: dt.datetime) -> tuple[float, float]:
+        slot = tariff.price_at(wall)
+        return slot.import_per_kwh, slot.export_per_kwh
+
+    return prices
