@@ -68,7 +68,7 @@ OUT_DIR = ROOT / "bench"
 STEP_S = 180.0
 DEFAULT_SEED = 19
 CURRENCY = "CNY"
-# Generous vehicle limits: the charger's 7 kW binds, not the car (GB/T cars ask 100+ A).
+# Generous vehicle limits: the charger's 7 kW binds, not the car (CHAdeMO cars ask 100+ A).
 VEHICLE_CURRENT_LIMIT_A = 125.0
 
 # The wear cost of a night: its true SoC trace (%) and the C-rate the battery moved at.
@@ -180,7 +180,7 @@ def simulate_night(
         vehicle = VehicleState(
             observed_at_s=now_s,
             phase=VehiclePhase.ENERGY_TRANSFER,
-            protocol="gbt27930",
+            protocol="chademo",
             soc_pct=reported_pct,
             pack_voltage_v=plant_config.pack_voltage_v,
             charge_current_limit_a=VEHICLE_CURRENT_LIMIT_A,
