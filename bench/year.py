@@ -313,13 +313,15 @@ def _noise_seed(seed: int, night: Night) -> str:
 
 def _run_nights(
     indices: Sequence[int], nights: int, seed: int, step_s: float, names: Sequence[str]
-) -> list[NightResult]:
-    """Simulate the nights ``indices`` of the year ``(nights, seed)`` under every strategy."""
+) -> tuple[list[NightResult], float]:
+    """Simulate the nights ``indices`` of the year ``(nights, seed)`` under every strategy; the
+    results and the CPU time it took (this process)."""
+    started_s = time.process_time()
     plant_config = PlantConfig()
     wear = wear_cost_fn(plant_config)
     year = make_nights(nights, seed)
     strategies = [make_strategy(name, step_s, plant_config) for name in names]
-    return [
+    results = [
         simulate_night(
             year[index],
             strategy,
@@ -331,17 +333,21 @@ def _run_nights(
         for index in indices
         for strategy in strategies
     ]
+    return results, time.process_time() - started_s
 
 
 def _simulate_all(
     nights: int, seed: int, step_s: float, names: Sequence[str], workers: int
-) -> list[NightResult]:
+) -> tuple[list[NightResult], float]:
+    """Every night under every strategy, shared among ``workers`` processes; the results and
+    the CPU time of all processes (the run time depends on what else the machine runs)."""
     if workers <= 1:
         return _run_nights(range(nights), nights, seed, step_s, names)
     chunks = [list(range(w, nights, workers)) for w in range(workers)]
     with concurrent.futures.ProcessPoolExecutor(max_workers=workers) as pool:
         futures = [pool.submit(_run_nights, chunk, nights, seed, step_s, names) for chunk in chunks]
-        return [r for future in futures for r in future.result()]
+        parts = [future.result() for future in futures]
+    return [r for results, _ in parts for r in results], sum(cpu_s for _, cpu_s in parts)
 
 
 def summarise(results: Sequence[NightResult], nights: int) -> dict[str, Any]:
@@ -404,7 +410,7 @@ def run(
         )
     started = time.perf_counter()
     year = make_nights(nights, seed)
-    results = _simulate_all(nights, seed, step_s, strategies, workers)
+    results, cpu_s = _simulate_all(nights, seed, step_s, strategies, workers)
     run_time_s = time.perf_counter() - started
     by_name = {name: [r for r in results if r.strategy == name] for name in strategies}
     for rows in by_name.values():
@@ -420,6 +426,8 @@ def run(
         "currency": CURRENCY,
         "workers": workers,
         "run_time_s": round(run_time_s, 1),
+        "cpu_s": round(cpu_s, 1),
+        "load_average_at_end": [round(v, 2) for v in os.getloadavg()],
         "plant": asdict(plant),
         "owner": {
             "soc_floor_pct": SOC_FLOOR_PCT,
@@ -592,8 +600,9 @@ def markdown(report: dict[str, Any]) -> str:
         f"{report['nights']} plug-ins from {report['first_night']} ({report['zone']}), "
         f"{report['peak_events']} peak events ({report['peak_events_while_plugged_in']} while "
         f"plugged in), a decision every {report['step_s']:g} s of simulated time, "
-        f"{report['run_time_s']} s on {report['workers']} process(es). Money in {currency} per "
-        "year; value is the net value over charging at once.",
+        f"{report['run_time_s']} s on {report['workers']} process(es) ({report['cpu_s']} s of "
+        f"CPU; load average {report['load_average_at_end'][0]:g} at the end). Money in "
+        f"{currency} per year; value is the net value over charging at once.",
         "",
         "| policy | net value | value | wear cost | event bonus | throughput | peak export "
         "| event export | target met | nights below floor |",
@@ -643,7 +652,9 @@ def _print_summary(report: dict[str, Any]) -> None:
     currency = report["currency"]
     print(
         f"{report['nights']} nights, seed {report['seed']}, step {report['step_s']:g} s, "
-        f"{report['peak_events']} peak events, {report['run_time_s']} s"
+        f"{report['peak_events']} peak events, {report['run_time_s']} s "
+        f"({report['cpu_s']} s of CPU in {report['workers']} processes, load average "
+        f"{report['load_average_at_end'][0]:g})"
     )
     for f in report["strategies"].values():
         print(

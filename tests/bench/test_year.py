@@ -303,6 +303,7 @@ def test_short_year_report_has_its_stable_shape(short_year: dict[str, Any]) -> N
     assert plans["foresight"] >= 1
     assert plans["at_once"] == plans["fixed_windows"] == 0
     assert short_year["comparison"]["run_time_s"]["value"] > 0
+    assert short_year["cpu_s"] > 0
     json.dumps(short_year)  # plain data only
 
 
