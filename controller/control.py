@@ -34,7 +34,7 @@ from controller.core.policy import (
     WearPolicy,
 )
 from controller.core.policy import TimeWindow as CoreWindow
-from controller.core.rules import Direction, is_fresh
+from controller.core.rules import Direction, is_fresh, next_local_instant
 from controller.core.safety import (
     CoreState,
     Decision,
@@ -403,11 +403,17 @@ class CoreControlStep:
         soc_pct = None if vehicle.soc_pct is None else vehicle.soc_pct - safety.soc_resolution_pct
         today = state.discharged_today_wh if state.wear_day == wall.date() else 0.0
         prices = self._prices
+        departure_at = state.departure_at
+        departure = self.policy.owner.departure
+        if departure_at is None and departure is not None and clock_trusted:
+            # The session's first decision fixes this same instant (safety.py
+            # _session_departure): plan for it now rather than a day without a target.
+            departure_at = next_local_instant(wall, departure.time_local)
         return planner.update(
             wall=wall,
             soc_pct=soc_pct,
             capacity_kwh=vehicle.capacity_kwh,
-            departure_at=state.departure_at,
+            departure_at=departure_at,
             discharged_today_kwh=today / 1000.0,
             clock_trusted=clock_trusted,
             max_charge_w=None if inverter is None else inverter.max_charge_power_w,

@@ -211,6 +211,8 @@ def test_the_control_step_follows_the_plan_in_optimize() -> None:
     inverter = InverterState(observed_at_s=100.0, reachable=True)
     output = step(vehicle, inverter, None, 100.0, at)
     assert output.plan is not None
+    # Planned for the departure the core fixes at this same first decision, not a day ahead.
+    assert output.plan.ends_at == DEPARTURE
     assert output.plan.power_w[0] < 0  # the evening peak
     assert any("optimize: plan 20:00-20:15 discharge" in reason for reason in output.reasons)
     unplugged = VehicleState(observed_at_s=100.1, phase=VehiclePhase.UNPLUGGED, protocol="gbt27930")
