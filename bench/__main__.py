@@ -31,7 +31,9 @@ from typing import Any
 ROOT = Path(__file__).resolve().parent.parent
 RESULTS = ROOT / "bench" / "results.json"
 REPORT = ROOT / "docs" / "performance.md"
-PARTS = ("latency", "ingest", "load", "storage")
+PARTS = ("latency", "ingest", "load", "storage", "planner", "year")
+YEAR_JSON = ROOT / "bench" / "year.json"
+YEAR_PNG = ROOT / "bench" / "year.png"
 
 
 @dataclass(frozen=True, slots=True)
@@ -78,6 +80,45 @@ TARGETS = (
     Target("storage_trials_failed", "slow fsync: trials timed out", "trials", 0, True),
     Target("storage_watchdog_misses", "slow fsync: watchdog misses", "runs", 0, True),
     Target("storage_can_frames_dropped", "slow fsync: CAN frames dropped", "frames", 0, True),
+    # Issue 19: the planner (bench/planner.py) and the simulated year (bench/year.py).
+    Target("planner.day_plan_ms.wall.p95", "planner: 24 h plan p95", "ms", 50, True),
+    Target(
+        "planner.day_plan_budget_ms.wall.p95",
+        "planner: 24 h plan, wear budget binding, p95",
+        "ms",
+        50,
+        True,
+    ),
+    Target("planner.gap_pct.max", "planner: gap to the LP oracle, worst", "%", 1, True),
+    Target(
+        "planner.gap_budget_binds_pct.max",
+        "planner: gap to the LP oracle, tight budget, worst",
+        "%",
+        1,
+        True,
+    ),
+    Target(
+        "year.comparison.optimize_target_met_pct.value",
+        "year: departure target met (optimize)",
+        "%",
+        100,
+        False,
+    ),
+    Target(
+        "year.comparison.optimize_nights_below_floor.value",
+        "year: nights the true SoC fell below the floor (optimize)",
+        "nights",
+        0,
+        True,
+    ),
+    Target(
+        "year.comparison.optimize_pct_of_foresight.value",
+        "year: optimize's value, % of perfect foresight",
+        "%",
+        95,
+        False,
+    ),
+    Target("year.comparison.run_time_s.value", "year: run time, 365 nights", "s", 120, True),
 )
 
 
@@ -272,6 +313,8 @@ def render(results: dict[str, Any]) -> str:
         *against_floor,
         "",
         *storage_section,
+        *_planner_section(results),
+        *([str(results["year_markdown"]), ""] if results.get("year_markdown") else []),
         "## How each figure is measured",
         "",
         *note_lines,
@@ -282,6 +325,38 @@ def render(results: dict[str, Any]) -> str:
     return "\n".join(lines)
 
 
+def _planner_section(results: dict[str, Any]) -> list[str]:
+    planner = results.get("planner")
+    if not isinstance(planner, dict):
+        return []
+
+    def spread(key: str) -> str:
+        wall = planner[key]["wall"]
+        return f"{wall['median']} / {wall['p95']} / {wall['max']}"
+
+    gaps, tight = planner["gap_pct"], planner["gap_budget_binds_pct"]
+    return [
+        "## The planner (issue 19)",
+        "",
+        f"`python -m bench.planner --instances {planner['instances']} --seed {planner['seed']}`"
+        f" (load average {planner['load_average'][0]:g} at the start). One 24 h plan: 96 slots",
+        "of 15 minutes, 60 kWh, 7.4 kW both ways, random prices, wear and events",
+        "(docs/economics.md, Accuracy and speed).",
+        "",
+        "| figure | median | p95 | max |",
+        "|---|---|---|---|",
+        f"| 24 h plan, ms | {spread('day_plan_ms').replace(' / ', ' | ')} |",
+        f"| 24 h plan, wear budget binding "
+        f"({planner['day_plan_budget_ms']['binding']} of {planner['instances']}), ms | "
+        f"{spread('day_plan_budget_ms').replace(' / ', ' | ')} |",
+        f"| gap to the LP oracle, % ({planner['instances']} instances) | "
+        f"{gaps['median']} | {gaps['p95']} | {gaps['max']} |",
+        f"| gap to the LP oracle, tight budget, % ({tight['instances']} instances) | "
+        f"{tight['median']} | {tight['p95']} | {tight['max']} |",
+        "",
+    ]
+
+
 def _summary(module: object) -> str:
     """A part's docstring as one paragraph of the report (its own description of its method)."""
     text = str(getattr(module, "__doc__", "") or "")
@@ -289,7 +364,34 @@ def _summary(module: object) -> str:
     return " ".join(" ".join(kept).split())
 
 
+def _planner_part(*, workdir: Path, quick: bool) -> dict[str, Any]:
+    """The planner's speed and its gap to the LP oracle (bench/planner.py)."""
+    from bench import planner  # noqa: PLC0415  scipy: a development dependency
+
+    del workdir
+    return {"planner": planner.run(20 if quick else 200, 19)}
+
+
+def _year_part(*, workdir: Path, quick: bool) -> dict[str, Any]:
+    """The simulated year (bench/year.py); also writes bench/year.json and bench/year.png."""
+    from bench import year  # noqa: PLC0415
+
+    del workdir
+    report = year.run(14 if quick else 365, year.DEFAULT_SEED, workers=min(2, os.cpu_count() or 1))
+    if not quick:
+        year.write_json(report, YEAR_JSON)
+        year.write_plot(report, YEAR_PNG)
+    figures = {key: report[key] for key in report if key not in ("net_per_night", "example_night")}
+    return {"year": figures, "year_markdown": year.markdown(report)}
+
+
 def _load_part(name: str) -> Callable[..., dict[str, Any]]:
+    special: dict[str, Callable[..., dict[str, Any]]] = {
+        "planner": _planner_part,
+        "year": _year_part,
+    }
+    if name in special:
+        return special[name]
     module = importlib.import_module(f"bench.{name}")
     runner: Callable[..., dict[str, Any]] = module.run
     return runner
@@ -321,7 +423,12 @@ def main(argv: list[str] | None = None) -> int:
         results["parts"][name] = {"duration_s": round(time.monotonic() - part_started_s, 1)}
         print(f"bench: {name} done: {json.dumps(figures)}", file=sys.stderr, flush=True)
     results["quick"] = args.quick
-    results["command"] = "make bench" + (" BENCH_ARGS=--quick" if args.quick else "")
+    bench_args = (["--quick"] if args.quick else []) + [
+        f"--only {name}" for name in (args.only or ())
+    ]
+    results["command"] = "make bench" + (
+        f" BENCH_ARGS='{' '.join(bench_args)}'" if bench_args else ""
+    )
     results["finished_at"] = dt.datetime.now(dt.UTC).isoformat(timespec="seconds")
     results["duration_s"] = round(time.monotonic() - started_s, 1)
     results["targets"] = {
