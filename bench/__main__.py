@@ -282,6 +282,7 @@ def render(results: dict[str, Any]) -> str:
         f"Run: {results['finished_at']} ({results['duration_s'] / 60:.1f} min), "
         f"`{results['command']}`{quick}.",
         "",
+        *_parts_line(results),
         f"Machine: {info['cpu']}, {info['cores']} cores, {info['arch']}, {info['os']}, "
         f"kernel {info['kernel']}, Python {info['python']}; {info['mosquitto']}; {packages}; "
         f"load average at start {', '.join(f'{x:.2f}' for x in info['load_avg_at_start'])}; "
@@ -323,6 +324,19 @@ def render(results: dict[str, Any]) -> str:
         "",
     ]
     return "\n".join(lines)
+
+
+def _parts_line(results: dict[str, Any]) -> list[str]:
+    """When each part last ran (a run with --only keeps the other parts' figures)."""
+    parts = results.get("parts", {})
+    if not parts:
+        return []
+    each = [
+        f"{name} {part.get('finished_at', 'in an earlier run')}"
+        + (f" (commit {part['git_commit']})" if part.get("git_commit") else "")
+        for name, part in parts.items()
+    ]
+    return ["Each part's last run: " + "; ".join(each) + ".", ""]
 
 
 def _planner_section(results: dict[str, Any]) -> list[str]:
@@ -420,7 +434,11 @@ def main(argv: list[str] | None = None) -> int:
         note = figures.pop("note", "") or _summary(importlib.import_module(f"bench.{name}"))
         results.update(figures)
         results["notes"][name] = note
-        results["parts"][name] = {"duration_s": round(time.monotonic() - part_started_s, 1)}
+        results["parts"][name] = {
+            "duration_s": round(time.monotonic() - part_started_s, 1),
+            "finished_at": dt.datetime.now(dt.UTC).isoformat(timespec="seconds"),
+            "git_commit": results["machine"]["git_commit"],
+        }
         print(f"bench: {name} done: {json.dumps(figures)}", file=sys.stderr, flush=True)
     results["quick"] = args.quick
     bench_args = (["--quick"] if args.quick else []) + [

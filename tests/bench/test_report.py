@@ -111,3 +111,41 @@ def test_only_one_part_merges_into_existing_results(
     assert merged["fault_floor_ms"] == 0.8  # kept from the earlier run
     assert merged["targets"]["ready_s"]["met"] is False
     assert "fake" in report.read_text(encoding="utf-8")
+
+
+def test_the_planner_and_the_year_are_judged_and_shown() -> None:
+    """Issue 19's goals: a plan within 50 ms and 1 % of the oracle; the year's promises and its
+    share of perfect foresight; each part says when it last ran."""
+    spread = {"median": 20.0, "p95": 63.0, "max": 90.0}
+    planner = {
+        "instances": 200,
+        "seed": 19,
+        "load_average": [0.2, 0.4],
+        "day_plan_ms": {"wall": spread | {"p95": 19.0}, "cpu": spread},
+        "day_plan_budget_ms": {"wall": spread, "cpu": spread, "binding": 169},
+        "gap_pct": {"median": 0.0, "p95": 0.1, "max": 0.8},
+        "gap_budget_binds_pct": {"median": 0.0, "p95": 0.1, "max": 1.03, "instances": 116},
+    }
+    year = {
+        "comparison": {
+            "optimize_target_met_pct": {"value": 100.0},
+            "optimize_nights_below_floor": {"value": 0},
+            "optimize_pct_of_foresight": {"value": 98.0},
+            "run_time_s": {"value": 46.2},
+        }
+    }
+    results = _results(
+        planner=planner,
+        year=year,
+        year_markdown="## A simulated year (issue 19)\n\nthe year's table",
+        parts={"planner": {"finished_at": "2026-12-03T10:00:59+00:00", "git_commit": "abc"}},
+    )
+    text = bench_main.render(results)
+    assert "| planner: 24 h plan p95 | 19.00 ms |  | ≤ 50.00 ms | met |" in text
+    assert "| planner: 24 h plan, wear budget binding, p95 | 63.00 ms |" in text
+    assert "wear budget binding, p95 | 63.00 ms |  | ≤ 50.00 ms | **missed** |" in text
+    assert "tight budget, worst | 1.03 % |  | ≤ 1.00 % | **missed** |" in text
+    assert "optimize's value, % of perfect foresight | 98.00 % |  | ≥ 95.00 % | met |" in text
+    assert "## The planner (issue 19)" in text
+    assert "the year's table" in text
+    assert "planner 2026-12-03T10:00:59+00:00 (commit abc)" in text
