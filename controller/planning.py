@@ -34,6 +34,8 @@ log = structlog.get_logger(component="planner")
 
 # Without a departure the plan looks this far ahead (a day: one valley and one peak).
 DEFAULT_HORIZON_S = 24 * 3600.0
+# After a failed plan, the same inputs are tried again this much later.
+RETRY_AFTER_FAILURE = dt.timedelta(minutes=1)
 # A rating that moves by more than this fraction makes the plan's power limits wrong.
 RATING_CHANGE_FRACTION = 0.1
 # The depth of cycle the first plan prices wear at; the plan's own depth prices the second.
@@ -92,6 +94,9 @@ class PlanKeeper:
             else None
         )
         self._pending: tuple[concurrent.futures.Future[Plan], _Key, str] | None = None
+        # The inputs a plan failed on, and when: tried again only once they change or a while
+        # has passed (not every cycle, not with a log line each).
+        self._failed: tuple[_Key, dt.datetime] | None = None
 
     def forget(self) -> None:
         """The car left: the next session plans afresh."""
@@ -133,8 +138,16 @@ class PlanKeeper:
             wear_day=wall.date(),
             clock_trusted=clock_trusted,
         )
-        self._adopt_finished()
+        self._adopt_finished(wall)
         why = None if self._pending is not None else self._why_replan(key, wall, soc_pct)
+        failed = self._failed
+        if (
+            why is not None
+            and failed is not None
+            and failed[0] == key
+            and wall - failed[1] < RETRY_AFTER_FAILURE
+        ):
+            why = None
         if why is not None:
             make = functools.partial(
                 self._make,
@@ -150,15 +163,15 @@ class PlanKeeper:
                 future: concurrent.futures.Future[Plan] = concurrent.futures.Future()
                 try:
                     future.set_result(make())
-                except ValueError as exc:
+                except Exception as exc:  # noqa: BLE001  judged in _adopt_finished, like a worker's
                     future.set_exception(exc)
                 self._pending = (future, key, why)
-                self._adopt_finished()
+                self._adopt_finished(wall)
             else:
                 self._pending = (self._worker.submit(make), key, why)
         return self._power_now(wall)
 
-    def _adopt_finished(self) -> None:
+    def _adopt_finished(self, wall: dt.datetime) -> None:
         pending = self._pending
         if pending is None or not pending[0].done():
             return
@@ -166,11 +179,20 @@ class PlanKeeper:
         future, key, why = pending
         try:
             plan = future.result()
-        except ValueError as exc:
-            # A problem the planner refuses (a reading out of its range): no plan, said why.
+        except Exception as exc:  # a planner that fails must not stop the charger
+            # No plan: the optimize fallback asks for 0 W and every interlock (the departure
+            # guarantee among them) still acts. A refused input (ValueError) says which; anything
+            # else is a bug in the planner, logged with its traceback.
             self.plan, self._key = None, None
+            self._failed = (key, wall)
             self.last_reason = f"no plan: {exc}"
+            log.error(
+                "no plan: the planner failed",
+                error=str(exc),
+                exc_info=not isinstance(exc, ValueError),
+            )
             return
+        self._failed = None
         self._adopt(plan, key, why)
 
     def _adopt(self, plan: Plan, key: _Key, why: str) -> None:

@@ -231,3 +231,36 @@ def test_the_slot_in_force_is_priced_on_what_is_left_of_it() -> None:
     assert first.start == at.replace(minute=45)
     assert first.export_per_kwh == pytest.approx(0.85)
     assert second.import_per_kwh == pytest.approx(0.307)  # 22:00: the valley
+
+
+@pytest.mark.parametrize("in_background", [False, True])
+def test_a_planner_that_fails_gives_no_plan_and_is_not_retried_every_cycle(
+    monkeypatch: pytest.MonkeyPatch, in_background: bool
+) -> None:
+    """A bug in the planner (here a ZeroDivisionError) must not stop the charger: no plan (the
+    core then asks for 0 W), the reason said, the same inputs tried again only a minute later."""
+    calls: list[int] = []
+
+    def broken(problem: object) -> object:
+        calls.append(1)
+        raise ZeroDivisionError("a bug")
+
+    monkeypatch.setattr("controller.planning.make_plan", broken)
+    k, _ = keeper(in_background=in_background)
+    try:
+        for second in range(0, 50, 5):
+            update(k, EVENING + dt.timedelta(seconds=second))
+            deadline = time.monotonic() + 2
+            while k._pending is not None and time.monotonic() < deadline:
+                time.sleep(0.01)
+        update(k, EVENING + dt.timedelta(seconds=55))
+        assert k.plan is None
+        assert k.last_reason == "no plan: a bug"
+        assert len(calls) == 1
+        update(k, EVENING + dt.timedelta(seconds=70))  # a minute after it was seen: again
+        deadline = time.monotonic() + 2
+        while len(calls) < 2 and time.monotonic() < deadline:
+            time.sleep(0.01)
+        assert len(calls) == 2
+    finally:
+        k.close()
