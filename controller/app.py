@@ -154,8 +154,19 @@ def build_control_step(
     policy = policy_from_config(config)
     if isinstance(wall_clock, SimulatedClock):
         # Simulation only: the plant moves the battery ``rate`` times faster than real time, so
-        # the energy that flows over the floor's horizon does too.
-        policy = replace(policy, safety=replace(policy.safety, battery_time_factor=wall_clock.rate))
+        # the energy that flows over the floor's horizon does too; and the ramp, a rate per
+        # second of the night, runs on the simulated clock too (at 720x a 7 s swing from full
+        # charge to full discharge would otherwise take 84 simulated minutes: a whole tariff slot
+        # and more, where a charger takes 7 s).
+        safety = policy.safety
+        policy = replace(
+            policy,
+            safety=replace(
+                safety,
+                battery_time_factor=wall_clock.rate,
+                ramp_w_per_s=safety.ramp_w_per_s * wall_clock.rate,
+            ),
+        )
     return CoreControlStep(
         policy,
         planner=PlanKeeper(plan_settings(config), policy, in_background=True)
@@ -197,8 +208,8 @@ def wall_clock_from_env() -> WallClock:
     if clock is None:
         return real_wall_clock
     log.warning(
-        "SIMULATED CLOCK: tariff windows and departure follow a simulated time, not the real "
-        "one. For simulation only; never on a charger.",
+        "SIMULATED CLOCK: tariff windows, departure and the ramp follow a simulated time, not the "
+        "real one. For simulation only; never on a charger.",
         simulated_start=clock.start.isoformat(),
         at_unix_s=clock.at_unix_s,
         rate=clock.rate,
