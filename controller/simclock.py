@@ -24,9 +24,10 @@ class SimulatedClock:
     """Simulation only: the policy's wall clock runs ``rate`` times real time from ``start``.
 
     ``start`` is the simulated time at the real Unix time ``at_unix_s``, so several processes
-    (the daemon, the plant, the demo) given the same values agree on the simulated time. Only the
-    time of day the core sees (tariff windows, departure) is simulated; freshness, ramps and
-    setpoint validity stay on the real clocks.
+    (the daemon, the plant, the demo) given the same values agree on the simulated time. The time
+    of day the core sees (tariff windows, departure) is simulated, and the wiring scales the ramp
+    and the floor's horizon by ``rate`` (controller/app.py); freshness and setpoint validity stay
+    on the real clocks.
     """
 
     start: dt.datetime

@@ -118,3 +118,31 @@ def test_daemon_process_refuses_a_malformed_clock(tmp_path: Path) -> None:
     )
     assert result.returncode == 2
     assert SIMULATED_CLOCK_ENV in result.stdout + result.stderr
+
+
+def test_under_a_simulated_clock_the_ramp_and_the_horizon_run_on_simulated_seconds(
+    tmp_path: Path,
+) -> None:
+    """At 720x the core's ramp and floor horizon are per simulated second: a 7 s swing at
+    2000 W/s is 7 simulated seconds, not 84 simulated minutes (docs/hil.md)."""
+    from controller.app import build_control_step  # noqa: PLC0415
+    from controller.config import load_config  # noqa: PLC0415
+
+    shipped = load_config(Path(__file__).resolve().parents[1] / "config" / "example-cn.yaml")
+    config = shipped.model_copy(
+        update={"ledger": shipped.ledger.model_copy(update={"path": str(tmp_path / "l.sqlite")})}
+    )
+    clock = SimulatedClock(dt.datetime(2026, 12, 3, 18, tzinfo=dt.UTC), time.time(), 720.0)
+    built = [build_control_step(config, wall_clock=clock), build_control_step(config)]
+    try:
+        simulated, real = (step.policy.safety for step in built)
+        assert simulated.ramp_w_per_s == config.safety.ramp_w_per_s * 720
+        assert simulated.battery_time_factor == 720
+        assert real.ramp_w_per_s == config.safety.ramp_w_per_s
+        assert real.battery_time_factor == 1
+    finally:
+        for step in built:
+            if step.saver is not None:
+                step.saver.stop(1.0)
+            if step.planner is not None:
+                step.planner.close()
