@@ -476,9 +476,20 @@ class _Solver:
         self.ranges = [self._range(k) for k in range(model.n + 1)]
         self.points = [self._points(k) for k in range(model.n + 1)]
         self.slots = self._build_slots()
+        # Every slot's candidates end to end, so that a budget price costs one numpy operation
+        # per pass, not one per slot (each slot's arrays are views into these).
+        self._reward_all = np.concatenate([slot.reward for slot in self.slots])
+        self._out_all = np.concatenate([slot.out_pct for slot in self.slots])
+        self._grid_reward_all = np.concatenate([slot.grid_reward for slot in self.slots])
+        self._grid_out_all = np.concatenate([slot.grid_out_pct for slot in self.slots])
+        self._cuts = np.cumsum([0] + [len(slot.reward) for slot in self.slots]).tolist()
+        self._grid_cuts = np.cumsum([0] + [len(slot.grid_reward) for slot in self.slots]).tolist()
         # For the forward pass: per slot the kinks (nan: none) and the range's edges after.
+        # For the forward pass: per slot the kinks as offsets (no bonus edge: idle again, a
+        # harmless duplicate), and the range's edges after.
         self.kinks = [
-            np.array([self.up[j], -self.down[j], 0.0, -self.bonus[j]]) for j in range(model.n)
+            np.array([self.up[j], -self.down[j], 0.0, 0.0 if math.isnan(b) else -b])
+            for j, b in enumerate(self.bonus)
         ]
         self.edges = [np.array([self.lo[j + 1], self.hi[j + 1]]) for j in range(model.n)]
 
@@ -632,11 +643,15 @@ class _Solver:
         # At departure: the energy held, valued against the SoC now.
         values[n] = (self.points[n] - m.p.soc_pct) * (m.cap / 100.0 * m.p.end_value())
         grid_v = self._grid_values(n, values[n][1:-1])
+        rewards, grid_rewards = self._reward_all, self._grid_reward_all
+        if per_pct:
+            rewards = rewards - per_pct * self._out_all
+            grid_rewards = grid_rewards - per_pct * self._grid_out_all
+        cuts, grid_cuts = self._cuts, self._grid_cuts
         for j in range(n - 1, -1, -1):
             slot = self.slots[j]
-            q = slot.reward + np.interp(slot.y, self.points[j + 1], values[j + 1])
-            if per_pct:
-                q -= per_pct * slot.out_pct
+            q = rewards[cuts[j] : cuts[j + 1]]
+            q = q + np.interp(slot.y, self.points[j + 1], values[j + 1])
             split = (slot.last - slot.first + 1) * slot.kinks if slot.last >= slot.first else 0
             edges = q[split:].reshape(-1, slot.width).max(axis=1)
             if j == 0:
@@ -649,8 +664,7 @@ class _Solver:
             # Grid moves from grid points: V after at grid point i + d for d from -down to +up
             # steps, read through a sliding window (no interpolation needed).
             windows = self._windows(grid_v, slot.first, slot.last, slot.down, slot.up)
-            moves = slot.grid_reward - per_pct * slot.grid_out_pct if per_pct else slot.grid_reward
-            q_grid = windows + moves
+            q_grid = windows + grid_rewards[grid_cuts[j] : grid_cuts[j + 1]]
             if slot.strict_bad is not None:
                 q_grid[slot.strict_bad] = -np.inf
             inner = np.maximum(q_grid.max(axis=1), q[:split].reshape(-1, slot.kinks).max(axis=1))
@@ -663,34 +677,45 @@ class _Solver:
         ``budget_kwh``, never exporting more than is left of it."""
         m = self.m
         soc = np.empty(m.n + 1)
-        soc[0] = m.p.soc_pct
+        now = m.p.soc_pct
+        soc[0] = now
         tol = SOC_TOLERANCE_PCT
         step = self.step
+        grid = self.grid
         out_kwh_per_pct = m.cap / 100.0 * m.eta_d
         left_kwh = math.inf if budget_kwh is None else budget_kwh
+        ceiling = m.p.soc_ceiling_pct + tol
+        # The reward per percent moved, out and in, with the tie-break toward the higher SoC
+        # folded in (it is linear in the move, so it shifts both slopes alike).
+        out_gain = [x - price * m._out_price - TIE_BREAK_PER_PCT for x in m._out]
+        in_cost = [x - TIE_BREAK_PER_PCT for x in m._in]
         for j in range(m.n):
-            now = float(soc[j])
             up, down = self.up[j], self.down[j]
-            lo, hi = self.lo[j + 1], self.hi[j + 1]
+            if budget_kwh is not None:
+                down = max(0.0, min(down, left_kwh / out_kwh_per_pct))
+            # Every candidate is clipped into the range after and the power limits: one that
+            # was outside lands on an edge, which is a candidate already (an edge of the range,
+            # or the full charge or discharge), so clipping adds no move.
+            low = max(self.lo[j + 1], now - down)
+            high = min(self.hi[j + 1], now + up)
             first = max(0, math.floor((now - down) / step - 1e-9) + 1)
             last = min(self.size, math.floor((now + up) / step + 1e-9) + 1)
-            y = np.concatenate((now + self.kinks[j], self.edges[j], self.grid[first:last]))
-            if budget_kwh is not None:
-                # Exporting exactly what is left is a kink too; more is not allowed.
-                down = max(0.0, min(down, left_kwh / out_kwh_per_pct))
-                y = np.append(y, now - down)
-            # Within the range after and the power limits (nan kinks fail both tests).
-            low = max(lo, now - down) - tol
-            high = min(hi, now + up) + tol
-            ok = (y >= low) & (y <= high)
-            if m.ceiling_strict:
-                ok &= (y <= now) | (y <= m.p.soc_ceiling_pct + tol)
-            # Into the range, and then (what the tolerance let through) into the power limits.
-            y = np.minimum(np.clip(y[ok], max(lo, now - down), hi), now + up)
-            q = m.reward(j, y - now, price) + np.interp(y, self.points[j + 1], values[j + 1])
-            q += TIE_BREAK_PER_PCT * y
-            soc[j + 1] = y[int(np.argmax(q))]
-            left_kwh -= max(0.0, now - float(soc[j + 1])) * out_kwh_per_pct
+            y = np.concatenate((self.kinks[j] + now, self.edges[j], grid[first:last]))
+            y = np.minimum(np.maximum(y, low), high)
+            delta = y - now
+            out = np.maximum(-delta, 0.0)
+            q = out_gain[j] * out - in_cost[j] * np.maximum(delta, 0.0)
+            if m._bonus[j]:
+                q += m._bonus[j] * np.minimum(out, m._bonus_pct[j])
+            if m._quad:
+                q -= m._quad * out * out
+            q += np.interp(y, self.points[j + 1], values[j + 1])
+            if m.ceiling_strict:  # no charge may end above the ceiling
+                q[(delta > 0.0) & (y > ceiling)] = -np.inf
+            after = float(y[int(q.argmax())])
+            soc[j + 1] = after
+            left_kwh -= max(0.0, now - after) * out_kwh_per_pct
+            now = after
         return soc
 
 
@@ -871,6 +896,14 @@ def _blend(m: _Model, over: _Trial, under: _Trial, budget_kwh: float) -> _Trial:
     return best
 
 
+def _fitting(m: _Model, price: float, soc: Array, budget_kwh: float) -> _Trial | None:
+    """The trial of ``soc`` if it fits the budget and keeps the start rules, else None."""
+    trial = _trial(m, price, soc)
+    if trial.exported_kwh <= budget_kwh + 1e-6 and _keeps_start_rules(m, soc):
+        return trial
+    return None
+
+
 def _solve(m: _Model, notes: list[str]) -> Array:
     solver = _Solver(m)
 
@@ -896,46 +929,58 @@ def _solve(m: _Model, notes: list[str]) -> Array:
     # To start from below, a plan that exports nothing: no DP pass needed (the search's first
     # price then comes out a little high, and the next plans correct it).
     idle = _trial(m, high_price, _without_export(m))
-    over, under = first, idle
-    overs = [first]  # every plan over the budget: each can be trimmed to fit
+    # A better plan from below, also without a DP pass: the first plan with its least
+    # valuable exports cut to fit. Its value per kWh against the first plan's is close to
+    # the budget's price, so the search starts near it, and the best plan starts high.
+    trimmed = _fitting(m, high_price, _trim(m, first.soc, budget), budget)
+    over, under = first, trimmed if trimmed and trimmed.value > idle.value else idle
     best = _blend(m, over, under, budget)
     proven = False
+    dual = first.value  # the least upper bound so far (at price 0: the plan without a budget)
+    tried: set[float] = set()
     for _ in range(BUDGET_PASSES):
         # The price at which both plans earn the same net of it (Kelley's cutting plane on
         # the dual): a plan better than both there is a new breakpoint; none means the two
         # are adjacent and their blend is the optimum.
         price = (over.value - under.value) / (over.exported_kwh - under.exported_kwh)
+        if price in tried:  # the same plans again: the search cannot get closer
+            break
+        tried.add(price)
         candidate = trial(price)
         # No plan earns more than the candidate's value net of the price, plus the price of
         # the budget (weak duality): stop once the best blend is that close.
         bound = candidate.lagrangian(price) + price * budget
-        if bound - best.value <= BUDGET_GAP * max(best.gross, candidate.gross):
+        dual = min(dual, bound)
+        tolerance = BUDGET_GAP * max(best.gross, candidate.gross)
+        if dual - best.value <= tolerance:
             proven = True
             break
         adjacent = candidate.lagrangian(price) <= under.lagrangian(price) + 1e-9 * (1.0 + bound)
         if candidate.exported_kwh > budget + 1e-9:
             over = candidate
-            overs.append(candidate)
+            # Its least valuable exports cut: a plan that fits, often better than the blends,
+            # and a better plan from below for the next price.
+            cut = _fitting(m, price, _trim(m, candidate.soc, budget), budget)
+            if cut is not None:
+                best = max(best, cut, key=lambda t: t.value)
+                if cut.lagrangian(price) > under.lagrangian(price):
+                    under = cut
         else:
             under = candidate
         best = max(best, _blend(m, over, under, budget), key=lambda t: t.value)
+        if dual - best.value <= tolerance:  # the new best closes the gap: no more passes
+            proven = True
+            break
         if adjacent:  # no new breakpoint: the search cannot get closer
             break
     if not proven:
         # The blend was not allowed (a start above the ceiling) or the search stopped short:
-        # follow the values at the over plan's price, never exporting more than is left; or
-        # cut the least valuable export of each plan that was over the budget.
+        # follow the values at the over plan's price, never exporting more than is left (each
+        # plan over the budget was cut to fit already, above).
         values = values_at.get(over.price) or solver.backward(over.price)
-        repairs = [solver.forward(values, over.price, budget)]
-        repairs += [_trim(m, plan.soc, budget) for plan in overs]
-        for soc in repairs:
-            repaired = _trial(m, over.price, soc)
-            if (
-                repaired.exported_kwh <= budget + 1e-6
-                and repaired.value > best.value
-                and _keeps_start_rules(m, soc)
-            ):
-                best = repaired
+        capped = _fitting(m, over.price, solver.forward(values, over.price, budget), budget)
+        if capped is not None and capped.value > best.value:
+            best = capped
     notes.append(
         f"discharge budget {budget:.1f} kWh binds: the plan exports {best.exported_kwh:.1f} kWh"
     )
