@@ -51,6 +51,8 @@ TIE_BREAK_PER_PCT = 1e-9
 # stop once the plan is provably within this share of its gross cash flow of the best.
 BUDGET_PASSES = 8
 BUDGET_GAP = 0.002
+# A plan fits the budget if it exports at most this much more (float noise of the cuts).
+BUDGET_FIT_KWH = 1e-6
 # Bisection steps on a blend's share where netting leaves part of the budget unused.
 BLEND_STEPS = 8
 
@@ -534,6 +536,8 @@ class _Solver:
         row_index = np.arange(len(row_slot)) - np.repeat(starts - firsts, counts)
         inner_s = self.grid[row_index]
         inner_y = np.where(is_offset, inner_s[:, None] + kinks[row_slot], kinks[row_slot])
+        # From a grid point, staying put is the grid move 0 (below): not a kink there.
+        inner_y = np.delete(inner_y, 2, axis=1)
         # Edge states (two per slot; slot 0's are both the start): kinks and every grid point
         # in reach (a common width; the power limits below drop the extra ones).
         edge_slot = np.repeat(np.arange(n), 2)
@@ -570,7 +574,7 @@ class _Solver:
                     y=np.concatenate((inner_y[rows].ravel(), edge_y[edges].ravel())),
                     reward=np.concatenate((inner_r[rows].ravel(), edge_r[edges].ravel())),
                     out_pct=np.concatenate((inner_out[rows].ravel(), edge_out[edges].ravel())),
-                    kinks=kinks.shape[1],
+                    kinks=inner_y.shape[1],
                     width=edge_y.shape[1],
                     down=int(steps_down[j]),
                     up=int(steps_up[j]),
@@ -899,9 +903,34 @@ def _blend(m: _Model, over: _Trial, under: _Trial, budget_kwh: float) -> _Trial:
 def _fitting(m: _Model, price: float, soc: Array, budget_kwh: float) -> _Trial | None:
     """The trial of ``soc`` if it fits the budget and keeps the start rules, else None."""
     trial = _trial(m, price, soc)
-    if trial.exported_kwh <= budget_kwh + 1e-6 and _keeps_start_rules(m, soc):
+    if trial.exported_kwh <= budget_kwh + BUDGET_FIT_KWH and _keeps_start_rules(m, soc):
         return trial
     return None
+
+
+def _kelley(plans: list[_Trial], budget_kwh: float) -> tuple[float, _Trial, _Trial, float]:
+    """The price that minimises the upper envelope of the plans' lines, value + price *
+    (budget - export) (the dual is above each of them), the plan over the budget and the one
+    within it that earn the most net of that price (their blend is the best plan if no plan
+    at that price beats both), and the envelope's value there.
+
+    Where the envelope is flat at its lowest (a plan that exports the budget exactly), the
+    highest such price: above the budget's price the bound grows only by the budget per unit
+    of price, below it by the far larger export of the plans over it."""
+    value = np.array([p.value for p in plans])
+    export = np.array([p.exported_kwh for p in plans])
+    # The envelope's corners: where any two lines meet (and price 0).
+    with np.errstate(divide="ignore", invalid="ignore"):
+        corners = (value[:, None] - value[None, :]) / (export[:, None] - export[None, :])
+    prices = np.concatenate(([0.0], corners[np.isfinite(corners) & (corners > 0.0)]))
+    envelope = (value[None, :] + prices[:, None] * (budget_kwh - export[None, :])).max(axis=1)
+    lowest = float(envelope.min())
+    price = float(prices[envelope <= lowest + 1e-9 * (1.0 + abs(lowest))].max())
+    net = value - price * export
+    over = np.where(export > budget_kwh + BUDGET_FIT_KWH, net, -np.inf)
+    under = np.where(export <= budget_kwh + BUDGET_FIT_KWH, net, -np.inf)
+    # The first plan is over the budget and the idle plan within it: both exist.
+    return price, plans[int(over.argmax())], plans[int(under.argmax())], lowest
 
 
 def _solve(m: _Model, notes: list[str]) -> Array:
@@ -916,7 +945,7 @@ def _solve(m: _Model, notes: list[str]) -> Array:
 
     budget = m.p.discharge_budget_kwh
     first = trial(0.0)
-    if budget is None or first.exported_kwh <= budget + 1e-9:
+    if budget is None or first.exported_kwh <= budget + BUDGET_FIT_KWH:
         return first.soc
     # The budget binds. Lagrangian relaxation: charge a price per exported kWh; the higher the
     # price, the less the plan exports. ``over`` exports more than the budget, ``under`` fits.
@@ -933,46 +962,42 @@ def _solve(m: _Model, notes: list[str]) -> Array:
     # valuable exports cut to fit. Its value per kWh against the first plan's is close to
     # the budget's price, so the search starts near it, and the best plan starts high.
     trimmed = _fitting(m, high_price, _trim(m, first.soc, budget), budget)
-    over, under = first, trimmed if trimmed and trimmed.value > idle.value else idle
-    best = _blend(m, over, under, budget)
+    plans = [first, idle] if trimmed is None else [first, idle, trimmed]
+    best = max(plans[1:], key=lambda t: t.value)
     proven = False
     dual = first.value  # the least upper bound so far (at price 0: the plan without a budget)
     tried: set[float] = set()
-    for _ in range(BUDGET_PASSES):
-        # The price at which both plans earn the same net of it (Kelley's cutting plane on
-        # the dual): a plan better than both there is a new breakpoint; none means the two
-        # are adjacent and their blend is the optimum.
-        price = (over.value - under.value) / (over.exported_kwh - under.exported_kwh)
+    over = first
+    for _ in range(BUDGET_PASSES + 1):
+        # Kelley's cutting plane on the dual: the price where the bound the plans so far
+        # allow is lowest, and the two plans that meet there (one over the budget, one not;
+        # their blend is the best plan if no plan at that price beats both).
+        price, over, under, model = _kelley(plans, budget)
+        best = max(best, _blend(m, over, under, budget), key=lambda t: t.value)
+        if dual - best.value <= BUDGET_GAP * best.gross:
+            proven = True
+            break
         if price in tried:  # the same plans again: the search cannot get closer
             break
         tried.add(price)
         candidate = trial(price)
         # No plan earns more than the candidate's value net of the price, plus the price of
-        # the budget (weak duality): stop once the best blend is that close.
+        # the budget (weak duality): stop once the best plan is that close.
         bound = candidate.lagrangian(price) + price * budget
         dual = min(dual, bound)
-        tolerance = BUDGET_GAP * max(best.gross, candidate.gross)
-        if dual - best.value <= tolerance:
+        if dual - best.value <= BUDGET_GAP * max(best.gross, candidate.gross):
             proven = True
             break
-        adjacent = candidate.lagrangian(price) <= under.lagrangian(price) + 1e-9 * (1.0 + bound)
-        if candidate.exported_kwh > budget + 1e-9:
-            over = candidate
+        if bound <= model + 1e-9 * (1.0 + abs(bound)):  # no new breakpoint: the bound is exact
+            break
+        plans.append(candidate)
+        if candidate.exported_kwh > budget + BUDGET_FIT_KWH:
             # Its least valuable exports cut: a plan that fits, often better than the blends,
             # and a better plan from below for the next price.
             cut = _fitting(m, price, _trim(m, candidate.soc, budget), budget)
             if cut is not None:
+                plans.append(cut)
                 best = max(best, cut, key=lambda t: t.value)
-                if cut.lagrangian(price) > under.lagrangian(price):
-                    under = cut
-        else:
-            under = candidate
-        best = max(best, _blend(m, over, under, budget), key=lambda t: t.value)
-        if dual - best.value <= tolerance:  # the new best closes the gap: no more passes
-            proven = True
-            break
-        if adjacent:  # no new breakpoint: the search cannot get closer
-            break
     if not proven:
         # The blend was not allowed (a start above the ceiling) or the search stopped short:
         # follow the values at the over plan's price, never exporting more than is left (each
