@@ -13,9 +13,10 @@ state are the grid points in reach plus the "kinks" where the optimum of a piece
 problem sits: full charge, full discharge, the bonus's power edge, and the exact edges of the
 feasible SoC range. A forward pass then follows the best action from the true (off-grid) SoC.
 The discharge budget would make the state two-dimensional; instead a price per exported kWh is
-added to the wear cost and searched (Lagrangian relaxation, Kelley's cutting plane) until the
-plan fits, and the two plans that bracket the budget are blended. docs/economics.md, "The
-planner".
+added to the wear cost and searched (Lagrangian relaxation, Kelley's cutting plane over every
+plan so far) until the best plan that fits is provably close; the plans that fit are the blends
+of two plans bracketing the budget and each plan over it with its least valuable exports cut.
+docs/economics.md, "The planner".
 
 Sign: ``power_w`` is grid side, + charges the vehicle (imports), - discharges (exports).
 """
