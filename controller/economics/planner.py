@@ -54,6 +54,8 @@ BUDGET_PASSES = 8
 BUDGET_GAP = 0.002
 # A plan fits the budget if it exports at most this much more (float noise of the cuts).
 BUDGET_FIT_KWH = 1e-6
+# The exact budget's repair counts the budget left in this many levels per grid step's export.
+BUDGET_LEVELS_PER_STEP = 2
 # Bisection steps on a blend's share where netting leaves part of the budget unused.
 BLEND_STEPS = 8
 
@@ -723,6 +725,99 @@ class _Solver:
             now = after
         return soc
 
+    def with_budget(self, budget_kwh: float) -> Array:
+        """The best trajectory that exports at most ``budget_kwh``, with the budget left as a
+        second state: levels of a quarter of one grid step's export, each move using the
+        levels it needs rounded up (so the values never count on budget the plan lacks; the
+        forward pass then tracks the exact kWh left). Not for a start above the ceiling."""
+        m = self.m
+        n = m.n
+        kwh_per_pct = m.cap / 100.0 * m.eta_d
+        unit_kwh = self.step * kwh_per_pct / BUDGET_LEVELS_PER_STEP
+        levels = math.floor(budget_kwh / unit_kwh + 1e-9) + 1
+        rows = np.arange(levels)[:, None]
+        values: list[Array] = [np.zeros((0, 0))] * (n + 1)
+        end = (self.points[n] - m.p.soc_pct) * (m.cap / 100.0 * m.p.end_value())
+        values[n] = np.repeat(end[None, :], levels, axis=0)
+        for j in range(n - 1, -1, -1):
+            slot = self.slots[j]
+            after = values[j + 1]
+            inter = np.stack([np.interp(slot.y, self.points[j + 1], row) for row in after])
+            # The levels left after each move, linear between two levels (the forward pass
+            # keeps the exact budget, so this only guides it).
+            source = rows - (slot.out_pct * kwh_per_pct / unit_kwh)[None, :]
+            below = np.floor(source + 1e-9)
+            share = np.clip(source - below, 0.0, 1.0)
+            column = np.arange(len(slot.out_pct))[None, :]
+            low_row = np.clip(below, 0, levels - 1).astype(np.intp)
+            high_row = np.minimum(low_row + 1, levels - 1)
+            q = (1.0 - share) * inter[low_row, column] + share * inter[high_row, column]
+            q += slot.reward
+            q[source < -1e-9] = -np.inf
+            split = (slot.last - slot.first + 1) * slot.kinks if slot.last >= slot.first else 0
+            edges = q[:, split:].reshape(levels, -1, slot.width).max(axis=2)
+            if j == 0:
+                values[0] = edges[:, [0, 0]]
+                break
+            if split == 0:
+                values[j] = edges
+                continue
+            inner = q[:, :split].reshape(levels, -1, slot.kinks).max(axis=2)
+            # Grid moves: V after on the whole grid per level, padded for the shifts.
+            first, last = self.ranges[j + 1]
+            reach = max(slot.down, slot.up)
+            shift = (slot.down + 1) * BUDGET_LEVELS_PER_STEP
+            padded = np.full((levels + shift, self.size + 2 * reach), -np.inf)
+            if last >= first:
+                padded[shift:, reach + first : reach + last + 1] = after[:, 1:-1]
+            for index, d in enumerate(range(-slot.down, slot.up + 1)):
+                reward = float(slot.grid_reward[index])
+                if reward == -np.inf:
+                    continue
+                lost = max(-d, 0) * BUDGET_LEVELS_PER_STEP
+                low = reach + slot.first + d
+                term = padded[shift - lost : shift - lost + levels, low : low + inner.shape[1]]
+                np.maximum(inner, term + reward, out=inner)
+            values[j] = np.concatenate((edges[:, :1], inner, edges[:, 1:]), axis=1)
+        return self._forward_with_budget(values, budget_kwh, unit_kwh)
+
+    def _forward_with_budget(self, values: list[Array], budget_kwh: float, unit: float) -> Array:
+        """with_budget's forward pass: the best move from the true SoC and the exact kWh left,
+        the value after read between the two nearest levels."""
+        m = self.m
+        soc = np.empty(m.n + 1)
+        now = m.p.soc_pct
+        soc[0] = now
+        kwh_per_pct = m.cap / 100.0 * m.eta_d
+        left_kwh = budget_kwh
+        levels = values[0].shape[0]
+        for j in range(m.n):
+            down = max(0.0, min(self.down[j], left_kwh / kwh_per_pct))
+            low = max(self.lo[j + 1], now - down)
+            high = min(self.hi[j + 1], now + self.up[j])
+            first = max(0, math.floor((now - down) / self.step - 1e-9) + 1)
+            last = min(self.size, math.floor((now + self.up[j]) / self.step + 1e-9) + 1)
+            y = np.concatenate(
+                (self.kinks[j] + now, self.edges[j], self.grid[first:last], [now - down])
+            )
+            y = np.minimum(np.maximum(y, low), high)
+            left = left_kwh - np.maximum(now - y, 0.0) * kwh_per_pct
+            level = np.clip(left / unit, 0.0, levels - 1.0)
+            below = np.floor(level).astype(np.intp)
+            above = np.minimum(below + 1, levels - 1)
+            share = level - below
+            q = m.reward(j, y - now, 0.0) + TIE_BREAK_PER_PCT * y
+            points, later = self.points[j + 1], values[j + 1]
+            for c in range(len(y)):
+                low_v = float(np.interp(y[c], points, later[below[c]]))
+                high_v = float(np.interp(y[c], points, later[above[c]]))
+                q[c] += (1.0 - float(share[c])) * low_v + float(share[c]) * high_v
+            soc_next = float(y[int(q.argmax())])
+            soc[j + 1] = soc_next
+            left_kwh -= max(0.0, now - soc_next) * kwh_per_pct
+            now = soc_next
+        return soc
+
 
 @dataclass(frozen=True, slots=True)
 class _Totals:
@@ -1007,6 +1102,12 @@ def _solve(m: _Model, notes: list[str]) -> Array:
         capped = _fitting(m, over.price, solver.forward(values, over.price, budget), budget)
         if capped is not None and capped.value > best.value:
             best = capped
+        if dual - best.value > BUDGET_GAP * best.gross and not m.ceiling_strict:
+            # A duality gap is left open (a slot's earnings are not concave): the budget left
+            # as a second state. Costly, and rare (the search proves most plans).
+            exact = _fitting(m, 0.0, solver.with_budget(budget), budget)
+            if exact is not None and exact.value > best.value:
+                best = exact
     notes.append(
         f"discharge budget {budget:.1f} kWh binds: the plan exports {best.exported_kwh:.1f} kWh"
     )
