@@ -918,6 +918,7 @@ def _trim(m: _Model, soc: Array, budget_kwh: float) -> Array:
         bonus_value = plain_value + float(m.bonus[j]) * m.eta_d * per_pct_kwh
         segments.append((bonus_value, j, window_pct))
     segments.sort()
+    dearest_first = np.argsort(-m.imp, kind="stable").tolist()
     for _, j, amount_pct in segments:
         if excess_pct <= SOC_TOLERANCE_PCT:
             break
@@ -929,9 +930,8 @@ def _trim(m: _Model, soc: Array, budget_kwh: float) -> Array:
         excess_pct -= cut
         # The energy kept need not be bought: charge less in the dearest slots, before or
         # after, as far as the lower bounds allow (the SoC from that slot on drops).
-        charges = sorted(
-            (k for k in range(n) if soc[k + 1] > soc[k] and k != j), key=lambda k: -m.imp[k]
-        )
+        moves = np.diff(soc)
+        charges = [k for k in dearest_first if moves[k] > 0.0 and k != j]
         kept = cut
         for k in charges:
             if kept <= 0.0:
