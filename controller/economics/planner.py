@@ -13,9 +13,10 @@ state are the grid points in reach plus the "kinks" where the optimum of a piece
 problem sits: full charge, full discharge, the bonus's power edge, and the exact edges of the
 feasible SoC range. A forward pass then follows the best action from the true (off-grid) SoC.
 The discharge budget would make the state two-dimensional; instead a price per exported kWh is
-added to the wear cost and searched (Lagrangian relaxation, Kelley's cutting plane) until the
-plan fits, and the two plans that bracket the budget are blended. docs/economics.md, "The
-planner".
+added to the wear cost and searched (Lagrangian relaxation, Kelley's cutting plane over every
+plan so far) until the best plan that fits is provably close; the plans that fit are the blends
+of two plans bracketing the budget and each plan over it with its least valuable exports cut.
+docs/economics.md, "The planner".
 
 Sign: ``power_w`` is grid side, + charges the vehicle (imports), - discharges (exports).
 """
@@ -51,6 +52,10 @@ TIE_BREAK_PER_PCT = 1e-9
 # stop once the plan is provably within this share of its gross cash flow of the best.
 BUDGET_PASSES = 8
 BUDGET_GAP = 0.002
+# A plan fits the budget if it exports at most this much more (float noise of the cuts).
+BUDGET_FIT_KWH = 1e-6
+# The exact budget's repair counts the budget left in this many levels per grid step's export.
+BUDGET_LEVELS_PER_STEP = 2
 # Bisection steps on a blend's share where netting leaves part of the budget unused.
 BLEND_STEPS = 8
 
@@ -476,9 +481,20 @@ class _Solver:
         self.ranges = [self._range(k) for k in range(model.n + 1)]
         self.points = [self._points(k) for k in range(model.n + 1)]
         self.slots = self._build_slots()
+        # Every slot's candidates end to end, so that a budget price costs one numpy operation
+        # per pass, not one per slot (each slot's arrays are views into these).
+        self._reward_all = np.concatenate([slot.reward for slot in self.slots])
+        self._out_all = np.concatenate([slot.out_pct for slot in self.slots])
+        self._grid_reward_all = np.concatenate([slot.grid_reward for slot in self.slots])
+        self._grid_out_all = np.concatenate([slot.grid_out_pct for slot in self.slots])
+        self._cuts = np.cumsum([0] + [len(slot.reward) for slot in self.slots]).tolist()
+        self._grid_cuts = np.cumsum([0] + [len(slot.grid_reward) for slot in self.slots]).tolist()
         # For the forward pass: per slot the kinks (nan: none) and the range's edges after.
+        # For the forward pass: per slot the kinks as offsets (no bonus edge: idle again, a
+        # harmless duplicate), and the range's edges after.
         self.kinks = [
-            np.array([self.up[j], -self.down[j], 0.0, -self.bonus[j]]) for j in range(model.n)
+            np.array([self.up[j], -self.down[j], 0.0, 0.0 if math.isnan(b) else -b])
+            for j, b in enumerate(self.bonus)
         ]
         self.edges = [np.array([self.lo[j + 1], self.hi[j + 1]]) for j in range(model.n)]
 
@@ -523,6 +539,8 @@ class _Solver:
         row_index = np.arange(len(row_slot)) - np.repeat(starts - firsts, counts)
         inner_s = self.grid[row_index]
         inner_y = np.where(is_offset, inner_s[:, None] + kinks[row_slot], kinks[row_slot])
+        # From a grid point, staying put is the grid move 0 (below): not a kink there.
+        inner_y = np.delete(inner_y, 2, axis=1)
         # Edge states (two per slot; slot 0's are both the start): kinks and every grid point
         # in reach (a common width; the power limits below drop the extra ones).
         edge_slot = np.repeat(np.arange(n), 2)
@@ -559,7 +577,7 @@ class _Solver:
                     y=np.concatenate((inner_y[rows].ravel(), edge_y[edges].ravel())),
                     reward=np.concatenate((inner_r[rows].ravel(), edge_r[edges].ravel())),
                     out_pct=np.concatenate((inner_out[rows].ravel(), edge_out[edges].ravel())),
-                    kinks=kinks.shape[1],
+                    kinks=inner_y.shape[1],
                     width=edge_y.shape[1],
                     down=int(steps_down[j]),
                     up=int(steps_up[j]),
@@ -632,11 +650,15 @@ class _Solver:
         # At departure: the energy held, valued against the SoC now.
         values[n] = (self.points[n] - m.p.soc_pct) * (m.cap / 100.0 * m.p.end_value())
         grid_v = self._grid_values(n, values[n][1:-1])
+        rewards, grid_rewards = self._reward_all, self._grid_reward_all
+        if per_pct:
+            rewards = rewards - per_pct * self._out_all
+            grid_rewards = grid_rewards - per_pct * self._grid_out_all
+        cuts, grid_cuts = self._cuts, self._grid_cuts
         for j in range(n - 1, -1, -1):
             slot = self.slots[j]
-            q = slot.reward + np.interp(slot.y, self.points[j + 1], values[j + 1])
-            if per_pct:
-                q -= per_pct * slot.out_pct
+            q = rewards[cuts[j] : cuts[j + 1]]
+            q = q + np.interp(slot.y, self.points[j + 1], values[j + 1])
             split = (slot.last - slot.first + 1) * slot.kinks if slot.last >= slot.first else 0
             edges = q[split:].reshape(-1, slot.width).max(axis=1)
             if j == 0:
@@ -649,8 +671,7 @@ class _Solver:
             # Grid moves from grid points: V after at grid point i + d for d from -down to +up
             # steps, read through a sliding window (no interpolation needed).
             windows = self._windows(grid_v, slot.first, slot.last, slot.down, slot.up)
-            moves = slot.grid_reward - per_pct * slot.grid_out_pct if per_pct else slot.grid_reward
-            q_grid = windows + moves
+            q_grid = windows + grid_rewards[grid_cuts[j] : grid_cuts[j + 1]]
             if slot.strict_bad is not None:
                 q_grid[slot.strict_bad] = -np.inf
             inner = np.maximum(q_grid.max(axis=1), q[:split].reshape(-1, slot.kinks).max(axis=1))
@@ -663,34 +684,138 @@ class _Solver:
         ``budget_kwh``, never exporting more than is left of it."""
         m = self.m
         soc = np.empty(m.n + 1)
-        soc[0] = m.p.soc_pct
+        now = m.p.soc_pct
+        soc[0] = now
         tol = SOC_TOLERANCE_PCT
         step = self.step
+        grid = self.grid
         out_kwh_per_pct = m.cap / 100.0 * m.eta_d
         left_kwh = math.inf if budget_kwh is None else budget_kwh
+        ceiling = m.p.soc_ceiling_pct + tol
+        # The reward per percent moved, out and in, with the tie-break toward the higher SoC
+        # folded in (it is linear in the move, so it shifts both slopes alike).
+        out_gain = [x - price * m._out_price - TIE_BREAK_PER_PCT for x in m._out]
+        in_cost = [x - TIE_BREAK_PER_PCT for x in m._in]
         for j in range(m.n):
-            now = float(soc[j])
             up, down = self.up[j], self.down[j]
-            lo, hi = self.lo[j + 1], self.hi[j + 1]
+            if budget_kwh is not None:
+                down = max(0.0, min(down, left_kwh / out_kwh_per_pct))
+            # Every candidate is clipped into the range after and the power limits: one that
+            # was outside lands on an edge, which is a candidate already (an edge of the range,
+            # or the full charge or discharge), so clipping adds no move.
+            low = max(self.lo[j + 1], now - down)
+            high = min(self.hi[j + 1], now + up)
             first = max(0, math.floor((now - down) / step - 1e-9) + 1)
             last = min(self.size, math.floor((now + up) / step + 1e-9) + 1)
-            y = np.concatenate((now + self.kinks[j], self.edges[j], self.grid[first:last]))
-            if budget_kwh is not None:
-                # Exporting exactly what is left is a kink too; more is not allowed.
-                down = max(0.0, min(down, left_kwh / out_kwh_per_pct))
-                y = np.append(y, now - down)
-            # Within the range after and the power limits (nan kinks fail both tests).
-            low = max(lo, now - down) - tol
-            high = min(hi, now + up) + tol
-            ok = (y >= low) & (y <= high)
-            if m.ceiling_strict:
-                ok &= (y <= now) | (y <= m.p.soc_ceiling_pct + tol)
-            # Into the range, and then (what the tolerance let through) into the power limits.
-            y = np.minimum(np.clip(y[ok], max(lo, now - down), hi), now + up)
-            q = m.reward(j, y - now, price) + np.interp(y, self.points[j + 1], values[j + 1])
-            q += TIE_BREAK_PER_PCT * y
-            soc[j + 1] = y[int(np.argmax(q))]
-            left_kwh -= max(0.0, now - float(soc[j + 1])) * out_kwh_per_pct
+            y = np.concatenate((self.kinks[j] + now, self.edges[j], grid[first:last]))
+            y = np.minimum(np.maximum(y, low), high)
+            delta = y - now
+            out = np.maximum(-delta, 0.0)
+            q = out_gain[j] * out - in_cost[j] * np.maximum(delta, 0.0)
+            if m._bonus[j]:
+                q += m._bonus[j] * np.minimum(out, m._bonus_pct[j])
+            if m._quad:
+                q -= m._quad * out * out
+            q += np.interp(y, self.points[j + 1], values[j + 1])
+            if m.ceiling_strict:  # no charge may end above the ceiling
+                q[(delta > 0.0) & (y > ceiling)] = -np.inf
+            after = float(y[int(q.argmax())])
+            soc[j + 1] = after
+            left_kwh -= max(0.0, now - after) * out_kwh_per_pct
+            now = after
+        return soc
+
+    def with_budget(self, budget_kwh: float) -> Array:
+        """The best trajectory that exports at most ``budget_kwh``, with the budget left as a
+        second state: levels of a quarter of one grid step's export, each move using the
+        levels it needs rounded up (so the values never count on budget the plan lacks; the
+        forward pass then tracks the exact kWh left). Not for a start above the ceiling."""
+        m = self.m
+        n = m.n
+        kwh_per_pct = m.cap / 100.0 * m.eta_d
+        unit_kwh = self.step * kwh_per_pct / BUDGET_LEVELS_PER_STEP
+        levels = math.floor(budget_kwh / unit_kwh + 1e-9) + 1
+        rows = np.arange(levels)[:, None]
+        values: list[Array] = [np.zeros((0, 0))] * (n + 1)
+        end = (self.points[n] - m.p.soc_pct) * (m.cap / 100.0 * m.p.end_value())
+        values[n] = np.repeat(end[None, :], levels, axis=0)
+        for j in range(n - 1, -1, -1):
+            slot = self.slots[j]
+            after = values[j + 1]
+            inter = np.stack([np.interp(slot.y, self.points[j + 1], row) for row in after])
+            # The levels left after each move, linear between two levels (the forward pass
+            # keeps the exact budget, so this only guides it).
+            source = rows - (slot.out_pct * kwh_per_pct / unit_kwh)[None, :]
+            below = np.floor(source + 1e-9)
+            share = np.clip(source - below, 0.0, 1.0)
+            column = np.arange(len(slot.out_pct))[None, :]
+            low_row = np.clip(below, 0, levels - 1).astype(np.intp)
+            high_row = np.minimum(low_row + 1, levels - 1)
+            q = (1.0 - share) * inter[low_row, column] + share * inter[high_row, column]
+            q += slot.reward
+            q[source < -1e-9] = -np.inf
+            split = (slot.last - slot.first + 1) * slot.kinks if slot.last >= slot.first else 0
+            edges = q[:, split:].reshape(levels, -1, slot.width).max(axis=2)
+            if j == 0:
+                values[0] = edges[:, [0, 0]]
+                break
+            if split == 0:
+                values[j] = edges
+                continue
+            inner = q[:, :split].reshape(levels, -1, slot.kinks).max(axis=2)
+            # Grid moves: V after on the whole grid per level, padded for the shifts.
+            first, last = self.ranges[j + 1]
+            reach = max(slot.down, slot.up)
+            shift = (slot.down + 1) * BUDGET_LEVELS_PER_STEP
+            padded = np.full((levels + shift, self.size + 2 * reach), -np.inf)
+            if last >= first:
+                padded[shift:, reach + first : reach + last + 1] = after[:, 1:-1]
+            for index, d in enumerate(range(-slot.down, slot.up + 1)):
+                reward = float(slot.grid_reward[index])
+                if reward == -np.inf:
+                    continue
+                lost = max(-d, 0) * BUDGET_LEVELS_PER_STEP
+                low = reach + slot.first + d
+                term = padded[shift - lost : shift - lost + levels, low : low + inner.shape[1]]
+                np.maximum(inner, term + reward, out=inner)
+            values[j] = np.concatenate((edges[:, :1], inner, edges[:, 1:]), axis=1)
+        return self._forward_with_budget(values, budget_kwh, unit_kwh)
+
+    def _forward_with_budget(self, values: list[Array], budget_kwh: float, unit: float) -> Array:
+        """with_budget's forward pass: the best move from the true SoC and the exact kWh left,
+        the value after read between the two nearest levels."""
+        m = self.m
+        soc = np.empty(m.n + 1)
+        now = m.p.soc_pct
+        soc[0] = now
+        kwh_per_pct = m.cap / 100.0 * m.eta_d
+        left_kwh = budget_kwh
+        levels = values[0].shape[0]
+        for j in range(m.n):
+            down = max(0.0, min(self.down[j], left_kwh / kwh_per_pct))
+            low = max(self.lo[j + 1], now - down)
+            high = min(self.hi[j + 1], now + self.up[j])
+            first = max(0, math.floor((now - down) / self.step - 1e-9) + 1)
+            last = min(self.size, math.floor((now + self.up[j]) / self.step + 1e-9) + 1)
+            y = np.concatenate(
+                (self.kinks[j] + now, self.edges[j], self.grid[first:last], [now - down])
+            )
+            y = np.minimum(np.maximum(y, low), high)
+            left = left_kwh - np.maximum(now - y, 0.0) * kwh_per_pct
+            level = np.clip(left / unit, 0.0, levels - 1.0)
+            below = np.floor(level).astype(np.intp)
+            above = np.minimum(below + 1, levels - 1)
+            share = level - below
+            q = m.reward(j, y - now, 0.0) + TIE_BREAK_PER_PCT * y
+            points, later = self.points[j + 1], values[j + 1]
+            for c in range(len(y)):
+                low_v = float(np.interp(y[c], points, later[below[c]]))
+                high_v = float(np.interp(y[c], points, later[above[c]]))
+                q[c] += (1.0 - float(share[c])) * low_v + float(share[c]) * high_v
+            soc_next = float(y[int(q.argmax())])
+            soc[j + 1] = soc_next
+            left_kwh -= max(0.0, now - soc_next) * kwh_per_pct
+            now = soc_next
         return soc
 
 
@@ -793,6 +918,7 @@ def _trim(m: _Model, soc: Array, budget_kwh: float) -> Array:
         bonus_value = plain_value + float(m.bonus[j]) * m.eta_d * per_pct_kwh
         segments.append((bonus_value, j, window_pct))
     segments.sort()
+    dearest_first = np.argsort(-m.imp, kind="stable").tolist()
     for _, j, amount_pct in segments:
         if excess_pct <= SOC_TOLERANCE_PCT:
             break
@@ -804,9 +930,8 @@ def _trim(m: _Model, soc: Array, budget_kwh: float) -> Array:
         excess_pct -= cut
         # The energy kept need not be bought: charge less in the dearest slots, before or
         # after, as far as the lower bounds allow (the SoC from that slot on drops).
-        charges = sorted(
-            (k for k in range(n) if soc[k + 1] > soc[k] and k != j), key=lambda k: -m.imp[k]
-        )
+        moves = np.diff(soc)
+        charges = [k for k in dearest_first if moves[k] > 0.0 and k != j]
         kept = cut
         for k in charges:
             if kept <= 0.0:
@@ -871,6 +996,39 @@ def _blend(m: _Model, over: _Trial, under: _Trial, budget_kwh: float) -> _Trial:
     return best
 
 
+def _fitting(m: _Model, price: float, soc: Array, budget_kwh: float) -> _Trial | None:
+    """The trial of ``soc`` if it fits the budget and keeps the start rules, else None."""
+    trial = _trial(m, price, soc)
+    if trial.exported_kwh <= budget_kwh + BUDGET_FIT_KWH and _keeps_start_rules(m, soc):
+        return trial
+    return None
+
+
+def _kelley(plans: list[_Trial], budget_kwh: float) -> tuple[float, _Trial, _Trial, float]:
+    """The price that minimises the upper envelope of the plans' lines, value + price *
+    (budget - export) (the dual is above each of them), the plan over the budget and the one
+    within it that earn the most net of that price (their blend is the best plan if no plan
+    at that price beats both), and the envelope's value there.
+
+    Where the envelope is flat at its lowest (a plan that exports the budget exactly), the
+    highest such price: above the budget's price the bound grows only by the budget per unit
+    of price, below it by the far larger export of the plans over it."""
+    value = np.array([p.value for p in plans])
+    export = np.array([p.exported_kwh for p in plans])
+    # The envelope's corners: where any two lines meet (and price 0).
+    with np.errstate(divide="ignore", invalid="ignore"):
+        corners = (value[:, None] - value[None, :]) / (export[:, None] - export[None, :])
+    prices = np.concatenate(([0.0], corners[np.isfinite(corners) & (corners > 0.0)]))
+    envelope = (value[None, :] + prices[:, None] * (budget_kwh - export[None, :])).max(axis=1)
+    lowest = float(envelope.min())
+    price = float(prices[envelope <= lowest + 1e-9 * (1.0 + abs(lowest))].max())
+    net = value - price * export
+    over = np.where(export > budget_kwh + BUDGET_FIT_KWH, net, -np.inf)
+    under = np.where(export <= budget_kwh + BUDGET_FIT_KWH, net, -np.inf)
+    # The first plan is over the budget and the idle plan within it: both exist.
+    return price, plans[int(over.argmax())], plans[int(under.argmax())], lowest
+
+
 def _solve(m: _Model, notes: list[str]) -> Array:
     solver = _Solver(m)
 
@@ -883,7 +1041,7 @@ def _solve(m: _Model, notes: list[str]) -> Array:
 
     budget = m.p.discharge_budget_kwh
     first = trial(0.0)
-    if budget is None or first.exported_kwh <= budget + 1e-9:
+    if budget is None or first.exported_kwh <= budget + BUDGET_FIT_KWH:
         return first.soc
     # The budget binds. Lagrangian relaxation: charge a price per exported kWh; the higher the
     # price, the less the plan exports. ``over`` exports more than the budget, ``under`` fits.
@@ -896,46 +1054,60 @@ def _solve(m: _Model, notes: list[str]) -> Array:
     # To start from below, a plan that exports nothing: no DP pass needed (the search's first
     # price then comes out a little high, and the next plans correct it).
     idle = _trial(m, high_price, _without_export(m))
-    over, under = first, idle
-    overs = [first]  # every plan over the budget: each can be trimmed to fit
-    best = _blend(m, over, under, budget)
+    # A better plan from below, also without a DP pass: the first plan with its least
+    # valuable exports cut to fit. Its value per kWh against the first plan's is close to
+    # the budget's price, so the search starts near it, and the best plan starts high.
+    trimmed = _fitting(m, high_price, _trim(m, first.soc, budget), budget)
+    plans = [first, idle] if trimmed is None else [first, idle, trimmed]
+    best = max(plans[1:], key=lambda t: t.value)
     proven = False
-    for _ in range(BUDGET_PASSES):
-        # The price at which both plans earn the same net of it (Kelley's cutting plane on
-        # the dual): a plan better than both there is a new breakpoint; none means the two
-        # are adjacent and their blend is the optimum.
-        price = (over.value - under.value) / (over.exported_kwh - under.exported_kwh)
-        candidate = trial(price)
-        # No plan earns more than the candidate's value net of the price, plus the price of
-        # the budget (weak duality): stop once the best blend is that close.
-        bound = candidate.lagrangian(price) + price * budget
-        if bound - best.value <= BUDGET_GAP * max(best.gross, candidate.gross):
+    dual = first.value  # the least upper bound so far (at price 0: the plan without a budget)
+    tried: set[float] = set()
+    over = first
+    for _ in range(BUDGET_PASSES + 1):
+        # Kelley's cutting plane on the dual: the price where the bound the plans so far
+        # allow is lowest, and the two plans that meet there (one over the budget, one not;
+        # their blend is the best plan if no plan at that price beats both).
+        price, over, under, model = _kelley(plans, budget)
+        best = max(best, _blend(m, over, under, budget), key=lambda t: t.value)
+        if dual - best.value <= BUDGET_GAP * best.gross:
             proven = True
             break
-        adjacent = candidate.lagrangian(price) <= under.lagrangian(price) + 1e-9 * (1.0 + bound)
-        if candidate.exported_kwh > budget + 1e-9:
-            over = candidate
-            overs.append(candidate)
-        else:
-            under = candidate
-        best = max(best, _blend(m, over, under, budget), key=lambda t: t.value)
-        if adjacent:  # no new breakpoint: the search cannot get closer
+        if price in tried:  # the same plans again: the search cannot get closer
             break
+        tried.add(price)
+        candidate = trial(price)
+        # No plan earns more than the candidate's value net of the price, plus the price of
+        # the budget (weak duality): stop once the best plan is that close.
+        bound = candidate.lagrangian(price) + price * budget
+        dual = min(dual, bound)
+        if dual - best.value <= BUDGET_GAP * max(best.gross, candidate.gross):
+            proven = True
+            break
+        if bound <= model + 1e-9 * (1.0 + abs(bound)):  # no new breakpoint: the bound is exact
+            break
+        plans.append(candidate)
+        if candidate.exported_kwh > budget + BUDGET_FIT_KWH:
+            # Its least valuable exports cut: a plan that fits, often better than the blends,
+            # and a better plan from below for the next price.
+            cut = _fitting(m, price, _trim(m, candidate.soc, budget), budget)
+            if cut is not None:
+                plans.append(cut)
+                best = max(best, cut, key=lambda t: t.value)
     if not proven:
         # The blend was not allowed (a start above the ceiling) or the search stopped short:
-        # follow the values at the over plan's price, never exporting more than is left; or
-        # cut the least valuable export of each plan that was over the budget.
+        # follow the values at the over plan's price, never exporting more than is left (each
+        # plan over the budget was cut to fit already, above).
         values = values_at.get(over.price) or solver.backward(over.price)
-        repairs = [solver.forward(values, over.price, budget)]
-        repairs += [_trim(m, plan.soc, budget) for plan in overs]
-        for soc in repairs:
-            repaired = _trial(m, over.price, soc)
-            if (
-                repaired.exported_kwh <= budget + 1e-6
-                and repaired.value > best.value
-                and _keeps_start_rules(m, soc)
-            ):
-                best = repaired
+        capped = _fitting(m, over.price, solver.forward(values, over.price, budget), budget)
+        if capped is not None and capped.value > best.value:
+            best = capped
+        if dual - best.value > BUDGET_GAP * best.gross and not m.ceiling_strict:
+            # A duality gap is left open (a slot's earnings are not concave): the budget left
+            # as a second state. Costly, and rare (the search proves most plans).
+            exact = _fitting(m, 0.0, solver.with_budget(budget), budget)
+            if exact is not None and exact.value > best.value:
+                best = exact
     notes.append(
         f"discharge budget {budget:.1f} kWh binds: the plan exports {best.exported_kwh:.1f} kWh"
     )
