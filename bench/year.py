@@ -24,6 +24,7 @@ import bisect
 import concurrent.futures
 import datetime as dt
 import json
+import logging
 import math
 import os
 import random
@@ -33,6 +34,8 @@ from collections.abc import Callable, Sequence
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
+
+import structlog
 
 from bench.yearnights import (
     GRID_MIN,
@@ -336,6 +339,13 @@ def _run_nights(
     return results, time.process_time() - started_s
 
 
+def _quiet_logs() -> None:
+    """Only warnings and errors: a year makes some 4,000 plans, each one an info line
+    (``plan made``) that a charger logs a few times a night. In the worker processes and the
+    command line only: a caller's own logging (a test's) is left as it is."""
+    structlog.configure(wrapper_class=structlog.make_filtering_bound_logger(logging.WARNING))
+
+
 def _simulate_all(
     nights: int, seed: int, step_s: float, names: Sequence[str], workers: int
 ) -> tuple[list[NightResult], float]:
@@ -344,7 +354,9 @@ def _simulate_all(
     if workers <= 1:
         return _run_nights(range(nights), nights, seed, step_s, names)
     chunks = [list(range(w, nights, workers)) for w in range(workers)]
-    with concurrent.futures.ProcessPoolExecutor(max_workers=workers) as pool:
+    with concurrent.futures.ProcessPoolExecutor(
+        max_workers=workers, initializer=_quiet_logs
+    ) as pool:
         futures = [pool.submit(_run_nights, chunk, nights, seed, step_s, names) for chunk in chunks]
         parts = [future.result() for future in futures]
     return [r for results, _ in parts for r in results], sum(cpu_s for _, cpu_s in parts)
@@ -683,6 +695,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         help="processes (the nights are shared among them)",
     )
     args = parser.parse_args(argv)
+    _quiet_logs()
     try:
         report = run(args.nights, args.seed, step_s=args.step_s, workers=args.workers)
     except ValueError as error:
