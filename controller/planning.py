@@ -439,8 +439,9 @@ class MomentPrices:
     """The prices in force at a moment, for the ledger's receipts: the aggregator's pushed
     schedule where it covers, else the tariff; export plus the bonus of any peak event.
 
-    Called on the ledger's storage thread. The price book is replaced whole by the event loop
-    (never changed in place), so a read sees one version or the next.
+    Called on the ledger's storage thread while the event loop changes the price book: the
+    book swaps whole new objects in (controller/aggregator/prices.py), so a read sees one version
+    or the next.
     """
 
     def __init__(self, tariff: Tariff, events: tuple[PeakEvent, ...] = ()) -> None:

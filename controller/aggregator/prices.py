@@ -84,8 +84,11 @@ class PriceBook:
     """
 
     def __init__(self) -> None:
-        self._slots: tuple[PriceSlot, ...] = ()  # in time order, none overlapping
-        self._ends: list[dt.datetime] = []  # each slot's end, ascending: for bisect
+        # The ledger's storage thread reads the book while the event loop changes it: every
+        # change builds new objects and swaps the reference (never changed in place), so a
+        # reader sees one version or the next, whole.
+        # (slots in time order, none overlapping; each slot's end, ascending, for bisect)
+        self._index: tuple[tuple[PriceSlot, ...], tuple[dt.datetime, ...]] = ((), ())
         self._events: dict[str, PeakEvent] = {}
         self._version = 0
         self._schedule_id: str | None = None
@@ -94,7 +97,7 @@ class PriceBook:
     def __repr__(self) -> str:
         return (
             f"<PriceBook version={self._version} schedule={self._schedule_id!r} "
-            f"slots={len(self._slots)} events={sorted(self._events)!r}>"
+            f"slots={len(self._index[0])} events={sorted(self._events)!r}>"
         )
 
     @property
@@ -114,7 +117,8 @@ class PriceBook:
         """The pushed slots not ended by ``now``, in time order (they may start later than now,
         and there may be gaps between schedules: no pushed price there)."""
         # Read every control cycle: a bisection, not a scan (672 slots: ~1 ms scanned).
-        return self._slots[bisect.bisect_right(self._ends, now) :]
+        slots, ends = self._index
+        return slots[bisect.bisect_right(ends, now) :]
 
     def events(self, now: dt.datetime) -> tuple[PeakEvent, ...]:
         """The peak events not ended by ``now``, by start time."""
@@ -127,7 +131,7 @@ class PriceBook:
         """The schedule's slots replace the book's from its first slot's start onward."""
         cut_at = schedule.slots[0].start
         kept: list[PriceSlot] = []
-        for slot in self._slots:
+        for slot in self._index[0]:
             if slot.end <= now or slot.start >= cut_at:
                 continue
             if slot.end > cut_at:
@@ -136,24 +140,23 @@ class PriceBook:
                 )
             kept.append(slot)
         # Bounded: earlier schedules keep at most one schedule's worth of slots (the nearest).
-        self._slots = (*kept[:MAX_SLOTS], *schedule.slots)
-        self._ends = [slot.end for slot in self._slots]
+        slots = (*kept[:MAX_SLOTS], *schedule.slots)
+        self._index = (slots, tuple(slot.end for slot in slots))
         self._schedule_id = schedule.schedule_id
         self._schedule_issued_at = schedule.issued_at
         self._changed(now)
 
     def add_event(self, event: PeakEvent, now: dt.datetime) -> None:
-        self._events[event.event_id] = event
+        self._events = {**self._events, event.event_id: event}
         self._changed(now)
 
     def cancel_event(self, event_id: str, now: dt.datetime) -> None:
-        del self._events[event_id]
+        self._events = {key: e for key, e in self._events.items() if key != event_id}
         self._changed(now)
 
     def _changed(self, now: dt.datetime) -> None:
         self._version += 1
-        for event_id in [e.event_id for e in self._events.values() if e.end <= now]:
-            del self._events[event_id]
+        self._events = {key: e for key, e in self._events.items() if e.end > now}
 
 
 @dataclass(frozen=True, slots=True)

@@ -407,3 +407,33 @@ def test_a_week_schedule_fits_the_size_cap_and_is_accepted() -> None:
     assert len(payload) < MAX_PRICE_SCHEDULE_PAYLOAD_BYTES
     outcome = send(new_desk(), payload)
     assert outcome.accepted, outcome.reason
+
+
+def test_the_book_is_never_changed_in_place_while_another_thread_reads_it() -> None:
+    """The ledger's storage thread reads the book (receipts) while the event loop changes it:
+    a reader holding the old slots and events must see them unchanged after a change."""
+    import datetime as dt  # noqa: PLC0415
+
+    from controller.aggregator.prices import PriceBook  # noqa: PLC0415
+    from controller.economics.schedule import PriceSchedule  # noqa: PLC0415
+    from controller.economics.tariff import PeakEvent, PriceSlot  # noqa: PLC0415
+
+    now = dt.datetime(2026, 12, 3, 18, tzinfo=dt.UTC)
+    hour = dt.timedelta(hours=1)
+    book = PriceBook()
+    book.add_event(PeakEvent("dr-1", now, now + hour, 3.0), now)
+    book.apply_schedule(
+        PriceSchedule("s-1", "CNY", (PriceSlot(now, now + hour, 0.6, 0.8),), now), now
+    )
+    events_before, slots_before = book._events, book._index
+    events_copy, slots_copy = dict(events_before), slots_before
+    book.add_event(PeakEvent("dr-2", now + hour, now + 2 * hour, 2.0), now)
+    book.cancel_event("dr-1", now)
+    book.apply_schedule(
+        PriceSchedule("s-2", "CNY", (PriceSlot(now, now + hour, 0.5, 0.9),), now), now
+    )
+    assert events_before == events_copy
+    assert slots_before is slots_copy
+    assert slots_before[0][0].export_per_kwh == 0.8
+    assert [e.event_id for e in book.events(now)] == ["dr-2"]
+    assert book.current_slots(now)[0].export_per_kwh == 0.9
