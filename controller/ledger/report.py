@@ -286,7 +286,7 @@ def format_report(report: LedgerReport) -> str:
             "SoC %",
             "charged kWh",
             "discharged kWh",
-            "net",
+            "net before wear",
             "energy",
             "end reason",
         ]
@@ -305,7 +305,14 @@ def format_report(report: LedgerReport) -> str:
             ]
             for d in report.days
         ]
-        headers = ["day", "charged kWh", "discharged kWh", "import cost", "export value", "net"]
+        headers = [
+            "day",
+            "charged kWh",
+            "discharged kWh",
+            "import cost",
+            "export value",
+            "net before wear",
+        ]
         out += _table(headers, rows, right={1, 2, 3, 4, 5})
     out.append("")
     for currency, t in report.totals().items():
