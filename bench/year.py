@@ -57,9 +57,8 @@ from bench.yearstrategies import (
     WEAR_BUDGET_KWH_PER_DAY,
     AtOnce,
     FixedWindows,
-    Foresight,
     Observation,
-    Optimize,
+    Planned,
     Strategy,
     wear_model,
 )
@@ -293,9 +292,9 @@ _SUMMED = (
 def make_strategy(name: str, step_s: float, plant: PlantConfig) -> Strategy:
     """The strategy called ``name`` (one of ``STRATEGY_NAMES``)."""
     if name == "optimize":
-        return Optimize(step_s, plant)
+        return Planned(step_s, plant)
     if name == "foresight":
-        return Foresight(step_s, plant)
+        return Planned(step_s, plant, foresight=True)
     if name == "at_once":
         return AtOnce(step_s)
     if name == "fixed_windows":

@@ -246,45 +246,33 @@ class PlannedSession:
 
 
 @dataclass(frozen=True, slots=True)
-class Optimize:
-    """The product: fallback ``optimize``, the planner re-planning as it learns."""
+class Planned:
+    """Fallback ``optimize`` through the planner. Without ``foresight``, the product: it knows
+    the reported SoC, assumes the configured efficiency and learns each event when it is
+    announced. With it, (c) the bound: the same planner knowing the true SoC, the true
+    efficiency and every event of the night at plug-in, its plan followed through the same core
+    and plant."""
 
     step_s: float
     plant: PlantConfig
-    name: str = "optimize"
+    foresight: bool = False
+
+    @property
+    def name(self) -> str:
+        return "foresight" if self.foresight else "optimize"
 
     def policy(self, night: Night) -> Policy:
         fallback = FallbackPolicy(mode=FallbackMode.OPTIMIZE)
         return replace(base_policy(night, self.step_s), fallback=fallback)
 
     def session(self, night: Night, policy: Policy) -> Session:
+        plant = self.plant
         settings = PlanSettings(
             tariff=tariff(),
-            wear=wear_model(self.plant),
-            charge_efficiency=ASSUMED_EFFICIENCY,
-            discharge_efficiency=ASSUMED_EFFICIENCY,
+            wear=wear_model(plant),
+            charge_efficiency=plant.charge_efficiency if self.foresight else ASSUMED_EFFICIENCY,
+            discharge_efficiency=plant.discharge_efficiency
+            if self.foresight
+            else ASSUMED_EFFICIENCY,
         )
-        return PlannedSession(PlanKeeper(settings, policy), night, foresight=False)
-
-
-@dataclass(frozen=True, slots=True)
-class Foresight:
-    """(c) The bound: the same planner knowing the true SoC, the true efficiency and every
-    event of the night at plug-in, its plan followed through the same core and plant."""
-
-    step_s: float
-    plant: PlantConfig
-    name: str = "foresight"
-
-    def policy(self, night: Night) -> Policy:
-        fallback = FallbackPolicy(mode=FallbackMode.OPTIMIZE)
-        return replace(base_policy(night, self.step_s), fallback=fallback)
-
-    def session(self, night: Night, policy: Policy) -> Session:
-        settings = PlanSettings(
-            tariff=tariff(),
-            wear=wear_model(self.plant),
-            charge_efficiency=self.plant.charge_efficiency,
-            discharge_efficiency=self.plant.discharge_efficiency,
-        )
-        return PlannedSession(PlanKeeper(settings, policy), night, foresight=True)
+        return PlannedSession(PlanKeeper(settings, policy), night, foresight=self.foresight)

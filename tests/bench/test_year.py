@@ -213,7 +213,7 @@ def test_optimize_learns_of_an_event_when_it_is_announced() -> None:
         night,
         events=(replace(night.events[0], announced_at=night.arrival + dt.timedelta(minutes=30)),),
     )
-    strategy = yearstrategies.Optimize(year.STEP_S, PlantConfig())
+    strategy = yearstrategies.Planned(year.STEP_S, PlantConfig())
     session = strategy.session(night, strategy.policy(night))
     session.plan(_seen(night, night.arrival))
     assert _bonus_slots(session) == 0
@@ -228,7 +228,7 @@ def test_foresight_knows_every_event_at_plug_in() -> None:
         night,
         events=(replace(night.events[0], announced_at=night.arrival + dt.timedelta(minutes=30)),),
     )
-    strategy = yearstrategies.Foresight(year.STEP_S, PlantConfig())
+    strategy = yearstrategies.Planned(year.STEP_S, PlantConfig(), foresight=True)
     session = strategy.session(night, strategy.policy(night))
     session.plan(_seen(night, night.arrival))
     assert _bonus_slots(session) == 4
