@@ -34,7 +34,7 @@ from controller.core.policy import (
     WearPolicy,
 )
 from controller.core.policy import TimeWindow as CoreWindow
-from controller.core.rules import Direction, is_fresh, next_local_instant
+from controller.core.rules import Direction, is_fresh
 from controller.core.safety import (
     CoreState,
     Decision,
@@ -47,6 +47,7 @@ from controller.core.safety import (
     durable_state,
     reset_faults,
     restore_state,
+    session_departure,
 )
 from controller.core.snapshots import (
     InverterState,
@@ -351,16 +352,16 @@ class CoreControlStep:
         monotonic_s: float,
         wall: dt.datetime,
     ) -> ControlOutput:
-        clock_trusted = self._clock_trusted(monotonic_s)
         inputs = Inputs(
             vehicle=vehicle,
             inverter=inverter,
             setpoint=setpoint,
             emergency_stop=self._emergency_stop(),
-            clock_trusted=clock_trusted,
-            plan=self._planned(vehicle, inverter, wall, clock_trusted),
+            clock_trusted=self._clock_trusted(monotonic_s),
         )
-        decision, self.state = decide(inputs, self.state, Now(monotonic_s, wall), self.policy)
+        now = Now(monotonic_s, wall)
+        inputs = replace(inputs, plan=self._planned(inputs, now))
+        decision, self.state = decide(inputs, self.state, now, self.policy)
         self._save_if_changed()
         self.last = decision
         following = str(decision.request.source) in _AGGREGATOR_SOURCES
@@ -385,15 +386,9 @@ class CoreControlStep:
             plan=None if self.planner is None else self.planner.outline(wall),
         )
 
-    def _planned(
-        self,
-        vehicle: VehicleState | None,
-        inverter: InverterState | None,
-        wall: dt.datetime,
-        clock_trusted: bool,
-    ) -> PlannedPower | None:
+    def _planned(self, inputs: Inputs, now: Now) -> PlannedPower | None:
         """The plan's power for now, re-planned first when the night changed (planning.py)."""
-        planner = self.planner
+        planner, vehicle, inverter, wall = self.planner, inputs.vehicle, inputs.inverter, now.wall
         if planner is None:
             return None
         if vehicle is None or vehicle.phase is VehiclePhase.UNPLUGGED:
@@ -403,19 +398,14 @@ class CoreControlStep:
         soc_pct = None if vehicle.soc_pct is None else vehicle.soc_pct - safety.soc_resolution_pct
         today = state.discharged_today_wh if state.wear_day == wall.date() else 0.0
         prices = self._prices
-        departure_at = state.departure_at
-        departure = self.policy.owner.departure
-        if departure_at is None and departure is not None and clock_trusted:
-            # The session's first decision fixes this same instant (safety.py
-            # _session_departure): plan for it now rather than a day without a target.
-            departure_at = next_local_instant(wall, departure.time_local)
         return planner.update(
             wall=wall,
             soc_pct=soc_pct,
             capacity_kwh=vehicle.capacity_kwh,
-            departure_at=departure_at,
+            # The departure this decision fixes (at a session's first, not yet in the state).
+            departure_at=session_departure(state.departure_at, inputs, now, self.policy),
             discharged_today_kwh=today / 1000.0,
-            clock_trusted=clock_trusted,
+            clock_trusted=inputs.clock_trusted,
             max_charge_w=None if inverter is None else inverter.max_charge_power_w,
             max_discharge_w=None if inverter is None else inverter.max_discharge_power_w,
             pushed=() if prices is None else prices.current_slots(wall),

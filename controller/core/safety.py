@@ -222,7 +222,7 @@ def decide(
         hold_s=safety.fault_hold_s,
         manual=False,
     )
-    departure_at = _session_departure(state.departure_at, inputs, now, policy)
+    departure_at = session_departure(state.departure_at, inputs, now, policy)
 
     admitted = _admit(inputs, fault_latch, stop_latch, now_s, policy)
     floor_blocked, ceiling_blocked = state.floor_blocked, state.ceiling_blocked
@@ -516,7 +516,7 @@ def _awaiting_start(
     return True, state.start_after_s
 
 
-def _session_departure(
+def session_departure(
     departure_at: dt.datetime | None, inputs: Inputs, now: Now, policy: Policy
 ) -> dt.datetime | None:
     """The plugged-in session's departure instant: fixed when a session is first seen, kept
