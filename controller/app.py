@@ -31,7 +31,6 @@ from controller.inverter.drivers import InverterDriver, SunSpecDriver
 from controller.inverter.link import ModbusInverterLink
 from controller.inverter.regmap import RegisterMapDriver
 from controller.inverter.transport import Endpoint, ModbusTransport, SerialEndpoint, TcpEndpoint
-from controller.ledger.accounting import no_wear
 from controller.ledger.ledger import Ledger
 from controller.ledger.recorder import ThreadedLedger
 from controller.links import AggregatorLink, AuditSink, InverterLink, VehicleLink
@@ -180,16 +179,22 @@ def build_control_step(
     )
 
 
+def wear_model(config: Config) -> WearModel:
+    """The pack's wear model (config economics; the car's capacity when it reports none)."""
+    economics = config.economics
+    return WearModel(
+        Chemistry(economics.battery_chemistry),
+        config.owner.battery_capacity_kwh,
+        economics.battery_replacement_cost,
+    )
+
+
 def plan_settings(config: Config) -> PlanSettings:
     """What the planner needs from the config: the tariff, its peak events, the pack's wear."""
     economics = config.economics
     return PlanSettings(
         tariff=config.economic_tariff(),
-        wear=WearModel(
-            Chemistry(economics.battery_chemistry),
-            config.owner.battery_capacity_kwh,
-            economics.battery_replacement_cost,
-        ),
+        wear=wear_model(config),
         events=config.peak_events(),
         charge_efficiency=economics.charge_efficiency_pct / 100,
         discharge_efficiency=economics.discharge_efficiency_pct / 100,
@@ -229,14 +234,14 @@ def open_ledger(
     conn: sqlite3.Connection | None = None
     try:
         conn = open_database(config.ledger.path)
-        wear = plan_settings(config).wear
+        wear = wear_model(config)
         return conn, Ledger.from_config(
             conn,
             config,
             time_factor=time_factor,
             prices=prices,
             in_peak_event=None if prices is None else prices.in_peak_event,
-            wear_cost=no_wear if wear is None else lambda trace: wear.trace_cost(trace).cost,
+            wear_cost=lambda trace: wear.trace_cost(trace).cost,
         )
     except (LedgerError, OSError) as exc:  # db.open_database's mkdir raises OSError as is
         if conn is not None:

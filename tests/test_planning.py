@@ -264,3 +264,18 @@ def test_a_planner_that_fails_gives_no_plan_and_is_not_retried_every_cycle(
         assert len(calls) == 2
     finally:
         k.close()
+
+
+@pytest.mark.parametrize("reported_kwh", [2.0, 900.0, None])
+def test_an_implausible_or_missing_capacity_plans_with_the_configured_one(
+    reported_kwh: float | None,
+) -> None:
+    """The core does not believe a 2 kWh or 900 kWh report (rules.py guarantee_capacity_kwh):
+    the plan uses the configured capacity too, rather than none at all."""
+    k, policy = keeper()
+    update(k, capacity_kwh=reported_kwh)
+    assert k.plan is not None, k.last_reason
+    plain, _ = keeper()
+    update(plain, capacity_kwh=policy.battery_capacity_default_kwh)
+    assert plain.plan is not None
+    assert [s.power_w for s in k.plan.slots] == [s.power_w for s in plain.plan.slots]
