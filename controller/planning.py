@@ -24,6 +24,7 @@ from dataclasses import dataclass, replace
 import structlog
 
 from controller.core.policy import Policy
+from controller.core.rules import guarantee_capacity_kwh
 from controller.core.snapshots import PlannedPower
 from controller.economics.planner import Plan, PlanProblem, make_plan
 from controller.economics.tariff import PeakEvent, PriceSlot, SlotPrices, Tariff, slot_prices
@@ -154,7 +155,9 @@ class PlanKeeper:
                 key,
                 wall=wall,
                 soc_pct=soc_pct,
-                capacity_kwh=capacity_kwh or self.policy.battery_capacity_default_kwh,
+                # The capacity the core's reserve counts on: an implausible report (2 kWh) is
+                # not believed there, and must not make a plan the wear model refuses here.
+                capacity_kwh=guarantee_capacity_kwh(capacity_kwh, self.policy),
                 discharged_today_kwh=discharged_today_kwh,
                 pushed=tuple(pushed),
                 events=tuple(events),
