@@ -437,18 +437,6 @@ def _reserve_pct(p: PlanProblem, charge_pct: Array, target_pct: float) -> Array:
 
 
 @dataclass(slots=True)
-class _Values:
-    """V_k: the best value from slot end k to departure, on the SoC points ``x`` (the range's
-    edges and the grid points inside it), and on the whole grid (-inf outside the range)."""
-
-    x: Array
-    v: Array
-    grid_v: Array
-    first: int  # index of the first grid point inside the range (grid_v[first] is finite)
-    last: int
-
-
-@dataclass(slots=True)
 class _Slot:
     """What one backward step needs that no budget price or value changes: the candidate next
     SoCs of its states, their reward at no price and their export, built once per problem."""
