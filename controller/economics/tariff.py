@@ -15,7 +15,7 @@ that subtracting and comparing them is exact (Python compares and subtracts two 
 zoneinfo zone by wall clock, wrong across a DST change); ``.astimezone(zone)`` shows them.
 
 ``slot_prices`` turns the tariff, any pushed schedule and any peak events into one price per
-planner slot (15 min); ``check_price_slots`` and ``check_event`` vet pushed data before it is used.
+planner slot (15 min). Pushed data is vetted before it gets here: ``economics/schedule.py``.
 """
 
 from __future__ import annotations
@@ -29,10 +29,6 @@ from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 
 _DAY_S = 86_400
-# Bounds on pushed data: a price beyond this per kWh is a unit or decimal-point mistake in any
-# currency this product is sold in (EUR, CNY); a schedule further ahead than this is not a plan.
-MAX_ABS_PRICE_PER_KWH = 100.0
-MAX_AHEAD = dt.timedelta(days=7)
 
 Where = tuple[str | int, ...]
 
@@ -476,110 +472,3 @@ def _blend(
         [total / slot_s for total in export_sum],
         [max(v, key=v.__getitem__) if v else None for v in votes],
     )
-
-
-# --- vetting pushed data ------------------------------------------------------------------------
-
-
-def _naive(at: dt.datetime) -> bool:
-    return at.tzinfo is None or at.utcoffset() is None
-
-
-def _price_problem(name: str, value: float) -> str | None:
-    if not math.isfinite(value):
-        return f"{name}: expected a finite price, found {value}"
-    if abs(value) > MAX_ABS_PRICE_PER_KWH:
-        return (
-            f"{name}: out of range: expected at most {MAX_ABS_PRICE_PER_KWH:g} per kWh either "
-            f"way, found {value:g}"
-        )
-    return None
-
-
-def check_price_slots(slots: Sequence[PriceSlot], now: dt.datetime) -> list[str]:
-    """Every problem of a pushed price schedule: naive times, slots that end at or before they
-    start, gaps and overlaps between consecutive slots, NaN, infinite or out-of-range prices,
-    a schedule that has already ended (expired) or reaches more than 7 days ahead."""
-    if not slots:
-        return ["expected at least one price slot, found none"]
-    found: list[str] = []
-    for i, slot in enumerate(slots):
-        found += [f"slot {i}: {problem}" for problem in _slot_problems(slot)]
-    if any(_naive(slot.start) or _naive(slot.end) for slot in slots):
-        return found  # naive and aware datetimes cannot be compared
-    # Compared as instants: datetimes of one zoneinfo zone compare by wall clock in Python.
-    starts = [slot.start.timestamp() for slot in slots]
-    ends = [slot.end.timestamp() for slot in slots]
-    order = sorted(range(len(slots)), key=starts.__getitem__)
-    for i, j in itertools.pairwise(order):
-        if starts[j] > ends[i]:
-            found.append(
-                f"gap: nothing covers {slots[i].end.isoformat()} to {slots[j].start.isoformat()} "
-                f"(between slot {i} and slot {j})"
-            )
-        elif starts[j] < ends[i]:
-            found.append(
-                f"overlap: slot {j} starts at {slots[j].start.isoformat()}, before slot {i} "
-                f"ends at {slots[i].end.isoformat()}"
-            )
-    last = max(slots, key=lambda slot: slot.end.timestamp()).end
-    if last.timestamp() <= now.timestamp():
-        found.append(f"expired: every slot ended by {now.isoformat()}")
-    if last.timestamp() > now.timestamp() + MAX_AHEAD.total_seconds():
-        found.append(
-            f"too far ahead: the schedule ends {last.isoformat()}, more than "
-            f"{MAX_AHEAD.days} days after {now.isoformat()}"
-        )
-    return found
-
-
-def _slot_problems(slot: PriceSlot) -> list[str]:
-    found = [
-        f"{name} has no time zone offset (naive datetime)"
-        for name in ("start", "end")
-        if _naive(getattr(slot, name))
-    ]
-    for name in ("import_per_kwh", "export_per_kwh"):
-        problem = _price_problem(name, getattr(slot, name))
-        if problem is not None:
-            found.append(problem)
-    power_w = slot.event_power_w
-    if power_w is not None and not (math.isfinite(power_w) and power_w > 0):
-        found.append(f"event_power_w: expected a finite power above 0 W, found {power_w}")
-    if _naive(slot.start) or _naive(slot.end):
-        return found
-    length_s = slot.end.timestamp() - slot.start.timestamp()
-    if length_s <= 0:
-        found.append(
-            f"end is not after start (slot length {length_s:g} s); expected a positive length"
-        )
-    return found
-
-
-def check_event(event: PeakEvent, now: dt.datetime) -> list[str]:
-    """Every problem of a peak event: no id, naive times, end not after start, a bonus that is
-    not a finite in-range price, a power cap that is not above 0 W, already ended, or more than
-    7 days ahead."""
-    found: list[str] = []
-    if not event.event_id:
-        found.append("event_id: expected a name, found an empty one")
-    problem = _price_problem("bonus_per_kwh", event.bonus_per_kwh)
-    if problem is not None:
-        found.append(problem)
-    if event.power_w is not None and not (math.isfinite(event.power_w) and event.power_w > 0):
-        found.append(f"power_w: expected a finite power above 0 W, found {event.power_w}")
-    naive = [name for name in ("start", "end") if _naive(getattr(event, name))]
-    found += [f"{name}: no time zone offset (naive datetime)" for name in naive]
-    if naive:
-        return found
-    length_s = event.end.timestamp() - event.start.timestamp()
-    if length_s <= 0:
-        found.append(f"end is not after start (length {length_s:g} s); expected a positive length")
-    elif event.end.timestamp() <= now.timestamp():
-        found.append(f"expired: the event ended at {event.end.isoformat()}")
-    if event.start.timestamp() > now.timestamp() + MAX_AHEAD.total_seconds():
-        found.append(
-            f"too far ahead: starts {event.start.isoformat()}, more than {MAX_AHEAD.days} days "
-            f"after {now.isoformat()}"
-        )
-    return found
