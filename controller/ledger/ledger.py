@@ -332,7 +332,9 @@ class Ledger:
     aggregator link; ``flush`` commits what is pending (the daemon's stop sequence). Methods
     raise only ``LedgerError``, and ``audit`` never raises.
 
-    ``tariff`` gives the currency, and the prices unless ``prices`` is given; ``prices``,
+    ``tariff`` gives the currency, and the prices unless ``prices`` is given;
+    ``fallback_prices`` (default: ``tariff``'s) price the energy while ``prices`` fails;
+    ``prices``, ``fallback_prices``,
     ``in_peak_event`` and ``wear_cost`` are pure functions (no IO: they run on the storage thread
     at every credit). ``departure`` is the owner's daily departure for the receipt's target.
     ``time_factor`` is the simulated clock's rate (1 on a charger): see the module docstring.
@@ -347,6 +349,7 @@ class Ledger:
         commit_interval_s: float = 30.0,
         outbox: OutboxWriter | None = None,
         prices: PriceProvider | None = None,
+        fallback_prices: PriceProvider | None = None,
         in_peak_event: PeakEvent | None = None,
         wear_cost: TraceWearCost = no_wear,
         departure: Departure | None = None,
@@ -356,7 +359,7 @@ class Ledger:
             raise ValueError(f"ledger: time_factor must be finite and > 0, found {time_factor}")
         self._conn = conn
         self._tariff = tariff
-        self._flat_prices = flat_prices(tariff)
+        self._flat_prices = fallback_prices or flat_prices(tariff)
         self._prices = prices or self._flat_prices
         self._in_peak_event = in_peak_event
         self._wear_cost = wear_cost
@@ -397,19 +400,18 @@ class Ledger:
         time_factor: float = 1.0,
     ) -> Ledger:
         tariff = config.economic_tariff()
-        # The flat fallback prices energy only when ``prices`` fails; without a provider the
-        # tariff in force at each moment prices it.
-        first = tariff.periods[0].bands[0]
-        if prices is None:
-            prices = _tariff_prices(tariff)
+        # The owner's tariff, band by band: the prices without a provider, and while one (the
+        # aggregator's pushed prices) fails. The flat one carries only the currency then.
+        in_force = _tariff_prices(tariff)
         departure = config.owner.departure
         return cls(
             conn,
-            tariff=Tariff(tariff.currency, first.import_per_kwh, first.export_per_kwh),
+            tariff=Tariff(tariff.currency, math.nan, math.nan),
+            fallback_prices=in_force,
             max_power_w=max(config.safety.max_charge_power_w, config.safety.max_discharge_power_w),
             commit_interval_s=config.ledger.commit_interval_s,
             outbox=outbox,
-            prices=prices,
+            prices=prices or in_force,
             in_peak_event=in_peak_event,
             wear_cost=wear_cost,
             departure=None
@@ -623,7 +625,7 @@ class Ledger:
         flat = self._flat_prices(wall)
         if self._price_problem is None:
             log.error(
-                "ledger price provider gave no price; the flat tariff's used until it does",
+                "ledger price provider gave no price; the fallback prices are used until it does",
                 at=rfc3339(wall),
                 problem=problem,
                 used=str(flat),
