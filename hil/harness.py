@@ -127,6 +127,7 @@ aggregator:
   broker: {{host: 127.0.0.1, port: {self.broker_port}, keepalive_s: 5}}
   reconnect_initial_s: 0.2
   reconnect_max_s: 1
+  reconnect_spread_s: 0.2
   telemetry_period_s: 1
 owner:
   soc_floor_pct: {self.soc_floor_pct:g}

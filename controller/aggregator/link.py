@@ -70,7 +70,16 @@ from aiomqtt.exceptions import MqttConnectError
 from paho.mqtt.subscribeoptions import SubscribeOptions
 
 from controller.aggregator.backoff import backoff_delay_s
-from controller.aggregator.client import ClientLog, describe, new_client, reason_code
+from controller.aggregator.client import (
+    PUBACK_NO_MATCHING_SUBSCRIBERS,
+    PUBACK_SUCCESS,
+    ClientLog,
+    LinkClient,
+    NoConnackError,
+    describe,
+    new_client,
+    reason_code,
+)
 from controller.aggregator.durable_outbox import DurableOutbox, OutboxRecord
 from controller.aggregator.messages import (
     AVAILABILITY_OFFLINE,
@@ -84,7 +93,7 @@ from controller.aggregator.topics import Topics
 from controller.aggregator.tracker import ACK_WAIT_S, SetpointTracker
 from controller.aggregator.validation import Rejected, SetpointLimits
 from controller.cancellation import cancel_requests, guarded, raise_if_cancelled_since
-from controller.config import AggregatorConfig, Config
+from controller.config import AggregatorConfig, Config, MqttBrokerConfig
 from controller.core.snapshots import Setpoint
 from controller.errors import AggregatorLinkError
 from controller.links import AuditSink, ControlReport, LinkStatus, Wake
@@ -102,6 +111,21 @@ _SUBACK_FAILURE = 0x80
 
 def _utc_now() -> dt.datetime:
     return dt.datetime.now(dt.UTC)
+
+
+def _delivered(code: int, *, retained: bool) -> bool:
+    """Whether a PUBACK's reason code means the message reached the aggregator: success, or
+    "no matching subscribers" for a retained message (the broker keeps it for the next
+    subscriber). MQTT 5.0 §3.4.2.1."""
+    if code == PUBACK_SUCCESS:
+        return True
+    return retained and code == PUBACK_NO_MATCHING_SUBSCRIBERS
+
+
+def _addresses(broker: MqttBrokerConfig) -> tuple[tuple[str, int], ...]:
+    """The broker's address, then its failover addresses (a port left out is the broker's)."""
+    failover = [(a.host, broker.port if a.port is None else a.port) for a in broker.failover]
+    return ((broker.host, broker.port), *failover)
 
 
 class PriceStore(Protocol):
@@ -142,6 +166,9 @@ class MqttAggregatorLink:
             raise ValueError("the aggregator config has no broker section")
         self._config = config
         self._broker = config.broker
+        # Where to connect, in turn: the broker, then its failover addresses.
+        self._addresses: tuple[tuple[str, int], ...] = _addresses(config.broker)
+        self._address_index = 0
         self.topics = Topics.under(topic_prefix)
         self.client_id = client_id
         self._monotonic = monotonic
@@ -151,11 +178,14 @@ class MqttAggregatorLink:
         self._price_wall = wall if price_wall is None else price_wall
         self._random01 = random01
         self._connect_timeout_s = connect_timeout_s
-        self._protocol = (
+        self._configured_protocol = (
             aiomqtt.ProtocolVersion.V5
             if self._broker.protocol == "5"
             else aiomqtt.ProtocolVersion.V311
         )
+        # Per address: a broker found to speak only 3.1.1 stays on it (a cluster's nodes may
+        # differ while it is being upgraded).
+        self._protocols = [self._configured_protocol] * len(self._addresses)
         self._tracker = SetpointTracker(
             SetpointLimits(
                 max_abs_power_w=config.max_abs_power_w,
@@ -180,9 +210,10 @@ class MqttAggregatorLink:
         self._status = LinkStatus.STARTING
         self._reason: str | None = None
         self._wake: Wake = lambda: None
-        self._client: aiomqtt.Client | None = None
+        self._client: LinkClient | None = None
         self._stopping = False
         self._retry_now = False
+        self._fallback_unproven = False  # on 3.1.1 after MQTT 5 got no CONNACK, not yet answered
         self._up_since_s: float | None = None
         self._down_since_s: float | None = None
         self.connects = 0
@@ -224,9 +255,18 @@ class MqttAggregatorLink:
         return self._reason
 
     @property
+    def _protocol(self) -> aiomqtt.ProtocolVersion:
+        return self._protocols[self._address_index]
+
+    @property
     def protocol(self) -> str:
-        """The MQTT version in use: "5" or "3.1.1"."""
+        """The MQTT version in use (or to be tried next): "5" or "3.1.1"."""
         return "5" if self._protocol is aiomqtt.ProtocolVersion.V5 else "3.1.1"
+
+    @property
+    def broker_address(self) -> str:
+        """The address in use (or to be tried next), host:port."""
+        return self._where
 
     @property
     def outbox(self) -> Outbox:
@@ -308,10 +348,12 @@ class MqttAggregatorLink:
 
     @property
     def _where(self) -> str:
-        return f"{self._broker.host}:{self._broker.port}"
+        host, port = self._addresses[self._address_index]
+        return f"{host}:{port}"
 
     async def _connect_loop(self) -> None:
-        attempt = 0
+        failed = 0  # attempts failed since a connection last came up
+        flaps = 0  # connections lost before they were stable (STABLE_SESSION_S)
         while True:
             if self._stopping:
                 await asyncio.Event().wait()  # offline was published: stay quiet until stopped
@@ -320,20 +362,36 @@ class MqttAggregatorLink:
             except AggregatorLinkError as exc:
                 self._went_down(str(exc))
             up_since_s, self._up_since_s = self._up_since_s, None
-            if up_since_s is not None and self._monotonic() - up_since_s >= STABLE_SESSION_S:
-                attempt = 0
-            if self._retry_now:
+            if self._retry_now:  # the same address again at once, on MQTT 3.1.1
                 self._retry_now = False
                 continue
-            delay_s = backoff_delay_s(
-                attempt,
-                self._config.reconnect_initial_s,
-                self._config.reconnect_max_s,
-                self._random01(),
-            )
-            attempt += 1
-            log.info("reconnecting", in_s=round(delay_s, 2), attempt=attempt, broker=self._where)
+            if self._fallback_unproven:  # 3.1.1 was not answered either: not a version problem
+                self._fallback_unproven = False
+                self._protocols[self._address_index] = self._configured_protocol
+            # The next attempt goes to the next address: the node we were on may be the one
+            # that failed, and any node of a cluster (or the standby) serves us as well.
+            self._address_index = (self._address_index + 1) % len(self._addresses)
+            if up_since_s is not None:
+                # A connection that was up is lost. When a broker restarts, its whole fleet
+                # gets here at once: the first reconnect is spread out at random, and one that
+                # keeps dropping also backs off.
+                failed = 0
+                stable = self._monotonic() - up_since_s >= STABLE_SESSION_S
+                flaps = 0 if stable else flaps + 1
+                delay_s = self._random01() * self._config.reconnect_spread_s
+                if flaps:
+                    delay_s += self._backoff_s(flaps - 1)
+            else:
+                # Capped exponential backoff with jitter, one step per round of the addresses.
+                delay_s = self._backoff_s(failed // len(self._addresses))
+                failed += 1
+            log.info("reconnecting", in_s=round(delay_s, 2), failed=failed, broker=self._where)
             await asyncio.sleep(delay_s)
+
+    def _backoff_s(self, step: int) -> float:
+        return backoff_delay_s(
+            step, self._config.reconnect_initial_s, self._config.reconnect_max_s, self._random01()
+        )
 
     async def _credentials(self) -> tuple[ssl.SSLContext | None, str | None]:
         """The TLS context and the password, built afresh for each connect (a rotated password
@@ -342,16 +400,18 @@ class MqttAggregatorLink:
         context = tls_context(tls) if tls is not None else None
         password = read_password(path) if path is not None else None
         if context is not None:
-            await check_handshake(
-                self._broker.host, self._broker.port, context, timeout_s=self._connect_timeout_s
-            )
+            host, port = self._addresses[self._address_index]
+            await check_handshake(host, port, context, timeout_s=self._connect_timeout_s)
         return context, password
 
     def _new_client(
         self, context: ssl.SSLContext | None, password: str | None, *, will: bool
-    ) -> aiomqtt.Client:
+    ) -> LinkClient:
+        host, port = self._addresses[self._address_index]
         return new_client(
             self._broker,
+            host=host,
+            port=port,
             client_id=self.client_id,
             protocol=self._protocol,
             username=self._config.username,
@@ -385,6 +445,9 @@ class MqttAggregatorLink:
                     self._client = None
         except MqttConnectError as exc:
             raise self._refused(exc, protocol) from None
+        except NoConnackError as exc:
+            raise_if_cancelled_since(cancels_before)
+            raise self._no_connack(exc, protocol) from None
         except aiomqtt.MqttError as exc:
             raise_if_cancelled_since(cancels_before)
             raise AggregatorLinkError(self._failure(exc)) from None
@@ -395,13 +458,26 @@ class MqttAggregatorLink:
             _UNSUPPORTED_PROTOCOL_V5,
             _UNSUPPORTED_PROTOCOL_V311,
         ):
-            self._protocol = aiomqtt.ProtocolVersion.V311
+            self._protocols[self._address_index] = aiomqtt.ProtocolVersion.V311
             self._retry_now = True
             log.warning("broker does not speak MQTT 5; falling back to 3.1.1", broker=self._where)
             return AggregatorLinkError(
                 f"{self._where} refused MQTT 5 (unsupported protocol version); using MQTT 3.1.1"
             )
         return AggregatorLinkError(f"{self._where} refused the connection: {exc}")
+
+    def _no_connack(self, exc: NoConnackError, protocol: aiomqtt.ProtocolVersion) -> Exception:
+        """No CONNACK to an MQTT 5 CONNECT: a broker that speaks only 3.1.1 may drop it without
+        an answer (RabbitMQ 3.10 does). Try 3.1.1 at once; once it is answered the link stays
+        on 3.1.1 for this address, and if it is not, the next attempt tries MQTT 5 again."""
+        if protocol is aiomqtt.ProtocolVersion.V5 and self._configured_protocol is protocol:
+            self._protocols[self._address_index] = aiomqtt.ProtocolVersion.V311
+            self._fallback_unproven = True
+            self._retry_now = True
+            text = self._failure(exc)
+            log.warning("no CONNACK to MQTT 5; trying MQTT 3.1.1", broker=self._where, detail=text)
+            return AggregatorLinkError(f"{text} (MQTT 5; trying MQTT 3.1.1)")
+        return AggregatorLinkError(self._failure(exc))
 
     def _failure(self, exc: aiomqtt.MqttError) -> str:
         if self._up_since_s is not None:
@@ -412,13 +488,13 @@ class MqttAggregatorLink:
             text = f"{text}; {detail}"
         return text
 
-    async def _subscribe(self, client: aiomqtt.Client) -> None:
+    async def _subscribe(self, client: LinkClient) -> None:
         # One SUBSCRIBE per topic: setpoints first, so that a broker refusing the price topics
         # is reported by name.
         for topic in (self.topics.setpoint, self.topics.price_schedule, self.topics.price_event):
             await self._subscribe_one(client, topic)
 
-    async def _subscribe_one(self, client: aiomqtt.Client, topic: str) -> None:
+    async def _subscribe_one(self, client: LinkClient, topic: str) -> None:
         if self._protocol is aiomqtt.ProtocolVersion.V5:
             # Retain-as-published: a retained message keeps its flag even when it arrives live.
             options = SubscribeOptions(qos=1, retainAsPublished=True)
@@ -435,8 +511,11 @@ class MqttAggregatorLink:
         if codes[0] < 1:
             log.warning("broker granted only QoS 0", topic=topic)
 
-    def _came_up(self, client: aiomqtt.Client) -> None:
+    def _came_up(self, client: LinkClient) -> None:
         self._client = client
+        if self._fallback_unproven:
+            self._fallback_unproven = False
+            log.warning("broker speaks MQTT 3.1.1 only; staying on it", broker=self._where)
         self.connects += 1
         now_s = self._monotonic()
         self._up_since_s = now_s
@@ -473,7 +552,7 @@ class MqttAggregatorLink:
         if previous is not LinkStatus.DOWN:
             self._wake()
 
-    async def _serve(self, client: aiomqtt.Client) -> None:
+    async def _serve(self, client: LinkClient) -> None:
         receiver = asyncio.create_task(self._receive(client), name="aggregator-receive")
         sender = asyncio.create_task(self._send(client), name="aggregator-send")
         tasks = (receiver, sender)
@@ -487,7 +566,7 @@ class MqttAggregatorLink:
             task.result()  # raises what ended the connection
         raise AggregatorLinkError(f"connection to {self._where} ended")
 
-    async def _receive(self, client: aiomqtt.Client) -> None:
+    async def _receive(self, client: LinkClient) -> None:
         topics = self.topics
         async for message in client.messages:
             topic = message.topic.value
@@ -500,34 +579,43 @@ class MqttAggregatorLink:
             else:
                 log.debug("message on an unexpected topic ignored", topic=topic)
 
-    async def _send(self, client: aiomqtt.Client) -> None:
-        """Acks and status (in memory) first, then the stored records in order of creation."""
+    async def _send(self, client: LinkClient) -> None:
+        """Acks and status (in memory) first, then the stored records in order of creation.
+        While the broker says it delivered a message to no subscriber, only retained messages
+        go out (``Sender.hold``)."""
         sender = self._sender
         while True:
-            item = sender.next_message()
+            held_s = sender.held_for_s()
+            item = sender.next_message(retained_only=held_s > 0)
             if item is not None:
                 await sender.ready(item)
-                await self._publish(client, item.topic, item.payload, retain=item.retain)
-                sender.sent(item)
+                code = await self._publish(client, item.topic, item.payload, retain=item.retain)
+                if _delivered(code, retained=item.retain):
+                    sender.sent(item)
+                else:
+                    sender.hold(code, what=str(item.kind))
                 continue
-            records = await sender.stored_window()
-            if records:
-                await self._publish_stored(client, records)
-                continue
-            await sender.idle()
+            if held_s <= 0:
+                records = await sender.stored_window()
+                if records:
+                    await self._publish_stored(client, records)
+                    continue
+            await sender.idle(max_wait_s=held_s if held_s > 0 else None)
 
     async def _publish(
-        self, client: aiomqtt.Client, topic: str, payload: bytes, *, retain: bool = False
-    ) -> None:
-        """One QoS 1 publish, done once the broker acknowledged it."""
-        await guarded(
-            client.publish(topic, payload, qos=1, retain=retain, timeout=self._connect_timeout_s)
+        self, client: LinkClient, topic: str, payload: bytes, *, retain: bool = False
+    ) -> int:
+        """One QoS 1 publish, done once the broker acknowledged it; returns the PUBACK's
+        reason code (MQTT 5; 0 with 3.1.1)."""
+        return await guarded(
+            client.publish_acked(topic, payload, retain=retain, timeout_s=self._connect_timeout_s)
         )
 
-    async def _publish_stored(self, client: aiomqtt.Client, records: list[OutboxRecord]) -> None:
+    async def _publish_stored(self, client: LinkClient, records: list[OutboxRecord]) -> None:
         """Publish a window of stored records at once (paho sends them in this order) and
-        delete them once every one was acknowledged; on a failure none is deleted, and the
-        ones that did arrive are sent again after the reconnect under the same id."""
+        delete those the broker delivered; one it delivered to no subscriber (or refused) is
+        kept for a retry after the hold. On a lost connection none is deleted, and the ones
+        that did arrive are sent again after the reconnect under the same id."""
         results = await asyncio.gather(
             *(
                 self._publish(client, self.topics.for_record(record.kind), record.payload())
@@ -535,10 +623,21 @@ class MqttAggregatorLink:
             ),
             return_exceptions=True,
         )
+        codes: list[int] = []
         for result in results:
             if isinstance(result, BaseException):
                 raise result
-        await self._sender.stored_sent(records)
+            codes.append(result)
+        delivered = [
+            record
+            for record, code in zip(records, codes, strict=True)
+            if _delivered(code, retained=False)
+        ]
+        if delivered:
+            await self._sender.stored_sent(delivered)
+        refused = [code for code in codes if not _delivered(code, retained=False)]
+        if refused:
+            self._sender.hold(refused[0], what="stored records", kept=len(refused))
 
     # -- setpoints and acks -------------------------------------------------------------------
 

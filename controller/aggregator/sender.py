@@ -39,12 +39,16 @@ import contextlib
 import datetime as dt
 import itertools
 import json
+import random
 import secrets
+import time
 from collections.abc import Callable, Iterable
 from typing import TypeVar
 
 import structlog
 
+from controller.aggregator.backoff import backoff_delay_s
+from controller.aggregator.client import PUBACK_NO_MATCHING_SUBSCRIBERS
 from controller.aggregator.durable_outbox import TELEMETRY_SYNC_S, DurableOutbox, OutboxRecord
 from controller.aggregator.messages import EventBody, TelemetryBody, with_record_id
 from controller.aggregator.outbox import Kind, Outbox, Outgoing
@@ -70,6 +74,10 @@ OUTBOX_CAPACITY = 256
 # warning above 10 pending publishes.
 PUBLISH_WINDOW = 10
 PRUNE_EVERY_S = 60.0  # the durable outbox's age bound is applied this often
+# Holding back messages the broker delivered to no subscriber: the first retry after HOLD_FIRST_S,
+# doubling up to HOLD_MAX_S, with jitter (the aggregator's consumer may be reconnecting too).
+HOLD_FIRST_S = 1.0
+HOLD_MAX_S = 60.0
 
 
 def _running_loop() -> asyncio.AbstractEventLoop | None:
@@ -115,6 +123,11 @@ class Sender:
         self._writer = secrets.token_hex(8)
         self._record_seq = itertools.count(1)
         self._synced_s = self._pruned_s = 0.0
+        # Undelivered (PUBACK reason 16 or an error): nothing but retained messages goes out
+        # before ``_held_until_s`` (real monotonic time: it paces retries to the broker).
+        self._held_until_s = 0.0
+        self._holds = 0  # holds in a row, for the backoff
+        self._random01: Callable[[], float] = random.random
 
     @property
     def outbox(self) -> Outbox:
@@ -286,9 +299,43 @@ class Sender:
 
     # -- publishing ---------------------------------------------------------------------------
 
-    def next_message(self) -> Outgoing | None:
-        """The next message from memory (left in the outbox until ``sent``)."""
+    def next_message(self, *, retained_only: bool = False) -> Outgoing | None:
+        """The next message from memory (left in the outbox until ``sent``); with
+        ``retained_only``, only a retained one (the status)."""
+        if retained_only:
+            status = self._outbox.pending(Kind.STATUS)
+            return status[0] if status else None
         return self._outbox.peek()
+
+    def held_for_s(self) -> float:
+        """How much longer only retained messages go out (0: not held)."""
+        return max(0.0, self._held_until_s - time.monotonic())
+
+    def hold(self, code: int, *, what: str, kept: int = 1) -> None:
+        """The broker answered a publish with ``code``, not success: the message stays (in
+        memory or stored) and nothing but retained messages goes out for a while, doubling
+        while it goes on. Reason 16 (no matching subscribers, MQTT 5.0 §3.4.2.1) is the
+        aggregator's consumer not subscribed yet, e.g. after a broker restart; an error code is
+        the broker refusing (logged as an error)."""
+        delay_s = backoff_delay_s(self._holds, HOLD_FIRST_S, HOLD_MAX_S, self._random01())
+        self._holds += 1
+        self._held_until_s = time.monotonic() + delay_s
+        if code == PUBACK_NO_MATCHING_SUBSCRIBERS:
+            log.warning(
+                "the broker delivered it to no subscriber; kept for a retry",
+                what=what,
+                kept=kept,
+                retry_in_s=round(delay_s, 2),
+                puback_reason=code,
+            )
+        else:
+            log.error(
+                "the broker refused it; kept for a retry",
+                what=what,
+                kept=kept,
+                retry_in_s=round(delay_s, 2),
+                puback_reason=code,
+            )
 
     async def ready(self, item: Outgoing) -> None:
         """Wait until ``item`` may go out: an ack that says "accepted" goes out once the
@@ -301,6 +348,8 @@ class Sender:
         """The broker acknowledged ``item``; once no ack waits, report what the outbox
         dropped."""
         self._outbox.done(item)
+        if not item.retain:
+            self._holds = 0
         if self._unreported_drops and not self._outbox.pending(Kind.ACK):
             dropped, self._unreported_drops = self._unreported_drops, 0
             self.record_event(
@@ -323,20 +372,21 @@ class Sender:
         return records or []
 
     async def stored_sent(self, records: list[OutboxRecord]) -> None:
-        """The broker acknowledged every one of ``records``: delete them."""
+        """The broker delivered every one of ``records``: delete them."""
+        self._holds = 0
         self._published.extend(records)
         await self._delete_published()
 
-    async def idle(self) -> None:
-        """Nothing to send: wait until something is queued (or stored, or a poll period)."""
+    async def idle(self, *, max_wait_s: float | None = None) -> None:
+        """Nothing to send: wait until something is queued (or stored, or a poll period, or
+        ``max_wait_s``)."""
         self._kick.clear()
-        if self._durable is None:
-            await self._kick.wait()
-        else:
-            # Also polls: rows of a caller's open transaction become sendable on its commit.
-            with contextlib.suppress(TimeoutError):
-                async with asyncio.timeout(HOUSEKEEPING_S):
-                    await self._kick.wait()
+        # With a durable outbox it also polls: rows of a caller's open transaction become
+        # sendable on its commit.
+        waits_s = [w for w in (max_wait_s, HOUSEKEEPING_S if self._durable else None) if w]
+        with contextlib.suppress(TimeoutError):
+            async with asyncio.timeout(min(waits_s) if waits_s else None):
+                await self._kick.wait()
 
     async def _delete_published(self) -> None:
         published = list(self._published)

@@ -456,9 +456,23 @@ class InverterConfig(Section):
 # --- aggregator (MQTT) ------------------------------------------------------------------------
 
 
+class BrokerAddress(Section):
+    """Another address of the same broker service: a node of its cluster, or a standby."""
+
+    host: str = Field(min_length=1)
+    port: int | None = Field(default=None, ge=1, le=65535, description="Default: broker.port.")
+
+
 class MqttBrokerConfig(Section):
     host: str = Field(min_length=1)
     port: int = Field(default=8883, ge=1, le=65535)
+    failover: list[BrokerAddress] = Field(
+        default_factory=list,
+        max_length=16,
+        description="Further addresses of the same broker (the other nodes of a cluster, or a "
+        "standby), tried in turn after host:port when a connection fails or is lost. They share "
+        "the TLS settings, login and client id.",
+    )
     keepalive_s: int = Field(default=30, ge=5, le=600)
     protocol: Literal["5", "3.1.1"] = Field(
         default="5", description="MQTT version; 3.1.1 for older brokers."
@@ -523,6 +537,14 @@ class AggregatorConfig(Section):
         ge=0.1,
         le=3600,
         description="The wait doubles on each failed attempt up to this (with random jitter).",
+    )
+    reconnect_spread_s: float = Field(
+        default=30.0,
+        ge=0,
+        le=3600,
+        description="After a connection that was up is lost, the first reconnect waits a random "
+        "time up to this: when a broker restarts, its whole fleet loses the connection at once, "
+        "and this spreads the reconnects out (30 s keeps any one second under 5 % of a fleet).",
     )
     outbox_max_records: int = Field(
         default=100_000,

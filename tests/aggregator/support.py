@@ -31,6 +31,7 @@ aggregator:
   broker: {{host: 127.0.0.1, port: {port}, keepalive_s: 5{broker_extra}}}
   reconnect_initial_s: 0.1
   reconnect_max_s: 0.5
+  reconnect_spread_s: 0.2
   telemetry_period_s: 1
 {aggregator_extra}"""
     return parse_config(text)

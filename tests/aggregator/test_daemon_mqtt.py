@@ -26,6 +26,7 @@ aggregator:
   broker: {{host: 127.0.0.1, port: {port}, keepalive_s: 5}}
   reconnect_initial_s: 0.2
   reconnect_max_s: 1.0
+  reconnect_spread_s: 0.2
   telemetry_period_s: 1
 fallback: {{policy: idle}}
 ledger: {{path: {tmp_path / "ledger.sqlite"}}}

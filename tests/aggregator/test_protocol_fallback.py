@@ -1,14 +1,17 @@
-"""MQTT 5 falls back to 3.1.1 when the broker refuses the protocol version.
+"""MQTT 5 falls back to 3.1.1 when the broker refuses the protocol version or never answers it.
 
 mosquitto speaks MQTT 5, so an MQTT 3.1.1-only broker is played by a small stub that answers an
-MQTT 5 CONNECT the way such a broker does (CONNACK return code 1, then close, MQTT 3.1.1
-section 3.1.2.2) and serves 3.1.1 just enough for the link: CONNACK, SUBACK, PUBACK, PINGRESP.
+MQTT 5 CONNECT the way such brokers do: CONNACK return code 1, then close (MQTT 3.1.1
+section 3.1.2.2), or, like RabbitMQ 3.10, a close without any CONNACK ("drop"), or no answer at
+all ("silent"). It serves 3.1.1 just enough for the link: CONNACK, SUBACK, PUBACK, PINGRESP.
 """
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
+import time
+from typing import Literal
 
 from controller.links import LinkStatus
 from tests.aggregator.support import LinkRunner, make_config, make_link, until
@@ -27,7 +30,11 @@ class Mqtt311Stub:
     logged by asyncio: each is collected in ``problems``, and leaving the stub raises them.
     """
 
-    def __init__(self) -> None:
+    def __init__(
+        self, v5: Literal["refuse", "drop", "silent"] = "refuse", *, v311: bool = True
+    ) -> None:
+        self.v5 = v5
+        self.v311 = v311  # False: MQTT 3.1.1 gets no answer either
         self.levels: list[int] = []
         self.published: list[str] = []
         self.problems: list[str] = []
@@ -65,6 +72,17 @@ class Mqtt311Stub:
                 break
         return header, await reader.readexactly(length)
 
+    async def _refuse(
+        self, level: int, reader: asyncio.StreamReader, writer: asyncio.StreamWriter
+    ) -> None:
+        """Answer a CONNECT this stub does not serve, as ``v5`` (and ``v311``) say."""
+        if level != 4 and self.v5 == "refuse":
+            writer.write(bytes([0x20, 0x02, 0x00, 0x01]))  # unacceptable protocol version
+            await writer.drain()
+        elif level == 4 or self.v5 == "silent":
+            await reader.read()  # no answer: until the client gives up
+        # "drop": closed at once, without a CONNACK
+
     async def _serve(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
         task = asyncio.current_task()
         if task is not None:
@@ -78,9 +96,8 @@ class Mqtt311Stub:
             name_length = int.from_bytes(body[0:2], "big")
             level = body[2 + name_length]
             self.levels.append(level)
-            if level != 4:
-                writer.write(bytes([0x20, 0x02, 0x00, 0x01]))  # unacceptable protocol version
-                await writer.drain()
+            if level != 4 or not self.v311:
+                await self._refuse(level, reader, writer)
                 return
             writer.write(bytes([0x20, 0x02, 0x00, 0x00]))
             while True:
@@ -138,5 +155,57 @@ def test_configured_311_connects_with_311_from_the_first_attempt() -> None:
                 await runner.up()
                 assert stub.levels == [4]
                 assert link.status is LinkStatus.UP
+
+    asyncio.run(scenario())
+
+
+def test_mqtt5_dropped_without_connack_falls_back_to_311_at_once() -> None:
+    """A broker that closes an MQTT 5 CONNECT without a CONNACK (RabbitMQ 3.10) gets an immediate
+    3.1.1 retry, without waiting out the connect timeout, and the link stays on 3.1.1."""
+
+    async def scenario() -> None:
+        async with Mqtt311Stub(v5="drop") as stub:
+            link = make_link(make_config(stub.port), connect_timeout_s=5.0)
+            runner = LinkRunner(link)
+            started_s = time.monotonic()
+            async with runner:
+                await runner.up()
+                assert time.monotonic() - started_s < 2.0  # well inside the 5 s timeout
+                assert stub.levels[:2] == [5, 4]
+                assert link.protocol == "3.1.1"
+                assert await until(lambda: link.topics.availability in stub.published)
+
+    asyncio.run(scenario())
+
+
+def test_mqtt5_never_answered_falls_back_to_311_after_the_timeout() -> None:
+    """No answer at all to MQTT 5 within the connect timeout: 3.1.1 is tried next, at once."""
+
+    async def scenario() -> None:
+        async with Mqtt311Stub(v5="silent") as stub:
+            link = make_link(make_config(stub.port), connect_timeout_s=0.5)
+            runner = LinkRunner(link)
+            async with runner:
+                await runner.up(timeout_s=5.0)
+                assert stub.levels[:2] == [5, 4]
+                assert link.protocol == "3.1.1"
+
+    asyncio.run(scenario())
+
+
+def test_no_answer_to_either_version_goes_back_to_mqtt5() -> None:
+    """A broker that answers neither version is not a version problem: the next attempt is
+    MQTT 5 again, and the reason says what happened."""
+
+    async def scenario() -> None:
+        async with Mqtt311Stub(v5="drop", v311=False) as stub:
+            link = make_link(make_config(stub.port), connect_timeout_s=0.3)
+            runner = LinkRunner(link)
+            async with runner:
+                assert await until(lambda: len(stub.levels) >= 3, 5.0), stub.levels
+                assert stub.levels[:3] == [5, 4, 5]
+                assert link.status is LinkStatus.DOWN
+                assert link.reason is not None
+                assert "CONNACK" in link.reason
 
     asyncio.run(scenario())

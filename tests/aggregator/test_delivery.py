@@ -1,0 +1,198 @@
+"""Delivery that means delivered (issue 20, finding 1), and topic aliases.
+
+With MQTT 5 the broker's PUBACK says whether anyone got the message: reason 16 "no matching
+subscribers" (MQTT 5.0 §3.4.2.1) means it went to nobody. After a broker restart the charger
+may reconnect before the aggregator's consumer has subscribed again: its records must then
+stay in the outbox and go out again once someone listens, not be deleted as sent.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import json
+import time
+from pathlib import Path
+
+import pytest
+
+from controller.aggregator.durable_outbox import DurableOutbox
+from controller.aggregator.messages import EventBody
+from controller.aggregator.outbox import Kind
+from controller.core.snapshots import PowerState
+from controller.links import LinkStatus
+from controller.storage.db import open_database
+from hil.mosquitto import Mosquitto, find_mosquitto
+from tests.aggregator.support import (
+    PREFIX,
+    Aggregator,
+    LinkRunner,
+    make_config,
+    make_link,
+    now_utc,
+    report,
+    until,
+)
+
+
+def put_events(durable: DurableOutbox, count: int, tag: str) -> None:
+    for n in range(count):
+        body = EventBody(at=now_utc(), kind="fault_raised", message=f"{tag} {n}")
+        durable.put("event", json.loads(body.to_json()))
+
+
+def event_messages(aggregator: Aggregator, tag: str) -> list[str]:
+    return [
+        str(m.json()["message"])
+        for m in aggregator.on("event")
+        if str(m.json()["message"]).startswith(tag)
+    ]
+
+
+def test_records_delivered_to_no_subscriber_stay_until_one_listens(tmp_path: Path) -> None:
+    """The issue's finding: the broker restarts, the charger is back before the aggregator's
+    consumer, and its 8 stored records get PUBACK reason 16. They stay in the outbox and reach
+    the consumer once it subscribes; none is lost, none deleted while nobody got it."""
+    if find_mosquitto() is None:
+        pytest.skip("mosquitto is not installed (make test installs it)")
+    broker = Mosquitto(tmp_path)
+    durable = DurableOutbox(open_database(tmp_path / "ledger.sqlite"))
+
+    async def scenario() -> None:
+        link = make_link(make_config(broker.port), durable=durable)
+        async with LinkRunner(link) as running:
+            assert await until(lambda: running.status is LinkStatus.UP, 5.0), running.reason
+            broker.stop()
+            assert await until(lambda: running.status is LinkStatus.DOWN, 5.0)
+            put_events(durable, 8, "during the outage")
+            broker.start()
+            # The charger is back first; nobody subscribes to its topics yet.
+            assert await until(lambda: running.status is LinkStatus.UP, 5.0), running.reason
+            await asyncio.sleep(1.5)  # long enough to publish (and, before, delete) all 8
+            assert len(durable) >= 8, "records delivered to nobody were deleted"
+            async with Aggregator(broker.port) as aggregator:
+                assert await until(
+                    lambda: len(event_messages(aggregator, "during the outage")) >= 8, 10.0
+                ), aggregator.received
+                assert await until(lambda: len(durable) == 0, 5.0)
+                got = event_messages(aggregator, "during the outage")
+                assert sorted(got) == sorted(f"during the outage {n}" for n in range(8))
+
+    try:
+        broker.start()
+        asyncio.run(scenario())
+    finally:
+        broker.stop()
+
+
+def test_in_memory_event_delivered_to_no_subscriber_is_kept(broker: Mosquitto) -> None:
+    """Without a durable outbox, an event from memory that reached nobody stays queued and is
+    sent again; the retained status, which the broker keeps for the next subscriber, is not
+    held back by it."""
+
+    async def scenario() -> None:
+        link = make_link(make_config(broker.port))
+        async with LinkRunner(link) as running:
+            assert await until(lambda: running.status is LinkStatus.UP, 5.0), running.reason
+            link.report(report(faults=("vehicle: isolation fault",), state=PowerState.FAULT))
+            await asyncio.sleep(1.0)
+            assert link.outbox.pending(Kind.EVENT), "an event delivered to nobody was dropped"
+            assert not link.outbox.pending(Kind.STATUS)  # retained: the broker has it
+            async with Aggregator(broker.port) as aggregator:
+                assert await until(lambda: bool(aggregator.on("event")), 10.0)
+                raised = [m.json() for m in aggregator.on("event")]
+                assert any(e["kind"] == "fault_raised" for e in raised)
+                assert any(m.retain for m in aggregator.on("status"))
+                assert await until(lambda: not link.outbox.pending(Kind.EVENT), 5.0)
+
+    asyncio.run(scenario())
+
+
+def test_delivered_records_are_deleted_at_once(broker: Mosquitto, tmp_path: Path) -> None:
+    """With a subscriber, stored records go at once and are deleted (no hold)."""
+    durable = DurableOutbox(open_database(tmp_path / "ledger.sqlite"))
+
+    async def scenario() -> None:
+        async with Aggregator(broker.port) as aggregator:
+            link = make_link(make_config(broker.port), durable=durable)
+            async with LinkRunner(link) as running:
+                assert await until(lambda: running.status is LinkStatus.UP, 5.0)
+                started_s = time.monotonic()
+                put_events(durable, 20, "live")
+                assert await until(lambda: len(event_messages(aggregator, "live")) == 20, 5.0)
+                assert await until(lambda: len(durable) == 0, 5.0)
+                assert time.monotonic() - started_s < 1.0  # never held back
+
+    asyncio.run(scenario())
+
+
+class CountingProxy:
+    """A TCP proxy on loopback that keeps every byte the client sent."""
+
+    def __init__(self, upstream_port: int) -> None:
+        self.upstream_port = upstream_port
+        self.sent = bytearray()
+        self.port = 0
+        self._server: asyncio.Server | None = None
+        self._tasks: set[asyncio.Task[None]] = set()
+        self._writers: list[asyncio.StreamWriter] = []
+
+    async def __aenter__(self) -> CountingProxy:
+        self._server = await asyncio.start_server(self._serve, "127.0.0.1", 0)
+        self.port = self._server.sockets[0].getsockname()[1]
+        return self
+
+    async def __aexit__(self, *exc_info: object) -> None:
+        assert self._server is not None
+        self._server.close()
+        for task in self._tasks:
+            task.cancel()
+        await asyncio.gather(*self._tasks, return_exceptions=True)
+        for writer in self._writers:
+            writer.close()
+            with contextlib.suppress(ConnectionError):
+                await writer.wait_closed()
+        await self._server.wait_closed()
+
+    async def _serve(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        up_reader, up_writer = await asyncio.open_connection("127.0.0.1", self.upstream_port)
+        self._writers += [writer, up_writer]
+
+        async def pipe(
+            src: asyncio.StreamReader, dst: asyncio.StreamWriter, keep: bytearray | None
+        ) -> None:
+            with contextlib.suppress(ConnectionError):
+                while data := await src.read(65536):
+                    if keep is not None:
+                        keep.extend(data)
+                    dst.write(data)
+                    await dst.drain()
+            dst.close()
+
+        for task in (
+            asyncio.create_task(pipe(reader, up_writer, self.sent)),
+            asyncio.create_task(pipe(up_reader, writer, None)),
+        ):
+            self._tasks.add(task)
+
+
+def test_topic_names_go_over_the_wire_once_per_connection(broker: Mosquitto) -> None:
+    """MQTT 5 topic aliases (§3.3.2.3.4; mosquitto allows 10): the telemetry topic's name is
+    sent once, later publishes carry the two-byte alias, and the aggregator sees the full
+    topic on every message."""
+
+    async def scenario() -> None:
+        async with Aggregator(broker.port) as aggregator, CountingProxy(broker.port) as proxy:
+            link = make_link(make_config(proxy.port))
+            async with LinkRunner(link) as running:
+                assert await until(lambda: running.status is LinkStatus.UP, 5.0)
+                for n in range(5):
+                    link.report(report(soc_pct=50.0 + 5 * n))
+                    count = n + 1
+                    assert await until(lambda: len(aggregator.on("telemetry")) >= count, 3.0)
+                    await asyncio.sleep(1.05)  # the rate limit
+                assert len(aggregator.on("telemetry")) >= 5
+        topic = f"{PREFIX}/telemetry".encode()
+        assert bytes(proxy.sent).count(topic) == 1
+
+    asyncio.run(scenario())
