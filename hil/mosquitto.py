@@ -81,12 +81,14 @@ class Mosquitto:
         password_file: Path | None = None,
         persistence: bool = False,
         binary: str | None = None,
+        acl_file: Path | None = None,
     ) -> None:
         self.directory = directory
         self.port = port if port is not None else free_port()
         self.tls = tls
         self.password_file = password_file
         self.persistence = persistence
+        self.acl_file = acl_file  # who may publish and subscribe where (mosquitto's acl_file)
         self.binary = binary or find_mosquitto()
         self.config_file = directory / "mosquitto.conf"
         self.log_file = directory / "mosquitto.log"
@@ -114,6 +116,8 @@ class Mosquitto:
         ]
         if self.password_file is not None:
             lines.append(f"password_file {self.password_file}")
+        if self.acl_file is not None:
+            lines.append(f"acl_file {self.acl_file}")
         lines.append(f"listener {self.port} 127.0.0.1")
         if self.tls is not None:
             lines += [
@@ -166,6 +170,11 @@ class Mosquitto:
             except subprocess.TimeoutExpired:
                 proc.kill()
                 proc.wait()
+
+    def reload(self) -> None:
+        """Make the running broker read its password and ACL files again (SIGHUP)."""
+        if self._proc is not None and self._proc.poll() is None:
+            self._proc.send_signal(signal.SIGHUP)
 
     def restart(self) -> None:
         """Stop and start again on the same port."""

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import functools
 import json
 import time
 from pathlib import Path
@@ -18,7 +19,9 @@ import pytest
 
 from controller.aggregator.durable_outbox import DurableOutbox
 from controller.aggregator.messages import EventBody
-from controller.aggregator.outbox import Kind
+from controller.aggregator.outbox import Kind, Outgoing
+from controller.aggregator.sender import Sender
+from controller.aggregator.topics import Topics
 from controller.core.snapshots import PowerState
 from controller.links import LinkStatus
 from controller.storage.db import open_database
@@ -186,13 +189,64 @@ def test_topic_names_go_over_the_wire_once_per_connection(broker: Mosquitto) -> 
             link = make_link(make_config(proxy.port))
             async with LinkRunner(link) as running:
                 assert await until(lambda: running.status is LinkStatus.UP, 5.0)
-                for n in range(5):
+                for n in range(1, 6):
                     link.report(report(soc_pct=50.0 + 5 * n))
-                    count = n + 1
-                    assert await until(lambda: len(aggregator.on("telemetry")) >= count, 3.0)
+                    assert await until(
+                        functools.partial(lambda want: len(aggregator.on("telemetry")) >= want, n),
+                        3.0,
+                    )
                     await asyncio.sleep(1.05)  # the rate limit
                 assert len(aggregator.on("telemetry")) >= 5
         topic = f"{PREFIX}/telemetry".encode()
         assert bytes(proxy.sent).count(topic) == 1
 
     asyncio.run(scenario())
+
+
+def test_records_the_broker_refuses_are_kept_until_it_takes_them(tmp_path: Path) -> None:
+    """A broker whose ACL denies the charger the event topic answers PUBACK 0x87 "not
+    authorized" (mosquitto does, MQTT 5.0 §3.4.2.1): the stored events stay, and go out once
+    the ACL allows them (reloaded by SIGHUP), none lost."""
+    if find_mosquitto() is None:
+        pytest.skip("mosquitto is not installed (make test installs it)")
+    acl = tmp_path / "acl"
+    acl.write_text(
+        f"topic read #\ntopic write {PREFIX}/availability\ntopic write {PREFIX}/status\n"
+    )
+    broker = Mosquitto(tmp_path, acl_file=acl)
+    durable = DurableOutbox(open_database(tmp_path / "ledger.sqlite"))
+
+    async def scenario() -> None:
+        async with Aggregator(broker.port) as aggregator:
+            link = make_link(make_config(broker.port), durable=durable)
+            async with LinkRunner(link) as running:
+                assert await until(lambda: running.status is LinkStatus.UP, 5.0), running.reason
+                put_events(durable, 5, "denied")
+                await asyncio.sleep(1.0)
+                assert len(durable) == 5, "records the broker refused were deleted"
+                assert not event_messages(aggregator, "denied")
+                acl.write_text("topic readwrite #\n")
+                broker.reload()
+                assert await until(lambda: len(event_messages(aggregator, "denied")) == 5, 10.0)
+                assert await until(lambda: len(durable) == 0, 5.0)
+
+    try:
+        broker.start()
+        asyncio.run(scenario())
+    finally:
+        broker.stop()
+
+
+def test_the_hold_backs_off_and_ends_on_a_delivery() -> None:
+    """Each refusal in a row doubles the hold (1 s, 2 s, 4 s ... with jitter in [0.5, 1));
+    a delivered message ends it."""
+    sender = Sender(Topics.under(PREFIX), telemetry_period_s=10.0, wall=now_utc)
+    sender._random01 = lambda: 1.0  # the longest wait of each step
+    holds_s = []
+    for _ in range(4):
+        sender.hold(16, what="test")
+        holds_s.append(round(sender.held_for_s(), 1))
+    assert holds_s == [1.0, 2.0, 4.0, 8.0]
+    sender.sent(Outgoing(Kind.EVENT, f"{PREFIX}/event", b"{}"))
+    sender.hold(16, what="test")
+    assert round(sender.held_for_s(), 1) == 1.0
