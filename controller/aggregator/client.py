@@ -86,7 +86,7 @@ class LinkClient(aiomqtt.Client):
 
         def disconnect_hook(client: Any, userdata: Any, flags: Any, code: Any, props: Any) -> None:
             connected = self._connected
-            if not self.connack_received and not connected.done():
+            if self.socket_opened and not self.connack_received and not connected.done():
                 # aiomqtt ignores a close before the CONNACK and waits out its timeout.
                 connected.set_exception(
                     NoConnackError("the broker closed the connection without a CONNACK")
