@@ -12,12 +12,15 @@ its parts:
   outbox (``outbox.py``) or the durable one (``durable_outbox.py``, store and forward) and
   keeps them until the broker acknowledged them; hands audit lines to the audit sink;
 * ``tls.py``: the TLS context, the password file, and the handshake checked before paho connects;
-* ``client.py``: the aiomqtt client built for one connection, its log, its errors as text.
+* ``client.py``: the client built for one connection (aiomqtt's, plus the PUBACK reason code,
+  topic aliases and a fast "no CONNACK"), its log, its errors as text.
 
 One connection at a time, owned by ``run()``:
 
-* connect with MQTT 5 (or 3.1.1 when ``broker.protocol`` says so, or when an MQTT 5 CONNECT is
-  refused with "unsupported protocol version": the link then stays on 3.1.1), a clean session,
+* connect to the broker's address, or in turn to each of ``broker.failover`` (a cluster's other
+  nodes, or a standby), with MQTT 5 (or 3.1.1 when ``broker.protocol`` says so, or when an
+  MQTT 5 CONNECT is refused with "unsupported protocol version" or gets no CONNACK at all: the
+  link then stays on 3.1.1 for that address), a clean session,
   the configured keepalive, TLS (CA, optional client certificate and key) and username and
   password (read from ``password_file`` on every connect, so a rotated password is picked up);
 * Last Will: ``offline``, retained, QoS 1, on the availability topic; on connect the link
@@ -25,8 +28,10 @@ One connection at a time, owned by ``run()``:
   as published", so a retained message is recognisable even when it arrives live), then
   publishes ``online``, retained;
 * a lost or refused connection makes the link ``DOWN`` (with ``reason``), and it reconnects by
-  itself after a capped exponential backoff with jitter (``backoff.py``); a connection that
-  stayed up for ``STABLE_SESSION_S`` resets the backoff;
+  itself, to the next address: after a lost connection first at a random time within
+  ``reconnect_spread_s`` (a fleet that lost its broker together comes back spread out), after
+  a failed attempt with a capped exponential backoff with jitter (``backoff.py``); a connection
+  that stayed up for ``STABLE_SESSION_S`` resets the backoff;
 * the receive loop hands every setpoint to the tracker; an accepted one becomes ``setpoint()``
   at once and wakes the control loop; the acks and audit lines the tracker returns go to the
   sender;
@@ -35,7 +40,10 @@ One connection at a time, owned by ``run()``:
   ``prices`` (its ``version`` goes up) and wakes the control loop;
 * ``report()`` never waits: the tracker answers the setpoints the cycle followed, the sender
   queues events, status and telemetry, and the publish loop sends them while connected (acks
-  first, then events, status and telemetry from memory, then stored records, a window at once).
+  first, then events, status and telemetry from memory, then stored records, a window at once);
+* a PUBACK with reason 16 ("no matching subscribers", MQTT 5) or an error code leaves the
+  message where it was (in memory or stored) and holds back everything but retained messages
+  for a while, with backoff (``Sender.hold``): a record is delivered, not only handed over.
 
 Audit: an optional ``AuditSink`` hears of every setpoint accepted, rejected (with the reason)
 and applied (the power of its ack and the binding limit); a failing sink is logged, never

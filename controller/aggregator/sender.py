@@ -15,6 +15,11 @@ acknowledged::
     await sender.stored_sent(records)      # and delete them from the durable outbox
     await sender.idle()                    # nothing left: until something is queued
 
+Delivered means delivered: a message whose PUBACK says "no matching subscribers" (reason 16,
+MQTT 5.0 §3.4.2.1) or an error stays where it was, and ``hold`` keeps everything but retained
+messages back for 1 s, doubling to 60 s while it goes on (``held_for_s``); the first delivery
+ends it. A retained message with reason 16 counts as delivered: the broker keeps it.
+
 Without a durable outbox everything goes through the bounded in-memory ``Outbox``
 (``OUTBOX_CAPACITY``, overflow policy in ``outbox.py``); a drop is reported in a
 ``messages_dropped`` event once the acks waiting behind it went out.
