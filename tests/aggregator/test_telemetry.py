@@ -10,15 +10,18 @@ import json
 import time
 from collections.abc import Callable
 
+import pytest
+
 from controller.aggregator.telemetry import (
     TelemetryGate,
     events_between,
     status_message,
     telemetry_message,
 )
-from controller.config import Config
+from controller.config import Config, parse_config
 from controller.core.rules import Direction, Limit, Rule
 from controller.core.snapshots import PowerCommand, PowerState
+from controller.errors import ConfigError
 from controller.links import ControlOutput, ControlReport
 from hil.mosquitto import Mosquitto
 from tests.aggregator.support import (
@@ -288,6 +291,33 @@ def test_a_rewritten_revert_timer_is_an_event() -> None:
     assert "(1 since start)" in event.message
     assert events_between(after, after) == []
     assert events_between(None, after) == []
+
+
+AGGREGATOR_CONFIG = """\
+site: {site_id: home-1, charger_id: c1}
+vehicle: {protocol: chademo}
+inverter: {transport: tcp, tcp: {host: 192.0.2.10}}
+aggregator:
+  broker: {host: broker.example, port: 8883}
+"""
+
+
+def test_the_telemetry_settings_default_and_are_checked_against_the_period() -> None:
+    """1 s rate limit and 300 s idle period by default; a rate limit longer than the period,
+    an idle period shorter than it, or a rate limit under 0.1 s are refused with the reason."""
+    aggregator = parse_config(AGGREGATOR_CONFIG).aggregator
+    assert (aggregator.telemetry_min_interval_s, aggregator.telemetry_idle_period_s) == (1.0, 300.0)
+    cases = {
+        "  telemetry_min_interval_s: 20\n": "telemetry_min_interval_s at or below "
+        "telemetry_period_s, found 20 and 10",
+        "  telemetry_period_s: 60\n  telemetry_idle_period_s: 30\n": "telemetry_idle_period_s "
+        "at or above telemetry_period_s, found 30 and 60",
+        "  telemetry_min_interval_s: 0.05\n": "greater than or equal to 0.1",
+    }
+    for extra, reason in cases.items():
+        with pytest.raises(ConfigError) as info:
+            parse_config(AGGREGATOR_CONFIG + extra, "c.yaml")
+        assert reason in str(info.value), str(info.value)
 
 
 def link_config(port: int, period_s: float) -> Config:
