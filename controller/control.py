@@ -374,6 +374,8 @@ class CoreControlStep:
             reasons=tuple(str(r) for r in decision.reasons),
             rules=tuple(r.rule for r in decision.reasons),
             limits=tuple(str(limit) for limit in decision.limits),
+            limit_values=decision.limits,
+            binding=decision.binding,
             source="aggregator" if following else "fallback",
             setpoint_id=setpoint.setpoint_id if following and setpoint is not None else None,
             requested_w=decision.request.power_w,

@@ -24,7 +24,7 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Protocol
 
-from controller.core.rules import Rule
+from controller.core.rules import Limit, Rule
 from controller.core.snapshots import (
     InverterState,
     PowerCommand,
@@ -148,6 +148,10 @@ class ControlOutput:
     # The rule behind each of ``reasons``, in the same order (typed: never parsed from the text).
     rules: tuple[Rule, ...] = ()
     plan: PlanOutline | None = None  # fallback optimize: the plan's next slots
+    # ``limits`` and ``binding_limit`` as values, for what compares them (telemetry): the
+    # readable strings carry the data's age, which changes every cycle.
+    limit_values: tuple[Limit, ...] = ()
+    binding: Limit | None = None
 
     def summary_key(self) -> tuple[object, ...]:
         """What must change for the decision to be logged again (not every ramp step)."""
@@ -213,6 +217,16 @@ class ControlReport:
     def limits(self) -> tuple[str, ...]:
         """Every limit in force, readable."""
         return self.output.limits
+
+    @property
+    def limit_values(self) -> tuple[Limit, ...]:
+        """Every limit in force, as values (rule, direction, power)."""
+        return self.output.limit_values
+
+    @property
+    def binding(self) -> Limit | None:
+        """The limit that cut the request, as a value; None if the request fitted."""
+        return self.output.binding
 
     @property
     def max_charge_w(self) -> float:

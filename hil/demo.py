@@ -165,10 +165,6 @@ def prices_at(config: Config, clock: SimClock, at: dt.datetime) -> tuple[float, 
     return slot.import_per_kwh, slot.export_per_kwh + bonus
 
 
-def _rule(binding_limit: str) -> str:
-    return binding_limit.split(" ", 1)[0].split(":", 1)[0]
-
-
 class AggregatorScript:
     """The aggregator's evening: it announces a demand-response event and leaves the power to
     the charger's planner (no setpoints: the plan decides, the core caps it)."""
@@ -201,9 +197,9 @@ def _take_telemetry(night: Night, aggregator: AggregatorClient, seen: int, at: s
     for message in telemetry[seen:]:
         data = message.json()
         night.last_status = data
-        limit = data.get("binding_limit")
+        limit = data.get("binding_limit")  # {"rule", "direction", "power_w"} or null
         if limit:
-            night.interlocks.setdefault(_rule(limit), at)
+            night.interlocks.setdefault(str(limit["rule"]), at)
         for fault in data.get("faults") or ():
             night.interlocks.setdefault(f"fault: {fault}", at)
     return len(telemetry)

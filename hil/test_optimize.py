@@ -94,13 +94,20 @@ def test_the_plan_sells_at_the_peak_and_replans_when_the_aggregator_pushes_price
             assert await plant_until(rig, lambda s: s["actual_w"] >= -50, 20), (
                 "still selling after the export price fell to 0"
             )
-            # The plan made for the new prices (later ones may follow as the SoC moves off it).
-            replanned = [
-                p
-                for m in aggregator.on("telemetry")
-                if (p := m.json().get("plan")) is not None and p["reason"] == "new prices"
-            ]
-            assert replanned, "no plan made for the new prices was published"
+
+            # The plan made for the new prices (later ones may follow as the SoC moves off it);
+            # its record may wait up to telemetry_min_interval_s (1 s) for the rate limit.
+            def replanned_plans() -> list[dict[str, Any]]:
+                return [
+                    p
+                    for m in aggregator.on("telemetry")
+                    if (p := m.json().get("plan")) is not None and p["reason"] == "new prices"
+                ]
+
+            assert await until(lambda: bool(replanned_plans()), 5), (
+                "no plan made for the new prices was published"
+            )
+            replanned = replanned_plans()
             assert replanned[0]["plan_number"] > plan["plan_number"]
             assert min(replanned[0]["power_w"]) >= 0, replanned[0]
 

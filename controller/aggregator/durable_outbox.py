@@ -98,8 +98,8 @@ class OutboxRecord:
     body: str  # JSON object, without record_id
 
     def payload(self) -> bytes:
-        """The published JSON: ``record_id`` first, then the body's fields."""
-        return with_record_id(self.record_id, self.body.encode())
+        """The published JSON: ``type``, ``record_id``, then the body's fields."""
+        return with_record_id(self.record_id, self.body.encode(), self.kind)
 
 
 class OutboxRecordError(LedgerError, ValueError):

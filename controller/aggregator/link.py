@@ -209,6 +209,8 @@ class MqttAggregatorLink:
         self._sender = Sender(
             self.topics,
             telemetry_period_s=config.telemetry_period_s,
+            telemetry_min_interval_s=config.telemetry_min_interval_s,
+            telemetry_idle_period_s=config.telemetry_idle_period_s,
             wall=wall,
             durable=durable,
             storage=storage,

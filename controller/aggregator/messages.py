@@ -14,6 +14,7 @@ Sign convention: ``+`` charges the vehicle (import), ``-`` discharges it (export
 from __future__ import annotations
 
 import json
+import re
 import sys
 from pathlib import Path
 from typing import Annotated, Any, Literal, Self
@@ -39,8 +40,13 @@ State = Literal["idle", "charging", "discharging", "stopping", "fault"]
 
 
 def _strip_null_from_optional(schema: dict[str, Any], model: type[BaseModel]) -> None:
-    """An optional field is omitted rather than null: say so in the schema."""
+    """An optional field is omitted rather than null: say so in the schema. The record type of an
+    outgoing payload has a default in the model, but the charger always sends it: required."""
     for name, field in model.model_fields.items():
+        if name == "type":
+            schema["required"] = ["type", *schema.get("required", [])]
+            schema["properties"]["type"].pop("default", None)
+            continue
         if field.is_required():
             continue
         prop = schema.get("properties", {}).get(name)
@@ -248,6 +254,11 @@ class PriceEventMessage(_Message):
 
 
 # --- out: charger -> aggregator ---------------------------------------------------------------
+#
+# Every payload the charger publishes starts with "type", its topic's name, so a consumer that
+# takes several topics from one queue routes on the payload alone.
+
+_TYPE_DESCRIPTION = "What this payload is (the topic's name), for routing; always the first field."
 
 
 class AckMessage(_Message):
@@ -258,6 +269,8 @@ class AckMessage(_Message):
     """
 
     model_config = ConfigDict(title="ack")
+
+    type: Literal["ack"] = Field(default="ack", description=_TYPE_DESCRIPTION)
 
     id: str | None = Field(description="The setpoint's id; null if it could not be read.")
     accepted: bool
@@ -280,6 +293,8 @@ class PriceAckMessage(_Message):
     retained): accepted, or rejected with a reason; nothing changes on a rejection."""
 
     model_config = ConfigDict(title="price_ack")
+
+    type: Literal["price_ack"] = Field(default="price_ack", description=_TYPE_DESCRIPTION)
 
     id: str | None = Field(description="The message's id; null if it could not be read.")
     topic: Literal["price_schedule", "price_event"] = Field(
@@ -322,11 +337,27 @@ class PlanBody(_Message):
     reason: str = Field(description="Why this plan was made.")
 
 
+class LimitBody(_Message):
+    """A limit in force: the power in 'direction' may not exceed 'power_w'."""
+
+    model_config = ConfigDict(title="limit")
+
+    rule: str = Field(
+        pattern=r"^[a-z][a-z0-9_]{0,63}$",
+        description="The rule's name, e.g. 'soc_floor', 'vehicle_stale' (docs/safety.md).",
+    )
+    direction: Literal["charge", "discharge"]
+    power_w: float = Field(ge=0, description="A magnitude, to 1 W; 0: none allowed that way.")
+
+
 class TelemetryBody(_Message):
-    """Measurements and flexibility (topic 'telemetry', QoS 1, not retained), on change and
-    every 'telemetry_period_s'. The body as stored; the payload adds 'record_id'."""
+    """Measurements and flexibility (topic 'telemetry', QoS 1, not retained), on a change (at
+    most one per 'telemetry_min_interval_s') and every 'telemetry_period_s' ('telemetry_idle_
+    period_s' while idle). The body as stored; the payload adds 'record_id'."""
 
     model_config = ConfigDict(title="telemetry")
+
+    type: Literal["telemetry"] = Field(default="telemetry", description=_TYPE_DESCRIPTION)
 
     at: AwareDatetime
     state: State
@@ -337,8 +368,12 @@ class TelemetryBody(_Message):
     measured_power_w: float | None = Field(description="At the inverter; null: not measured.")
     soc_pct: float | None
     voltage_v: float | None = Field(description="Vehicle pack voltage.")
-    binding_limit: str | None
-    limits: list[str] = Field(description="Every limit in force, readable.")
+    binding_limit: LimitBody | None = Field(
+        description="The limit that cut the power asked for; null: none did."
+    )
+    limits: list[LimitBody] = Field(
+        description="Every limit in force, one per rule and direction (the lowest)."
+    )
     faults: list[str]
     flexibility: Flexibility
     plan: PlanBody | None = Field(
@@ -355,8 +390,9 @@ def _record_id_field() -> Any:
 
 
 class TelemetryMessage(TelemetryBody):
-    """Measurements and flexibility (topic 'telemetry', QoS 1, not retained), on change and
-    every 'telemetry_period_s'; kept and delivered in order after an outage."""
+    """Measurements and flexibility (topic 'telemetry', QoS 1, not retained), on a change (at
+    most one per 'telemetry_min_interval_s') and every 'telemetry_period_s' ('telemetry_idle_
+    period_s' while idle); kept and delivered in order after an outage."""
 
     model_config = ConfigDict(title="telemetry")
 
@@ -368,6 +404,8 @@ class StatusMessage(_Message):
     every (re)connect."""
 
     model_config = ConfigDict(title="status")
+
+    type: Literal["status"] = Field(default="status", description=_TYPE_DESCRIPTION)
 
     at: AwareDatetime
     state: State
@@ -395,6 +433,8 @@ class EventBody(_Message):
     adds 'record_id'."""
 
     model_config = ConfigDict(title="event")
+
+    type: Literal["event"] = Field(default="event", description=_TYPE_DESCRIPTION)
 
     at: AwareDatetime
     kind: EventKind
@@ -469,6 +509,8 @@ class SessionBody(_Message):
 
     model_config = ConfigDict(title="session")
 
+    type: Literal["session"] = Field(default="session", description=_TYPE_DESCRIPTION)
+
     session_id: str = Field(min_length=1, max_length=64)
     protocol: str = Field(
         min_length=1, max_length=32, description="The vehicle protocol, e.g. 'chademo'."
@@ -506,10 +548,24 @@ class SessionMessage(SessionBody):
     record_id: str = _record_id_field()
 
 
-def with_record_id(record_id: str, body_json: bytes) -> bytes:
-    """A stored record's payload: its body (a JSON object, serialised by its model, so never
-    empty) with ``record_id`` as the first field."""
-    return b'{"record_id":' + json.dumps(record_id).encode() + b"," + body_json[1:]
+_TYPE_FIRST = re.compile(rb'^\{"type":"[a-z_]+"')
+
+
+def with_record_id(record_id: str, body_json: bytes, kind: str | None = None) -> bytes:
+    """A stored record's payload: its body (a JSON object serialised by its model, so "type"
+    comes first) with ``record_id`` right after "type". A body stored before records had a type
+    (by an older version, still in the outbox) gets ``kind`` as its type."""
+    members = body_json[1:]  # after "{": "}" or '"name":value,...}'
+    typed = _TYPE_FIRST.match(body_json)
+    if typed is not None:
+        first = [body_json[1 : typed.end()]]
+        members = body_json[typed.end() :].removeprefix(b",")
+    elif kind is not None:
+        first = [b'"type":' + json.dumps(kind).encode()]
+    else:
+        first = []
+    first.append(b'"record_id":' + json.dumps(record_id).encode())
+    return b"{" + b",".join(first) + (b"}" if members == b"}" else b"," + members)
 
 
 AVAILABILITY_ONLINE = b"online"

@@ -101,6 +101,8 @@ class Sender:
         topics: Topics,
         *,
         telemetry_period_s: float,
+        telemetry_min_interval_s: float = 1.0,
+        telemetry_idle_period_s: float | None = None,
         wall: Callable[[], dt.datetime],
         durable: DurableOutbox | None = None,
         storage: StorageThread | None = None,
@@ -110,7 +112,11 @@ class Sender:
         self._audit = audit
         self._wall = wall
         self._outbox = Outbox(OUTBOX_CAPACITY)
-        self._gate = TelemetryGate(period_s=telemetry_period_s)
+        self._gate = TelemetryGate(
+            period_s=telemetry_period_s,
+            min_interval_s=telemetry_min_interval_s,
+            idle_period_s=telemetry_idle_period_s,
+        )
         self._latest_report: ControlReport | None = None
         self._status_key: tuple[object, ...] | None = None
         self._unreported_drops = 0
@@ -408,7 +414,8 @@ class Sender:
     # -- housekeeping -------------------------------------------------------------------------
 
     async def housekeeping(self, now_s: float, *, connected: bool) -> None:
-        """Every ``HOUSEKEEPING_S``: periodic telemetry, deletes that failed before, storage
+        """Every ``HOUSEKEEPING_S``: periodic telemetry (and a change that waited for the
+        telemetry rate limit), deletes that failed before, storage
         health events, the telemetry sync and the outbox bounds."""
         report = self._latest_report
         if report is not None and self._gate.periodic_due(now_s):

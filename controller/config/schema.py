@@ -515,6 +515,28 @@ class AggregatorConfig(Section):
         description="A setpoint valid for longer than this is rejected.",
     )
     telemetry_period_s: float = Field(default=10.0, ge=1.0, le=3600.0)
+    telemetry_min_interval_s: float = Field(
+        default=1.0,
+        ge=0.1,
+        le=3600.0,
+        description="At most one telemetry record per this interval, changes included: a change "
+        "inside it goes out when it ends, never lost. A change is a value moving past its "
+        "deadband (100 W, 0.5 % SoC, 5 V, a limit's power by 100 W), a limit coming or going, or "
+        "a state, source, setpoint or fault change; never a limit's text. At most "
+        "telemetry_period_s.",
+    )
+    telemetry_idle_period_s: float = Field(
+        default=300.0,
+        ge=1.0,
+        le=86_400,
+        description="The periodic telemetry while the charger is idle (state idle, 0 W) and "
+        "nothing changes, instead of telemetry_period_s; a change still goes out at once. Why: an "
+        "idle plugged car on a cellular uplink should cost at most 1 MB a day, and a record of "
+        "about 1 KB (8 limits in force) every 10 s is over 8 MB a day, every 300 s under "
+        "0.3 MB. Meanwhile the "
+        "MQTT keepalive and the Last Will tell when the charger is gone. At least "
+        "telemetry_period_s.",
+    )
     max_abs_power_w: float = Field(
         default=22_000.0,
         gt=0,
@@ -577,6 +599,16 @@ class AggregatorConfig(Section):
             raise ValueError(
                 "expected reconnect_initial_s at or below reconnect_max_s, found "
                 f"{self.reconnect_initial_s:g} and {self.reconnect_max_s:g}"
+            )
+        if self.telemetry_min_interval_s > self.telemetry_period_s:
+            raise ValueError(
+                "expected telemetry_min_interval_s at or below telemetry_period_s, found "
+                f"{self.telemetry_min_interval_s:g} and {self.telemetry_period_s:g}"
+            )
+        if self.telemetry_idle_period_s < self.telemetry_period_s:
+            raise ValueError(
+                "expected telemetry_idle_period_s at or above telemetry_period_s, found "
+                f"{self.telemetry_idle_period_s:g} and {self.telemetry_period_s:g}"
             )
         return self
 

@@ -229,15 +229,21 @@ class ManualClock:
 
 
 def test_telemetry_on_change_and_periodically(broker: Mosquitto) -> None:
-    """Telemetry goes out at the first report, at once on a state change, and every period;
-    status is retained; source changes and faults become events."""
+    """Telemetry goes out at the first report, on a state change (when the rate limit's
+    interval ends), and every period; status is retained; source changes and faults become
+    events."""
     clock = ManualClock()
 
     def at_now(control: ControlReport) -> ControlReport:
         return dataclasses.replace(control, monotonic_s=clock())
 
     async def scenario() -> None:
-        link = make_link(make_config(broker.port), monotonic=clock)  # telemetry_period_s: 1
+        config = make_config(broker.port)
+        aggregator_config = config.aggregator.model_copy(
+            update={"telemetry_period_s": 10.0, "telemetry_idle_period_s": 10.0}
+        )
+        config = config.model_copy(update={"aggregator": aggregator_config})
+        link = make_link(config, monotonic=clock)  # telemetry_min_interval_s: 1
         runner = LinkRunner(link)
         async with Aggregator(broker.port) as aggregator, runner:
             await runner.up()
@@ -249,13 +255,13 @@ def test_telemetry_on_change_and_periodically(broker: Mosquitto) -> None:
             assert first["flexibility"]["max_discharge_power_w"] == 7400.0
             assert not aggregator.on("telemetry")[0].retain
 
-            clock.now_s += 0.5  # half a period on the link's clock: nothing is due by time
+            clock.now_s += 0.5  # nothing is due by time on the link's clock
             link.report(at_now(report(None, 0.0, source="fallback")))  # nothing changed
             await asyncio.sleep(0.3)
             assert len(aggregator.on("telemetry")) == 1
 
-            # Still within the period on the link's clock, which does not move from here until
-            # the second telemetry arrives: only the change can make it due.
+            # Within the period (10 s): only the change can make it due, once the rate limit's
+            # interval (1 s) since the first record ends on the link's clock.
             link.report(
                 at_now(
                     report(
@@ -267,13 +273,16 @@ def test_telemetry_on_change_and_periodically(broker: Mosquitto) -> None:
                     )
                 )
             )
+            await asyncio.sleep(0.3)
+            assert len(aggregator.on("telemetry")) == 1
+            clock.now_s += 0.5
             assert await until(lambda: len(aggregator.on("telemetry")) == 2, 10.0)
             assert aggregator.on("telemetry")[1].json()["state"] == "discharging"
 
             # No further reports: the latest is republished each time a period passes.
-            clock.now_s += 1.0
+            clock.now_s += 10.0
             assert await until(lambda: len(aggregator.on("telemetry")) == 3, 10.0)
-            clock.now_s += 1.0
+            clock.now_s += 10.0
             assert await until(lambda: len(aggregator.on("telemetry")) == 4, 10.0)
             assert aggregator.on("telemetry")[-1].json()["state"] == "discharging"
 

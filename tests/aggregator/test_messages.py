@@ -10,12 +10,16 @@ from pathlib import Path
 import pydantic
 import pytest
 
+from controller.aggregator.durable_outbox import DurableOutbox
 from controller.aggregator.messages import (
     TOPIC_MODELS,
     AckMessage,
     SetpointMessage,
     schema_files,
+    with_record_id,
 )
+from controller.storage.db import open_database
+from tests.aggregator.test_durable_outbox import session
 
 ROOT = Path(__file__).resolve().parents[2]
 DOC = ROOT / "docs" / "mqtt.md"
@@ -65,6 +69,7 @@ def test_optional_fields_are_omitted_not_null() -> None:
         '{"id": null, "accepted": false, "at": "2025-03-14T17:30:00Z", "reason": "x"}'
     )
     assert json.loads(ack.to_json()) == {
+        "type": "ack",
         "id": None,
         "accepted": False,
         "at": "2025-03-14T17:30:00Z",
@@ -78,3 +83,43 @@ def test_setpoint_model_is_strict() -> None:
         SetpointMessage.model_validate_json(
             '{"id": "a", "issued_at": "2025-03-14T17:30:00Z", "ttl_s": "5", "power_w": 1}'
         )
+
+
+OUTGOING = ("ack", "price_ack", "telemetry", "status", "event", "session")
+
+
+@pytest.mark.parametrize("topic", OUTGOING)
+def test_every_published_payload_says_its_type_first(topic: str) -> None:
+    """Each payload the charger publishes has "type", its topic's name, as the first field,
+    and the schema requires it (a consumer routes on it); incoming ones have none."""
+    schema = json.loads(schema_files()[f"{topic}.schema.json"])
+    assert schema["required"][0] == "type"
+    assert next(iter(schema["properties"])) == "type"
+    assert schema["properties"]["type"]["const"] == topic
+    for name, text in doc_examples():
+        if name == topic:
+            assert next(iter(json.loads(text))) == "type", f"docs/mqtt.md {topic} example"
+    for incoming in ("setpoint", "price_schedule", "price_event"):
+        assert "type" not in json.loads(schema_files()[f"{incoming}.schema.json"])["properties"]
+
+
+def test_a_session_record_from_the_outbox_carries_its_type(tmp_path: Path) -> None:
+    """The ledger's session body has no type: the outbox stores it through the model, so the
+    published payload starts with "type": "session", then "record_id"."""
+    outbox = DurableOutbox(open_database(tmp_path / "ledger.sqlite"))
+    record_id = outbox.put("session", session())
+    (record,) = outbox.peek()
+    payload = json.loads(record.payload())
+    assert list(payload)[:3] == ["type", "record_id", "session_id"]
+    assert (payload["type"], payload["record_id"]) == ("session", record_id)
+    TOPIC_MODELS["session"].model_validate_json(record.payload())
+
+
+def test_a_record_stored_without_a_type_gets_its_kind() -> None:
+    """A body an older version stored (no "type") is published with its kind as the type."""
+    assert with_record_id("w-7", b'{"at":"x","kind":"fault_raised"}', "event") == (
+        b'{"type":"event","record_id":"w-7","at":"x","kind":"fault_raised"}'
+    )
+    assert with_record_id("w-8", b'{"type":"event","at":"x"}', "event") == (
+        b'{"type":"event","record_id":"w-8","at":"x"}'
+    )

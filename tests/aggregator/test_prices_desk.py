@@ -101,6 +101,7 @@ def test_an_accepted_schedule_is_in_the_book_and_acked_with_the_version() -> Non
     outcome = send(desk, schedule_body())
     assert outcome.accepted
     assert json.loads(outcome.ack.to_json()) == {
+        "type": "price_ack",
         "id": "s-1",
         "topic": "price_schedule",
         "accepted": True,

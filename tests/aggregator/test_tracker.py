@@ -119,6 +119,7 @@ def test_report_naming_the_setpoint_acks_it_with_the_applied_power() -> None:
     sent = tracker.report(cycle(MONO_S + 0.1, -3000.0, setpoint_id="sp-1"), wall_now=WALL)
     assert acks(sent) == [
         {
+            "type": "ack",
             "id": "sp-1",
             "accepted": True,
             "at": "2025-03-14T17:30:00Z",
