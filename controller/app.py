@@ -56,6 +56,7 @@ def build_links(
     """The three links the config describes; the aggregator link stores its records in
     ``durable`` (the ledger's store-and-forward outbox, used on ``storage``'s thread) and
     reports setpoints to ``audit``."""
+    site_tz = zoneinfo.ZoneInfo(config.site.timezone)  # price acks stamped like the reports
     return Links(
         vehicle=_build_vehicle(config),
         inverter=_build_inverter(config),
@@ -65,7 +66,7 @@ def build_links(
             audit=audit,
             storage=storage,
             ledger=ledger,
-            price_wall=lambda: wall_clock(dt.UTC),
+            price_wall=lambda: wall_clock(site_tz),
         ),
     )
 

@@ -34,7 +34,7 @@ from controller.core.policy import (
     WearPolicy,
 )
 from controller.core.policy import TimeWindow as CoreWindow
-from controller.core.rules import Direction, is_fresh
+from controller.core.rules import Direction, Rule, is_fresh
 from controller.core.safety import (
     CoreState,
     Decision,
@@ -52,6 +52,7 @@ from controller.core.safety import (
 from controller.core.snapshots import (
     InverterState,
     PlannedPower,
+    PowerState,
     Setpoint,
     VehiclePhase,
     VehicleState,
@@ -383,7 +384,9 @@ class CoreControlStep:
             max_discharge_w=_finite(max_discharge_w),
             soc_floor_pct=decision.soc_floor_pct,
             energy_above_floor_wh=self._energy_above_floor_wh(vehicle, decision),
-            faults=self.state.fault_latch.causes + self.state.stop_latch.causes,
+            faults=self.state.fault_latch.causes
+            + self.state.stop_latch.causes
+            + _stale_faults(decision, inverter),
             session_allowed=self._session_allowed(inverter, monotonic_s),
             plan=None if self.planner is None else self.planner.outline(wall),
         )
@@ -439,6 +442,27 @@ class CoreControlStep:
             return None
         capacity_kwh = vehicle.capacity_kwh or self.policy.battery_capacity_default_kwh
         return max(0.0, vehicle.soc_pct - decision.soc_floor_pct) / 100 * capacity_kwh * 1000
+
+
+def _stale_faults(decision: Decision, inverter: InverterState | None) -> tuple[str, ...]:
+    """The stale data that makes the state FAULT without latching (core/safety.py
+    ``_power_state``: stale data in a vehicle session, which includes no inverter snapshot yet
+    in the daemon's first cycles), named so that no status says "fault" without a fault. The
+    words stay the same from cycle to cycle (no age), so telemetry and events see one change."""
+    if decision.power_state is not PowerState.FAULT:
+        return ()
+    rules = {limit.rule for limit in decision.limits}
+    named: list[str] = []
+    if Rule.VEHICLE_STALE in rules:
+        named.append("vehicle data stale")
+    if Rule.INVERTER_STALE in rules:
+        if inverter is None:
+            named.append("no inverter data")
+        elif not inverter.reachable:
+            named.append("inverter unreachable")
+        else:
+            named.append("inverter data stale")
+    return tuple(named)
 
 
 def _finite(value_w: float) -> float:

@@ -69,6 +69,7 @@ import datetime as dt
 import random
 import ssl
 import time
+import zoneinfo
 from collections.abc import Callable, Iterable
 from typing import Protocol
 
@@ -241,10 +242,12 @@ class MqttAggregatorLink:
     ) -> MqttAggregatorLink:
         broker = config.aggregator.broker
         client_id = broker.client_id if broker is not None and broker.client_id else None
+        site_tz = zoneinfo.ZoneInfo(config.site.timezone)  # what the link stamps: as the reports
         return cls(
             config.aggregator,
             topic_prefix=config.topic_prefix,
             client_id=client_id or f"v2g-{config.site.site_id}-{config.site.charger_id}",
+            wall=lambda: dt.datetime.now(site_tz),
             durable=durable,
             audit=audit,
             storage=storage,

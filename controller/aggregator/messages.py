@@ -265,7 +265,7 @@ class AckMessage(_Message):
     """The answer to every setpoint (topic 'ack', QoS 1, not retained).
 
     Rejected: 'accepted' false and a 'reason'. Accepted: the power the first control cycle
-    that followed it applied, what was asked, and the limit that made them differ.
+    that followed it applied, what was asked, and what made them differ.
     """
 
     model_config = ConfigDict(title="ack")
@@ -284,7 +284,9 @@ class AckMessage(_Message):
         default=None, description="The power commanded by the control cycle that followed it."
     )
     binding_limit: str | None = Field(
-        default=None, description="The limit that made applied differ from requested."
+        default=None,
+        description="What made applied differ from requested (the limit that cut the request, "
+        "the ramp, ...); present whenever they differ by more than 0.5 W.",
     )
 
 

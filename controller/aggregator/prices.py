@@ -231,7 +231,7 @@ class PriceDesk:
         )
         data, problem = load_json(payload, max_bytes)
         if problem is not None:
-            return self._reject(topic, None, problem.reason, wall_now)
+            return self._reject(topic, problem.setpoint_id, problem.reason, wall_now)
         message_id = readable_id(data)
         if retained:
             return self._reject(topic, message_id, RETAINED_REASON, wall_now)

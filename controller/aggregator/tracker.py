@@ -18,9 +18,12 @@ Which ack a setpoint gets (docs/mqtt.md, "Ack"):
 
 1. a rejected payload: at once, ``accepted: false`` with the reason (and the id, if readable);
 2. an accepted setpoint: at the first report that names it, with the power that cycle applied;
-   ``binding_limit`` only when that differs from the power asked by more than 0.5 W;
+   ``binding_limit`` whenever that differs from the power asked by more than 0.5 W, and only
+   then: what made the difference (``what_binds``: the limit that cut the request, the ramp
+   on its way to it, or whatever else the cycle's rules say);
 3. a ``release``: at the first report after it on a source other than the aggregator, with what
-   the local policy applied and the limit that bound it, and no requested power;
+   the local policy applied and what bound it (as in 2., against what the policy asked), and
+   no requested power;
 4. one no report answered within ``ack_wait_s``: with the latest report's power (given one came
    after the setpoint), and as ``binding_limit`` "superseded by <id>", the limit that bound, or
    "not followed: control source <source>"; with no report since, a ``reason`` instead;
@@ -40,8 +43,9 @@ from dataclasses import dataclass, replace
 
 from controller.aggregator.messages import AckMessage
 from controller.aggregator.validation import Accepted, Rejected, SetpointLimits, SetpointValidator
+from controller.core.rules import Rule
 from controller.core.snapshots import Setpoint, SetpointMode
-from controller.links import ControlReport, SetpointAudit
+from controller.links import ControlOutput, ControlReport, SetpointAudit
 
 ACK_WAIT_S = 2.0  # an accepted setpoint no control cycle followed is acked after this anyway
 MAX_AWAITING_ACK = 64
@@ -84,6 +88,45 @@ class _AwaitingAck:
     received_at_s: float  # monotonic
     mode: SetpointMode
     audit_seq: int = 0  # the storage job of its "accepted" audit line; its ack waits for it
+
+
+def _reason_of(output: ControlOutput, rule: Rule) -> str | None:
+    """The cycle's reason for ``rule`` ("ramp: 0 W toward -3000 W at 500 W/s"), if it gave one
+    (``rules`` and ``reasons`` go in the same order)."""
+    for found, reason in zip(output.rules, output.reasons, strict=False):
+        if found is rule:
+            return reason
+    return None
+
+
+def what_binds(output: ControlOutput, requested_w: float) -> str | None:
+    """What made the cycle's command differ from ``requested_w``; None when it did not (within
+    ``APPLIED_TOLERANCE_W``). Never empty when they differ, in this order:
+
+    * the limit that cut the request, followed by the ramp when the command is still on its way
+      to that limit ("soc_floor ...; ramp: ...");
+    * the ramp alone (the request fits every limit; the command gets there step by step);
+    * arbitration, when the request the core took is not ``requested_w`` (another source);
+    * the wait for a start after an emergency-stop reset;
+    * otherwise the cycle's state and source, so the difference is never unexplained.
+    """
+    applied_w = output.command.power_w
+    if abs(applied_w - requested_w) <= APPLIED_TOLERANCE_W:
+        return None
+    ramp = _reason_of(output, Rule.RAMP)
+    if output.binding_limit:
+        return output.binding_limit if ramp is None else f"{output.binding_limit}; {ramp}"
+    if ramp is not None:
+        return ramp
+    if abs(output.requested_w - requested_w) > APPLIED_TOLERANCE_W:
+        arbitration = _reason_of(output, Rule.ARBITRATION)
+        if arbitration is not None:
+            return arbitration
+    waiting = _reason_of(output, Rule.FAULT_RESET)
+    if waiting is not None:
+        return waiting
+    enabled = "enabled" if output.command.enable else "disabled"
+    return f"state {output.state}, source {output.source}, power stage {enabled}"
 
 
 def _with_audit(ack: AckMessage, action: str, after_seq: int = 0) -> AckToSend:
@@ -236,13 +279,13 @@ class SetpointTracker:
         applied_w = report.commanded_w
         requested_w: float | None
         if awaiting.mode is SetpointMode.RELEASE:
-            # Nothing was requested: the local policy decides, within the same limits.
+            # Nothing was requested: the local policy decides, within the same limits; what
+            # bound is judged against what the policy asked.
             requested_w = None
-            binding = report.binding_limit
+            binding = report.binding_limit or what_binds(report.output, report.output.requested_w)
         else:
             requested_w = awaiting.requested_power_w
-            differs = abs(applied_w - requested_w) > APPLIED_TOLERANCE_W
-            binding = report.binding_limit if differs else None
+            binding = what_binds(report.output, requested_w)
         ack = AckMessage(
             id=awaiting.setpoint_id,
             accepted=True,

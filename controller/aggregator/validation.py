@@ -3,11 +3,14 @@
 Pure: no IO, no clock reads, no logging. The caller passes the MQTT retain flag and both clocks'
 "now" (the aware wall clock for the aggregator's RFC 3339 times, the monotonic clock the core
 uses), and logs and acknowledges what comes back. Nothing here raises on bad input: every
-payload, whatever its bytes, becomes ``Accepted`` or ``Rejected`` with a readable reason.
+payload, whatever its bytes, becomes ``Accepted`` or ``Rejected`` with a readable reason. A
+reason is short (at most 300 characters) and never quotes the payload back: it names the
+check, the field and, for a number, the value with all the digits that make it true.
 
 Checks, in order (the first that fails is the reason):
 
-1. size (at most 4 KiB), UTF-8, well-formed JSON without duplicate keys or NaN/Infinity;
+1. size (at most 4 KiB), UTF-8, well-formed JSON without duplicate keys or NaN/Infinity,
+   nested at most ``MAX_JSON_DEPTH`` levels, and no lone UTF-16 surrogate in a string;
 2. the MQTT retain flag: a retained message is stale by nature and never acted on;
 3. shape: a JSON object, known fields only, strict types (a number is never a string), an
    ``id`` from a safe alphabet, times with a UTC offset, one of ``ttl_s``/``valid_until``;
@@ -42,8 +45,13 @@ from controller.aggregator.messages import (
 from controller.core.snapshots import Setpoint, SetpointMode
 
 RETAINED_REASON = "retained message: a setpoint is never taken from a retained message"
+# No message of the link nests deeper than 3 levels (a price schedule's slots); 32 leaves room
+# and stays far below the parsers' own recursion limits (Python's json ~1000, pydantic's 200).
+MAX_JSON_DEPTH = 32
 _MAX_REASON_CHARS = 300
+_MAX_SHOWN_CHARS = 40  # a rejected value quoted in a reason, at most
 _ID_RE = re.compile(ID_PATTERN)
+_SURROGATE_ESCAPE_RE = re.compile(r"\\u[dD][89a-fA-F]")  # \ud800-\udfff, paired or not
 
 
 @dataclass(frozen=True, slots=True)
@@ -86,13 +94,26 @@ def _object_without_duplicates(pairs: list[tuple[str, Any]]) -> dict[str, Any]:
     result: dict[str, Any] = {}
     for key, value in pairs:
         if key in result:
-            raise _DuplicateKeyError(f"duplicate key {key!r}")
+            raise _DuplicateKeyError(f"duplicate key {_shown(key)}")
         result[key] = value
     return result
 
 
 def _no_constants(name: str) -> Any:
     raise ValueError(f"{name} is not a number JSON allows")
+
+
+def exact(value: float) -> str:
+    """A number as short as it can be and still true: "900" for 900.0, "900.0001" for
+    900.0001 (which ``:g`` alone would round to "900")."""
+    short = f"{value:g}"
+    return short if float(short) == value else repr(float(value))
+
+
+def _shown(value: object) -> str:
+    """A rejected value for a reason: short values as they are, long ones cut."""
+    text = repr(value)
+    return text if len(text) <= _MAX_SHOWN_CHARS else text[: _MAX_SHOWN_CHARS - 1] + "…"
 
 
 def clip_reason(text: str) -> str:
@@ -117,8 +138,11 @@ def describe_error(exc: pydantic.ValidationError) -> str:
             parts.append(f"{where}: {message}" if where else message)
         else:
             found = err.get("input")
-            shown = "" if isinstance(found, dict | list) else f", found {found!r}"
-            parts.append(f"{where}: {err['msg'][0].lower()}{err['msg'][1:]}{shown}")
+            # The parser's own errors carry the whole payload as their input: never echoed.
+            echo = kind != "json_invalid" and not isinstance(found, dict | list | bytes)
+            shown = f", found {_shown(found)}" if echo else ""
+            message = f"{err['msg'][0].lower()}{err['msg'][1:]}{shown}"
+            parts.append(f"{where}: {message}" if where else message)
     more = len(exc.errors()) - len(parts)
     if more > 0:
         parts.append(f"and {more} more")
@@ -134,9 +158,56 @@ def readable_id(data: Any) -> str | None:
     return None
 
 
+def _unfit_json(text: str, data: Any) -> str | None:
+    """Why parsed JSON is unfit for the models, or None: nested deeper than
+    ``MAX_JSON_DEPTH``, or a string (key or value) holding a lone UTF-16 surrogate, which
+    Python's json module decodes from a "\\ud800" escape (RFC 8259 §8.2 leaves it to the
+    parser) but which is no Unicode character, so no model field can hold it. The text tells
+    which walks are needed: valid UTF-8 holds no surrogate but as an escape."""
+    check_depth = text.count("[") + text.count("{") > MAX_JSON_DEPTH
+    check_strings = _SURROGATE_ESCAPE_RE.search(text) is not None
+    if not (check_depth or check_strings):
+        return None
+    pending: list[tuple[Any, int]] = [(data, 1)]
+    while pending:
+        value, depth = pending.pop()
+        if isinstance(value, dict | list):
+            if depth > MAX_JSON_DEPTH:
+                return f"nested deeper than {MAX_JSON_DEPTH} levels"
+            items = [*value.keys(), *value.values()] if isinstance(value, dict) else value
+            pending.extend(
+                (item, depth + 1)
+                for item in items
+                if isinstance(item, dict | list) or (check_strings and isinstance(item, str))
+            )
+        elif isinstance(value, str) and not value.isascii():
+            try:
+                value.encode("utf-8")
+            except UnicodeEncodeError as exc:
+                code = ord(value[exc.start])
+                return f"a string holds a lone surrogate \\u{code:04x} (an escape with no pair)"
+    return None
+
+
+def _parsed(text: str) -> tuple[Any, str | None]:
+    """The JSON text parsed, or what is wrong with it."""
+    try:
+        data = json.loads(
+            text, object_pairs_hook=_object_without_duplicates, parse_constant=_no_constants
+        )
+    except json.JSONDecodeError as exc:
+        return None, f"{exc.msg} at offset {exc.pos}"
+    except RecursionError:
+        return None, f"nested deeper than {MAX_JSON_DEPTH} levels"
+    except ValueError as exc:  # a duplicate key, NaN or Infinity
+        return None, str(exc)
+    return data, _unfit_json(text, data)
+
+
 def load_json(payload: bytes, max_payload_bytes: int) -> tuple[Any, Rejected | None]:
     """The payload as JSON data, or why not: too large, not UTF-8, malformed, a duplicate key,
-    or NaN/Infinity (which Python's json module would otherwise accept)."""
+    NaN/Infinity (which Python's json module would otherwise accept), too deeply nested, or a
+    lone surrogate. Shared by setpoints and prices (``prices.py``)."""
     if len(payload) > max_payload_bytes:
         return None, Rejected(
             None, f"payload too large: {len(payload)} bytes, at most {max_payload_bytes}"
@@ -145,14 +216,10 @@ def load_json(payload: bytes, max_payload_bytes: int) -> tuple[Any, Rejected | N
         text = payload.decode("utf-8")
     except UnicodeDecodeError as exc:
         return None, Rejected(None, f"payload is not UTF-8 text (byte {exc.start})")
-    try:
-        data = json.loads(
-            text, object_pairs_hook=_object_without_duplicates, parse_constant=_no_constants
-        )
-    except json.JSONDecodeError as exc:
-        return None, Rejected(None, clip_reason(f"malformed JSON: {exc.msg} at offset {exc.pos}"))
-    except (ValueError, RecursionError) as exc:
-        return None, Rejected(None, clip_reason(f"malformed JSON: {exc or 'nested too deeply'}"))
+    data, problem = _parsed(text)
+    if problem is not None:
+        # Parsed but unfit (too deep, a lone surrogate): the id is still worth echoing.
+        return None, Rejected(readable_id(data), clip_reason(f"malformed JSON: {problem}"))
     return data, None
 
 
@@ -226,16 +293,18 @@ class SetpointValidator:
         power_w = msg.power_w if msg.mode == "power" and msg.power_w is not None else 0.0
         if abs(power_w) > limits.max_abs_power_w:
             return reject(
-                f"power_w out of range: {power_w:g} W, expected at most "
-                f"{limits.max_abs_power_w:g} W charging or discharging"
+                f"power_w out of range: {exact(power_w)} W, expected at most "
+                f"{exact(limits.max_abs_power_w)} W charging or discharging"
             )
         if msg.ttl_s is not None and msg.ttl_s > limits.max_ttl_s:
-            return reject(f"ttl_s {msg.ttl_s:g} s is over the maximum {limits.max_ttl_s:g} s")
+            return reject(
+                f"ttl_s {exact(msg.ttl_s)} s is over the maximum {exact(limits.max_ttl_s)} s"
+            )
         skew = dt.timedelta(seconds=limits.clock_skew_s)
         if msg.issued_at - wall_now > skew:
             return reject(
                 f"issued in the future: issued_at {_when(msg.issued_at)} is more than "
-                f"{limits.clock_skew_s:g} s after this charger's clock ({_when(wall_now)})"
+                f"{exact(limits.clock_skew_s)} s after this charger's clock ({_when(wall_now)})"
             )
         if msg.valid_until is not None:
             valid_until = msg.valid_until
@@ -247,7 +316,8 @@ class SetpointValidator:
             return reject("valid_until is not after issued_at")
         if ttl_s > limits.max_ttl_s:
             return reject(
-                f"valid for {ttl_s:g} s from issued_at, over the maximum {limits.max_ttl_s:g} s"
+                f"valid for {exact(ttl_s)} s from issued_at, over the maximum "
+                f"{exact(limits.max_ttl_s)} s"
             )
         if valid_until <= wall_now:
             return reject(

@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import datetime as dt
 import json
+from dataclasses import replace
 from typing import Any
 
 import pytest
@@ -19,6 +20,7 @@ from controller.aggregator.tracker import (
     SetpointTracker,
 )
 from controller.aggregator.validation import RETAINED_REASON, Accepted, Rejected, SetpointLimits
+from controller.core.rules import Rule
 from controller.core.snapshots import PowerCommand, PowerState
 from controller.links import ControlOutput, ControlReport
 
@@ -149,6 +151,96 @@ def test_applied_power_that_differs_names_the_binding_limit() -> None:
     (ack,) = acks(sent)
     assert (ack["applied_power_w"], ack["binding_limit"]) == (-2000.0, limit)
     assert sent[0].audit.reason == limit
+
+
+RAMP_REASON = "ramp: 0 W toward -3000 W at 500 W/s"
+
+
+def explained(
+    report: ControlReport, *reasons: tuple[Rule, str], requested_w: float = -3000.0
+) -> ControlReport:
+    """``report`` with the cycle's typed reasons and the request the core took."""
+    output = replace(
+        report.output,
+        rules=tuple(rule for rule, _ in reasons),
+        reasons=tuple(text for _, text in reasons),
+        requested_w=requested_w,
+    )
+    return replace(report, output=output)
+
+
+@pytest.mark.parametrize(
+    ("binding_limit", "reasons", "requested_w", "expected"),
+    [
+        # The finding of issue 20: ramping toward the request, no limit cut it.
+        (
+            None,
+            [(Rule.ARBITRATION, "arbitration: setpoint"), (Rule.RAMP, RAMP_REASON)],
+            -3000.0,
+            RAMP_REASON,
+        ),
+        # A limit cut the request, and the ramp is still on its way down to that limit.
+        (
+            "soc_floor: 2.1 kWh left",
+            [(Rule.RAMP, RAMP_REASON)],
+            -3000.0,
+            f"soc_floor: 2.1 kWh left; {RAMP_REASON}",
+        ),
+        ("soc_floor: 2.1 kWh left", [], -3000.0, "soc_floor: 2.1 kWh left"),
+        # The core took another request than the setpoint's.
+        (
+            None,
+            [(Rule.ARBITRATION, "arbitration: fallback idle")],
+            0.0,
+            "arbitration: fallback idle",
+        ),
+        # Held at 0 W until a start after an emergency-stop reset.
+        (
+            None,
+            [(Rule.ARBITRATION, "arbitration: setpoint"), (Rule.FAULT_RESET, "waiting")],
+            -3000.0,
+            "waiting",
+        ),
+        # Nothing in the cycle explains it: still never empty.
+        (None, [], -3000.0, "state discharging, source aggregator, power stage enabled"),
+    ],
+)
+def test_applied_power_that_differs_always_names_what_binds(
+    binding_limit: str | None,
+    reasons: list[tuple[Rule, str]],
+    requested_w: float,
+    expected: str,
+) -> None:
+    """Whenever applied differs from requested, the ack names what binds, in the documented
+    order: the limit (with the ramp under way), the ramp, arbitration, the wait for a start."""
+    tracker = SetpointTracker(LIMITS)
+    receive(tracker, payload("sp-1", -3000.0))
+    report = cycle(MONO_S + 0.1, -138.69, setpoint_id="sp-1", binding_limit=binding_limit)
+    sent = tracker.report(explained(report, *reasons, requested_w=requested_w), wall_now=WALL)
+    (ack,) = acks(sent)
+    assert (ack["applied_power_w"], ack["binding_limit"]) == (-138.69, expected)
+    assert sent[0].audit.reason == expected
+
+
+def test_ramp_that_has_arrived_names_nothing() -> None:
+    """A cycle that ramped but ends within 0.5 W of the request names no binding limit."""
+    tracker = SetpointTracker(LIMITS)
+    receive(tracker, payload("sp-1", -3000.0))
+    report = cycle(MONO_S + 0.1, -2999.8, setpoint_id="sp-1")
+    sent = tracker.report(explained(report, (Rule.RAMP, RAMP_REASON)), wall_now=WALL)
+    assert "binding_limit" not in acks(sent)[0]
+
+
+def test_release_names_the_ramp_toward_what_the_local_policy_asks() -> None:
+    """A release acked while the power ramps toward the local policy's request names the ramp."""
+    tracker = SetpointTracker(LIMITS)
+    receive(tracker, payload("sp-r", 0.0, mode="release"))
+    report = cycle(MONO_S + 0.1, 500.0, source="fallback")
+    ramp = "ramp: 0 W toward 3700 W at 500 W/s"
+    sent = tracker.report(explained(report, (Rule.RAMP, ramp), requested_w=3700.0), wall_now=WALL)
+    (ack,) = acks(sent)
+    assert (ack["applied_power_w"], ack["binding_limit"]) == (500.0, ramp)
+    assert "requested_power_w" not in ack
 
 
 def test_within_half_a_watt_no_binding_limit_is_named() -> None:

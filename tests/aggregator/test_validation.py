@@ -304,3 +304,76 @@ def test_parse_setpoint_is_stateless() -> None:
     first = parse_setpoint(payload())
     assert not isinstance(first, Rejected)
     assert parse_setpoint(payload()) == first
+
+
+MARKER = "payload-text-that-must-not-come-back-in-a-reason"
+
+
+@pytest.mark.parametrize(
+    ("data", "expected"),
+    [
+        # Issue 20 finding 4: these used to quote the whole payload back.
+        (b'{"a":' * 300 + b"1" + b"}" * 300, "malformed JSON: nested deeper than 32 levels"),
+        (b"[" * 4000, "malformed JSON: nested deeper than 32 levels"),
+        (b"[" * 33 + b"]" * 33, "malformed JSON: nested deeper than 32 levels"),
+        (
+            payload(id="sp\ud800", note=MARKER),
+            "malformed JSON: a string holds a lone surrogate \\ud800 (an escape with no pair)",
+        ),
+        (
+            payload(mode="\udfff", note=MARKER),
+            "malformed JSON: a string holds a lone surrogate \\udfff (an escape with no pair)",
+        ),
+        (
+            payload(**{"k\udc00": MARKER}),
+            "malformed JSON: a string holds a lone surrogate \\udc00 (an escape with no pair)",
+        ),
+        (
+            payload(note=MARKER).replace(b'"note"', b'"\xed\xa0\x80"'),  # a surrogate in UTF-8
+            "payload is not UTF-8 text (byte 89)",
+        ),
+        (
+            f'{{"{MARKER * 3}": 1, "{MARKER * 3}": 2}}'.encode(),
+            "malformed JSON: duplicate key 'payload-text-",
+        ),
+        # A long value is quoted cut to 40 characters, enough to recognise it.
+        (payload(id=MARKER * 3), "id: string should match pattern '^[A-Za-z0-9]"),
+    ],
+)
+def test_reasons_are_short_specific_and_never_echo_the_payload(data: bytes, expected: str) -> None:
+    """Deep nesting, lone surrogates (escaped or as bytes) and long values are rejected with a
+    reason that names the problem in a bounded length, without quoting the payload."""
+    reason = rejected(check(SetpointValidator(LIMITS), data))
+    assert reason.startswith(expected)
+    assert MARKER not in reason
+    assert len(reason) <= 120
+    assert "issued_at" not in reason  # no JSON text quoted back
+
+
+def test_a_paired_surrogate_escape_is_a_character() -> None:
+    """An emoji written as a surrogate-pair escape is text like any other (here in an id that
+    the alphabet then refuses, by name)."""
+    reason = rejected(check(SetpointValidator(LIMITS), payload(id="sp-\U0001f600")))
+    assert reason.startswith("id: string should match pattern")
+
+
+@pytest.mark.parametrize(
+    ("fields", "expected"),
+    [
+        ({"ttl_s": 900.0001}, "ttl_s 900.0001 s is over the maximum 900 s"),
+        (
+            {"ttl_s": ..., "valid_until": (NOW + dt.timedelta(seconds=900.000001)).isoformat()},
+            "valid for 900.000001 s from issued_at, over the maximum 900 s",
+        ),
+        (
+            {"power_w": 22_000.01},
+            "power_w out of range: 22000.01 W, expected at most 22000 W charging or discharging",
+        ),
+    ],
+)
+def test_a_value_just_over_a_bound_is_shown_with_the_digits_that_make_it_over(
+    fields: dict[str, Any], expected: str
+) -> None:
+    """Issue 20 finding 4: "ttl_s 900 s is over the maximum 900 s" for 900.0001 is false; the
+    value is shown with every digit it needs."""
+    assert rejected(check(SetpointValidator(LIMITS), payload(**fields))) == expected
