@@ -16,7 +16,19 @@ MQTT clients may connect anonymously (they then act as ``username``) or log in a
 with ``password``. RabbitMQ 3.10 speaks MQTT 3.1 and 3.1.1 only, and its retained-message
 store is local to each node (``mqtt.retained_message_store``, a DETS file per vhost): a
 retained message published through one node is not seen by a subscriber on another
-(hil/test_rabbitmq_cluster.py shows both).
+(hil/test_rabbitmq_cluster.py shows both). The plugin tracks client IDs in a Raft cluster of
+every node: a stopped node's MQTT can come back only while a majority of the nodes runs, so
+``start_node`` after ``stop_node`` needs three nodes or more (it refuses in a cluster of two,
+where the plugin would give up after 100 s).
+
+Measured on 2 shared, busy cores: a 2-node cluster starts in 13-20 s (both nodes boot at once in
+10-15 s, the join takes 2-6 s), 3 nodes in 25-30 s; a node stops in 1.1 s; a stopped node of
+three starts again in 4-6 s. ``timings_s`` holds each run's figures.
+
+Processes: each node runs in a session of its own; ``close()`` stops all nodes at once, then the
+epmd, and fails if a process whose environment names the cluster's directory is left. Where PID
+1 does not reap orphans (some containers), a node's port helpers stay as zombies: they hold no
+port or file.
 
 The Debian wrappers in /usr/sbin switch to the ``rabbitmq`` user and its home when run as root;
 the scripts in /usr/lib/rabbitmq/bin that they call do not, so those are run here.
