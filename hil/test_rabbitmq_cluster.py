@@ -11,12 +11,14 @@ checks on the way out that no node or epmd process is left. Facts shown here:
   node B, before or after A stops;
 * in a two-node cluster a stopped node cannot bring MQTT back (the plugin's client-ID tracker is a
   Raft cluster of both nodes; with one down it has no majority): ``start_node`` refuses; in a
-  cluster of three it rejoins.
+  cluster of three it rejoins, with the retained messages it held when it stopped (stale if the
+  topic was published again through another node meanwhile).
 """
 
 from __future__ import annotations
 
 import asyncio
+import json
 import logging
 import queue
 import socket
@@ -297,16 +299,25 @@ def test_a_stopped_node_rejoins_a_three_node_cluster(
     need_rabbitmq: None, connect: Callable[[int, str], Paho]
 ) -> None:
     """With three nodes the other two keep a majority: node A started again rejoins, and a
-    message published on A reaches a subscriber on C."""
+    message published on A reaches a subscriber on C. A comes back with the retained messages
+    it held when it stopped, stale if the topic moved on through another node meanwhile."""
+    topic = "v2g/test/status"
     with RabbitCluster(nodes=3) as trio:
+        connect(trio.mqtt_port(0), "retain-pub-a").publish(topic, b"before-the-stop", retain=True)
         trio.stop_node(0)
+        connect(trio.mqtt_port(1), "retain-pub-b").publish(topic, b"while-a-was-down", retain=True)
         trio.start_node(0)
         assert trio.timings_s["start_node_0_s"] > 0
-        status = trio.ctl(trio.nodes[2], "cluster_status", "--formatter", "json")
-        for node in trio.nodes:
-            assert node.name in status
+        status = json.loads(trio.ctl(trio.nodes[2], "cluster_status", "--formatter", "json"))
+        assert sorted(status["running_nodes"]) == sorted(node.name for node in trio.nodes)
+
         on_c = connect(trio.mqtt_port(2), "sub-on-c")
         on_c.subscribe("v2g/test/rejoin")
         connect(trio.mqtt_port(0), "pub-on-a").publish("v2g/test/rejoin", b"back")
         assert on_c.next_message().payload == b"back"
+
+        reader_a = connect(trio.mqtt_port(0), "retain-read-a")
+        reader_a.subscribe(topic)
+        got = reader_a.next_message()
+        assert (got.payload, got.retain) == (b"before-the-stop", True)
     assert_gone(trio)
