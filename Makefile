@@ -22,17 +22,36 @@ all: test
 
 # System packages the tests and demo use: a real MQTT broker, socat for RTU over a pty pair,
 # systemd's analyzer for the unit's security score (the package also brings systemd itself, which
-# is not started: nothing here needs it running), and gcc for the slow-card shim (tools/slowdisk.c).
+# is not started: nothing here needs it running), gcc for the slow-card shim (tools/slowdisk.c),
+# and RabbitMQ for the broker-cluster tests (hil/rabbitmq.py starts its own nodes). The packages'
+# own services are not started by the install: a policy-rc.d that says no (exit 101) is in place
+# while apt runs, unless the machine has one already; under systemd the rabbitmq-server and epmd
+# units are also disabled (and stopped, had they started). Nothing holds 5672, 1883 or 4369.
+# (Without systemd, do not call /etc/init.d/rabbitmq-server: even its `stop` starts an epmd.)
 system-packages:
 	@missing=""; \
 	command -v mosquitto >/dev/null 2>&1 || [ -x /usr/sbin/mosquitto ] || missing="$$missing mosquitto"; \
 	command -v socat >/dev/null 2>&1 || missing="$$missing socat"; \
 	command -v systemd-analyze >/dev/null 2>&1 || missing="$$missing systemd"; \
 	command -v gcc >/dev/null 2>&1 || missing="$$missing gcc libc6-dev"; \
+	command -v rabbitmq-server >/dev/null 2>&1 || [ -x /usr/sbin/rabbitmq-server ] || missing="$$missing rabbitmq-server"; \
 	if [ -n "$$missing" ]; then \
 		echo "installing system packages:$$missing"; \
+		policy=""; \
+		if [ ! -e /usr/sbin/policy-rc.d ]; then \
+			printf '#!/bin/sh\nexit 101\n' | $(SUDO) tee /usr/sbin/policy-rc.d >/dev/null && \
+			$(SUDO) chmod 755 /usr/sbin/policy-rc.d && policy=ours; \
+		fi; \
 		$(SUDO) env DEBIAN_FRONTEND=noninteractive apt-get update -q && \
 		$(SUDO) env DEBIAN_FRONTEND=noninteractive apt-get install -y -q --no-install-recommends $$missing; \
+		status=$$?; \
+		if [ "$$policy" = ours ]; then $(SUDO) rm -f /usr/sbin/policy-rc.d; fi; \
+		case "$$missing" in *rabbitmq-server*) \
+			if [ -d /run/systemd/system ]; then \
+				$(SUDO) systemctl disable --now rabbitmq-server epmd.socket epmd >/dev/null 2>&1 || true; \
+			fi;; \
+		esac; \
+		exit $$status; \
 	fi
 
 $(STAMP): pyproject.toml
