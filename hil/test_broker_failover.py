@@ -47,7 +47,6 @@ from tests.aggregator.support import (
 pytestmark = [
     pytest.mark.hil,
     pytest.mark.slow,
-    pytest.mark.xfail(strict=True, reason="failover list not merged yet"),
 ]
 
 log = logging.getLogger(__name__)
