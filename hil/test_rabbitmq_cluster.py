@@ -294,6 +294,7 @@ def test_retained_messages_stay_on_the_node_that_took_them(
     assert (got.payload, got.retain) == (b"status-via-b", True)
 
 
+@pytest.mark.deep  # about 30 s of Erlang start-up on both cores: make test-deep
 @pytest.mark.timeout(240)
 def test_a_stopped_node_rejoins_a_three_node_cluster(
     need_rabbitmq: None, connect: Callable[[int, str], Paho]
