@@ -392,9 +392,26 @@ def reset_advice(latched: Sequence[str], preview: ResetPreview | None, policy: R
     if preview.accepted:
         return f"every cause is gone: {command} clears it now{by_itself}{emergency}"
     return (
-        f"a cause is still present ({', '.join(latched)}): remove it first (release the "
-        f"emergency stop, clear the fault), then {command}{by_itself}{emergency}"
+        f"a cause is still present: {'; '.join(_remedies(latched))}; then {command}"
+        f"{by_itself}{emergency}"
     )
+
+
+def _remedies(latched: Sequence[str]) -> list[str]:
+    """What takes each latched cause away, once per kind."""
+    remedies: list[str] = []
+    for cause in latched:
+        if cause == "emergency stop":
+            remedy = "release the emergency stop"
+        elif cause.startswith("vehicle:"):
+            remedy = "the car must stop reporting its fault (see the car; unplug and plug in)"
+        elif cause.startswith("inverter:"):
+            remedy = "the inverter must answer without a fault (see the inverter link above)"
+        else:
+            remedy = f"clear {cause!r}"
+        if remedy not in remedies:
+            remedies.append(remedy)
+    return remedies
 
 
 def status_document(
@@ -463,3 +480,182 @@ def _rounded(value: float | None, digits: int) -> float | None:
     if value is None or not math.isfinite(value):
         return None
     return round(value, digits)
+
+
+# -- the client side (``v2g-controller status`` and ``reset``) -------------------------------------
+
+CLIENT_TIMEOUT_S = 5.0  # connect, ask and read the answer; the daemon answers in one cycle
+
+
+class StatusClientError(Exception):
+    """The daemon could not be asked (why, and what to do, as the technician reads it)."""
+
+
+def _socket_group(path: Path) -> str:
+    try:
+        gid = path.stat().st_gid
+    except OSError:
+        return SERVICE_GROUP
+    try:
+        import grp  # noqa: PLC0415  POSIX only; the daemon side never needs it
+
+        return grp.getgrgid(gid).gr_name
+    except (ImportError, KeyError):
+        return str(gid)
+
+
+def ask(path: Path, command: str, timeout_s: float = CLIENT_TIMEOUT_S) -> dict[str, object]:
+    """Send ``command`` to the daemon at ``path``; its answer (which may be ``{"error": ...}``).
+
+    Blocking: for the command line, which has nothing else to do meanwhile."""
+    import socket  # noqa: PLC0415  only the command line opens a client socket
+
+    request = json.dumps({"command": command}).encode() + b"\n"
+    try:
+        with socket.socket(socket.AF_UNIX, socket.SOCK_STREAM) as client:
+            client.settimeout(timeout_s)
+            client.connect(str(path))
+            client.sendall(request)
+            client.shutdown(socket.SHUT_WR)
+            data = b""
+            while len(data) <= MAX_ANSWER_BYTES:
+                chunk = client.recv(65536)
+                if not chunk:
+                    break
+                data += chunk
+    except FileNotFoundError:
+        raise StatusClientError(
+            f"no status socket at {path}: the daemon is not running (systemctl status "
+            "v2g-controller), or it runs with status.enabled false or another "
+            "status.socket_path (give that with --socket PATH)"
+        ) from None
+    except ConnectionRefusedError:
+        raise StatusClientError(
+            f"nothing answers on {path}: the daemon that made it is no longer running "
+            "(systemctl status v2g-controller; journalctl -u v2g-controller -n 50)"
+        ) from None
+    except PermissionError:
+        group = _socket_group(path)
+        raise StatusClientError(
+            f"not allowed to open {path}: only the service's user and group {group!r} may. "
+            f"Join the group (sudo usermod -aG {group} $USER, then log in again) or use sudo"
+        ) from None
+    except TimeoutError:
+        raise StatusClientError(
+            f"the daemon did not answer within {timeout_s:g} s on {path}; is it hung? "
+            "(systemctl status v2g-controller)"
+        ) from None
+    except OSError as exc:
+        raise StatusClientError(f"cannot talk to the daemon on {path}: {exc}") from None
+    if len(data) > MAX_ANSWER_BYTES:
+        raise StatusClientError(f"the answer on {path} is longer than {MAX_ANSWER_BYTES} bytes")
+    if not data:
+        raise StatusClientError(f"the daemon closed {path} without an answer (see its log)")
+    try:
+        answer = json.loads(data)
+    except ValueError as exc:
+        raise StatusClientError(f"the answer on {path} is not JSON: {exc}") from None
+    if not isinstance(answer, dict):
+        raise StatusClientError(f"the answer on {path} is not a JSON object")
+    return answer
+
+
+MAX_ANSWER_BYTES = 1_000_000  # a status is a few kB; more is not a daemon of ours
+
+
+def _watts(value: object) -> str:
+    return f"{value:g} W" if isinstance(value, int | float) else "unknown"
+
+
+def _duration(seconds: object) -> str:
+    if not isinstance(seconds, int | float):
+        return "unknown"
+    whole = int(seconds)
+    days, rest = divmod(whole, 86_400)
+    hours, rest = divmod(rest, 3600)
+    minutes, secs = divmod(rest, 60)
+    if days:
+        return f"{days} d {hours} h"
+    if hours:
+        return f"{hours} h {minutes:02d} min"
+    if minutes:
+        return f"{minutes} min {secs:02d} s"
+    return f"{seconds:.1f} s"
+
+
+def _items(value: object) -> list[str]:
+    return [str(item) for item in value] if isinstance(value, list) else []
+
+
+def format_status(status: Mapping[str, object]) -> str:
+    """The ``status`` answer as a technician reads it on a terminal."""
+    lines: list[str] = []
+
+    def row(label: str, text: str) -> None:
+        lines.append(f"{label:<11} {text}")
+
+    def more(text: str) -> None:
+        lines.append(f"{'':<11} {text}")
+
+    phase = "stopping" if status.get("stopping") else "ready" if status.get("ready") else "starting"
+    age = status.get("last_cycle_age_s")
+    cycle = f"cycle {status.get('cycles')}" + (
+        f", {age:g} s ago" if isinstance(age, int | float) else ""
+    )
+    row(
+        "daemon",
+        f"v2g-controller {status.get('version')}, up {_duration(status.get('uptime_s'))}, "
+        f"{phase} ({cycle})",
+    )
+    if status.get("state") is None:
+        row("state", str(status.get("note", "no control cycle has run yet")))
+    else:
+        stage = "enabled" if status.get("enabled") else "disabled"
+        following = status.get("setpoint_id")
+        source = f"{status.get('source')}" + (f", setpoint {following}" if following else "")
+        row("state", f"{status.get('state')} (source: {source}), power stage {stage}")
+        row(
+            "power",
+            f"commanded {_watts(status.get('commanded_w'))}, "
+            f"requested {_watts(status.get('requested_w'))}, "
+            f"measured {_watts(status.get('measured_power_w'))} (+ charges the car)",
+        )
+        soc = status.get("soc_pct")
+        volts = status.get("vehicle_voltage_v")
+        row(
+            "vehicle",
+            ("SoC unknown" if soc is None else f"SoC {soc:g} %")
+            + ("" if not isinstance(volts, int | float) else f", pack {volts:g} V"),
+        )
+    links = status.get("links")
+    first = True
+    for name, given in links.items() if isinstance(links, dict) else ():
+        view = given if isinstance(given, dict) else {}
+        text = f"{name:<10} {view.get('status')}"
+        if view.get("reason"):
+            text += f": {view.get('reason')}"
+        if isinstance(view.get("data_age_s"), int | float):
+            text += f" (data {view['data_age_s']:g} s old)"
+        row("links" if first else "", text)
+        first = False
+    if status.get("state") is not None:
+        binding = status.get("binding_limit")
+        row("limits", f"binding: {binding}" if binding else "none binds")
+        for limit in _items(status.get("limits")):
+            more(f"- {limit}")
+        reasons = _items(status.get("reasons"))
+        if reasons:
+            row("why", reasons[0])
+            for reason in reasons[1:]:
+                more(reason)
+    faults = status.get("faults")
+    faults = faults if isinstance(faults, dict) else {}
+    latched = _items(faults.get("latched"))
+    row("faults", "latched: " + ", ".join(latched) if latched else "none latched")
+    reset = faults.get("reset")
+    if latched and isinstance(reset, dict):
+        verdict = "would be accepted" if reset.get("would_be_accepted") else "would be refused"
+        more(f"reset {verdict}: {reset.get('answer')}")
+    if latched:
+        more(f"to reset: {faults.get('how_to_reset')}")
+    return "\n".join(lines)
