@@ -214,6 +214,10 @@ class StatusServer:
     ) -> None:
         try:
             if busy:
+                # Read first: closing on a request left unread resets the connection, and
+                # the client would lose the answer (unix(7) stream sockets).
+                with contextlib.suppress(_BadRequest):
+                    await self._read_line(reader)
                 answer: Answer = {
                     "error": f"busy: {self._max_clients} requests under way; try again"
                 }
@@ -517,8 +521,10 @@ def ask(path: Path, command: str, timeout_s: float = CLIENT_TIMEOUT_S) -> dict[s
             client.connect(str(path))
             client.sendall(request)
             client.shutdown(socket.SHUT_WR)
+            # The answer is one line: read to its newline, not to the end (after a request it
+            # did not read in full, the daemon's close resets the connection, unix(7)).
             data = b""
-            while len(data) <= MAX_ANSWER_BYTES:
+            while b"\n" not in data and len(data) <= MAX_ANSWER_BYTES:
                 chunk = client.recv(65536)
                 if not chunk:
                     break
