@@ -26,6 +26,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import grp
 import json
 import math
 import os
@@ -501,11 +502,9 @@ def _socket_group(path: Path) -> str:
     except OSError:
         return SERVICE_GROUP
     try:
-        import grp  # noqa: PLC0415  POSIX only; the daemon side never needs it
-
         return grp.getgrgid(gid).gr_name
-    except (ImportError, KeyError):
-        return str(gid)
+    except KeyError:
+        return str(gid)  # a group without a name here: its id is all there is
 
 
 def ask(path: Path, command: str, timeout_s: float = CLIENT_TIMEOUT_S) -> dict[str, object]:
