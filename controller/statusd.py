@@ -484,7 +484,7 @@ def _rounded(value: float | None, digits: int) -> float | None:
     """JSON has no NaN or infinity: an unknown or non-finite figure is null."""
     if value is None or not math.isfinite(value):
         return None
-    return round(value, digits)
+    return round(value, digits) + 0.0  # + 0.0: a -0.0 reads as 0
 
 
 # -- the client side (``v2g-controller status`` and ``reset``) -------------------------------------
