@@ -379,6 +379,10 @@ def test_status_and_reset_from_the_command_line_against_the_daemon_process(
         ("status socket", False),
         ("status socket", True),
     ]
+    # Who asked, as the kernel says (SO_PEERCRED): the two `reset` processes, as this user.
+    asked = [r for r in records if r.get("event") == "status socket request"]
+    assert [(r["command"], r["peer_uid"]) for r in asked] == [("reset", os.getuid())] * 2
+    assert all(r["peer_pid"] > 0 for r in asked)
     assert not path.exists()
     gone = cli("status", "--socket", str(path))
     assert gone.returncode == 1
