@@ -255,9 +255,10 @@ class Daemon:
     def reset_faults_answer(self, source: str) -> ResetOutcome:
         """``reset_faults``, with the core's reason for accepting or refusing it."""
         if not isinstance(self._step, FaultResetter):
-            why = "this control step keeps no latch"
-            log.warning(f"fault reset asked for, but {why}", source=source)
-            return ResetOutcome(accepted=False, reason=why)
+            log.warning(
+                "fault reset asked for, but this control step keeps no latch", source=source
+            )
+            return ResetOutcome(accepted=False, reason="this control step keeps no latch")
         answer = self._step.reset_faults()
         outcome = ResetOutcome(accepted=answer.accepted, reason=str(answer.reason))
         log.info("fault reset", accepted=outcome.accepted, reason=outcome.reason, source=source)
