@@ -36,6 +36,7 @@ from controller.ledger.recorder import ThreadedLedger
 from controller.links import AggregatorLink, AuditSink, InverterLink, VehicleLink
 from controller.planning import MomentPrices, PlanKeeper, PlanSettings
 from controller.simclock import SimulatedClock, WallClock, real_wall_clock
+from controller.statusd import status_socket_path
 from controller.storage.db import LedgerError, open_database
 from controller.storage.writer import StorageThread
 from controller.unavailable import UnavailableLink
@@ -313,7 +314,14 @@ def run(config: Config) -> ExitCode:
             step.seed_wear_budget(today, opened[1].discharged_wh_on(today))
         except LedgerError as exc:
             log.error("wear budget not seeded from the ledger", error=str(exc))
-    daemon = Daemon(config, links, step, wall_clock=wall_clock, recorder=recorder)
+    daemon = Daemon(
+        config,
+        links,
+        step,
+        wall_clock=wall_clock,
+        recorder=recorder,
+        status_socket=status_socket_path(config.status, os.environ),
+    )
     try:
         return asyncio.run(daemon.run())
     finally:

@@ -1,7 +1,10 @@
-"""Command line: ``v2g-controller run | check-config | schema | ledger | reset-faults``.
+"""Command line: ``v2g-controller run | check-config | schema | ledger | reset-faults | status |
+reset``.
 
 Exit codes: 0 success, 1 a runtime failure (power was driven to 0 W first), 2 the config or the
-command line is wrong (nothing was started), 3 forced exit on a second stop signal.
+command line is wrong (nothing was started), 3 forced exit on a second stop signal. ``status``
+and ``reset`` exit 1 when the daemon cannot be asked (not running, no permission) or refuses
+the request; ``reset`` also when the daemon refused the reset because a cause is present.
 """
 
 from __future__ import annotations
@@ -21,6 +24,7 @@ from controller import __version__
 from controller.config import json_schema, load_config
 from controller.daemon import ExitCode
 from controller.errors import ConfigError
+from controller.statusd import StatusClientError, ask, default_socket_path, format_status
 
 
 def _parser() -> argparse.ArgumentParser:
@@ -69,6 +73,31 @@ def _parser() -> argparse.ArgumentParser:
         metavar="N",
         help=f"the daemon's process id (default: the MainPID systemd reports for {SERVICE})",
     )
+
+    # -- status and reset: the daemon's local status socket (controller/statusd.py) --
+    socket_help = (
+        f"the daemon's status socket (default: {default_socket_path(os.environ)}; "
+        "status.socket_path in the config)"
+    )
+    status = commands.add_parser(
+        "status",
+        help="the running daemon's live state: power, links, limits, latched faults (read-only)",
+        description="Asks the running daemon over its local status socket (mode 0660: the "
+        "service's user and group may read it) what it is doing and why: state, source, power, "
+        "SoC, each link with why it is down, the limits in force and the one that binds, the "
+        "latched faults and how to reset them.",
+    )
+    status.add_argument("--json", action="store_true", help="the daemon's JSON answer")
+    status.add_argument("--socket", type=Path, metavar="PATH", help=socket_help)
+    reset_now = commands.add_parser(
+        "reset",
+        help="the deliberate fault reset, answered by the daemon: accepted, or refused and why",
+        description="Asks the running daemon over its status socket for a manual fault reset "
+        "(E-stop, manual-reset faults) and prints its answer. The daemon refuses while a cause "
+        "is present (the E-stop still pressed, the fault still there); exit status 1 then. "
+        "After an E-stop, power resumes only on a new start.",
+    )
+    reset_now.add_argument("--socket", type=Path, metavar="PATH", help=socket_help)
     return parser
 
 
@@ -223,6 +252,40 @@ def _reset_faults(args: argparse.Namespace) -> int:
     return ExitCode.OK
 
 
+def _ask_daemon(command: str, args: argparse.Namespace) -> dict[str, object] | None:
+    """The daemon's answer, or None once the reason it could not be had is printed."""
+    path = args.socket if args.socket is not None else default_socket_path(os.environ)
+    try:
+        answer = ask(path, command)
+    except StatusClientError as exc:
+        print(f"{command}: {exc}", file=sys.stderr)
+        return None
+    if "error" in answer:
+        print(f"{command}: the daemon refused the request: {answer['error']}", file=sys.stderr)
+        return None
+    return answer
+
+
+def _status(args: argparse.Namespace) -> int:
+    answer = _ask_daemon("status", args)
+    if answer is None:
+        return ExitCode.FAILURE
+    print(json.dumps(answer, indent=2) if args.json else format_status(answer))
+    return ExitCode.OK
+
+
+def _reset(args: argparse.Namespace) -> int:
+    answer = _ask_daemon("reset", args)
+    if answer is None:
+        return ExitCode.FAILURE
+    reason = answer.get("reason")
+    if answer.get("accepted") is True:
+        print(f"reset accepted: {reason}")
+        return ExitCode.OK
+    print(f"reset refused: {reason}", file=sys.stderr)
+    return ExitCode.FAILURE
+
+
 def _schema(_args: argparse.Namespace) -> int:
     print(json.dumps(json_schema(), indent=2))
     return ExitCode.OK
@@ -243,6 +306,8 @@ _COMMANDS = {
     "reset-faults": _reset_faults,
     "schema": _schema,
     "check-config": _check_config,
+    "status": _status,
+    "reset": _reset,
 }
 
 

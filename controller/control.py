@@ -345,6 +345,10 @@ class CoreControlStep:
             self._save_if_changed()
         return answer
 
+    def reset_preview(self) -> FaultReset:
+        """What ``reset_faults`` would answer now, changing nothing (``v2g-controller status``)."""
+        return reset_faults(self.state)[1]
+
     def __call__(
         self,
         vehicle: VehicleState | None,

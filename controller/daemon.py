@@ -24,10 +24,12 @@ import time
 import zoneinfo
 from collections.abc import AsyncIterator, Awaitable, Callable
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Protocol, runtime_checkable
 
 import structlog
 
+from controller import __version__
 from controller.config import Config
 from controller.core.snapshots import (
     InverterState,
@@ -46,6 +48,14 @@ from controller.links import (
 )
 from controller.sdnotify import Notifier
 from controller.simclock import WallClock, real_wall_clock
+from controller.statusd import (
+    LinkView,
+    ResetPolicy,
+    ResetPreview,
+    StatusServer,
+    link_reason,
+    status_document,
+)
 
 log = structlog.get_logger(component="daemon")
 
@@ -103,6 +113,22 @@ class FaultResetter(Protocol):
     """A control step that keeps a fault latch a person can reset (``CoreControlStep`` does)."""
 
     def reset_faults(self) -> ResetAnswer: ...
+
+
+@runtime_checkable
+class ResetPreviewer(Protocol):
+    """A control step that can say what a reset would answer, changing nothing
+    (``CoreControlStep`` can): ``v2g-controller status`` shows it."""
+
+    def reset_preview(self) -> ResetAnswer: ...
+
+
+@dataclass(frozen=True, slots=True)
+class ResetOutcome:
+    """What a manual fault reset came to, as the one who asked is told."""
+
+    accepted: bool
+    reason: str
 
 
 @runtime_checkable
@@ -178,8 +204,13 @@ class Daemon:
         wall_clock: WallClock = real_wall_clock,
         handle_signals: bool = True,
         recorder: Recorder | None = None,
+        status_socket: Path | None = None,
     ) -> None:
         self._config = config
+        # The local status channel (controller.statusd); None: none (tests, tools).
+        self._status_socket = status_socket
+        self._started_s: float | None = None
+        self._last_report: ControlReport | None = None
         self._recorder = recorder
         self._recorder_error: str | None = None  # the last failure, while it lasts
         self._recorder_error_logged_s = float("-inf")
@@ -217,18 +248,74 @@ class Daemon:
 
     def reset_faults(self, source: str = "SIGUSR1") -> bool:
         """A manual fault reset, asked for by ``source`` (SIGUSR1, which ``v2g-controller
-        reset-faults`` sends, or the board's reset button). The core accepts it only once every
-        cause is gone."""
+        reset-faults`` sends, the board's reset button, or ``v2g-controller reset`` over the
+        status socket). The core accepts it only once every cause is gone."""
+        return self.reset_faults_answer(source).accepted
+
+    def reset_faults_answer(self, source: str) -> ResetOutcome:
+        """``reset_faults``, with the core's reason for accepting or refusing it."""
         if not isinstance(self._step, FaultResetter):
             log.warning(
                 "fault reset asked for, but this control step keeps no latch", source=source
             )
-            return False
+            return ResetOutcome(accepted=False, reason="this control step keeps no latch")
         answer = self._step.reset_faults()
-        accepted = answer.accepted
-        log.info("fault reset", accepted=accepted, reason=str(answer.reason), source=source)
+        outcome = ResetOutcome(accepted=answer.accepted, reason=str(answer.reason))
+        log.info("fault reset", accepted=outcome.accepted, reason=outcome.reason, source=source)
         self._wake.set()
-        return accepted
+        return outcome
+
+    def status(self) -> dict[str, object]:
+        """The live state for ``v2g-controller status``: the last cycle's decision and
+        measurements, each link with why it is not up, the latches and how to reset them."""
+        now_s = self._monotonic()
+        report = self._last_report
+        links = [self._link_view(link, now_s) for link in self._links.all()]
+        preview: ResetPreview | None = None
+        if isinstance(self._step, ResetPreviewer):
+            answer = self._step.reset_preview()
+            preview = ResetPreview(accepted=answer.accepted, reason=str(answer.reason))
+        safety = self._config.safety
+        return status_document(
+            version=__version__,
+            uptime_s=0.0 if self._started_s is None else now_s - self._started_s,
+            ready=self._ready,
+            stopping=self._stop.is_set(),
+            cycles=self.cycles,
+            report=report,
+            report_age_s=None if report is None else now_s - report.monotonic_s,
+            links=links,
+            preview=preview,
+            policy=ResetPolicy(
+                mode=safety.fault_reset,
+                hold_s=safety.fault_hold_s,
+                manual_kinds=tuple(safety.manual_reset),
+            ),
+        )
+
+    def _link_view(self, link: Link, now_s: float) -> LinkView:
+        status = link.status
+        snapshot: VehicleState | InverterState | None = None
+        faults: tuple[str, ...] = ()
+        if link is self._links.vehicle:
+            snapshot = self._links.vehicle.snapshot()
+        elif link is self._links.inverter:
+            inverter = self._links.inverter.snapshot()
+            snapshot = inverter
+            faults = inverter.faults if inverter is not None else ()
+        return LinkView(
+            name=link.name,
+            status=status,
+            reason=link_reason(link, status, faults),
+            data_age_s=None if snapshot is None else now_s - snapshot.observed_at_s,
+        )
+
+    def _answer_status_request(self, command: str) -> dict[str, object]:
+        """The status socket's commands (``controller.statusd``)."""
+        if command == "reset":
+            outcome = self.reset_faults_answer(source="status socket")
+            return {"command": "reset", "accepted": outcome.accepted, "reason": outcome.reason}
+        return self.status()
 
     def request_stop(self) -> None:
         """Begin the clean stop sequence (what SIGTERM and SIGINT do)."""
@@ -252,10 +339,16 @@ class Daemon:
         )
         exit_code = ExitCode.OK
         reason = "stop requested"
+        self._started_s = self._monotonic()
         try:
             async with asyncio.TaskGroup() as tasks:
                 for link in self._links.all():
                     tasks.create_task(self._supervise(link), name=f"link:{link.name}")
+                if self._status_socket is not None:
+                    # Ends when the TaskGroup ends; never fails it (a socket that cannot be
+                    # opened is logged, and the charger runs on without it).
+                    server = StatusServer(self._status_socket, self._answer_status_request)
+                    tasks.create_task(server.serve(), name="status-socket")
                 self._control_task = tasks.create_task(self._control_loop(), name="control-loop")
                 tasks.create_task(self._stop_when_asked(), name="stop-watch")
         except* _StopRequested:
@@ -377,6 +470,7 @@ class Daemon:
             voltage_v=vehicle.pack_voltage_v if vehicle else None,
             inverter_revert_rewrites=inverter.revert_rewrites if inverter else 0,
         )
+        self._last_report = report
         self._links.aggregator.report(report)
         if self._recorder is not None:
             self._call_recorder("record", lambda r: r.record(vehicle, inverter, report))

@@ -1018,6 +1018,40 @@ class LoggingConfig(Section):
     )
 
 
+# AF_UNIX sun_path holds 108 bytes on Linux, the terminating NUL among them (unix(7)).
+_UNIX_PATH_MAX_BYTES = 107
+
+
+class StatusConfig(Section):
+    """The local channel of `v2g-controller status` and `reset`: a Unix socket, never network.
+
+    Mode 0660: the service's user and group may read the status and ask for a fault reset.
+    """
+
+    enabled: bool = Field(default=True, description="false: no status socket is opened.")
+    socket_path: str | None = Field(
+        default=None,
+        min_length=1,
+        description="The socket. Default: status.sock in the service's RuntimeDirectory "
+        "($RUNTIME_DIRECTORY, else /run/v2g-controller/status.sock).",
+    )
+
+    @field_validator("socket_path")
+    @classmethod
+    def _usable_socket_path(cls, path: str | None) -> str | None:
+        if path is None:
+            return None
+        if not path.startswith("/"):
+            raise ValueError(f"expected an absolute path, found {path!r}")
+        size = len(path.encode())
+        if size > _UNIX_PATH_MAX_BYTES:
+            raise ValueError(
+                f"expected at most {_UNIX_PATH_MAX_BYTES} bytes (a Unix socket's path limit), "
+                f"found {size}"
+            )
+        return path
+
+
 class ControlConfig(Section):
     tick_s: float = Field(
         default=0.1, ge=0.01, le=1.0, description="Control loop period (it also wakes on events)."
@@ -1061,6 +1095,7 @@ class Config(Section):
     ledger: LedgerConfig = LedgerConfig()
     logging: LoggingConfig = LoggingConfig()
     control: ControlConfig = ControlConfig()
+    status: StatusConfig = StatusConfig()
 
     @property
     def topic_prefix(self) -> str:
