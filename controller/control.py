@@ -372,6 +372,7 @@ class CoreControlStep:
         following = str(decision.request.source) in _AGGREGATOR_SOURCES
         max_charge_w = decision.cap_w(Direction.CHARGE)
         max_discharge_w = decision.cap_w(Direction.DISCHARGE)
+        latched = self.state.fault_latch.causes + self.state.stop_latch.causes
         return ControlOutput(
             command=decision.command,
             state=decision.power_state,
@@ -388,9 +389,8 @@ class CoreControlStep:
             max_discharge_w=_finite(max_discharge_w),
             soc_floor_pct=decision.soc_floor_pct,
             energy_above_floor_wh=self._energy_above_floor_wh(vehicle, decision),
-            faults=self.state.fault_latch.causes
-            + self.state.stop_latch.causes
-            + _stale_faults(decision, inverter),
+            faults=latched + _stale_faults(decision, inverter),
+            latched_faults=latched,
             session_allowed=self._session_allowed(inverter, monotonic_s),
             plan=None if self.planner is None else self.planner.outline(wall),
         )

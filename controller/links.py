@@ -142,6 +142,9 @@ class ControlOutput:
     soc_floor_pct: float | None = None
     energy_above_floor_wh: float | None = None
     faults: tuple[str, ...] = ()
+    # Of ``faults``, those a latch holds (cleared by a reset); the rest are present now only
+    # (stale data named so that a FAULT state always names a cause).
+    latched_faults: tuple[str, ...] = ()
     # Whether the vehicle session may proceed to (or stay in) energy transfer: the charger side
     # is healthy. Power itself follows ``command`` once the session is transferring.
     session_allowed: bool = False

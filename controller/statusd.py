@@ -453,7 +453,8 @@ def status_document(
 ) -> dict[str, object]:
     """The ``status`` answer: the last control cycle's decision and measurements, each link,
     the faults and how to reset them. Pure: built from values the daemon already has."""
-    latched = list(report.faults) if report is not None else []
+    latched = list(report.output.latched_faults) if report is not None else []
+    present = [f for f in report.faults if f not in latched] if report is not None else []
     document: dict[str, object] = {
         "command": "status",
         "version": version,
@@ -465,6 +466,7 @@ def status_document(
         "links": {link.name: link.as_json() for link in links},
         "faults": {
             "latched": latched,
+            "present": present,  # not latched: gone once the cause is (stale data)
             "reset": None
             if preview is None
             else {"would_be_accepted": preview.accepted, "answer": preview.reason},
@@ -674,6 +676,9 @@ def format_status(status: Mapping[str, object]) -> str:
     faults = faults if isinstance(faults, dict) else {}
     latched = _items(faults.get("latched"))
     row("faults", "latched: " + ", ".join(latched) if latched else "none latched")
+    present = _items(faults.get("present"))
+    if present:
+        more("present (not latched): " + ", ".join(present))
     reset = faults.get("reset")
     if latched and isinstance(reset, dict):
         verdict = "would be accepted" if reset.get("would_be_accepted") else "would be refused"

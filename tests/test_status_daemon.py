@@ -192,6 +192,7 @@ def test_a_control_step_without_a_latch_refuses_reset_and_says_so(tmp_path: Path
         assert status["commanded_w"] == 1000.0
         assert status["faults"] == {
             "latched": [],
+            "present": [],
             "reset": None,
             "how_to_reset": "nothing latched: nothing to reset",
             "reset_mode": "auto",

@@ -164,3 +164,16 @@ KEYS = st.sampled_from(
 def test_any_answer_is_printed_without_raising(answer: dict[str, object]) -> None:
     """The command line prints whatever JSON object a daemon (of any version) answers."""
     assert format_status(answer).startswith("daemon ")
+
+
+def test_faults_present_but_not_latched_are_shown_apart_from_the_latched_ones() -> None:
+    """Stale data names a fault that no latch holds: status lists it as present, not latched,
+    so the advice is not to reset what clears by itself."""
+    status = document(
+        faults=("emergency stop", "vehicle data stale"), latched_faults=("emergency stop",)
+    )
+    faults = status["faults"]
+    assert isinstance(faults, dict)
+    assert faults["latched"] == ["emergency stop"]
+    assert faults["present"] == ["vehicle data stale"]
+    assert "present (not latched): vehicle data stale" in format_status(status)
