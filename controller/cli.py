@@ -1,4 +1,4 @@
-"""Command line: ``v2g-controller run | check-config | schema | ledger | reset-faults``.
+"""Command line: ``v2g-controller run | check-config | schema | ledger | reset-faults | probe``.
 
 Exit codes: 0 success, 1 a runtime failure (power was driven to 0 W first), 2 the config or the
 command line is wrong (nothing was started), 3 forced exit on a second stop signal.
@@ -21,6 +21,7 @@ from controller import __version__
 from controller.config import json_schema, load_config
 from controller.daemon import ExitCode
 from controller.errors import ConfigError
+from controller.probe import add_probe_parser, run_probe
 
 
 def _parser() -> argparse.ArgumentParser:
@@ -69,6 +70,7 @@ def _parser() -> argparse.ArgumentParser:
         metavar="N",
         help=f"the daemon's process id (default: the MainPID systemd reports for {SERVICE})",
     )
+    add_probe_parser(commands)  # probe inverter | vehicle | broker (controller/probe/)
     return parser
 
 
@@ -243,6 +245,7 @@ _COMMANDS = {
     "reset-faults": _reset_faults,
     "schema": _schema,
     "check-config": _check_config,
+    "probe": run_probe,
 }
 
 
