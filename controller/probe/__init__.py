@@ -19,6 +19,7 @@ from typing import Any, TextIO
 
 from controller.config import Config, load_config
 from controller.errors import ConfigError
+from controller.logs import configure_logging
 from controller.probe.report import OK, PROBLEM, USAGE, Report
 
 MAX_WRITE_TEST_S = 600.0
@@ -207,6 +208,9 @@ def run_probe(
 ) -> int:
     """Runs the chosen probe; returns the exit status."""
     report = Report(out)
+    # The links' own log lines (a retry, a rewritten revert timer) go to stderr, warnings only:
+    # stdout is the probe's report.
+    configure_logging("warning", "console", sys.stderr)
     if args.probe == "inverter" and (args.write_test is None) != (args.for_s is None):
         sys.stderr.write("probe inverter: --write-test POWER_W and --for SECONDS go together\n")
         return USAGE

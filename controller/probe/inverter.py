@@ -59,6 +59,9 @@ LONG_TIMEOUT_S = 5.0
 SLOW_FRACTION = 0.5  # a reply slower than this share of timeout_s is worth a warning
 HEARTBEAT_MAX_S = 1.0  # the write test re-sends its command (and reads) at least this often
 END_TIMEOUT_S = 10.0  # the final 0 W: bounded, the revert timer is the net behind it
+SETTLE_READS = 8  # after the final 0 W, readings until the stage has ramped down
+SETTLE_INTERVAL_S = 0.25
+SETTLED_W = 50.0
 MAX_PORTS_SHOWN = 8  # 714 DC ports listed at most
 GATEWAY_CODES = frozenset({10, 11})  # Modbus application protocol section 7: gateway path / target
 DEVICE_FAILURE = 4
@@ -462,10 +465,13 @@ async def _daemon_view(cfg: InverterConfig, device: SunSpecDevice, report: Repor
     _state(state.measured_power_w, state.enabled, state.faults, report)
 
 
+def _watts(power_w: float | None) -> str:
+    return "unknown" if power_w is None else f"{power_w + 0.0:g} W"  # + 0.0: never "-0 W"
+
+
 def _state(power_w: float | None, enabled: bool, faults: Iterable[str], report: Report) -> None:
     report.heading("as the controller reads it")
-    shown = "unknown" if power_w is None else f"{power_w + 0.0:g} W"  # + 0.0: no "-0 W"
-    report.fact("power", f"{shown} (+ charges the vehicle)")
+    report.fact("power", f"{_watts(power_w)} (+ charges the vehicle)")
     report.fact("power stage", "enabled" if enabled else "disabled")
     faults = tuple(faults)
     report.fact("faults", ", ".join(faults) or "none")
@@ -625,8 +631,7 @@ async def write_test(
             state = await driver.read(time.monotonic())
             measured = state.measured_power_w
             report.note(
-                f"{elapsed_s:5.1f} s  commanded {test.power_w:g} W  measured "
-                f"{'unknown' if measured is None else f'{measured:g} W'}"
+                f"{elapsed_s:5.1f} s  commanded {test.power_w:g} W  measured {_watts(measured)}"
             )
             left_s = test.duration_s - (time.monotonic() - started_s)
             await asyncio.sleep(max(0.0, min(heartbeat_s, left_s)))
@@ -642,18 +647,27 @@ async def write_test(
         await _end_at_zero(cfg, driver, transport, report)
 
 
+async def _settled(driver: InverterDriver) -> float | None:
+    """The measured power once it is down to ``SETTLED_W`` (the stage ramps), or after
+    ``SETTLE_READS`` readings."""
+    measured: float | None = None
+    for attempt in range(SETTLE_READS):
+        if attempt:
+            await asyncio.sleep(SETTLE_INTERVAL_S)
+        measured = (await driver.read(time.monotonic())).measured_power_w
+        if measured is not None and abs(measured) <= SETTLED_W:
+            break
+    return measured
+
+
 async def _end_at_zero(
     cfg: InverterConfig, driver: InverterDriver, transport: ModbusTransport, report: Report
 ) -> None:
     try:
         async with asyncio.timeout(END_TIMEOUT_S):
             await driver.command(0.0, enable=False)
-            state = await driver.read(time.monotonic())
-        measured = state.measured_power_w
-        report.note(
-            "ended: 0 W commanded, stage disabled, measured "
-            f"{'unknown' if measured is None else f'{measured:g} W'}"
-        )
+            measured = await _settled(driver)
+        report.note(f"ended: 0 W commanded, stage disabled, measured {_watts(measured)}")
     except (InverterLinkError, ProtocolError, TimeoutError) as exc:
         report.problem(
             f"could not command 0 W at the end: {exc or 'no answer'}",
