@@ -15,6 +15,7 @@ The probe puts the packets it sees back together and decodes the whole message.
 from __future__ import annotations
 
 import asyncio
+import shutil
 from dataclasses import dataclass, field
 from typing import TextIO
 
@@ -221,6 +222,9 @@ class VehicleProbe:
         """On a terminal: every kind's line, in place of the previous drawing."""
         lines = [kind.line() for kind in self._ordered()]
         lines.append(f"{self.frames} frames, {len(self.kinds)} kinds (Ctrl-C to stop)")
+        # A line wider than the terminal wraps onto two rows, and the redraw would climb too few.
+        width = max(20, shutil.get_terminal_size().columns - 1)
+        lines = [line[:width] for line in lines]
         text = _up(self._drawn) if self._drawn else ""
         text += "".join(f"{line}{CLEAR_LINE}\n" for line in lines)
         self._drawn = len(lines)
