@@ -52,7 +52,8 @@ X509_EXPIRED = 10
 X509_HOSTNAME_MISMATCH = 62
 SUBACK_FAILURE = 0x80  # MQTT 5.0 §3.9.3: reason codes of 0x80 and above are failures
 # CONNACK reasons (MQTT 5.0 §3.2.2.2) and 3.1.1 return codes (§3.2.2.3) with what to check.
-LOGIN_CODES = {0x86: "login", 0x87: "acl", 4: "login", 5: "acl"}
+# 0x86 bad user name or password, 0x87 not authorized; 3.1.1: 4 and 5 (the same two).
+LOGIN_CODES = frozenset({0x86, 0x87, 4, 5})
 UNSUPPORTED_PROTOCOL = {0x84, 1}
 
 
@@ -383,39 +384,36 @@ async def _mqtt(
             report.heading(f"broker OK: {host}:{port}, MQTT {broker.protocol}")
     except MqttConnectError as exc:
         _refused(config, report, as_code(exc.rc), str(exc))
-    except NoConnackError as exc:
-        report.problem(
-            f"MQTT: {describe(exc)}",
-            "broker.protocol: a broker that speaks only MQTT 3.1.1 may drop an MQTT 5 CONNECT "
-            "(set protocol: '3.1.1')",
-            "the broker's log for why it closed the connection",
-        )
-    except aiomqtt.MqttError as exc:
+    except aiomqtt.MqttError as exc:  # NoConnackError included
+        text = describe(exc)
         detail = client_log.last
-        text = describe(exc) + (f"; {detail}" if detail and detail not in describe(exc) else "")
-        checks = ["the broker's log"]
-        if "certificate required" in text or "alert" in text:
+        if detail and detail not in text:
+            text = f"{text}; {detail}"
+        checks = ["the broker's log for why it closed the connection"]
+        if isinstance(exc, NoConnackError):
             checks.insert(
                 0,
-                "the broker asks for a client certificate: tls.cert_file and "
-                "tls.key_file, signed by a CA the broker trusts",
+                "broker.protocol: a broker that speaks only MQTT 3.1.1 may drop an MQTT 5 "
+                "CONNECT (set protocol: '3.1.1')",
+            )
+        if "certificate required" in text.lower():
+            checks.insert(
+                0,
+                "the broker asks for a client certificate: tls.cert_file and tls.key_file, "
+                "signed by a CA the broker trusts",
             )
         report.problem(f"MQTT: {text}", *checks)
 
 
 def _refused(config: Config, report: Report, code: int, text: str) -> None:
     agg = config.aggregator
-    kind = LOGIN_CODES.get(code)
     shown = f"CONNACK 0x{code:02X}" if code >= 0 else "CONNACK"
-    if kind == "login":
+    if code in LOGIN_CODES:
+        # Brokers differ in which of the two a wrong password gets (mosquitto 2.0: 0x87).
         report.problem(
             f"login refused: {shown} ({text})",
             f"aggregator.username {agg.username or '(none)'} and the password in "
             f"aggregator.password_file {agg.password_file or '(none)'}",
-        )
-    elif kind == "acl":
-        report.problem(
-            f"not authorised: {shown} ({text})",
             "the broker's rules for this user and client id",
         )
     elif code in UNSUPPORTED_PROTOCOL:
