@@ -143,7 +143,7 @@ class VehicleProbe:
         try:
             decoded = self.codec.decode_frame(frame_id, data)
         except ProtocolError as exc:
-            self._seen(name, frame_id, sender, now_s, f"rejected: {exc}", rejected=True)
+            self._seen(name, frame_id, sender, now_s, str(exc), rejected=True)
             return
         self._seen(name, frame_id, sender, now_s, self._signals(name, decoded.signals))
         if self.protocol == "gbt27930":
@@ -171,7 +171,7 @@ class VehicleProbe:
         try:
             decoded = self.codec.decode(name, payload)
         except ProtocolError as exc:
-            self._seen(name, transfer.pgn, "car", now_s, f"rejected: {exc}", rejected=True)
+            self._seen(name, transfer.pgn, "car", now_s, str(exc), rejected=True)
             return
         self._seen(name, transfer.pgn, "car", now_s, self._signals(name, decoded.signals))
 

@@ -315,7 +315,10 @@ def test_cli_write_test_asks_and_a_no_writes_nothing(tmp_path: Path) -> None:
     asyncio.run(main())
 
 
-def test_cli_ctrl_c_during_the_write_test_ends_at_0_w(tmp_path: Path) -> None:
+@pytest.mark.parametrize("stop", [signal.SIGINT, signal.SIGTERM])
+def test_cli_ctrl_c_or_kill_during_the_write_test_ends_at_0_w(
+    tmp_path: Path, stop: signal.Signals
+) -> None:
     async def main() -> None:
         async with inverter("sunspec-700") as sim:
             config = tmp_path / "config.yaml"
@@ -345,7 +348,7 @@ def test_cli_ctrl_c_during_the_write_test_ends_at_0_w(tmp_path: Path) -> None:
             )
             async with asyncio.timeout(20):
                 assert await until(lambda: sim.stage.target_w == -2000.0, 15.0)
-                proc.send_signal(signal.SIGINT)
+                proc.send_signal(stop)
                 out, err = await proc.communicate()
             assert proc.returncode == 1, out.decode() + err.decode()
             assert sim.stage.target_w == 0.0  # the probe's 0 W, long before the 600 s timer

@@ -20,7 +20,7 @@ from controller.vehicle.canbus import to_message
 from controller.vehicle.dbc import DbcCodec
 from controller.vehicle.frames import CanFrame
 from controller.vehicle.protocols import chademo, gbt27930
-from hil.vehicle import ChademoVehicle, GbtVehicle
+from hil.vehicle import ChademoVehicle, FaultInjection, GbtVehicle
 from hil.vehicle.runner import VehicleSimulator
 from tests.probe.support import REPO, Tty, cli, config_text
 
@@ -207,3 +207,26 @@ def test_cli_listens_on_udp_multicast_next_to_a_car_in_another_process(tmp_path:
     assert status == 0, out + err
     assert "VEH_102_Status (car, 0x102)" in out
     assert "\x1b[" not in out  # piped: plain appended lines
+
+
+def test_frames_the_dbc_rejects_are_counted_with_the_reason() -> None:
+    channel = f"probe-{uuid.uuid4().hex[:8]}"
+
+    async def main() -> None:
+        car_bus = can.Bus(interface="virtual", channel=channel)
+        car = ChademoVehicle(faults=FaultInjection(wrong_dlc=True))
+        playing = asyncio.create_task(VehicleSimulator(car, car_bus).run())
+        out = io.StringIO()
+        try:
+            await probe_vehicle(
+                vehicle_config("chademo", channel), Report(out), seconds=0.5, live=False
+            )
+        finally:
+            playing.cancel()
+            await asyncio.gather(playing, return_exceptions=True)
+            car_bus.shutdown()
+        text = out.getvalue()
+        assert " rejected: VEH_102_Status: " in text
+        assert "bytes, expected 8" in text
+
+    asyncio.run(main())
