@@ -168,6 +168,16 @@ def test_nothing_listening_is_named() -> None:
     asyncio.run(main())
 
 
+def test_a_missing_serial_port_is_named(tmp_path: Path) -> None:
+    cfg = InverterConfig.model_validate(
+        {"transport": "rtu", "rtu": {"device": str(tmp_path / "ttyUSB9")}, "timeout_s": 0.3}
+    )
+    ok, _, text = asyncio.run(run_probe(cfg))
+    assert not ok
+    assert "PROBLEM: cannot open the serial port" in text
+    assert f"check: the device {tmp_path / 'ttyUSB9'} exists" in text
+
+
 def test_a_device_that_never_answers_is_told_from_a_slow_one(
     monkeypatch: pytest.MonkeyPatch,
 ) -> None:
@@ -235,6 +245,25 @@ def test_the_write_test_holds_the_power_and_ends_at_0_w() -> None:
             assert "commanded -3000 W  measured -3000 W" in text
             assert "ended: 0 W commanded, stage disabled, measured 0 W" in text
             assert "PROBLEM" not in text
+
+    asyncio.run(main())
+
+
+def test_the_write_test_drives_a_vendor_map_inverter_too() -> None:
+    async def main() -> None:
+        async with inverter(str(BD7_MAP)) as sim:
+            assert sim.port is not None
+            cfg = inverter_config(
+                sim.port, profile="register_map", register_map=str(BD7_MAP), revert_timeout_s=600
+            )
+            out = io.StringIO()
+            task = asyncio.create_task(write_test(cfg, WriteTest(4000.0, 1.5), Report(out)))
+            await asyncio.sleep(1.2)
+            assert sim.stage.target_w == 4000.0
+            await task
+            assert sim.stage.target_w == 0.0
+            assert not sim.stage.enabled  # the map's run_enable written off
+            assert "ended: 0 W commanded, stage disabled, measured 0 W" in out.getvalue()
 
     asyncio.run(main())
 

@@ -15,10 +15,11 @@ import can
 
 from controller.config import VehicleConfig
 from controller.probe.report import Report
-from controller.probe.vehicle import probe_vehicle
+from controller.probe.vehicle import VehicleProbe, probe_vehicle
 from controller.vehicle.canbus import to_message
 from controller.vehicle.dbc import DbcCodec
 from controller.vehicle.frames import CanFrame
+from controller.vehicle.j1939_tp import Rts, encode_cm, encode_dt, packets_for, split_payload
 from controller.vehicle.protocols import chademo, gbt27930
 from hil.vehicle import ChademoVehicle, FaultInjection, GbtVehicle
 from hil.vehicle.runner import VehicleSimulator
@@ -230,3 +231,26 @@ def test_frames_the_dbc_rejects_are_counted_with_the_reason() -> None:
         assert "bytes, expected 8" in text
 
     asyncio.run(main())
+
+
+def test_a_gbt_transport_message_is_put_back_together_and_decoded() -> None:
+    """BRM (49 bytes) as the car sends it over J1939-21 after a charger's CTS: RTS, 7 packets."""
+    codec = DbcCodec.gbt27930()
+    values = _zeros(codec, "BRM") | {"RatedCapacity": 40.0, "RatedVoltage": 380.0}
+    payload = codec.encode("BRM", values)
+    rts = Rts(total_size=len(payload), packets=packets_for(len(payload)), pgn=gbt27930.PGN_BRM)
+    frames = [CanFrame(gbt27930.TP_CM_FROM_BMS, encode_cm(rts), is_extended_id=True)]
+    frames += [
+        CanFrame(gbt27930.TP_DT_FROM_BMS, encode_dt(packet), is_extended_id=True)
+        for packet in split_payload(payload)
+    ]
+    out = io.StringIO()
+    probe = VehicleProbe("gbt27930", codec, out, live=False)
+    for i, frame in enumerate(frames):
+        probe.receive(to_message(frame), i * 0.01)
+    brm = probe.kinds[("BRM", gbt27930.PGN_BRM)]
+    assert brm.sender == "car"
+    assert brm.count == 1
+    assert "RatedCapacity=40" in brm.text
+    assert "RatedVoltage=380" in brm.text
+    assert probe.kinds[("TP_DT_BMS", gbt27930.TP_DT_FROM_BMS)].count == len(frames) - 1
