@@ -18,7 +18,7 @@ from collections.abc import Sequence
 from pathlib import Path
 
 from controller import __version__
-from controller.config import json_schema, load_config
+from controller.config import json_schema, load_config, load_register_map
 from controller.daemon import ExitCode
 from controller.errors import ConfigError
 from controller.probe import add_probe_parser, run_probe
@@ -240,12 +240,31 @@ def _check_config(args: argparse.Namespace) -> int:
     return ExitCode.OK
 
 
+def _probe(args: argparse.Namespace) -> int:
+    """``probe inverter|vehicle|broker`` (controller/probe/): the config (and the inverter's
+    register map) read here, the probe given the values."""
+    try:
+        config = load_config(args.config)
+        inverter = config.inverter
+        register_map = (
+            load_register_map(inverter.register_map)
+            if args.probe == "inverter"
+            and inverter.profile == "register_map"
+            and inverter.register_map
+            else None
+        )
+    except ConfigError as error:
+        _report(error)
+        return ExitCode.CONFIG
+    return run_probe(args, config, register_map=register_map)
+
+
 _COMMANDS = {
     "ledger": _ledger,
     "reset-faults": _reset_faults,
     "schema": _schema,
     "check-config": _check_config,
-    "probe": run_probe,
+    "probe": _probe,
 }
 
 

@@ -17,8 +17,7 @@ import sys
 from collections.abc import Callable, Coroutine
 from typing import Any, TextIO
 
-from controller.config import Config, load_config
-from controller.errors import ConfigError
+from controller.config import Config, RegisterMap
 from controller.logs import configure_logging
 from controller.probe.report import OK, PROBLEM, USAGE, Report
 
@@ -202,11 +201,14 @@ def ask(prompt: str, stdin: TextIO | None = None, out: TextIO | None = None) -> 
 
 def run_probe(
     args: argparse.Namespace,
+    config: Config,
     *,
+    register_map: RegisterMap | None = None,
     out: TextIO | None = None,
     confirm: Callable[[str], bool] | None = None,
 ) -> int:
-    """Runs the chosen probe; returns the exit status."""
+    """Runs the chosen probe on ``config`` (and the vendor map it names, profile register_map;
+    the CLI reads both); returns the exit status."""
     report = Report(out)
     # The links' own log lines (a retry, a rewritten revert timer) go to stderr, warnings only:
     # stdout is the probe's report.
@@ -215,15 +217,13 @@ def run_probe(
         sys.stderr.write("probe inverter: --write-test POWER_W and --for SECONDS go together\n")
         return USAGE
     try:
-        config = load_config(args.config)
-    except ConfigError as error:
-        for problem in error.problems:
-            sys.stderr.write(f"{problem}\n")
-        return USAGE
-    try:
         if args.probe == "inverter":
             return _inverter(
-                config, args, report, confirm or (lambda prompt: ask(prompt, out=report.out))
+                config,
+                register_map,
+                args,
+                report,
+                confirm or (lambda prompt: ask(prompt, out=report.out)),
             )
         if args.probe == "vehicle":
             # Imported here: the other probes need no CAN libraries.
@@ -267,7 +267,11 @@ def _run(
 
 
 def _inverter(
-    config: Config, args: argparse.Namespace, report: Report, confirm: Callable[[str], bool]
+    config: Config,
+    register_map: RegisterMap | None,
+    args: argparse.Namespace,
+    report: Report,
+    confirm: Callable[[str], bool],
 ) -> int:
     from controller.probe.inverter import (  # noqa: PLC0415
         WriteTest,
@@ -276,7 +280,7 @@ def _inverter(
         write_test,
     )
 
-    status = _run(probe_inverter(config.inverter, report), report)
+    status = _run(probe_inverter(config.inverter, report, register_map=register_map), report)
     if args.write_test is None:
         return status
     if status != OK:
@@ -292,4 +296,4 @@ def _inverter(
     if not confirmed:
         report.heading("write test not confirmed: nothing was written")
         return PROBLEM
-    return _run(write_test(config.inverter, test, report), report)
+    return _run(write_test(config.inverter, test, report, register_map=register_map), report)

@@ -25,7 +25,7 @@ import time
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 
-from controller.config import InverterConfig, RegisterMap, load_register_map
+from controller.config import InverterConfig, RegisterMap
 from controller.errors import InverterLinkError, ProtocolError
 from controller.inverter.codec import RegType, WordOrder, decode
 from controller.inverter.drivers import (
@@ -131,8 +131,13 @@ def exception_name(code: int) -> str:
     return _EXCEPTION_NAMES.get(code, "unknown")
 
 
-async def probe_inverter(cfg: InverterConfig, report: Report) -> bool:
-    """The read-only probe; True when nothing went wrong (the write test may follow)."""
+async def probe_inverter(
+    cfg: InverterConfig, report: Report, *, register_map: RegisterMap | None = None
+) -> bool:
+    """The read-only probe; True when nothing went wrong (the write test may follow).
+
+    ``register_map``: the map ``cfg.register_map`` names, read by the caller (profile
+    register_map)."""
     transport = transport_of(cfg)
     report.heading(
         f"inverter: {transport.describe()}, timeout_s {cfg.timeout_s:g}, retries "
@@ -141,7 +146,7 @@ async def probe_inverter(cfg: InverterConfig, report: Report) -> bool:
     problems_before = len(report.problems)
     try:
         if cfg.profile == "register_map":
-            await _probe_map(cfg, transport, report)
+            await _probe_map(cfg, _required(cfg, register_map), transport, report)
         else:
             await _probe_sunspec(cfg, transport, report)
     finally:
@@ -486,9 +491,15 @@ def _state(power_w: float | None, enabled: bool, faults: Iterable[str], report: 
 # -- vendor register map ---------------------------------------------------------------------
 
 
-async def _probe_map(cfg: InverterConfig, transport: ModbusTransport, report: Report) -> None:
-    assert cfg.register_map is not None  # noqa: S101  required by the config model
-    register_map = load_register_map(cfg.register_map)
+def _required(cfg: InverterConfig, register_map: RegisterMap | None) -> RegisterMap:
+    if register_map is None:
+        raise ValueError(f"profile register_map: the map {cfg.register_map} was not given")
+    return register_map
+
+
+async def _probe_map(
+    cfg: InverterConfig, register_map: RegisterMap, transport: ModbusTransport, report: Report
+) -> None:
     report.fact(
         "register map",
         f"{register_map.manufacturer} {register_map.model}, {len(register_map.registers)} "
@@ -585,13 +596,12 @@ def _map_value(register_map: RegisterMap, name: str, registers: list[int], start
 # -- write test ------------------------------------------------------------------------------
 
 
-def build_driver(cfg: InverterConfig, transport: ModbusTransport) -> InverterDriver:
-    """The driver the daemon would use for this config."""
+def build_driver(
+    cfg: InverterConfig, transport: ModbusTransport, register_map: RegisterMap | None = None
+) -> InverterDriver:
+    """The driver the daemon would use for this config (and its register map)."""
     if cfg.profile == "register_map":
-        assert cfg.register_map is not None  # noqa: S101  required by the config model
-        return RegisterMapDriver(
-            transport, load_register_map(cfg.register_map), cfg.revert_timeout_s
-        )
+        return RegisterMapDriver(transport, _required(cfg, register_map), cfg.revert_timeout_s)
     return SunSpecDriver(transport, cfg.revert_timeout_s)
 
 
@@ -612,12 +622,17 @@ async def write_test(
     test: WriteTest,
     report: Report,
     *,
-    driver_factory: Callable[[InverterConfig, ModbusTransport], InverterDriver] = build_driver,
+    register_map: RegisterMap | None = None,
+    driver_factory: Callable[[ModbusTransport], InverterDriver] | None = None,
 ) -> None:
     """Command ``test.power_w`` for ``test.duration_s``, always ending at 0 W (see the module
     docstring). Cancellation is re-raised after the 0 W."""
     transport = transport_of(cfg)
-    driver = driver_factory(cfg, transport)
+    driver = (
+        build_driver(cfg, transport, register_map)
+        if driver_factory is None
+        else driver_factory(transport)
+    )
     heartbeat_s = min(HEARTBEAT_MAX_S, cfg.revert_timeout_s / 3)
     report.heading(f"write test: {test.power_w:g} W for {test.duration_s:g} s")
     try:

@@ -8,11 +8,12 @@ import asyncio
 import io
 import signal
 import sys
+from collections.abc import Callable
 from pathlib import Path
 
 import pytest
 
-from controller.config import InverterConfig
+from controller.config import InverterConfig, load_register_map
 from controller.errors import InverterLinkError
 from controller.inverter.drivers import InverterDriver
 from controller.inverter.transport import ModbusTransport
@@ -30,7 +31,8 @@ from tests.probe.support import BD7_MAP, REPO, cli, config_text, inverter, inver
 async def run_probe(cfg: InverterConfig) -> tuple[bool, Report, str]:
     out = io.StringIO()
     report = Report(out)
-    ok = await probe_inverter(cfg, report)
+    register_map = load_register_map(cfg.register_map) if cfg.register_map else None
+    ok = await probe_inverter(cfg, report, register_map=register_map)
     return ok, report, out.getvalue()
 
 
@@ -257,7 +259,9 @@ def test_the_write_test_drives_a_vendor_map_inverter_too() -> None:
                 sim.port, profile="register_map", register_map=str(BD7_MAP), revert_timeout_s=600
             )
             out = io.StringIO()
-            task = asyncio.create_task(write_test(cfg, WriteTest(4000.0, 1.5), Report(out)))
+            test = WriteTest(4000.0, 1.5)
+            bd7 = load_register_map(BD7_MAP)
+            task = asyncio.create_task(write_test(cfg, test, Report(out), register_map=bd7))
             await asyncio.sleep(1.2)
             assert sim.stage.target_w == 4000.0
             await task
@@ -290,19 +294,22 @@ def test_a_cancelled_write_test_ends_at_0_w_and_stays_cancelled() -> None:
 def test_a_write_test_that_fails_midway_ends_at_0_w() -> None:
     reads = 0
 
-    def failing(cfg: InverterConfig, transport: ModbusTransport) -> InverterDriver:
-        driver = build_driver(cfg, transport)
-        real_read = driver.read
+    def failing(cfg: InverterConfig) -> Callable[[ModbusTransport], InverterDriver]:
+        def build(transport: ModbusTransport) -> InverterDriver:
+            driver = build_driver(cfg, transport)
+            real_read = driver.read
 
-        async def read(now_s: float) -> object:
-            nonlocal reads
-            reads += 1
-            if reads == 2:
-                raise InverterLinkError("injected: no valid reply")
-            return await real_read(now_s)
+            async def read(now_s: float) -> object:
+                nonlocal reads
+                reads += 1
+                if reads == 2:
+                    raise InverterLinkError("injected: no valid reply")
+                return await real_read(now_s)
 
-        driver.read = read  # type: ignore[method-assign,assignment]
-        return driver
+            driver.read = read  # type: ignore[method-assign,assignment]
+            return driver
+
+        return build
 
     async def main() -> None:
         async with inverter("sunspec-100") as sim:
@@ -310,7 +317,8 @@ def test_a_write_test_that_fails_midway_ends_at_0_w() -> None:
             cfg = inverter_config(sim.port, revert_timeout_s=600)
             out = io.StringIO()
             report = Report(out)
-            await write_test(cfg, WriteTest(3000.0, 10.0), report, driver_factory=failing)
+            test = WriteTest(3000.0, 10.0)
+            await write_test(cfg, test, report, driver_factory=failing(cfg))
             text = out.getvalue()
             assert "PROBLEM: write test stopped: injected: no valid reply" in text
             assert "ended: 0 W commanded" in text
