@@ -397,6 +397,24 @@ def test_cli_ctrl_c_or_kill_during_the_write_test_ends_at_0_w(
     asyncio.run(main())
 
 
+def test_cli_reads_the_register_map_the_config_names(tmp_path: Path) -> None:
+    async def main() -> None:
+        async with inverter(str(BD7_MAP)) as sim:
+            config = tmp_path / "config.yaml"
+            config.write_text(
+                config_text(
+                    inverter=f"{{transport: tcp, tcp: {{host: 127.0.0.1, port: {sim.port}}}, "
+                    f"profile: register_map, register_map: '{BD7_MAP}'}}"
+                ),
+                encoding="utf-8",
+            )
+            status, out, err = await cli("probe", "inverter", "-c", str(config))
+            assert status == 0, out + err
+            assert "register map:        V2G Labs BD-7, 13 registers" in out
+
+    asyncio.run(main())
+
+
 def test_cli_bad_arguments_and_configs_exit_2(tmp_path: Path) -> None:
     config = tmp_path / "config.yaml"
     config.write_text(config_text(), encoding="utf-8")
