@@ -1,5 +1,5 @@
 """Command line: ``v2g-controller run | check-config | schema | ledger | reset-faults | status |
-reset``.
+reset | probe``.
 
 Exit codes: 0 success, 1 a runtime failure (power was driven to 0 W first), 2 the config or the
 command line is wrong (nothing was started), 3 forced exit on a second stop signal. ``status``
@@ -21,9 +21,10 @@ from collections.abc import Sequence
 from pathlib import Path
 
 from controller import __version__
-from controller.config import json_schema, load_config
+from controller.config import json_schema, load_config, load_register_map
 from controller.daemon import ExitCode
 from controller.errors import ConfigError
+from controller.probe import add_probe_parser, run_probe
 from controller.statusd import StatusClientError, ask, default_socket_path, format_status
 
 
@@ -98,6 +99,7 @@ def _parser() -> argparse.ArgumentParser:
         "After an E-stop, power resumes only on a new start.",
     )
     reset_now.add_argument("--socket", type=Path, metavar="PATH", help=socket_help)
+    add_probe_parser(commands)  # probe inverter | vehicle | broker (controller/probe/)
     return parser
 
 
@@ -301,6 +303,25 @@ def _check_config(args: argparse.Namespace) -> int:
     return ExitCode.OK
 
 
+def _probe(args: argparse.Namespace) -> int:
+    """``probe inverter|vehicle|broker`` (controller/probe/): the config (and the inverter's
+    register map) read here, the probe given the values."""
+    try:
+        config = load_config(args.config)
+        inverter = config.inverter
+        register_map = (
+            load_register_map(inverter.register_map)
+            if args.probe == "inverter"
+            and inverter.profile == "register_map"
+            and inverter.register_map
+            else None
+        )
+    except ConfigError as error:
+        _report(error)
+        return ExitCode.CONFIG
+    return run_probe(args, config, register_map=register_map)
+
+
 _COMMANDS = {
     "ledger": _ledger,
     "reset-faults": _reset_faults,
@@ -308,6 +329,7 @@ _COMMANDS = {
     "check-config": _check_config,
     "status": _status,
     "reset": _reset,
+    "probe": _probe,
 }
 
 

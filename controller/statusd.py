@@ -673,16 +673,24 @@ def format_status(status: Mapping[str, object]) -> str:
             for reason in reasons[1:]:
                 more(reason)
     faults = status.get("faults")
-    faults = faults if isinstance(faults, dict) else {}
+    fault_lines = _fault_lines(faults if isinstance(faults, dict) else {})
+    row("faults", fault_lines[0])
+    for line in fault_lines[1:]:
+        more(line)
+    return "\n".join(lines)
+
+
+def _fault_lines(faults: Mapping[str, object]) -> list[str]:
+    """The faults part of the summary: what is latched, what is present, how to reset."""
     latched = _items(faults.get("latched"))
-    row("faults", "latched: " + ", ".join(latched) if latched else "none latched")
+    lines = ["latched: " + ", ".join(latched) if latched else "none latched"]
     present = _items(faults.get("present"))
     if present:
-        more("present (not latched): " + ", ".join(present))
+        lines.append("present (not latched): " + ", ".join(present))
     reset = faults.get("reset")
     if latched and isinstance(reset, dict):
         verdict = "would be accepted" if reset.get("would_be_accepted") else "would be refused"
-        more(f"reset {verdict}: {reset.get('answer')}")
+        lines.append(f"reset {verdict}: {reset.get('answer')}")
     if latched:
-        more(f"to reset: {faults.get('how_to_reset')}")
-    return "\n".join(lines)
+        lines.append(f"to reset: {faults.get('how_to_reset')}")
+    return lines
