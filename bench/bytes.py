@@ -527,12 +527,12 @@ async def _measure(workdir: Path, quick: bool) -> dict[str, Any]:
 
 
 @contextlib.contextmanager
-def quiet_logs() -> Iterator[None]:
-    """The link's info lines (one per setpoint) off while the bench runs: warnings go to stderr.
-    The previous structlog configuration is put back afterwards."""
+def quiet_logs(level: int = logging.WARNING) -> Iterator[None]:
+    """The link's lines below ``level`` (info: one per setpoint) off while the bench runs; the
+    rest go to stderr. The previous structlog configuration is put back afterwards."""
     saved = structlog.get_config()
     structlog.configure(
-        wrapper_class=structlog.make_filtering_bound_logger(logging.WARNING),
+        wrapper_class=structlog.make_filtering_bound_logger(level),
         logger_factory=structlog.PrintLoggerFactory(sys.stderr),
         cache_logger_on_first_use=False,
     )
