@@ -83,15 +83,23 @@ class MqttMeter:
     by_topic: dict[str, Tally] = field(default_factory=dict)
     publish_times: list[tuple[float, str]] = field(default_factory=list)
     packet_times: list[float] = field(default_factory=list)
+    malformed: str | None = None  # why parsing stopped (the stream is not MQTT)
     _buffer: bytearray = field(default_factory=bytearray)
     _aliases: dict[int, str] = field(default_factory=dict)
 
     def feed(self, data: bytes) -> None:
         self.total_bytes += len(data)
+        if self.malformed is not None:
+            return  # lost the packet boundaries: only bytes are counted from here on
         buffer = self._buffer
         buffer += data
         while len(buffer) >= 2:
-            length = _varint(buffer, 1)
+            try:
+                length = _varint(buffer, 1)
+            except ValueError as exc:
+                self.malformed = f"{exc}, after {self.total_bytes - len(buffer)} bytes"
+                buffer.clear()
+                return
             if length is None:
                 return
             remaining, used = length
@@ -163,6 +171,7 @@ class MqttMeter:
     def summary(self) -> dict[str, Any]:
         return {
             "bytes": self.total_bytes,
+            "malformed": self.malformed,
             "packets": sum(t.count for t in self.by_type.values()),
             "by_type": {name: t.as_dict() for name, t in sorted(self.by_type.items())},
             "publish_by_topic": {name: t.as_dict() for name, t in sorted(self.by_topic.items())},
