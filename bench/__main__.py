@@ -3,10 +3,12 @@
     python -m bench                 # the full run (about 25 minutes: the nominal load is 10)
     python -m bench --quick         # a smoke run of the same code paths (figures meaningless)
     python -m bench --only latency  # one part; merged into an existing results.json
+    python -m bench --only bytes --only fleet  # issue 20: byte budget (~6 min), fleet (~1 min)
 
 Each part (bench/latency.py, bench/ingest.py, bench/load.py) runs the real daemon, simulators
 and broker and returns its figures; this module adds the machine they ran on, compares them with
-the targets of issue 8, and renders the table. Figures are measured, never edited by hand.
+the targets of issues 8, 19 and 20, and renders the table. Figures are measured, never edited by
+hand.
 """
 
 from __future__ import annotations
@@ -288,7 +290,8 @@ def render(results: dict[str, Any]) -> str:
         "For developers and reviewers. Every figure below was measured by `make bench`",
         "(`python -m bench`), which writes `bench/results.json` and this page; nothing here is",
         "typed by hand. How each figure is measured is in the docstrings of `bench/latency.py`,",
-        "`bench/ingest.py`, `bench/load.py` and `bench/storage.py`, and summarised below.",
+        "`bench/ingest.py`, `bench/load.py`, `bench/storage.py`, `bench/bytes.py` and",
+        "`bench/fleet.py`, and summarised below.",
         "",
         f"Run: {results['finished_at']} ({results['duration_s'] / 60:.1f} min), "
         f"`{results['command']}`{quick}.",
@@ -497,7 +500,9 @@ def _fleet_section(results: dict[str, Any]) -> list[str]:
         f"{fleet['chargers']:,} real aggregator links with stub control loops in "
         f"{fleet['processes']} processes, one mosquitto, on this machine's "
         f"{results['machine']['cores']} cores (the links, the broker and the aggregator share "
-        "them: a charger has its own CPU). Details: the docstring of `bench/fleet.py`.",
+        "them: a charger has its own CPU, so the fan-out times are mostly the bench's own links",
+        "queueing for 2 cores; the broker's share is its CPU). Details: the docstring of",
+        "`bench/fleet.py`.",
         "",
         "| figure | value |",
         "|---|---|",
@@ -505,6 +510,17 @@ def _fleet_section(results: dict[str, Any]) -> list[str]:
         f"{ack['p99']:,} / {ack['max']:,} ms |",
         f"| (a) until every ack arrived | {fan['all_acked_s']:g} s (publishing them took "
         f"{fan['publish_s']:g} s) |",
+        *(
+            [
+                f"| (a) of which publish to the link accepting it, p50 / p99 | "
+                f"{fan['delivered_ms']['p50']:,} / {fan['delivered_ms']['p99']:,} ms |",
+                f"| (a) and accepted to the ack at the aggregator, p50 / p99 | "
+                f"{fan['accepted_to_ack_ms']['p50']:,} / "
+                f"{fan['accepted_to_ack_ms']['p99']:,} ms |",
+            ]
+            if "delivered_ms" in fan
+            else []
+        ),
         f"| (a) CPU used meanwhile | links {fan['cpu_s'].get('link_processes')} s, aggregator "
         f"{fan['cpu_s'].get('aggregator_process')} s, broker {fan['cpu_s'].get('broker')} s |",
         f"| (b) broker restart: reconnect spread | {spread_text} |",
