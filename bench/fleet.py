@@ -29,9 +29,10 @@ daemon's loop does), following the setpoint the link accepted (ramped, as in
     ``aggregator.reconnect_spread_s`` when the config has that field (``reconnect_spread``
     in the results says whether it did); without it this is the link's plain backoff.
 (c) Steady state, every charger following its setpoint: the broker's CPU from
-    ``/proc/<pid>/stat`` (utime + stime) over a window, as % of one core, and the publishes
-    per second into the broker, counted by the aggregator, which subscribes to everything the
-    chargers publish (telemetry at the configured period).
+    ``/proc/<pid>/stat`` (utime + stime) over three telemetry periods, as % of one core, and
+    the publishes per second into the broker, counted by the aggregator, which subscribes to
+    everything the chargers publish (telemetry at the configured period; a quick run sets
+    1 s and measures two periods).
 """
 
 from __future__ import annotations
@@ -50,6 +51,7 @@ import socket
 import sys
 import time
 from collections.abc import Iterator
+from dataclasses import dataclass
 from multiprocessing.connection import Connection
 from pathlib import Path
 from typing import Any
@@ -62,8 +64,10 @@ from controller.config import AggregatorConfig, Config, parse_config
 from controller.links import ControlReport, LinkStatus
 from hil.mosquitto import Mosquitto
 
-FULL = {"chargers": 1000, "processes": 2, "steady_s": 30.0}
-QUICK = {"chargers": 20, "processes": 2, "steady_s": 10.0}  # a window of one period
+# steady_s: the window, three telemetry periods; a quick run shortens the period (None: the
+# config's default).
+FULL: dict[str, Any] = {"chargers": 1000, "processes": 2, "periods": 3, "telemetry_period_s": None}
+QUICK: dict[str, Any] = {"chargers": 20, "processes": 2, "periods": 2, "telemetry_period_s": 1.0}
 STUB_TICK_S = 1.0  # the stub's report period (the daemon's is 0.1 s: the telemetry is the same)
 START_STAGGER_S = 0.004  # between two links' first connects in one process (a fleet boots apart)
 UP_TIMEOUT_S = 180.0
@@ -133,7 +137,8 @@ def spread_supported() -> bool:
     return "reconnect_spread_s" in AggregatorConfig.model_fields
 
 
-def fleet_config(port: int, spread_s: float | None) -> Config:
+def fleet_config(port: int, spread_s: float | None, period_s: float | None = None) -> Config:
+    telemetry = f"  telemetry_period_s: {period_s}\n" if period_s is not None else ""
     spread = (
         f"  reconnect_spread_s: {spread_s}\n" if spread_s is not None and spread_supported() else ""
     )
@@ -144,7 +149,7 @@ vehicle: {{protocol: chademo, can: {{interface: virtual, channel: bench}}}}
 inverter: {{transport: tcp, tcp: {{host: 127.0.0.1}}}}
 aggregator:
   broker: {{host: 127.0.0.1, port: {port}}}
-{spread}"""
+{spread}{telemetry}"""
     )
 
 
@@ -206,19 +211,29 @@ class StubCharger:
             )
 
 
-def child_main(conn: Connection, first: int, count: int, port: int, spread: float | None) -> None:
-    """A child process: ``count`` chargers from number ``first``; answers the parent's
-    commands ("status", "connects", "stop") over ``conn``."""
+@dataclass(frozen=True, slots=True)
+class ChildPlan:
+    """What one child process runs: chargers ``first`` .. ``first + count - 1``."""
+
+    first: int
+    count: int
+    port: int
+    spread_s: float | None
+    period_s: float | None
+
+
+def child_main(conn: Connection, plan: ChildPlan) -> None:
+    """A child process: the chargers of ``plan``; answers the parent's commands ("status",
+    "connects", "accepted", "stop") over ``conn``."""
     raise_open_files()
     # Errors only: a restart makes every link warn that it lost the broker.
     with quiet_logs(logging.ERROR):
-        asyncio.run(_child(conn, first, count, port, spread))
+        asyncio.run(_child(conn, plan))
 
 
-async def _child(
-    conn: Connection, first: int, count: int, port: int, spread_s: float | None
-) -> None:
-    config = fleet_config(port, spread_s)
+async def _child(conn: Connection, plan: ChildPlan) -> None:
+    first, count = plan.first, plan.count
+    config = fleet_config(plan.port, plan.spread_s, plan.period_s)
     baseline_mb = rss_mb()
     chargers = [StubCharger(config, number) for number in range(first, first + count)]
     for charger in chargers:
@@ -342,7 +357,14 @@ def busiest_second(times_s: list[float]) -> int:
 class Fleet:
     """The child processes and their pipes."""
 
-    def __init__(self, chargers: int, processes: int, port: int, spread: float | None) -> None:
+    def __init__(
+        self,
+        chargers: int,
+        processes: int,
+        port: int,
+        spread: float | None,
+        period_s: float | None,
+    ) -> None:
         context = multiprocessing.get_context("spawn")
         share = math.ceil(chargers / processes)
         self.pipes: list[Connection] = []
@@ -354,7 +376,7 @@ class Fleet:
             parent_end, child_end = context.Pipe()
             process = context.Process(
                 target=child_main,
-                args=(child_end, first, count, port, spread),
+                args=(child_end, ChildPlan(first, count, port, spread, period_s)),
                 name=f"bench-fleet-{index}",
                 daemon=True,
             )
@@ -398,7 +420,11 @@ async def _wait(predicate: Any, timeout_s: float, what: str) -> float:
 
 
 async def _measure(
-    workdir: Path, chargers: int, processes: int, steady_s: float, spread: float | None
+    workdir: Path,
+    chargers: int,
+    processes: int,
+    counts: dict[str, Any],
+    spread: float | None,
 ) -> dict[str, Any]:
     numbers = range(chargers)
     out: dict[str, Any] = {
@@ -414,12 +440,12 @@ async def _measure(
     }
     broker = FleetBroker(workdir / "broker")
     broker.start()
-    fleet = Fleet(chargers, processes, broker.port, spread)
+    fleet = Fleet(chargers, processes, broker.port, spread, counts["telemetry_period_s"])
     try:
         out["all_up_s"] = round(
             await _wait(lambda: _all_up(fleet, chargers), UP_TIMEOUT_S, "every link came up"), 1
         )
-        config = fleet_config(broker.port, spread)
+        config = fleet_config(broker.port, spread, counts["telemetry_period_s"])
         out["telemetry_period_s"] = config.aggregator.telemetry_period_s
         out["reconnect_initial_s"] = config.aggregator.reconnect_initial_s
         async with FleetAggregator(broker.port, chargers) as aggregator:
@@ -450,7 +476,7 @@ async def _measure(
             assert broker.pid is not None  # started above
             cpu_before, count_before = _cpu(fleet, broker), aggregator.received
             start_s = time.monotonic()
-            await asyncio.sleep(steady_s)
+            await asyncio.sleep(counts["periods"] * period_s)
             elapsed_s = time.monotonic() - start_s
             cpu_after, count_after = _cpu(fleet, broker), aggregator.received
             cpu_pct = {
@@ -566,7 +592,7 @@ def run(
                 workdir,
                 int(chargers or counts["chargers"]),
                 int(processes or counts["processes"]),
-                float(counts["steady_s"]),
+                counts,
                 reconnect_spread_s,
             )
         )
