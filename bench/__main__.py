@@ -3,10 +3,12 @@
     python -m bench                 # the full run (about 25 minutes: the nominal load is 10)
     python -m bench --quick         # a smoke run of the same code paths (figures meaningless)
     python -m bench --only latency  # one part; merged into an existing results.json
+    python -m bench --only bytes --only fleet  # issue 20: byte budget (~6 min), fleet (~1 min)
 
 Each part (bench/latency.py, bench/ingest.py, bench/load.py) runs the real daemon, simulators
 and broker and returns its figures; this module adds the machine they ran on, compares them with
-the targets of issue 8, and renders the table. Figures are measured, never edited by hand.
+the targets of issues 8, 19 and 20, and renders the table. Figures are measured, never edited by
+hand.
 """
 
 from __future__ import annotations
@@ -31,7 +33,7 @@ from typing import Any
 ROOT = Path(__file__).resolve().parent.parent
 RESULTS = ROOT / "bench" / "results.json"
 REPORT = ROOT / "docs" / "performance.md"
-PARTS = ("latency", "ingest", "load", "storage", "planner", "year")
+PARTS = ("latency", "ingest", "load", "storage", "planner", "year", "bytes", "fleet")
 YEAR_JSON = ROOT / "bench" / "year.json"
 YEAR_PNG = ROOT / "bench" / "year.png"
 
@@ -119,6 +121,17 @@ TARGETS = (
         False,
     ),
     Target("year.comparison.run_time_s.value", "year: run time, 365 nights", "s", 120, True),
+    # Issue 20: the byte budget (bench/bytes.py) and the fleet (bench/fleet.py).
+    Target("bytes.idle.mb_per_day", "bytes: idle plugged car", "MB/day", 1, True),
+    Target("bytes.charging.mb_per_day", "bytes: a night of charging", "MB/day", 5, True),
+    Target("bytes.v2g.mb_per_day", "bytes: a night of V2G", "MB/day", 5, True),
+    Target(
+        "fleet.restart.busiest_second_pct",
+        "fleet: reconnects in the busiest second after a broker restart",
+        "% of the fleet",
+        5,
+        True,
+    ),
 )
 
 
@@ -277,7 +290,8 @@ def render(results: dict[str, Any]) -> str:
         "For developers and reviewers. Every figure below was measured by `make bench`",
         "(`python -m bench`), which writes `bench/results.json` and this page; nothing here is",
         "typed by hand. How each figure is measured is in the docstrings of `bench/latency.py`,",
-        "`bench/ingest.py`, `bench/load.py` and `bench/storage.py`, and summarised below.",
+        "`bench/ingest.py`, `bench/load.py`, `bench/storage.py`, `bench/bytes.py` and",
+        "`bench/fleet.py`, and summarised below.",
         "",
         f"Run: {results['finished_at']} ({results['duration_s'] / 60:.1f} min), "
         f"`{results['command']}`{quick}.",
@@ -315,6 +329,8 @@ def render(results: dict[str, Any]) -> str:
         "",
         *storage_section,
         *_planner_section(results),
+        *_bytes_section(results),
+        *_fleet_section(results),
         *([str(results["year_markdown"]), ""] if results.get("year_markdown") else []),
         "## How each figure is measured",
         "",
@@ -367,6 +383,161 @@ def _planner_section(results: dict[str, Any]) -> list[str]:
         f"{gaps['median']} | {gaps['p95']} | {gaps['max']} |",
         f"| gap to the LP oracle, tight budget, % ({tight['instances']} instances) | "
         f"{tight['median']} | {tight['p95']} | {tight['max']} |",
+        "",
+    ]
+
+
+def _part_command(results: dict[str, Any], name: str) -> str:
+    part = results.get("parts", {}).get(name, {})
+    return str(part.get("command") or f"make bench BENCH_ARGS='--only {name}'")
+
+
+def _bytes_section(results: dict[str, Any]) -> list[str]:
+    """Issue 20's byte budget: one charger's bytes per day on the wire (bench/bytes.py)."""
+    figures = results.get("bytes")
+    if not isinstance(figures, dict) or "settings" not in figures:
+        return []
+    settings = figures["settings"]
+    budget = settings["budget_mb_per_day"]
+    labels = {
+        "idle": ("idle plugged car, all day", budget["idle"]),
+        "charging": ("a night of charging, 7 kW 23:00-05:00", budget["active"]),
+        "v2g": ("a night of V2G: evening discharge, night charge", budget["active"]),
+    }
+    rows = []
+    for name, (label, limit) in labels.items():
+        day = figures.get(name)
+        if not isinstance(day, dict):
+            continue
+        estimates = day["estimates"]
+        up, down = day["bytes_per_day"]["up"], day["bytes_per_day"]["down"]
+        verdict = "met" if day["mb_per_day"] <= limit else "**missed**"
+        rows.append(
+            f"| {label} | {up / 1e6:.3f} | {down / 1e6:.3f} | {day['mb_per_day']:.3f} | "
+            f"≤ {limit:g} ({verdict}) | {day['telemetry_records_per_day']:,} | "
+            f"{day['telemetry_mean_bytes']} | {day['keepalive_pings_per_day']:,} | "
+            f"{estimates['tls13_records_bytes_per_day'] / 1e6:.3f} | "
+            f"{estimates['tcp_ip_headers_bytes_per_day'] / 1e6:.3f} | "
+            f"{estimates['total_with_tls_tcp_mb_per_day']:.3f} |"
+        )
+    kinds = []
+    for name in labels:
+        day = figures.get(name)
+        if not isinstance(day, dict):
+            continue
+        cells = []
+        for direction in ("up", "down"):
+            for packet, tally in day[direction]["by_type"].items():
+                cells.append(f"{direction} {packet} {tally['count']:,} / {tally['bytes']:,} B")
+            for topic, tally in day[direction]["publish_by_topic"].items():
+                cells.append(
+                    f"{direction} PUBLISH {topic} {tally['count']:,} / {tally['bytes']:,} B"
+                )
+        kinds.append(f"| {name} | {'; '.join(cells)} |")
+    check = figures.get("compression_check", {})
+    counts = check.get("telemetry_records", {})
+    scaled = any(
+        isinstance(figures.get(n), dict) and figures[n].get("scaled_to_day") for n in labels
+    )
+    return [
+        "## Byte budget (issue 20)",
+        "",
+        f"`{_part_command(results, 'bytes')}` (`python -m bench.bytes`). One charger's real",
+        "aggregator link against mosquitto through a counting TCP proxy; a simulated day on a",
+        "fake clock (details: the docstring of `bench/bytes.py`). MB are 10^6 bytes; up is",
+        "charger to broker. MQTT framing is included; TLS and TCP/IP are **estimates** (TLS 1.3:",
+        "22 B per record, one record per MQTT packet; TCP/IPv4 with timestamps: 52 B per",
+        "segment, one per packet, ACK-only segments not counted; the TLS handshake not counted).",
+        f"Telemetry period {settings['telemetry_period_s']:g} s, keepalive "
+        f"{settings['keepalive_s']:g} s (pings computed from it: the run is compressed), control "
+        f"tick {settings['tick_s']:g} s, topic prefix `{settings['topic_prefix']}`."
+        + (" **Scaled to a day from a shorter run.**" if scaled else ""),
+        "",
+        "| day | up MB | down MB | MQTT MB/day | budget MB | telemetry records | "
+        "bytes per telemetry | keepalive pings | TLS est. MB | TCP/IP est. MB | "
+        "all est. MB |",
+        "|---|---|---|---|---|---|---|---|---|---|---|",
+        *rows,
+        "",
+        "Per kind (count / bytes, MQTT framing included, per simulated run):",
+        "",
+        "| day | packets |",
+        "|---|---|",
+        *kinds,
+        "",
+        f"Compression check: {check.get('window', '')}, {check.get('simulated_s', 0):g} s "
+        f"simulated, telemetry records at real speed {counts.get('real_speed')}, compressed "
+        f"{counts.get('compressed')} ({'equal' if check.get('equal') else '**different**'}).",
+        "",
+    ]
+
+
+def _fleet_section(results: dict[str, Any]) -> list[str]:
+    """Issue 20's fleet: 1,000 links against one broker (bench/fleet.py)."""
+    fleet = results.get("fleet")
+    if not isinstance(fleet, dict) or "restart" not in fleet:
+        return []
+    fan, steady, restart = fleet["fan_out"], fleet["steady"], fleet["restart"]
+    ack = fan["ack_ms"]
+    rss = fleet["rss_mb"]
+    spread = fleet["reconnect_spread"]
+    if spread["passed"]:
+        spread_text = f"`aggregator.reconnect_spread_s` = {spread['requested_s']:g} s"
+    elif spread["in_config"]:
+        spread_text = "the link's default `aggregator.reconnect_spread_s`"
+    else:
+        spread_text = (
+            "no `aggregator.reconnect_spread_s` in this build: the plain backoff (first wait "
+            f"{fleet['reconnect_initial_s'] / 2:g}-{fleet['reconnect_initial_s']:g} s)"
+        )
+    busiest_verdict = (
+        "met" if restart["busiest_second_pct"] <= restart["goal_pct"] else ("**missed**")
+    )
+    return [
+        "## A fleet against one broker (issue 20)",
+        "",
+        f"`{_part_command(results, 'fleet')}` (`python -m bench.fleet`). "
+        f"{fleet['chargers']:,} real aggregator links with stub control loops in "
+        f"{fleet['processes']} processes, one mosquitto, on this machine's "
+        f"{results['machine']['cores']} cores (the links, the broker and the aggregator share "
+        "them: a charger has its own CPU, so the fan-out times are mostly the bench's own links",
+        "queueing for 2 cores; the broker's share is its CPU). Details: the docstring of",
+        "`bench/fleet.py`.",
+        "",
+        "| figure | value |",
+        "|---|---|",
+        f"| (a) one setpoint to every charger: ack p50 / p99 / max | {ack['p50']:,} / "
+        f"{ack['p99']:,} / {ack['max']:,} ms |",
+        f"| (a) until every ack arrived | {fan['all_acked_s']:g} s (publishing them took "
+        f"{fan['publish_s']:g} s) |",
+        *(
+            [
+                f"| (a) of which publish to the link accepting it, p50 / p99 | "
+                f"{fan['delivered_ms']['p50']:,} / {fan['delivered_ms']['p99']:,} ms |",
+                f"| (a) and accepted to the ack at the aggregator, p50 / p99 | "
+                f"{fan['accepted_to_ack_ms']['p50']:,} / "
+                f"{fan['accepted_to_ack_ms']['p99']:,} ms |",
+            ]
+            if "delivered_ms" in fan
+            else []
+        ),
+        f"| (a) CPU used meanwhile | links {fan['cpu_s'].get('link_processes')} s, aggregator "
+        f"{fan['cpu_s'].get('aggregator_process')} s, broker {fan['cpu_s'].get('broker')} s |",
+        f"| (b) broker restart: reconnect spread | {spread_text} |",
+        f"| (b) reconnects per second from the broker listening again | "
+        f"{', '.join(str(n) for n in restart['arrivals_per_s'])} |",
+        f"| (b) busiest one-second window | {restart['busiest_second']:,} "
+        f"({restart['busiest_second_pct']:g} % of the fleet; goal ≤ {restart['goal_pct']:g} %: "
+        f"{busiest_verdict}) |",
+        f"| (b) until every charger was back | {restart['all_back_s']} s (broker down "
+        f"{restart['broker_down_s']:g} s) |",
+        f"| (c) steady state: publishes into the broker | {steady['publishes_per_s']:g} per s "
+        f"(telemetry every {fleet['telemetry_period_s']:g} s) |",
+        f"| (c) broker CPU | {steady['broker_cpu_pct']:g} % of one core over "
+        f"{steady['window_s']:g} s (links {steady['cpu_pct'].get('link_processes')} %) |",
+        f"| memory | broker {steady['broker_rss_mb']} MB; link processes "
+        f"{', '.join(str(r) for r in rss['link_processes'])} MB "
+        f"({rss['per_link_kb']:g} kB per link above the interpreter) |",
         "",
     ]
 
@@ -435,6 +606,7 @@ def main(argv: list[str] | None = None) -> int:
         results.update(figures)
         results["notes"][name] = note
         results["parts"][name] = {
+            "command": f"make bench BENCH_ARGS='{'--quick ' if args.quick else ''}--only {name}'",
             "duration_s": round(time.monotonic() - part_started_s, 1),
             "finished_at": dt.datetime.now(dt.UTC).isoformat(timespec="seconds"),
             "git_commit": results["machine"]["git_commit"],
