@@ -229,6 +229,7 @@ class Plant:
             binding_limit=None,
             reasons=(),
             limits=tuple(str(limit) for limit in limits),
+            limit_values=limits,
             source=source,
             setpoint_id=setpoint_id,
             requested_w=target_w,
