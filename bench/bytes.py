@@ -259,7 +259,9 @@ aggregator:
 
 
 class Aggregator:
-    """The aggregator's side: sends the profile's setpoints (straight to the broker)."""
+    """The aggregator's side: sends the profile's setpoints (straight to the broker) and
+    consumes what the charger publishes (a record delivered to nobody would be kept and sent
+    again by the charger, which is not the day being measured)."""
 
     def __init__(self, port: int, topic: str) -> None:
         self._client = aiomqtt.Client(
@@ -270,12 +272,24 @@ class Aggregator:
         )
         self.topic = topic
         self.sent = 0
+        self.received = 0
+        self._consumer: asyncio.Task[None] | None = None
 
     async def __aenter__(self) -> Aggregator:
         await self._client.__aenter__()
+        prefix = self.topic.rsplit("/", 1)[0]
+        await self._client.subscribe(f"{prefix}/#", qos=1)
+        self._consumer = asyncio.create_task(self._consume(), name="bench-bytes-consumer")
         return self
 
+    async def _consume(self) -> None:
+        async for _ in self._client.messages:
+            self.received += 1
+
     async def __aexit__(self, *exc: object) -> None:
+        if self._consumer is not None:
+            self._consumer.cancel()
+            await asyncio.gather(self._consumer, return_exceptions=True)
         await self._client.__aexit__(None, None, None)
 
     async def send(self, order: Order, wall: dt.datetime) -> None:
