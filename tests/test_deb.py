@@ -270,8 +270,13 @@ def _check_installed(fake_bin: Path) -> None:
     assert check.stdout.strip().endswith("OK"), check.stdout
     usage = _run(["/usr/bin/v2g-controller", "--help"])
     assert usage.returncode == 0, usage.stderr
-    for command in ("run", "check-config", "ledger", "reset-faults"):
+    for command in ("run", "check-config", "ledger", "status", "reset"):
         assert command in usage.stdout
+    # No daemon here (systemd does not run): status says so plainly, with no traceback.
+    status = _run(["/usr/bin/v2g-controller", "status"])
+    assert status.returncode == 1, status.stdout + status.stderr
+    assert "no status socket" in status.stderr
+    assert "Traceback" not in status.stderr
     # The installed code, not this source tree: imported from /opt, DBC files from /usr/share.
     where = _run(
         [
