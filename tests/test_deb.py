@@ -270,8 +270,12 @@ def _check_installed(fake_bin: Path) -> None:
     assert check.stdout.strip().endswith("OK"), check.stdout
     usage = _run(["/usr/bin/v2g-controller", "--help"])
     assert usage.returncode == 0, usage.stderr
-    for command in ("run", "check-config", "ledger", "status", "reset"):
+    for command in ("run", "check-config", "ledger", "probe", "status", "reset"):
         assert command in usage.stdout
+    probes = _run(["/usr/bin/v2g-controller", "probe", "--help"])
+    assert probes.returncode == 0, probes.stderr
+    for probe in ("inverter", "vehicle", "broker"):
+        assert probe in probes.stdout
     # No daemon here (systemd does not run): status says so plainly, with no traceback.
     status = _run(["/usr/bin/v2g-controller", "status"])
     assert status.returncode == 1, status.stdout + status.stderr
