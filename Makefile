@@ -16,14 +16,15 @@ TEST_WORKERS ?= 2
 BENCH_ARGS ?=
 
 .PHONY: all demo test test-quick test-deep test-loaded bench lint typecheck unit clean \
-	system-packages venv mutation
+	system-packages venv mutation deb deb-packages
 
 all: test
 
 # System packages the tests and demo use: a real MQTT broker, socat for RTU over a pty pair,
 # systemd's analyzer for the unit's security score (the package also brings systemd itself, which
 # is not started: nothing here needs it running), gcc for the slow-card shim (tools/slowdisk.c),
-# and RabbitMQ for the broker-cluster tests (hil/rabbitmq.py starts its own nodes). The packages'
+# RabbitMQ for the broker-cluster tests (hil/rabbitmq.py starts its own nodes), and lintian for
+# the Debian package's test (tests/test_deb.py). The packages'
 # own services are not started by the install: a policy-rc.d that says no (exit 101) is in place
 # while apt runs, unless the machine has one already; under systemd the rabbitmq-server and epmd
 # units are also disabled (and stopped, had they started). Nothing holds 5672, 1883 or 4369.
@@ -35,6 +36,7 @@ system-packages:
 	command -v systemd-analyze >/dev/null 2>&1 || missing="$$missing systemd"; \
 	command -v gcc >/dev/null 2>&1 || missing="$$missing gcc libc6-dev"; \
 	command -v rabbitmq-server >/dev/null 2>&1 || [ -x /usr/sbin/rabbitmq-server ] || missing="$$missing rabbitmq-server"; \
+	command -v lintian >/dev/null 2>&1 || missing="$$missing lintian"; \
 	if [ -n "$$missing" ]; then \
 		echo "installing system packages:$$missing"; \
 		policy=""; \
@@ -113,6 +115,22 @@ mutation: $(STAMP)
 # Run it on a quiet machine: the figures are only as steady as the machine under them.
 bench: $(STAMP) system-packages
 	$(BIN)/python -m bench $(BENCH_ARGS)
+
+# The Debian package for this machine's architecture: dist/v2g-controller_<version>_<arch>.deb
+# (packaging/README.md). Its virtualenv is built with the system's python3, whatever PYTHON is.
+# About 1-2 minutes, 19 MiB on amd64; needs network for pip (or a local wheel index).
+DEB_PYTHON ?= /usr/bin/python3
+deb: deb-packages
+	$(DEB_PYTHON) packaging/build_deb.py --out dist
+
+# What `make deb` needs beyond a fresh Debian 12: the system python3's venv module (dpkg-deb is
+# always there). lintian, to check the result, comes with system-packages.
+deb-packages:
+	@if ! $(DEB_PYTHON) -c 'import venv, ensurepip' >/dev/null 2>&1; then \
+		echo "installing python3-venv"; \
+		$(SUDO) env DEBIAN_FRONTEND=noninteractive apt-get update -q && \
+		$(SUDO) env DEBIAN_FRONTEND=noninteractive apt-get install -y -q python3-venv; \
+	fi
 
 demo: $(STAMP) system-packages
 	$(BIN)/python -m hil.demo --config config/example-cn.yaml
