@@ -295,7 +295,17 @@ def _peer(writer: asyncio.StreamWriter) -> dict[str, int]:
     except (AttributeError, OSError):
         return {}
     pid, uid, gid = _UCRED.unpack(raw)
-    return {"peer_pid": pid, "peer_uid": uid, "peer_gid": gid}
+    peer = {"peer_pid": pid}
+    # The unit's private user namespace (PrivateUsers=yes) shows an unmapped id as the
+    # overflow id 65534: that is not who asked, so it is left out rather than logged.
+    if uid != _OVERFLOW_ID:
+        peer["peer_uid"] = uid
+    if gid != _OVERFLOW_ID:
+        peer["peer_gid"] = gid
+    return peer
+
+
+_OVERFLOW_ID = 65534  # /proc/sys/kernel/overflowuid and overflowgid, their default
 
 
 _UCRED = struct.Struct("3i")  # struct ucred: pid_t, uid_t, gid_t (unix(7))

@@ -97,14 +97,15 @@ def test_unit_runs_the_packaged_command() -> None:
     shutil.which("systemd-analyze") is None,
     reason="systemd-analyze is not installed (Debian package 'systemd' provides it)",
 )
-def test_security_exposure_is_at_most_2_1() -> None:
-    """`systemd-analyze security --offline=yes` rates the unit 2.1 or lower.
+def test_security_exposure_is_at_most_2_0() -> None:
+    """`systemd-analyze security --offline=yes` rates the unit 2.0 or lower (issue 21).
 
     It was 1.7; the read-only adjtimex the clock check needs costs 0.4 in the offline rating
     (ProtectClock= unset, adjtimex allowed out of @clock and @privileged), which does not count
     the empty capability set that keeps the clock from being set. The GPIO chip in DeviceAllow=
     and the gpio group cost nothing more (the serial ports and dialout already count).
-    PrivateUsers=yes would make it 1.9 but hides the status socket's peers (the unit says why).
+    PrivateUsers=yes brings it to 1.9 (the status socket's peers then show as nobody: the unit
+    says why that is acceptable).
     """
     result = subprocess.run(
         ["systemd-analyze", "security", "--offline=yes", str(UNIT)],
@@ -115,4 +116,4 @@ def test_security_exposure_is_at_most_2_1() -> None:
     )
     match = re.search(r"Overall exposure level for \S+: (\d+\.\d+)", result.stdout)
     assert match, result.stdout + result.stderr
-    assert float(match.group(1)) <= 2.1, result.stdout
+    assert float(match.group(1)) <= 2.0, result.stdout
