@@ -207,6 +207,8 @@ def _add_files(root: Path) -> None:
     _install(HERE / "udev-gpio.rules", root / "lib/udev/rules.d/60-v2g-controller-gpio.rules")
     _install(REPO / "config" / "example.yaml", root / "etc/v2g-controller/config.yaml")
     share = root / "usr/share/v2g-controller"
+    # The conffile as shipped: postinst starts nothing while the config is still this file.
+    _install(REPO / "config" / "example.yaml", share / "config.example.yaml")
     for dbc in sorted((REPO / "dbc").glob("*.dbc")):
         _install(dbc, share / "dbc" / dbc.name)
     for kind in ("bms", "inverters"):

@@ -294,13 +294,25 @@ def _check_installed(fake_bin: Path) -> None:
     assert module_path.startswith(f"{PREFIX}/lib/python3")
     assert dbc_path == "/usr/share/v2g-controller/dbc/chademo.dbc"
 
-    # With systemd running, the config decides: a checked one restarts the service ...
+    _check_maintainer_scripts(fake_bin)
+
+
+def _check_maintainer_scripts(fake_bin: Path) -> None:
+    """postinst's start decision and prerm's stop, with a faked running systemd."""
+    # With systemd running, the config decides: the example as shipped starts nothing ...
     configured, calls = _maintainer_script("postinst", "configure", fake_bin)
     assert configured.returncode == 0, configured.stderr
-    assert f"deb-systemd-invoke restart {UNIT}" in calls
-    # ... one that fails check-config leaves it stopped, and says why.
+    assert not [call for call in calls if call.startswith("deb-systemd-invoke")], calls
+    assert "still the example the package ships" in configured.stderr
+    # ... one made this charger's and checked restarts the service ...
     good = CONFIG.read_bytes()
     try:
+        CONFIG.write_bytes(good.replace(b"charger_id: v2g-01", b"charger_id: v2g-02"))
+        assert CONFIG.read_bytes() != good
+        configured, calls = _maintainer_script("postinst", "configure", fake_bin)
+        assert configured.returncode == 0, configured.stderr
+        assert f"deb-systemd-invoke restart {UNIT}" in calls
+        # ... and one that fails check-config leaves it stopped, and says why.
         CONFIG.write_text("inverter:\n  port: -1\n")
         configured, calls = _maintainer_script("postinst", "configure", fake_bin)
     finally:
