@@ -21,6 +21,7 @@ from collections.abc import Generator
 from typing import Any
 
 import pytest
+import structlog
 from hypothesis import HealthCheck, settings
 
 BACKSTOP_S = float(os.environ.get("V2G_TEST_BACKSTOP_S", "60"))
@@ -102,3 +103,14 @@ def pytest_runtest_makereport(
         reason = report.longrepr[2] if isinstance(report.longrepr, tuple) else report.longrepr
         report.outcome = "failed"
         report.longrepr = f"skipped under CI=true, which counts as a failure: {reason}"
+
+
+@pytest.fixture(autouse=True)
+def _structlog_config_restored() -> Generator[None, None, None]:
+    """Each test starts from the structlog configuration the previous one found: code that
+    configures logging for a process (the CLI, a benchmark's quiet mode) can run inside a test,
+    and its stream or level must not reach the next test in the same worker (a test that reads
+    its logs from capsys or capture_logs would then see nothing)."""
+    saved = structlog.get_config()
+    yield
+    structlog.configure(**saved)

@@ -319,6 +319,12 @@ def _probe(args: argparse.Namespace) -> int:
     except ConfigError as error:
         _report(error)
         return ExitCode.CONFIG
+    # The links' own log lines (a retry, a rewritten revert timer) go to stderr, warnings only:
+    # stdout is the probe's report. Set here, by the command, not by the probe library, whose
+    # callers (tests among them) keep their own logging.
+    from controller.logs import configure_logging  # noqa: PLC0415
+
+    configure_logging("warning", "console", sys.stderr)
     return run_probe(args, config, register_map=register_map)
 
 

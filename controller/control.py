@@ -389,8 +389,8 @@ class CoreControlStep:
             max_discharge_w=_finite(max_discharge_w),
             soc_floor_pct=decision.soc_floor_pct,
             energy_above_floor_wh=self._energy_above_floor_wh(vehicle, decision),
-            faults=latched + _stale_faults(decision, inverter),
-            latched_faults=latched,
+            faults=latched,
+            present_faults=_stale_faults(decision, inverter),
             session_allowed=self._session_allowed(inverter, monotonic_s),
             plan=None if self.planner is None else self.planner.outline(wall),
         )

@@ -142,9 +142,10 @@ class ControlOutput:
     soc_floor_pct: float | None = None
     energy_above_floor_wh: float | None = None
     faults: tuple[str, ...] = ()
-    # Of ``faults``, those a latch holds (cleared by a reset); the rest are present now only
-    # (stale data named so that a FAULT state always names a cause).
-    latched_faults: tuple[str, ...] = ()
+    # Causes of a FAULT state that no latch holds (stale data), named so that a FAULT state
+    # always names its cause; gone once the cause is. Shown with ``faults`` in status and
+    # telemetry, but not raised as fault events or counted as trips (``faults`` is the latches).
+    present_faults: tuple[str, ...] = ()
     # Whether the vehicle session may proceed to (or stay in) energy transfer: the charger side
     # is healthy. Power itself follows ``command`` once the session is transferring.
     session_allowed: bool = False

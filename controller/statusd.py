@@ -463,8 +463,8 @@ def status_document(
 ) -> dict[str, object]:
     """The ``status`` answer: the last control cycle's decision and measurements, each link,
     the faults and how to reset them. Pure: built from values the daemon already has."""
-    latched = list(report.output.latched_faults) if report is not None else []
-    present = [f for f in report.faults if f not in latched] if report is not None else []
+    latched = list(report.faults) if report is not None else []
+    present = list(report.output.present_faults) if report is not None else []
     document: dict[str, object] = {
         "command": "status",
         "version": version,

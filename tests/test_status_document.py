@@ -169,9 +169,7 @@ def test_any_answer_is_printed_without_raising(answer: dict[str, object]) -> Non
 def test_faults_present_but_not_latched_are_shown_apart_from_the_latched_ones() -> None:
     """Stale data names a fault that no latch holds: status lists it as present, not latched,
     so the advice is not to reset what clears by itself."""
-    status = document(
-        faults=("emergency stop", "vehicle data stale"), latched_faults=("emergency stop",)
-    )
+    status = document(faults=("emergency stop",), present_faults=("vehicle data stale",))
     faults = status["faults"]
     assert isinstance(faults, dict)
     assert faults["latched"] == ["emergency stop"]

@@ -45,6 +45,7 @@ PUBACK_NO_MATCHING_SUBSCRIBERS = 0x10
 # Topic aliases offered at most, whatever the broker allows (CONNACK Topic Alias Maximum,
 # MQTT 5.0 §3.2.2.3.8): the link publishes on a handful of topics.
 MAX_TOPIC_ALIASES = 16
+RECEIVE_MAXIMUM_DEFAULT = 65_535  # a CONNACK without Receive Maximum (§3.2.2.3.3)
 
 
 class NoConnackError(aiomqtt.MqttError):
@@ -65,6 +66,7 @@ class LinkClient(aiomqtt.Client):
         self._alias_max = 0  # from the CONNACK: 0 (the default) means none (§3.2.2.3.8)
         self.socket_opened = False
         self.connack_received = False
+        self.receive_maximum = RECEIVE_MAXIMUM_DEFAULT
         paho = self._client
         # aiomqtt's own callbacks, called from the hooks.
         on_publish = cast(Callable[..., None], paho.on_publish)
@@ -82,6 +84,11 @@ class LinkClient(aiomqtt.Client):
             self.connack_received = True
             maximum = getattr(props, "TopicAliasMaximum", 0) if props is not None else 0
             self._alias_max = min(int(maximum or 0), MAX_TOPIC_ALIASES)
+            # The broker's Receive Maximum (§3.2.2.3.3): QoS 1 publishes in flight at once;
+            # more is a protocol error (§4.9). paho does not apply it: the link does.
+            receive = getattr(props, "ReceiveMaximum", None) if props is not None else None
+            if receive:
+                self.receive_maximum = int(receive)
             on_connect(client, userdata, flags, code, props)
 
         def disconnect_hook(client: Any, userdata: Any, flags: Any, code: Any, props: Any) -> None:
@@ -128,18 +135,23 @@ class LinkClient(aiomqtt.Client):
         be sent or no PUBACK came within ``timeout_s``."""
         properties: Properties | None = None
         wire_topic = topic
+        new_alias: int | None = None
         if self._v5:
             alias = self._aliases.get(topic)
             if alias is not None:
                 wire_topic = ""  # the alias stands for the topic (§3.3.2.3.4)
             elif len(self._aliases) < self._alias_max:
-                alias = self._aliases[topic] = len(self._aliases) + 1
+                alias = new_alias = len(self._aliases) + 1
             if alias is not None:
                 properties = Properties(PacketTypes.PUBLISH)  # type: ignore[no-untyped-call]
                 properties.TopicAlias = alias
         info = self._client.publish(wire_topic, payload, 1, retain, properties)
         if info.rc != MQTT_ERR_SUCCESS:
             raise aiomqtt.MqttCodeError(info.rc, "Could not publish message")
+        if new_alias is not None:
+            # Only once the packet that names the topic is on its way: the broker learns the
+            # alias from it, and a later publish may then go by the alias alone.
+            self._aliases[topic] = new_alias
         future: asyncio.Future[int] = asyncio.get_running_loop().create_future()
         self._puback[info.mid] = future
         try:

@@ -46,7 +46,7 @@ import json
 import secrets
 import sqlite3
 import time
-from collections.abc import Callable, Iterator, Mapping
+from collections.abc import Callable, Collection, Iterator, Mapping
 from dataclasses import dataclass
 from typing import Any, Final
 
@@ -270,14 +270,18 @@ class DurableOutbox:
         its rows may still be rolled back, so nothing may be published meanwhile."""
         return self._conn.in_transaction
 
-    def peek(self, limit: int = 1, *, after_seq: int = 0) -> list[OutboxRecord]:
-        """The oldest ``limit`` records (after ``after_seq``), in order of creation; they stay
-        until ``mark_published``."""
+    def peek(
+        self, limit: int = 1, *, after_seq: int = 0, skip_kinds: Collection[str] = ()
+    ) -> list[OutboxRecord]:
+        """The oldest ``limit`` records (after ``after_seq``, none of ``skip_kinds``), in order
+        of creation; they stay until ``mark_published``."""
+        skip = sorted(skip_kinds)
+        not_in = f" AND kind NOT IN ({', '.join('?' * len(skip))})" if skip else ""
         try:
             rows = self._conn.execute(
-                "SELECT seq, writer, kind, created_at, body FROM outbox WHERE seq > ?"
-                " ORDER BY seq LIMIT ?",
-                (after_seq, limit),
+                "SELECT seq, writer, kind, created_at, body FROM outbox WHERE seq > ?"  # noqa: S608  placeholders only
+                f"{not_in} ORDER BY seq LIMIT ?",
+                (after_seq, *skip, limit),
             ).fetchall()
         except sqlite3.Error as exc:
             raise LedgerError(f"outbox: cannot read: {exc}") from exc

@@ -96,7 +96,7 @@ from controller.aggregator.messages import (
 )
 from controller.aggregator.outbox import Outbox
 from controller.aggregator.prices import PriceBook, PriceDesk, PriceLimits, PriceTopic
-from controller.aggregator.sender import HOUSEKEEPING_S, Sender
+from controller.aggregator.sender import HOUSEKEEPING_S, PUBLISH_WINDOW, Sender
 from controller.aggregator.tls import check_handshake, read_password, tls_context
 from controller.aggregator.topics import Topics
 from controller.aggregator.tracker import ACK_WAIT_S, SetpointTracker
@@ -216,6 +216,7 @@ class MqttAggregatorLink:
             durable=durable,
             storage=storage,
             audit=audit,
+            random01=random01,
         )
         self._client_log = ClientLog()
         self._status = LinkStatus.STARTING
@@ -224,7 +225,7 @@ class MqttAggregatorLink:
         self._client: LinkClient | None = None
         self._stopping = False
         self._retry_now = False
-        self._fallback_unproven = False  # on 3.1.1 after MQTT 5 got no CONNACK, not yet answered
+        self._fallback_311: int | None = None  # the address on 3.1.1 after a missing CONNACK
         self._up_since_s: float | None = None
         self._down_since_s: float | None = None
         self.connects = 0
@@ -275,6 +276,11 @@ class MqttAggregatorLink:
     def protocol(self) -> str:
         """The MQTT version in use (or to be tried next): "5" or "3.1.1"."""
         return "5" if self._protocol is aiomqtt.ProtocolVersion.V5 else "3.1.1"
+
+    def held_for_s(self, topic: str) -> float:
+        """How much longer nothing goes to ``topic``: its last message reached no subscriber
+        or was refused (0: not held)."""
+        return self._sender.held_for_s(topic)
 
     @property
     def broker_address(self) -> str:
@@ -378,9 +384,12 @@ class MqttAggregatorLink:
             if self._retry_now:  # the same address again at once, on MQTT 3.1.1
                 self._retry_now = False
                 continue
-            if self._fallback_unproven:  # 3.1.1 was not answered either: not a version problem
-                self._fallback_unproven = False
-                self._protocols[self._address_index] = self._configured_protocol
+            # A 3.1.1 fallback after a missing CONNACK lasts one connection: a close without a
+            # CONNACK has other causes too (a load balancer with a dead backend, a broker at
+            # its connection limit), and PUBACK reasons are only there with MQTT 5.
+            if self._fallback_311 is not None:
+                self._protocols[self._fallback_311] = self._configured_protocol
+                self._fallback_311 = None
             # The next attempt goes to the next address: the node we were on may be the one
             # that failed, and any node of a cluster (or the standby) serves us as well.
             self._address_index = (self._address_index + 1) % len(self._addresses)
@@ -457,6 +466,7 @@ class MqttAggregatorLink:
                 finally:
                     self._client = None
         except MqttConnectError as exc:
+            raise_if_cancelled_since(cancels_before)
             raise self._refused(exc, protocol) from None
         except NoConnackError as exc:
             raise_if_cancelled_since(cancels_before)
@@ -481,11 +491,11 @@ class MqttAggregatorLink:
 
     def _no_connack(self, exc: NoConnackError, protocol: aiomqtt.ProtocolVersion) -> Exception:
         """No CONNACK to an MQTT 5 CONNECT: a broker that speaks only 3.1.1 may drop it without
-        an answer (RabbitMQ 3.10 does). Try 3.1.1 at once; once it is answered the link stays
-        on 3.1.1 for this address, and if it is not, the next attempt tries MQTT 5 again."""
+        an answer (RabbitMQ 3.10 does). Try 3.1.1 at once, for this connection only: the next
+        connection tries MQTT 5 first again (a missing CONNACK is not a proof)."""
         if protocol is aiomqtt.ProtocolVersion.V5 and self._configured_protocol is protocol:
             self._protocols[self._address_index] = aiomqtt.ProtocolVersion.V311
-            self._fallback_unproven = True
+            self._fallback_311 = self._address_index
             self._retry_now = True
             text = self._failure(exc)
             log.warning("no CONNACK to MQTT 5; trying MQTT 3.1.1", broker=self._where, detail=text)
@@ -526,9 +536,12 @@ class MqttAggregatorLink:
 
     def _came_up(self, client: LinkClient) -> None:
         self._client = client
-        if self._fallback_unproven:
-            self._fallback_unproven = False
-            log.warning("broker speaks MQTT 3.1.1 only; staying on it", broker=self._where)
+        if self._fallback_311 is not None:
+            log.warning(
+                "connected with MQTT 3.1.1 after MQTT 5 got no CONNACK; MQTT 5 is tried first "
+                "again on the next connection",
+                broker=self._where,
+            )
         self.connects += 1
         now_s = self._monotonic()
         self._up_since_s = now_s
@@ -594,26 +607,25 @@ class MqttAggregatorLink:
 
     async def _send(self, client: LinkClient) -> None:
         """Acks and status (in memory) first, then the stored records in order of creation.
-        While the broker says it delivered a message to no subscriber, only retained messages
-        go out (``Sender.hold``)."""
+        A topic whose last message reached no subscriber (or was refused) is held for a while;
+        the others go on (``Sender.undelivered``, ``Sender.stored_outcome``)."""
         sender = self._sender
         while True:
-            held_s = sender.held_for_s()
-            item = sender.next_message(retained_only=held_s > 0)
+            item = sender.next_message()
             if item is not None:
                 await sender.ready(item)
                 code = await self._publish(client, item.topic, item.payload, retain=item.retain)
                 if _delivered(code, retained=item.retain):
                     sender.sent(item)
                 else:
-                    sender.hold(code, what=str(item.kind))
+                    sender.undelivered(item, code)
                 continue
-            if held_s <= 0:
-                records = await sender.stored_window()
-                if records:
-                    await self._publish_stored(client, records)
-                    continue
-            await sender.idle(max_wait_s=held_s if held_s > 0 else None)
+            # One publish of ours may be in flight beside the window (publish_offline).
+            records = await sender.stored_window(min(PUBLISH_WINDOW, client.receive_maximum - 1))
+            if records:
+                await self._publish_stored(client, records)
+                continue
+            await sender.idle(max_wait_s=sender.hold_ends_in_s())
 
     async def _publish(
         self, client: LinkClient, topic: str, payload: bytes, *, retain: bool = False
@@ -641,16 +653,7 @@ class MqttAggregatorLink:
             if isinstance(result, BaseException):
                 raise result
             codes.append(result)
-        delivered = [
-            record
-            for record, code in zip(records, codes, strict=True)
-            if _delivered(code, retained=False)
-        ]
-        if delivered:
-            await self._sender.stored_sent(delivered)
-        refused = [code for code in codes if not _delivered(code, retained=False)]
-        if refused:
-            self._sender.hold(refused[0], what="stored records", kept=len(refused))
+        await self._sender.stored_outcome(records, codes)
 
     # -- setpoints and acks -------------------------------------------------------------------
 

@@ -28,6 +28,7 @@ from __future__ import annotations
 
 import enum
 from collections import deque
+from collections.abc import Callable
 from dataclasses import dataclass
 
 
@@ -81,14 +82,17 @@ class Outbox:
             self._kept[item.kind].append(item)
         return dropped
 
-    def peek(self) -> Outgoing | None:
-        """The next message to send, left in the queue until ``done``."""
+    def peek(self, skip: Callable[[Outgoing], bool] | None = None) -> Outgoing | None:
+        """The next message to send, left in the queue until ``done``. With ``skip``, a kind
+        whose next message it skips is passed over (order within a kind is kept)."""
         for kind in _KEPT:
             if self._kept[kind]:
-                return self._kept[kind][0]
+                head = self._kept[kind][0]
+                if skip is None or not skip(head):
+                    return head
         for kind in _LATEST:
             latest = self._latest[kind]
-            if latest is not None:
+            if latest is not None and (skip is None or not skip(latest)):
                 return latest
         return None
 

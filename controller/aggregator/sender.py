@@ -48,12 +48,13 @@ import random
 import secrets
 import time
 from collections.abc import Callable, Iterable
+from dataclasses import dataclass
 from typing import TypeVar
 
 import structlog
 
 from controller.aggregator.backoff import backoff_delay_s
-from controller.aggregator.client import PUBACK_NO_MATCHING_SUBSCRIBERS
+from controller.aggregator.client import PUBACK_NO_MATCHING_SUBSCRIBERS, PUBACK_SUCCESS
 from controller.aggregator.durable_outbox import TELEMETRY_SYNC_S, DurableOutbox, OutboxRecord
 from controller.aggregator.messages import EventBody, TelemetryBody, with_record_id
 from controller.aggregator.outbox import Kind, Outbox, Outgoing
@@ -82,7 +83,13 @@ PRUNE_EVERY_S = 60.0  # the durable outbox's age bound is applied this often
 # Holding back messages the broker delivered to no subscriber: the first retry after HOLD_FIRST_S,
 # doubling up to HOLD_MAX_S, with jitter (the aggregator's consumer may be reconnecting too).
 HOLD_FIRST_S = 1.0
-HOLD_MAX_S = 60.0
+HOLD_MAX_S = 300.0  # a topic nobody ever subscribes to costs one try per 5 minutes
+
+
+@dataclass(frozen=True, slots=True)
+class _Hold:
+    until_s: float  # nothing goes to the topic before this (the sender's hold clock)
+    count: int  # holds in a row, for the backoff
 
 
 def _running_loop() -> asyncio.AbstractEventLoop | None:
@@ -107,6 +114,8 @@ class Sender:
         durable: DurableOutbox | None = None,
         storage: StorageThread | None = None,
         audit: AuditSink | None = None,
+        random01: Callable[[], float] = random.random,
+        hold_clock: Callable[[], float] = time.monotonic,
     ) -> None:
         self._topics = topics
         self._audit = audit
@@ -134,11 +143,12 @@ class Sender:
         self._writer = secrets.token_hex(8)
         self._record_seq = itertools.count(1)
         self._synced_s = self._pruned_s = 0.0
-        # Undelivered (PUBACK reason 16 or an error): nothing but retained messages goes out
-        # before ``_held_until_s`` (real monotonic time: it paces retries to the broker).
-        self._held_until_s = 0.0
-        self._holds = 0  # holds in a row, for the backoff
-        self._random01: Callable[[], float] = random.random
+        # Topics whose last publish was not delivered (PUBACK reason 16 or an error): nothing
+        # more goes there until the hold ends (``hold_clock``, real time: it paces retries to
+        # the broker), then one message tries again.
+        self._holds: dict[str, _Hold] = {}
+        self._random01 = random01
+        self._hold_clock = hold_clock
 
     @property
     def outbox(self) -> Outbox:
@@ -220,7 +230,9 @@ class Sender:
     def came_up(self, down_s: float | None) -> None:
         """A connection came up (after ``down_s`` of outage, None for the first): a
         ``link_restored`` event, the stored records the bounds dropped reported, and the status
-        again (the broker may have lost the retained one in a restart without persistence)."""
+        again (the broker may have lost the retained one in a restart without persistence).
+        Holds end: the new connection may be to another node, with the consumers on it."""
+        self._holds.clear()
         if down_s is not None:
             self.record_event(
                 EventBody(
@@ -310,31 +322,49 @@ class Sender:
 
     # -- publishing ---------------------------------------------------------------------------
 
-    def next_message(self, *, retained_only: bool = False) -> Outgoing | None:
-        """The next message from memory (left in the outbox until ``sent``); with
-        ``retained_only``, only a retained one (the status)."""
-        if retained_only:
-            status = self._outbox.pending(Kind.STATUS)
-            return status[0] if status else None
-        return self._outbox.peek()
+    def next_message(self) -> Outgoing | None:
+        """The next message from memory (left in the outbox until ``sent``), skipping topics
+        on hold."""
+        return self._outbox.peek(skip=lambda item: self._held(item.topic))
 
-    def held_for_s(self) -> float:
-        """How much longer only retained messages go out (0: not held)."""
-        return max(0.0, self._held_until_s - time.monotonic())
+    def hold_ends_in_s(self) -> float | None:
+        """When the next hold ends (None: nothing is held)."""
+        if not self._holds:
+            return None
+        now_s = self._hold_clock()
+        return max(0.0, min(hold.until_s for hold in self._holds.values()) - now_s)
 
-    def hold(self, code: int, *, what: str, kept: int = 1) -> None:
-        """The broker answered a publish with ``code``, not success: the message stays (in
-        memory or stored) and nothing but retained messages goes out for a while, doubling
-        while it goes on. Reason 16 (no matching subscribers, MQTT 5.0 §3.4.2.1) is the
-        aggregator's consumer not subscribed yet, e.g. after a broker restart; an error code is
-        the broker refusing (logged as an error)."""
-        delay_s = backoff_delay_s(self._holds, HOLD_FIRST_S, HOLD_MAX_S, self._random01())
-        self._holds += 1
-        self._held_until_s = time.monotonic() + delay_s
+    def held_for_s(self, topic: str) -> float:
+        """How much longer nothing goes to ``topic`` (0: not held)."""
+        hold = self._holds.get(topic)
+        return 0.0 if hold is None else max(0.0, hold.until_s - self._hold_clock())
+
+    def _held(self, topic: str) -> bool:
+        return self.held_for_s(topic) > 0
+
+    def undelivered(self, item: Outgoing, code: int) -> None:
+        """The broker answered ``item`` with ``code``, not success. An ack is dropped: it is
+        meaningful only to a consumer listening now (the aggregator sends the setpoint again
+        when no ack comes). Anything else stays queued and its topic is held."""
+        if item.kind is Kind.ACK:
+            self._outbox.done(item)
+            log.warning("ack delivered to nobody; dropped", topic=item.topic, puback_reason=code)
+            return
+        self._hold(item.topic, code, what=str(item.kind))
+
+    def _hold(self, topic: str, code: int, *, what: str, kept: int = 1) -> None:
+        """Hold ``topic`` for 1 s, doubling to ``HOLD_MAX_S`` while it goes on (with jitter).
+        Reason 16 (no matching subscribers, MQTT 5.0 §3.4.2.1) is a consumer not subscribed
+        (yet), e.g. after a broker restart; an error code is the broker refusing."""
+        previous = self._holds.get(topic)
+        count = 0 if previous is None else previous.count + 1
+        delay_s = backoff_delay_s(count, HOLD_FIRST_S, HOLD_MAX_S, self._random01())
+        self._holds[topic] = _Hold(self._hold_clock() + delay_s, count)
         if code == PUBACK_NO_MATCHING_SUBSCRIBERS:
             log.warning(
                 "the broker delivered it to no subscriber; kept for a retry",
                 what=what,
+                topic=topic,
                 kept=kept,
                 retry_in_s=round(delay_s, 2),
                 puback_reason=code,
@@ -343,6 +373,7 @@ class Sender:
             log.error(
                 "the broker refused it; kept for a retry",
                 what=what,
+                topic=topic,
                 kept=kept,
                 retry_in_s=round(delay_s, 2),
                 puback_reason=code,
@@ -359,8 +390,7 @@ class Sender:
         """The broker acknowledged ``item``; once no ack waits, report what the outbox
         dropped."""
         self._outbox.done(item)
-        if not item.retain:
-            self._holds = 0
+        self._holds.pop(item.topic, None)
         if self._unreported_drops and not self._outbox.pending(Kind.ACK):
             dropped, self._unreported_drops = self._unreported_drops, 0
             self.record_event(
@@ -372,21 +402,48 @@ class Sender:
                 )
             )
 
-    async def stored_window(self) -> list[OutboxRecord]:
+    async def stored_window(self, limit: int = PUBLISH_WINDOW) -> list[OutboxRecord]:
         """The next stored records to publish, oldest first, at most ``PUBLISH_WINDOW``
-        (after those published but not deleted yet)."""
+        (after those published but not deleted yet), none of a kind on hold, and only one of
+        a kind whose hold just ended (it tries whether someone listens now)."""
         after_seq = self._published[-1].seq if self._published else 0
+        kinds = ("telemetry", "event", "session")
+        held = [kind for kind in kinds if self._held(self._topics.for_record(kind))]
         records = await self._with_durable(
             "stored records cannot be read; retrying",
-            lambda durable: durable.peek(PUBLISH_WINDOW, after_seq=after_seq),
+            lambda durable: durable.peek(limit, after_seq=after_seq, skip_kinds=held),
         )
-        return records or []
+        window: list[OutboxRecord] = []
+        trying: set[str] = set()
+        for record in records or []:
+            if self._topics.for_record(record.kind) in self._holds:
+                if record.kind in trying:
+                    continue
+                trying.add(record.kind)
+            window.append(record)
+        return window
 
-    async def stored_sent(self, records: list[OutboxRecord]) -> None:
-        """The broker delivered every one of ``records``: delete them."""
-        self._holds = 0
-        self._published.extend(records)
-        await self._delete_published()
+    async def stored_outcome(self, records: list[OutboxRecord], codes: list[int]) -> None:
+        """What the broker answered each of ``records``: the delivered ones are deleted and
+        end their kind's hold; the others stay and hold their kind."""
+        delivered: list[OutboxRecord] = []
+        refused: dict[str, list[int]] = {}
+        for record, code in zip(records, codes, strict=True):
+            if code == PUBACK_SUCCESS:
+                delivered.append(record)
+                self._holds.pop(self._topics.for_record(record.kind), None)
+            else:
+                refused.setdefault(record.kind, []).append(code)
+        for kind, kind_codes in refused.items():
+            self._hold(
+                self._topics.for_record(kind),
+                kind_codes[0],
+                what=f"stored {kind} records",
+                kept=len(kind_codes),
+            )
+        if delivered:
+            self._published.extend(delivered)
+            await self._delete_published()
 
     async def idle(self, *, max_wait_s: float | None = None) -> None:
         """Nothing to send: wait until something is queued (or stored, or a poll period, or

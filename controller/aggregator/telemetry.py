@@ -76,7 +76,8 @@ def _common(report: ControlReport) -> dict[str, Any]:
         "source": _source(report),
         "setpoint_id": report.setpoint_id,
         "enabled": report.enabled,
-        "faults": list(report.faults),
+        # Latched causes, then those present now (stale data): a fault state names its cause.
+        "faults": list(report.faults) + list(report.output.present_faults),
     }
 
 
@@ -156,6 +157,7 @@ def status_key(report: ControlReport) -> tuple[object, ...]:
         report.setpoint_id,
         report.enabled,
         report.faults,
+        report.output.present_faults,
     )
 
 
@@ -221,6 +223,7 @@ def _discrete(report: ControlReport) -> tuple[object, ...]:
         report.setpoint_id,
         report.enabled,
         report.faults,
+        report.output.present_faults,
         # A new plan is published at once (the slots only move on with the periodic report).
         None if report.output.plan is None else report.output.plan.plan_number,
         frozenset(_in_force(report)),

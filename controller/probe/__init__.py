@@ -18,7 +18,6 @@ from collections.abc import Callable, Coroutine
 from typing import Any, TextIO
 
 from controller.config import Config, RegisterMap
-from controller.logs import configure_logging
 from controller.probe.report import OK, PROBLEM, USAGE, Report
 
 MAX_WRITE_TEST_S = 600.0
@@ -210,9 +209,6 @@ def run_probe(
     """Runs the chosen probe on ``config`` (and the vendor map it names, profile register_map;
     the CLI reads both); returns the exit status."""
     report = Report(out)
-    # The links' own log lines (a retry, a rewritten revert timer) go to stderr, warnings only:
-    # stdout is the probe's report.
-    configure_logging("warning", "console", sys.stderr)
     if args.probe == "inverter" and (args.write_test is None) != (args.for_s is None):
         sys.stderr.write("probe inverter: --write-test POWER_W and --for SECONDS go together\n")
         return USAGE

@@ -60,6 +60,11 @@ class Mqtt311Stub:
         if self.problems:
             raise AssertionError(f"the MQTT 3.1.1 stub failed: {self.problems}")
 
+    def drop_connections(self) -> None:
+        """Close every connection from the broker's side (as a restarting broker would)."""
+        for writer in list(self._writers):
+            writer.close()
+
     @staticmethod
     async def _packet(reader: asyncio.StreamReader) -> tuple[int, bytes]:
         header = (await reader.readexactly(1))[0]
@@ -207,5 +212,24 @@ def test_no_answer_to_either_version_goes_back_to_mqtt5() -> None:
                 assert link.status is LinkStatus.DOWN
                 assert link.reason is not None
                 assert "CONNACK" in link.reason
+
+    asyncio.run(scenario())
+
+
+def test_the_311_fallback_after_a_missing_connack_lasts_one_connection() -> None:
+    """A close without a CONNACK has other causes than an old broker (a load balancer, a broker
+    at its limit): after the 3.1.1 connection is lost, the link tries MQTT 5 first again."""
+
+    async def scenario() -> None:
+        async with Mqtt311Stub(v5="drop") as stub:
+            link = make_link(make_config(stub.port), connect_timeout_s=5.0)
+            runner = LinkRunner(link)
+            async with runner:
+                await runner.up()
+                assert stub.levels[:2] == [5, 4]
+                stub.drop_connections()
+                assert await until(lambda: len(stub.levels) >= 4, 10.0), stub.levels
+                assert stub.levels[2:4] == [5, 4]
+                await runner.up()
 
     asyncio.run(scenario())
