@@ -34,7 +34,7 @@ from controller.inverter.drivers import (
     SunSpec700Driver,
     SunSpecDriver,
 )
-from controller.inverter.regmap import MAP_TYPES, RegisterMapDriver, _batches
+from controller.inverter.regmap import MAP_TYPES, RegisterMapDriver, batches
 from controller.inverter.sunspec import (
     BASE_ADDRESSES,
     SUNS_MARKER,
@@ -43,7 +43,7 @@ from controller.inverter.sunspec import (
 )
 from controller.inverter.sunspec_models import GroupLayoutError, UnknownPointError
 from controller.inverter.transport import (
-    _EXCEPTION_NAMES,
+    EXCEPTION_NAMES,
     Endpoint,
     ModbusExceptionResponse,
     ModbusTransport,
@@ -128,7 +128,7 @@ def transport_of(
 
 
 def exception_name(code: int) -> str:
-    return _EXCEPTION_NAMES.get(code, "unknown")
+    return EXCEPTION_NAMES.get(code, "unknown")
 
 
 async def probe_inverter(
@@ -545,7 +545,7 @@ async def _read_map(
     register, so the problem names the registers the device does not have."""
     shown: dict[str, str] = {}
     refused: dict[str, int] = {}
-    for function, start, count, names in _batches(register_map, register_map.registers):
+    for function, start, count, names in batches(register_map, register_map.registers):
         try:
             registers = await transport.read_registers(start, count, function=function)
         except NotConnectedError as exc:
