@@ -23,6 +23,7 @@ from controller.probe.report import OK, PROBLEM, USAGE, Report
 
 MAX_WRITE_TEST_S = 600.0
 MAX_WRITE_TEST_W = 400_000.0  # the config's bound for any power
+STOP_SIGNALS = (signal.SIGINT, signal.SIGTERM)
 
 _FORMAT = argparse.RawDescriptionHelpFormatter
 
@@ -245,17 +246,28 @@ def run_probe(
 def _run(
     coroutine: Coroutine[Any, Any, object], report: Report, *, interrupted_ok: bool = False
 ) -> int:
-    """Runs a probe; SIGTERM ends it like Ctrl-C (its finally blocks run)."""
+    """Runs a probe; Ctrl-C and SIGTERM cancel it once (its finally blocks run: the write
+    test's final 0 W); a second signal changes nothing, so it cannot cut that short."""
 
     async def main() -> None:
         task = asyncio.current_task()
+        if task is None:  # never: asyncio.run runs main() in a task
+            raise RuntimeError("the probe is not running in a task")
         loop = asyncio.get_running_loop()
-        if task is not None:
-            loop.add_signal_handler(signal.SIGTERM, task.cancel)
+
+        def stop() -> None:
+            if not task.cancelling():
+                task.cancel()
+
+        # Our handler replaces asyncio.Runner's SIGINT one, which on a second Ctrl-C raises
+        # KeyboardInterrupt and cancels every task left.
+        for number in STOP_SIGNALS:
+            loop.add_signal_handler(number, stop)
         try:
             await coroutine
         finally:
-            loop.remove_signal_handler(signal.SIGTERM)
+            for number in STOP_SIGNALS:
+                loop.remove_signal_handler(number)
 
     try:
         asyncio.run(main())

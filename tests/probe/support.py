@@ -33,12 +33,13 @@ async def inverter(
 
 
 def inverter_config(port: int, **extra: Any) -> InverterConfig:
-    """An inverter section for the simulator: short timeout, no retries, unit 1."""
+    """An inverter section for the simulator: short timeout, one retry (a loaded machine may
+    miss a 0.3 s reply once), unit 1."""
     values: dict[str, Any] = {
         "transport": "tcp",
         "tcp": {"host": "127.0.0.1", "port": port},
         "timeout_s": 0.3,
-        "retries": 0,
+        "retries": 1,
     }
     values.update(extra)
     return InverterConfig.model_validate(values)

@@ -238,8 +238,7 @@ def test_the_write_test_holds_the_power_and_ends_at_0_w() -> None:
             cfg = inverter_config(sim.port, revert_timeout_s=600)  # the timer cannot do it
             out = io.StringIO()
             task = asyncio.create_task(write_test(cfg, WriteTest(-3000.0, 1.5), Report(out)))
-            await asyncio.sleep(1.2)
-            assert sim.stage.target_w == -3000.0
+            assert await until(lambda: sim.stage.target_w == -3000.0, 10.0)
             await task
             text = out.getvalue()
             assert sim.stage.target_w == 0.0
@@ -262,8 +261,7 @@ def test_the_write_test_drives_a_vendor_map_inverter_too() -> None:
             test = WriteTest(4000.0, 1.5)
             bd7 = load_register_map(BD7_MAP)
             task = asyncio.create_task(write_test(cfg, test, Report(out), register_map=bd7))
-            await asyncio.sleep(1.2)
-            assert sim.stage.target_w == 4000.0
+            assert await until(lambda: sim.stage.target_w == 4000.0, 10.0)
             await task
             assert sim.stage.target_w == 0.0
             assert not sim.stage.enabled  # the map's run_enable written off
@@ -352,37 +350,46 @@ def test_cli_write_test_asks_and_a_no_writes_nothing(tmp_path: Path) -> None:
     asyncio.run(main())
 
 
+async def start_write_test(config: Path) -> asyncio.subprocess.Process:
+    """The CLI's write test of -2000 W for 60 s, confirmed, as a subprocess."""
+    return await asyncio.create_subprocess_exec(
+        sys.executable,
+        "-m",
+        "controller",
+        "probe",
+        "inverter",
+        "-c",
+        str(config),
+        "--write-test",
+        "-2000",
+        "--for",
+        "60",
+        "--yes",
+        cwd=REPO,
+        stdout=asyncio.subprocess.PIPE,
+        stderr=asyncio.subprocess.PIPE,
+    )
+
+
+def write_config(tmp_path: Path, port: int | None) -> Path:
+    config = tmp_path / "config.yaml"
+    config.write_text(
+        config_text(
+            inverter=f"{{transport: tcp, tcp: {{host: 127.0.0.1, port: {port}}}, "
+            "revert_timeout_s: 600}"
+        ),
+        encoding="utf-8",
+    )
+    return config
+
+
 @pytest.mark.parametrize("stop", [signal.SIGINT, signal.SIGTERM])
 def test_cli_ctrl_c_or_kill_during_the_write_test_ends_at_0_w(
     tmp_path: Path, stop: signal.Signals
 ) -> None:
     async def main() -> None:
         async with inverter("sunspec-700") as sim:
-            config = tmp_path / "config.yaml"
-            config.write_text(
-                config_text(
-                    inverter=f"{{transport: tcp, tcp: {{host: 127.0.0.1, port: {sim.port}}}, "
-                    "revert_timeout_s: 600}"
-                ),
-                encoding="utf-8",
-            )
-            proc = await asyncio.create_subprocess_exec(
-                sys.executable,
-                "-m",
-                "controller",
-                "probe",
-                "inverter",
-                "-c",
-                str(config),
-                "--write-test",
-                "-2000",
-                "--for",
-                "60",
-                "--yes",
-                cwd=REPO,
-                stdout=asyncio.subprocess.PIPE,
-                stderr=asyncio.subprocess.PIPE,
-            )
+            proc = await start_write_test(write_config(tmp_path, sim.port))
             async with asyncio.timeout(20):
                 assert await until(lambda: sim.stage.target_w == -2000.0, 15.0)
                 proc.send_signal(stop)
@@ -393,6 +400,31 @@ def test_cli_ctrl_c_or_kill_during_the_write_test_ends_at_0_w(
             assert "write test interrupted" in text
             assert "ended: 0 W commanded" in text
             assert "interrupted" in text.splitlines()[-1]
+
+    asyncio.run(main())
+
+
+@pytest.mark.parametrize("stop", [signal.SIGINT, signal.SIGTERM])
+def test_cli_a_second_ctrl_c_or_kill_does_not_cut_the_final_0_w_short(
+    tmp_path: Path, stop: signal.Signals
+) -> None:
+    async def main() -> None:
+        async with inverter("sunspec-700") as sim:
+            proc = await start_write_test(write_config(tmp_path, sim.port))
+            async with asyncio.timeout(25):
+                assert await until(lambda: sim.stage.target_w == -2000.0, 15.0)
+                # A slow inverter: the final 0 W (reconnect, write, read back) takes a second or
+                # so, and the second signal comes while it is on its way.
+                sim.reply_delay_s = 0.3
+                proc.send_signal(stop)
+                await asyncio.sleep(0.05)
+                proc.send_signal(stop)
+                out, err = await proc.communicate()
+            text = out.decode()
+            assert proc.returncode == 1, text + err.decode()
+            assert sim.stage.target_w == 0.0, text + err.decode()
+            assert "ended: 0 W commanded" in text
+            assert "Traceback" not in err.decode()
 
     asyncio.run(main())
 
