@@ -326,6 +326,59 @@ def test_a_write_test_that_fails_midway_ends_at_0_w() -> None:
     asyncio.run(main())
 
 
+def test_the_final_0_w_is_tried_again_while_the_reconnect_is_refused() -> None:
+    """The inverter goes away mid-test: the request fails, the reconnect is refused (the
+    transport then waits out its backoff, failing at once), and the 0 W lands once it is back."""
+
+    async def main() -> None:
+        async with inverter("sunspec-700") as sim:
+            assert sim.port is not None
+            port = sim.port
+            cfg = inverter_config(port, revert_timeout_s=600)
+            out = io.StringIO()
+            task = asyncio.create_task(write_test(cfg, WriteTest(2500.0, 30.0), Report(out)))
+            assert await until(lambda: sim.stage.target_w == 2500.0, 10.0)
+            await sim.stop()  # connection closed, new ones refused
+            assert await until(lambda: "write test stopped" in out.getvalue(), 10.0)
+            await asyncio.sleep(0.5)  # the 0 W meets the refused reconnect and its backoff
+            assert sim.stage.target_w == 2500.0
+            await sim.start_tcp(port=port)
+            async with asyncio.timeout(15):
+                await task
+            text = out.getvalue()
+            assert sim.stage.target_w == 0.0, text
+            assert "ended: 0 W commanded, stage disabled" in text
+
+    asyncio.run(main())
+
+
+def test_a_final_0_w_that_never_lands_says_the_revert_timer_ends_power(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    monkeypatch.setattr(probe, "END_TIMEOUT_S", 1.0)
+
+    async def main() -> None:
+        async with inverter("sunspec-700") as sim:
+            assert sim.port is not None
+            cfg = inverter_config(sim.port, revert_timeout_s=600)
+            out = io.StringIO()
+            report = Report(out)
+            task = asyncio.create_task(write_test(cfg, WriteTest(2500.0, 30.0), report))
+            assert await until(lambda: sim.stage.target_w == 2500.0, 10.0)
+            await sim.stop()
+            async with asyncio.timeout(10):
+                await task
+            text = out.getvalue()
+            assert (
+                "PROBLEM: could not command 0 W: the inverter's revert timer (600 s) is what "
+                "ends power now" in text
+            )
+            assert "ended: 0 W commanded" not in text
+            assert report.exit_code == 1
+
+    asyncio.run(main())
+
+
 def test_cli_write_test_asks_and_a_no_writes_nothing(tmp_path: Path) -> None:
     async def main() -> None:
         async with inverter("sunspec-700") as sim:
