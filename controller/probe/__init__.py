@@ -12,18 +12,23 @@ from __future__ import annotations
 import argparse
 import asyncio
 import math
+import os
 import signal
 import sys
 from collections.abc import Callable, Coroutine
+from pathlib import Path
 from typing import Any, TextIO
 
 from controller.config import Config, RegisterMap
 from controller.logs import configure_logging
 from controller.probe.report import OK, PROBLEM, USAGE, Report
+from controller.statusd import StatusClientError, default_socket_path
+from controller.statusd import ask as ask_daemon
 
 MAX_WRITE_TEST_S = 600.0
 MAX_WRITE_TEST_W = 400_000.0  # the config's bound for any power
 STOP_SIGNALS = (signal.SIGINT, signal.SIGTERM)
+DAEMON_CHECK_TIMEOUT_S = 2.0  # the daemon answers its status socket within one cycle
 
 _FORMAT = argparse.RawDescriptionHelpFormatter
 
@@ -278,6 +283,21 @@ def _run(
     return report.exit_code
 
 
+def _daemon_socket(config: Config) -> Path | None:
+    """The status socket on which a running daemon answers; None when none does (no socket,
+    a stale one, no answer, or one we may not open)."""
+    path = (
+        Path(config.status.socket_path)
+        if config.status.socket_path is not None
+        else default_socket_path(os.environ)
+    )
+    try:
+        ask_daemon(path, "status", timeout_s=DAEMON_CHECK_TIMEOUT_S)
+    except StatusClientError:
+        return None
+    return path  # any answer, even an error, is a daemon
+
+
 def _inverter(
     config: Config,
     register_map: RegisterMap | None,
@@ -298,6 +318,14 @@ def _inverter(
     if status != OK:
         report.heading("write test not run: the checks above found problems")
         return status
+    running = _daemon_socket(config)
+    if running is not None:
+        report.problem(
+            f"the daemon is running (it answers on {running}): stop it first: sudo systemctl "
+            "stop v2g-controller",
+            "nothing was written: two writers would fight over the setpoint",
+        )
+        return PROBLEM
     test = WriteTest(args.write_test, args.for_s)
     text = describe_write_test(config.inverter, test)
     report.heading(text)

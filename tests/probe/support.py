@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import io
+import os
 import sys
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
@@ -17,6 +18,9 @@ from hil.inverter.stage import PowerStage
 
 REPO = Path(__file__).resolve().parents[2]
 BD7_MAP = REPO / "config" / "inverters" / "v2glabs-bd7.yaml"
+# The CLI's environment: the default status socket in a directory that does not exist, so a
+# daemon running on this machine never makes the write test refuse (status.socket_path wins).
+NO_DAEMON_ENV = {**os.environ, "RUNTIME_DIRECTORY": "/nonexistent/v2g-controller-probe-tests"}
 
 
 @asynccontextmanager
@@ -67,6 +71,7 @@ async def cli(
         "controller",
         *args,
         cwd=REPO,
+        env=NO_DAEMON_ENV,
         stdin=asyncio.subprocess.PIPE,
         stdout=asyncio.subprocess.PIPE,
         stderr=asyncio.subprocess.PIPE,

@@ -5,9 +5,12 @@ SunSpec registers, a fault), and the write test that always ends at 0 W."""
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import io
 import signal
+import socket
 import sys
+import tempfile
 from collections.abc import Callable
 from pathlib import Path
 
@@ -20,12 +23,21 @@ from controller.inverter.transport import ModbusTransport
 from controller.probe import inverter as probe
 from controller.probe.inverter import WriteTest, build_driver, probe_inverter, write_test
 from controller.probe.report import Report
+from controller.statusd import StatusServer
 from hil.harness import until
 from hil.inverter.field import FieldBehaviour, build_simulator
 from hil.inverter.ptypair import PtyPair
 from hil.inverter.stage import PowerStage
 from hil.mosquitto import free_port
-from tests.probe.support import BD7_MAP, REPO, cli, config_text, inverter, inverter_config
+from tests.probe.support import (
+    BD7_MAP,
+    NO_DAEMON_ENV,
+    REPO,
+    cli,
+    config_text,
+    inverter,
+    inverter_config,
+)
 
 
 async def run_probe(cfg: InverterConfig) -> tuple[bool, Report, str]:
@@ -419,6 +431,7 @@ async def start_write_test(config: Path) -> asyncio.subprocess.Process:
         "60",
         "--yes",
         cwd=REPO,
+        env=NO_DAEMON_ENV,
         stdout=asyncio.subprocess.PIPE,
         stderr=asyncio.subprocess.PIPE,
     )
@@ -434,6 +447,52 @@ def write_config(tmp_path: Path, port: int | None) -> Path:
         encoding="utf-8",
     )
     return config
+
+
+def test_cli_write_test_refuses_while_the_daemon_answers_its_status_socket() -> None:
+    async def main() -> None:
+        async with inverter("sunspec-700") as sim:
+            with tempfile.TemporaryDirectory(prefix="v2g-") as folder:
+                socket_path = Path(folder) / "status.sock"
+                config = Path(folder) / "config.yaml"
+                config.write_text(
+                    config_text(
+                        inverter=f"{{transport: tcp, tcp: {{host: 127.0.0.1, port: {sim.port}}}}}",
+                        status=f"{{socket_path: '{socket_path}'}}",
+                    ),
+                    encoding="utf-8",
+                )
+                args = ("probe", "inverter", "-c", str(config), "--write-test", "1000")
+                daemon = StatusServer(socket_path, lambda command: {"state": "idle"})
+                serving = asyncio.create_task(daemon.serve())
+                try:
+                    await asyncio.wait_for(daemon.listening.wait(), 5.0)
+                    status, out, err = await cli(*args, "--for", "1", "--yes")
+                finally:
+                    serving.cancel()
+                    with contextlib.suppress(asyncio.CancelledError):
+                        await serving
+                assert status == 1, out + err
+                assert (
+                    f"PROBLEM: the daemon is running (it answers on {socket_path}): stop it "
+                    "first: sudo systemctl stop v2g-controller" in out
+                )
+                assert "Start the write test?" not in out
+                assert daemon.answered == 1
+                assert sim.setpoint_writes == 0
+                # The daemon gone (no socket): the write test runs.
+                assert not socket_path.exists()
+                status, out, err = await cli(*args, "--for", "0.5", "--yes")
+                assert status == 0, out + err
+                assert "ended: 0 W commanded" in out
+                # A stale socket that nobody answers on does not stop it either.
+                with socket.socket(socket.AF_UNIX, socket.SOCK_STREAM) as stale:
+                    stale.bind(str(socket_path))
+                    status, out, err = await cli(*args, "--for", "0.5", "--yes")
+                assert status == 0, out + err
+                assert sim.setpoint_writes > 0
+
+    asyncio.run(main())
 
 
 @pytest.mark.parametrize("stop", [signal.SIGINT, signal.SIGTERM])
