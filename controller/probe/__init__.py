@@ -49,8 +49,11 @@ read and shown instead.
 
 Read-only, unless --write-test is given: then, after confirmation, the controller's own driver
 sets the inverter up (revert timer armed, 0 W), commands POWER_W for SECONDS (re-sent every
-second) and ends at 0 W with the power stage disabled, also on Ctrl-C and on errors. Stop the
-daemon first: two writers would fight over the setpoint.
+second) and then commands 0 W with the power stage disabled: also on Ctrl-C, SIGTERM (a second
+one does not cut it short) and errors, tried again for up to 10 s while the link is down. If
+that 0 W cannot be written it says so, and the inverter's revert timer is what ends the power.
+It refuses while the daemon answers on its status socket: two writers would fight over the
+setpoint.
 
 Problems it names: nothing listening or the serial port missing; a wrong unit id (no answer,
 a gateway's exception 0x0A/0x0B, 0x04 from some devices, 0x02 illegal address); a timeout_s

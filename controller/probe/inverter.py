@@ -13,8 +13,11 @@ apart); exception 0x02 everywhere means no SunSpec registers there.
 
 The write test (``write_test``) is the only writer: the driver's own setup (revert timer armed,
 0 W), the commanded power re-sent every ``HEARTBEAT_MAX_S`` (at most a third of the revert
-time) for the given seconds, and 0 W with the stage disabled at the end, in a ``finally``: also
-when it is cancelled (Ctrl-C, SIGTERM) or a request fails.
+time) for the given seconds, then 0 W with the stage disabled, in a ``finally``: also when it is
+cancelled (Ctrl-C, SIGTERM) or a request fails. That 0 W runs in a task of its own that a
+further cancellation does not stop, and is tried again on link errors (a reconnect in its
+backoff) for up to ``END_TIMEOUT_S``. Not guaranteed: when it was not written by then (or the
+process is killed outright), the inverter's revert timer is what ends the power, and it says so.
 """
 
 from __future__ import annotations
@@ -626,8 +629,9 @@ async def write_test(
     register_map: RegisterMap | None = None,
     driver_factory: Callable[[ModbusTransport], InverterDriver] | None = None,
 ) -> None:
-    """Command ``test.power_w`` for ``test.duration_s``, always ending at 0 W (see the module
-    docstring). Cancellation is re-raised after the 0 W."""
+    """Command ``test.power_w`` for ``test.duration_s``, then 0 W with the stage disabled, also
+    when cancelled or after an error; when the 0 W cannot be written within ``END_TIMEOUT_S``
+    it is reported as a problem (see the module docstring). Cancellation is re-raised after."""
     transport = transport_of(cfg)
     driver = (
         build_driver(cfg, transport, register_map)

@@ -1,6 +1,7 @@
 """probe inverter against the simulated inverter (hil/inverter): what it shows, the problems it
 names (wrong unit id, a gateway's 0x0B, nothing listening, no answer, too short a timeout, no
-SunSpec registers, a fault), and the write test that always ends at 0 W."""
+SunSpec registers, a fault), and the write test: it ends at 0 W, also on a second signal and
+after a refused reconnect, says so when it cannot, and refuses while the daemon runs."""
 
 from __future__ import annotations
 
