@@ -20,7 +20,8 @@ import pytest
 from controller.config import InverterConfig, load_register_map
 from controller.errors import InverterLinkError
 from controller.inverter.drivers import InverterDriver
-from controller.inverter.transport import ModbusTransport
+from controller.inverter.regmap import batches
+from controller.inverter.transport import EXCEPTION_NAMES, ModbusTransport
 from controller.probe import inverter as probe
 from controller.probe.inverter import WriteTest, build_driver, probe_inverter, write_test
 from controller.probe.report import Report
@@ -591,3 +592,14 @@ def test_help_reads_like_a_man_page() -> None:
         assert "examples:\n  v2g-controller probe inverter -c" in out
 
     asyncio.run(main())
+
+
+def test_the_names_the_probe_shares_with_the_inverter_package_are_public() -> None:
+    """The probe reads a vendor map in the driver's batches and names exception codes as the
+    transport does, through their public names."""
+    bd7 = load_register_map(BD7_MAP)
+    reads = batches(bd7, bd7.registers)
+    assert sorted(name for *_, names in reads for name in names) == sorted(bd7.registers)
+    assert EXCEPTION_NAMES[2] == "illegal data address"
+    assert probe.exception_name(2) == "illegal data address"
+    assert probe.exception_name(0x55) == "unknown"
