@@ -303,6 +303,30 @@ def test_a_cancelled_write_test_ends_at_0_w_and_stays_cancelled() -> None:
     asyncio.run(main())
 
 
+def test_a_write_test_cancelled_twice_still_ends_at_0_w() -> None:
+    """The second cancel comes while the final 0 W is on its way to a slow inverter: the 0 W
+    is waited for (shielded), and the cancellation goes on after it."""
+
+    async def main() -> None:
+        async with inverter("sunspec-700") as sim:
+            assert sim.port is not None
+            cfg = inverter_config(sim.port, revert_timeout_s=600, timeout_s=1.0)
+            out = io.StringIO()
+            task = asyncio.create_task(write_test(cfg, WriteTest(2500.0, 30.0), Report(out)))
+            assert await until(lambda: sim.stage.target_w == 2500.0, 10.0)
+            sim.reply_delay_s = 0.3
+            task.cancel()
+            await asyncio.sleep(0.05)
+            task.cancel()
+            async with asyncio.timeout(15):
+                with pytest.raises(asyncio.CancelledError):
+                    await task
+            assert sim.stage.target_w == 0.0, out.getvalue()
+            assert "ended: 0 W commanded" in out.getvalue()
+
+    asyncio.run(main())
+
+
 def test_a_write_test_that_fails_midway_ends_at_0_w() -> None:
     reads = 0
 
