@@ -286,9 +286,10 @@ def _run(
     return report.exit_code
 
 
-def _daemon_socket(config: Config) -> Path | None:
-    """The status socket on which a running daemon answers; None when none does (no socket,
-    a stale one, no answer, or one we may not open)."""
+def _daemon_check(config: Config) -> str | None:
+    """Why the write test must not start because of the daemon, or None: a daemon answers on
+    the status socket, or the socket is there but this user may not open it (then nobody can
+    tell). No socket, a stale one or no answer: None."""
     path = (
         Path(config.status.socket_path)
         if config.status.socket_path is not None
@@ -296,9 +297,15 @@ def _daemon_socket(config: Config) -> Path | None:
     )
     try:
         ask_daemon(path, "status", timeout_s=DAEMON_CHECK_TIMEOUT_S)
-    except StatusClientError:
+    except StatusClientError as exc:
+        if path.exists() and not os.access(path, os.R_OK | os.W_OK):
+            return f"cannot tell whether the daemon is running: {exc}"
         return None
-    return path  # any answer, even an error, is a daemon
+    # Any answer, even an error, is a daemon.
+    return (
+        f"the daemon is running (it answers on {path}): stop it first: sudo systemctl stop "
+        "v2g-controller"
+    )
 
 
 def _inverter(
@@ -321,13 +328,9 @@ def _inverter(
     if status != OK:
         report.heading("write test not run: the checks above found problems")
         return status
-    running = _daemon_socket(config)
-    if running is not None:
-        report.problem(
-            f"the daemon is running (it answers on {running}): stop it first: sudo systemctl "
-            "stop v2g-controller",
-            "nothing was written: two writers would fight over the setpoint",
-        )
+    refused = _daemon_check(config)
+    if refused is not None:
+        report.problem(refused, "nothing was written: two writers would fight over the setpoint")
         return PROBLEM
     test = WriteTest(args.write_test, args.for_s)
     text = describe_write_test(config.inverter, test)

@@ -722,7 +722,7 @@ async def _command_zero(cfg: InverterConfig, driver: InverterDriver, report: Rep
         if commanded:
             report.problem(
                 f"0 W commanded and the stage disabled, but reading the power back failed: "
-                f"{exc or 'no answer'}",
+                f"{exc if str(exc) else f'no answer within {END_TIMEOUT_S:g} s'}",
                 "the inverter's display: it should show 0 W",
             )
             return

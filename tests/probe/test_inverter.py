@@ -8,6 +8,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import io
+import os
 import signal
 import socket
 import sys
@@ -17,7 +18,8 @@ from pathlib import Path
 
 import pytest
 
-from controller.config import InverterConfig, load_register_map
+from controller import probe as probe_cli
+from controller.config import InverterConfig, load_register_map, parse_config
 from controller.errors import InverterLinkError
 from controller.inverter.drivers import InverterDriver
 from controller.inverter.regmap import batches
@@ -519,6 +521,23 @@ def test_cli_write_test_refuses_while_the_daemon_answers_its_status_socket() -> 
                 assert sim.setpoint_writes > 0
 
     asyncio.run(main())
+
+
+def test_a_status_socket_this_user_may_not_open_stops_the_write_test(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """Root may open any socket, so the denial is put in os.access; the socket is real."""
+    with tempfile.TemporaryDirectory(prefix="v2g-") as folder:
+        path = Path(folder) / "status.sock"
+        config = parse_config(config_text(status=f"{{socket_path: '{path}'}}"))
+        assert probe_cli._daemon_check(config) is None  # no socket
+        with socket.socket(socket.AF_UNIX, socket.SOCK_STREAM) as stale:
+            stale.bind(str(path))
+            assert probe_cli._daemon_check(config) is None  # nobody answers
+            monkeypatch.setattr(os, "access", lambda *_: False)
+            refused = probe_cli._daemon_check(config)
+    assert refused is not None
+    assert refused.startswith("cannot tell whether the daemon is running: ")
 
 
 @pytest.mark.parametrize("stop", [signal.SIGINT, signal.SIGTERM])
