@@ -84,7 +84,7 @@ class RegisterMapDriver:
             roles.max_discharge_power,
         ]
         self._read_names = [name for name in wanted if name is not None]
-        self._batches = _batches(register_map, self._read_names)
+        self._batches = batches(register_map, self._read_names)
 
     def _register(self, name: str) -> MapRegister:
         return self._map.registers[name]
@@ -266,7 +266,7 @@ def _whole(value: float) -> int | None:
     return int(value) if math.isfinite(value) and value.is_integer() else None
 
 
-def _batches(
+def batches(
     register_map: RegisterMap, names: Iterable[str]
 ) -> list[tuple[int, int, int, list[str]]]:
     """(function, start, count, names) reads covering ``names`` in few requests."""
@@ -276,7 +276,7 @@ def _batches(
         by_function.setdefault(_FUNCTIONS[register.function], []).append(
             (register.address, register.words, name)
         )
-    batches: list[tuple[int, int, int, list[str]]] = []
+    reads: list[tuple[int, int, int, list[str]]] = []
     for function, entries in sorted(by_function.items()):
         entries.sort()
         start, end, members = entries[0][0], entries[0][0] + entries[0][1], [entries[0][2]]
@@ -285,7 +285,7 @@ def _batches(
                 end = max(end, address + words)
                 members.append(name)
             else:
-                batches.append((function, start, end - start, members))
+                reads.append((function, start, end - start, members))
                 start, end, members = address, address + words, [name]
-        batches.append((function, start, end - start, members))
-    return batches
+        reads.append((function, start, end - start, members))
+    return reads

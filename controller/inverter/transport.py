@@ -73,7 +73,7 @@ CLOSED_BY_DEVICE = (
     "while another Modbus client holds it)"
 )
 
-_EXCEPTION_NAMES = {
+EXCEPTION_NAMES = {
     1: "illegal function",
     2: "illegal data address",
     3: "illegal data value",
@@ -96,7 +96,7 @@ class ModbusExceptionResponse(InverterLinkError):  # noqa: N818  named after the
         self.function = function
         self.address = address
         self.code = code
-        name = _EXCEPTION_NAMES.get(code, "unknown")
+        name = EXCEPTION_NAMES.get(code, "unknown")
         super().__init__(f"exception {code} ({name}) for function {function} at address {address}")
 
 

@@ -12,16 +12,22 @@ from __future__ import annotations
 import argparse
 import asyncio
 import math
+import os
 import signal
 import sys
 from collections.abc import Callable, Coroutine
+from pathlib import Path
 from typing import Any, TextIO
 
 from controller.config import Config, RegisterMap
 from controller.probe.report import OK, PROBLEM, USAGE, Report
+from controller.statusd import StatusClientError, default_socket_path
+from controller.statusd import ask as ask_daemon
 
 MAX_WRITE_TEST_S = 600.0
 MAX_WRITE_TEST_W = 400_000.0  # the config's bound for any power
+STOP_SIGNALS = (signal.SIGINT, signal.SIGTERM)
+DAEMON_CHECK_TIMEOUT_S = 2.0  # the daemon answers its status socket within one cycle
 
 _FORMAT = argparse.RawDescriptionHelpFormatter
 
@@ -42,8 +48,11 @@ read and shown instead.
 
 Read-only, unless --write-test is given: then, after confirmation, the controller's own driver
 sets the inverter up (revert timer armed, 0 W), commands POWER_W for SECONDS (re-sent every
-second) and ends at 0 W with the power stage disabled, also on Ctrl-C and on errors. Stop the
-daemon first: two writers would fight over the setpoint.
+second) and then commands 0 W with the power stage disabled: also on Ctrl-C, SIGTERM (a second
+one does not cut it short) and errors, tried again for up to 10 s while the link is down. If
+that 0 W cannot be written it says so, and the inverter's revert timer is what ends the power.
+It refuses while the daemon answers on its status socket: two writers would fight over the
+setpoint.
 
 Problems it names: nothing listening or the serial port missing; a wrong unit id (no answer,
 a gateway's exception 0x0A/0x0B, 0x04 from some devices, 0x02 illegal address); a timeout_s
@@ -241,17 +250,28 @@ def run_probe(
 def _run(
     coroutine: Coroutine[Any, Any, object], report: Report, *, interrupted_ok: bool = False
 ) -> int:
-    """Runs a probe; SIGTERM ends it like Ctrl-C (its finally blocks run)."""
+    """Runs a probe; Ctrl-C and SIGTERM cancel it once (its finally blocks run: the write
+    test's final 0 W); a second signal changes nothing, so it cannot cut that short."""
 
     async def main() -> None:
         task = asyncio.current_task()
+        if task is None:  # never: asyncio.run runs main() in a task
+            raise RuntimeError("the probe is not running in a task")
         loop = asyncio.get_running_loop()
-        if task is not None:
-            loop.add_signal_handler(signal.SIGTERM, task.cancel)
+
+        def stop() -> None:
+            if not task.cancelling():
+                task.cancel()
+
+        # Our handler replaces asyncio.Runner's SIGINT one, which on a second Ctrl-C raises
+        # KeyboardInterrupt and cancels every task left.
+        for number in STOP_SIGNALS:
+            loop.add_signal_handler(number, stop)
         try:
             await coroutine
         finally:
-            loop.remove_signal_handler(signal.SIGTERM)
+            for number in STOP_SIGNALS:
+                loop.remove_signal_handler(number)
 
     try:
         asyncio.run(main())
@@ -260,6 +280,28 @@ def _run(
             report.heading("interrupted")
             return PROBLEM
     return report.exit_code
+
+
+def _daemon_check(config: Config) -> str | None:
+    """Why the write test must not start because of the daemon, or None: a daemon answers on
+    the status socket, or the socket is there but this user may not open it (then nobody can
+    tell). No socket, a stale one or no answer: None."""
+    path = (
+        Path(config.status.socket_path)
+        if config.status.socket_path is not None
+        else default_socket_path(os.environ)
+    )
+    try:
+        ask_daemon(path, "status", timeout_s=DAEMON_CHECK_TIMEOUT_S)
+    except StatusClientError as exc:
+        if path.exists() and not os.access(path, os.R_OK | os.W_OK):
+            return f"cannot tell whether the daemon is running: {exc}"
+        return None
+    # Any answer, even an error, is a daemon.
+    return (
+        f"the daemon is running (it answers on {path}): stop it first: sudo systemctl stop "
+        "v2g-controller"
+    )
 
 
 def _inverter(
@@ -282,6 +324,10 @@ def _inverter(
     if status != OK:
         report.heading("write test not run: the checks above found problems")
         return status
+    refused = _daemon_check(config)
+    if refused is not None:
+        report.problem(refused, "nothing was written: two writers would fight over the setpoint")
+        return PROBLEM
     test = WriteTest(args.write_test, args.for_s)
     text = describe_write_test(config.inverter, test)
     report.heading(text)

@@ -13,8 +13,11 @@ apart); exception 0x02 everywhere means no SunSpec registers there.
 
 The write test (``write_test``) is the only writer: the driver's own setup (revert timer armed,
 0 W), the commanded power re-sent every ``HEARTBEAT_MAX_S`` (at most a third of the revert
-time) for the given seconds, and 0 W with the stage disabled at the end, in a ``finally``: also
-when it is cancelled (Ctrl-C, SIGTERM) or a request fails.
+time) for the given seconds, then 0 W with the stage disabled, in a ``finally``: also when it is
+cancelled (Ctrl-C, SIGTERM) or a request fails. That 0 W runs in a task of its own that a
+further cancellation does not stop, and is tried again on link errors (a reconnect in its
+backoff) for up to ``END_TIMEOUT_S``. Not guaranteed: when it was not written by then (or the
+process is killed outright), the inverter's revert timer is what ends the power, and it says so.
 """
 
 from __future__ import annotations
@@ -34,7 +37,7 @@ from controller.inverter.drivers import (
     SunSpec700Driver,
     SunSpecDriver,
 )
-from controller.inverter.regmap import MAP_TYPES, RegisterMapDriver, _batches
+from controller.inverter.regmap import MAP_TYPES, RegisterMapDriver, batches
 from controller.inverter.sunspec import (
     BASE_ADDRESSES,
     SUNS_MARKER,
@@ -43,7 +46,7 @@ from controller.inverter.sunspec import (
 )
 from controller.inverter.sunspec_models import GroupLayoutError, UnknownPointError
 from controller.inverter.transport import (
-    _EXCEPTION_NAMES,
+    EXCEPTION_NAMES,
     Endpoint,
     ModbusExceptionResponse,
     ModbusTransport,
@@ -59,6 +62,7 @@ LONG_TIMEOUT_S = 5.0
 SLOW_FRACTION = 0.5  # a reply slower than this share of timeout_s is worth a warning
 HEARTBEAT_MAX_S = 1.0  # the write test re-sends its command (and reads) at least this often
 END_TIMEOUT_S = 10.0  # the final 0 W: bounded, the revert timer is the net behind it
+END_RETRY_S = 0.1  # the final 0 W tried again this often (a reconnect in backoff fails at once)
 SETTLE_READS = 8  # after the final 0 W, readings until the stage has ramped down
 SETTLE_INTERVAL_S = 0.25
 SETTLED_W = 50.0
@@ -128,7 +132,7 @@ def transport_of(
 
 
 def exception_name(code: int) -> str:
-    return _EXCEPTION_NAMES.get(code, "unknown")
+    return EXCEPTION_NAMES.get(code, "unknown")
 
 
 async def probe_inverter(
@@ -545,7 +549,7 @@ async def _read_map(
     register, so the problem names the registers the device does not have."""
     shown: dict[str, str] = {}
     refused: dict[str, int] = {}
-    for function, start, count, names in _batches(register_map, register_map.registers):
+    for function, start, count, names in batches(register_map, register_map.registers):
         try:
             registers = await transport.read_registers(start, count, function=function)
         except NotConnectedError as exc:
@@ -625,8 +629,9 @@ async def write_test(
     register_map: RegisterMap | None = None,
     driver_factory: Callable[[ModbusTransport], InverterDriver] | None = None,
 ) -> None:
-    """Command ``test.power_w`` for ``test.duration_s``, always ending at 0 W (see the module
-    docstring). Cancellation is re-raised after the 0 W."""
+    """Command ``test.power_w`` for ``test.duration_s``, then 0 W with the stage disabled, also
+    when cancelled or after an error; when the 0 W cannot be written within ``END_TIMEOUT_S``
+    it is reported as a problem (see the module docstring). Cancellation is re-raised after."""
     transport = transport_of(cfg)
     driver = (
         build_driver(cfg, transport, register_map)
@@ -678,16 +683,53 @@ async def _settled(driver: InverterDriver) -> float | None:
 async def _end_at_zero(
     cfg: InverterConfig, driver: InverterDriver, transport: ModbusTransport, report: Report
 ) -> None:
+    """The final 0 W, in a task of its own that a further cancellation (a second Ctrl-C or
+    SIGTERM, or whoever cancels the caller again) does not stop: it is waited for, at most
+    ``END_TIMEOUT_S`` more, before the cancellation goes on."""
+    ending = asyncio.create_task(_command_zero(cfg, driver, report), name="probe-end-at-0-w")
+    try:
+        await asyncio.shield(ending)
+    except asyncio.CancelledError:
+        deadline_s = time.monotonic() + END_TIMEOUT_S
+        while not ending.done() and (left_s := deadline_s - time.monotonic()) > 0:
+            try:
+                await asyncio.wait({ending}, timeout=left_s)
+            except asyncio.CancelledError:
+                continue  # re-raised below, once the 0 W is done or its time is up
+        raise
+    finally:
+        await transport.close()
+
+
+async def _command_zero(cfg: InverterConfig, driver: InverterDriver, report: Report) -> None:
+    """0 W with the stage disabled, tried again on a link error (a reconnect in its backoff
+    fails at once) until it is written or ``END_TIMEOUT_S`` is up; then the settled reading."""
+    link_error: InverterLinkError | None = None
+    commanded = False
     try:
         async with asyncio.timeout(END_TIMEOUT_S):
-            await driver.command(0.0, enable=False)
+            while True:
+                try:
+                    await driver.command(0.0, enable=False)
+                    break
+                except InverterLinkError as exc:
+                    link_error = exc
+                    await asyncio.sleep(END_RETRY_S)
+            commanded = True
             measured = await _settled(driver)
         report.note(f"ended: 0 W commanded, stage disabled, measured {_watts(measured)}")
     except (InverterLinkError, ProtocolError, TimeoutError) as exc:
+        if commanded:
+            report.problem(
+                f"0 W commanded and the stage disabled, but reading the power back failed: "
+                f"{exc if str(exc) else f'no answer within {END_TIMEOUT_S:g} s'}",
+                "the inverter's display: it should show 0 W",
+            )
+            return
+        reason = exc if str(exc) else (link_error or f"no answer within {END_TIMEOUT_S:g} s")
         report.problem(
-            f"could not command 0 W at the end: {exc or 'no answer'}",
-            f"the inverter is at 0 W (its display); its revert timer, armed at "
-            f"{cfg.revert_timeout_s:g} s when the setup got that far, returns it there",
+            f"could not command 0 W: the inverter's revert timer ({cfg.revert_timeout_s:g} s) "
+            f"is what ends power now ({reason})",
+            "the inverter's display: it returns to 0 W when that timer runs out (armed by the "
+            "setup, if the setup got that far); switch the inverter off if it does not",
         )
-    finally:
-        await transport.close()

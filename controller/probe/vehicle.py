@@ -32,8 +32,15 @@ from controller.vehicle.canbus import (
 )
 from controller.vehicle.dbc import DbcCodec
 from controller.vehicle.factory import load_profile
-from controller.vehicle.j1939_tp import Rts, decode_cm, decode_dt
+from controller.vehicle.j1939_tp import (
+    Abort,
+    Rts,
+    decode_cm,
+    decode_dt,
+    describe_abort_reason,
+)
 from controller.vehicle.protocols import chademo, gbt27930
+from controller.vehicle.protocols.j1939 import T1_S, T2_S, T3_S
 
 # One filter that passes every frame, 11-bit and 29-bit (no "extended" key: both match).
 EVERYTHING = [{"can_id": 0, "can_mask": 0}]
@@ -78,10 +85,23 @@ class Kind:
 
 @dataclass
 class _Transfer:
+    """A BMS transfer an RTS opened, as far as it has come: packets 1..n, in order."""
+
     pgn: int
     size: int
     packets: int
-    data: dict[int, bytes] = field(default_factory=dict)
+    last_s: float  # the RTS's or the last data packet's time
+    data: list[bytes] = field(default_factory=list)
+
+    @property
+    def expected(self) -> int:
+        return len(self.data) + 1
+
+    @property
+    def deadline_s(self) -> float:
+        # J1939-21 5.10.2.4: T1 between two data packets. Before the first one the charger's CTS
+        # (which the probe may not see) may take up to T3 after the RTS, and its packet T2 more.
+        return self.last_s + (T1_S if self.data else T3_S + T2_S)
 
 
 def codec_for(vehicle: VehicleConfig) -> DbcCodec:
@@ -124,6 +144,8 @@ class VehicleProbe:
         self.started_s = now
         self._drawn = 0
         self._transfer: _Transfer | None = None  # the BMS's transfer in progress
+        # J1939-21 transfers lost: reason -> (how many, the last one's detail)
+        self.dropped_transfers: dict[str, tuple[int, str]] = {}
 
     def receive(self, message: can.Message, now_s: float) -> None:
         if message.is_error_frame:
@@ -159,12 +181,13 @@ class VehicleProbe:
         return " ".join(parts) + (f" (+{more} more)" if more > 0 else "")
 
     def _transport(self, frame_id: int, data: bytes, now_s: float) -> None:
-        """J1939-21 packets from the BMS put back together (passively)."""
-        transfer = self._packet(frame_id, data)
+        """J1939-21 packets from the BMS put back together (passively: the daemon's own
+        ``TpReceiver`` answers with CTSs, so it cannot be used here)."""
+        transfer = self._packet(frame_id, data, now_s)
         if transfer is None or len(transfer.data) < transfer.packets:
             return
         self._transfer = None
-        payload = b"".join(transfer.data[i] for i in sorted(transfer.data))[: transfer.size]
+        payload = b"".join(transfer.data)[: transfer.size]
         name = gbt27930.TP_MESSAGES.get(transfer.pgn)
         if name is None:
             return
@@ -175,20 +198,52 @@ class VehicleProbe:
             return
         self._seen(name, transfer.pgn, "car", now_s, self._signals(name, decoded.signals))
 
-    def _packet(self, frame_id: int, data: bytes) -> _Transfer | None:
+    def _packet(self, frame_id: int, data: bytes, now_s: float) -> _Transfer | None:
         """The BMS's transfer a TP.CM RTS opened (None: none), with a TP.DT packet added."""
+        open_transfer = self._transfer
+        if open_transfer is not None and now_s > open_transfer.deadline_s:
+            gap = "the RTS" if not open_transfer.data else f"packet {len(open_transfer.data)}"
+            self._drop("timed out", f"nothing for {now_s - open_transfer.last_s:.2f} s after {gap}")
+        transfer = self._transfer
         try:
-            if frame_id == gbt27930.TP_CM_FROM_BMS:
+            if frame_id in (gbt27930.TP_CM_FROM_BMS, gbt27930.TP_CM_FROM_CHARGER):
                 message = decode_cm(data)
-                if isinstance(message, Rts):
-                    self._transfer = _Transfer(message.pgn, message.total_size, message.packets)
-            elif frame_id == gbt27930.TP_DT_FROM_BMS and self._transfer is not None:
+                if isinstance(message, Rts) and frame_id == gbt27930.TP_CM_FROM_BMS:
+                    if transfer is not None:
+                        # J1939-21 5.10.3.1: of two RTSs for a message the newer one is acted on.
+                        self._drop("restarted", "a new RTS came before the last packet")
+                    self._transfer = _Transfer(
+                        message.pgn, message.total_size, message.packets, now_s
+                    )
+                elif (
+                    isinstance(message, Abort)
+                    and transfer is not None
+                    and message.pgn == transfer.pgn
+                ):
+                    by = "car" if frame_id == gbt27930.TP_CM_FROM_BMS else "charger"
+                    self._drop("aborted", f"by the {by}, {describe_abort_reason(message.reason)}")
+            elif frame_id == gbt27930.TP_DT_FROM_BMS and transfer is not None:
                 packet = decode_dt(data)
-                self._transfer.data[packet.sequence] = packet.data
-                return self._transfer
+                if packet.sequence != transfer.expected:
+                    # J1939-21 5.10.3.3: packets are numbered 1..n and sent in order; any other
+                    # number (a retransmission the charger asked for included) loses the message.
+                    self._drop(
+                        "wrong sequence number",
+                        f"packet {packet.sequence} where {transfer.expected} was due",
+                    )
+                    return None
+                transfer.data.append(packet.data)
+                transfer.last_s = now_s
+                return transfer
         except ProtocolError:
             pass  # a malformed transport frame: the transfer stays as it was
         return None
+
+    def _drop(self, reason: str, detail: str) -> None:
+        """The open transfer is lost: counted by ``reason``, the last ``detail`` kept."""
+        self._transfer = None
+        count, _ = self.dropped_transfers.get(reason, (0, ""))
+        self.dropped_transfers[reason] = (count + 1, detail)
 
     def _seen(
         self,
@@ -237,6 +292,8 @@ class VehicleProbe:
         report.heading(f"summary: {self.frames} frames in {seconds:.1f} s on {where}")
         for kind in self._ordered():
             report.note(kind.line())
+        for reason, (count, detail) in self.dropped_transfers.items():
+            report.note(f"multi-packet messages lost, {reason}: x{count} (last: {detail})")
         if self.error_frames:
             report.problem(
                 f"{len(self.error_frames)} CAN error frames ({self.error_frames[-1]})",

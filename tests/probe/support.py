@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import io
+import os
 import sys
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
@@ -17,6 +18,9 @@ from hil.inverter.stage import PowerStage
 
 REPO = Path(__file__).resolve().parents[2]
 BD7_MAP = REPO / "config" / "inverters" / "v2glabs-bd7.yaml"
+# The CLI's environment: the default status socket in a directory that does not exist, so a
+# daemon running on this machine never makes the write test refuse (status.socket_path wins).
+NO_DAEMON_ENV = {**os.environ, "RUNTIME_DIRECTORY": "/nonexistent/v2g-controller-probe-tests"}
 
 
 @asynccontextmanager
@@ -33,12 +37,13 @@ async def inverter(
 
 
 def inverter_config(port: int, **extra: Any) -> InverterConfig:
-    """An inverter section for the simulator: short timeout, no retries, unit 1."""
+    """An inverter section for the simulator: short timeout, one retry (a loaded machine may
+    miss a 0.3 s reply once), unit 1."""
     values: dict[str, Any] = {
         "transport": "tcp",
         "tcp": {"host": "127.0.0.1", "port": port},
         "timeout_s": 0.3,
-        "retries": 0,
+        "retries": 1,
     }
     values.update(extra)
     return InverterConfig.model_validate(values)
@@ -66,6 +71,7 @@ async def cli(
         "controller",
         *args,
         cwd=REPO,
+        env=NO_DAEMON_ENV,
         stdin=asyncio.subprocess.PIPE,
         stdout=asyncio.subprocess.PIPE,
         stderr=asyncio.subprocess.PIPE,

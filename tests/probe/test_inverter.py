@@ -1,31 +1,47 @@
 """probe inverter against the simulated inverter (hil/inverter): what it shows, the problems it
 names (wrong unit id, a gateway's 0x0B, nothing listening, no answer, too short a timeout, no
-SunSpec registers, a fault), and the write test that always ends at 0 W."""
+SunSpec registers, a fault), and the write test: it ends at 0 W, also on a second signal and
+after a refused reconnect, says so when it cannot, and refuses while the daemon runs."""
 
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import io
+import os
 import signal
+import socket
 import sys
+import tempfile
 from collections.abc import Callable
 from pathlib import Path
 
 import pytest
 
-from controller.config import InverterConfig, load_register_map
+from controller import probe as probe_cli
+from controller.config import InverterConfig, load_register_map, parse_config
 from controller.errors import InverterLinkError
 from controller.inverter.drivers import InverterDriver
-from controller.inverter.transport import ModbusTransport
+from controller.inverter.regmap import batches
+from controller.inverter.transport import EXCEPTION_NAMES, ModbusTransport
 from controller.probe import inverter as probe
 from controller.probe.inverter import WriteTest, build_driver, probe_inverter, write_test
 from controller.probe.report import Report
+from controller.statusd import StatusServer
 from hil.harness import until
 from hil.inverter.field import FieldBehaviour, build_simulator
 from hil.inverter.ptypair import PtyPair
 from hil.inverter.stage import PowerStage
 from hil.mosquitto import free_port
-from tests.probe.support import BD7_MAP, REPO, cli, config_text, inverter, inverter_config
+from tests.probe.support import (
+    BD7_MAP,
+    NO_DAEMON_ENV,
+    REPO,
+    cli,
+    config_text,
+    inverter,
+    inverter_config,
+)
 
 
 async def run_probe(cfg: InverterConfig) -> tuple[bool, Report, str]:
@@ -238,8 +254,7 @@ def test_the_write_test_holds_the_power_and_ends_at_0_w() -> None:
             cfg = inverter_config(sim.port, revert_timeout_s=600)  # the timer cannot do it
             out = io.StringIO()
             task = asyncio.create_task(write_test(cfg, WriteTest(-3000.0, 1.5), Report(out)))
-            await asyncio.sleep(1.2)
-            assert sim.stage.target_w == -3000.0
+            assert await until(lambda: sim.stage.target_w == -3000.0, 10.0)
             await task
             text = out.getvalue()
             assert sim.stage.target_w == 0.0
@@ -262,8 +277,7 @@ def test_the_write_test_drives_a_vendor_map_inverter_too() -> None:
             test = WriteTest(4000.0, 1.5)
             bd7 = load_register_map(BD7_MAP)
             task = asyncio.create_task(write_test(cfg, test, Report(out), register_map=bd7))
-            await asyncio.sleep(1.2)
-            assert sim.stage.target_w == 4000.0
+            assert await until(lambda: sim.stage.target_w == 4000.0, 10.0)
             await task
             assert sim.stage.target_w == 0.0
             assert not sim.stage.enabled  # the map's run_enable written off
@@ -286,6 +300,30 @@ def test_a_cancelled_write_test_ends_at_0_w_and_stays_cancelled() -> None:
                 await task
             assert sim.stage.target_w == 0.0
             assert "write test interrupted" in out.getvalue()
+            assert "ended: 0 W commanded" in out.getvalue()
+
+    asyncio.run(main())
+
+
+def test_a_write_test_cancelled_twice_still_ends_at_0_w() -> None:
+    """The second cancel comes while the final 0 W is on its way to a slow inverter: the 0 W
+    is waited for (shielded), and the cancellation goes on after it."""
+
+    async def main() -> None:
+        async with inverter("sunspec-700") as sim:
+            assert sim.port is not None
+            cfg = inverter_config(sim.port, revert_timeout_s=600, timeout_s=1.0)
+            out = io.StringIO()
+            task = asyncio.create_task(write_test(cfg, WriteTest(2500.0, 30.0), Report(out)))
+            assert await until(lambda: sim.stage.target_w == 2500.0, 10.0)
+            sim.reply_delay_s = 0.3
+            task.cancel()
+            await asyncio.sleep(0.05)
+            task.cancel()
+            async with asyncio.timeout(15):
+                with pytest.raises(asyncio.CancelledError):
+                    await task
+            assert sim.stage.target_w == 0.0, out.getvalue()
             assert "ended: 0 W commanded" in out.getvalue()
 
     asyncio.run(main())
@@ -328,6 +366,59 @@ def test_a_write_test_that_fails_midway_ends_at_0_w() -> None:
     asyncio.run(main())
 
 
+def test_the_final_0_w_is_tried_again_while_the_reconnect_is_refused() -> None:
+    """The inverter goes away mid-test: the request fails, the reconnect is refused (the
+    transport then waits out its backoff, failing at once), and the 0 W lands once it is back."""
+
+    async def main() -> None:
+        async with inverter("sunspec-700") as sim:
+            assert sim.port is not None
+            port = sim.port
+            cfg = inverter_config(port, revert_timeout_s=600)
+            out = io.StringIO()
+            task = asyncio.create_task(write_test(cfg, WriteTest(2500.0, 30.0), Report(out)))
+            assert await until(lambda: sim.stage.target_w == 2500.0, 10.0)
+            await sim.stop()  # connection closed, new ones refused
+            assert await until(lambda: "write test stopped" in out.getvalue(), 10.0)
+            await asyncio.sleep(0.5)  # the 0 W meets the refused reconnect and its backoff
+            assert sim.stage.target_w == 2500.0
+            await sim.start_tcp(port=port)
+            async with asyncio.timeout(15):
+                await task
+            text = out.getvalue()
+            assert sim.stage.target_w == 0.0, text
+            assert "ended: 0 W commanded, stage disabled" in text
+
+    asyncio.run(main())
+
+
+def test_a_final_0_w_that_never_lands_says_the_revert_timer_ends_power(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    monkeypatch.setattr(probe, "END_TIMEOUT_S", 1.0)
+
+    async def main() -> None:
+        async with inverter("sunspec-700") as sim:
+            assert sim.port is not None
+            cfg = inverter_config(sim.port, revert_timeout_s=600)
+            out = io.StringIO()
+            report = Report(out)
+            task = asyncio.create_task(write_test(cfg, WriteTest(2500.0, 30.0), report))
+            assert await until(lambda: sim.stage.target_w == 2500.0, 10.0)
+            await sim.stop()
+            async with asyncio.timeout(10):
+                await task
+            text = out.getvalue()
+            assert (
+                "PROBLEM: could not command 0 W: the inverter's revert timer (600 s) is what "
+                "ends power now" in text
+            )
+            assert "ended: 0 W commanded" not in text
+            assert report.exit_code == 1
+
+    asyncio.run(main())
+
+
 def test_cli_write_test_asks_and_a_no_writes_nothing(tmp_path: Path) -> None:
     async def main() -> None:
         async with inverter("sunspec-700") as sim:
@@ -352,37 +443,110 @@ def test_cli_write_test_asks_and_a_no_writes_nothing(tmp_path: Path) -> None:
     asyncio.run(main())
 
 
+async def start_write_test(config: Path) -> asyncio.subprocess.Process:
+    """The CLI's write test of -2000 W for 60 s, confirmed, as a subprocess."""
+    return await asyncio.create_subprocess_exec(
+        sys.executable,
+        "-m",
+        "controller",
+        "probe",
+        "inverter",
+        "-c",
+        str(config),
+        "--write-test",
+        "-2000",
+        "--for",
+        "60",
+        "--yes",
+        cwd=REPO,
+        env=NO_DAEMON_ENV,
+        stdout=asyncio.subprocess.PIPE,
+        stderr=asyncio.subprocess.PIPE,
+    )
+
+
+def write_config(tmp_path: Path, port: int | None) -> Path:
+    config = tmp_path / "config.yaml"
+    config.write_text(
+        config_text(
+            inverter=f"{{transport: tcp, tcp: {{host: 127.0.0.1, port: {port}}}, "
+            "revert_timeout_s: 600}"
+        ),
+        encoding="utf-8",
+    )
+    return config
+
+
+def test_cli_write_test_refuses_while_the_daemon_answers_its_status_socket() -> None:
+    async def main() -> None:
+        async with inverter("sunspec-700") as sim:
+            with tempfile.TemporaryDirectory(prefix="v2g-") as folder:
+                socket_path = Path(folder) / "status.sock"
+                config = Path(folder) / "config.yaml"
+                config.write_text(
+                    config_text(
+                        inverter=f"{{transport: tcp, tcp: {{host: 127.0.0.1, port: {sim.port}}}}}",
+                        status=f"{{socket_path: '{socket_path}'}}",
+                    ),
+                    encoding="utf-8",
+                )
+                args = ("probe", "inverter", "-c", str(config), "--write-test", "1000")
+                daemon = StatusServer(socket_path, lambda command: {"state": "idle"})
+                serving = asyncio.create_task(daemon.serve())
+                try:
+                    await asyncio.wait_for(daemon.listening.wait(), 5.0)
+                    status, out, err = await cli(*args, "--for", "1", "--yes")
+                finally:
+                    serving.cancel()
+                    with contextlib.suppress(asyncio.CancelledError):
+                        await serving
+                assert status == 1, out + err
+                assert (
+                    f"PROBLEM: the daemon is running (it answers on {socket_path}): stop it "
+                    "first: sudo systemctl stop v2g-controller" in out
+                )
+                assert "Start the write test?" not in out
+                assert daemon.answered == 1
+                assert sim.setpoint_writes == 0
+                # The daemon gone (no socket): the write test runs.
+                assert not socket_path.exists()
+                status, out, err = await cli(*args, "--for", "0.5", "--yes")
+                assert status == 0, out + err
+                assert "ended: 0 W commanded" in out
+                # A stale socket that nobody answers on does not stop it either.
+                with socket.socket(socket.AF_UNIX, socket.SOCK_STREAM) as stale:
+                    stale.bind(str(socket_path))
+                    status, out, err = await cli(*args, "--for", "0.5", "--yes")
+                assert status == 0, out + err
+                assert sim.setpoint_writes > 0
+
+    asyncio.run(main())
+
+
+def test_a_status_socket_this_user_may_not_open_stops_the_write_test(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """Root may open any socket, so the denial is put in os.access; the socket is real."""
+    with tempfile.TemporaryDirectory(prefix="v2g-") as folder:
+        path = Path(folder) / "status.sock"
+        config = parse_config(config_text(status=f"{{socket_path: '{path}'}}"))
+        assert probe_cli._daemon_check(config) is None  # no socket
+        with socket.socket(socket.AF_UNIX, socket.SOCK_STREAM) as stale:
+            stale.bind(str(path))
+            assert probe_cli._daemon_check(config) is None  # nobody answers
+            monkeypatch.setattr(os, "access", lambda *_: False)
+            refused = probe_cli._daemon_check(config)
+    assert refused is not None
+    assert refused.startswith("cannot tell whether the daemon is running: ")
+
+
 @pytest.mark.parametrize("stop", [signal.SIGINT, signal.SIGTERM])
 def test_cli_ctrl_c_or_kill_during_the_write_test_ends_at_0_w(
     tmp_path: Path, stop: signal.Signals
 ) -> None:
     async def main() -> None:
         async with inverter("sunspec-700") as sim:
-            config = tmp_path / "config.yaml"
-            config.write_text(
-                config_text(
-                    inverter=f"{{transport: tcp, tcp: {{host: 127.0.0.1, port: {sim.port}}}, "
-                    "revert_timeout_s: 600}"
-                ),
-                encoding="utf-8",
-            )
-            proc = await asyncio.create_subprocess_exec(
-                sys.executable,
-                "-m",
-                "controller",
-                "probe",
-                "inverter",
-                "-c",
-                str(config),
-                "--write-test",
-                "-2000",
-                "--for",
-                "60",
-                "--yes",
-                cwd=REPO,
-                stdout=asyncio.subprocess.PIPE,
-                stderr=asyncio.subprocess.PIPE,
-            )
+            proc = await start_write_test(write_config(tmp_path, sim.port))
             async with asyncio.timeout(20):
                 assert await until(lambda: sim.stage.target_w == -2000.0, 15.0)
                 proc.send_signal(stop)
@@ -393,6 +557,31 @@ def test_cli_ctrl_c_or_kill_during_the_write_test_ends_at_0_w(
             assert "write test interrupted" in text
             assert "ended: 0 W commanded" in text
             assert "interrupted" in text.splitlines()[-1]
+
+    asyncio.run(main())
+
+
+@pytest.mark.parametrize("stop", [signal.SIGINT, signal.SIGTERM])
+def test_cli_a_second_ctrl_c_or_kill_does_not_cut_the_final_0_w_short(
+    tmp_path: Path, stop: signal.Signals
+) -> None:
+    async def main() -> None:
+        async with inverter("sunspec-700") as sim:
+            proc = await start_write_test(write_config(tmp_path, sim.port))
+            async with asyncio.timeout(25):
+                assert await until(lambda: sim.stage.target_w == -2000.0, 15.0)
+                # A slow inverter: the final 0 W (reconnect, write, read back) takes a second or
+                # so, and the second signal comes while it is on its way.
+                sim.reply_delay_s = 0.3
+                proc.send_signal(stop)
+                await asyncio.sleep(0.05)
+                proc.send_signal(stop)
+                out, err = await proc.communicate()
+            text = out.decode()
+            assert proc.returncode == 1, text + err.decode()
+            assert sim.stage.target_w == 0.0, text + err.decode()
+            assert "ended: 0 W commanded" in text
+            assert "Traceback" not in err.decode()
 
     asyncio.run(main())
 
@@ -446,3 +635,14 @@ def test_help_reads_like_a_man_page() -> None:
         assert "examples:\n  v2g-controller probe inverter -c" in out
 
     asyncio.run(main())
+
+
+def test_the_names_the_probe_shares_with_the_inverter_package_are_public() -> None:
+    """The probe reads a vendor map in the driver's batches and names exception codes as the
+    transport does, through their public names."""
+    bd7 = load_register_map(BD7_MAP)
+    reads = batches(bd7, bd7.registers)
+    assert sorted(name for *_, names in reads for name in names) == sorted(bd7.registers)
+    assert EXCEPTION_NAMES[2] == "illegal data address"
+    assert probe.exception_name(2) == "illegal data address"
+    assert probe.exception_name(0x55) == "unknown"

@@ -19,7 +19,15 @@ from controller.probe.vehicle import VehicleProbe, probe_vehicle
 from controller.vehicle.canbus import to_message
 from controller.vehicle.dbc import DbcCodec
 from controller.vehicle.frames import CanFrame
-from controller.vehicle.j1939_tp import Rts, encode_cm, encode_dt, packets_for, split_payload
+from controller.vehicle.j1939_tp import (
+    Abort,
+    AbortReason,
+    Rts,
+    encode_cm,
+    encode_dt,
+    packets_for,
+    split_payload,
+)
 from controller.vehicle.protocols import chademo, gbt27930
 from hil.vehicle import ChademoVehicle, FaultInjection, GbtVehicle
 from hil.vehicle.runner import VehicleSimulator
@@ -254,3 +262,67 @@ def test_a_gbt_transport_message_is_put_back_together_and_decoded() -> None:
     assert "RatedCapacity=40" in brm.text
     assert "RatedVoltage=380" in brm.text
     assert probe.kinds[("TP_DT_BMS", gbt27930.TP_DT_FROM_BMS)].count == len(frames) - 1
+
+
+def _brm_transfer() -> tuple[CanFrame, list[CanFrame]]:
+    """BRM as the car sends it over J1939-21: the RTS and its 7 data packets."""
+    codec = DbcCodec.gbt27930()
+    payload = codec.encode("BRM", _zeros(codec, "BRM") | {"RatedCapacity": 40.0})
+    rts = Rts(total_size=len(payload), packets=packets_for(len(payload)), pgn=gbt27930.PGN_BRM)
+    packets = [
+        CanFrame(gbt27930.TP_DT_FROM_BMS, encode_dt(packet), is_extended_id=True)
+        for packet in split_payload(payload)
+    ]
+    return CanFrame(gbt27930.TP_CM_FROM_BMS, encode_cm(rts), is_extended_id=True), packets
+
+
+def _play(probe: VehicleProbe, timed: list[tuple[float, CanFrame]]) -> None:
+    for now_s, frame in timed:
+        probe.receive(to_message(frame), now_s)
+
+
+def test_a_gbt_transfer_with_a_packet_out_of_order_is_dropped_and_counted() -> None:
+    rts, packets = _brm_transfer()
+    probe = VehicleProbe("gbt27930", DbcCodec.gbt27930(), io.StringIO(), live=False)
+    swapped = [packets[1], packets[0], *packets[2:]]
+    _play(probe, [(i * 0.01, frame) for i, frame in enumerate([rts, *swapped])])
+    assert ("BRM", gbt27930.PGN_BRM) not in probe.kinds
+    assert probe.dropped_transfers == {"wrong sequence number": (1, "packet 2 where 1 was due")}
+    # The next transfer, in order, is put together as before.
+    _play(probe, [(1.0 + i * 0.01, frame) for i, frame in enumerate([rts, *packets])])
+    assert probe.kinds[("BRM", gbt27930.PGN_BRM)].count == 1
+    out = io.StringIO()
+    probe.summary(Report(out), 2.0, "virtual:x")
+    assert (
+        "multi-packet messages lost, wrong sequence number: x1 (last: packet 2 where 1 was due)"
+        in out.getvalue()
+    )
+
+
+def test_a_gbt_transfer_aborted_by_the_charger_is_dropped() -> None:
+    rts, packets = _brm_transfer()
+    probe = VehicleProbe("gbt27930", DbcCodec.gbt27930(), io.StringIO(), live=False)
+    abort = CanFrame(
+        gbt27930.TP_CM_FROM_CHARGER,
+        encode_cm(Abort(AbortReason.TIMEOUT, gbt27930.PGN_BRM)),
+        is_extended_id=True,
+    )
+    # The car goes on sending after the abort (it has not read it yet): nothing is assembled.
+    frames = [rts, *packets[:3], abort, *packets[3:]]
+    _play(probe, [(i * 0.01, frame) for i, frame in enumerate(frames)])
+    assert ("BRM", gbt27930.PGN_BRM) not in probe.kinds
+    assert probe.dropped_transfers == {"aborted": (1, "by the charger, 3 (timeout)")}
+
+
+def test_a_gbt_transfer_with_a_gap_over_t1_is_dropped() -> None:
+    """J1939-21 T1 (750 ms) between two data packets; a gap just under it is normal."""
+    rts, packets = _brm_transfer()
+    probe = VehicleProbe("gbt27930", DbcCodec.gbt27930(), io.StringIO(), live=False)
+    # Just under T1 between every packet, and 2 s (under T3 + T2) before the first one.
+    _play(probe, [(0.0, rts), *((2.0 + i * 0.74, frame) for i, frame in enumerate(packets))])
+    assert probe.kinds[("BRM", gbt27930.PGN_BRM)].count == 1
+    assert probe.dropped_transfers == {}
+    late = [(10.0, rts), (10.1, packets[0]), (10.2, packets[1]), (11.0, packets[2])]
+    _play(probe, [*late, *((11.1 + i * 0.01, frame) for i, frame in enumerate(packets[3:]))])
+    assert probe.kinds[("BRM", gbt27930.PGN_BRM)].count == 1  # not a second one
+    assert probe.dropped_transfers == {"timed out": (1, "nothing for 0.80 s after packet 2")}
