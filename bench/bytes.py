@@ -370,8 +370,8 @@ async def simulate(
                 real_s = time.monotonic() - real_start_s
             finally:
                 task.cancel()
-                with contextlib.suppress(asyncio.CancelledError):
-                    await task
+                # gather, not suppress: a cancel aimed at this caller must not be swallowed.
+                await asyncio.gather(task, return_exceptions=True)
         connection = proxy.connections[0]
         return RunResult(
             connection.up,

@@ -88,8 +88,8 @@ class RabbitAggregator:
             yield self
         finally:
             self._task.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await self._task
+            # gather, not suppress: a cancel aimed at this caller must not be swallowed.
+            await asyncio.gather(self._task, return_exceptions=True)
 
     async def _run(self, subscribed: asyncio.Event) -> None:
         async with aiomqtt.Client(
@@ -166,8 +166,8 @@ class StubControlLoop:
             yield
         finally:
             self._task.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await self._task
+            # gather, not suppress: a cancel aimed at this caller must not be swallowed.
+            await asyncio.gather(self._task, return_exceptions=True)
 
 
 def gapless(seqs: list[int]) -> bool:

@@ -568,7 +568,9 @@ class AggregatorConfig(Section):
         description="After a connection that was up is lost, the first reconnect waits a random "
         "time up to this: when a broker restarts, its whole fleet loses the connection at once, "
         "and this spreads the reconnects out (45 s keeps every one-second window under 5 % of "
-        "a fleet of 1000: docs/performance.md). 0: reconnect at once.",
+        "a fleet of 1000: docs/performance.md). It also applies when only this charger's link "
+        "dropped (a cellular blip): up to this long without the aggregator, on the fallback "
+        "policy. 0: reconnect at once.",
     )
     outbox_max_records: int = Field(
         default=100_000,

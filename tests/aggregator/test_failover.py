@@ -66,7 +66,7 @@ def test_node_stopped_the_link_fails_over_and_carries_on(
                 5.0,
             ), running.reason
             failover_s = time.monotonic() - lost_s
-            assert failover_s < 3.0, failover_s
+            assert failover_s < 5.0, failover_s  # spread 0.2 s, backoff from 0.1 s
             assert await until(lambda: b"online" in on_b.availability(), 3.0)
             assert await until(lambda: any(m.retain for m in on_b.on("status")), 3.0)
             await on_b.publish("setpoint", setpoint("sp-on-b", -1500.0))

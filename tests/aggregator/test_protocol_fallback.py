@@ -175,7 +175,7 @@ def test_mqtt5_dropped_without_connack_falls_back_to_311_at_once() -> None:
             started_s = time.monotonic()
             async with runner:
                 await runner.up()
-                assert time.monotonic() - started_s < 2.0  # well inside the 5 s timeout
+                assert time.monotonic() - started_s < 4.0  # inside the 5 s timeout: not waited out
                 assert stub.levels[:2] == [5, 4]
                 assert link.protocol == "3.1.1"
                 assert await until(lambda: link.topics.availability in stub.published)

@@ -28,12 +28,9 @@ def test_arrivals_are_counted_per_second_from_the_broker_listening() -> None:
     assert figures["all_back_s"] == 3.0
 
 
-def test_the_spread_goes_into_the_config_only_when_the_config_has_it() -> None:
-    config = fleet.fleet_config(1883, 30.0)
-    if fleet.spread_supported():
-        assert config.aggregator.model_dump()["reconnect_spread_s"] == 30.0
-    else:
-        assert "reconnect_spread_s" not in config.aggregator.model_dump()
+def test_the_spread_goes_into_the_config_and_the_default_stays_otherwise() -> None:
+    assert fleet.fleet_config(1883, 30.0).aggregator.reconnect_spread_s == 30.0
+    assert fleet.fleet_config(1883, None).aggregator.reconnect_spread_s == 45.0
 
 
 @pytest.mark.slow
