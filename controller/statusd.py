@@ -111,6 +111,7 @@ class StatusServer:
         self._inode: int | None = None
         self.listening = asyncio.Event()  # set once the socket accepts connections
         self.answered = 0  # exchanges completed (for tests and the log)
+        self.refused_busy = 0  # connections answered "busy" over max_clients
 
     async def serve(self) -> None:
         """Listen until cancelled; on a socket that cannot be opened, log why and return."""
@@ -137,7 +138,11 @@ class StatusServer:
 
     async def _open(self) -> asyncio.AbstractServer:
         directory = self.path.parent
-        if not directory.is_dir():
+        try:
+            is_directory = directory.is_dir()
+        except OSError as exc:  # 3.11's is_dir lets EACCES through (a parent without search)
+            raise StatusSocketError(f"cannot look at directory {directory}: {exc}") from None
+        if not is_directory:
             raise StatusSocketError(
                 f"directory {directory} does not exist (systemd makes "
                 f"{DEFAULT_RUNTIME_DIRECTORY} with RuntimeDirectory=v2g-controller)"
@@ -207,25 +212,32 @@ class StatusServer:
         # A plain callback that starts a task of ours: asyncio's own task for a coroutine
         # callback reports a cancelled exchange as an error (3.11 streams), and this server
         # must keep every task it starts so it can cancel them when it ends.
-        busy = len(self._clients) >= self._max_clients
-        task = asyncio.create_task(self._exchange(reader, writer, busy=busy), name="status-client")
+        if len(self._clients) >= self._max_clients:
+            self._refuse_busy(writer)
+            return
+        task = asyncio.create_task(self._exchange(reader, writer), name="status-client")
         self._clients.add(task)
         task.add_done_callback(self._clients.discard)
 
-    async def _exchange(
-        self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter, *, busy: bool
-    ) -> None:
+    def _refuse_busy(self, writer: asyncio.StreamWriter) -> None:
+        """Over the limit: the busy line and close, here and now, with no task and no read, so
+        a client connecting in a loop costs one short write each and nothing that waits. The
+        line fits a fresh socket's buffer, so write() sends it at once; the client reads it even
+        if its request is then left unread (its ECONNRESET comes after the queued data, unix(7)
+        stream semantics; ``ask`` reads to the newline)."""
+        self.refused_busy += 1
+        line = json.dumps({"error": f"busy: {self._max_clients} requests under way; try again"})
+        writer.write(line.encode() + b"\n")  # a client gone already: the transport drops it
+        writer.close()
+
+    @property
+    def exchanges_under_way(self) -> int:
+        """Connections being answered now (never more than ``max_clients``)."""
+        return len(self._clients)
+
+    async def _exchange(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
         try:
-            if busy:
-                # Read first: closing on a request left unread resets the connection, and
-                # the client would lose the answer (unix(7) stream sockets).
-                with contextlib.suppress(_BadRequest):
-                    await self._read_line(reader)
-                answer: Answer = {
-                    "error": f"busy: {self._max_clients} requests under way; try again"
-                }
-            else:
-                answer = await self._answer(reader, writer)
+            answer = await self._answer(reader, writer)
             await self._send(writer, answer)
             self.answered += 1
         except (ConnectionError, TimeoutError) as exc:
@@ -547,16 +559,7 @@ def ask(path: Path, command: str, timeout_s: float = CLIENT_TIMEOUT_S) -> dict[s
         with socket.socket(socket.AF_UNIX, socket.SOCK_STREAM) as client:
             client.settimeout(timeout_s)
             client.connect(str(path))
-            client.sendall(request)
-            client.shutdown(socket.SHUT_WR)
-            # The answer is one line: read to its newline, not to the end (after a request it
-            # did not read in full, the daemon's close resets the connection, unix(7)).
-            data = b""
-            while b"\n" not in data and len(data) <= MAX_ANSWER_BYTES:
-                chunk = client.recv(65536)
-                if not chunk:
-                    break
-                data += chunk
+            data = _ask_on(client, request)
     except FileNotFoundError:
         raise StatusClientError(
             f"no status socket at {path}: the daemon is not running (systemctl status "
@@ -595,6 +598,25 @@ def ask(path: Path, command: str, timeout_s: float = CLIENT_TIMEOUT_S) -> dict[s
 
 
 MAX_ANSWER_BYTES = 1_000_000  # a status is a few kB; more is not a daemon of ours
+
+
+def _ask_on(client: socket.socket, request: bytes) -> bytes:
+    """Send ``request`` on the connected ``client`` and read the answer line."""
+    try:
+        client.sendall(request)
+        client.shutdown(socket.SHUT_WR)
+    except (BrokenPipeError, ConnectionResetError):
+        # A busy daemon answers and closes without reading: its line may be waiting already.
+        pass
+    # The answer is one line: read to its newline, not to the end (after a request it did not
+    # read in full, the daemon's close resets the connection, unix(7)).
+    data = b""
+    while b"\n" not in data and len(data) <= MAX_ANSWER_BYTES:
+        chunk = client.recv(65536)
+        if not chunk:
+            break
+        data += chunk
+    return data
 
 
 def _watts(value: object) -> str:

@@ -372,7 +372,7 @@ def _write_control(root: Path, fields: dict[str, str]) -> None:
         and path.relative_to(root).parts[0] != "DEBIAN"
     ]
     (control / "md5sums").write_text("".join(sums))
-    for name in ("postinst", "prerm", "postrm"):
+    for name in ("preinst", "postinst", "prerm", "postrm"):
         _install(HERE / "debian" / name, control / name, 0o755)
     for name in ("control", "conffiles", "md5sums"):
         (control / name).chmod(0o644)

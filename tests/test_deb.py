@@ -5,8 +5,10 @@ purge that leaves nothing behind, and lintian without errors.
 Slow: the build installs every dependency into a fresh virtualenv (about a minute on a quiet
 machine, several on a busy one); under pytest-xdist the workers share one build. Installing
 needs root, dpkg-deb, python3-venv and lintian; under CI a missing one is a failure (conftest.py).
-The install test never runs over a real installation (it stops if the package or its directories
-are already there) and purges the package in a `finally`, whatever failed.
+The install tests never run over a real installation (they stop if the package or its
+directories are already there), take turns at dpkg (a file lock shared by pytest-xdist workers)
+and purge the package in a `finally`, whatever failed; the by-hand test also removes the
+directories it made.
 """
 
 from __future__ import annotations
@@ -21,6 +23,7 @@ import stat
 import subprocess
 import time
 from collections.abc import Iterator, Sequence
+from dataclasses import dataclass
 from pathlib import Path
 
 import pytest
@@ -35,6 +38,8 @@ PREFIX = Path("/opt/v2g-controller")
 CLI = PREFIX / "bin" / "v2g-controller"
 CONFIG = Path("/etc/v2g-controller/config.yaml")
 STATE_DIR = Path("/var/lib/v2g-controller")
+# What the package created (preinst and postinst write it, postrm purge reads it): root's.
+MARKER = Path("/var/lib/v2g-controller-package/created")
 UNIT = "v2g-controller.service"
 BUILD_TIMEOUT_S = 1200
 COMMAND_TIMEOUT_S = 300
@@ -136,11 +141,27 @@ def _without_systemd(command: Sequence[str | Path]) -> list[str | Path]:
     return ["unshare", "--mount", "--propagation", "private", "sh", "-c", script, "sh", *command]
 
 
-def _dpkg(*arguments: str | Path) -> subprocess.CompletedProcess[str]:
-    """dpkg, waiting (bounded) while another apt or dpkg on the machine holds its lock."""
+def _with_fake_systemd(command: Sequence[str | Path], fake_bin: Path) -> tuple[list[str], str]:
+    """The command as on a machine where systemd runs (a private /run holding
+    /run/systemd/system), and the PATH that puts the fake systemctl and deb-systemd-invoke
+    first."""
+    body = 'mount -t tmpfs tmpfs /run && mkdir -p /run/systemd/system && exec "$@"'
+    wrapped = ["unshare", "--mount", "--propagation", "private", "sh", "-c", body, "sh"]
+    path = f"{fake_bin}:{os.environ.get('PATH', '/usr/sbin:/usr/bin:/sbin:/bin')}"
+    return [*wrapped, *map(str, command)], path
+
+
+def _dpkg(*arguments: str | Path, fake_bin: Path | None = None) -> subprocess.CompletedProcess[str]:
+    """dpkg, waiting (bounded) while another apt or dpkg on the machine holds its lock; with
+    systemd hidden, or seemingly running with ``fake_bin``'s tools recording the calls."""
     deadline_s = time.monotonic() + DPKG_LOCK_WAIT_S
     while True:
-        result = _run(_without_systemd(["dpkg", *arguments]), DEBIAN_FRONTEND="noninteractive")
+        if fake_bin is None:
+            result = _run(_without_systemd(["dpkg", *arguments]), DEBIAN_FRONTEND="noninteractive")
+        else:
+            (fake_bin / "calls").unlink(missing_ok=True)
+            command, path = _with_fake_systemd(["dpkg", *arguments], fake_bin)
+            result = _run(command, DEBIAN_FRONTEND="noninteractive", PATH=path)
         locked = result.returncode != 0 and "lock" in result.stderr
         if not locked or time.monotonic() > deadline_s:
             return result
@@ -216,7 +237,7 @@ def test_package_lists_the_application_unit_user_config_and_data(deb: Path) -> N
     conffiles = _run(["dpkg-deb", "--info", deb, "conffiles"])
     assert conffiles.stdout.split() == [str(CONFIG)]
     info = _run(["dpkg-deb", "--info", deb]).stdout
-    for script in ("postinst", "prerm", "postrm"):
+    for script in ("preinst", "postinst", "prerm", "postrm"):
         assert re.search(rf"\s{script}\s+#!/bin/sh", info), info
 
 
@@ -237,16 +258,18 @@ def _maintainer_script(
     private /run holding /run/systemd/system) and the fake tools first on PATH."""
     calls = fake_bin / "calls"
     calls.unlink(missing_ok=True)
-    body = 'mount -t tmpfs tmpfs /run && mkdir -p /run/systemd/system && exec "$@"'
-    path = f"/var/lib/dpkg/info/{PACKAGE}.{script}"
-    result = _run(
-        ["unshare", "--mount", "--propagation", "private", "sh", "-c", body, "sh", path, argument],
-        PATH=f"{fake_bin}:{os.environ.get('PATH', '/usr/sbin:/usr/bin:/sbin:/bin')}",
-        DPKG_MAINTSCRIPT_PACKAGE=PACKAGE,
-        DPKG_MAINTSCRIPT_NAME=script,
+    command, path = _with_fake_systemd(
+        [f"/var/lib/dpkg/info/{PACKAGE}.{script}", argument], fake_bin
     )
-    recorded = calls.read_text().splitlines() if calls.exists() else []
-    return result, recorded
+    result = _run(
+        command, PATH=path, DPKG_MAINTSCRIPT_PACKAGE=PACKAGE, DPKG_MAINTSCRIPT_NAME=script
+    )
+    return result, _calls(fake_bin)
+
+
+def _calls(fake_bin: Path) -> list[str]:
+    calls = fake_bin / "calls"
+    return calls.read_text().splitlines() if calls.exists() else []
 
 
 def _check_installed(fake_bin: Path) -> None:
@@ -328,51 +351,182 @@ def _check_maintainer_scripts(fake_bin: Path) -> None:
 
 def _before_install() -> Iterator[Path]:
     """What of the package's own places is on this machine already (then the test refuses)."""
-    for path in (PREFIX, CONFIG.parent, STATE_DIR):
+    for path in (PREFIX, CONFIG.parent, STATE_DIR, MARKER.parent):
         if path.exists():
             yield path
 
 
-@pytest.mark.timeout(BUILD_TIMEOUT_S + 600)
-def test_installs_with_dpkg_runs_and_purges_without_a_trace(deb: Path, tmp_path: Path) -> None:
-    """dpkg -i on this machine (no running systemd: the unit is enabled, not started), the
-    commands from the installed path, then dpkg --purge: no file, directory, user or group of
-    the package's making is left."""
+@dataclass(frozen=True)
+class _Machine:
+    """What was on the machine before a test installed the package."""
+
+    existed: frozenset[Path]  # the package's paths that were there already
+    user: bool
+    gpio: bool
+    leftovers: tuple[str, ...]
+
+
+@pytest.fixture
+def fresh_machine(deb: Path, tmp_path_factory: pytest.TempPathFactory) -> Iterator[_Machine]:
+    """This machine without the package, for one install test at a time (pytest-xdist workers
+    and other runs of this file take turns); the snapshot to compare with after the purge."""
     _require_tools("dpkg", "unshare")
     if os.geteuid() != 0:
         pytest.skip("installing a package needs root")
-    if _installed_status() != "not-installed" or list(_before_install()):
-        pytest.skip(
-            f"{PACKAGE} or its directories are on this machine already "
-            f"({_installed_status()}, {list(_before_install())}); the test does not touch them"
+    lock_path = tmp_path_factory.getbasetemp().parent / f"{PACKAGE}-dpkg.lock"
+    with lock_path.open("w") as lock:
+        fcntl.flock(lock, fcntl.LOCK_EX)
+        if _installed_status() != "not-installed" or list(_before_install()):
+            pytest.skip(
+                f"{PACKAGE} or its directories are on this machine already "
+                f"({_installed_status()}, {list(_before_install())}); the test does not touch them"
+            )
+        yield _Machine(
+            existed=frozenset(
+                path for path in _contents(deb) if path.exists() or path.is_symlink()
+            ),
+            user=_user_exists("v2g"),
+            gpio=_group_exists("gpio"),
+            leftovers=tuple(_leftovers()),
         )
-    contents = _contents(deb)
-    existed_before = {path for path in contents if path.exists() or path.is_symlink()}
-    user_before = _user_exists("v2g")
-    gpio_before = _group_exists("gpio")
-    leftovers_before = _leftovers()
-    fake_bin = _fake_systemd_bin(tmp_path / "fake-bin")
 
+
+def _assert_purged_clean(deb: Path, before: _Machine) -> None:
+    """No file, directory, user or group of the package's making is left, /etc/systemd
+    included (the unit's enablement and mask)."""
+    assert _installed_status() == "not-installed"
+    still_there = {path for path in _contents(deb) if path.exists() or path.is_symlink()}
+    assert sorted(still_there - before.existed) == []
+    for path in (PREFIX, CONFIG.parent, STATE_DIR, MARKER.parent):
+        assert not path.exists(), path
+        assert not path.is_symlink(), path
+    assert [path for path in Path("/etc/systemd").rglob("*") if PACKAGE in path.name] == []
+    assert _user_exists("v2g") == before.user
+    assert _group_exists("v2g") == before.user
+    assert _group_exists("gpio") == before.gpio
+    assert _leftovers() == list(before.leftovers)
+
+
+def _marker_lines() -> list[str]:
+    """The created-marker's lines, after checking that only root may write it."""
+    for path in (MARKER.parent, MARKER):
+        info = path.lstat()
+        assert (info.st_uid, info.st_gid) == (0, 0), path
+        assert stat.S_IMODE(info.st_mode) == (0o755 if path == MARKER.parent else 0o644), path
+    return MARKER.read_text().splitlines()
+
+
+@pytest.mark.timeout(BUILD_TIMEOUT_S + 600)
+def test_installs_with_dpkg_runs_upgrades_and_purges_without_a_trace(
+    deb: Path, fresh_machine: _Machine, tmp_path: Path
+) -> None:
+    """dpkg -i on this machine (no running systemd: the unit is enabled, not started), the
+    commands from the installed path; dpkg -i of the same package again, now with systemd
+    seemingly running (prerm upgrade stops the service, postinst configure OLD-VERSION does not
+    start it on the example config, and notes nothing twice); then dpkg --purge: no file,
+    directory, user or group of the package's making is left."""
+    fake_bin = _fake_systemd_bin(tmp_path / "fake-bin")
+    version = _run(["dpkg-deb", "--field", deb, "Version"]).stdout.strip()
     try:
         installed = _dpkg("--install", deb)
         assert installed.returncode == 0, installed.stdout + installed.stderr
         assert "systemd is not running" in installed.stderr
         listed = {Path(line) for line in _run(["dpkg", "-L", PACKAGE]).stdout.splitlines()}
         assert set(EXPECTED_FILES) <= listed
+        expected_marker = [f"dir {STATE_DIR}", f"dir {CONFIG.parent}"]
+        expected_marker += [] if fresh_machine.user else ["user v2g"]
+        expected_marker += [] if fresh_machine.gpio else ["group gpio"]
+        assert _marker_lines() == expected_marker
         _check_installed(fake_bin)
+
+        assert (
+            CONFIG.read_bytes()
+            == Path("/usr/share/v2g-controller/config.example.yaml").read_bytes()
+        )
+        upgraded = _dpkg("--debug=2", "--install", deb, fake_bin=fake_bin)
+        assert upgraded.returncode == 0, upgraded.stdout + upgraded.stderr
+        # dpkg --debug=2 logs each maintainer script it runs: "fork/exec PATH ( ARGS )".
+        scripts = re.findall(r"fork/exec /var/lib/dpkg/info/(\S+) \( (.*) \)", upgraded.stderr)
+        assert (f"{PACKAGE}.prerm", f"upgrade {version}") in scripts, upgraded.stderr
+        assert (f"{PACKAGE}.postinst", f"configure {version}") in scripts, upgraded.stderr
+        calls = _calls(fake_bin)
+        assert f"deb-systemd-invoke stop {UNIT}" in calls
+        assert not [call for call in calls if re.match(r"deb-systemd-invoke (re)?start", call)], (
+            calls
+        )
+        assert "still the example the package ships" in upgraded.stderr
+        assert _marker_lines() == expected_marker
     finally:
         purged = _dpkg("--purge", PACKAGE)
     assert purged.returncode == 0, purged.stdout + purged.stderr
+    assert "was there before" not in purged.stderr
+    assert (
+        sorted(path for path in listed if path.exists() and path not in fresh_machine.existed) == []
+    )
+    _assert_purged_clean(deb, fresh_machine)
 
-    assert _installed_status() == "not-installed"
-    still_there = {path for path in listed | contents if path.exists() or path.is_symlink()}
-    assert sorted(still_there - existed_before) == []
-    for path in (PREFIX, CONFIG.parent, STATE_DIR):
-        assert not path.exists(), path
-    assert _user_exists("v2g") == user_before
-    assert _group_exists("v2g") == user_before
-    assert _group_exists("gpio") == gpio_before
-    assert _leftovers() == leftovers_before
+
+@pytest.mark.timeout(BUILD_TIMEOUT_S + 600)
+def test_remove_keeps_the_config_and_state_and_a_later_purge_leaves_nothing(
+    deb: Path, fresh_machine: _Machine
+) -> None:
+    """dpkg -r: the program goes, the config, the state and the marker stay (config-files);
+    dpkg --purge afterwards: nothing left, /etc/systemd clean."""
+    try:
+        installed = _dpkg("--install", deb)
+        assert installed.returncode == 0, installed.stdout + installed.stderr
+        removed = _dpkg("--remove", PACKAGE)
+        assert removed.returncode == 0, removed.stdout + removed.stderr
+        assert _installed_status() == "deinstall ok config-files"
+        assert not PREFIX.exists()
+        assert not Path("/usr/bin/v2g-controller").is_symlink()
+        assert CONFIG.is_file()
+        assert STATE_DIR.is_dir()
+        assert f"dir {STATE_DIR}" in _marker_lines()
+    finally:
+        purged = _dpkg("--purge", PACKAGE)
+    assert purged.returncode == 0, purged.stdout + purged.stderr
+    _assert_purged_clean(deb, fresh_machine)
+
+
+@pytest.mark.timeout(BUILD_TIMEOUT_S + 600)
+def test_purge_leaves_the_directories_of_an_installation_by_hand(
+    deb: Path, fresh_machine: _Machine
+) -> None:
+    """A charger installed by hand first has /var/lib/v2g-controller (its ledger) and
+    /etc/v2g-controller (its TLS key) already: the package notes it did not create them, and
+    purge leaves both with what is in them (only the packaged config.yaml goes), saying so."""
+    ledger = STATE_DIR / "ledger.sqlite"
+    key = CONFIG.parent / "tls" / "charger.key"
+    made: list[Path] = []
+    try:
+        STATE_DIR.mkdir(mode=0o750)
+        made.append(STATE_DIR)
+        ledger.write_bytes(b"the by-hand ledger")
+        made.append(CONFIG.parent)
+        key.parent.mkdir(parents=True, mode=0o750)
+        key.write_text("the by-hand key")
+        try:
+            installed = _dpkg("--install", deb)
+            assert installed.returncode == 0, installed.stdout + installed.stderr
+            assert not [line for line in _marker_lines() if line.startswith("dir ")]
+        finally:
+            purged = _dpkg("--purge", PACKAGE)
+        assert purged.returncode == 0, purged.stdout + purged.stderr
+        assert ledger.read_bytes() == b"the by-hand ledger"
+        assert key.read_text() == "the by-hand key"
+        assert not CONFIG.exists()  # the conffile: dpkg's to remove
+        for directory in (STATE_DIR, CONFIG.parent):
+            assert f"{directory} was there before the package was installed" in purged.stderr
+        assert not PREFIX.exists()
+        assert not MARKER.parent.exists()
+        assert _installed_status() == "not-installed"
+        assert _user_exists("v2g") == fresh_machine.user
+        assert _group_exists("gpio") == fresh_machine.gpio
+    finally:
+        for path in made:
+            shutil.rmtree(path, ignore_errors=True)
+    assert _leftovers() == list(fresh_machine.leftovers)
 
 
 @pytest.mark.timeout(BUILD_TIMEOUT_S + 300)

@@ -6,9 +6,10 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import json
+import os
 import socket
 import stat
-from collections.abc import AsyncIterator, Callable, Coroutine
+from collections.abc import AsyncIterator, Callable, Coroutine, MutableMapping
 from contextlib import asynccontextmanager
 from pathlib import Path
 from typing import Any
@@ -22,7 +23,9 @@ from controller.statusd import (
     MAX_REQUEST_BYTES,
     Answer,
     StatusServer,
+    _ask_on,
     _BadRequest,
+    ask,
     parse_request,
 )
 
@@ -242,7 +245,8 @@ def test_a_failing_handler_is_an_error_answer_not_a_traceback(tmp_path: Path) ->
 
 @pytest.mark.timeout(10)
 def test_more_clients_than_allowed_are_told_busy(tmp_path: Path) -> None:
-    """With max_clients exchanges under way, the next client is answered "busy" at once."""
+    """With max_clients exchanges under way, the next client (``ask``, as the command line
+    uses it) is answered "busy" at once."""
     path = tmp_path / "status.sock"
     server = StatusServer(path, Handler(), max_clients=1, read_timeout_s=3)
 
@@ -250,11 +254,139 @@ def test_more_clients_than_allowed_are_told_busy(tmp_path: Path) -> None:
         async with serving(server):
             _, holder = await asyncio.open_unix_connection(str(path))  # sends nothing
             await asyncio.sleep(0.05)
-            answer = await exchange(path, b'{"command": "status"}\n')
+            loop = asyncio.get_running_loop()
+            started_s = loop.time()
+            answer = await asyncio.to_thread(ask, path, "status")
+            assert loop.time() - started_s < 1.0  # not after the holder's read timeout
             holder.close()
             assert answer == {"error": "busy: 1 requests under way; try again"}
 
     run(scenario)
+
+
+@pytest.mark.timeout(10)
+def test_a_connect_loop_over_the_limit_gets_busy_without_reads_or_tasks(tmp_path: Path) -> None:
+    """Connections over max_clients that send nothing and stay open are each answered "busy"
+    and closed by the server at once: no read, no task per connection (the tasks on the loop
+    do not grow), and the server serves normally once the holder has gone."""
+    path = tmp_path / "status.sock"
+    server = StatusServer(path, Handler(), max_clients=1, read_timeout_s=3)
+    connections = 200
+
+    async def scenario() -> None:
+        async with serving(server):
+            held, holder = await asyncio.open_unix_connection(str(path))  # sends nothing yet
+            await asyncio.sleep(0.05)
+            assert server.exchanges_under_way == 1
+            tasks_before = len(asyncio.all_tasks())
+            opened: list[asyncio.StreamWriter] = []
+            try:
+                for _ in range(connections):
+                    reader, writer = await asyncio.open_unix_connection(str(path))
+                    opened.append(writer)
+                    async with asyncio.timeout(1):
+                        line = await reader.readline()  # sent nothing: the server did not wait
+                        assert await reader.read() == b""  # and it closed
+                    assert json.loads(line) == {"error": "busy: 1 requests under way; try again"}
+                assert len(asyncio.all_tasks()) <= tasks_before
+                assert server.exchanges_under_way == 1
+                assert server.refused_busy == connections
+            finally:
+                for writer in opened:
+                    writer.close()
+            holder.write(b'{"command": "status"}\n')  # the holder is served after all
+            async with asyncio.timeout(2):
+                assert json.loads(await held.readline())["ok"] is True
+                assert await held.read() == b""
+            holder.close()
+            await asyncio.sleep(0.05)
+            assert server.exchanges_under_way == 0
+            assert (await exchange(path, b'{"command": "status"}\n'))["ok"] is True
+
+    run(scenario)
+
+
+def test_ask_reads_the_answer_of_a_daemon_that_closed_before_the_request() -> None:
+    """A busy daemon writes its line and closes without reading; a client whose request then
+    meets a closed socket (EPIPE) still reads the line waiting for it."""
+    client, daemon = socket.socketpair(socket.AF_UNIX, socket.SOCK_STREAM)
+    with client:
+        client.settimeout(2)
+        daemon.sendall(b'{"error": "busy: 8 requests under way; try again"}\n')
+        daemon.close()
+        with client.dup() as probe, pytest.raises(BrokenPipeError):  # what a request meets
+            probe.send(b"x")
+        data = _ask_on(client, b'{"command": "status"}\n')
+    assert json.loads(data) == {"error": "busy: 8 requests under way; try again"}
+
+
+def _serve_once_logging(server: StatusServer) -> list[MutableMapping[str, Any]]:
+    """Run ``server.serve()`` (which must return by itself) and give its log."""
+    with structlog.testing.capture_logs() as logs:
+        asyncio.run(asyncio.wait_for(server.serve(), 5))
+    return logs
+
+
+@pytest.mark.timeout(10)
+def test_a_directory_without_search_permission_is_logged_and_serve_returns(
+    tmp_path: Path,
+) -> None:
+    """A socket under a directory the service may not search (is_dir() raises
+    PermissionError on 3.11) is a logged error and serve() returns: the daemon runs on. Root
+    searches anything, so under root the server runs in a forked child as nobody."""
+    locked = tmp_path / "locked"
+    locked.mkdir(mode=0o700)
+    server = StatusServer(locked / "run" / "status.sock", Handler())
+    if os.geteuid() != 0:
+        locked.chmod(0)
+        try:
+            logs = _serve_once_logging(server)
+        finally:
+            locked.chmod(0o700)
+    else:
+        logs = _in_child_as_nobody(lambda: _serve_once_logging(server))
+    errors = [entry for entry in logs if entry["log_level"] == "error"]
+    assert [entry["event"] for entry in errors] == [
+        "status socket not opened; `v2g-controller status` cannot reach this daemon, which runs on"
+    ]
+    assert errors[0]["error"] == (
+        f"cannot look at directory {locked / 'run'}: "
+        f"[Errno 13] Permission denied: '{locked / 'run'}'"
+    )
+
+
+def _in_child_as_nobody(
+    work: Callable[[], list[MutableMapping[str, Any]]],
+) -> list[MutableMapping[str, Any]]:
+    """``work()`` in a forked child running as nobody; its result (JSON) or its failure."""
+    read_end, write_end = os.pipe()
+    pid = os.fork()
+    if pid == 0:  # the child: never returns into pytest
+        code = 1
+        try:
+            os.close(read_end)
+            os.setgroups([])
+            os.setresgid(_NOBODY, _NOBODY, _NOBODY)
+            os.setresuid(_NOBODY, _NOBODY, _NOBODY)
+            result = json.dumps(work(), default=str)
+            code = 0
+        except BaseException as exc:  # noqa: BLE001  reported to the parent, which fails
+            result = json.dumps({"child failed": f"{type(exc).__name__}: {exc}"})
+        finally:
+            with os.fdopen(write_end, "w") as out:
+                out.write(result)
+            os._exit(code)
+    os.close(write_end)
+    with os.fdopen(read_end) as source:
+        output = source.read()
+    _, status = os.waitpid(pid, 0)
+    assert os.waitstatus_to_exitcode(status) == 0, output
+    logs = json.loads(output)
+    assert isinstance(logs, list)
+    return logs
+
+
+_NOBODY = 65534
 
 
 @pytest.mark.timeout(10)
