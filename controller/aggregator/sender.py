@@ -328,11 +328,11 @@ class Sender:
         return self._outbox.peek(skip=lambda item: self._held(item.topic))
 
     def hold_ends_in_s(self) -> float | None:
-        """When the next hold ends (None: nothing is held)."""
-        if not self._holds:
-            return None
+        """When the next hold still running ends (None: none is; a hold that ended stays
+        recorded until a delivery, but has nothing left to wait for)."""
         now_s = self._hold_clock()
-        return max(0.0, min(hold.until_s for hold in self._holds.values()) - now_s)
+        running = [hold.until_s - now_s for hold in self._holds.values() if hold.until_s > now_s]
+        return min(running) if running else None
 
     def held_for_s(self, topic: str) -> float:
         """How much longer nothing goes to ``topic`` (0: not held)."""
@@ -451,7 +451,9 @@ class Sender:
         self._kick.clear()
         # With a durable outbox it also polls: rows of a caller's open transaction become
         # sendable on its commit.
-        waits_s = [w for w in (max_wait_s, HOUSEKEEPING_S if self._durable else None) if w]
+        waits_s = [
+            w for w in (max_wait_s, HOUSEKEEPING_S if self._durable else None) if w is not None
+        ]
         with contextlib.suppress(TimeoutError):
             async with asyncio.timeout(min(waits_s) if waits_s else None):
                 await self._kick.wait()

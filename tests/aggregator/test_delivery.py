@@ -257,9 +257,13 @@ def test_the_hold_backs_off_per_topic_and_ends_on_a_delivery() -> None:
     assert holds_s == [1.0, 2.0, 4.0, 8.0]
     assert sender.held_for_s(f"{PREFIX}/telemetry") == 0
     assert sender.hold_ends_in_s() == 8.0
+    telemetry = Outgoing(Kind.TELEMETRY, f"{PREFIX}/telemetry", b"{}")
+    sender.undelivered(telemetry, 16)  # held 1 s
+    clock[0] += 2.0  # the telemetry hold ended; the event's has 6 s left
+    assert sender.hold_ends_in_s() == 6.0
     sender.sent(event)
     assert sender.held_for_s(f"{PREFIX}/event") == 0
-    assert sender.hold_ends_in_s() is None
+    assert sender.hold_ends_in_s() is None  # the telemetry's ended: nothing left to wait for
     ack = Outgoing(Kind.ACK, f"{PREFIX}/ack", b"{}")
     sender.outbox.put(ack)
     sender.undelivered(ack, 16)
