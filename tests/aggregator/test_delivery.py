@@ -12,11 +12,14 @@ import asyncio
 import contextlib
 import functools
 import json
+import time
+from collections.abc import Callable
 from pathlib import Path
 
 import pytest
 
 from controller.aggregator.durable_outbox import DurableOutbox
+from controller.aggregator.link import MqttAggregatorLink
 from controller.aggregator.messages import EventBody
 from controller.aggregator.outbox import Kind, Outgoing
 from controller.aggregator.sender import Sender
@@ -38,10 +41,41 @@ from tests.aggregator.support import (
 )
 
 
-def put_events(durable: DurableOutbox, count: int, tag: str) -> None:
-    for n in range(count):
-        body = EventBody(at=now_utc(), kind="fault_raised", message=f"{tag} {n}")
-        durable.put("event", json.loads(body.to_json()))
+async def put_events(link: MqttAggregatorLink, count: int, tag: str) -> None:
+    """Store ``count`` events in the link's durable outbox, on the link's storage thread (the
+    only thread that may use its SQLite connection while the link runs)."""
+    durable, storage = link.durable, link.storage
+    assert durable is not None
+    assert storage is not None
+
+    def put() -> None:
+        for n in range(count):
+            body = EventBody(at=now_utc(), kind="fault_raised", message=f"{tag} {n}")
+            durable.put("event", json.loads(body.to_json()))
+
+    await storage.call("test events", put)
+
+
+async def stored(link: MqttAggregatorLink, kind: str | None = None) -> int:
+    """How many records the link's durable outbox holds (of ``kind``), read on its thread."""
+    durable, storage = link.durable, link.storage
+    assert durable is not None
+    assert storage is not None
+    return await storage.call(
+        "test count", lambda: len(durable) if kind is None else durable.count(kind)
+    )
+
+
+async def until_stored(
+    link: MqttAggregatorLink, want: Callable[[int], bool], timeout_s: float
+) -> bool:
+    """Poll ``stored(link)`` until ``want`` holds for it (False after ``timeout_s``)."""
+    deadline_s = time.monotonic() + timeout_s
+    while not want(await stored(link)):
+        if time.monotonic() > deadline_s:
+            return False
+        await asyncio.sleep(0.02)
+    return True
 
 
 def event_messages(aggregator: Aggregator, tag: str) -> list[str]:
@@ -67,18 +101,18 @@ def test_records_delivered_to_no_subscriber_stay_until_one_listens(tmp_path: Pat
             assert await until(lambda: running.status is LinkStatus.UP, 5.0), running.reason
             broker.stop()
             assert await until(lambda: running.status is LinkStatus.DOWN, 5.0)
-            put_events(durable, 8, "during the outage")
+            await put_events(link, 8, "during the outage")
             broker.start()
             # The charger is back first; nobody subscribes to its topics yet.
             assert await until(lambda: running.status is LinkStatus.UP, 5.0), running.reason
             # Published and answered "no matching subscribers": the event topic is held.
             assert await until(lambda: link.held_for_s(f"{PREFIX}/event") > 0, 10.0)
-            assert len(durable) >= 8, "records delivered to nobody were deleted"
+            assert await stored(link) >= 8, "records delivered to nobody were deleted"
             async with Aggregator(broker.port) as aggregator:
                 assert await until(
                     lambda: len(event_messages(aggregator, "during the outage")) >= 8, 10.0
                 ), aggregator.received
-                assert await until(lambda: len(durable) == 0, 5.0)
+                assert await until_stored(link, lambda n: n == 0, 5.0)
                 got = event_messages(aggregator, "during the outage")
                 assert sorted(got) == sorted(f"during the outage {n}" for n in range(8))
 
@@ -122,9 +156,9 @@ def test_delivered_records_are_deleted_at_once(broker: Mosquitto, tmp_path: Path
             link = make_link(make_config(broker.port), durable=durable)
             async with LinkRunner(link) as running:
                 assert await until(lambda: running.status is LinkStatus.UP, 5.0)
-                put_events(durable, 20, "live")
+                await put_events(link, 20, "live")
                 assert await until(lambda: len(event_messages(aggregator, "live")) == 20, 10.0)
-                assert await until(lambda: len(durable) == 0, 5.0)
+                assert await until_stored(link, lambda n: n == 0, 5.0)
                 assert link.held_for_s(f"{PREFIX}/event") == 0  # never held back
 
     asyncio.run(scenario())
@@ -222,14 +256,14 @@ def test_records_the_broker_refuses_are_kept_until_it_takes_them(tmp_path: Path)
             link = make_link(make_config(broker.port), durable=durable)
             async with LinkRunner(link) as running:
                 assert await until(lambda: running.status is LinkStatus.UP, 5.0), running.reason
-                put_events(durable, 5, "denied")
+                await put_events(link, 5, "denied")
                 assert await until(lambda: link.held_for_s(f"{PREFIX}/event") > 0, 10.0)
-                assert len(durable) == 5, "records the broker refused were deleted"
+                assert await stored(link) == 5, "records the broker refused were deleted"
                 assert not event_messages(aggregator, "denied")
                 acl.write_text("topic readwrite #\n")
                 broker.reload()
                 assert await until(lambda: len(event_messages(aggregator, "denied")) == 5, 10.0)
-                assert await until(lambda: len(durable) == 0, 5.0)
+                assert await until_stored(link, lambda n: n == 0, 5.0)
 
     try:
         broker.start()
@@ -289,7 +323,7 @@ def test_a_topic_nobody_subscribes_to_does_not_hold_up_the_others(
                 await aggregator._client.unsubscribe(f"{PREFIX}/#")
                 await aggregator._client.subscribe(f"{PREFIX}/telemetry", qos=1)
                 await aggregator._client.subscribe(f"{PREFIX}/ack", qos=1)
-                put_events(durable, 3, "unheard")
+                await put_events(link, 3, "unheard")
                 assert await until(lambda: link.held_for_s(f"{PREFIX}/event") > 0, 10.0)
                 before = len(aggregator.on("telemetry"))
                 link.report(report(soc_pct=80.0))
@@ -298,6 +332,6 @@ def test_a_topic_nobody_subscribes_to_does_not_hold_up_the_others(
                 assert await until(lambda: link.setpoint() is not None, 5.0)
                 link.report(report("sp-heard", 1000.0, source="aggregator"))
                 assert (await aggregator.ack("sp-heard"))["accepted"] is True
-                assert durable.count("event") >= 3  # the unheard ones, and the source change
+                assert await stored(link, "event") >= 3  # the unheard ones, the source change
 
     asyncio.run(scenario())

@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import asyncio
 import io
+import re
 import subprocess
 import sys
 import uuid
@@ -72,7 +73,8 @@ def test_a_chademo_car_is_decoded_and_the_probe_sends_nothing() -> None:
         text = out.getvalue()
         assert report.exit_code == 0, text
         assert "VEH_102_Status (car, 0x102) x" in text
-        assert "every 100 ms" in text
+        # The car sends every 100 ms; on a loaded machine the measured period drifts a little.
+        assert re.search(r"every (9\d|1[01]\d) ms", text), text
         assert "VEH_100_BatteryLimits (car, 0x100)" in text
         assert "summary:" in text
 
