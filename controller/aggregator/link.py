@@ -80,8 +80,6 @@ from paho.mqtt.subscribeoptions import SubscribeOptions
 
 from controller.aggregator.backoff import backoff_delay_s
 from controller.aggregator.client import (
-    PUBACK_NO_MATCHING_SUBSCRIBERS,
-    PUBACK_SUCCESS,
     ClientLog,
     LinkClient,
     NoConnackError,
@@ -120,15 +118,6 @@ _SUBACK_FAILURE = 0x80
 
 def _utc_now() -> dt.datetime:
     return dt.datetime.now(dt.UTC)
-
-
-def _delivered(code: int, *, retained: bool) -> bool:
-    """Whether a PUBACK's reason code means the message reached the aggregator: success, or
-    "no matching subscribers" for a retained message (the broker keeps it for the next
-    subscriber). MQTT 5.0 §3.4.2.1."""
-    if code == PUBACK_SUCCESS:
-        return True
-    return retained and code == PUBACK_NO_MATCHING_SUBSCRIBERS
 
 
 def _addresses(broker: MqttBrokerConfig) -> tuple[tuple[str, int], ...]:
@@ -608,17 +597,14 @@ class MqttAggregatorLink:
     async def _send(self, client: LinkClient) -> None:
         """Acks and status (in memory) first, then the stored records in order of creation.
         A topic whose last message reached no subscriber (or was refused) is held for a while;
-        the others go on (``Sender.undelivered``, ``Sender.stored_outcome``)."""
+        the others go on (``Sender.published``, ``Sender.stored_outcome``)."""
         sender = self._sender
         while True:
             item = sender.next_message()
             if item is not None:
                 await sender.ready(item)
                 code = await self._publish(client, item.topic, item.payload, retain=item.retain)
-                if _delivered(code, retained=item.retain):
-                    sender.sent(item)
-                else:
-                    sender.undelivered(item, code)
+                sender.published(item, code)
                 continue
             # One publish of ours may be in flight beside the window (publish_offline).
             records = await sender.stored_window(min(PUBLISH_WINDOW, client.receive_maximum - 1))

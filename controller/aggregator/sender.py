@@ -8,17 +8,19 @@ acknowledged::
 
     item = sender.next_message()           # acks, then events, status, telemetry (memory)
     await sender.ready(item)               # an ack waits for its audit line's storage job
-    ... publish item ...
-    sender.sent(item)
+    code = ... publish item ...            # the PUBACK's reason code
+    sender.published(item, code)           # delivered, or kept and its topic held
     records = await sender.stored_window() # then up to PUBLISH_WINDOW stored records
-    ... publish them all ...
-    await sender.stored_sent(records)      # and delete them from the durable outbox
-    await sender.idle()                    # nothing left: until something is queued
+    codes = ... publish them all ...
+    await sender.stored_outcome(records, codes)  # delete the delivered, hold the others
+    await sender.idle(max_wait_s=sender.hold_ends_in_s())  # until something is queued
 
 Delivered means delivered: a message whose PUBACK says "no matching subscribers" (reason 16,
-MQTT 5.0 §3.4.2.1) or an error stays where it was, and ``hold`` keeps everything but retained
-messages back for 1 s, doubling to 60 s while it goes on (``held_for_s``); the first delivery
-ends it. A retained message with reason 16 counts as delivered: the broker keeps it.
+MQTT 5.0 §3.4.2.1) or an error stays where it was, and its topic is held: nothing more goes
+there for 1 s, doubling to ``HOLD_MAX_S`` while it goes on, then one message tries again;
+other topics go on. The first delivery, or a new connection, ends the hold. A retained
+message with reason 16 counts as delivered (the broker keeps it); an ack that reached nobody
+is dropped (it means something only live).
 
 Without a durable outbox everything goes through the bounded in-memory ``Outbox``
 (``OUTBOX_CAPACITY``, overflow policy in ``outbox.py``); a drop is reported in a
@@ -341,6 +343,16 @@ class Sender:
 
     def _held(self, topic: str) -> bool:
         return self.held_for_s(topic) > 0
+
+    def published(self, item: Outgoing, code: int) -> None:
+        """The broker answered ``item``'s publish with PUBACK reason ``code`` (MQTT 5.0
+        §3.4.2.1): success, or "no matching subscribers" for a retained message (the broker
+        keeps it for the next subscriber), is delivered; anything else is not."""
+        retained_kept = item.retain and code == PUBACK_NO_MATCHING_SUBSCRIBERS
+        if code == PUBACK_SUCCESS or retained_kept:
+            self.sent(item)
+        else:
+            self.undelivered(item, code)
 
     def undelivered(self, item: Outgoing, code: int) -> None:
         """The broker answered ``item`` with ``code``, not success. An ack is dropped: it is
