@@ -12,6 +12,8 @@ from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import ec
 from cryptography.x509.oid import NameOID
 
+from hil.mosquitto import ca_certificate
+
 
 def server_certificate(
     directory: Path,
@@ -57,33 +59,11 @@ def server_certificate(
 
 def own_ca(directory: Path) -> tuple[Path, ec.EllipticCurvePrivateKey]:
     """A CA and its key (the shared PKI does not keep its CA's key)."""
-    key = ec.generate_private_key(ec.SECP256R1())
     now = dt.datetime.now(dt.UTC)
-    name = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, "probe test CA")])
-    certificate = (
-        x509.CertificateBuilder()
-        .subject_name(name)
-        .issuer_name(name)
-        .public_key(key.public_key())
-        .serial_number(x509.random_serial_number())
-        .not_valid_before(now - dt.timedelta(days=30))
-        .not_valid_after(now + dt.timedelta(days=30))
-        .add_extension(x509.BasicConstraints(ca=True, path_length=0), critical=True)
-        .add_extension(
-            x509.KeyUsage(
-                digital_signature=True,
-                content_commitment=False,
-                key_encipherment=False,
-                data_encipherment=False,
-                key_agreement=False,
-                key_cert_sign=True,
-                crl_sign=True,
-                encipher_only=False,
-                decipher_only=False,
-            ),
-            critical=True,
-        )
-        .sign(key, hashes.SHA256())
+    certificate, key = ca_certificate(
+        "probe test CA",
+        not_before=now - dt.timedelta(days=30),
+        not_after=now + dt.timedelta(days=30),
     )
     path = directory / "probe-ca.pem"
     path.write_bytes(certificate.public_bytes(serialization.Encoding.PEM))
