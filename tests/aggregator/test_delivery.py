@@ -16,8 +16,6 @@ import time
 from collections.abc import Callable
 from pathlib import Path
 
-import pytest
-
 from controller.aggregator.durable_outbox import DurableOutbox
 from controller.aggregator.link import MqttAggregatorLink
 from controller.aggregator.messages import EventBody
@@ -27,7 +25,7 @@ from controller.aggregator.topics import Topics
 from controller.core.snapshots import PowerState
 from controller.links import LinkStatus
 from controller.storage.db import open_database
-from hil.mosquitto import Mosquitto, find_mosquitto
+from hil.mosquitto import Mosquitto
 from tests.aggregator.support import (
     PREFIX,
     Aggregator,
@@ -86,12 +84,12 @@ def event_messages(aggregator: Aggregator, tag: str) -> list[str]:
     ]
 
 
-def test_records_delivered_to_no_subscriber_stay_until_one_listens(tmp_path: Path) -> None:
+def test_records_delivered_to_no_subscriber_stay_until_one_listens(
+    tmp_path: Path, need_mosquitto: None
+) -> None:
     """The issue's finding: the broker restarts, the charger is back before the aggregator's
     consumer, and its 8 stored records get PUBACK reason 16. They stay in the outbox and reach
     the consumer once it subscribes; none is lost, none deleted while nobody got it."""
-    if find_mosquitto() is None:
-        pytest.skip("mosquitto is not installed (make test installs it)")
     broker = Mosquitto(tmp_path)
     durable = DurableOutbox(open_database(tmp_path / "ledger.sqlite"))
 
@@ -238,12 +236,12 @@ def test_topic_names_go_over_the_wire_once_per_connection(broker: Mosquitto) -> 
     asyncio.run(scenario())
 
 
-def test_records_the_broker_refuses_are_kept_until_it_takes_them(tmp_path: Path) -> None:
+def test_records_the_broker_refuses_are_kept_until_it_takes_them(
+    tmp_path: Path, need_mosquitto: None
+) -> None:
     """A broker whose ACL denies the charger the event topic answers PUBACK 0x87 "not
     authorized" (mosquitto does, MQTT 5.0 §3.4.2.1): the stored events stay, and go out once
     the ACL allows them (reloaded by SIGHUP), none lost."""
-    if find_mosquitto() is None:
-        pytest.skip("mosquitto is not installed (make test installs it)")
     acl = tmp_path / "acl"
     acl.write_text(
         f"topic read #\ntopic write {PREFIX}/availability\ntopic write {PREFIX}/status\n"

@@ -14,7 +14,7 @@ from pathlib import Path
 import pytest
 
 from controller.links import LinkStatus
-from hil.mosquitto import Mosquitto, find_mosquitto
+from hil.mosquitto import Mosquitto
 from tests.aggregator.support import (
     Aggregator,
     LinkRunner,
@@ -27,9 +27,7 @@ from tests.aggregator.support import (
 
 
 @pytest.fixture
-def second_broker(tmp_path: Path) -> Mosquitto:
-    if find_mosquitto() is None:
-        pytest.skip("mosquitto is not installed (make test installs it)")
+def second_broker(tmp_path: Path, need_mosquitto: None) -> Mosquitto:
     directory = tmp_path / "second"
     directory.mkdir()
     return Mosquitto(directory)

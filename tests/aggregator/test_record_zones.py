@@ -10,13 +10,11 @@ import datetime as dt
 import zoneinfo
 from pathlib import Path
 
-import pytest
-
 from controller import app
 from controller.aggregator.link import MqttAggregatorLink
 from controller.config import Config
 from controller.links import ControlReport
-from hil.mosquitto import Mosquitto, find_mosquitto
+from hil.mosquitto import Mosquitto
 from tests.aggregator.support import (
     Aggregator,
     LinkRunner,
@@ -43,11 +41,11 @@ def offset_of(stamp: str) -> str:
     return dt.datetime.fromisoformat(stamp).isoformat()[-6:]
 
 
-def test_link_stamps_its_own_records_in_the_site_time_zone(tmp_path: Path) -> None:
+def test_link_stamps_its_own_records_in_the_site_time_zone(
+    tmp_path: Path, need_mosquitto: None
+) -> None:
     """Built as the daemon builds it: ack, price ack, link_restored and telemetry all carry the
     site's offset, none of them UTC."""
-    if find_mosquitto() is None:
-        pytest.skip("mosquitto is not installed (make test installs it)")
     # Persistent, so the aggregator misses nothing published while both reconnect.
     broker = Mosquitto(tmp_path, persistence=True)
     site_tz = zoneinfo.ZoneInfo(SITE_ZONE)
