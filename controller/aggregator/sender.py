@@ -57,6 +57,7 @@ import structlog
 
 from controller.aggregator.backoff import backoff_delay_s
 from controller.aggregator.client import PUBACK_NO_MATCHING_SUBSCRIBERS, PUBACK_SUCCESS
+from controller.aggregator.durable_outbox import KINDS as RECORD_KINDS
 from controller.aggregator.durable_outbox import TELEMETRY_SYNC_S, DurableOutbox, OutboxRecord
 from controller.aggregator.messages import EventBody, TelemetryBody, with_record_id
 from controller.aggregator.outbox import Kind, Outbox, Outgoing
@@ -419,8 +420,7 @@ class Sender:
         (after those published but not deleted yet), none of a kind on hold, and only one of
         a kind whose hold just ended (it tries whether someone listens now)."""
         after_seq = self._published[-1].seq if self._published else 0
-        kinds = ("telemetry", "event", "session")
-        held = [kind for kind in kinds if self._held(self._topics.for_record(kind))]
+        held = [kind for kind in RECORD_KINDS if self._held(self._topics.for_record(kind))]
         records = await self._with_durable(
             "stored records cannot be read; retrying",
             lambda durable: durable.peek(limit, after_seq=after_seq, skip_kinds=held),
